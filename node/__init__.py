@@ -1,0 +1,1 @@
+"""dlnet node runtime: libp2p host, storage, roles, CLI (all I/O lives here)."""

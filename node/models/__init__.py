@@ -1,0 +1,1 @@
+"""Encoder models: the built-in default model and the testnet kinds."""
