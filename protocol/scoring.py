@@ -1,0 +1,403 @@
+"""Scoring of encoders: differential loss, LOF and consensus distance, gates, weighted embedding.
+
+Per shard s and encoder e the validator holds one (slots, dim) array: slot 0 = full F, slot
+2m+1 = mask A_m, slot 2m+2 = inverse B_m. The score of a cell is
+
+    score = 0                                   if the cell is missing, invalid, gated or an outlier
+          = peer * (1 - dl_weight * min(dl / dl_scale, 1))   otherwise
+
+where ``peer`` (in [0, 1]) comes from LOF and the distance to the coordinate-wise median of the
+shard's valid encoders, computed on every slot, and dl is the differential loss. Peer agreement
+dominates by design: measured on real encoders DL alone ranks them with the wrong sign, while LOF
+and consensus distance separate honest encoders from cheats (FINDINGS.md).
+
+Reproducibility: encoders are processed in canonical (sorted pubkey) order whatever the input
+order; everything is float64; reductions are numpy pairwise sums over fixed-length contiguous
+axes, never BLAS dot products (whose blocking depends on the build), and pairwise distances are
+given to scikit-learn as a precomputed matrix (algorithm='brute'), so the same inputs give the same
+bits on the same platform and library versions. The effective rank (SVD, LAPACK) only feeds a
+threshold gate. Validators on different platforms may differ in the last ulp; the stake-weighted
+median of quantised scores absorbs that.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from numpy.typing import NDArray
+from sklearn.neighbors import LocalOutlierFactor
+
+DlForm = Literal["literal", "count_weighted"]
+
+
+@dataclass(frozen=True)
+class ScoringParams:
+    """Scoring parameters, the ``[scoring]`` table of the network config.
+
+    The defaults are starting points, to be tuned by the validity study (scripts/validity.py).
+    """
+
+    dl_form: DlForm = "literal"
+    """``literal``: ||F - A - B|| / ||F||; ``count_weighted``: ||F - (nA/n)A - (nB/n)B|| / ||F||."""
+    lof_k: int = 5
+    """LOF neighbourhood size; LOF uses n_neighbors = min(lof_k, n - 1) among n peers."""
+    lof_threshold: float = 1.5
+    """A slot whose LOF exceeds this marks the (shard, encoder) cell as an outlier."""
+    consensus_threshold: float = 3.0
+    """A slot whose consensus-distance ratio exceeds this marks the cell as an outlier."""
+    consensus_floor: float = 0.01
+    """Lower bound of the consensus distance scale, as a fraction of the median vector norm."""
+    zero_norm_eps: float = 1e-6
+    """An embedding whose L2 norm is <= this is invalid (not DL 0)."""
+    collapse_min_rank: float = 1.2
+    """Absolute collapse gate: an encoder whose round effective rank is below this scores 0."""
+    collapse_rel_rank: float = 0.5
+    """Relative collapse gate: effective rank below this fraction of the median rank scores 0."""
+    dl_scale: float = 2.0
+    """DL at (or above) which the DL factor reaches its minimum, 1 - dl_weight."""
+    dl_weight: float = 0.25
+    """How much DL can discount a score (0: DL ignored, 1: DL >= dl_scale scores 0)."""
+    min_encoders_for_lof: int = 3
+    """Fewer valid encoders on a shard than this: no peer comparison (LOF and consensus = 1)."""
+
+    def problems(self) -> list[tuple[str, str]]:
+        """Return ``(field, "what is wrong — how to fix")`` for every invalid value."""
+        out: list[tuple[str, str]] = []
+
+        def bad(name: str, text: str) -> None:
+            out.append((name, text))
+
+        if self.dl_form not in ("literal", "count_weighted"):
+            bad("dl_form", f"unknown form {self.dl_form!r} — use 'literal' or 'count_weighted'")
+        if self.lof_k < 1:
+            bad("lof_k", f"must be >= 1, got {self.lof_k} — use e.g. 5")
+        if self.min_encoders_for_lof < 2:
+            bad(
+                "min_encoders_for_lof",
+                f"must be >= 2, got {self.min_encoders_for_lof} — use e.g. 3",
+            )
+        floats: dict[str, tuple[float, float, bool, bool]] = {
+            # name: (low, high, low inclusive, high inclusive)
+            "lof_threshold": (1.0, math.inf, False, False),
+            "consensus_threshold": (1.0, math.inf, False, False),
+            "consensus_floor": (0.0, math.inf, True, False),
+            "zero_norm_eps": (0.0, math.inf, True, False),
+            "collapse_min_rank": (0.0, math.inf, True, False),
+            "collapse_rel_rank": (0.0, 1.0, True, True),
+            "dl_scale": (0.0, math.inf, False, False),
+            "dl_weight": (0.0, 1.0, True, True),
+        }
+        for name, (lo, hi, lo_in, hi_in) in floats.items():
+            value = getattr(self, name)
+            ok = (
+                math.isfinite(value)
+                and (value >= lo if lo_in else value > lo)
+                and (value <= hi if hi_in else value < hi)
+            )
+            if not ok:
+                lo_s = f"{'[' if lo_in else '('}{lo:g}"
+                hi_s = f"{hi:g}{']' if hi_in else ')'}"
+                bad(
+                    name,
+                    f"must be a finite number in {lo_s}, {hi_s}, got {value!r} — fix the value",
+                )
+        return out
+
+
+Status = Literal["ok", "missing", "malformed", "non_finite", "zero_norm", "collapse"]
+"""Why a (shard, encoder) cell is (not) scored: ``ok`` cells are scored, all others score 0."""
+
+
+@dataclass(frozen=True)
+class RoundScores:
+    """One validator's view of a round. Arrays are indexed [shard, encoder(, slot)]."""
+
+    encoders: tuple[bytes, ...]
+    """Strictly sorted pubkeys (the canonical order of every encoder axis)."""
+    scores: NDArray[np.float64]
+    """(S, E) combined scores in [0, 1]."""
+    outliers: NDArray[np.bool_]
+    """(S, E) True for a valid cell judged an outlier and for an invalid or gated cell."""
+    dl: NDArray[np.float64]
+    """(S, E) differential loss; nan where the cell has no usable data."""
+    lof: NDArray[np.float64]
+    """(S, E, slots) LOF among the shard's ok encoders; 1 when too few peers; nan if not ok."""
+    consensus: NDArray[np.float64]
+    """(S, E, slots) distance-to-consensus ratio; 1 when too few peers; nan if not ok."""
+    effective_rank: NDArray[np.float64]
+    """(E,) RankMe effective rank of the encoder's usable embeddings; nan if none."""
+    status: tuple[tuple[Status, ...], ...]
+    """(S, E) status of every cell."""
+    gates: tuple[str | None, ...]
+    """Per encoder: ``collapse``, else ``zero_norm`` if any shard was zero-norm, else None."""
+
+
+def score_round(
+    params: ScoringParams,
+    shards: Sequence[Mapping[bytes, NDArray[np.float32]]],
+    unit_counts: Sequence[Sequence[int]],
+    encoders: Sequence[bytes],
+    *,
+    dim: int | None = None,
+) -> RoundScores:
+    """Score every encoder of ``encoders`` on every shard from the embeddings held.
+
+    ``shards[s][e]`` is encoder e's (slots, dim) array for shard s, absent when the validator
+    lacks any of its reveals (the cell then scores 0); arrays of encoders not in ``encoders``
+    are ignored. ``unit_counts[s]`` are the shard's unit counts in slot order (ShardTask). ``dim``
+    defaults to the most common embedding width held (ties: the smallest).
+
+    Steps: (1) cell status: missing / malformed (wrong shape) / non_finite / zero_norm (a slot with
+    L2 norm <= zero_norm_eps) / ok; (2) collapse gate per encoder on the effective rank of all its
+    valid vectors of the round; (3) per shard and slot, LOF and consensus ratio among the ok cells;
+    (4) DL and the combined score.
+    """
+    problems = params.problems()
+    if problems:
+        raise ValueError("; ".join(f"scoring.{name}: {text}" for name, text in problems))
+    if len(unit_counts) != len(shards):
+        raise ValueError(f"{len(shards)} shards but {len(unit_counts)} unit count rows")
+    order = tuple(sorted(set(encoders)))
+    n_shards, n_enc = len(shards), len(order)
+    n_slots = len(unit_counts[0]) if unit_counts else 1
+    if n_slots % 2 != 1 or any(len(c) != n_slots for c in unit_counts):
+        raise ValueError("every shard needs 1 + 2 * masks_per_shard unit counts")
+    width = dim if dim is not None else _common_width(shards, order)
+
+    status: list[list[Status]] = [["missing"] * n_enc for _ in range(n_shards)]
+    data: dict[tuple[int, int], NDArray[np.float64]] = {}
+    for s, held in enumerate(shards):
+        for e, key in enumerate(order):
+            if key not in held:
+                continue
+            status[s][e], arr = _check_cell(held[key], n_slots, width, params.zero_norm_eps)
+            if arr is not None:
+                data[s, e] = arr
+
+    erank = np.full(n_enc, np.nan)
+    for e in range(n_enc):
+        vectors = [data[s, e] for s in range(n_shards) if status[s][e] == "ok"]
+        if vectors:
+            erank[e] = effective_rank(np.concatenate(vectors))
+    gates = _gates(params, erank, status)
+    for e, gate in enumerate(gates):
+        if gate == "collapse":
+            for s in range(n_shards):
+                if status[s][e] == "ok":
+                    status[s][e] = "collapse"
+
+    scores = np.zeros((n_shards, n_enc))
+    outliers = np.zeros((n_shards, n_enc), dtype=np.bool_)
+    dl = np.full((n_shards, n_enc), np.nan)
+    lof = np.full((n_shards, n_enc, n_slots), np.nan)
+    cons = np.full((n_shards, n_enc, n_slots), np.nan)
+    for s in range(n_shards):
+        for e in range(n_enc):
+            if (s, e) in data:
+                dl[s, e] = differential_loss(data[s, e], unit_counts[s], params.dl_form)
+            outliers[s, e] = status[s][e] not in ("ok", "missing")
+        peers = [e for e in range(n_enc) if status[s][e] == "ok"]
+        if not peers:
+            continue
+        for j in range(n_slots):
+            x = np.stack([data[s, e][j] for e in peers])
+            lof[s, peers, j], cons[s, peers, j] = _peer_stats(x, params)
+        for e in peers:
+            lof_max, cons_max = float(np.max(lof[s, e])), float(np.max(cons[s, e]))
+            if lof_max > params.lof_threshold or cons_max > params.consensus_threshold:
+                outliers[s, e] = True
+                continue
+            peer = min(
+                _ramp(lof_max, params.lof_threshold), _ramp(cons_max, params.consensus_threshold)
+            )
+            dl_factor = 1.0 - params.dl_weight * min(float(dl[s, e]) / params.dl_scale, 1.0)
+            scores[s, e] = peer * dl_factor
+    return RoundScores(
+        encoders=order,
+        scores=scores,
+        outliers=outliers,
+        dl=dl,
+        lof=lof,
+        consensus=cons,
+        effective_rank=erank,
+        status=tuple(tuple(row) for row in status),
+        gates=gates,
+    )
+
+
+def _common_width(
+    shards: Sequence[Mapping[bytes, NDArray[np.float32]]], order: Sequence[bytes]
+) -> int:
+    widths = Counter(
+        int(arr.shape[1])
+        for held in shards
+        for key in order
+        if key in held and (arr := held[key]).ndim == 2
+    )
+    if not widths:
+        return 0
+    top = max(widths.values())
+    return min(w for w, c in widths.items() if c == top)
+
+
+def _check_cell(
+    arr: NDArray[np.float32], n_slots: int, width: int, eps: float
+) -> tuple[Status, NDArray[np.float64] | None]:
+    """Status of one held array and, if its values are usable for DL, its float64 copy."""
+    if arr.shape != (n_slots, width) or width == 0:
+        return "malformed", None
+    x = np.array(arr, dtype=np.float64)
+    if not np.all(np.isfinite(x)):
+        return "non_finite", None
+    if np.any(_norms(x) <= eps):
+        return "zero_norm", None
+    return "ok", x
+
+
+def _norms(x: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Row L2 norms as sqrt of a pairwise sum of squares (no BLAS)."""
+    squares: NDArray[np.float64] = np.sum(x * x, axis=-1)
+    return np.sqrt(squares)
+
+
+def _gates(
+    params: ScoringParams, erank: NDArray[np.float64], status: Sequence[Sequence[Status]]
+) -> tuple[str | None, ...]:
+    """``collapse`` if the effective rank is below the absolute or the relative bound.
+
+    The relative bound is ``collapse_rel_rank`` times the median effective rank of the encoders
+    that have any valid vector in the round.
+    """
+    known = erank[~np.isnan(erank)]
+    median = float(np.median(known)) if known.size else 0.0
+    bound = max(params.collapse_min_rank, params.collapse_rel_rank * median)
+    gates: list[str | None] = []
+    for e, rank in enumerate(erank):
+        if not math.isnan(rank) and rank < bound:
+            gates.append("collapse")
+        elif any(row[e] == "zero_norm" for row in status):
+            gates.append("zero_norm")
+        else:
+            gates.append(None)
+    return tuple(gates)
+
+
+def effective_rank(x: NDArray[np.float64]) -> float:
+    """RankMe: exp of the entropy of the normalised singular values of x (rows = vectors).
+
+    1 for a single direction; at most min(rows, dim). 0 for an all-zero matrix.
+    """
+    sv = np.linalg.svd(x, compute_uv=False)
+    total = float(np.sum(sv))
+    if total <= 0.0:
+        return 0.0
+    p = sv[sv > 0] / total
+    return float(np.exp(-np.sum(p * np.log(p))))
+
+
+def differential_loss(x: NDArray[np.float64], counts: Sequence[int], form: DlForm) -> float:
+    """Mean over masks of ``||F - a*A_m - b*B_m|| / ||F||`` for one (slots, dim) cell.
+
+    ``literal``: a = b = 1. ``count_weighted``: a = n_A/n, b = n_B/n with the unit counts of
+    slots 0, 2m+1, 2m+2 (the identity for mean pooling). Masks are summed in order m = 0, 1, ...
+    and divided by their count; no masks gives 0.
+    """
+    full = x[0]
+    full_norm = float(_norms(full))
+    n_masks = (x.shape[0] - 1) // 2
+    total = 0.0
+    for m in range(n_masks):
+        a, b = x[2 * m + 1], x[2 * m + 2]
+        if form == "count_weighted":
+            a = a * (counts[2 * m + 1] / counts[0])
+            b = b * (counts[2 * m + 2] / counts[0])
+        total += float(_norms(full - a - b)) / full_norm
+    return total / n_masks if n_masks else 0.0
+
+
+def _peer_stats(
+    x: NDArray[np.float64], params: ScoringParams
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """LOF and consensus ratio of each row of x (one slot of one shard, n ok encoders).
+
+    LOF is computed over the distinct rows (identical embeddings are one point: duplicates make
+    LOF's local density infinite) with n_neighbors = min(lof_k, n_distinct - 1), Euclidean
+    distances precomputed exactly as sqrt(sum((x_i - x_j)^2)). The consensus ratio of row i is
+    ``||x_i - med|| / max(median_i ||x_i - med||, consensus_floor * median_i ||x_i||)`` with med
+    the coordinate-wise median of all rows. Fewer than min_encoders_for_lof rows (LOF: distinct
+    rows) gives 1 for every row: peers cannot be compared.
+    """
+    n = x.shape[0]
+    ones = np.ones(n)
+    if n < params.min_encoders_for_lof:
+        return ones, ones.copy()
+    distinct, inverse = np.unique(x, axis=0, return_inverse=True)
+    if distinct.shape[0] < params.min_encoders_for_lof:
+        lof = ones
+    else:
+        dist = np.stack([_norms(distinct - row) for row in distinct])
+        k = min(params.lof_k, distinct.shape[0] - 1)
+        model = LocalOutlierFactor(n_neighbors=k, metric="precomputed", algorithm="brute")
+        model.fit(dist)
+        lof = -np.asarray(model.negative_outlier_factor_, dtype=np.float64)[inverse.ravel()]
+    med = np.median(x, axis=0)
+    dev = _norms(x - med)
+    scale = max(float(np.median(dev)), params.consensus_floor * float(np.median(_norms(x))))
+    if scale > 0.0:
+        return lof, dev / scale
+    return lof, np.where(dev > 0.0, np.inf, 0.0)
+
+
+def _ramp(value: float, threshold: float) -> float:
+    """1 at value <= 1, falling linearly to 0 at value >= threshold."""
+    return min(max((threshold - value) / (threshold - 1.0), 0.0), 1.0)
+
+
+def weighted_embedding(
+    weights: Sequence[float], fulls: Sequence[NDArray[np.float32]], *, dim: int | None = None
+) -> NDArray[np.float32]:
+    """``sum_i w_i * f_i / sum_i w_i`` as float32, zeros if the weights sum to 0.
+
+    Deterministic everywhere: the weight sum and the vector sum are accumulated sequentially in
+    the given (canonical) order in float64 (elementwise IEEE operations, no reductions), then
+    divided once and rounded to float32. Integer weights are summed exactly. ``dim`` is needed
+    only when ``fulls`` is empty. Weights must be finite and >= 0.
+    """
+    if len(weights) != len(fulls):
+        raise ValueError(f"{len(weights)} weights for {len(fulls)} embeddings")
+    if fulls:
+        dim = int(fulls[0].shape[-1])
+    if dim is None:
+        raise ValueError("weighted_embedding: no embeddings and no dim")
+    acc = np.zeros(dim, dtype=np.float64)
+    total: float = 0
+    for w, f in zip(weights, fulls, strict=True):
+        if not (math.isfinite(w) and w >= 0):
+            raise ValueError(f"weights must be finite and >= 0, got {w!r}")
+        if f.shape != (dim,):
+            raise ValueError(f"embedding of shape {f.shape}, expected ({dim},)")
+        total += w
+        acc += np.float64(w) * np.asarray(f, dtype=np.float64)
+    if total == 0:
+        return np.zeros(dim, dtype=np.float32)
+    return (acc / np.float64(total)).astype(np.float32)
+
+
+def shard_embeddings(
+    result: RoundScores, shards: Sequence[Mapping[bytes, NDArray[np.float32]]], dim: int
+) -> tuple[NDArray[np.float32], ...]:
+    """Per shard, the score-weighted average of the full embeddings of positively scored cells.
+
+    Outliers and invalid cells score 0, so this is the average over non-outlier encoders.
+    """
+    out: list[NDArray[np.float32]] = []
+    for s, held in enumerate(shards):
+        cells = [(float(result.scores[s, e]), key) for e, key in enumerate(result.encoders)]
+        used = [(w, held[key][0]) for w, key in cells if w > 0.0]
+        out.append(weighted_embedding([w for w, _ in used], [f for _, f in used], dim=dim))
+    return tuple(out)

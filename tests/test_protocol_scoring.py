@@ -1,0 +1,385 @@
+"""Scoring on synthetic embeddings: DL, LOF on every slot, gates, combined score, determinism.
+
+The synthetic world: text "units" are random vectors; an honest encoder maps the sum of an
+input's unit vectors through a shared non-linear map (tanh layer) with a small private
+perturbation of its weights and small output noise, so full / mask / inverse are related
+non-linearly (DL > 0) and honest encoders agree with each other.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+from dlnet.protocol.scoring import (
+    RoundScores,
+    ScoringParams,
+    differential_loss,
+    effective_rank,
+    score_round,
+    shard_embeddings,
+    weighted_embedding,
+)
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from numpy.typing import NDArray
+
+D0, DIM, VOCAB = 32, 64, 200
+Cells = list[NDArray[np.float64]]  # one (slots, DIM) array per shard
+
+
+@dataclasses.dataclass
+class World:
+    units: NDArray[np.float64]
+    w1: NDArray[np.float64]
+    w2: NDArray[np.float64]
+    slots: list[list[list[int]]]  # per shard, per slot: unit ids
+    counts: list[list[int]]
+
+
+def make_world(seed: int, n_shards: int = 4, n_masks: int = 2) -> World:
+    rng = np.random.default_rng(seed)
+    units = rng.normal(size=(VOCAB, D0)) / np.sqrt(D0)
+    w1 = rng.normal(size=(D0, D0)) * 1.5
+    w2 = rng.normal(size=(DIM, D0)) / np.sqrt(D0)
+    slots, counts = [], []
+    for _ in range(n_shards):
+        n = int(rng.integers(8, 14))
+        words = [int(w) for w in rng.choice(VOCAB, size=n, replace=False)]
+        shard, cnt = [words], [n]
+        for _ in range(n_masks):
+            hide = {int(i) for i in rng.choice(n, size=n // 2, replace=False)}
+            keep = [w for i, w in enumerate(words) if i not in hide]
+            hidden = [w for i, w in enumerate(words) if i in hide]
+            shard += [keep, hidden]
+            cnt += [len(keep), len(hidden)]
+        slots.append(shard)
+        counts.append(cnt)
+    return World(units, w1, w2, slots, counts)
+
+
+def honest(world: World, rng: np.random.Generator, sigma: float = 0.1) -> Cells:
+    p1 = world.w1 + sigma * rng.normal(size=world.w1.shape)
+    p2 = world.w2 + sigma * rng.normal(size=world.w2.shape) / np.sqrt(D0)
+    out = []
+    for shard in world.slots:
+        rows = np.array([p2 @ np.tanh(p1 @ world.units[ws].sum(0)) for ws in shard])
+        out.append(rows + 0.01 * rng.normal(size=rows.shape))
+    return out
+
+
+def bag(world: World, rng: np.random.Generator, *, mean: bool = False) -> Cells:
+    """Additive bag-of-units encoder: sum (or mean) of private random unit vectors."""
+    table = rng.normal(size=(VOCAB, DIM)) * 2.0 / np.sqrt(DIM)
+    pool = np.mean if mean else np.sum
+    return [np.array([pool(table[ws], axis=0) for ws in shard]) for shard in world.slots]
+
+
+def cheats(world: World, rng: np.random.Generator) -> dict[str, Cells]:
+    n_slots = len(world.slots[0])
+    scale = 7.0 / np.sqrt(DIM)  # about the honest norm
+    constant = rng.normal(size=DIM) * scale
+    fabricated = []
+    for arr in honest(world, rng):
+        a = arr.copy()
+        for m in range((n_slots - 1) // 2):
+            a[2 * m + 1] = rng.normal(size=DIM) * scale
+            a[2 * m + 2] = a[0] - a[2 * m + 1]
+        fabricated.append(a)
+    return {
+        "random": [rng.normal(size=(n_slots, DIM)) * scale for _ in world.slots],
+        "zero": [np.zeros((n_slots, DIM)) for _ in world.slots],
+        "constant": [np.tile(constant, (n_slots, 1)) for _ in world.slots],
+        "additive": bag(world, rng),
+        "fabricated": fabricated,
+    }
+
+
+def as_shards(encoders: dict[bytes, Cells]) -> list[dict[bytes, NDArray[np.float32]]]:
+    n_shards = len(next(iter(encoders.values())))
+    return [{k: v[s].astype(np.float32) for k, v in encoders.items()} for s in range(n_shards)]
+
+
+def population(seed: int) -> tuple[World, dict[bytes, Cells]]:
+    world = make_world(seed)
+    rng = np.random.default_rng(1000 + seed)
+    encoders = {f"honest-{i}".encode(): honest(world, rng) for i in range(6)}
+    encoders.update({f"cheat-{k}".encode(): v for k, v in cheats(world, rng).items()})
+    return world, encoders
+
+
+def run(params: ScoringParams, world: World, encoders: dict[bytes, Cells]) -> RoundScores:
+    return score_round(params, as_shards(encoders), world.counts, list(encoders))
+
+
+def mean_scores(res: RoundScores) -> dict[bytes, float]:
+    return {k: float(v) for k, v in zip(res.encoders, res.scores.mean(axis=0), strict=True)}
+
+
+# --- parameters ------------------------------------------------------------------------------
+
+
+def test_default_params_are_valid() -> None:
+    assert ScoringParams().problems() == []
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("dl_form", "sum"),
+        ("lof_k", 0),
+        ("lof_threshold", 1.0),
+        ("lof_threshold", float("nan")),
+        ("consensus_threshold", 0.5),
+        ("consensus_floor", -0.1),
+        ("zero_norm_eps", float("inf")),
+        ("collapse_min_rank", -1.0),
+        ("collapse_rel_rank", 1.5),
+        ("dl_scale", 0.0),
+        ("dl_weight", 1.01),
+        ("min_encoders_for_lof", 1),
+    ],
+)
+def test_params_problems_name_the_field(field: str, value: object) -> None:
+    params = dataclasses.replace(ScoringParams(), **{field: value})
+    problems = params.problems()
+    assert [name for name, _ in problems] == [field]
+    assert " — " in problems[0][1]
+    with pytest.raises(ValueError, match=f"scoring.{field}"):
+        score_round(params, [], [], [])
+
+
+# --- differential loss -------------------------------------------------------------------------
+
+
+def test_dl_zero_for_additive_and_positive_for_nonlinear() -> None:
+    world = make_world(0)
+    rng = np.random.default_rng(7)
+    for cell, counts in zip(bag(world, rng), world.counts, strict=True):
+        assert differential_loss(cell, counts, "literal") < 1e-12
+        assert differential_loss(cell, counts, "count_weighted") > 0.1
+    for cell, counts in zip(bag(world, rng, mean=True), world.counts, strict=True):
+        assert differential_loss(cell, counts, "count_weighted") < 1e-12
+        assert differential_loss(cell, counts, "literal") > 0.1
+    for cell, counts in zip(honest(world, rng), world.counts, strict=True):
+        assert differential_loss(cell, counts, "literal") > 0.3
+        assert differential_loss(cell, counts, "count_weighted") > 0.3
+
+
+def test_dl_literal_formula() -> None:
+    f, a, b = np.array([3.0, 4.0]), np.array([1.0, 1.0]), np.array([1.0, 1.0])
+    x = np.stack([f, a, b, a, 2 * b])
+    # mask 0: ||(1, 2)|| / 5; mask 1: ||(0, 1)|| / 5
+    assert differential_loss(x, [4, 2, 2, 2, 2], "literal") == pytest.approx(
+        (np.sqrt(5) / 5 + 1 / 5) / 2
+    )
+    # count weighted, n_A = 1, n_B = 3, n = 4: F - A/4 - 3B/4 = (2, 3)
+    assert differential_loss(x[:3], [4, 1, 3], "count_weighted") == pytest.approx(np.sqrt(13) / 5)
+
+
+# --- LOF and outliers --------------------------------------------------------------------------
+
+
+def planted(seed: int, n: int, far: float) -> tuple[RoundScores, int]:
+    """n encoders around one point; encoder e01 is moved ``far`` away in its inverse slot."""
+    rng = np.random.default_rng(seed)
+    center = rng.normal(size=(3, DIM)) * 10.0
+    cells = {f"e{i:02d}".encode(): center + rng.normal(size=(3, DIM)) for i in range(n)}
+    direction = rng.normal(size=DIM)
+    cells[b"e01"][2] += far * direction / np.linalg.norm(direction)
+    res = score_round(ScoringParams(), [cells], [[4, 2, 2]], list(cells))
+    return res, res.encoders.index(b"e01")
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(7, 12), far=st.floats(100.0, 1000.0))
+def test_planted_outlier_gets_high_lof(seed: int, n: int, far: float) -> None:
+    res, i = planted(seed, n, far)
+    assert res.lof[0, i, 2] > ScoringParams().lof_threshold
+    assert res.lof[0, i, 2] == np.max(res.lof[0, :, 2])
+    assert (res.lof[0, i, :2] < ScoringParams().lof_threshold).all()
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(3, 12), far=st.floats(100.0, 1000.0))
+def test_planted_outlier_is_flagged_and_scores_zero(seed: int, n: int, far: float) -> None:
+    """Also for n <= lof_k + 1, where LOF with k = n - 1 is blind: the consensus ratio flags it."""
+    res, i = planted(seed, n, far)
+    assert res.consensus[0, i, 2] > ScoringParams().consensus_threshold
+    assert res.outliers[0, i]
+    assert res.scores[0, i] == 0.0
+    assert not res.outliers[0, [j for j in range(n) if j != i]].any()
+
+
+def test_lof_on_every_slot_catches_fabricated_masks() -> None:
+    """The full slot of the cheat is honest: only the mask / inverse slots give it away."""
+    world, encoders = population(0)
+    no_collapse = ScoringParams(collapse_min_rank=0.0, collapse_rel_rank=0.0)
+    res = run(no_collapse, world, encoders)
+    i = res.encoders.index(b"cheat-fabricated")
+    assert (res.lof[:, i, 0] < no_collapse.lof_threshold).all()
+    assert (res.lof[:, i, 1:].max(axis=1) > no_collapse.lof_threshold).all()
+    assert res.outliers[:, i].all()
+    assert res.dl[:, i] == pytest.approx(0.0, abs=1e-6)  # DL alone would call it perfect
+
+
+# --- honest group against cheats ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("dl_form", ["literal", "count_weighted"])
+def test_honest_group_outranks_every_cheat(seed: int, dl_form: str) -> None:
+    world, encoders = population(seed)
+    params = dataclasses.replace(ScoringParams(), dl_form=dl_form)
+    res = run(params, world, encoders)
+    scores = mean_scores(res)
+    honest_scores = [v for k, v in scores.items() if k.startswith(b"honest")]
+    cheat_scores = [v for k, v in scores.items() if k.startswith(b"cheat")]
+    assert min(honest_scores) > 0.5
+    assert min(honest_scores) > max(cheat_scores) + 0.3
+    assert ((res.scores >= 0.0) & (res.scores <= 1.0)).all()
+    gates = dict(zip(res.encoders, res.gates, strict=True))
+    assert gates[b"cheat-zero"] == "zero_norm"
+    assert gates[b"cheat-constant"] == "collapse"
+    assert all(gates[k] is None for k in encoders if k.startswith(b"honest"))
+
+
+def test_weighted_embedding_stays_near_the_honest_mean() -> None:
+    world, encoders = population(3)
+    shards = as_shards(encoders)
+    res = score_round(ScoringParams(), shards, world.counts, list(encoders))
+    weighted = shard_embeddings(res, shards, DIM)
+    for s, held in enumerate(shards):
+        honest_mean = np.mean([v[0] for k, v in held.items() if k.startswith(b"honest")], axis=0)
+        plain_mean = np.mean([v[0] for v in held.values()], axis=0)
+        ref = np.linalg.norm(honest_mean)
+        assert np.linalg.norm(weighted[s] - honest_mean) / ref < 0.02
+        assert np.linalg.norm(plain_mean - honest_mean) / ref > 0.2  # the cheats do pull
+
+
+# --- determinism ---------------------------------------------------------------------------------
+
+
+def fingerprint(res: RoundScores) -> tuple[object, ...]:
+    arrays = (res.scores, res.outliers, res.dl, res.lof, res.consensus, res.effective_rank)
+    return (res.encoders, res.status, res.gates, *(a.tobytes() for a in arrays))
+
+
+def test_bit_for_bit_repeatable_and_order_independent() -> None:
+    world, encoders = population(4)
+    first = run(ScoringParams(), world, encoders)
+    assert fingerprint(run(ScoringParams(), world, encoders)) == fingerprint(first)
+    for seed in range(3):
+        keys = list(encoders)
+        np.random.default_rng(seed).shuffle(keys)
+        shuffled = {k: encoders[k] for k in keys}
+        res = score_round(ScoringParams(), as_shards(shuffled), world.counts, keys[::-1])
+        assert fingerprint(res) == fingerprint(first)
+
+
+# --- small n, missing and invalid cells ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_small_n_falls_back_to_no_peer_comparison(n: int) -> None:
+    world = make_world(5)
+    rng = np.random.default_rng(5)
+    encoders = {f"h{i}".encode(): honest(world, rng) for i in range(n - 1)}
+    encoders[b"random"] = [rng.normal(size=(5, DIM)) for _ in world.slots]
+    res = run(ScoringParams(), world, encoders)
+    assert (res.lof == 1.0).all() and (res.consensus == 1.0).all()
+    assert not res.outliers.any()
+    expected = 1.0 - ScoringParams().dl_weight * np.minimum(res.dl / ScoringParams().dl_scale, 1)
+    assert res.scores == pytest.approx(expected)
+
+
+def test_missing_malformed_and_non_finite_cells_score_zero() -> None:
+    world, encoders = population(6)
+    shards = as_shards(encoders)
+    del shards[1][b"honest-0"]
+    shards[2][b"honest-1"] = shards[2][b"honest-1"][:3]  # incomplete reveals
+    bad = shards[3][b"honest-2"].copy()
+    bad[4, 0] = np.nan
+    shards[3][b"honest-2"] = bad
+    res = score_round(ScoringParams(), shards, world.counts, [*encoders, b"never-revealed"])
+    idx = {k: i for i, k in enumerate(res.encoders)}
+    assert res.status[1][idx[b"honest-0"]] == "missing"
+    assert res.status[2][idx[b"honest-1"]] == "malformed"
+    assert res.status[3][idx[b"honest-2"]] == "non_finite"
+    assert all(row[idx[b"never-revealed"]] == "missing" for row in res.status)
+    for s, name in [(1, b"honest-0"), (2, b"honest-1"), (3, b"honest-2")]:
+        assert res.scores[s, idx[name]] == 0.0
+        assert res.scores[0, idx[name]] > 0.5  # the other shards still count
+    assert not res.outliers[1, idx[b"honest-0"]]  # missing is not judged
+    assert res.outliers[3, idx[b"honest-2"]]  # invalid data is
+
+
+def test_near_zero_norm_is_invalid_not_dl_zero() -> None:
+    world, encoders = population(7)
+    tiny = [cell.copy() for cell in encoders[b"honest-0"]]
+    tiny[0][3] = 1e-9  # one inverse slot collapses to ~0
+    encoders[b"honest-0"] = tiny
+    res = run(ScoringParams(), world, encoders)
+    i = res.encoders.index(b"honest-0")
+    assert res.status[0][i] == "zero_norm"
+    assert res.scores[0, i] == 0.0 and np.isnan(res.dl[0, i])
+    assert res.gates[i] == "zero_norm"
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    n=st.integers(1, 9),
+    scale=st.sampled_from([1e-3, 1.0, 1e3]),
+)
+def test_scores_always_in_unit_interval(seed: int, n: int, scale: float) -> None:
+    rng = np.random.default_rng(seed)
+    cells = {bytes([i]): rng.normal(size=(3, 8)) * scale for i in range(n)}
+    shards = [{k: v.astype(np.float32) for k, v in cells.items()}]
+    res = score_round(ScoringParams(), shards, [[6, 3, 3]], list(cells))
+    assert ((res.scores >= 0.0) & (res.scores <= 1.0)).all()
+    assert res.scores.shape == (1, n) and res.lof.shape == (1, n, 3)
+
+
+def test_effective_rank() -> None:
+    assert effective_rank(np.ones((5, 8))) == pytest.approx(1.0)
+    assert effective_rank(np.eye(4)) == pytest.approx(4.0)
+    assert effective_rank(np.zeros((3, 3))) == 0.0
+
+
+# --- weighted embedding --------------------------------------------------------------------------
+
+
+def test_weighted_embedding_exact_values() -> None:
+    fulls = [np.array([1.0, 2.0], np.float32), np.array([3.0, -2.0], np.float32)]
+    out = weighted_embedding([1, 3], fulls)
+    assert out.dtype == np.float32
+    assert out.tolist() == [2.5, -1.0]
+    assert weighted_embedding([0, 0], fulls).tolist() == [0.0, 0.0]
+    assert weighted_embedding([], [], dim=3).tolist() == [0.0, 0.0, 0.0]
+    with pytest.raises(ValueError):
+        weighted_embedding([1, -1], fulls)
+    with pytest.raises(ValueError):
+        weighted_embedding([1], fulls)
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    weights=st.lists(st.integers(0, 65535), min_size=1, max_size=8),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_weighted_embedding_is_a_sequential_float64_average(weights: list[int], seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    fulls = [rng.normal(size=16).astype(np.float32) for _ in weights]
+    out = weighted_embedding(weights, fulls)
+    acc = np.zeros(16)
+    for w, f in zip(weights, fulls, strict=True):
+        acc = acc + float(w) * f.astype(np.float64)
+    total = sum(weights)
+    expected = np.zeros(16, np.float32) if total == 0 else (acc / total).astype(np.float32)
+    assert out.tobytes() == expected.tobytes()
+    if total:
+        stack = np.stack(fulls)
+        used = stack[[i for i, w in enumerate(weights) if w > 0]]
+        assert (out >= used.min(axis=0) - 1e-5).all() and (out <= used.max(axis=0) + 1e-5).all()
