@@ -1,0 +1,180 @@
+"""Rebuild data/corpus.txt and data/labelled/ from the unpacked source packages.
+
+Not run at build or run time: the outputs are shipped. See data/CORPUS.md for the sources,
+their licences and the commands that fetch and unpack them; this script is the exact recipe.
+
+    python scripts/build_corpus.py --wordnet W/usr/share/wordnet \
+        --chatterbot C/chatterbot_corpus/data/english --gensim G/gensim/test/test_data --out data
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import re
+from collections import defaultdict
+from pathlib import Path
+
+import yaml  # type: ignore[import-untyped]
+
+CORPUS_ITEMS = 4000
+CORPUS_MIN_WORDS, CORPUS_MAX_WORDS = 12, 60
+LEXNAME_EXAMPLES = 40
+LEXNAME_MIN_WORDS = 5
+# Glosses that mark a sense as a slur or vulgar are left out of the default corpus.
+UNWANTED = re.compile(r"\b(offensive|obscene|vulgar|derogatory|disparaging|ethnic slur)\b", re.I)
+# lexnames(5WN): lexicographer file number -> name.
+LEXNAMES = (
+    "adj.all",
+    "adj.pert",
+    "adv.all",
+    "noun.Tops",
+    "noun.act",
+    "noun.animal",
+    "noun.artifact",
+    "noun.attribute",
+    "noun.body",
+    "noun.cognition",
+    "noun.communication",
+    "noun.event",
+    "noun.feeling",
+    "noun.food",
+    "noun.group",
+    "noun.location",
+    "noun.motive",
+    "noun.object",
+    "noun.person",
+    "noun.phenomenon",
+    "noun.plant",
+    "noun.possession",
+    "noun.process",
+    "noun.quantity",
+    "noun.relation",
+    "noun.shape",
+    "noun.state",
+    "noun.substance",
+    "noun.time",
+    "verb.body",
+    "verb.change",
+    "verb.cognition",
+    "verb.communication",
+    "verb.competition",
+    "verb.consumption",
+    "verb.contact",
+    "verb.creation",
+    "verb.emotion",
+    "verb.motion",
+    "verb.perception",
+    "verb.possession",
+    "verb.social",
+    "verb.stative",
+    "verb.weather",
+    "adj.ppl",
+)
+
+
+def order_key(*parts: str) -> bytes:
+    """A fixed pseudo-random order: SHA-256 of the parts joined by NUL."""
+    return hashlib.sha256("\x00".join(parts).encode()).digest()
+
+
+def one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def wordnet_synsets(wordnet: Path) -> list[tuple[str, str, str, str, str]]:
+    """(pos, offset, lexname, first lemma, gloss) of every synset in data.{noun,verb,adj,adv}."""
+    out = []
+    for pos in ("noun", "verb", "adj", "adv"):
+        for line in (wordnet / f"data.{pos}").read_text(encoding="latin-1").splitlines():
+            if line.startswith("  "):  # licence header
+                continue
+            head, _, gloss = line.partition(" | ")
+            fields = head.split()
+            lemma = re.sub(r"\(.*\)$", "", fields[4]).replace("_", " ")
+            out.append((pos, fields[0], LEXNAMES[int(fields[1])], lemma, one_line(gloss)))
+    return out
+
+
+def build_corpus(synsets: list[tuple[str, str, str, str, str]]) -> list[str]:
+    """Items ``"<first lemma>: <gloss>"`` of 12..60 words, CORPUS_ITEMS of them in hash order."""
+    items = []
+    for pos, offset, _, lemma, gloss in synsets:
+        item = f"{lemma}: {gloss}"
+        if UNWANTED.search(gloss) or not CORPUS_MIN_WORDS <= len(item.split()) <= CORPUS_MAX_WORDS:
+            continue
+        items.append((order_key("wordnet", pos, offset), item))
+    items.sort()
+    return [item for _, item in items[:CORPUS_ITEMS]]
+
+
+def build_lexname_examples(synsets: list[tuple[str, str, str, str, str]]) -> list[str]:
+    """``lexname<TAB>example`` for noun and verb example sentences of >= 5 words, at most
+    LEXNAME_EXAMPLES per lexname (hash order), lexnames with fewer left out."""
+    by_name: dict[str, list[tuple[bytes, str]]] = defaultdict(list)
+    for pos, offset, lexname, _, gloss in synsets:
+        if pos not in ("noun", "verb") or UNWANTED.search(gloss):
+            continue
+        for i, example in enumerate(re.findall(r'"([^"]+)"', gloss)):
+            text = one_line(example)
+            if len(text.split()) >= LEXNAME_MIN_WORDS:
+                by_name[lexname].append((order_key("lexname", pos, offset, str(i)), text))
+    rows = []
+    for lexname in sorted(by_name):
+        examples = sorted(by_name[lexname])
+        if len(examples) >= LEXNAME_EXAMPLES:
+            rows += [f"{lexname}\t{text}" for _, text in examples[:LEXNAME_EXAMPLES]]
+    return rows
+
+
+def build_chatterbot(english: Path) -> list[str]:
+    """``topic<TAB>utterance`` for every distinct utterance of >= 3 words, file order."""
+    rows, seen = [], set()
+    for path in sorted(english.glob("*.yml")):
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+        for conversation in doc.get("conversations") or []:
+            for utterance in conversation:
+                text = one_line(str(utterance))
+                if len(text.split()) >= 3 and (path.stem, text) not in seen:
+                    seen.add((path.stem, text))
+                    rows.append(f"{path.stem}\t{text}")
+    return rows
+
+
+def build_polarity(test_data: Path) -> list[str]:
+    """``pos|neg<TAB>sentence`` from gensim's pang_lee_polarity.cor (``__label__x text``,
+    Windows-1252 like lee.cor; written out as UTF-8)."""
+    rows = []
+    for line in (test_data / "pang_lee_polarity.cor").read_text(encoding="cp1252").splitlines():
+        label, _, text = line.partition(" ")
+        rows.append(f"{label.removeprefix('__label__')}\t{one_line(text)}")
+    return rows
+
+
+def write_lines(path: Path, rows: list[str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(row + "\n" for row in rows), encoding="utf-8")
+    print(f"{path}: {len(rows)} lines, {path.stat().st_size} bytes")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--wordnet", type=Path, required=True)
+    ap.add_argument("--chatterbot", type=Path, required=True)
+    ap.add_argument("--gensim", type=Path, required=True)
+    ap.add_argument("--out", type=Path, required=True)
+    args = ap.parse_args()
+    synsets = wordnet_synsets(args.wordnet)
+    labelled = args.out / "labelled"
+    write_lines(args.out / "corpus.txt", build_corpus(synsets))
+    write_lines(labelled / "wordnet_lexnames.tsv", build_lexname_examples(synsets))
+    write_lines(labelled / "chatterbot_topics.tsv", build_chatterbot(args.chatterbot))
+    write_lines(labelled / "pang_lee_polarity.tsv", build_polarity(args.gensim))
+    lee = (args.gensim / "lee.cor").read_text(encoding="cp1252").splitlines()
+    write_lines(labelled / "lee_documents.txt", [one_line(doc) for doc in lee])
+    sims = (args.gensim / "similarities0-1.txt").read_text(encoding="utf-8").splitlines()
+    write_lines(labelled / "lee_similarities.tsv", sims)
+
+
+if __name__ == "__main__":
+    main()
