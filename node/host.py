@@ -40,7 +40,6 @@ from typing import Any
 
 import multiaddr
 import trio
-from dlnet.node.discovery import PeerExchange, PeerTable, decode_px, encode_px
 from libp2p import new_host
 from libp2p.abc import IHost, INetStream
 from libp2p.crypto.ed25519 import create_new_key_pair
@@ -53,6 +52,8 @@ from libp2p.pubsub.pb import rpc_pb2
 from libp2p.pubsub.pubsub import Pubsub
 from libp2p.pubsub.rpc_queue import OutBoundQueueSize
 from libp2p.tools.anyio_service import background_trio_service
+
+from dlnet.node.discovery import PeerExchange, PeerTable, decode_px, encode_px
 
 log = logging.getLogger(__name__)
 

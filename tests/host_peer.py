@@ -16,6 +16,7 @@ import sys
 from typing import Any
 
 import trio
+
 from dlnet.node.host import GossipParams, Host, ValidatorResult, Verdict, open_host
 
 

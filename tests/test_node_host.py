@@ -14,6 +14,9 @@ from typing import Any
 
 import pytest
 import trio
+from hypothesis import given
+from hypothesis import strategies as st
+
 from dlnet.node.discovery import PX_MAX_ADDRS, PeerExchange, PeerTable, decode_px, encode_px
 from dlnet.node.host import (
     GossipParams,
@@ -21,8 +24,6 @@ from dlnet.node.host import (
     RequestTimeout,
     open_host,
 )
-from hypothesis import given
-from hypothesis import strategies as st
 
 HOST_PEER = Path(__file__).with_name("host_peer.py")
 LOOPBACK = "/ip4/127.0.0.1/tcp/0"

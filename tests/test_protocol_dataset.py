@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from dlnet.protocol.dataset import parse_dataset
 from hypothesis import given
 from hypothesis import strategies as st
+
+from dlnet.protocol.dataset import parse_dataset
 
 
 def test_lines_skip_blank_and_keep_text_verbatim() -> None:

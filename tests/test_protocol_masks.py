@@ -11,6 +11,9 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from dlnet.protocol.masks import (
     WHITESPACE,
     Drbg,
@@ -21,8 +24,6 @@ from dlnet.protocol.masks import (
     round_tasks,
     split_units,
 )
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 NET = bytes(range(32))
 

@@ -12,6 +12,10 @@ import dataclasses
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from numpy.typing import NDArray
+
 from dlnet.protocol.scoring import (
     RoundScores,
     ScoringParams,
@@ -21,9 +25,6 @@ from dlnet.protocol.scoring import (
     shard_embeddings,
     weighted_embedding,
 )
-from hypothesis import given, settings
-from hypothesis import strategies as st
-from numpy.typing import NDArray
 
 D0, DIM, VOCAB = 32, 64, 200
 Cells = list[NDArray[np.float64]]  # one (slots, DIM) array per shard
