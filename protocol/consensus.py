@@ -1,0 +1,241 @@
+"""Consensus: quantised scores, the stake-weighted κ-median, the round result, certificates.
+
+All consensus arithmetic is on integers (u16 scores, integer stakes, κ and the finality
+threshold as exact fractions), so every validator computes bit-for-bit the same result from the
+same attestations and revealed embeddings.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import TYPE_CHECKING
+
+import numpy as np
+from numpy.typing import NDArray
+
+from dlnet.protocol.canonical import sha256
+from dlnet.protocol.result import U16_MAX, RoundResult, result_digest
+from dlnet.protocol.scoring import weighted_embedding
+from dlnet.protocol.wire import Attestation, Certificate, FinalityVote, encode, signature_valid
+
+if TYPE_CHECKING:  # config imports this module for ConsensusParams
+    from dlnet.protocol.config import NetworkConfig
+
+ATTESTATIONS_TAG = b"dlnet/v1/attestations"
+
+
+@dataclass(frozen=True)
+class ConsensusParams:
+    """The ``[consensus]`` table of the network config."""
+
+    kappa: float = 0.5
+    """The κ of the κ-median: a consensus value needs the support of this share of the stake.
+    At 0.5, validators holding less than half the stake cannot move it."""
+    finality_num: int = 2
+    finality_den: int = 3
+    """A result is final once validators holding MORE than num/den of the stake signed it."""
+
+    def problems(self) -> list[tuple[str, str]]:
+        out: list[tuple[str, str]] = []
+        if not (math.isfinite(self.kappa) and 0.0 < self.kappa < 1.0):
+            out.append(("kappa", f"must be in (0, 1), got {self.kappa!r} — use 0.5"))
+        if self.finality_num < 1 or self.finality_den < 1:
+            out.append(("finality_num", "num and den must be positive — use 2 and 3"))
+        elif not Fraction(1, 2) <= Fraction(self.finality_num, self.finality_den) < 1:
+            out.append(
+                ("finality_num", "num/den must be in [1/2, 1) — use finality_num 2, finality_den 3")
+            )
+        return out
+
+    @property
+    def kappa_fraction(self) -> Fraction:
+        """κ as the exact fraction of its shortest decimal spelling (0.5 -> 1/2)."""
+        return Fraction(repr(self.kappa))
+
+
+class MissingEmbeddings(Exception):
+    """The result needs full embeddings this validator does not hold: (shard, encoder) pairs."""
+
+    def __init__(self, missing: Sequence[tuple[int, bytes]]) -> None:
+        super().__init__(f"{len(missing)} full embeddings missing")
+        self.missing = tuple(missing)
+
+
+class CertificateError(Exception):
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
+def quantise(score: float) -> int:
+    """A score in [0, 1] as u16: ``floor(clamp(score, 0, 1) * 65535 + 0.5)``; NaN -> 0."""
+    if not score > 0.0:
+        return 0
+    return math.floor(min(score, 1.0) * U16_MAX + 0.5)
+
+
+def dequantise(q: int) -> float:
+    return q / U16_MAX
+
+
+def kappa_median(
+    values: Sequence[int], stakes: Sequence[int], kappa: Fraction, total_stake: int
+) -> int:
+    """The largest x such that the validators scoring >= x hold at least κ of the total stake
+    (0 if no value has that support). ``total_stake`` is the whole validator set's, so an
+    absent validator counts as scoring 0."""
+    for x in sorted(set(values), reverse=True):
+        support = sum(s for v, s in zip(values, stakes, strict=True) if v >= x)
+        if support * kappa.denominator >= kappa.numerator * total_stake:
+            return x
+    return 0
+
+
+@dataclass(frozen=True)
+class ConsensusView:
+    encoders: tuple[bytes, ...]
+    consensus: NDArray[np.int64]  # (S, E)
+    outliers: NDArray[np.bool_]  # (S, E)
+
+
+def usable_attestations(
+    cfg: NetworkConfig, rnd: int, attestations: Sequence[Attestation]
+) -> list[Attestation]:
+    """One attestation per validator (the first given), of this network and round, from the
+    validator set, with a score matrix of the right shape; in ascending validator order."""
+    seen: dict[bytes, Attestation] = {}
+    for a in attestations:
+        cells = cfg.shards_per_round * len(a.encoders)
+        if (
+            a.network_id == cfg.network_id
+            and a.round == rnd
+            and cfg.is_validator(a.validator)
+            and len(a.scores) == 2 * cells
+            and len(a.outliers) == cells
+        ):
+            seen.setdefault(a.validator, a)
+    return [seen[v] for v in sorted(seen)]
+
+
+def consensus_matrix(cfg: NetworkConfig, attestations: Sequence[Attestation]) -> ConsensusView:
+    """κ-median of the scores and of the outlier flags for every (shard, encoder) cell over the
+    union of the encoders the attestations list; a validator that does not list an encoder
+    scores it 0 and does not flag it."""
+    encoders = tuple(sorted({e for a in attestations for e in a.encoders}))
+    shards = cfg.shards_per_round
+    kappa = cfg.consensus.kappa_fraction
+    total = cfg.total_stake
+    stakes = [cfg.stake_of(a.validator) for a in attestations]
+    scores = np.zeros((len(attestations), shards, len(encoders)), dtype=np.int64)
+    flags = np.zeros((len(attestations), shards, len(encoders)), dtype=np.int64)
+    col = {e: i for i, e in enumerate(encoders)}
+    for v, a in enumerate(attestations):
+        idx = [col[e] for e in a.encoders]
+        scores[v][:, idx] = a.score_matrix(shards)
+        flags[v][:, idx] = a.outlier_matrix(shards)
+    consensus = np.zeros((shards, len(encoders)), dtype=np.int64)
+    outliers = np.zeros((shards, len(encoders)), dtype=np.bool_)
+    for s in range(shards):
+        for e in range(len(encoders)):
+            consensus[s, e] = kappa_median([int(x) for x in scores[:, s, e]], stakes, kappa, total)
+            outliers[s, e] = (
+                kappa_median([int(x) for x in flags[:, s, e]], stakes, kappa, total) == 1
+            )
+    return ConsensusView(encoders, consensus, outliers)
+
+
+def attestations_digest(attestations: Sequence[Attestation]) -> bytes:
+    """SHA-256 over the tag and the message ids of the attestations used, ascending."""
+    return sha256(ATTESTATIONS_TAG, *sorted(sha256(encode(a)) for a in attestations))
+
+
+def compute_result(
+    cfg: NetworkConfig,
+    rnd: int,
+    attestations: Sequence[Attestation],
+    fulls: Mapping[tuple[int, bytes], NDArray[np.float32]],
+) -> RoundResult:
+    """The round result from the attestations held and the revealed full embeddings.
+
+    ``fulls[(shard, encoder)]`` is the encoder's full embedding of that shard. The weighted
+    embedding of a shard averages the full embeddings of its non-outlier encoders weighted by
+    their u16 consensus scores; raises MissingEmbeddings if a positively weighted one is absent.
+    """
+    used = usable_attestations(cfg, rnd, attestations)
+    view = consensus_matrix(cfg, used)
+    shards, n = cfg.shards_per_round, len(view.encoders)
+    weights = np.where(view.outliers, 0, view.consensus)
+    missing = [
+        (s, view.encoders[e])
+        for s in range(shards)
+        for e in range(n)
+        if weights[s, e] > 0 and (s, view.encoders[e]) not in fulls
+    ]
+    if missing:
+        raise MissingEmbeddings(missing)
+    weighted = []
+    for s in range(shards):
+        cols = [e for e in range(n) if weights[s, e] > 0]
+        vec = weighted_embedding(
+            [int(weights[s, e]) for e in cols],
+            [fulls[(s, view.encoders[e])] for e in cols],
+            dim=cfg.dim,
+        )
+        weighted.append(vec.astype("<f4").tobytes())
+    encoder_scores = tuple(int(view.consensus[:, e].sum()) // shards for e in range(n))
+    ranking = tuple(sorted(range(n), key=lambda e: (-encoder_scores[e], view.encoders[e])))
+    cells = shards * n
+    agreement = []
+    for a in used:
+        own = np.zeros((shards, n), dtype=np.int64)
+        col = {e: i for i, e in enumerate(view.encoders)}
+        own[:, [col[e] for e in a.encoders]] = a.score_matrix(shards)
+        gap = int(np.abs(own - view.consensus).sum())
+        agreement.append((a.validator, U16_MAX - (gap // cells if cells else 0)))
+    return RoundResult(
+        network_id=cfg.network_id,
+        round=rnd,
+        encoders=view.encoders,
+        consensus=tuple(int(x) for x in view.consensus.ravel()),
+        outliers=tuple(bool(x) for x in view.outliers.ravel()),
+        encoder_scores=encoder_scores,
+        ranking=ranking,
+        weighted=tuple(weighted),
+        agreement=tuple(agreement),
+        attestations_digest=attestations_digest(used),
+    )
+
+
+def verify_certificate(cfg: NetworkConfig, cert: Certificate) -> None:
+    """Check a certificate against the network config alone; raises CertificateError.
+
+    Its result must be of this network and round; every vote a valid finality-vote signature
+    over the result's digest by a distinct validator; and the signers must hold MORE than
+    finality_num/finality_den of the total stake.
+    """
+    if cert.network_id != cfg.network_id or cert.result.network_id != cfg.network_id:
+        raise CertificateError("wrong_network")
+    if cert.result.round != cert.round:
+        raise CertificateError("wrong_round", "the result is of another round")
+    digest = result_digest(cert.result)
+    signers: set[bytes] = set()
+    signed = 0
+    for validator, signature in cert.votes:
+        if validator in signers:
+            raise CertificateError("duplicate_signer", validator.hex())
+        if not cfg.is_validator(validator):
+            raise CertificateError("unknown_signer", validator.hex())
+        vote = FinalityVote(cfg.network_id, cert.round, validator, digest, signature)
+        if not signature_valid(vote):
+            raise CertificateError("bad_signature", validator.hex())
+        signers.add(validator)
+        signed += cfg.stake_of(validator)
+    c = cfg.consensus
+    if signed * c.finality_den <= c.finality_num * cfg.total_stake:
+        raise CertificateError(
+            "insufficient_stake",
+            f"{signed} of {cfg.total_stake} is not more than {c.finality_num}/{c.finality_den}",
+        )

@@ -1,0 +1,153 @@
+"""The round result: what validators sign and a certificate carries.
+
+Canonical encoding (msgpack array, see canonical.py)::
+
+    [version, network_id, round, encoders, consensus, outliers, encoder_scores, ranking,
+     weighted, agreement, attestations_digest]
+
+``encoders``: array of 32-byte keys, strictly ascending. ``consensus``: bin, u16
+little-endian, row-major shards x encoders. ``outliers``: bin, one byte (0 or 1) per cell, same
+order. ``encoder_scores``: bin, u16 little-endian per encoder. ``ranking``: array of encoder
+indices, best first (a permutation). ``weighted``: array, one bin per shard (dim little-endian
+float32). ``agreement``: array of ``[validator key, u16]``, validators strictly ascending.
+The digest is ``SHA-256(b"dlnet/v1/result" || encoding)``.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from dlnet.protocol.canonical import pack, sha256, unpack_strict
+from dlnet.protocol.errors import Reject
+
+RESULT_VERSION = 1
+RESULT_TAG = b"dlnet/v1/result"
+KEY_BYTES = 32
+U16_MAX = 0xFFFF
+MAX_RESULT_BYTES = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class RoundResult:
+    network_id: bytes
+    round: int
+    encoders: tuple[bytes, ...]
+    consensus: tuple[int, ...]
+    """u16 per (shard, encoder) cell, row-major shards x encoders."""
+    outliers: tuple[bool, ...]
+    """Consensus outlier flag per cell, same order."""
+    encoder_scores: tuple[int, ...]
+    """u16 per encoder: floor of the mean of its consensus scores over the shards."""
+    ranking: tuple[int, ...]
+    """Encoder indices, best first; ties by ascending key."""
+    weighted: tuple[bytes, ...]
+    """Per shard, the consensus-weighted embedding (little-endian float32)."""
+    agreement: tuple[tuple[bytes, int], ...]
+    """(validator, u16) for every validator whose attestation was used, ascending."""
+    attestations_digest: bytes
+
+    @property
+    def shards(self) -> int:
+        return len(self.weighted)
+
+
+def _u16s(values: tuple[int, ...]) -> bytes:
+    return np.array(values, dtype="<u2").tobytes()
+
+
+def encode_result(r: RoundResult) -> bytes:
+    return pack(
+        [
+            RESULT_VERSION,
+            r.network_id,
+            r.round,
+            list(r.encoders),
+            _u16s(r.consensus),
+            bytes(int(o) for o in r.outliers),
+            _u16s(r.encoder_scores),
+            list(r.ranking),
+            list(r.weighted),
+            [[v, a] for v, a in r.agreement],
+            r.attestations_digest,
+        ]
+    )
+
+
+def result_digest(r: RoundResult) -> bytes:
+    return sha256(RESULT_TAG, encode_result(r))
+
+
+def _need(ok: bool, what: str) -> None:
+    if not ok:
+        raise ValueError(what)
+
+
+def _bin(v: Any, what: str, length: int | None = None) -> bytes:
+    _need(type(v) is bytes and (length is None or len(v) == length), f"{what}: wrong type or size")
+    assert isinstance(v, bytes)
+    return v
+
+
+def _uint(v: Any, high: int, what: str) -> int:
+    _need(type(v) is int and 0 <= v <= high, f"{what}: not an integer in [0, {high}]")
+    assert isinstance(v, int)
+    return v
+
+
+def _ascending_keys(v: Any, what: str) -> tuple[bytes, ...]:
+    _need(type(v) is list, f"{what}: not an array")
+    keys = tuple(_bin(k, what, KEY_BYTES) for k in v)
+    _need(all(a < b for a, b in itertools.pairwise(keys)), f"{what}: not ascending")
+    return keys
+
+
+def decode_result(data: bytes) -> RoundResult:
+    """Strict decode; raises ValueError naming the bad field (wire maps it to a reject)."""
+    try:
+        f = unpack_strict(data, MAX_RESULT_BYTES)
+    except Reject as exc:
+        raise ValueError(f"result: {exc.detail}") from None
+    _need(type(f) is list and len(f) == 11, "result: not an 11-field array")
+    _need(f[0] == RESULT_VERSION and type(f[0]) is int, "result: unknown version")
+    network_id = _bin(f[1], "network_id", KEY_BYTES)
+    rnd = _uint(f[2], 2**64 - 1, "round")
+    encoders = _ascending_keys(f[3], "encoders")
+    n = len(encoders)
+    _need(type(f[8]) is list, "weighted: not an array")
+    weighted = tuple(_bin(w, "weighted") for w in f[8])
+    shards = len(weighted)
+    _need(all(len(w) == len(weighted[0]) and len(w) % 4 == 0 for w in weighted), "weighted")
+    _need(all(np.isfinite(np.frombuffer(w, dtype="<f4")).all() for w in weighted), "weighted")
+    consensus = tuple(int(x) for x in np.frombuffer(_bin(f[4], "consensus", 2 * shards * n), "<u2"))
+    flags = _bin(f[5], "outliers", shards * n)
+    _need(all(b in (0, 1) for b in flags), "outliers: bytes other than 0 and 1")
+    scores = tuple(int(x) for x in np.frombuffer(_bin(f[6], "encoder_scores", 2 * n), "<u2"))
+    _need(type(f[7]) is list, "ranking: not an array")
+    ranking = tuple(_uint(i, max(n - 1, 0), "ranking") for i in f[7])
+    _need(sorted(ranking) == list(range(n)), "ranking: not a permutation of the encoders")
+    _need(type(f[9]) is list, "agreement: not an array")
+    agreement: list[tuple[bytes, int]] = []
+    for pair in f[9]:
+        _need(type(pair) is list and len(pair) == 2, "agreement: not [key, u16] pairs")
+        agreement.append(
+            (_bin(pair[0], "agreement", KEY_BYTES), _uint(pair[1], U16_MAX, "agreement"))
+        )
+    keys = [k for k, _ in agreement]
+    _need(all(a < b for a, b in itertools.pairwise(keys)), "agreement: not ascending")
+    digest = _bin(f[10], "attestations_digest", 32)
+    return RoundResult(
+        network_id,
+        rnd,
+        encoders,
+        consensus,
+        tuple(bool(b) for b in flags),
+        scores,
+        ranking,
+        weighted,
+        tuple(agreement),
+        digest,
+    )
