@@ -1,0 +1,261 @@
+"""The `dlnet` command. Every operator mistake ends in one line on stderr and exit code 2."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+import trio
+
+from dlnet.node import report
+from dlnet.node.dataset_io import DatasetError, resolve_dataset_path
+from dlnet.node.host import GossipParams
+from dlnet.node.keyfile import KeyFileError, read_key, write_key
+from dlnet.node.runtime import ROLES, NodeError, NodeOptions, load_config, run_node
+from dlnet.protocol.config import DatasetRef, ValidatorEntry, default_config, dump_config
+from dlnet.protocol.errors import ConfigError
+from dlnet.protocol.identity import SigningKey
+
+OPERATOR_ERRORS = (ConfigError, DatasetError, KeyFileError, NodeError)
+
+
+def fail(message: str) -> NoReturn:
+    raise click.ClickException(message)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default="info",
+    show_default=True,
+)
+def cli(log_level: str) -> None:
+    """dlnet: a peer-to-peer network that judges embedding encoders without trusted evaluators.
+
+    Start with `dlnet testnet` to run a whole local network, or see docs/OPERATING.md.
+    """
+    logging.basicConfig(
+        level=log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+@cli.command()
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Key file to write.")
+@click.option("--force", is_flag=True, help="Overwrite an existing key file.")
+def keygen(out: Path, force: bool) -> None:
+    """Create an Ed25519 signing key (file mode 0600); print its public key."""
+    key = SigningKey.generate()
+    write_key(out, key, force=force)
+    click.echo(key.public_key.hex())
+
+
+def _parse_validator(spec: str) -> ValidatorEntry:
+    """`PUBKEY_HEX[:STAKE]` or `@KEYFILE[:STAKE]`."""
+    body, _, stake_text = spec.partition(":")
+    stake = 1
+    if stake_text:
+        if not stake_text.isdigit() or int(stake_text) <= 0:
+            fail(f"--validator {spec}: stake must be a positive whole number")
+        stake = int(stake_text)
+    if body.startswith("@"):
+        return ValidatorEntry(read_key(Path(body[1:])).public_key, stake)
+    try:
+        pubkey = bytes.fromhex(body)
+    except ValueError:
+        pubkey = b""
+    if len(pubkey) != 32:
+        fail(f"--validator {spec}: expected 64 hex digits (an Ed25519 public key) or @KEYFILE")
+    return ValidatorEntry(pubkey, stake)
+
+
+@cli.command()
+@click.option(
+    "--validator",
+    "validators",
+    multiple=True,
+    required=True,
+    help="PUBKEY_HEX[:STAKE] or @KEYFILE[:STAKE]; repeat for each validator.",
+)
+@click.option("--out", type=click.Path(path_type=Path), required=True)
+@click.option("--name", default="dlnet-local", show_default=True)
+@click.option(
+    "--genesis-in",
+    type=float,
+    default=30.0,
+    show_default=True,
+    help="Seconds from now until round 0 starts.",
+)
+@click.option(
+    "--dataset",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    default=None,
+    help="One item per line (or .jsonl with a 'text' field); default: the shipped corpus.",
+)
+@click.option("--round-seconds", type=int, default=None, help="Override the round length.")
+def init(
+    validators: tuple[str, ...],
+    out: Path,
+    name: str,
+    genesis_in: float,
+    dataset: Path | None,
+    round_seconds: int | None,
+) -> None:
+    """Write a network config (genesis) for the given validators."""
+    entries = tuple(_parse_validator(v) for v in validators)
+    if dataset is None:
+        ref = DatasetRef("builtin:corpus.txt", b"", "lines")
+        data = resolve_dataset_path(ref, Path.cwd()).read_bytes()
+    else:
+        data = dataset.read_bytes()
+        ref = DatasetRef(
+            str(dataset.resolve()), b"", "jsonl" if dataset.suffix == ".jsonl" else "lines"
+        )
+    ref = DatasetRef(ref.path, hashlib.sha256(data).digest(), ref.format)
+    overrides: dict[str, Any] = {"name": name, "dataset": ref}
+    if round_seconds is not None:
+        overrides["round_seconds"] = round_seconds
+    cfg = default_config(entries, int(time.time() + genesis_in), **overrides)
+    out.write_text(dump_config(cfg))
+    click.echo(f"wrote {out}: network id {cfg.network_id.hex()}")
+
+
+@cli.command()
+@click.option("--config", "config_path", type=click.Path(path_type=Path), required=True)
+@click.option("--key", "key_path", type=click.Path(path_type=Path), default=None)
+@click.option(
+    "--role",
+    "roles",
+    type=click.Choice(ROLES),
+    multiple=True,
+    help="encoder and/or validator; none = relay only.",
+)
+@click.option(
+    "--model",
+    default=None,
+    help="module:factory of the encoder's model (default: the built-in all-MiniLM-L6-v2 encoder).",
+)
+@click.option("--model-option", "model_options", multiple=True, metavar="KEY=VALUE")
+@click.option(
+    "--behaviour",
+    default="honest",
+    hidden=True,
+    help="Testnet adversaries: fabricated, copycat, replay, equivocator.",
+)
+@click.option("--listen", default="/ip4/127.0.0.1/tcp/0", show_default=True)
+@click.option("--bootstrap", multiple=True, help="Multiaddr of a peer, with /p2p/<id>.")
+@click.option("--data-dir", type=click.Path(path_type=Path), required=True)
+@click.option("--max-peers", type=int, default=None, help="Bound on connections.")
+def run(
+    config_path: Path,
+    key_path: Path | None,
+    roles: tuple[str, ...],
+    model: str | None,
+    model_options: tuple[str, ...],
+    behaviour: str,
+    listen: str,
+    bootstrap: tuple[str, ...],
+    data_dir: Path,
+    max_peers: int | None,
+) -> None:
+    """Run a node until interrupted (Ctrl-C / SIGTERM)."""
+    options: dict[str, str] = {}
+    for item in model_options:
+        k, sep, v = item.partition("=")
+        if not sep or not k:
+            fail(f"--model-option {item}: expected KEY=VALUE")
+        options[k] = v
+    gossip = GossipParams()
+    if max_peers is not None:
+        if max_peers < 1:
+            fail("--max-peers: must be at least 1")
+        gossip = GossipParams(max_peers=max_peers, target_peers=min(gossip.target_peers, max_peers))
+    opts = NodeOptions(
+        config_path=config_path,
+        data_dir=data_dir,
+        roles=frozenset(roles),
+        key_path=key_path,
+        model=model,
+        model_options=options,
+        behaviour=behaviour,
+        listen=listen,
+        bootstrap=bootstrap,
+        gossip=gossip,
+    )
+    trio.run(run_node, opts)
+
+
+@cli.command()
+@click.option("--data-dir", type=click.Path(path_type=Path, exists=True), required=True)
+@click.option("--json", "as_json", is_flag=True)
+def status(data_dir: Path, as_json: bool) -> None:
+    """What a node holds: identity, rounds and their outcomes, message counters."""
+    st = report.node_status(data_dir)
+    click.echo(json.dumps(st, indent=1) if as_json else report.format_status(st))
+
+
+@cli.command()
+@click.option("--data-dir", type=click.Path(path_type=Path, exists=True), required=True)
+@click.option("--config", "config_path", type=click.Path(path_type=Path), required=True)
+@click.option("--round", "rnd", type=int, required=True)
+@click.option("--json", "as_json", is_flag=True)
+def results(data_dir: Path, config_path: Path, rnd: int, as_json: bool) -> None:
+    """The finalized result of a round (ranking, scores), checked against the certificate."""
+    res = report.round_results(data_dir, load_config(config_path), rnd)
+    click.echo(json.dumps(res, indent=1) if as_json else report.format_results(res))
+
+
+@cli.command()
+@click.option("--validators", type=int, default=3, show_default=True)
+@click.option(
+    "--encoders",
+    "encoders_spec",
+    default=None,
+    help="Comma list of kind:count (kinds: honest noise zero additive fabricated "
+    "copycat replay equivocator truncated py:module:factory). "
+    "Default: honest:6 and one of each adversary.",
+)
+@click.option("--rounds", type=int, default=3, show_default=True)
+@click.option(
+    "--out", type=click.Path(path_type=Path), default=Path("testnet-out"), show_default=True
+)
+@click.option("--round-seconds", type=int, default=None)
+def testnet(
+    validators: int, encoders_spec: str | None, rounds: int, out: Path, round_seconds: int | None
+) -> None:
+    """Start a local network as separate processes on 127.0.0.1, run rounds, report."""
+    from dlnet.node import testnet as tn
+
+    spec = tn.parse_encoder_spec(encoders_spec) if encoders_spec else tn.DEFAULT_ENCODERS
+    if validators < 1 or rounds < 1:
+        fail("--validators and --rounds must be at least 1")
+    code = tn.run_testnet(tn.TestnetPlan(validators, spec, rounds, out, round_seconds))
+    sys.exit(code)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: one readable line for any operator error, never a traceback."""
+    try:
+        cli.main(args=argv, prog_name="dlnet", standalone_mode=False)
+    except click.exceptions.Abort:
+        sys.exit(130)
+    except click.UsageError as exc:
+        cmd = exc.ctx.command_path if exc.ctx else "dlnet"
+        click.echo(f"dlnet: error: {exc.format_message()} (see `{cmd} --help`)", err=True)
+        sys.exit(2)
+    except click.ClickException as exc:
+        click.echo(f"dlnet: error: {exc.format_message()}", err=True)
+        sys.exit(2)
+    except OPERATOR_ERRORS as exc:
+        click.echo(f"dlnet: error: {exc}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)

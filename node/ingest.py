@@ -1,0 +1,160 @@
+"""Admission of messages into a node: strict checks, round window, duplicates, storage.
+
+Every message a node holds, whether it came by gossip, by a sync fetch or was made by the
+node itself, passes through `Ingest.admit`. The gossip path splits it in two: `check` runs
+inside the gossipsub topic validator (before anything is relayed) and `admit` runs in the
+subscription's drain task. Nothing is counted as held before the store has committed it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+
+from dlnet.node.host import Verdict
+from dlnet.node.store import PutStatus, Store
+from dlnet.protocol.config import NetworkConfig
+from dlnet.protocol.rounds import accepted_rounds, round_times
+from dlnet.protocol.wire import (
+    Attestation,
+    Commit,
+    Embedding,
+    FinalityVote,
+    Kind,
+    Message,
+    Reject,
+    decode,
+    message_id,
+)
+
+# Clock skew and propagation allowed for a commit arriving after its deadline.
+COMMIT_GRACE = 1.0
+
+
+class Outcome(Enum):
+    NEW = "new"
+    DUPLICATE = "duplicate"
+    EQUIVOCATION = "equivocation"
+    IGNORED = "ignored"
+    REJECTED = "rejected"
+
+
+@dataclass(frozen=True)
+class Slot:
+    """Where a message sits: one message per (kind, round, signer, shard, slot) is allowed."""
+
+    kind: Kind
+    round: int
+    signer: bytes
+    shard: int | None
+    slot: int | None
+    commitment: bytes | None
+
+
+def slot_of(msg: Message) -> Slot:
+    if isinstance(msg, Commit):
+        return Slot(Kind.COMMIT, msg.round, msg.encoder, None, None, None)
+    if isinstance(msg, Embedding):
+        return Slot(Kind.EMBEDDING, msg.round, msg.encoder, msg.shard, msg.slot, msg.commitment())
+    if isinstance(msg, Attestation):
+        return Slot(Kind.ATTESTATION, msg.round, msg.validator, None, None, None)
+    if isinstance(msg, FinalityVote):
+        return Slot(Kind.VOTE, msg.round, msg.validator, None, None, None)
+    raise TypeError(f"{type(msg).__name__} is not a gossiped message")
+
+
+class Ingest:
+    """Checks and stores messages; counts every reject and ignore by reason."""
+
+    def __init__(self, cfg: NetworkConfig, store: Store, now: Callable[[], float]) -> None:
+        self.cfg = cfg
+        self.store = store
+        self.now = now
+        # Decoded messages between the topic validator and the drain task, by message id,
+        # so the signature is checked once per message.
+        self._checked: dict[bytes, Message] = {}
+
+    def count(self, outcome: str, reason: str) -> None:
+        self.store.bump_counter(f"{outcome}:{reason}")
+
+    def _decode(self, data: bytes, kind: Kind | None) -> Message | None:
+        try:
+            return decode(data, self.cfg, kind)
+        except Reject as exc:
+            self.count("rejected", exc.reason.value)
+            return None
+
+    def _in_window(self, msg: Message) -> bool:
+        now = self.now()
+        window = accepted_rounds(self.cfg, now)
+        if msg.round not in window:
+            self.count("ignored", "old_round" if msg.round < window.start else "future_round")
+            return False
+        if isinstance(msg, Commit) and now > round_times(self.cfg, msg.round).commit_deadline + (
+            COMMIT_GRACE
+        ):
+            # A commit made after reveals went public could be a copy: it never counts.
+            self.count("ignored", "late_commit")
+            return False
+        return True
+
+    def check(self, kind: Kind, data: bytes) -> Verdict:
+        """Topic-validator half: strict decode, signature, round window, duplicate."""
+        mid = message_id(data)
+        if mid in self._checked or self.store.get_by_id(mid) is not None:
+            self.count("ignored", "duplicate")
+            return Verdict.IGNORE
+        msg = self._decode(data, kind)
+        if msg is None:
+            return Verdict.REJECT
+        if not self._in_window(msg):
+            return Verdict.IGNORE
+        self._checked[mid] = msg
+        return Verdict.ACCEPT
+
+    def admit_checked(self, data: bytes) -> Outcome:
+        """Drain-task half for a message that `check` accepted."""
+        msg = self._checked.pop(message_id(data), None)
+        if msg is None:
+            return self.admit(data, None)
+        return self._store(msg, data)
+
+    def admit(self, data: bytes, kind: Kind | None, *, window: bool = True) -> Outcome:
+        """Full admission for bytes from sync fetches (window=False for catch-up of old rounds)."""
+        msg = self._decode(data, kind)
+        if msg is None:
+            return Outcome.REJECTED
+        if window and not self._in_window(msg):
+            return Outcome.IGNORED
+        return self._store(msg, data)
+
+    def admit_own(self, msg: Message, data: bytes) -> None:
+        """A message this node made: stored before it is published (the host skips a
+        node's own topic validators and does not hand it its own messages)."""
+        self._store(msg, data)
+
+    def _store(self, msg: Message, data: bytes) -> Outcome:
+        where = slot_of(msg)
+        put = self.store.put_message(
+            int(where.kind),
+            message_id(data),
+            where.round,
+            where.signer,
+            where.shard,
+            where.slot,
+            where.commitment,
+            data,
+        )
+        if put.status is PutStatus.DUPLICATE:
+            self.count("ignored", "duplicate")
+            return Outcome.DUPLICATE
+        if put.status is PutStatus.CONFLICT:
+            assert put.existing is not None
+            self.store.put_equivocation(
+                where.round, where.signer, where.shard, where.slot, put.existing, data
+            )
+            self.count("evidence", f"equivocation_{where.kind.name.lower()}")
+            return Outcome.EQUIVOCATION
+        self.count("accepted", where.kind.name.lower())
+        return Outcome.NEW

@@ -1,0 +1,189 @@
+"""One running dlnet node: config, data, store, libp2p host, sync, and its roles, all inside
+one trio nursery. SIGINT/SIGTERM cancel the nursery; the store is closed on the way out."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import trio
+
+from dlnet.node.context import NodeContext, wall_clock
+from dlnet.node.dataset_io import load_items
+from dlnet.node.encoder import EncoderRole
+from dlnet.node.host import GossipParams, Host, Verdict, open_host
+from dlnet.node.ingest import Ingest
+from dlnet.node.keyfile import read_key
+from dlnet.node.models import load_model
+from dlnet.node.store import Store
+from dlnet.node.sync import SyncClient, install_server
+from dlnet.node.validator import ValidatorRole
+from dlnet.protocol.config import NetworkConfig, parse_config
+from dlnet.protocol.consensus import CertificateError, verify_certificate
+from dlnet.protocol.result import result_digest
+from dlnet.protocol.rounds import round_at, round_times
+from dlnet.protocol.wire import Certificate, Kind, Reject, decode, topic
+
+ROLES = ("encoder", "validator")
+GOSSIPED = (Kind.COMMIT, Kind.EMBEDDING, Kind.ATTESTATION, Kind.VOTE)
+STORE_FILE = "node.sqlite"
+INFO_FILE = "node.json"
+# Certificates a (re)starting node asks its peers for, counted back from the current round.
+CATCH_UP_ROUNDS = 64
+
+
+class NodeError(Exception):
+    """A node cannot start; the text is one line telling the operator what to fix."""
+
+
+@dataclass
+class NodeOptions:
+    config_path: Path
+    data_dir: Path
+    roles: frozenset[str] = frozenset()
+    key_path: Path | None = None
+    model: str | None = None
+    model_options: dict[str, str] = field(default_factory=dict)
+    behaviour: str = "honest"
+    listen: str = "/ip4/127.0.0.1/tcp/0"
+    bootstrap: tuple[str, ...] = ()
+    gossip: GossipParams = field(default_factory=GossipParams)
+
+
+def load_config(path: Path) -> NetworkConfig:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise NodeError(f"--config: cannot read {path}: {exc.strerror}") from exc
+    return parse_config(text)
+
+
+def _validator(ingest: Ingest, kind: Kind) -> Callable[[str, bytes, str], Verdict]:
+    def check(_topic: str, data: bytes, _peer: str) -> Verdict:
+        return ingest.check(kind, data)
+
+    return check
+
+
+async def _subscribe_all(host: Host, ingest: Ingest, cfg: NetworkConfig) -> None:
+    async def handler(data: bytes, _peer: str) -> None:
+        ingest.admit_checked(data)
+
+    for kind in GOSSIPED:
+        await host.subscribe(topic(cfg.network_id, kind), _validator(ingest, kind), handler)
+
+
+async def catch_up(ctx: NodeContext) -> None:
+    """Fetch and verify the certificates of recent rounds this node holds no outcome for."""
+    now_round = round_at(ctx.cfg, wall_clock())
+    lo = max(0, now_round - CATCH_UP_ROUNDS)
+    if now_round <= lo:
+        return
+    held = {r for r, _, _ in ctx.store.round_outcomes()}
+    for data in await ctx.sync.fetch_certificates(lo, now_round - 1):
+        try:
+            cert = decode(data, ctx.cfg, Kind.CERTIFICATE)
+            assert isinstance(cert, Certificate)
+            verify_certificate(ctx.cfg, cert)
+        except (Reject, CertificateError):
+            ctx.ingest.count("rejected", "certificate")
+            continue
+        if cert.round not in held:
+            ctx.store.put_certificate(cert.round, data)
+            ctx.store.put_round_outcome(cert.round, True, result_digest(cert.result))
+
+
+# An encoder starting mid-round still joins it when at least this long is left to commit.
+JOIN_MARGIN = 5.0
+
+
+def first_round(cfg: NetworkConfig, now: float) -> int:
+    """The first round a starting encoder can still commit in."""
+    current = round_at(cfg, now)
+    if current < 0:
+        return 0
+    return current if now < round_times(cfg, current).commit_deadline - JOIN_MARGIN else current + 1
+
+
+def write_info(data_dir: Path, host: Host, opts: NodeOptions, public_key: bytes | None) -> None:
+    """node.json: how to reach this node (read by the testnet driver and `dlnet status`)."""
+    info = {
+        "pid": os.getpid(),
+        "argv": sys.argv[1:],
+        "peer_id": host.peer_id,
+        "addrs": [f"{a}/p2p/{host.peer_id}" if "/p2p/" not in a else a for a in host.addrs],
+        "roles": sorted(opts.roles),
+        "public_key": public_key.hex() if public_key else None,
+        "behaviour": opts.behaviour,
+        "model": opts.model,
+    }
+    tmp = data_dir / (INFO_FILE + ".tmp")
+    tmp.write_text(json.dumps(info, indent=1))
+    tmp.replace(data_dir / INFO_FILE)
+
+
+async def run_node(opts: NodeOptions) -> None:
+    cfg = load_config(opts.config_path)
+    items = load_items(cfg.dataset, opts.config_path.resolve().parent)
+    key = read_key(opts.key_path) if opts.key_path is not None else None
+    if opts.roles and key is None:
+        raise NodeError("--key: a node with a role signs its messages — pass --key KEYFILE")
+    if "validator" in opts.roles and key is not None and not cfg.is_validator(key.public_key):
+        raise NodeError(
+            f"--key: {key.public_key.hex()} is not in the network config's validator set — "
+            "run without --role validator, or use a validator key"
+        )
+    model = None
+    if "encoder" in opts.roles:
+        model = load_model(opts.model, cfg, opts.model_options)
+    opts.data_dir.mkdir(parents=True, exist_ok=True)
+    store = Store.open(opts.data_dir / STORE_FILE)
+    log = logging.getLogger("dlnet")
+    try:
+        ingest = Ingest(cfg, store, wall_clock)
+        async with open_host(
+            listen=opts.listen,
+            bootstrap=opts.bootstrap,
+            params=opts.gossip,
+            network_tag=cfg.network_id.hex()[:16],
+        ) as host:
+            install_server(host, store, ingest, wall_clock)
+            await _subscribe_all(host, ingest, cfg)
+            ctx = NodeContext(
+                cfg, items, store, ingest, host, SyncClient(host, ingest, cfg.network_id)
+            )
+            write_info(opts.data_dir, host, opts, key.public_key if key else None)
+            log.info(
+                "node %s up, network %s, roles %s",
+                host.peer_id,
+                cfg.network_id.hex()[:16],
+                sorted(opts.roles) or ["relay"],
+            )
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
+                start = first_round(cfg, wall_clock())
+                if key is not None and model is not None:
+                    enc = EncoderRole(ctx, key, model, opts.behaviour)
+                    nursery.start_soon(enc.run, start)
+                if key is not None and "validator" in opts.roles:
+                    nursery.start_soon(catch_up, ctx)
+                    val = ValidatorRole(ctx, key)
+                    # A validator also finishes rounds already under way when it (re)starts.
+                    resume = max(0, round_at(cfg, wall_clock()) - cfg.timing.round_window)
+                    nursery.start_soon(val.run, min(start, resume))
+    finally:
+        store.close()
+
+
+async def _stop_on_signal(scope: trio.CancelScope) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            logging.getLogger("dlnet").info("signal %d: stopping", signum)
+            scope.cancel()
+            return

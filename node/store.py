@@ -1,0 +1,221 @@
+"""The node's embedded store: SQLite in WAL mode.
+
+Every write is committed before the call returns, so whatever a node has counted survives
+the process being killed at any moment (kill -9): WAL with ``synchronous=NORMAL`` keeps every
+committed transaction across a process crash; only an operating-system crash or power loss
+can lose the last transactions (use ``synchronous=FULL`` via ``Store.open(durable=True)`` on
+a machine where that matters). One connection per node, used from the trio thread: every call
+is a short indexed statement.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+
+SCHEMA_VERSION = 1
+NO_SLOT = -1  # shard/slot of messages that have none (SQLite UNIQUE treats NULLs as distinct)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS messages (
+    id BLOB PRIMARY KEY,
+    kind INTEGER NOT NULL,
+    round INTEGER NOT NULL,
+    signer BLOB NOT NULL,
+    shard INTEGER NOT NULL,
+    slot INTEGER NOT NULL,
+    commitment BLOB,
+    data BLOB NOT NULL,
+    seq INTEGER NOT NULL,
+    UNIQUE (kind, round, signer, shard, slot)
+);
+CREATE INDEX IF NOT EXISTS messages_commitment ON messages (commitment);
+CREATE INDEX IF NOT EXISTS messages_kind_round ON messages (kind, round, seq);
+CREATE TABLE IF NOT EXISTS equivocations (
+    round INTEGER NOT NULL,
+    signer BLOB NOT NULL,
+    shard INTEGER NOT NULL,
+    slot INTEGER NOT NULL,
+    first BLOB NOT NULL,
+    second BLOB NOT NULL,
+    PRIMARY KEY (round, signer, shard, slot, second)
+);
+CREATE TABLE IF NOT EXISTS round_state (
+    round INTEGER NOT NULL, key TEXT NOT NULL, value BLOB NOT NULL, PRIMARY KEY (round, key)
+);
+CREATE TABLE IF NOT EXISTS certificates (round INTEGER PRIMARY KEY, data BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS outcomes (
+    round INTEGER PRIMARY KEY, finalized INTEGER NOT NULL, digest BLOB
+);
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+
+
+class StoreError(Exception):
+    """The store cannot be opened; the text says why and what to do."""
+
+
+class PutStatus(Enum):
+    NEW = "new"
+    DUPLICATE = "duplicate"  # the same bytes are held already
+    CONFLICT = "conflict"  # other bytes are held for the same (kind, round, signer, shard, slot)
+
+
+@dataclass(frozen=True)
+class PutResult:
+    status: PutStatus
+    existing: bytes | None = None  # the bytes held first, on CONFLICT
+
+
+def _slot(x: int | None) -> int:
+    return NO_SLOT if x is None else x
+
+
+class Store:
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+        self._seq = int(db.execute("SELECT COALESCE(MAX(seq), 0) FROM messages").fetchone()[0])
+
+    @classmethod
+    def open(cls, path: Path, *, durable: bool = False) -> Store:
+        try:
+            db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+            db.execute("PRAGMA busy_timeout=5000")
+            db.executescript(SCHEMA)
+            row = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{path}: not a usable dlnet store ({exc})") from exc
+        if row is None:
+            db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        elif int(row[0]) > SCHEMA_VERSION:
+            db.close()
+            raise StoreError(
+                f"{path}: store schema {row[0]} is newer than this dlnet's "
+                f"({SCHEMA_VERSION}) — upgrade dlnet or use another --data-dir"
+            )
+        return cls(db)
+
+    def close(self) -> None:
+        self._db.close()
+
+    # --- messages -----------------------------------------------------------------------
+
+    def put_message(
+        self,
+        kind: int,
+        msg_id: bytes,
+        round: int,
+        signer: bytes,
+        shard: int | None,
+        slot: int | None,
+        commitment: bytes | None,
+        data: bytes,
+    ) -> PutResult:
+        """Store a message unless its bytes or another message for its place are held."""
+        if self.get_by_id(msg_id) is not None:
+            return PutResult(PutStatus.DUPLICATE)
+        held = self._db.execute(
+            "SELECT data FROM messages WHERE kind=? AND round=? AND signer=? AND shard=? AND slot=?",
+            (kind, round, signer, _slot(shard), _slot(slot)),
+        ).fetchone()
+        if held is not None:
+            return PutResult(PutStatus.CONFLICT, bytes(held[0]))
+        self._seq += 1
+        self._db.execute(
+            "INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (msg_id, kind, round, signer, _slot(shard), _slot(slot), commitment, data, self._seq),
+        )
+        return PutResult(PutStatus.NEW)
+
+    def get_by_id(self, msg_id: bytes) -> bytes | None:
+        row = self._db.execute("SELECT data FROM messages WHERE id=?", (msg_id,)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def get_by_commitment(self, commitment: bytes, rounds: range | None = None) -> bytes | None:
+        """The embedding with this commitment, if held (and, given ``rounds``, of one of them)."""
+        for rnd, data in self._db.execute(
+            "SELECT round, data FROM messages WHERE commitment=? ORDER BY seq", (commitment,)
+        ):
+            if rounds is None or rnd in rounds:
+                return bytes(data)
+        return None
+
+    def messages(self, kind: int, round: int) -> list[bytes]:
+        """Every held message of a kind and round, in the order they were stored."""
+        rows = self._db.execute(
+            "SELECT data FROM messages WHERE kind=? AND round=? ORDER BY seq", (kind, round)
+        )
+        return [bytes(r[0]) for r in rows]
+
+    def put_equivocation(
+        self,
+        round: int,
+        signer: bytes,
+        shard: int | None,
+        slot: int | None,
+        first: bytes,
+        second: bytes,
+    ) -> None:
+        self._db.execute(
+            "INSERT OR IGNORE INTO equivocations VALUES (?, ?, ?, ?, ?, ?)",
+            (round, signer, _slot(shard), _slot(slot), first, second),
+        )
+
+    def equivocators(self, round: int) -> set[bytes]:
+        rows = self._db.execute("SELECT DISTINCT signer FROM equivocations WHERE round=?", (round,))
+        return {bytes(r[0]) for r in rows}
+
+    # --- rounds -------------------------------------------------------------------------
+
+    def put_round_state(self, round: int, key: str, value: bytes) -> None:
+        self._db.execute("INSERT OR REPLACE INTO round_state VALUES (?, ?, ?)", (round, key, value))
+
+    def get_round_state(self, round: int, key: str) -> bytes | None:
+        row = self._db.execute(
+            "SELECT value FROM round_state WHERE round=? AND key=?", (round, key)
+        ).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def put_certificate(self, round: int, data: bytes) -> None:
+        self._db.execute("INSERT OR IGNORE INTO certificates VALUES (?, ?)", (round, data))
+
+    def certificates(self, lo: int, hi: int) -> list[tuple[int, bytes]]:
+        rows = self._db.execute(
+            "SELECT round, data FROM certificates WHERE round BETWEEN ? AND ? ORDER BY round",
+            (lo, hi),
+        )
+        return [(int(r), bytes(d)) for r, d in rows]
+
+    def put_round_outcome(self, round: int, finalized: bool, digest: bytes | None) -> None:
+        """Record how a round ended; a finalized outcome is never overwritten."""
+        self._db.execute(
+            "INSERT INTO outcomes VALUES (?, ?, ?) ON CONFLICT (round) DO UPDATE SET "
+            "finalized=excluded.finalized, digest=excluded.digest WHERE outcomes.finalized=0",
+            (round, int(finalized), digest),
+        )
+
+    def round_outcomes(self) -> list[tuple[int, bool, bytes | None]]:
+        rows = self._db.execute("SELECT round, finalized, digest FROM outcomes ORDER BY round")
+        return [(int(r), bool(f), None if d is None else bytes(d)) for r, f, d in rows]
+
+    def prune(self, before_round: int) -> None:
+        """Drop messages, evidence and state of rounds before ``before_round`` (certificates
+        and outcomes are kept forever)."""
+        for table in ("messages", "equivocations", "round_state"):
+            self._db.execute(f"DELETE FROM {table} WHERE round < ?", (before_round,))
+
+    # --- counters -----------------------------------------------------------------------
+
+    def bump_counter(self, name: str, n: int = 1) -> None:
+        self._db.execute(
+            "INSERT INTO counters VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value=value+?",
+            (name, n, n),
+        )
+
+    def counters(self) -> dict[str, int]:
+        return {str(k): int(v) for k, v in self._db.execute("SELECT name, value FROM counters")}

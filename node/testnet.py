@@ -1,0 +1,276 @@
+"""`dlnet testnet`: a whole network on 127.0.0.1 — bootstrap, validators and encoders as
+separate OS processes — run for a number of rounds, stopped by PID, and reported."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import psutil
+
+from dlnet.node import report
+from dlnet.node.dataset_io import resolve_dataset_path
+from dlnet.node.keyfile import write_key
+from dlnet.node.runtime import INFO_FILE
+from dlnet.protocol.config import DatasetRef, ValidatorEntry, default_config, dump_config
+from dlnet.protocol.identity import SigningKey
+from dlnet.protocol.rounds import round_times
+
+ADVERSARIES: Final = ("noise", "zero", "additive", "fabricated", "copycat", "replay", "equivocator")
+DEFAULT_ENCODERS: Final[tuple[tuple[str, int], ...]] = (
+    ("honest", 6),
+    *tuple((k, 1) for k in ADVERSARIES),
+)
+MODELS: Final = "dlnet.node.models.kinds"
+# kind -> (model factory, behaviour of the encoder role)
+KINDS: Final[dict[str, tuple[str, str]]] = {
+    "honest": (f"{MODELS}:honest", "honest"),
+    "truncated": (f"{MODELS}:truncated", "honest"),
+    "noise": (f"{MODELS}:noise", "honest"),
+    "zero": (f"{MODELS}:zero", "honest"),
+    "additive": (f"{MODELS}:additive", "honest"),
+    "fabricated": (f"{MODELS}:honest", "fabricated"),
+    "copycat": (f"{MODELS}:noise", "copycat"),
+    "replay": (f"{MODELS}:honest", "replay"),
+    "equivocator": (f"{MODELS}:honest", "equivocator"),
+}
+# Time from launching the processes until round 1 starts: ~10 processes load torch and the
+# model at once on 2 cores (measured ~40 s); an encoder still joins round 1 up to 5 s before
+# its commit deadline.
+STARTUP_SECONDS: Final = 45.0
+# A node shuts libp2p down cleanly in ~2 s alone; with 17 stopping at once on 2 cores, more.
+STOP_GRACE: Final = 20.0
+
+
+class SpecError(ValueError):
+    pass
+
+
+def parse_encoder_spec(spec: str) -> tuple[tuple[str, int], ...]:
+    """`kind:count,kind:count,...`; a custom model is `py:module:factory:count`."""
+    out: list[tuple[str, int]] = []
+    for part in spec.split(","):
+        part = part.strip()
+        body, sep, count_text = part.rpartition(":")
+        if not sep or not count_text.isdigit() or int(count_text) < 1:
+            raise SpecError(f"--encoders: {part!r} is not kind:count (e.g. honest:6,noise:1)")
+        if body not in KINDS and not (body.startswith("py:") and body.count(":") == 2):
+            raise SpecError(
+                f"--encoders: unknown kind {body!r}; kinds: {', '.join(KINDS)}, py:module:factory"
+            )
+        out.append((body, int(count_text)))
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class TestnetPlan:
+    validators: int
+    encoders: tuple[tuple[str, int], ...]
+    rounds: int
+    out: Path
+    round_seconds: int | None = None
+
+
+@dataclass
+class Proc:
+    name: str
+    role: str  # bootstrap | validator | encoder
+    kind: str
+    data_dir: Path
+    popen: subprocess.Popen[bytes]
+    public_key: str | None = None
+    peak_rss: int = 0
+    exit_code: int | None = None
+    log: Any = field(default=None, repr=False)
+
+
+def _node_cmd(config: Path, data_dir: Path, extra: Sequence[str]) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "dlnet.node",
+        "--log-level",
+        "info",
+        "run",
+        "--config",
+        str(config),
+        "--data-dir",
+        str(data_dir),
+        *extra,
+    ]
+
+
+def _start(name: str, role: str, kind: str, out: Path, cmd: list[str]) -> Proc:
+    data_dir = out / "nodes" / name
+    data_dir.mkdir(parents=True, exist_ok=True)
+    log = open(data_dir / "node.log", "wb")  # noqa: SIM115 - closed in _stop
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    popen = subprocess.Popen(
+        cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+    )
+    return Proc(name, role, kind, data_dir, popen, log=log)
+
+
+def _wait_info(proc: Proc, timeout: float) -> dict[str, Any]:
+    path = proc.data_dir / INFO_FILE
+    end = time.time() + timeout
+    while time.time() < end:
+        if proc.popen.poll() is not None:
+            raise RuntimeError(
+                f"{proc.name} exited with {proc.popen.returncode}; see {proc.data_dir / 'node.log'}"
+            )
+        if path.exists():
+            info: dict[str, Any] = json.loads(path.read_text())
+            return info
+        time.sleep(0.2)
+    raise RuntimeError(f"{proc.name} did not come up in {timeout:.0f} s")
+
+
+def _sample_rss(procs: Sequence[Proc]) -> None:
+    for p in procs:
+        if p.popen.poll() is not None:
+            continue
+        with contextlib.suppress(psutil.Error):
+            p.peak_rss = max(p.peak_rss, psutil.Process(p.popen.pid).memory_info().rss)
+
+
+def _stop(procs: Sequence[Proc]) -> None:
+    """SIGTERM every process by PID, then SIGKILL what is still there after a grace period."""
+    for p in procs:
+        if p.popen.poll() is None:
+            p.popen.send_signal(signal.SIGTERM)
+    end = time.time() + STOP_GRACE
+    for p in procs:
+        try:
+            p.popen.wait(timeout=max(0.1, end - time.time()))
+        except subprocess.TimeoutExpired:
+            p.popen.kill()
+            p.popen.wait()
+        p.exit_code = p.popen.returncode
+        if p.log is not None:
+            p.log.close()
+
+
+def _encoder_args(kind: str, index: int) -> list[str]:
+    if kind.startswith("py:"):
+        return ["--model", kind[3:], "--model-option", f"seed={index}"]
+    model, behaviour = KINDS[kind]
+    return ["--model", model, "--model-option", f"seed={index}", "--behaviour", behaviour]
+
+
+def run_testnet(plan: TestnetPlan, *, echo: Any = print) -> int:
+    out = plan.out
+    for sub in ("nodes", "keys"):
+        shutil.rmtree(out / sub, ignore_errors=True)
+    (out / "keys").mkdir(parents=True, exist_ok=True)
+
+    def keyed(name: str) -> tuple[Path, SigningKey]:
+        key = SigningKey.generate()
+        path = out / "keys" / f"{name}.key"
+        write_key(path, key)
+        return path, key
+
+    vkeys = [keyed(f"validator-{i}") for i in range(plan.validators)]
+    ref = DatasetRef("builtin:corpus.txt", b"", "lines")
+    data = resolve_dataset_path(ref, out).read_bytes()
+    ref = DatasetRef(ref.path, hashlib.sha256(data).digest(), "lines")
+    overrides: dict[str, Any] = {"name": "dlnet-testnet", "dataset": ref}
+    if plan.round_seconds is not None:
+        overrides["round_seconds"] = plan.round_seconds
+    probe = default_config((ValidatorEntry(k.public_key, 100) for _, k in vkeys), 0, **overrides)
+    round_s = probe.timing.round_seconds
+    # Round 1 starts once every process is up; round 0 lies before it (replay copies it).
+    genesis = int(time.time() + STARTUP_SECONDS) - round_s
+    cfg = default_config(
+        tuple(ValidatorEntry(k.public_key, 100) for _, k in vkeys), genesis, **overrides
+    )
+    config_path = out / "network.toml"
+    config_path.write_text(dump_config(cfg))
+    echo(
+        f"testnet: network {cfg.network_id.hex()[:16]}, {plan.validators} validators, "
+        f"{sum(n for _, n in plan.encoders)} encoders, rounds 1..{plan.rounds}, out {out}"
+    )
+
+    procs: list[Proc] = []
+    try:
+        boot = _start(
+            "bootstrap",
+            "bootstrap",
+            "relay",
+            out,
+            _node_cmd(config_path, out / "nodes" / "bootstrap", []),
+        )
+        procs.append(boot)
+        boot_addr = _wait_info(boot, 60.0)["addrs"][0]
+        for i, (path, key) in enumerate(vkeys):
+            name = f"validator-{i}"
+            p = _start(
+                name,
+                "validator",
+                "validator",
+                out,
+                _node_cmd(
+                    config_path,
+                    out / "nodes" / name,
+                    ["--role", "validator", "--key", str(path), "--bootstrap", boot_addr],
+                ),
+            )
+            p.public_key = key.public_key.hex()
+            procs.append(p)
+        index = 0
+        for kind, count in plan.encoders:
+            for _ in range(count):
+                name = f"encoder-{index}-{kind.replace(':', '_')}"
+                path, key = keyed(name)
+                p = _start(
+                    name,
+                    "encoder",
+                    kind,
+                    out,
+                    _node_cmd(
+                        config_path,
+                        out / "nodes" / name,
+                        [
+                            "--role",
+                            "encoder",
+                            "--key",
+                            str(path),
+                            "--bootstrap",
+                            boot_addr,
+                            *_encoder_args(kind, index),
+                        ],
+                    ),
+                )
+                p.public_key = key.public_key.hex()
+                procs.append(p)
+                index += 1
+        last = round_times(cfg, plan.rounds)
+        end = last.finality_deadline + 8.0
+        validators = [p for p in procs if p.role == "validator"]
+        while time.time() < end:
+            _sample_rss(procs)
+            for p in procs:
+                if p.popen.poll() is not None and p.exit_code is None:
+                    p.exit_code = p.popen.returncode
+                    echo(f"testnet: {p.name} exited with {p.exit_code}; the network goes on")
+            if report.all_settled([p.data_dir for p in validators], range(1, plan.rounds + 1)):
+                break
+            time.sleep(1.0)
+    finally:
+        _stop(procs)
+    rep = report.testnet_report(cfg, procs, range(1, plan.rounds + 1))
+    (out / "report.json").write_text(json.dumps(rep, indent=1))
+    echo(report.format_testnet(rep))
+    echo(f"testnet: wrote {out / 'report.json'}")
+    return 0 if all(r["finalized"] for r in rep["rounds"]) else 1
