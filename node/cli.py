@@ -14,15 +14,27 @@ import click
 import trio
 
 from dlnet.node import report
+from dlnet.node import testnet as tn
 from dlnet.node.dataset_io import DatasetError, resolve_dataset_path
 from dlnet.node.host import GossipParams
 from dlnet.node.keyfile import KeyFileError, read_key, write_key
+from dlnet.node.report import ReportError
 from dlnet.node.runtime import ROLES, NodeError, NodeOptions, load_config, run_node
+from dlnet.node.store import StoreError
+from dlnet.node.testnet import SpecError
 from dlnet.protocol.config import DatasetRef, ValidatorEntry, default_config, dump_config
 from dlnet.protocol.errors import ConfigError
 from dlnet.protocol.identity import SigningKey
 
-OPERATOR_ERRORS = (ConfigError, DatasetError, KeyFileError, NodeError)
+OPERATOR_ERRORS = (
+    ConfigError,
+    DatasetError,
+    KeyFileError,
+    NodeError,
+    ReportError,
+    StoreError,
+    SpecError,
+)
 
 
 def fail(message: str) -> NoReturn:
@@ -232,8 +244,6 @@ def testnet(
     validators: int, encoders_spec: str | None, rounds: int, out: Path, round_seconds: int | None
 ) -> None:
     """Start a local network as separate processes on 127.0.0.1, run rounds, report."""
-    from dlnet.node import testnet as tn
-
     spec = tn.parse_encoder_spec(encoders_spec) if encoders_spec else tn.DEFAULT_ENCODERS
     if validators < 1 or rounds < 1:
         fail("--validators and --rounds must be at least 1")
