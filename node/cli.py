@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -166,6 +167,14 @@ def init(
 @click.option("--bootstrap", multiple=True, help="Multiaddr of a peer, with /p2p/<id>.")
 @click.option("--data-dir", type=click.Path(path_type=Path), required=True)
 @click.option("--max-peers", type=int, default=None, help="Bound on connections.")
+@click.option(
+    "--gossip",
+    "gossip_params",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="A transport parameter, e.g. degree=4 or publish_rate=8 (see "
+    "docs/PROTOCOL.md, Transport).",
+)
 def run(
     config_path: Path,
     key_path: Path | None,
@@ -177,6 +186,7 @@ def run(
     bootstrap: tuple[str, ...],
     data_dir: Path,
     max_peers: int | None,
+    gossip_params: tuple[str, ...],
 ) -> None:
     """Run a node until interrupted (Ctrl-C / SIGTERM)."""
     options: dict[str, str] = {}
@@ -185,11 +195,7 @@ def run(
         if not sep or not k:
             fail(f"--model-option {item}: expected KEY=VALUE")
         options[k] = v
-    gossip = GossipParams()
-    if max_peers is not None:
-        if max_peers < 1:
-            fail("--max-peers: must be at least 1")
-        gossip = GossipParams(max_peers=max_peers, target_peers=min(gossip.target_peers, max_peers))
+    gossip = _gossip_params(gossip_params, max_peers)
     opts = NodeOptions(
         config_path=config_path,
         data_dir=data_dir,
@@ -203,6 +209,29 @@ def run(
         gossip=gossip,
     )
     trio.run(run_node, opts)
+
+
+def _gossip_params(items: tuple[str, ...], max_peers: int | None) -> GossipParams:
+    """GossipParams from `--gossip KEY=VALUE` items (typed by the field's default)."""
+    defaults = GossipParams()
+    values: dict[str, Any] = {}
+    if max_peers is not None:
+        values["max_peers"] = max_peers
+        values["target_peers"] = min(defaults.target_peers, max_peers)
+    for item in items:
+        name, sep, text = item.partition("=")
+        if not sep or not hasattr(defaults, name):
+            fields = ", ".join(f.name for f in dataclasses.fields(GossipParams))
+            fail(f"--gossip {item}: expected KEY=VALUE with KEY one of {fields}")
+        default = getattr(defaults, name)
+        try:
+            values[name] = None if text == "none" else type(default or 0.0)(text)
+        except ValueError:
+            fail(f"--gossip {item}: {text!r} is not a {type(default).__name__}")
+    try:
+        return dataclasses.replace(defaults, **values)
+    except ValueError as exc:
+        fail(f"--gossip: {exc}")
 
 
 @cli.command()

@@ -3,7 +3,7 @@
 Besides the honest behaviour this module holds the adversaries a testnet runs, each of which
 the protocol must defeat (see docs/PROTOCOL.md, "Cheats"):
 
-* ``fabricated`` — honest full and mask embeddings, inverse forged as full − mask (DL = 0);
+* ``fabricated`` — honest full and mask embeddings, inverse forged as full - mask (DL = 0);
 * ``copycat`` — commits to junk, then reveals other encoders' embeddings re-signed as its own;
 * ``replay`` — reveals, re-signed for this round, embeddings made for the previous round's
   shards, and re-sends its earlier rounds' messages verbatim;

@@ -150,6 +150,7 @@ def testnet_report(cfg: NetworkConfig, procs: Sequence[Proc], rounds: range) -> 
     kinds = {p.public_key: p.kind for p in procs if p.role == "encoder" and p.public_key}
     validators = [p for p in procs if p.role == "validator"]
     rejected: Counter[str] = Counter()
+    transport: Counter[str] = Counter()
     ignored: Counter[str] = Counter()
     per_round: list[dict[str, Any]] = []
     views: dict[str, Store] = {}
@@ -158,6 +159,9 @@ def testnet_report(cfg: NetworkConfig, procs: Sequence[Proc], rounds: range) -> 
             if (p.data_dir / STORE_FILE).exists():
                 views[p.public_key or p.name] = Store.open(p.data_dir / STORE_FILE)
         for p in procs:  # what every node rejected and ignored, validators or not
+            tfile = p.data_dir / "transport.json"
+            if tfile.exists():
+                transport.update(json.loads(tfile.read_text()))
             if not (p.data_dir / STORE_FILE).exists():
                 continue
             st = Store.open(p.data_dir / STORE_FILE)
@@ -208,6 +212,7 @@ def testnet_report(cfg: NetworkConfig, procs: Sequence[Proc], rounds: range) -> 
         "rounds": per_round,
         "rejected": dict(rejected),
         "ignored": dict(ignored),
+        "transport": dict(sorted(transport.items())),
         "peak_rss_mb": {role: round(v / 2**20, 1) for role, v in peak.items()},
         "processes": {
             p.name: {
@@ -242,5 +247,12 @@ def format_testnet(rep: dict[str, Any]) -> str:
         lines.append(
             "ignored:  " + ", ".join(f"{k}={v}" for k, v in sorted(rep["ignored"].items()))
         )
+    dropped = {k: v for k, v in rep["transport"].items() if k.startswith("dropped")}
+    lines.append(
+        "gossip: "
+        + ", ".join(f"{k}={rep['transport'].get(k, 0)}" for k in ("published", "delivered"))
+        + (", " + ", ".join(f"{k}={v}" for k, v in dropped.items()) if dropped else "")
+        + " (anything dropped is fetched by pull repair)"
+    )
     lines.append("peak RSS (MB): " + ", ".join(f"{k}={v}" for k, v in rep["peak_rss_mb"].items()))
     return "\n".join(lines)

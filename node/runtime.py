@@ -34,6 +34,8 @@ ROLES = ("encoder", "validator")
 GOSSIPED = (Kind.COMMIT, Kind.EMBEDDING, Kind.ATTESTATION, Kind.VOTE)
 STORE_FILE = "node.sqlite"
 INFO_FILE = "node.json"
+TRANSPORT_FILE = "transport.json"
+TRANSPORT_EVERY = 5.0
 # Certificates a (re)starting node asks its peers for, counted back from the current round.
 CATCH_UP_ROUNDS = 64
 
@@ -167,6 +169,7 @@ async def run_node(opts: NodeOptions) -> None:
             )
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
+                nursery.start_soon(_keep_transport_counters, host, opts.data_dir)
                 start = first_round(cfg, wall_clock())
                 if key is not None and model is not None:
                     enc = EncoderRole(ctx, key, model, opts.behaviour)
@@ -177,8 +180,22 @@ async def run_node(opts: NodeOptions) -> None:
                     # A validator also finishes rounds already under way when it (re)starts.
                     resume = max(0, round_at(cfg, wall_clock()) - cfg.timing.round_window)
                     nursery.start_soon(val.run, min(start, resume))
+            write_transport_counters(host, opts.data_dir)
     finally:
         store.close()
+
+
+def write_transport_counters(host: Host, data_dir: Path) -> None:
+    """transport.json: the host's own counters (published, delivered, dropped by reason, ...)."""
+    tmp = data_dir / (TRANSPORT_FILE + ".tmp")
+    tmp.write_text(json.dumps(dict(host.counters), indent=1, sort_keys=True))
+    tmp.replace(data_dir / TRANSPORT_FILE)
+
+
+async def _keep_transport_counters(host: Host, data_dir: Path) -> None:
+    while True:
+        await trio.sleep(TRANSPORT_EVERY)
+        write_transport_counters(host, data_dir)
 
 
 async def _stop_on_signal(scope: trio.CancelScope) -> None:

@@ -120,7 +120,8 @@ class Store:
         if self.get_by_id(msg_id) is not None:
             return PutResult(PutStatus.DUPLICATE)
         held = self._db.execute(
-            "SELECT data FROM messages WHERE kind=? AND round=? AND signer=? AND shard=? AND slot=?",
+            "SELECT data FROM messages"
+            " WHERE kind=? AND round=? AND signer=? AND shard=? AND slot=?",
             (kind, round, signer, _slot(shard), _slot(slot)),
         ).fetchone()
         if held is not None:
