@@ -163,16 +163,18 @@ def compute() -> dict[str, Any]:
 
 def _summary(v: dict[str, Any]) -> str:
     m = v["messages"]
+    emb = m["embedding"]
+    proj = v["projection"]["matrix_sha256"]
     lines = [
         BEGIN,
         "",
         "| vector | value |",
         "| --- | --- |",
-        f"| public key of seed `01`×32 | `{v['identity']['public_key']}` |",
+        f"| public key of seed `01` x 32 | `{v['identity']['public_key']}` |",
         f"| network id of the example config | `{v['config']['network_id']}` |",
         f"| round seed, network id `00..1f`, round 7 | `{v['masks']['round_seeds']['7']}` |",
-        f"| projection matrix SHA-256 (default seed, 384→1024) | `{v['projection']['matrix_sha256']}` |",
-        f"| example Embedding: size, commitment | {m['embedding']['bytes']} bytes, `{m['embedding']['commitment']}` |",
+        f"| projection matrix SHA-256 (default seed, 384→1024) | `{proj}` |",
+        f"| example Embedding: size, commitment | {emb['bytes']} bytes, `{emb['commitment']}` |",
         f"| example Commit message id | `{m['commit']['id']}` |",
         f"| example round result digest | `{v['consensus']['result_digest']}` |",
         "",

@@ -53,10 +53,12 @@ def finish(driver: subprocess.Popen[bytes], out: Path, timeout: float) -> int:
     """Wait for the testnet driver; whatever happens, no node process outlives the test."""
     try:
         return driver.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
+    except subprocess.TimeoutExpired as exc:
         driver.kill()
         driver.wait()
-        raise AssertionError(f"testnet did not finish in {timeout} s; see {out}/driver.log")
+        raise AssertionError(
+            f"testnet did not finish in {timeout} s; see {out}/driver.log"
+        ) from exc
     finally:
         for pid in node_pids(out):
             kill_pid(pid)
