@@ -83,10 +83,12 @@ def test_bad_arguments_and_configs(tmp_path: Path) -> None:
     bad.write_text('[network]\nname = "x"\ndim = "big"\n')
     one_line_error(dlnet("run", "--config", str(bad), "--data-dir", str(tmp_path / "d")))
     one_line_error(dlnet("testnet", "--encoders", "honest:two"), "--encoders")
-    one_line_error(dlnet("run", "--config", "x", "--data-dir", "d", "--gossip", "bogus=1"),
-                   "--gossip bogus=1")
-    one_line_error(dlnet("run", "--config", "x", "--data-dir", "d", "--gossip", "degree=9"),
-                   "D_high")
+    one_line_error(
+        dlnet("run", "--config", "x", "--data-dir", "d", "--gossip", "bogus=1"), "--gossip bogus=1"
+    )
+    one_line_error(
+        dlnet("run", "--config", "x", "--data-dir", "d", "--gossip", "degree=9"), "D_high"
+    )
     one_line_error(dlnet("status", "--data-dir", str(tmp_path)), "--data-dir")
 
 
