@@ -167,7 +167,7 @@ def _stop(procs: Sequence[Proc]) -> None:
 
 def _encoder_args(kind: str, index: int) -> list[str]:
     if kind.startswith("py:"):
-        return ["--model", kind[3:], "--model-option", f"seed={index}"]
+        return ["--model", kind[3:]]  # a custom factory gets no testnet options
     model, behaviour = KINDS[kind]
     return ["--model", model, "--model-option", f"seed={index}", "--behaviour", behaviour]
 
