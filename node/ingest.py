@@ -121,20 +121,23 @@ class Ingest:
         return self._store(msg, data)
 
     def admit(self, data: bytes, kind: Kind | None, *, window: bool = True) -> Outcome:
-        """Full admission for bytes from sync fetches (window=False for catch-up of old rounds)."""
+        """Full admission for bytes from sync fetches (window=False for catch-up of old rounds).
+
+        Fetched bytes already held are counted as ``sync:duplicate``, apart from gossip's
+        ``ignored:duplicate`` (which counts re-sent messages)."""
         msg = self._decode(data, kind)
         if msg is None:
             return Outcome.REJECTED
         if window and not self._in_window(msg):
             return Outcome.IGNORED
-        return self._store(msg, data)
+        return self._store(msg, data, "ignored" if window else "sync")
 
     def admit_own(self, msg: Message, data: bytes) -> None:
         """A message this node made: stored before it is published (the host skips a
         node's own topic validators and does not hand it its own messages)."""
         self._store(msg, data)
 
-    def _store(self, msg: Message, data: bytes) -> Outcome:
+    def _store(self, msg: Message, data: bytes, duplicates: str = "ignored") -> Outcome:
         where = slot_of(msg)
         put = self.store.put_message(
             int(where.kind),
@@ -147,7 +150,7 @@ class Ingest:
             data,
         )
         if put.status is PutStatus.DUPLICATE:
-            self.count("ignored", "duplicate")
+            self.count(duplicates, "duplicate")
             return Outcome.DUPLICATE
         if put.status is PutStatus.CONFLICT:
             assert put.existing is not None
