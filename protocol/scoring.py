@@ -46,9 +46,9 @@ class ScoringParams:
     """``literal``: ||F - A - B|| / ||F||; ``count_weighted``: ||F - (nA/n)A - (nB/n)B|| / ||F||."""
     lof_k: int = 5
     """LOF neighbourhood size; LOF uses n_neighbors = min(lof_k, n - 1) among n peers."""
-    lof_threshold: float = 1.5
+    lof_threshold: float = 5.0
     """A slot whose LOF exceeds this marks the (shard, encoder) cell as an outlier."""
-    consensus_threshold: float = 3.0
+    consensus_threshold: float = 10.0
     """A slot whose consensus-distance ratio exceeds this marks the cell as an outlier."""
     consensus_floor: float = 0.01
     """Lower bound of the consensus distance scale, as a fraction of the median vector norm."""
@@ -64,6 +64,11 @@ class ScoringParams:
     """How much DL can discount a score (0: DL ignored, 1: DL >= dl_scale scores 0)."""
     min_encoders_for_lof: int = 3
     """Fewer valid encoders on a shard than this: no peer comparison (LOF and consensus = 1)."""
+    min_dl_ratio: float = 0.25
+    """A cell whose DL is below this fraction of the median DL of the shard's valid encoders is
+    an outlier: composition that is exact where real encoders' is not is forged (inverse =
+    full - mask) or a bag of units (docs/VALIDITY.md). 0 turns the gate off. Applies only with
+    at least min_encoders_for_lof valid encoders."""
 
     def problems(self) -> list[tuple[str, str]]:
         """Return ``(field, "what is wrong — how to fix")`` for every invalid value."""
@@ -91,6 +96,7 @@ class ScoringParams:
             "collapse_rel_rank": (0.0, 1.0, True, True),
             "dl_scale": (0.0, math.inf, False, False),
             "dl_weight": (0.0, 1.0, True, True),
+            "min_dl_ratio": (0.0, 1.0, True, False),
         }
         for name, (lo, hi, lo_in, hi_in) in floats.items():
             value = getattr(self, name)
@@ -155,7 +161,7 @@ def score_round(
     Steps: (1) cell status: missing / malformed (wrong shape) / non_finite / zero_norm (a slot with
     L2 norm <= zero_norm_eps) / ok; (2) collapse gate per encoder on the effective rank of all its
     valid vectors of the round; (3) per shard and slot, LOF and consensus ratio among the ok cells;
-    (4) DL and the combined score.
+    (4) DL, the too-exact gate (DL below min_dl_ratio of the shard median) and the score.
     """
     problems = params.problems()
     if problems:
@@ -207,9 +213,15 @@ def score_round(
         for j in range(n_slots):
             x = np.stack([data[s, e][j] for e in peers])
             lof[s, peers, j], cons[s, peers, j] = _peer_stats(x, params)
+        dl_floor = (
+            params.min_dl_ratio * float(np.median(dl[s, peers]))
+            if len(peers) >= params.min_encoders_for_lof
+            else 0.0
+        )
         for e in peers:
             lof_max, cons_max = float(np.max(lof[s, e])), float(np.max(cons[s, e]))
-            if lof_max > params.lof_threshold or cons_max > params.consensus_threshold:
+            too_exact = float(dl[s, e]) < dl_floor
+            if too_exact or lof_max > params.lof_threshold or cons_max > params.consensus_threshold:
                 outliers[s, e] = True
                 continue
             peer = min(
