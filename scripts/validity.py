@@ -1,0 +1,288 @@
+"""Validity study: does the network's label-free score rank encoders by their quality?
+
+    python scripts/validity.py [--small] [--rounds N] [--json PATH] [--markdown PATH]
+
+A family of encoders of graded quality (the default model behind private perturbations, the
+same model truncated to fewer layers, its output with noise added) plus the known cheats is
+scored exactly as validators score a round (protocol.masks.derive_tasks on the shipped corpus,
+protocol.scoring.score_round over the whole pool, protocol.consensus.quantise). The network
+score of an encoder is its mean quantised score over shards and rounds. Supervised quality is
+measured on the labelled sets shipped in data/labelled/: leave-one-out 5-NN accuracy (cosine)
+on three labelled sets and Spearman agreement with the Lee human similarity judgements.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+from scipy.stats import spearmanr
+from sklearn.metrics import roc_auc_score
+
+from dlnet.data import shipped_path
+from dlnet.node.models.kinds import additive, noise, private_map
+from dlnet.node.models.minilm import MiniLM
+from dlnet.protocol.config import DEFAULT_PROJECTION_SEED
+from dlnet.protocol.consensus import quantise
+from dlnet.protocol.dataset import parse_dataset
+from dlnet.protocol.masks import derive_tasks
+from dlnet.protocol.projection import projection_matrix
+from dlnet.protocol.scoring import ScoringParams, score_round
+
+DIM = 1024
+NETWORK_ID = hashlib.sha256(b"dlnet validity study").digest()
+Embed = Callable[[list[str]], NDArray[np.float32]]
+
+
+@dataclass
+class Encoder:
+    name: str
+    group: str  # honest | graded | cheat
+    embed: Embed
+    fabricate: bool = False  # inverse slots forged as full - mask
+
+
+class NativeCache:
+    """Native (pre-projection) embeddings of one MiniLM variant, computed once per text."""
+
+    def __init__(self, layers: int) -> None:
+        self.model = MiniLM(layers=layers, threads=2)
+        self.cache: dict[str, NDArray[np.float32]] = {}
+
+    def __call__(self, texts: list[str]) -> NDArray[np.float32]:
+        todo = [t for t in dict.fromkeys(texts) if t not in self.cache]
+        if todo:
+            for t, v in zip(todo, self.model.embed_native(todo), strict=True):
+                self.cache[t] = v
+        return np.stack([self.cache[t] for t in texts])
+
+
+def family(small: bool) -> list[Encoder]:
+    proj = projection_matrix(DEFAULT_PROJECTION_SEED, 384, DIM).astype(np.float64)
+    natives = {layers: NativeCache(layers) for layers in ((6, 4, 2) if small else (6, 4, 2, 1))}
+
+    def projected(layers: int, pre: NDArray[np.float32] | None = None) -> Embed:
+        m = proj if pre is None else pre.astype(np.float64) @ proj
+
+        def embed(texts: list[str]) -> NDArray[np.float32]:
+            return (natives[layers](texts).astype(np.float64) @ m).astype(np.float32)
+
+        return embed
+
+    def noisy(base: Embed, sigma: float, seed: int) -> Embed:
+        def embed(texts: list[str]) -> NDArray[np.float32]:
+            x = base(texts)
+            scale = float(np.mean(np.linalg.norm(x, axis=1))) / np.sqrt(DIM)
+            rng = np.random.default_rng([seed, *map(ord, "".join(texts)[:64])])
+            return (x + sigma * scale * rng.standard_normal(x.shape)).astype(np.float32)
+
+        return embed
+
+    honest_count = 4 if small else 6
+    out = [
+        Encoder(f"honest-{i}", "honest", projected(6, private_map(i, 0.2)))
+        for i in range(honest_count)
+    ]
+    out += [
+        Encoder("truncated-4-layers", "graded", projected(4)),
+        Encoder("truncated-2-layers", "graded", projected(2)),
+        Encoder("noise-0.5", "graded", noisy(projected(6, private_map(90, 0.2)), 0.5, 1)),
+        Encoder("noise-2.0", "graded", noisy(projected(6, private_map(91, 0.2)), 2.0, 2)),
+    ]
+    if not small:
+        out += [
+            Encoder("truncated-1-layer", "graded", projected(1)),
+            Encoder("noise-1.0", "graded", noisy(projected(6, private_map(92, 0.2)), 1.0, 3)),
+        ]
+    rand = noise(DIM, DEFAULT_PROJECTION_SEED, seed=7)
+    bag = additive(DIM, DEFAULT_PROJECTION_SEED, seed=7)
+    out += [
+        Encoder("cheat-random", "cheat", rand.embed),
+        Encoder("cheat-zero", "cheat", lambda t: np.zeros((len(t), DIM), dtype=np.float32)),
+        Encoder("cheat-constant", "cheat", lambda t: np.full((len(t), DIM), 3.0, np.float32)),
+        Encoder("cheat-additive", "cheat", bag.embed),
+        Encoder("cheat-fabricated", "cheat", projected(6, private_map(93, 0.2)), fabricate=True),
+    ]
+    return out
+
+
+def key_of(name: str) -> bytes:
+    return hashlib.sha256(name.encode()).digest()
+
+
+def network_scores(
+    encs: Sequence[Encoder], items: Sequence[str], rounds: int, params: ScoringParams
+) -> dict[str, dict[str, float]]:
+    """Per encoder: mean quantised score, mean DL and mean max-slot LOF over the rounds."""
+    keys = {key_of(e.name): e for e in encs}
+    acc: dict[str, dict[str, list[float]]] = {
+        e.name: {"score": [], "dl": [], "lof": []} for e in encs
+    }
+    for r in range(rounds):
+        tasks = derive_tasks(
+            NETWORK_ID, r, items, shards_per_round=4, masks_per_shard=2, mask_fraction=0.5
+        )
+        texts = [t for task in tasks for t in task.texts]
+        slots = len(tasks[0].texts)
+        shards: list[dict[bytes, NDArray[np.float32]]] = [{} for _ in tasks]
+        for k, e in keys.items():
+            vecs = e.embed(texts).reshape(len(tasks), slots, DIM).copy()
+            if e.fabricate:
+                for m in range((slots - 1) // 2):
+                    vecs[:, 2 * m + 2] = vecs[:, 0] - vecs[:, 2 * m + 1]
+            for s in range(len(tasks)):
+                shards[s][k] = vecs[s]
+        res = score_round(params, shards, [t.unit_counts for t in tasks], list(keys))
+        for i, k in enumerate(res.encoders):
+            name = keys[k].name
+            acc[name]["score"] += [quantise(float(x)) / 65535 for x in res.scores[:, i]]
+            acc[name]["dl"] += [float(x) for x in res.dl[:, i] if np.isfinite(x)]
+            lof = res.lof[:, i, :]
+            acc[name]["lof"] += [float(np.max(row)) for row in lof if np.all(np.isfinite(row))]
+    return {
+        n: {m: float(np.mean(v)) if v else float("nan") for m, v in d.items()}
+        for n, d in acc.items()
+    }
+
+
+def _unit(x: NDArray[np.float32]) -> NDArray[np.float64]:
+    x64 = x.astype(np.float64)
+    return x64 / np.maximum(np.linalg.norm(x64, axis=1, keepdims=True), 1e-12)
+
+
+def knn_accuracy(x: NDArray[np.float32], labels: Sequence[str], k: int = 5) -> float:
+    u = _unit(x)
+    sims = u @ u.T
+    np.fill_diagonal(sims, -np.inf)
+    y = np.array(labels)
+    hits = 0
+    for i in range(len(y)):
+        nn = np.argsort(-sims[i], kind="stable")[:k]
+        values, counts = np.unique(y[nn], return_counts=True)
+        hits += int(values[np.argmax(counts)] == y[i])
+    return hits / len(y)
+
+
+def labelled_sets(small: bool) -> dict[str, tuple[list[str], list[str]]]:
+    cap = 150 if small else 400
+    out = {}
+    for name in ("pang_lee_polarity", "chatterbot_topics", "wordnet_lexnames"):
+        rows = [
+            line.split("\t", 1)
+            for line in shipped_path(f"labelled/{name}.tsv").read_text().splitlines()
+            if "\t" in line
+        ]
+        rng = np.random.default_rng(0)
+        pick = sorted(rng.choice(len(rows), size=min(cap, len(rows)), replace=False))
+        out[name] = ([rows[i][1] for i in pick], [rows[i][0] for i in pick])
+    return out
+
+
+def quality(e: Encoder, sets: dict[str, tuple[list[str], list[str]]]) -> dict[str, float]:
+    q = {name: knn_accuracy(e.embed(texts), labels) for name, (texts, labels) in sets.items()}
+    docs = shipped_path("labelled/lee_documents.txt").read_text().splitlines()
+    human = np.array(
+        [
+            [float(v) for v in line.split("\t")]
+            for line in shipped_path("labelled/lee_similarities.tsv").read_text().splitlines()
+        ]
+    )
+    u = _unit(e.embed(docs))
+    sims = u @ u.T
+    iu = np.triu_indices(len(docs), 1)
+    upper = sims[iu]
+    # A constant similarity (zero or constant embeddings) agrees with nothing: rho 0.
+    rho = 0.0 if np.ptp(upper) == 0 else spearmanr(upper, np.maximum(human, human.T)[iu]).statistic
+    q["lee_similarity"] = float(rho)
+    q["quality"] = float(np.mean(list(q.values())))
+    return q
+
+
+def study(small: bool, rounds: int) -> dict[str, Any]:
+    items = parse_dataset(shipped_path("corpus.txt").read_bytes(), "lines")
+    encs = family(small)
+    params = ScoringParams()
+    net = network_scores(encs, items, rounds, params)
+    sets = labelled_sets(small)
+    rows = []
+    for e in encs:
+        rows.append({"encoder": e.name, "group": e.group, **net[e.name], **quality(e, sets)})
+    real = [r for r in rows if r["group"] != "cheat"]
+
+    def rho(metric: str, sign: float = 1.0) -> float:
+        xs = [sign * r[metric] for r in real]
+        return float(spearmanr(xs, [r["quality"] for r in real]).statistic)
+
+    honest = [r["score"] for r in rows if r["group"] == "honest"]
+    cheats = [r["score"] for r in rows if r["group"] == "cheat"]
+    auroc = roc_auc_score([1] * len(honest) + [0] * len(cheats), honest + cheats)
+    return {
+        "rounds": rounds,
+        "small": small,
+        "params": params.__dict__,
+        "rows": rows,
+        "spearman_score_vs_quality": rho("score"),
+        "spearman_low_dl_vs_quality": rho("dl", -1.0),
+        "spearman_low_lof_vs_quality": rho("lof", -1.0),
+        "auroc_honest_vs_cheat": float(auroc),
+        "min_honest_score": min(honest),
+        "max_cheat_score": max(cheats),
+    }
+
+
+def markdown(res: dict[str, Any], command: str) -> str:
+    lines = [
+        f"Command: `{command}` (2 cores, CPU, torch 2.13.0; {res['rounds']} rounds of 4 shards "
+        "x 2 masks on data/corpus.txt; scoring defaults of protocol/scoring.py).",
+        "",
+        f"- Spearman rho, network score vs supervised quality (non-cheat family): "
+        f"**{res['spearman_score_vs_quality']:.3f}**",
+        f"- Spearman rho, low DL alone vs quality: {res['spearman_low_dl_vs_quality']:.3f}",
+        f"- Spearman rho, low LOF alone vs quality: {res['spearman_low_lof_vs_quality']:.3f}",
+        f"- AUROC honest vs cheat (network score): **{res['auroc_honest_vs_cheat']:.3f}**; "
+        f"lowest honest {res['min_honest_score']:.4f}, highest cheat "
+        f"{res['max_cheat_score']:.4f}",
+        "",
+        "| encoder | group | network score | DL | max-slot LOF | pang-lee kNN | chatterbot kNN "
+        "| wordnet kNN | Lee rho | quality |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in sorted(res["rows"], key=lambda r: -r["score"]):
+        lines.append(
+            f"| {r['encoder']} | {r['group']} | {r['score']:.4f} | {r['dl']:.3f} | "
+            f"{r['lof']:.3f} | {r['pang_lee_polarity']:.3f} | {r['chatterbot_topics']:.3f} | "
+            f"{r['wordnet_lexnames']:.3f} | {r['lee_similarity']:.3f} | {r['quality']:.3f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--small", action="store_true", help="the quick configuration CI runs")
+    ap.add_argument("--rounds", type=int, default=None)
+    ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--markdown", type=Path, default=None)
+    args = ap.parse_args()
+    rounds = args.rounds or (2 if args.small else 8)
+    res = study(args.small, rounds)
+    text = markdown(res, "python scripts/validity.py " + " ".join(sys.argv[1:]))
+    print(text)
+    if args.json:
+        args.json.write_text(json.dumps(res, indent=1, default=float))
+    if args.markdown:
+        args.markdown.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

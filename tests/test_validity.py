@@ -1,0 +1,34 @@
+"""The validity study on its small configuration: the network's label-free score puts every
+cheat below every honest encoder and agrees in sign with supervised quality."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "validity.py"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_small_study(tmp_path: Path) -> None:
+    out = tmp_path / "validity.json"
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--small", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    res = json.loads(out.read_text())
+    honest = [r["score"] for r in res["rows"] if r["group"] == "honest"]
+    cheats = {r["encoder"]: r["score"] for r in res["rows"] if r["group"] == "cheat"}
+    assert len(honest) >= 4 and len(cheats) == 5
+    for name, score in cheats.items():
+        assert score < min(honest), (name, score, min(honest))
+    assert res["spearman_score_vs_quality"] > 0
+    assert res["auroc_honest_vs_cheat"] == 1.0
