@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from fractions import Fraction
 from typing import TYPE_CHECKING
 
@@ -39,14 +40,23 @@ class ConsensusParams:
     """A result is final once validators holding MORE than num/den of the stake signed it."""
 
     def problems(self) -> list[tuple[str, str]]:
+        """Return ``(field, "what is wrong — how to fix")`` for every invalid value."""
         out: list[tuple[str, str]] = []
         if not (math.isfinite(self.kappa) and 0.0 < self.kappa < 1.0):
             out.append(("kappa", f"must be in (0, 1), got {self.kappa!r} — use 0.5"))
-        if self.finality_num < 1 or self.finality_den < 1:
-            out.append(("finality_num", "num and den must be positive — use 2 and 3"))
-        elif not Fraction(1, 2) <= Fraction(self.finality_num, self.finality_den) < 1:
+        if self.finality_num < 1:
+            out.append(("finality_num", f"must be >= 1, got {self.finality_num} — use 2"))
+        if self.finality_den < 1:
+            out.append(("finality_den", f"must be >= 1, got {self.finality_den} — use 3"))
+        elif self.finality_num >= 1 and not (
+            Fraction(1, 2) <= Fraction(self.finality_num, self.finality_den) < 1
+        ):
             out.append(
-                ("finality_num", "num/den must be in [1/2, 1) — use finality_num 2, finality_den 3")
+                (
+                    "finality_num",
+                    f"finality_num/finality_den = {self.finality_num}/{self.finality_den} must be "
+                    "in [1/2, 1) so that two final results always share a signer — use 2 and 3",
+                )
             )
         return out
 
@@ -64,9 +74,29 @@ class MissingEmbeddings(Exception):
         self.missing = tuple(missing)
 
 
+class CertificateReason(StrEnum):
+    """Why `verify_certificate` refused a certificate, in the order it checks."""
+
+    WRONG_NETWORK = "wrong_network"
+    """The certificate's or its result's network id is not the config's."""
+    WRONG_ROUND = "wrong_round"
+    """The result's round is not the certificate's."""
+    DUPLICATE_SIGNER = "duplicate_signer"
+    """A validator signs twice (its stake would count twice)."""
+    UNKNOWN_SIGNER = "unknown_signer"
+    """A signer is not in the config's validator set."""
+    BAD_SIGNATURE = "bad_signature"
+    """A signature is not its signer's finality vote over this round and this result's digest:
+    forged, or made over another result (so a result altered after signing lands here)."""
+    INSUFFICIENT_STAKE = "insufficient_stake"
+    """The signers hold no more than finality_num/finality_den of the total stake."""
+
+
 class CertificateError(Exception):
-    def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(f"{reason}: {detail}" if detail else reason)
+    """A certificate that does not prove its result final; ``reason`` says which check failed."""
+
+    def __init__(self, reason: CertificateReason, detail: str = "") -> None:
+        super().__init__(f"{reason.value}: {detail}" if detail else reason.value)
         self.reason = reason
 
 
@@ -85,17 +115,28 @@ def kappa_median(
     values: Sequence[int], stakes: Sequence[int], kappa: Fraction, total_stake: int
 ) -> int:
     """The largest x such that the validators scoring >= x hold at least κ of the total stake
-    (0 if no value has that support). ``total_stake`` is the whole validator set's, so an
-    absent validator counts as scoring 0."""
-    for x in sorted(set(values), reverse=True):
-        support = sum(s for v, s in zip(values, stakes, strict=True) if v >= x)
-        if support * kappa.denominator >= kappa.numerator * total_stake:
+    (0 if no value has that support).
+
+    ``values[i]`` is validator i's score, ``stakes[i]`` its stake. ``total_stake`` is the whole
+    validator set's, so a validator that is absent from ``values`` counts as scoring 0. The
+    support of x only changes at the given values, so the largest such x is one of them (or 0).
+    """
+    if len(values) != len(stakes):
+        raise ValueError(f"{len(values)} values for {len(stakes)} stakes")
+    ordered = sorted(zip(values, stakes, strict=True), reverse=True)
+    support = 0
+    for i, (x, stake) in enumerate(ordered):
+        support += stake
+        last_of_x = i + 1 == len(ordered) or ordered[i + 1][0] != x
+        if last_of_x and support * kappa.denominator >= kappa.numerator * total_stake:
             return x
     return 0
 
 
 @dataclass(frozen=True)
 class ConsensusView:
+    """The consensus of a set of attestations: per (shard, encoder) cell, over ``encoders``."""
+
     encoders: tuple[bytes, ...]
     consensus: NDArray[np.int64]  # (S, E)
     outliers: NDArray[np.bool_]  # (S, E)
@@ -123,7 +164,11 @@ def usable_attestations(
 def consensus_matrix(cfg: NetworkConfig, attestations: Sequence[Attestation]) -> ConsensusView:
     """κ-median of the scores and of the outlier flags for every (shard, encoder) cell over the
     union of the encoders the attestations list; a validator that does not list an encoder
-    scores it 0 and does not flag it."""
+    scores it 0 and does not flag it.
+
+    ``attestations`` must be at most one per validator, all of one round, with matrices of
+    ``shards_per_round`` rows: what `usable_attestations` returns.
+    """
     encoders = tuple(sorted({e for a in attestations for e in a.encoders}))
     shards = cfg.shards_per_round
     kappa = cfg.consensus.kappa_fraction
@@ -188,10 +233,10 @@ def compute_result(
     encoder_scores = tuple(int(view.consensus[:, e].sum()) // shards for e in range(n))
     ranking = tuple(sorted(range(n), key=lambda e: (-encoder_scores[e], view.encoders[e])))
     cells = shards * n
+    col = {e: i for i, e in enumerate(view.encoders)}
     agreement = []
     for a in used:
         own = np.zeros((shards, n), dtype=np.int64)
-        col = {e: i for i, e in enumerate(view.encoders)}
         own[:, [col[e] for e in a.encoders]] = a.score_matrix(shards)
         gap = int(np.abs(own - view.consensus).sum())
         agreement.append((a.validator, U16_MAX - (gap // cells if cells else 0)))
@@ -217,25 +262,25 @@ def verify_certificate(cfg: NetworkConfig, cert: Certificate) -> None:
     finality_num/finality_den of the total stake.
     """
     if cert.network_id != cfg.network_id or cert.result.network_id != cfg.network_id:
-        raise CertificateError("wrong_network")
+        raise CertificateError(CertificateReason.WRONG_NETWORK)
     if cert.result.round != cert.round:
-        raise CertificateError("wrong_round", "the result is of another round")
+        raise CertificateError(CertificateReason.WRONG_ROUND, "the result is of another round")
     digest = result_digest(cert.result)
     signers: set[bytes] = set()
     signed = 0
     for validator, signature in cert.votes:
         if validator in signers:
-            raise CertificateError("duplicate_signer", validator.hex())
+            raise CertificateError(CertificateReason.DUPLICATE_SIGNER, validator.hex())
         if not cfg.is_validator(validator):
-            raise CertificateError("unknown_signer", validator.hex())
+            raise CertificateError(CertificateReason.UNKNOWN_SIGNER, validator.hex())
         vote = FinalityVote(cfg.network_id, cert.round, validator, digest, signature)
         if not signature_valid(vote):
-            raise CertificateError("bad_signature", validator.hex())
+            raise CertificateError(CertificateReason.BAD_SIGNATURE, validator.hex())
         signers.add(validator)
         signed += cfg.stake_of(validator)
     c = cfg.consensus
     if signed * c.finality_den <= c.finality_num * cfg.total_stake:
         raise CertificateError(
-            "insufficient_stake",
+            CertificateReason.INSUFFICIENT_STAKE,
             f"{signed} of {cfg.total_stake} is not more than {c.finality_num}/{c.finality_den}",
         )

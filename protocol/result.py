@@ -120,8 +120,14 @@ def decode_result(data: bytes) -> RoundResult:
     _need(type(f[8]) is list, "weighted: not an array")
     weighted = tuple(_bin(w, "weighted") for w in f[8])
     shards = len(weighted)
-    _need(all(len(w) == len(weighted[0]) and len(w) % 4 == 0 for w in weighted), "weighted")
-    _need(all(np.isfinite(np.frombuffer(w, dtype="<f4")).all() for w in weighted), "weighted")
+    _need(
+        all(len(w) == len(weighted[0]) and len(w) % 4 == 0 for w in weighted),
+        "weighted: not float32 vectors of one length",
+    )
+    _need(
+        all(np.isfinite(np.frombuffer(w, dtype="<f4")).all() for w in weighted),
+        "weighted: NaN or infinite components",
+    )
     consensus = tuple(int(x) for x in np.frombuffer(_bin(f[4], "consensus", 2 * shards * n), "<u2"))
     flags = _bin(f[5], "outliers", shards * n)
     _need(all(b in (0, 1) for b in flags), "outliers: bytes other than 0 and 1")
