@@ -29,6 +29,9 @@ from dlnet.protocol.wire import Embedding, Kind, Reject, decode
 
 MAX_ITEMS = 256
 MAX_REQUEST_BYTES = 64 * 1024
+# An answer carries at most this many bytes of messages, well inside the transport's 4 MiB
+# frame: a larger answer would be refused whole. A requester asks again for what it still lacks.
+MAX_ANSWER_BYTES = 3 * 1024 * 1024
 REQUEST_TIMEOUT = 5.0
 
 
@@ -92,7 +95,17 @@ def answer(store: Store, cfg: NetworkConfig, now: float, data: bytes) -> bytes:
         items = [d for _, d in store.certificates(lo, hi)]
     else:
         raise BadRequest("unknown_op")
-    return bytes(msgpack.packb(items, use_bin_type=True))
+    return bytes(msgpack.packb(_bounded(items), use_bin_type=True))
+
+
+def _bounded(items: list[bytes]) -> list[bytes]:
+    """The longest prefix of ``items`` that fits in MAX_ANSWER_BYTES."""
+    total = 0
+    for i, item in enumerate(items):
+        total += len(item)
+        if total > MAX_ANSWER_BYTES:
+            return items[:i]
+    return items
 
 
 def _parse_answer(data: bytes) -> list[bytes]:
