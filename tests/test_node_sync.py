@@ -36,7 +36,9 @@ def unpack(data: bytes) -> list[bytes]:
 @pytest.fixture
 def cfg() -> NetworkConfig:
     validator = SigningKey.from_seed(b"\x01" * 32)
-    return default_config([ValidatorEntry(validator.public_key, 1)], GENESIS, dataset_sha256=bytes(32))
+    return default_config(
+        [ValidatorEntry(validator.public_key, 1)], GENESIS, dataset_sha256=bytes(32)
+    )
 
 
 class Held:
@@ -62,7 +64,9 @@ class Held:
             )
             for i in range(n)
         ]
-        self.commit = sign_commit(key, cfg.network_id, 1, tuple(e.commitment() for e in self.reveals))
+        self.commit = sign_commit(
+            key, cfg.network_id, 1, tuple(e.commitment() for e in self.reveals)
+        )
         for msg in (self.commit, *self.reveals):
             assert ingest.admit(encode(msg), None) is Outcome.NEW
 
