@@ -8,7 +8,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dlnet.node.store import Store
+from dlnet.node.store import MAX_ROUND, Store
 from dlnet.protocol.config import NetworkConfig
 from dlnet.protocol.consensus import CertificateError, verify_certificate
 from dlnet.protocol.result import RoundResult, decode_result, result_digest
@@ -34,16 +34,29 @@ def _open(data_dir: Path) -> Store:
     return Store.open(path)
 
 
+def read_info(data_dir: Path) -> dict[str, Any]:
+    """The node's node.json (written by a running node; empty if it never came up)."""
+    path = data_dir / "node.json"
+    info: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
+    return info
+
+
+def outcome_rows(store: Store, lo: int = 0, hi: int = MAX_ROUND) -> list[dict[str, Any]]:
+    """How the rounds in [lo, hi] ended, as the node recorded them."""
+    return [
+        {"round": r, "finalized": fin, "result_digest": d.hex() if d else None}
+        for r, fin, d in store.round_outcomes(lo, hi)
+    ]
+
+
 def node_status(data_dir: Path) -> dict[str, Any]:
-    info_path = data_dir / "node.json"
-    info = json.loads(info_path.read_text()) if info_path.exists() else {}
     store = _open(data_dir)
     try:
-        outcomes = [
-            {"round": r, "finalized": fin, "result_digest": d.hex() if d else None}
-            for r, fin, d in store.round_outcomes()
-        ]
-        return {"node": info, "rounds": outcomes, "counters": dict(store.counters())}
+        return {
+            "node": read_info(data_dir),
+            "rounds": outcome_rows(store),
+            "counters": dict(store.counters()),
+        }
     finally:
         store.close()
 
@@ -54,6 +67,7 @@ def format_status(st: dict[str, Any]) -> str:
         f"peer id   {node.get('peer_id', '?')}",
         f"roles     {', '.join(node.get('roles') or ['relay'])}",
         f"key       {node.get('public_key') or '-'}",
+        f"api       {node.get('api') or '-'}",
         "rounds    "
         + (" ".join(f"{r['round']}{'✓' if r['finalized'] else '✗'}" for r in st["rounds"]) or "-"),
     ]
@@ -62,7 +76,9 @@ def format_status(st: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _certificate(store: Store, cfg: NetworkConfig, rnd: int) -> Certificate | None:
+def verified_certificate(store: Store, cfg: NetworkConfig, rnd: int) -> Certificate | None:
+    """The certificate the store holds for ``rnd``, if it decodes and verifies against ``cfg``
+    (a node reports a round's result from nothing less)."""
     for r, data in store.certificates(rnd, rnd):
         if r != rnd:
             continue
@@ -99,22 +115,38 @@ def ranking(result: RoundResult, kinds: dict[str, str] | None = None) -> list[di
     return rows
 
 
+def certificate_summary(cfg: NetworkConfig, cert: Certificate) -> dict[str, Any]:
+    """A verified certificate's round result as plain data: ranking, per-shard consensus
+    scores and outlier flags (shards x encoders, in the order of ``encoders``), agreement,
+    and who signed it with how much stake."""
+    res = cert.result
+    n = len(res.encoders)
+    rows = range(res.shards)
+    return {
+        "round": cert.round,
+        "result_digest": result_digest(res).hex(),
+        "signers": [v.hex() for v, _ in cert.votes],
+        "signed_stake": sum(cfg.stake_of(v) for v, _ in cert.votes),
+        "total_stake": cfg.total_stake,
+        "ranking": ranking(res),
+        "agreement": {v.hex(): a / U16 for v, a in res.agreement},
+        "encoders": [e.hex() for e in res.encoders],
+        "shards": res.shards,
+        "consensus": [[q / U16 for q in res.consensus[s * n : (s + 1) * n]] for s in rows],
+        "outliers": [list(res.outliers[s * n : (s + 1) * n]) for s in rows],
+        "attestations_digest": res.attestations_digest.hex(),
+    }
+
+
 def round_results(data_dir: Path, cfg: NetworkConfig, rnd: int) -> dict[str, Any]:
     store = _open(data_dir)
     try:
-        cert = _certificate(store, cfg, rnd)
+        cert = verified_certificate(store, cfg, rnd)
     finally:
         store.close()
     if cert is None:
         raise ReportError(f"--round {rnd}: this node holds no valid certificate for that round")
-    res = cert.result
-    return {
-        "round": rnd,
-        "result_digest": result_digest(res).hex(),
-        "signers": [v.hex() for v, _ in cert.votes],
-        "ranking": ranking(res),
-        "agreement": {v.hex(): a / U16 for v, a in res.agreement},
-    }
+    return certificate_summary(cfg, cert)
 
 
 def format_results(res: dict[str, Any]) -> str:
@@ -190,7 +222,7 @@ def testnet_report(cfg: NetworkConfig, procs: Sequence[Proc], rounds: range) -> 
                     "reveals_held": sum(reveals[e]["held"] for e in honest),
                     "reveals": {e: {**v, "kind": kinds.get(e, "?")} for e, v in reveals.items()},
                 }
-                cert = cert or _certificate(st, cfg, rnd)
+                cert = cert or verified_certificate(st, cfg, rnd)
             per_round.append(
                 {
                     "round": rnd,

@@ -17,6 +17,7 @@ from pathlib import Path
 
 SCHEMA_VERSION = 1
 NO_SLOT = -1  # shard/slot of messages that have none (SQLite UNIQUE treats NULLs as distinct)
+MAX_ROUND = 2**63 - 1  # SQLite's largest integer
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -68,6 +69,13 @@ class PutStatus(Enum):
 class PutResult:
     status: PutStatus
     existing: bytes | None = None  # the bytes held first, on CONFLICT
+
+
+@dataclass(frozen=True)
+class OutcomeSummary:
+    finalized: int
+    not_finalized: int
+    last_finalized: int | None
 
 
 def _slot(x: int | None) -> int:
@@ -200,9 +208,24 @@ class Store:
             (round, int(finalized), digest),
         )
 
-    def round_outcomes(self) -> list[tuple[int, bool, bytes | None]]:
-        rows = self._db.execute("SELECT round, finalized, digest FROM outcomes ORDER BY round")
+    def round_outcomes(
+        self, lo: int = 0, hi: int = MAX_ROUND
+    ) -> list[tuple[int, bool, bytes | None]]:
+        """How the rounds in [lo, hi] ended, by round."""
+        rows = self._db.execute(
+            "SELECT round, finalized, digest FROM outcomes WHERE round BETWEEN ? AND ?"
+            " ORDER BY round",
+            (lo, hi),
+        )
         return [(int(r), bool(f), None if d is None else bytes(d)) for r, f, d in rows]
+
+    def outcome_summary(self) -> OutcomeSummary:
+        """Rounds recorded as finalized and as not finalized, and the last finalized one."""
+        fin, notfin, last = self._db.execute(
+            "SELECT COALESCE(SUM(finalized), 0), COALESCE(SUM(1 - finalized), 0),"
+            " MAX(CASE WHEN finalized THEN round END) FROM outcomes"
+        ).fetchone()
+        return OutcomeSummary(int(fin), int(notfin), None if last is None else int(last))
 
     def prune(self, before_round: int) -> None:
         """Drop messages, evidence and state of rounds before ``before_round`` (certificates
