@@ -175,6 +175,14 @@ def init(
     help="A transport parameter, e.g. degree=4 or publish_rate=8 (see "
     "docs/PROTOCOL.md, Transport).",
 )
+@click.option(
+    "--api",
+    default=None,
+    metavar="HOST:PORT",
+    help="Serve the read-only HTTP API and /metrics there, e.g. 127.0.0.1:5052 (port 0 = any "
+    "free port; the URL goes into the data dir's node.json). Off by default; see docs/API.md "
+    "before binding anything but 127.0.0.1.",
+)
 def run(
     config_path: Path,
     key_path: Path | None,
@@ -187,6 +195,7 @@ def run(
     data_dir: Path,
     max_peers: int | None,
     gossip_params: tuple[str, ...],
+    api: str | None,
 ) -> None:
     """Run a node until interrupted (Ctrl-C / SIGTERM)."""
     options: dict[str, str] = {}
@@ -207,8 +216,19 @@ def run(
         listen=listen,
         bootstrap=bootstrap,
         gossip=gossip,
+        api=None if api is None else _api_bind(api),
     )
     trio.run(run_node, opts)
+
+
+def _api_bind(text: str) -> tuple[str, int]:
+    """`HOST:PORT` (an IPv6 host in brackets: `[::1]:5052`) of the HTTP API."""
+    host, sep, port = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port.isascii() or not port.isdigit() or int(port) > 65535:
+        fail(f"--api {text}: expected HOST:PORT with a port from 0 to 65535, e.g. 127.0.0.1:5052")
+    return host, int(port)
 
 
 def _gossip_params(items: tuple[str, ...], max_peers: int | None) -> GossipParams:

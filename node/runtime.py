@@ -14,6 +14,7 @@ from pathlib import Path
 
 import trio
 
+from dlnet.node.api import NodeView, build_app, open_listener, serve_api
 from dlnet.node.context import NodeContext, wall_clock
 from dlnet.node.dataset_io import load_items
 from dlnet.node.encoder import EncoderRole
@@ -56,6 +57,8 @@ class NodeOptions:
     listen: str = "/ip4/127.0.0.1/tcp/0"
     bootstrap: tuple[str, ...] = ()
     gossip: GossipParams = field(default_factory=GossipParams)
+    api: tuple[str, int] | None = None
+    """(host, port) of the local HTTP API; None = no API."""
 
 
 def load_config(path: Path) -> NetworkConfig:
@@ -113,8 +116,11 @@ def first_round(cfg: NetworkConfig, now: float) -> int:
     return current if now < round_times(cfg, current).commit_deadline - JOIN_MARGIN else current + 1
 
 
-def write_info(data_dir: Path, host: Host, opts: NodeOptions, public_key: bytes | None) -> None:
-    """node.json: how to reach this node (read by the testnet driver and `dlnet status`)."""
+def write_info(
+    data_dir: Path, host: Host, opts: NodeOptions, public_key: bytes | None, api: str | None
+) -> None:
+    """node.json: how to reach this node, its HTTP API included (read by the testnet driver,
+    `dlnet status` and tools)."""
     info = {
         "pid": os.getpid(),
         "argv": sys.argv[1:],
@@ -124,6 +130,7 @@ def write_info(data_dir: Path, host: Host, opts: NodeOptions, public_key: bytes 
         "public_key": public_key.hex() if public_key else None,
         "behaviour": opts.behaviour,
         "model": opts.model,
+        "api": api,
     }
     tmp = data_dir / (INFO_FILE + ".tmp")
     tmp.write_text(json.dumps(info, indent=1))
@@ -144,6 +151,15 @@ async def run_node(opts: NodeOptions) -> None:
     model = None
     if "encoder" in opts.roles:
         model = load_model(opts.model, cfg, opts.model_options)
+    api_sock, api_url = None, None
+    if opts.api is not None:
+        host_name, port = opts.api
+        try:
+            api_sock, api_url = open_listener(host_name, port)
+        except OSError as exc:
+            raise NodeError(
+                f"--api {host_name}:{port}: cannot listen there ({exc.strerror or exc})"
+            ) from exc
     opts.data_dir.mkdir(parents=True, exist_ok=True)
     store = Store.open(opts.data_dir / STORE_FILE)
     log = logging.getLogger("dlnet")
@@ -160,15 +176,20 @@ async def run_node(opts: NodeOptions) -> None:
             ctx = NodeContext(
                 cfg, items, store, ingest, host, SyncClient(host, ingest, cfg.network_id)
             )
-            write_info(opts.data_dir, host, opts, key.public_key if key else None)
+            public_key = key.public_key if key else None
             log.info(
-                "node %s up, network %s, roles %s",
+                "node %s up, network %s, roles %s, HTTP API %s",
                 host.peer_id,
                 cfg.network_id.hex()[:16],
                 sorted(opts.roles) or ["relay"],
+                api_url or "off",
             )
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
+                if api_sock is not None:
+                    view = NodeView(cfg, store, host, opts.roles, public_key)
+                    nursery.start_soon(serve_api, build_app(view), api_sock)
+                write_info(opts.data_dir, host, opts, public_key, api_url)
                 nursery.start_soon(_keep_transport_counters, host, opts.data_dir)
                 start = first_round(cfg, wall_clock())
                 if key is not None and model is not None:
@@ -183,6 +204,8 @@ async def run_node(opts: NodeOptions) -> None:
             write_transport_counters(host, opts.data_dir)
     finally:
         store.close()
+        if api_sock is not None:
+            api_sock.close()  # if the API never took it over
 
 
 def write_transport_counters(host: Host, data_dir: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import stat
 import subprocess
 import sys
@@ -112,3 +113,28 @@ def test_validator_key_must_be_in_the_validator_set(tmp_path: Path) -> None:
         ),
         "validator set",
     )
+
+
+def test_api_address_mistakes(tmp_path: Path) -> None:
+    for bad in ("localhost", "127.0.0.1:http", "127.0.0.1:70000", ":5052"):
+        one_line_error(
+            dlnet("run", "--config", "x", "--data-dir", "d", "--api", bad), f"--api {bad}"
+        )
+    key, cfg = tmp_path / "v.key", tmp_path / "network.toml"
+    dlnet("keygen", "--out", str(key))
+    dlnet("init", "--validator", f"@{key}", "--out", str(cfg))
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        port = busy.getsockname()[1]
+        one_line_error(
+            dlnet(
+                "run",
+                "--config",
+                str(cfg),
+                "--data-dir",
+                str(tmp_path / "d"),
+                "--api",
+                f"127.0.0.1:{port}",
+            ),
+            f"--api 127.0.0.1:{port}",
+            "cannot listen",
+        )

@@ -1,0 +1,406 @@
+"""The node's local HTTP API: read-only JSON under ``/v1/`` and Prometheus ``/metrics``.
+
+A starlette app served by hypercorn's trio worker inside the node's own nursery (see
+docs/API.md). Every handler runs on the trio thread that owns the node's single SQLite
+connection, so each one is ``async`` (starlette would run a plain function in a worker
+thread) and makes a few short indexed queries. Round results are served only from a
+certificate that verifies against the network config, never from a validator's own view.
+Bad input gets a JSON error (400 or 404) and is counted in ``dlnet_api_requests_total``;
+a handler that fails gets a JSON 500 and a log line, and the node goes on.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import re
+import socket
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol, cast
+
+import numpy as np
+from hypercorn.config import Config
+from hypercorn.trio import serve
+from hypercorn.typing import ASGIFramework
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    GCCollector,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from dlnet.node.context import wall_clock
+from dlnet.node.report import certificate_summary, outcome_rows, verified_certificate
+from dlnet.node.store import MAX_ROUND, Store
+from dlnet.protocol.config import NetworkConfig
+from dlnet.protocol.rounds import round_at, round_times
+from dlnet.protocol.wire import Certificate, encode
+
+log = logging.getLogger("dlnet.api")
+
+API_VERSION = 1
+# Longest span of rounds one /v1/rounds request lists (and the default span, ending now).
+MAX_ROUNDS_LISTED = 1000
+DEFAULT_ROUNDS_LISTED = 100
+_WHOLE = re.compile(r"[0-9]{1,19}")
+
+
+class PeerSource(Protocol):
+    """What the API reads from the libp2p host (`dlnet.node.host.Host` is one)."""
+
+    @property
+    def peer_id(self) -> str: ...
+
+    @property
+    def addrs(self) -> list[str]: ...
+
+    @property
+    def counters(self) -> Mapping[str, int]: ...
+
+    def connected_peers(self) -> list[str]: ...
+
+
+@dataclass(frozen=True)
+class NodeView:
+    """Everything the API shows, read live on every request."""
+
+    cfg: NetworkConfig
+    store: Store
+    host: PeerSource
+    roles: frozenset[str]
+    public_key: bytes | None
+    clock: Callable[[], float] = wall_clock
+
+
+class ApiError(Exception):
+    """A request the API answers with ``status`` and a JSON ``{"error": message}``."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message, "status": status}, status_code=status)
+
+
+# --- path and query parameters ----------------------------------------------------------------
+
+
+def _whole(text: str, what: str) -> int:
+    if not _WHOLE.fullmatch(text) or int(text) > MAX_ROUND:
+        raise ApiError(400, f"{what} must be a whole number from 0 to {MAX_ROUND}, got {text!r}")
+    return int(text)
+
+
+def _round(view: NodeView, text: str) -> int:
+    """A round path parameter: a whole number, or ``latest`` (the last finalized round)."""
+    if text == "latest":
+        last = view.store.outcome_summary().last_finalized
+        if last is None:
+            raise ApiError(404, "no round is finalized yet")
+        return last
+    return _whole(text, "round")
+
+
+def _certificate(view: NodeView, rnd: int) -> Certificate:
+    cert = verified_certificate(view.store, view.cfg, rnd)
+    if cert is not None:
+        return cert
+    held = view.store.round_outcomes(rnd, rnd)
+    if held and not held[0][1]:
+        raise ApiError(404, f"round {rnd} was not finalized: no 2/3 of the stake signed a result")
+    raise ApiError(404, f"round {rnd}: this node holds no valid certificate for it")
+
+
+# --- what the endpoints show ------------------------------------------------------------------
+
+
+def phase(cfg: NetworkConfig, now: float) -> tuple[int, str, float]:
+    """(current round, its phase, when that phase ends); round -1 and phase ``genesis``
+    before round 0. Rounds overlap: the previous round may still be attesting or
+    finalizing while this one commits."""
+    rnd = round_at(cfg, now)
+    if rnd < 0:
+        return rnd, "genesis", float(cfg.genesis_time)
+    t = round_times(cfg, rnd)
+    for name, end in (
+        ("commit", t.commit_deadline),
+        ("reveal", t.reveal_deadline),
+        ("repair", t.repair_deadline),
+        ("attest", t.attest_deadline),
+        ("finality", t.finality_deadline),
+    ):
+        if now < end:
+            return rnd, name, end
+    return rnd, "idle", round_times(cfg, rnd + 1).start
+
+
+def status(view: NodeView) -> dict[str, Any]:
+    cfg = view.cfg
+    now = view.clock()
+    rnd, name, ends = phase(cfg, now)
+    summary = view.store.outcome_summary()
+    peers = view.host.connected_peers()
+    key = view.public_key
+    return {
+        "api_version": API_VERSION,
+        "peer_id": view.host.peer_id,
+        "addrs": [a if "/p2p/" in a else f"{a}/p2p/{view.host.peer_id}" for a in view.host.addrs],
+        "roles": sorted(view.roles),
+        "public_key": key.hex() if key else None,
+        "stake": cfg.stake_of(key) if key else 0,
+        "network": {
+            "id": cfg.network_id.hex(),
+            "name": cfg.name,
+            "genesis_time": cfg.genesis_time,
+            "round_seconds": cfg.timing.round_seconds,
+            "validators": len(cfg.validators),
+            "total_stake": cfg.total_stake,
+        },
+        "time": now,
+        "round": rnd,
+        "phase": name,
+        "phase_ends": ends,
+        "rounds": {
+            "finalized": summary.finalized,
+            "not_finalized": summary.not_finalized,
+            "last_finalized": summary.last_finalized,
+        },
+        "peers": {"connected": len(peers), "ids": peers},
+        "counters": {
+            "messages": view.store.counters(),
+            "transport": dict(view.host.counters),
+        },
+    }
+
+
+def rounds(view: NodeView, query: Mapping[str, str]) -> dict[str, Any]:
+    """Outcomes of the rounds in [from, to]; by default the last 100 up to the current one."""
+    unknown = set(query) - {"from", "to"}
+    if unknown:
+        raise ApiError(400, f"unknown query parameter {sorted(unknown)[0]!r}; use from and to")
+    now_round = max(0, round_at(view.cfg, view.clock()))
+    hi = _whole(query["to"], "to") if "to" in query else now_round
+    lo = (
+        _whole(query["from"], "from") if "from" in query else max(0, hi - DEFAULT_ROUNDS_LISTED + 1)
+    )
+    if lo > hi:
+        raise ApiError(400, f"from={lo} is after to={hi}")
+    if hi - lo >= MAX_ROUNDS_LISTED:
+        raise ApiError(400, f"at most {MAX_ROUNDS_LISTED} rounds per request, asked {hi - lo + 1}")
+    return {"from": lo, "to": hi, "rounds": outcome_rows(view.store, lo, hi)}
+
+
+def weighted_embedding(view: NodeView, rnd: int, shard_text: str) -> dict[str, Any]:
+    shard = _whole(shard_text, "shard")
+    if shard >= view.cfg.shards_per_round:
+        raise ApiError(
+            400, f"shard must be below {view.cfg.shards_per_round} (shards per round), got {shard}"
+        )
+    cert = _certificate(view, rnd)
+    raw = cert.result.weighted[shard]
+    return {
+        "round": rnd,
+        "shard": shard,
+        "result_digest": certificate_summary(view.cfg, cert)["result_digest"],
+        "dim": len(raw) // 4,
+        "embedding": np.frombuffer(raw, dtype="<f4").tolist(),
+        "float32_le_base64": base64.b64encode(raw).decode("ascii"),
+    }
+
+
+# --- metrics ----------------------------------------------------------------------------------
+
+
+class NodeCollector(Collector):
+    """Prometheus metrics read, at each scrape, from the counters the node already keeps: the
+    store's message counters (``outcome:reason``), the host's transport counters, the round
+    outcomes, the round clock and the connected peers."""
+
+    def __init__(self, view: NodeView) -> None:
+        self.view = view
+
+    def collect(self) -> Iterable[Metric]:
+        view = self.view
+        info = InfoMetricFamily("dlnet_node", "This node's identity and roles.")
+        info.add_metric(
+            [],
+            {
+                "peer_id": view.host.peer_id,
+                "network_id": view.cfg.network_id.hex(),
+                "roles": ",".join(sorted(view.roles)) or "relay",
+                "public_key": view.public_key.hex() if view.public_key else "",
+            },
+        )
+        yield info
+        messages = CounterMetricFamily(
+            "dlnet_messages",
+            "Messages by outcome and reason (the store's counters; accepted:<kind> counts "
+            "the messages of each kind stored).",
+            labels=["outcome", "reason"],
+        )
+        for name, n in sorted(view.store.counters().items()):
+            outcome, _, reason = name.partition(":")
+            messages.add_metric([outcome, reason], n)
+        yield messages
+        transport = CounterMetricFamily(
+            "dlnet_transport_events",
+            "The libp2p host's counters (as in transport.json): published, delivered, "
+            "rejected/ignored/dropped and their .reason breakdowns, px.*, requests.*.",
+            labels=["event"],
+        )
+        for name, n in sorted(view.host.counters.items()):
+            transport.add_metric([name], n)
+        yield transport
+        summary = view.store.outcome_summary()
+        settled = GaugeMetricFamily(
+            "dlnet_rounds", "Rounds this node recorded an outcome for.", labels=["outcome"]
+        )
+        settled.add_metric(["finalized"], summary.finalized)
+        settled.add_metric(["not_finalized"], summary.not_finalized)
+        yield settled
+        last = GaugeMetricFamily("dlnet_last_finalized_round", "The last finalized round held.")
+        if summary.last_finalized is not None:
+            last.add_metric([], summary.last_finalized)
+        yield last
+        yield GaugeMetricFamily(
+            "dlnet_current_round",
+            "The round by the clock (-1 before genesis).",
+            value=round_at(view.cfg, view.clock()),
+        )
+        yield GaugeMetricFamily(
+            "dlnet_peers_connected",
+            "libp2p peers connected.",
+            value=len(view.host.connected_peers()),
+        )
+
+
+def _registry(view: NodeView) -> tuple[CollectorRegistry, Counter]:
+    registry = CollectorRegistry(auto_describe=True)
+    registry.register(NodeCollector(view))
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
+    requests = Counter(
+        "dlnet_api_requests",
+        "HTTP API requests by route and status code.",
+        ["route", "status"],
+        registry=registry,
+    )
+    return registry, requests
+
+
+# --- the app ----------------------------------------------------------------------------------
+
+
+def build_app(view: NodeView) -> Starlette:
+    registry, requests = _registry(view)
+
+    def route(path: str, name: str, handler: Callable[[Request], Response]) -> Route:
+        async def endpoint(request: Request) -> Response:
+            try:
+                response = handler(request)
+            except ApiError as exc:
+                response = _error(exc.status, exc.message)
+            except Exception:
+                log.exception("API %s %s failed", request.method, request.url.path)
+                response = _error(500, "internal error; the node's log has the details")
+            requests.labels(name, str(response.status_code)).inc()
+            return response
+
+        return Route(path, endpoint, methods=["GET"], name=name)
+
+    def cert_bytes(request: Request) -> Response:
+        cert = _certificate(view, _round(view, request.path_params["round"]))
+        # Decoding is strict and canonical, so this is the byte string the node stored.
+        return Response(encode(cert), media_type="application/octet-stream")
+
+    async def not_found(request: Request, exc: Exception) -> Response:
+        code = exc.status_code if isinstance(exc, HTTPException) else 500
+        requests.labels("unmatched", str(code)).inc()
+        if code == 404:
+            return _error(404, f"no such endpoint: {request.url.path} (see docs/API.md)")
+        return _error(code, exc.detail if isinstance(exc, HTTPException) else "internal error")
+
+    return Starlette(
+        routes=[
+            route("/v1/status", "status", lambda _r: JSONResponse(status(view))),
+            route(
+                "/v1/rounds",
+                "rounds",
+                lambda r: JSONResponse(rounds(view, dict(r.query_params))),
+            ),
+            route(
+                "/v1/rounds/{round}",
+                "round",
+                lambda r: JSONResponse(
+                    certificate_summary(
+                        view.cfg, _certificate(view, _round(view, r.path_params["round"]))
+                    )
+                ),
+            ),
+            route("/v1/rounds/{round}/certificate", "certificate", cert_bytes),
+            route(
+                "/v1/rounds/{round}/shards/{shard}/embedding",
+                "embedding",
+                lambda r: JSONResponse(
+                    weighted_embedding(
+                        view, _round(view, r.path_params["round"]), r.path_params["shard"]
+                    )
+                ),
+            ),
+            route(
+                "/metrics",
+                "metrics",
+                lambda _r: Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST),
+            ),
+        ],
+        exception_handlers={HTTPException: not_found},
+    )
+
+
+# --- serving ----------------------------------------------------------------------------------
+
+
+def open_listener(host: str, port: int) -> tuple[socket.socket, str]:
+    """Bind and listen on (host, port) now, so that a bad address or a busy port stops the node
+    at start with one line (raises OSError); port 0 picks a free port. Returns the socket and
+    the URL it serves."""
+    family, _, _, _, addr = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    sock = socket.create_server(addr[:2], family=family)
+    bound_host, bound_port = sock.getsockname()[:2]
+    shown = f"[{bound_host}]" if family == socket.AF_INET6 else bound_host
+    return sock, f"http://{shown}:{bound_port}"
+
+
+async def serve_api(app: Starlette, sock: socket.socket) -> None:
+    """Serve ``app`` on the listening ``sock`` until cancelled (connections that arrive
+    before this starts wait in the listen backlog).
+
+    Cancellation (the node's nursery on SIGINT/SIGTERM) closes the listener and every
+    connection; hypercorn's trio worker starts no thread."""
+    config = Config()
+    config.bind = [f"fd://{sock.detach()}"]  # hypercorn takes the socket over
+    config.errorlog = log
+    config.accesslog = None
+    await serve(cast("ASGIFramework", app), config, mode="asgi")
