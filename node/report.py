@@ -250,6 +250,7 @@ def testnet_report(cfg: NetworkConfig, procs: Sequence[Proc], rounds: range) -> 
             p.name: {
                 "role": p.role,
                 "kind": p.kind,
+                "api": p.api,
                 "exit_code": p.exit_code,
                 "peak_rss_mb": round(p.peak_rss / 2**20, 1),
             }

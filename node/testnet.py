@@ -95,6 +95,7 @@ class Proc:
     public_key: str | None = None
     peak_rss: int = 0
     exit_code: int | None = None
+    api: str | None = None  # the node's HTTP API URL, once its node.json names it
     log: Any = field(default=None, repr=False)
 
 
@@ -110,6 +111,8 @@ def _node_cmd(config: Path, data_dir: Path, extra: Sequence[str]) -> list[str]:
         str(config),
         "--data-dir",
         str(data_dir),
+        "--api",
+        "127.0.0.1:0",
         *extra,
     ]
 
@@ -138,6 +141,15 @@ def _wait_info(proc: Proc, timeout: float) -> dict[str, Any]:
             return info
         time.sleep(0.2)
     raise RuntimeError(f"{proc.name} did not come up in {timeout:.0f} s")
+
+
+def _note_apis(procs: Sequence[Proc], echo: Any) -> None:
+    """Print each node's HTTP API URL as soon as its node.json names it."""
+    for p in procs:
+        if p.api is None and (p.data_dir / INFO_FILE).exists():
+            p.api = report.read_info(p.data_dir).get("api")
+            if p.api is not None:
+                echo(f"testnet: {p.name} HTTP API {p.api}")
 
 
 def _sample_rss(procs: Sequence[Proc]) -> None:
@@ -267,6 +279,7 @@ def run_testnet(plan: TestnetPlan, *, echo: Any = print) -> int:
         validators = [p for p in procs if p.role == "validator"]
         while time.time() < end:
             _sample_rss(procs)
+            _note_apis(procs, echo)
             for p in procs:
                 if p.popen.poll() is not None and p.exit_code is None:
                     p.exit_code = p.popen.returncode
