@@ -3,6 +3,7 @@ and the shipped corpus."""
 
 from __future__ import annotations
 
+import contextlib
 import random
 import socket
 from collections.abc import Iterator
@@ -22,7 +23,7 @@ from dlnet.node.models import (
     kinds,
     load_model,
 )
-from dlnet.node.models.minilm import MiniLM
+from dlnet.node.models.minilm import FINETUNED_FILE, MiniLM
 from dlnet.protocol.dataset import parse_dataset
 from dlnet.protocol.masks import split_units
 from dlnet.protocol.projection import projection_matrix
@@ -82,9 +83,9 @@ class Loaded:
     network_attempts: list[str]
 
 
-@pytest.fixture(scope="module")
-def default_model() -> Iterator[Loaded]:
-    """The default model, loaded once while every socket connect and name lookup fails."""
+@contextlib.contextmanager
+def network_refused() -> Iterator[list[str]]:
+    """Every socket connect and name lookup fails inside; yields the attempts made."""
     attempts: list[str] = []
 
     def refuse_connect(self: socket.socket, address: Any) -> None:
@@ -99,6 +100,13 @@ def default_model() -> Iterator[Loaded]:
         mp.setattr(socket.socket, "connect", refuse_connect)
         mp.setattr(socket.socket, "connect_ex", refuse_connect)
         mp.setattr(socket, "getaddrinfo", refuse_lookup)
+        yield attempts
+
+
+@pytest.fixture(scope="module")
+def default_model() -> Iterator[Loaded]:
+    """The default model, loaded once while every socket connect and name lookup fails."""
+    with network_refused() as attempts:
         model = load_model(None, Network())
         model.embed(TEXTS)
     yield Loaded(model, attempts)
@@ -183,6 +191,79 @@ def test_truncated_kind() -> None:
     assert mean_dl(check_contract(model, texts)) < 0.7
 
 
+def cosines(a: NDArray[np.float32], b: NDArray[np.float32]) -> NDArray[np.float64]:
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    dots: NDArray[np.float64] = np.sum(a64 * b64, axis=1)
+    return dots / (np.linalg.norm(a64, axis=1) * np.linalg.norm(b64, axis=1))
+
+
+def test_finetuned_kind_ships_its_biases_and_loads_offline(default_model: Loaded) -> None:
+    from safetensors.torch import load_file
+
+    assert FINETUNED_FILE.is_file() and FINETUNED_FILE.stat().st_size < 200_000
+    shipped = load_file(str(FINETUNED_FILE))
+    assert len(shipped) == 49 and all(name.endswith(".bias") for name in shipped)
+    with network_refused() as attempts:
+        model = load_model("dlnet.node.models.kinds:finetuned", Network(), {"seed": "0"})
+    assert attempts == []
+    assert isinstance(model, ProjectedModel) and isinstance(model.native, MiniLM)
+    check_contract(model, TEXTS)
+    import torch
+
+    tuned = model.native.model.state_dict()
+    base = default_model.model.native.model.state_dict()
+    for name, value in base.items():  # the shipped biases replace the pretrained ones, only
+        assert torch.equal(tuned[name], shipped.get(name, value)), name
+    assert sum(not torch.equal(base[name], shipped[name]) for name in shipped) >= 40
+    # A different model, still close to the one it was tuned from.
+    cos = cosines(model.native.embed_native(TEXTS), default_model.model.native.embed_native(TEXTS))
+    assert float(np.min(cos)) > 0.5 and float(np.max(cos)) < 0.9999
+
+
+def test_random_init_kind_is_seeded_and_offline(default_model: Loaded) -> None:
+    import torch
+
+    state = torch.random.get_rng_state()
+    with network_refused() as attempts:
+        a = load_model("dlnet.node.models.kinds:random_init", Network(), {"init_seed": "3"})
+    assert attempts == []
+    assert torch.equal(torch.random.get_rng_state(), state)  # the global RNG is left alone
+    out = check_contract(a, TEXTS)
+    assert np.array_equal(out, kinds.random_init(DIM, SEED, init_seed=3).embed(TEXTS))
+    assert not np.allclose(out, kinds.random_init(DIM, SEED, init_seed=4).embed(TEXTS))
+    assert isinstance(a, ProjectedModel) and isinstance(a.native, MiniLM)
+    layer = "encoder.layer.0.attention.self.query.weight"
+    random_w = a.native.model.state_dict()[layer].numpy()
+    assert not np.allclose(random_w, default_model.model.native.model.state_dict()[layer].numpy())
+
+
+def test_static_kind_summed_is_additive_averaged_is_not() -> None:
+    texts = masked_triples(20)
+    summed = check_contract(kinds.static(DIM, SEED), texts)
+    mean = load_model("dlnet.node.models.kinds:static", Network(), {"pooling": "mean"})
+    averaged = check_contract(mean, texts)
+    assert mean_dl(summed) < 1e-4  # word pieces of the full text = those of mask + inverse
+    assert mean_dl(averaged) > 0.2
+    # No context: a word embeds alike wherever it stands.
+    words = kinds.static(DIM, SEED).embed(["river bank", "bank river", "bank"])
+    assert np.allclose(words[0], words[1], rtol=1e-5, atol=1e-4)
+
+
+def test_noisy_kind_adds_noise_of_its_level(default_model: Loaded) -> None:
+    native = default_model.model.native
+    texts = masked_triples(10)
+    base = native.embed_native(texts)
+    assert np.array_equal(kinds.NoisyNative(native, 0.0, 1).embed_native(texts), base)
+    noisy = kinds.NoisyNative(native, 0.5, 1)
+    out = noisy.embed_native(texts)
+    rel = np.linalg.norm(out - base, axis=1) / np.linalg.norm(base, axis=1)
+    assert 0.4 < float(np.median(rel)) < 0.6
+    assert np.allclose(noisy.embed_native(texts[3:5]), out[3:5], rtol=1e-4, atol=1e-3)  # per text
+    assert not np.array_equal(kinds.NoisyNative(native, 0.5, 2).embed_native(texts), out)
+    model = load_model("dlnet.node.models.kinds:noisy", Network(), {"level": "0.5"})
+    check_contract(model, TEXTS)
+
+
 def test_noise_kind() -> None:
     model = kinds.noise(DIM, SEED, seed="7")
     out = check_contract(model, TEXTS)
@@ -228,6 +309,9 @@ def wrong_dim_factory(dim: int, projection_seed: bytes) -> kinds.ZeroModel:
         ("dlnet.node.models.kinds:honest", {"strength": "nan"}, "must be finite"),
         ("dlnet.node.models.kinds:truncated", {"layers": "0"}, "at least 1"),
         ("dlnet.node.models.kinds:truncated", {"layers": "7"}, "1..6"),
+        ("dlnet.node.models.kinds:noisy", {"level": "-1"}, "at least 0"),
+        ("dlnet.node.models.kinds:static", {"pooling": "max"}, "sum or mean"),
+        ("dlnet.node.models.kinds:random_init", {"init_seed": "x"}, "not an integer"),
         ("test_models:wrong_dim_factory", {}, "the model's dim is 1025"),
     ],
 )

