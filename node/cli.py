@@ -280,8 +280,9 @@ def results(data_dir: Path, config_path: Path, rnd: int, as_json: bool) -> None:
     "--encoders",
     "encoders_spec",
     default=None,
-    help="Comma list of kind:count (kinds: honest noise zero additive fabricated "
-    "copycat replay equivocator truncated py:module:factory). "
+    help="Comma list of kind:count or kind@level:count (kinds: honest finetuned truncated "
+    "noisy random-init static noise zero additive fabricated copycat replay equivocator "
+    "py:module:factory; levels: truncated@LAYERS noisy@LEVEL static@sum|mean). "
     "Default: honest:6 and one of each adversary.",
 )
 @click.option("--rounds", type=int, default=3, show_default=True)

@@ -19,8 +19,9 @@ if TYPE_CHECKING:
 
 STORE_FILE = "node.sqlite"
 U16 = 65535
-HONEST = ("honest", "truncated")
-"""Testnet kinds that are honest encoders (everything else is an adversary)."""
+HONEST = ("honest", "finetuned", "truncated", "noisy", "random-init", "static")
+"""Testnet kinds that are honest encoders, whatever their model's quality (everything else is an
+adversary); a kind with a level (``noisy@0.5``) counts as its base kind."""
 
 
 class ReportError(Exception):
@@ -214,7 +215,7 @@ def testnet_report(cfg: NetworkConfig, procs: Sequence[Proc], rounds: range) -> 
                 raw = st.get_round_state(rnd, "result")
                 own = result_digest(decode_result(raw)).hex() if raw is not None else None
                 reveals = json.loads(st.get_round_state(rnd, "reveals") or b"{}")
-                honest = [e for e in reveals if kinds.get(e) in HONEST]
+                honest = [e for e in reveals if kinds.get(e, "").partition("@")[0] in HONEST]
                 vals[vkey] = {
                     "result_digest": own,
                     "finalized": settled.get(rnd, False),

@@ -22,6 +22,7 @@ import psutil
 from dlnet.node import report
 from dlnet.node.dataset_io import resolve_dataset_path
 from dlnet.node.keyfile import write_key
+from dlnet.node.models.kinds import LEVEL_OPTIONS
 from dlnet.node.runtime import INFO_FILE
 from dlnet.protocol.config import DatasetRef, ValidatorEntry, default_config, dump_config
 from dlnet.protocol.identity import SigningKey
@@ -33,17 +34,21 @@ DEFAULT_ENCODERS: Final[tuple[tuple[str, int], ...]] = (
     *tuple((k, 1) for k in ADVERSARIES),
 )
 MODELS: Final = "dlnet.node.models.kinds"
-# kind -> (model factory, behaviour of the encoder role)
-KINDS: Final[dict[str, tuple[str, str]]] = {
-    "honest": (f"{MODELS}:honest", "honest"),
-    "truncated": (f"{MODELS}:truncated", "honest"),
-    "noise": (f"{MODELS}:noise", "honest"),
-    "zero": (f"{MODELS}:zero", "honest"),
-    "additive": (f"{MODELS}:additive", "honest"),
-    "fabricated": (f"{MODELS}:honest", "fabricated"),
-    "copycat": (f"{MODELS}:noise", "copycat"),
-    "replay": (f"{MODELS}:honest", "replay"),
-    "equivocator": (f"{MODELS}:honest", "equivocator"),
+# kind -> (model factory, behaviour of the encoder role, option that `kind@LEVEL` sets)
+KINDS: Final[dict[str, tuple[str, str, str | None]]] = {
+    "honest": (f"{MODELS}:honest", "honest", None),
+    "finetuned": (f"{MODELS}:finetuned", "honest", None),
+    "truncated": (f"{MODELS}:truncated", "honest", "layers"),
+    "noisy": (f"{MODELS}:noisy", "honest", "level"),
+    "random-init": (f"{MODELS}:random_init", "honest", None),
+    "static": (f"{MODELS}:static", "honest", "pooling"),
+    "noise": (f"{MODELS}:noise", "honest", None),
+    "zero": (f"{MODELS}:zero", "honest", None),
+    "additive": (f"{MODELS}:additive", "honest", None),
+    "fabricated": (f"{MODELS}:honest", "fabricated", None),
+    "copycat": (f"{MODELS}:noise", "copycat", None),
+    "replay": (f"{MODELS}:honest", "replay", None),
+    "equivocator": (f"{MODELS}:honest", "equivocator", None),
 }
 # Time from launching the processes until round 1 starts: ~10 processes load torch and the
 # model at once on 2 cores (measured ~40 s); an encoder still joins round 1 up to 5 s before
@@ -61,17 +66,32 @@ class SpecError(ValueError):
 
 
 def parse_encoder_spec(spec: str) -> tuple[tuple[str, int], ...]:
-    """`kind:count,kind:count,...`; a custom model is `py:module:factory:count`."""
+    """`kind:count,kind@level:count,...`; a custom model is `py:module:factory:count`.
+
+    `kind@level` sets the kind's level option (KINDS), e.g. `truncated@2` (layers),
+    `noisy@0.5` (noise level), `static@mean` (pooling); the level is checked here."""
     out: list[tuple[str, int]] = []
     for part in spec.split(","):
         part = part.strip()
         body, sep, count_text = part.rpartition(":")
         if not sep or not count_text.isdigit() or int(count_text) < 1:
             raise SpecError(f"--encoders: {part!r} is not kind:count (e.g. honest:6,noise:1)")
-        if body not in KINDS and not (body.startswith("py:") and body.count(":") == 2):
+        if body.startswith("py:") and body.count(":") == 2:
+            out.append((body, int(count_text)))
+            continue
+        kind, at, level = body.partition("@")
+        if kind not in KINDS:
             raise SpecError(
-                f"--encoders: unknown kind {body!r}; kinds: {', '.join(KINDS)}, py:module:factory"
+                f"--encoders: unknown kind {kind!r}; kinds: {', '.join(KINDS)}, py:module:factory"
             )
+        option = KINDS[kind][2]
+        if at and option is None:
+            raise SpecError(f"--encoders: {part!r}: kind {kind} takes no @level")
+        if at and option is not None:
+            try:
+                LEVEL_OPTIONS[option](level)
+            except ValueError as exc:
+                raise SpecError(f"--encoders: {part!r}: {exc}") from None
         out.append((body, int(count_text)))
     return tuple(out)
 
@@ -180,8 +200,12 @@ def _stop(procs: Sequence[Proc]) -> None:
 def _encoder_args(kind: str, index: int) -> list[str]:
     if kind.startswith("py:"):
         return ["--model", kind[3:]]  # a custom factory gets no testnet options
-    model, behaviour = KINDS[kind]
-    return ["--model", model, "--model-option", f"seed={index}", "--behaviour", behaviour]
+    name, at, level = kind.partition("@")
+    model, behaviour, option = KINDS[name]
+    args = ["--model", model, "--model-option", f"seed={index}", "--behaviour", behaviour]
+    if at and option is not None:
+        args += ["--model-option", f"{option}={level}"]
+    return args
 
 
 def run_testnet(plan: TestnetPlan, *, echo: Any = print) -> int:

@@ -1,0 +1,50 @@
+"""`dlnet testnet --encoders`: the spec grammar, its one-line errors, and the node arguments."""
+
+from __future__ import annotations
+
+import pytest
+
+from dlnet.node.testnet import KINDS, SpecError, _encoder_args, parse_encoder_spec
+
+
+def test_kinds_with_levels() -> None:
+    spec = "honest:6, finetuned:1,truncated@2:1,noisy@0.5:2,static@mean:1,random-init:1"
+    assert parse_encoder_spec(spec) == (
+        ("honest", 6),
+        ("finetuned", 1),
+        ("truncated@2", 1),
+        ("noisy@0.5", 2),
+        ("static@mean", 1),
+        ("random-init", 1),
+    )
+    assert parse_encoder_spec("py:mod:make:2") == (("py:mod:make", 2),)
+
+
+def test_level_becomes_the_kinds_option() -> None:
+    args = _encoder_args("noisy@0.5", 7)
+    assert args[:2] == ["--model", KINDS["noisy"][0]]
+    assert args[-4:] == ["--behaviour", "honest", "--model-option", "level=0.5"]
+    assert "seed=7" in args
+    assert _encoder_args("truncated@2", 0)[-1] == "layers=2"
+    assert _encoder_args("honest", 0)[-2:] == ["--behaviour", "honest"]
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("honest:two", "is not kind:count"),
+        ("honest", "is not kind:count"),
+        ("cheater:1", "unknown kind 'cheater'"),
+        ("honest@2:1", "kind honest takes no @level"),
+        ("truncated@9:1", "layers=9 must be in 1..6"),
+        ("truncated@two:1", "not an integer"),
+        ("noisy@-1:1", "at least 0"),
+        ("noisy@inf:1", "must be finite"),
+        ("static@max:1", "sum or mean"),
+    ],
+)
+def test_spec_errors_are_one_line(spec: str, message: str) -> None:
+    with pytest.raises(SpecError, match=message) as err:
+        parse_encoder_spec(spec)
+    assert "\n" not in str(err.value)
+    assert str(err.value).startswith("--encoders: ")
