@@ -49,6 +49,7 @@ from dlnet.node.context import wall_clock
 from dlnet.node.report import certificate_summary, outcome_rows, verified_certificate
 from dlnet.node.store import MAX_ROUND, Store
 from dlnet.protocol.config import NetworkConfig
+from dlnet.protocol.result import result_digest
 from dlnet.protocol.rounds import round_at, round_times
 from dlnet.protocol.wire import Certificate, encode
 
@@ -120,7 +121,9 @@ def _round(view: NodeView, text: str) -> int:
     return _whole(text, "round")
 
 
-def _certificate(view: NodeView, rnd: int) -> Certificate:
+def _certificate(view: NodeView, request: Request) -> Certificate:
+    """The verified certificate of the request's ``{round}``, or a 404 saying why not."""
+    rnd = _round(view, request.path_params["round"])
     cert = verified_certificate(view.store, view.cfg, rnd)
     if cert is not None:
         return cert
@@ -209,18 +212,18 @@ def rounds(view: NodeView, query: Mapping[str, str]) -> dict[str, Any]:
     return {"from": lo, "to": hi, "rounds": outcome_rows(view.store, lo, hi)}
 
 
-def weighted_embedding(view: NodeView, rnd: int, shard_text: str) -> dict[str, Any]:
-    shard = _whole(shard_text, "shard")
+def weighted_embedding(view: NodeView, request: Request) -> dict[str, Any]:
+    shard = _whole(request.path_params["shard"], "shard")
     if shard >= view.cfg.shards_per_round:
         raise ApiError(
             400, f"shard must be below {view.cfg.shards_per_round} (shards per round), got {shard}"
         )
-    cert = _certificate(view, rnd)
+    cert = _certificate(view, request)
     raw = cert.result.weighted[shard]
     return {
-        "round": rnd,
+        "round": cert.round,
         "shard": shard,
-        "result_digest": certificate_summary(view.cfg, cert)["result_digest"],
+        "result_digest": result_digest(cert.result).hex(),
         "dim": len(raw) // 4,
         "embedding": np.frombuffer(raw, dtype="<f4").tolist(),
         "float32_le_base64": base64.b64encode(raw).decode("ascii"),
@@ -329,16 +332,16 @@ def build_app(view: NodeView) -> Starlette:
         return Route(path, endpoint, methods=["GET"], name=name)
 
     def cert_bytes(request: Request) -> Response:
-        cert = _certificate(view, _round(view, request.path_params["round"]))
         # Decoding is strict and canonical, so this is the byte string the node stored.
-        return Response(encode(cert), media_type="application/octet-stream")
+        return Response(encode(_certificate(view, request)), media_type="application/octet-stream")
 
-    async def not_found(request: Request, exc: Exception) -> Response:
-        code = exc.status_code if isinstance(exc, HTTPException) else 500
-        requests.labels("unmatched", str(code)).inc()
-        if code == 404:
+    async def unmatched(request: Request, exc: Exception) -> Response:
+        """No route for the path (404) or the method (405)."""
+        assert isinstance(exc, HTTPException)
+        requests.labels("unmatched", str(exc.status_code)).inc()
+        if exc.status_code == 404:
             return _error(404, f"no such endpoint: {request.url.path} (see docs/API.md)")
-        return _error(code, exc.detail if isinstance(exc, HTTPException) else "internal error")
+        return _error(exc.status_code, exc.detail)
 
     return Starlette(
         routes=[
@@ -351,21 +354,13 @@ def build_app(view: NodeView) -> Starlette:
             route(
                 "/v1/rounds/{round}",
                 "round",
-                lambda r: JSONResponse(
-                    certificate_summary(
-                        view.cfg, _certificate(view, _round(view, r.path_params["round"]))
-                    )
-                ),
+                lambda r: JSONResponse(certificate_summary(view.cfg, _certificate(view, r))),
             ),
             route("/v1/rounds/{round}/certificate", "certificate", cert_bytes),
             route(
                 "/v1/rounds/{round}/shards/{shard}/embedding",
                 "embedding",
-                lambda r: JSONResponse(
-                    weighted_embedding(
-                        view, _round(view, r.path_params["round"]), r.path_params["shard"]
-                    )
-                ),
+                lambda r: JSONResponse(weighted_embedding(view, r)),
             ),
             route(
                 "/metrics",
@@ -373,7 +368,7 @@ def build_app(view: NodeView) -> Starlette:
                 lambda _r: Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST),
             ),
         ],
-        exception_handlers={HTTPException: not_found},
+        exception_handlers={HTTPException: unmatched},
     )
 
 
