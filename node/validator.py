@@ -241,6 +241,11 @@ class ValidatorRole:
         if own is not None:
             await ctx.republish(Kind.VOTE, own)
             return
+        if wall_clock() >= round_times(ctx.cfg, rnd).finality_deadline:
+            # The others have stopped counting votes: a late one could only finalize, at
+            # some nodes, a round the rest recorded as not finalized.
+            ctx.ingest.count("validator", "missed_vote_deadline")
+            return
         result = await self.result(rnd)
         if result is None:
             ctx.ingest.count("validator", "no_result")
