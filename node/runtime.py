@@ -85,23 +85,28 @@ async def _subscribe_all(host: Host, ingest: Ingest, cfg: NetworkConfig) -> None
 
 
 async def catch_up(ctx: NodeContext) -> None:
-    """Fetch and verify the certificates of recent rounds this node holds no outcome for."""
+    """Fetch and verify the certificates of recent rounds; store those of rounds this node has
+    not finalized (a round it recorded as not finalized, cut off from the others, is upgraded)."""
     now_round = round_at(ctx.cfg, wall_clock())
     lo = max(0, now_round - CATCH_UP_ROUNDS)
     if now_round <= lo:
         return
-    held = {r for r, _, _ in ctx.store.round_outcomes()}
-    for data in await ctx.sync.fetch_certificates(lo, now_round - 1):
+    final = {r for r, finalized, _ in ctx.store.round_outcomes() if finalized}
+
+    def keep(data: bytes) -> bool:
         try:
             cert = decode(data, ctx.cfg, Kind.CERTIFICATE)
             assert isinstance(cert, Certificate)
             verify_certificate(ctx.cfg, cert)
         except (Reject, CertificateError):
             ctx.ingest.count("rejected", "certificate")
-            continue
-        if cert.round not in held:
+            return False
+        if cert.round not in final:
             ctx.store.put_certificate(cert.round, data)
             ctx.store.put_round_outcome(cert.round, True, result_digest(cert.result))
+        return True
+
+    await ctx.sync.fetch_certificates(lo, now_round - 1, keep)
 
 
 # An encoder starting mid-round still joins it when at least this long is left to commit.

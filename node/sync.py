@@ -174,13 +174,15 @@ class SyncClient:
                     got += 1
         return got
 
-    async def fetch_certificates(self, lo: int, hi: int) -> list[bytes]:
-        """Certificates for rounds lo..hi from the first peer that has any (caller verifies)."""
+    async def fetch_certificates(self, lo: int, hi: int, keep: Callable[[bytes], bool]) -> int:
+        """Certificates for rounds lo..hi, from the first peer that sends any that ``keep`` (the
+        caller's verification) takes; a peer that sends only junk does not end the search.
+        Returns how many were kept."""
         for peer in self._peers():
-            items = await self._ask(peer, ["certificates", lo, hi])
-            if items:
-                return items
-        return []
+            kept = sum(keep(data) for data in await self._ask(peer, ["certificates", lo, hi]))
+            if kept:
+                return kept
+        return 0
 
 
 def install_server(host: Host, store: Store, ingest: Ingest, now: Callable[[], float]) -> None:

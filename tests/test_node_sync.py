@@ -9,12 +9,13 @@ from pathlib import Path
 import msgpack
 import numpy as np
 import pytest
+import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dlnet.node.ingest import Ingest, Outcome
 from dlnet.node.store import Store
-from dlnet.node.sync import MAX_ANSWER_BYTES, MAX_ITEMS, BadRequest, answer
+from dlnet.node.sync import MAX_ANSWER_BYTES, MAX_ITEMS, BadRequest, SyncClient, answer
 from dlnet.protocol.config import NetworkConfig, ValidatorEntry, default_config
 from dlnet.protocol.identity import SigningKey
 from dlnet.protocol.rounds import round_times
@@ -160,3 +161,25 @@ def test_an_answer_stays_inside_one_frame(held: Held) -> None:
         held.store.put_certificate(rnd, big)
     items = held.ask(["certificates", 0, 4], round_times(held.cfg, 10).start)
     assert items == [big, big, big]
+
+
+class ScriptedPeers(SyncClient):
+    """A SyncClient whose peers answer from a script: the search logic, without a network."""
+
+    def __init__(self, answers: dict[str, list[bytes]]) -> None:
+        self.answers = answers
+        self.asked: list[str] = []
+
+    def _peers(self) -> list[str]:
+        return list(self.answers)
+
+    async def _ask(self, peer: str, request: list[object]) -> list[bytes]:
+        self.asked.append(peer)
+        return self.answers[peer]
+
+
+def test_certificate_search_goes_past_a_peer_that_sends_only_junk() -> None:
+    client = ScriptedPeers({"junk": [b"bad", b"worse"], "empty": [], "good": [b"ok"], "late": []})
+    kept = trio.run(client.fetch_certificates, 0, 9, lambda data: data == b"ok")
+    assert kept == 1
+    assert client.asked == ["junk", "empty", "good"]
