@@ -1,14 +1,17 @@
 """Validity study: does the network's label-free score rank encoders by their quality?
 
     python scripts/validity.py [--small] [--rounds N] [--json PATH] [--markdown PATH]
+                               [--set FIELD=VALUE ...]
 
-A family of encoders of graded quality (the default model behind private perturbations, the
-same model truncated to fewer layers, its output with noise added) plus the known cheats is
-scored exactly as validators score a round (protocol.masks.derive_tasks on the shipped corpus,
-protocol.scoring.score_round over the whole pool, protocol.consensus.quantise). The network
-score of an encoder is its mean quantised score over shards and rounds. Supervised quality is
-measured on the labelled sets shipped in data/labelled/: leave-one-out 5-NN accuracy (cosine)
-on three labelled sets and Spearman agreement with the Lee human similarity judgements.
+A family of encoders of graded quality (honest: the default model behind private perturbations
+and its shipped fine-tune; graded: the same model truncated to fewer layers, with random
+weights, as static word-piece vectors summed or averaged, and its output with noise added)
+plus the known cheats is scored exactly as validators score a round
+(protocol.masks.derive_tasks on the shipped corpus, protocol.scoring.score_round over the whole
+pool, protocol.consensus.quantise). The network score of an encoder is its mean quantised score
+over shards and rounds. Supervised quality is measured on the labelled sets shipped in
+data/labelled/: leave-one-out 5-NN accuracy (cosine) on three labelled sets and Spearman
+agreement with the Lee human similarity judgements.
 """
 
 from __future__ import annotations
@@ -16,9 +19,10 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,13 +32,13 @@ from scipy.stats import spearmanr
 from sklearn.metrics import roc_auc_score
 
 from dlnet.data import shipped_path
-from dlnet.node.models.kinds import additive, noise, private_map
-from dlnet.node.models.minilm import MiniLM
+from dlnet.node.models import NativeModel, ProjectedModel
+from dlnet.node.models.kinds import HONEST_STRENGTH, NoisyNative, additive, noise, private_map
+from dlnet.node.models.minilm import NATIVE_DIM, MiniLM
 from dlnet.protocol.config import DEFAULT_PROJECTION_SEED
 from dlnet.protocol.consensus import quantise
 from dlnet.protocol.dataset import parse_dataset
 from dlnet.protocol.masks import derive_tasks
-from dlnet.protocol.projection import projection_matrix
 from dlnet.protocol.scoring import ScoringParams, score_round
 
 DIM = 1024
@@ -51,13 +55,15 @@ class Encoder:
 
 
 class NativeCache:
-    """Native (pre-projection) embeddings of one MiniLM variant, computed once per text."""
+    """A MiniLM variant's native (pre-projection) embeddings, computed once per text."""
 
-    def __init__(self, layers: int) -> None:
-        self.model = MiniLM(layers=layers, threads=2)
+    native_dim = NATIVE_DIM
+
+    def __init__(self, **variant: Any) -> None:
+        self.model = MiniLM(threads=2, **variant)
         self.cache: dict[str, NDArray[np.float32]] = {}
 
-    def __call__(self, texts: list[str]) -> NDArray[np.float32]:
+    def embed_native(self, texts: list[str]) -> NDArray[np.float32]:
         todo = [t for t in dict.fromkeys(texts) if t not in self.cache]
         if todo:
             for t, v in zip(todo, self.model.embed_native(todo), strict=True):
@@ -65,43 +71,32 @@ class NativeCache:
         return np.stack([self.cache[t] for t in texts])
 
 
+def projected(native: NativeModel, private_seed: int | None = None) -> Embed:
+    """The network embedding of a native model, optionally behind a private map."""
+    pre = None if private_seed is None else private_map(private_seed, HONEST_STRENGTH)
+    return ProjectedModel(native, DIM, DEFAULT_PROJECTION_SEED, pre).embed
+
+
 def family(small: bool) -> list[Encoder]:
-    proj = projection_matrix(DEFAULT_PROJECTION_SEED, 384, DIM).astype(np.float64)
-    natives = {layers: NativeCache(layers) for layers in ((6, 4, 2) if small else (6, 4, 2, 1))}
-
-    def projected(layers: int, pre: NDArray[np.float32] | None = None) -> Embed:
-        m = proj if pre is None else pre.astype(np.float64) @ proj
-
-        def embed(texts: list[str]) -> NDArray[np.float32]:
-            return (natives[layers](texts).astype(np.float64) @ m).astype(np.float32)
-
-        return embed
-
-    def noisy(base: Embed, sigma: float, seed: int) -> Embed:
-        def embed(texts: list[str]) -> NDArray[np.float32]:
-            x = base(texts)
-            scale = float(np.mean(np.linalg.norm(x, axis=1))) / np.sqrt(DIM)
-            rng = np.random.default_rng([seed, *map(ord, "".join(texts)[:64])])
-            return (x + sigma * scale * rng.standard_normal(x.shape)).astype(np.float32)
-
-        return embed
-
+    full = NativeCache()
     honest_count = 4 if small else 6
-    out = [
-        Encoder(f"honest-{i}", "honest", projected(6, private_map(i, 0.2)))
-        for i in range(honest_count)
+    out = [Encoder(f"honest-{i}", "honest", projected(full, i)) for i in range(honest_count)]
+    out.append(Encoder("finetuned", "honest", projected(NativeCache(weights="finetuned"), 94)))
+    graded: list[tuple[str, NativeModel]] = [
+        ("truncated-4-layers", NativeCache(layers=4)),
+        ("truncated-2-layers", NativeCache(layers=2)),
+        ("random-init", NativeCache(weights="random")),
+        ("static-sum", NativeCache(static=True)),
+        ("static-mean", NativeCache(static=True, pooling="mean")),
     ]
-    out += [
-        Encoder("truncated-4-layers", "graded", projected(4)),
-        Encoder("truncated-2-layers", "graded", projected(2)),
-        Encoder("noise-0.5", "graded", noisy(projected(6, private_map(90, 0.2)), 0.5, 1)),
-        Encoder("noise-2.0", "graded", noisy(projected(6, private_map(91, 0.2)), 2.0, 2)),
-    ]
+    levels = (0.5, 2.0) if small else (0.5, 1.0, 2.0)
     if not small:
-        out += [
-            Encoder("truncated-1-layer", "graded", projected(1)),
-            Encoder("noise-1.0", "graded", noisy(projected(6, private_map(92, 0.2)), 1.0, 3)),
-        ]
+        graded.append(("truncated-1-layer", NativeCache(layers=1)))
+    out += [Encoder(name, "graded", projected(native)) for name, native in graded]
+    out += [
+        Encoder(f"noise-{level}", "graded", projected(NoisyNative(full, level, i), 90 + i))
+        for i, level in enumerate(levels)
+    ]
     rand = noise(DIM, DEFAULT_PROJECTION_SEED, seed=7)
     bag = additive(DIM, DEFAULT_PROJECTION_SEED, seed=7)
     out += [
@@ -109,7 +104,7 @@ def family(small: bool) -> list[Encoder]:
         Encoder("cheat-zero", "cheat", lambda t: np.zeros((len(t), DIM), dtype=np.float32)),
         Encoder("cheat-constant", "cheat", lambda t: np.full((len(t), DIM), 3.0, np.float32)),
         Encoder("cheat-additive", "cheat", bag.embed),
-        Encoder("cheat-fabricated", "cheat", projected(6, private_map(93, 0.2)), fabricate=True),
+        Encoder("cheat-fabricated", "cheat", projected(full, 93), fabricate=True),
     ]
     return out
 
@@ -121,10 +116,11 @@ def key_of(name: str) -> bytes:
 def network_scores(
     encs: Sequence[Encoder], items: Sequence[str], rounds: int, params: ScoringParams
 ) -> dict[str, dict[str, float]]:
-    """Per encoder: mean quantised score, mean DL and mean max-slot LOF over the rounds."""
+    """Per encoder, over the rounds: mean quantised score, mean DL, mean max-slot LOF and
+    consensus ratio (cells that reached peer comparison), mean effective rank (RankMe)."""
     keys = {key_of(e.name): e for e in encs}
     acc: dict[str, dict[str, list[float]]] = {
-        e.name: {"score": [], "dl": [], "lof": []} for e in encs
+        e.name: {"score": [], "dl": [], "lof": [], "cons": [], "erank": []} for e in encs
     }
     for r in range(rounds):
         tasks = derive_tasks(
@@ -145,8 +141,11 @@ def network_scores(
             name = keys[k].name
             acc[name]["score"] += [quantise(float(x)) / 65535 for x in res.scores[:, i]]
             acc[name]["dl"] += [float(x) for x in res.dl[:, i] if np.isfinite(x)]
-            lof = res.lof[:, i, :]
-            acc[name]["lof"] += [float(np.max(row)) for row in lof if np.all(np.isfinite(row))]
+            for metric, grid in (("lof", res.lof), ("cons", res.consensus)):
+                acc[name][metric] += [
+                    float(np.max(row)) for row in grid[:, i, :] if np.all(np.isfinite(row))
+                ]
+            acc[name]["erank"].append(float(res.effective_rank[i]))
     return {
         n: {m: float(np.mean(v)) if v else float("nan") for m, v in d.items()}
         for n, d in acc.items()
@@ -206,10 +205,9 @@ def quality(e: Encoder, sets: dict[str, tuple[list[str], list[str]]]) -> dict[st
     return q
 
 
-def study(small: bool, rounds: int) -> dict[str, Any]:
+def study(small: bool, rounds: int, params: ScoringParams) -> dict[str, Any]:
     items = parse_dataset(shipped_path("corpus.txt").read_bytes(), "lines")
     encs = family(small)
-    params = ScoringParams()
     net = network_scores(encs, items, rounds, params)
     sets = labelled_sets(small)
     rows = []
@@ -218,7 +216,8 @@ def study(small: bool, rounds: int) -> dict[str, Any]:
     real = [r for r in rows if r["group"] != "cheat"]
 
     def rho(metric: str, sign: float = 1.0) -> float:
-        xs = [sign * r[metric] for r in real]
+        # nan: the encoder never reached this measurement (gated), the worst value.
+        xs = [-math.inf if math.isnan(r[metric]) else sign * r[metric] for r in real]
         return float(spearmanr(xs, [r["quality"] for r in real]).statistic)
 
     honest = [r["score"] for r in rows if r["group"] == "honest"]
@@ -232,6 +231,7 @@ def study(small: bool, rounds: int) -> dict[str, Any]:
         "spearman_score_vs_quality": rho("score"),
         "spearman_low_dl_vs_quality": rho("dl", -1.0),
         "spearman_low_lof_vs_quality": rho("lof", -1.0),
+        "spearman_low_consensus_vs_quality": rho("cons", -1.0),
         "auroc_honest_vs_cheat": float(auroc),
         "min_honest_score": min(honest),
         "max_cheat_score": max(cheats),
@@ -241,27 +241,41 @@ def study(small: bool, rounds: int) -> dict[str, Any]:
 def markdown(res: dict[str, Any], command: str) -> str:
     lines = [
         f"Command: `{command}` (2 cores, CPU, torch 2.13.0; {res['rounds']} rounds of 4 shards "
-        "x 2 masks on data/corpus.txt; scoring defaults of protocol/scoring.py).",
+        "x 2 masks on data/corpus.txt; scoring: protocol/scoring.py defaults, changed only "
+        "by --set).",
         "",
         f"- Spearman rho, network score vs supervised quality (non-cheat family): "
         f"**{res['spearman_score_vs_quality']:.3f}**",
         f"- Spearman rho, low DL alone vs quality: {res['spearman_low_dl_vs_quality']:.3f}",
         f"- Spearman rho, low LOF alone vs quality: {res['spearman_low_lof_vs_quality']:.3f}",
+        "- Spearman rho, low consensus ratio alone vs quality: "
+        f"{res['spearman_low_consensus_vs_quality']:.3f}",
         f"- AUROC honest vs cheat (network score): **{res['auroc_honest_vs_cheat']:.3f}**; "
         f"lowest honest {res['min_honest_score']:.4f}, highest cheat "
         f"{res['max_cheat_score']:.4f}",
         "",
-        "| encoder | group | network score | DL | max-slot LOF | pang-lee kNN | chatterbot kNN "
-        "| wordnet kNN | Lee rho | quality |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| encoder | group | network score | DL | max-slot LOF | max-slot consensus | eff. rank "
+        "| pang-lee kNN | chatterbot kNN | wordnet kNN | Lee rho | quality |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in sorted(res["rows"], key=lambda r: -r["score"]):
         lines.append(
             f"| {r['encoder']} | {r['group']} | {r['score']:.4f} | {r['dl']:.3f} | "
-            f"{r['lof']:.3f} | {r['pang_lee_polarity']:.3f} | {r['chatterbot_topics']:.3f} | "
+            f"{r['lof']:.3f} | {r['cons']:.2f} | {r['erank']:.1f} | "
+            f"{r['pang_lee_polarity']:.3f} | {r['chatterbot_topics']:.3f} | "
             f"{r['wordnet_lexnames']:.3f} | {r['lee_similarity']:.3f} | {r['quality']:.3f} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def scoring_params(overrides: Sequence[str]) -> ScoringParams:
+    """ScoringParams with ``FIELD=VALUE`` overrides, each value of its default's type."""
+    base = ScoringParams()
+    changes: dict[str, Any] = {}
+    for item in overrides:
+        name, _, value = item.partition("=")
+        changes[name] = type(getattr(base, name))(value)
+    return replace(base, **changes)
 
 
 def main() -> int:
@@ -272,9 +286,16 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=None)
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--markdown", type=Path, default=None)
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override a ScoringParams default (tuning tries), e.g. --set lof_k=10",
+    )
     args = ap.parse_args()
     rounds = args.rounds or (2 if args.small else 8)
-    res = study(args.small, rounds)
+    res = study(args.small, rounds, scoring_params(args.set))
     text = markdown(res, "python scripts/validity.py " + " ".join(sys.argv[1:]))
     print(text)
     if args.json:
