@@ -69,7 +69,9 @@ class PeerSource(Protocol):
     def peer_id(self) -> str: ...
 
     @property
-    def addrs(self) -> list[str]: ...
+    def addrs(self) -> list[str]:
+        """Listen addresses, each ending in /p2p/<peer id>."""
+        ...
 
     @property
     def counters(self) -> Mapping[str, int]: ...
@@ -166,7 +168,7 @@ def status(view: NodeView) -> dict[str, Any]:
     return {
         "api_version": API_VERSION,
         "peer_id": view.host.peer_id,
-        "addrs": [a if "/p2p/" in a else f"{a}/p2p/{view.host.peer_id}" for a in view.host.addrs],
+        "addrs": view.host.addrs,
         "roles": sorted(view.roles),
         "public_key": key.hex() if key else None,
         "stake": cfg.stake_of(key) if key else 0,

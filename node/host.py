@@ -297,7 +297,10 @@ class Host:
         self._sinks: dict[str, trio.MemorySendChannel[tuple[bytes, str]]] = {}
         self._rejects: dict[str, int] = {}
         self.peer_id: str = lp.get_id().to_base58()
-        self.addrs: list[str] = [str(a) for a in lp.get_addrs()]
+        # As others dial them (and as peer exchange sends them): ending in /p2p/<peer id>.
+        self.addrs: list[str] = [
+            a if "/p2p/" in a else f"{a}/p2p/{self.peer_id}" for a in map(str, lp.get_addrs())
+        ]
         self._table = PeerTable(self.peer_id)
         pubsub.deliver = self._deliver
 

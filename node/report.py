@@ -68,6 +68,7 @@ def format_status(st: dict[str, Any]) -> str:
         f"peer id   {node.get('peer_id', '?')}",
         f"roles     {', '.join(node.get('roles') or ['relay'])}",
         f"key       {node.get('public_key') or '-'}",
+        *(f"addr      {a}" for a in node.get("addrs") or ["-"]),
         f"api       {node.get('api') or '-'}",
         "rounds    "
         + (" ".join(f"{r['round']}{'✓' if r['finalized'] else '✗'}" for r in st["rounds"]) or "-"),

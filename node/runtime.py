@@ -130,7 +130,7 @@ def write_info(
         "pid": os.getpid(),
         "argv": sys.argv[1:],
         "peer_id": host.peer_id,
-        "addrs": [f"{a}/p2p/{host.peer_id}" if "/p2p/" not in a else a for a in host.addrs],
+        "addrs": host.addrs,
         "roles": sorted(opts.roles),
         "public_key": public_key.hex() if public_key else None,
         "behaviour": opts.behaviour,
@@ -183,11 +183,12 @@ async def run_node(opts: NodeOptions) -> None:
             )
             public_key = key.public_key if key else None
             log.info(
-                "node %s up, network %s, roles %s, HTTP API %s",
+                "node %s up, network %s, roles %s, HTTP API %s, listening on %s",
                 host.peer_id,
                 cfg.network_id.hex()[:16],
                 sorted(opts.roles) or ["relay"],
                 api_url or "off",
+                " ".join(host.addrs),
             )
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_stop_on_signal, nursery.cancel_scope)

@@ -36,7 +36,9 @@ FORGED = 1  # recorded as finalized, but its certificate lacks 2/3 of the stake
 @dataclasses.dataclass
 class StubHost:
     peer_id: str = "12D3KooWStub"
-    addrs: list[str] = dataclasses.field(default_factory=lambda: ["/ip4/127.0.0.1/tcp/4001"])
+    addrs: list[str] = dataclasses.field(
+        default_factory=lambda: ["/ip4/127.0.0.1/tcp/4001/p2p/12D3KooWStub"]
+    )
     counters: dict[str, int] = dataclasses.field(
         default_factory=lambda: {"published": 5, "delivered": 7, "rejected.bad_signature": 1}
     )

@@ -132,6 +132,7 @@ def test_two_thirds_is_not_final_and_a_late_validator_cannot_change_that(
         assert early["v0"][1] == early["v1"][1], "both computed the same result"
         status = dlnet("status", "--data-dir", str(tmp_path / "v0"))
         assert status.returncode == 0 and "1✗" in status.stdout, status.stdout
+        assert f"addr      {boot['addrs'][0]}" in status.stdout, "what to pass to --bootstrap"
         refused = dlnet(
             "results",
             "--data-dir",
