@@ -86,15 +86,18 @@ class Ingest:
             return None
 
     def _in_window(self, msg: Message) -> bool:
-        now = self.now()
-        window = accepted_rounds(self.cfg, now)
+        window = accepted_rounds(self.cfg, self.now())
         if msg.round not in window:
             self.count("ignored", "old_round" if msg.round < window.start else "future_round")
             return False
-        if isinstance(msg, Commit) and now > round_times(self.cfg, msg.round).commit_deadline + (
-            COMMIT_GRACE
+        return self._in_time(msg)
+
+    def _in_time(self, msg: Message) -> bool:
+        """A commit first seen after its deadline (plus grace) never counts, however it came:
+        made after reveals went public, it could list copies of them."""
+        if isinstance(msg, Commit) and self.now() > (
+            round_times(self.cfg, msg.round).commit_deadline + COMMIT_GRACE
         ):
-            # A commit made after reveals went public could be a copy: it never counts.
             self.count("ignored", "late_commit")
             return False
         return True
@@ -121,14 +124,15 @@ class Ingest:
         return self._store(msg, data)
 
     def admit(self, data: bytes, kind: Kind | None, *, window: bool = True) -> Outcome:
-        """Full admission for bytes from sync fetches (window=False for catch-up of old rounds).
+        """Full admission for bytes from sync fetches (window=False for catch-up of old rounds;
+        a late commit is ignored all the same).
 
         Fetched bytes already held are counted as ``sync:duplicate``, apart from gossip's
         ``ignored:duplicate`` (which counts re-sent messages)."""
         msg = self._decode(data, kind)
         if msg is None:
             return Outcome.REJECTED
-        if window and not self._in_window(msg):
+        if not (self._in_window(msg) if window else self._in_time(msg)):
             return Outcome.IGNORED
         return self._store(msg, data, "ignored" if window else "sync")
 

@@ -165,10 +165,11 @@ class SyncClient:
                 missing.discard(msg.commitment())
         return got
 
-    async def fetch_round(self, kind: Kind, rnd: int, *, peers_to_ask: int = 3) -> int:
-        """Fetch every message of a kind for a round from a few peers; returns new admissions."""
+    async def fetch_round(self, kind: Kind, rnd: int) -> int:
+        """Fetch every message of a kind for a round from every connected peer (a node keeps a
+        handful: ``max_peers``); returns new admissions."""
         got = 0
-        for peer in self._peers()[:peers_to_ask]:
+        for peer in self._peers():
             for data in await self._ask(peer, ["round", int(kind), rnd]):
                 if self.ingest.admit(data, kind, window=False) is Outcome.NEW:
                     got += 1

@@ -38,6 +38,9 @@ from dlnet.protocol.wire import (
 # A validator that is not done scoring this long before the attest deadline stays silent
 # for the round rather than attest late (a late attestation splits the validators' views).
 ATTEST_MARGIN: Final = 2.0
+# The first pull of a round's commits is this long before the commit deadline, the second
+# at it: what gossip delivered late or not at all is then held before the grace runs out.
+COMMIT_PULL_LEAD: Final = 3.0
 # Pull-repair passes: how often a validator asks peers for what it still lacks.
 REPAIR_INTERVAL: Final = 1.0
 # How long after the finality deadline a validator keeps collecting votes.
@@ -107,8 +110,11 @@ class ValidatorRole:
         if any(r == rnd for r, _, _ in ctx.store.round_outcomes()):
             return  # settled before a restart
         times = round_times(ctx.cfg, rnd)
-        await sleep_until(times.commit_deadline)
-        await ctx.sync.fetch_round(Kind.COMMIT, rnd)
+        # Gossip is best-effort: pull the commits too, before the deadline's grace runs out
+        # (a commit first held after it never counts, ingest.COMMIT_GRACE).
+        for at in (times.commit_deadline - COMMIT_PULL_LEAD, times.commit_deadline):
+            await sleep_until(at)
+            await ctx.sync.fetch_round(Kind.COMMIT, rnd)
         await sleep_until(times.reveal_deadline)
         await self.repair(rnd, times.repair_deadline)
         view = round_view(ctx, rnd)

@@ -1,0 +1,150 @@
+"""Admission (node/ingest.py) against a real store: every outcome and what it counts."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dlnet.node.host import Verdict
+from dlnet.node.ingest import COMMIT_GRACE, Ingest, Outcome
+from dlnet.node.store import Store
+from dlnet.protocol.config import NetworkConfig, ValidatorEntry, default_config
+from dlnet.protocol.identity import SigningKey
+from dlnet.protocol.rounds import round_times
+from dlnet.protocol.wire import Commit, Embedding, Kind, encode, make_embedding, sign_commit
+
+ENCODER = SigningKey.from_seed(b"\x02" * 32)
+
+
+class Clock:
+    def __init__(self, t: float) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@pytest.fixture
+def cfg() -> NetworkConfig:
+    validator = SigningKey.from_seed(b"\x01" * 32)
+    return default_config(
+        [ValidatorEntry(validator.public_key, 1)], 1_800_000_000, dataset_sha256=bytes(32)
+    )
+
+
+@pytest.fixture
+def node(cfg: NetworkConfig, tmp_path: Path) -> tuple[Ingest, Store, Clock]:
+    store = Store.open(tmp_path / "node.sqlite")
+    clock = Clock(round_times(cfg, 5).start + 1)
+    return Ingest(cfg, store, clock), store, clock
+
+
+def commit(cfg: NetworkConfig, rnd: int, fill: int = 0) -> Commit:
+    n = cfg.shards_per_round * cfg.slots_per_shard
+    return sign_commit(ENCODER, cfg.network_id, rnd, tuple(bytes([fill, i]) * 16 for i in range(n)))
+
+
+def reveal(cfg: NetworkConfig, rnd: int, value: float = 1.0) -> Embedding:
+    vec = np.full(cfg.dim, value, dtype=np.float32)
+    return make_embedding(ENCODER, cfg.network_id, rnd, 0, 0, os.urandom(16), vec)
+
+
+def counters(store: Store) -> dict[str, int]:
+    return dict(store.counters())
+
+
+def test_gossip_path_accepts_then_ignores_the_same_bytes(
+    cfg: NetworkConfig, node: tuple[Ingest, Store, Clock]
+) -> None:
+    ingest, store, _ = node
+    data = encode(commit(cfg, 5))
+    assert ingest.check(Kind.COMMIT, data) is Verdict.ACCEPT
+    assert ingest.admit_checked(data) is Outcome.NEW
+    assert store.messages(Kind.COMMIT, 5) == [data]
+    assert ingest.check(Kind.COMMIT, data) is Verdict.IGNORE
+    assert counters(store) == {"accepted:commit": 1, "ignored:duplicate": 1}
+
+
+def test_sync_duplicates_are_counted_apart_from_gossip_resends(
+    cfg: NetworkConfig, node: tuple[Ingest, Store, Clock]
+) -> None:
+    ingest, store, _ = node
+    data = encode(reveal(cfg, 5))
+    assert ingest.admit(data, Kind.EMBEDDING, window=False) is Outcome.NEW
+    assert ingest.admit(data, Kind.EMBEDDING, window=False) is Outcome.DUPLICATE
+    assert ingest.admit(data, Kind.EMBEDDING) is Outcome.DUPLICATE
+    assert counters(store) == {
+        "accepted:embedding": 1,
+        "sync:duplicate": 1,
+        "ignored:duplicate": 1,
+    }
+
+
+def test_two_different_signed_messages_for_one_slot_are_kept_as_evidence(
+    cfg: NetworkConfig, node: tuple[Ingest, Store, Clock]
+) -> None:
+    ingest, store, _ = node
+    first, second = encode(reveal(cfg, 5, 1.0)), encode(reveal(cfg, 5, 2.0))
+    assert ingest.admit(first, Kind.EMBEDDING) is Outcome.NEW
+    assert ingest.admit(second, Kind.EMBEDDING) is Outcome.EQUIVOCATION
+    assert store.equivocators(5) == {ENCODER.public_key}
+    assert store.messages(Kind.EMBEDDING, 5) == [first]
+    assert counters(store)["evidence:equivocation_embedding"] == 1
+
+
+def test_rounds_outside_the_window_are_ignored_by_gossip_not_by_catch_up(
+    cfg: NetworkConfig, node: tuple[Ingest, Store, Clock]
+) -> None:
+    ingest, store, clock = node
+    clock.t = round_times(cfg, 9).start + 1  # window: rounds 7..10
+    old, future = encode(reveal(cfg, 6)), encode(reveal(cfg, 11))
+    assert ingest.check(Kind.EMBEDDING, old) is Verdict.IGNORE
+    assert ingest.check(Kind.EMBEDDING, future) is Verdict.IGNORE
+    assert ingest.admit(old, Kind.EMBEDDING, window=False) is Outcome.NEW
+    assert counters(store) == {
+        "ignored:old_round": 1,
+        "ignored:future_round": 1,
+        "accepted:embedding": 1,
+    }
+
+
+@pytest.mark.parametrize("window", [True, False])
+def test_a_commit_first_seen_after_its_deadline_never_counts_however_it_came(
+    cfg: NetworkConfig, node: tuple[Ingest, Store, Clock], window: bool
+) -> None:
+    """After the deadline reveals go public: a commit made then could list copies of them.
+    Pulled by sync or gossiped, it is ignored alike."""
+    ingest, store, clock = node
+    deadline = round_times(cfg, 5).commit_deadline
+    clock.t = deadline + COMMIT_GRACE
+    on_time = encode(commit(cfg, 5, fill=1))
+    assert ingest.admit(on_time, Kind.COMMIT, window=window) is Outcome.NEW
+    clock.t = deadline + COMMIT_GRACE + 0.01
+    late = encode(commit(cfg, 5, fill=2))
+    assert ingest.admit(late, Kind.COMMIT, window=window) is Outcome.IGNORED
+    assert ingest.check(Kind.COMMIT, late) is Verdict.IGNORE
+    assert store.messages(Kind.COMMIT, 5) == [on_time]
+    assert counters(store)["ignored:late_commit"] == 2
+
+
+def test_malformed_bytes_are_rejected_and_counted_by_reason(
+    cfg: NetworkConfig, node: tuple[Ingest, Store, Clock]
+) -> None:
+    ingest, store, _ = node
+    data = encode(reveal(cfg, 5))
+    forged = data[:-1] + bytes([data[-1] ^ 1])
+    assert ingest.check(Kind.EMBEDDING, b"\xc1") is Verdict.REJECT
+    assert ingest.check(Kind.EMBEDDING, forged) is Verdict.REJECT
+    assert ingest.check(Kind.EMBEDDING, encode(commit(cfg, 5))) is Verdict.REJECT
+    assert ingest.check(Kind.COMMIT, data) is Verdict.REJECT  # larger than any commit
+    assert ingest.admit(forged, None) is Outcome.REJECTED
+    assert store.messages(Kind.EMBEDDING, 5) == []
+    assert counters(store) == {
+        "rejected:malformed": 1,
+        "rejected:bad_signature": 2,
+        "rejected:wrong_kind": 1,
+        "rejected:oversize": 1,
+    }
