@@ -6,10 +6,15 @@ Per shard s and encoder e the validator holds one (slots, dim) array: slot 0 = f
     score = 0                                   if the cell is missing, invalid, gated or an outlier
           = peer * (1 - dl_weight * min(dl / dl_scale, 1))   otherwise
 
-where ``peer`` (in [0, 1]) comes from LOF and the distance to the coordinate-wise median of the
-shard's valid encoders, computed on every slot, and dl is the differential loss. Peer agreement
-dominates by design: measured on real encoders DL alone ranks them with the wrong sign, while LOF
-and consensus distance separate honest encoders from cheats (FINDINGS.md).
+where ``peer`` (in [0, 1]) falls with the distance to the coordinate-wise median of the shard's
+valid encoders, LOF is a hard cut (outlier), both computed on every slot on the DIRECTIONS of
+the embeddings (unit vectors), and dl is the differential loss. Peer agreement dominates by
+design: measured on real encoders DL alone ranks them with the wrong sign, while LOF and
+consensus distance separate honest encoders from cheats (FINDINGS.md). Directions, because an
+encoder's scale says nothing of its quality (truncated models have larger norms, a near-zero
+random vector sits as close to everyone as any vector) and LOF, a local density ratio, does not
+grade: it penalises a good encoder next to the dense honest cluster more than a worse one in
+sparse surroundings (docs/VALIDITY.md).
 
 Reproducibility: encoders are processed in canonical (sorted pubkey) order whatever the input
 order; everything is float64; reductions are numpy pairwise sums over fixed-length contiguous
@@ -46,12 +51,13 @@ class ScoringParams:
     """``literal``: ||F - A - B|| / ||F||; ``count_weighted``: ||F - (nA/n)A - (nB/n)B|| / ||F||."""
     lof_k: int = 5
     """LOF neighbourhood size; LOF uses n_neighbors = min(lof_k, n - 1) among n peers."""
-    lof_threshold: float = 5.0
+    lof_threshold: float = 3.0
     """A slot whose LOF exceeds this marks the (shard, encoder) cell as an outlier."""
-    consensus_threshold: float = 10.0
-    """A slot whose consensus-distance ratio exceeds this marks the cell as an outlier."""
+    consensus_threshold: float = 3.0
+    """A slot whose consensus-distance ratio exceeds this marks the cell as an outlier; the peer
+    factor falls linearly from 1 at ratio 1 to 0 here."""
     consensus_floor: float = 0.01
-    """Lower bound of the consensus distance scale, as a fraction of the median vector norm."""
+    """Lower bound of the consensus distance scale (distances between unit vectors)."""
     zero_norm_eps: float = 1e-6
     """An embedding whose L2 norm is <= this is invalid (not DL 0)."""
     collapse_min_rank: float = 1.2
@@ -224,9 +230,7 @@ def score_round(
             if too_exact or lof_max > params.lof_threshold or cons_max > params.consensus_threshold:
                 outliers[s, e] = True
                 continue
-            peer = min(
-                _ramp(lof_max, params.lof_threshold), _ramp(cons_max, params.consensus_threshold)
-            )
+            peer = _ramp(cons_max, params.consensus_threshold)
             dl_factor = 1.0 - params.dl_weight * min(float(dl[s, e]) / params.dl_scale, 1.0)
             scores[s, e] = peer * dl_factor
     return RoundScores(
@@ -335,9 +339,10 @@ def differential_loss(x: NDArray[np.float64], counts: Sequence[int], form: DlFor
 def _peer_stats(
     x: NDArray[np.float64], params: ScoringParams
 ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-    """LOF and consensus ratio of each row of x (one slot of one shard, n ok encoders).
+    """LOF and consensus ratio of each row of x (one slot of one shard, n ok encoders), both on
+    the rows' directions: every row is first divided by its norm (ok rows have norm > 0).
 
-    LOF is computed over the distinct rows (identical embeddings are one point: duplicates make
+    LOF is computed over the distinct unit rows (identical embeddings are one point: duplicates make
     LOF's local density infinite) with n_neighbors = min(lof_k, n_distinct - 1), Euclidean
     distances precomputed exactly as sqrt(sum((x_i - x_j)^2)). The consensus ratio of row i is
     ``||x_i - med|| / max(median_i ||x_i - med||, consensus_floor * median_i ||x_i||)`` with med
@@ -348,6 +353,7 @@ def _peer_stats(
     ones = np.ones(n)
     if n < params.min_encoders_for_lof:
         return ones, ones.copy()
+    x = x / _norms(x)[:, np.newaxis]
     distinct, inverse = np.unique(x, axis=0, return_inverse=True)
     if distinct.shape[0] < params.min_encoders_for_lof:
         lof = ones
