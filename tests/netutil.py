@@ -62,3 +62,63 @@ def finish(driver: subprocess.Popen[bytes], out: Path, timeout: float) -> int:
     finally:
         for pid in node_pids(out):
             kill_pid(pid)
+
+
+def dlnet(*args: str, cwd: Path, expect: int = 0) -> subprocess.CompletedProcess[str]:
+    """One `dlnet` command run to its end, as an operator at a shell would; its exit code must
+    be ``expect``."""
+    done = subprocess.run(
+        [sys.executable, "-m", "dlnet.node", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == expect, (args, done.returncode, done.stderr)
+    return done
+
+
+class Nodes:
+    """`dlnet run` processes started in ``cwd`` (config ``network.toml`` there, log
+    ``<name>.log``), stopped by PID whatever happens."""
+
+    def __init__(self, cwd: Path) -> None:
+        self.cwd = cwd
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self, name: str, *args: str) -> dict[str, Any]:
+        """Start node ``name`` with data dir ``cwd/name``; its node.json once it is up."""
+        log = open(self.cwd / f"{name}.log", "wb")  # noqa: SIM115 - the process owns it
+        run = ["run", "--config", "network.toml", "--data-dir", name]
+        self.procs[name] = subprocess.Popen(
+            [sys.executable, "-m", "dlnet.node", *run, *args],
+            cwd=self.cwd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=dict(os.environ, PYTHONUNBUFFERED="1"),
+        )
+        return wait_json(self.cwd / name / "node.json", 90)
+
+    def logs(self) -> str:
+        return "\n".join(
+            f"--- {n}\n" + (self.cwd / f"{n}.log").read_text()[-3000:] for n in self.procs
+        )
+
+    def stop(self) -> dict[str, int]:
+        """SIGTERM, as an operator's Ctrl-C would; the exit codes."""
+        for p in self.procs.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        codes = {}
+        for name, p in self.procs.items():
+            try:
+                codes[name] = p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                kill_pid(p.pid)
+                codes[name] = p.wait()
+        return codes
+
+    def kill(self) -> None:
+        for p in self.procs.values():
+            kill_pid(p.pid)
+            p.wait()

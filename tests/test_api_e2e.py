@@ -9,9 +9,6 @@ from __future__ import annotations
 import base64
 import json
 import math
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
-from netutil import kill_pid, wait_json
+from netutil import Nodes, dlnet, wait_json
 from prometheus_client.parser import text_string_to_metric_families
 
 from dlnet.protocol.config import parse_config
@@ -34,67 +31,13 @@ GENESIS_IN = 40  # three processes load torch and their models on 2 cores before
 FINAL_BY = 150.0  # seconds from init: round 1 (if the encoders missed round 0) is final by ~110
 
 
-def dlnet(*args: str, cwd: Path) -> str:
-    done = subprocess.run(
-        [sys.executable, "-m", "dlnet.node", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stderr
-    return done.stdout
-
-
-class Nodes:
-    """Node processes of this test, stopped by PID whatever happens."""
-
-    def __init__(self, cwd: Path) -> None:
-        self.cwd = cwd
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
-
-    def start(self, name: str, *args: str) -> None:
-        log = open(self.cwd / f"{name}.log", "wb")  # noqa: SIM115 - the process owns it
-        self.procs[name] = subprocess.Popen(
-            [sys.executable, "-m", "dlnet.node", "run", "--config", "network.toml", *args],
-            cwd=self.cwd,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-
-    def info(self, name: str) -> dict[str, Any]:
-        """The node's node.json, once it is up."""
-        return wait_json(self.cwd / name / "node.json", 90)
-
-    def logs(self) -> str:
-        return "\n".join(
-            f"--- {n}\n" + (self.cwd / f"{n}.log").read_text()[-3000:] for n in self.procs
-        )
-
-    def stop(self) -> dict[str, int]:
-        """SIGTERM, as an operator's Ctrl-C would; the exit codes."""
-        for p in self.procs.values():
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        codes = {}
-        for name, p in self.procs.items():
-            try:
-                codes[name] = p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                kill_pid(p.pid)
-                codes[name] = p.wait()
-        return codes
-
-
 @pytest.fixture
 def nodes(tmp_path: Path) -> Iterator[Nodes]:
     running = Nodes(tmp_path)
     try:
         yield running
     finally:
-        for p in running.procs.values():
-            kill_pid(p.pid)
-            p.wait()
+        running.kill()
 
 
 def wait_final_round(api: str, encoders: set[str], deadline: float) -> dict[str, Any]:
@@ -114,7 +57,7 @@ def wait_final_round(api: str, encoders: set[str], deadline: float) -> dict[str,
 
 def test_operator_runs_nodes_and_reads_them_over_http(tmp_path: Path, nodes: Nodes) -> None:
     start = time.time()
-    pubkeys = {k: dlnet("keygen", "--out", f"{k}.key", cwd=tmp_path).strip() for k in "vbc"}
+    pubkeys = {k: dlnet("keygen", "--out", f"{k}.key", cwd=tmp_path).stdout.strip() for k in "vbc"}
     dlnet(
         "init",
         "--validator",
@@ -129,12 +72,9 @@ def test_operator_runs_nodes_and_reads_them_over_http(tmp_path: Path, nodes: Nod
     )
     cfg = parse_config((tmp_path / "network.toml").read_text())
     api = "127.0.0.1:0"
-    nodes.start(
-        "a",
-        *("--key", "v.key", "--role", "validator", "--role", "encoder", "--data-dir", "a"),
-        *("--api", api),
+    a = nodes.start(
+        "a", *("--key", "v.key", "--role", "validator", "--role", "encoder", "--api", api)
     )
-    a = nodes.info("a")
     boot = a["addrs"][0]
     for name, model in (
         ("b", ["--model", "dlnet.node.models.kinds:honest", "--model-option", "seed=1"]),
@@ -142,10 +82,10 @@ def test_operator_runs_nodes_and_reads_them_over_http(tmp_path: Path, nodes: Nod
     ):
         nodes.start(
             name,
-            *("--key", f"{name}.key", "--role", "encoder", "--data-dir", name),
+            *("--key", f"{name}.key", "--role", "encoder"),
             *("--bootstrap", boot, "--api", api, *model),
         )
-    urls = {n: nodes.info(n)["api"] for n in "abc"}
+    urls = {n: wait_json(tmp_path / n / "node.json", 5)["api"] for n in "abc"}
     assert all(u.startswith("http://127.0.0.1:") for u in urls.values()), urls
     try:
         result = wait_final_round(urls["a"], set(pubkeys.values()), start + FINAL_BY)
@@ -208,10 +148,10 @@ def test_operator_runs_nodes_and_reads_them_over_http(tmp_path: Path, nodes: Nod
             *("results", "--data-dir", "a", "--config", "network.toml"),
             *("--round", str(rnd), "--json"),
             cwd=tmp_path,
-        )
+        ).stdout
     )
     assert cli == result
-    assert f"api       {urls['a']}" in dlnet("status", "--data-dir", "a", cwd=tmp_path)
+    assert f"api       {urls['a']}" in dlnet("status", "--data-dir", "a", cwd=tmp_path).stdout
 
     codes = nodes.stop()
     assert codes == {"a": 0, "b": 0, "c": 0}, nodes.logs()
