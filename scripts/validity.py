@@ -2,6 +2,10 @@
 
     python scripts/validity.py [--small] [--rounds N] [--json PATH] [--markdown PATH]
                                [--set FIELD=VALUE ...]
+    python scripts/validity.py --testnet REPORT --quality STUDY_JSON
+
+The second form compares a testnet's ranking (its report.json, run with the graded kinds) with
+the supervised quality of the same models measured by a study (its --json output).
 
 A family of encoders of graded quality (honest: the default model behind private perturbations
 and its shipped fine-tune; graded: the same model truncated to fewer layers, with random
@@ -101,6 +105,11 @@ def family(small: bool) -> list[Encoder]:
     bag = additive(DIM, DEFAULT_PROJECTION_SEED, seed=7)
     out += [
         Encoder("cheat-random", "cheat", rand.embed),
+        Encoder(
+            "cheat-tiny-random",
+            "cheat",
+            noise(DIM, DEFAULT_PROJECTION_SEED, seed=8, norm=1.0).embed,
+        ),
         Encoder("cheat-zero", "cheat", lambda t: np.zeros((len(t), DIM), dtype=np.float32)),
         Encoder("cheat-constant", "cheat", lambda t: np.full((len(t), DIM), 3.0, np.float32)),
         Encoder("cheat-additive", "cheat", bag.embed),
@@ -268,6 +277,56 @@ def markdown(res: dict[str, Any], command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+TESTNET_KINDS = {
+    "finetuned": "finetuned",
+    "truncated@4": "truncated-4-layers",
+    "truncated@2": "truncated-2-layers",
+    "truncated@1": "truncated-1-layer",
+    "noisy@0.5": "noise-0.5",
+    "noisy@1": "noise-1.0",
+    "noisy@2": "noise-2.0",
+    "random-init": "random-init",
+    "static@mean": "static-mean",
+    "static@sum": "static-sum",
+}
+"""Testnet kind -> the study encoder of the same model; ``honest`` has the honest-* mean."""
+
+
+def testnet_agreement(report: dict[str, Any], study_rows: Sequence[dict[str, Any]]) -> str:
+    """Per round, Spearman rho of the testnet scores of the non-cheat encoders against the
+    study's quality of their models (all of them, and the graded ones without ``honest``);
+    then every encoder's mean score over the rounds next to its quality."""
+    quality = {r["encoder"]: r["quality"] for r in study_rows}
+    of_kind = {k: quality[name] for k, name in TESTNET_KINDS.items()}
+    of_kind["honest"] = float(
+        np.mean([q for name, q in quality.items() if name.startswith("honest-")])
+    )
+    lines = [
+        "| round | rho, all non-cheat encoders | rho, graded kinds only |",
+        "| --- | ---: | ---: |",
+    ]
+    scores: dict[str, list[float]] = {}
+    kind_of: dict[str, str] = {}
+    for rnd in report["rounds"]:
+        rows = [r for r in rnd["ranking"] if r["kind"] in of_kind]
+        graded = [r for r in rows if r["kind"] != "honest"]
+        rhos = [
+            spearmanr([r["score"] for r in rs], [of_kind[r["kind"]] for r in rs]).statistic
+            for rs in (rows, graded)
+        ]
+        lines.append(f"| {rnd['round']} | {rhos[0]:.3f} | {rhos[1]:.3f} |")
+        for r in rows:
+            scores.setdefault(r["encoder"], []).append(r["score"])
+            kind_of[r["encoder"]] = r["kind"]
+    lines += ["", "| kind | mean testnet score | quality (study) |", "| --- | ---: | ---: |"]
+    mean = {e: float(np.mean(v)) for e, v in scores.items()}
+    for e in sorted(mean, key=lambda e: -mean[e]):
+        lines.append(f"| {kind_of[e]} | {mean[e]:.4f} | {of_kind[kind_of[e]]:.3f} |")
+    rho = spearmanr(list(mean.values()), [of_kind[kind_of[e]] for e in mean]).statistic
+    lines += ["", f"Spearman rho of the mean scores vs quality: **{rho:.3f}**"]
+    return "\n".join(lines) + "\n"
+
+
 def scoring_params(overrides: Sequence[str]) -> ScoringParams:
     """ScoringParams with ``FIELD=VALUE`` overrides, each value of its default's type."""
     base = ScoringParams()
@@ -293,7 +352,15 @@ def main() -> int:
         metavar="FIELD=VALUE",
         help="override a ScoringParams default (tuning tries), e.g. --set lof_k=10",
     )
+    ap.add_argument("--testnet", type=Path, default=None, help="a testnet's report.json")
+    ap.add_argument("--quality", type=Path, default=None, help="a study's --json output")
     args = ap.parse_args()
+    if args.testnet:
+        if not args.quality:
+            ap.error("--testnet needs --quality STUDY_JSON")
+        report = json.loads(args.testnet.read_text())
+        print(testnet_agreement(report, json.loads(args.quality.read_text())["rows"]))
+        return 0
     rounds = args.rounds or (2 if args.small else 8)
     res = study(args.small, rounds, scoring_params(args.set))
     text = markdown(res, "python scripts/validity.py " + " ".join(sys.argv[1:]))
