@@ -18,6 +18,8 @@ if TYPE_CHECKING:
     from dlnet.node.testnet import Proc
 
 STORE_FILE = "node.sqlite"
+INFO_FILE = "node.json"
+"""The files of a node's data dir that reports read: its store, and how to reach it."""
 U16 = 65535
 HONEST = ("honest", "finetuned", "truncated", "noisy", "random-init", "static")
 """Testnet kinds that are honest encoders, whatever their model's quality (everything else is an
@@ -37,7 +39,7 @@ def _open(data_dir: Path) -> Store:
 
 def read_info(data_dir: Path) -> dict[str, Any]:
     """The node's node.json (written by a running node; empty if it never came up)."""
-    path = data_dir / "node.json"
+    path = data_dir / INFO_FILE
     info: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
     return info
 

@@ -22,6 +22,7 @@ from dlnet.node.host import GossipParams, Host, Verdict, open_host
 from dlnet.node.ingest import Ingest
 from dlnet.node.keyfile import read_key
 from dlnet.node.models import load_model
+from dlnet.node.report import INFO_FILE, STORE_FILE
 from dlnet.node.store import Store
 from dlnet.node.sync import SyncClient, install_server
 from dlnet.node.validator import ValidatorRole
@@ -33,8 +34,6 @@ from dlnet.protocol.wire import Certificate, Kind, Reject, decode, topic
 
 ROLES = ("encoder", "validator")
 GOSSIPED = (Kind.COMMIT, Kind.EMBEDDING, Kind.ATTESTATION, Kind.VOTE)
-STORE_FILE = "node.sqlite"
-INFO_FILE = "node.json"
 TRANSPORT_FILE = "transport.json"
 TRANSPORT_EVERY = 5.0
 # Certificates a (re)starting node asks its peers for, counted back from the current round.

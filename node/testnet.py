@@ -23,7 +23,6 @@ from dlnet.node import report
 from dlnet.node.dataset_io import resolve_dataset_path
 from dlnet.node.keyfile import write_key
 from dlnet.node.models.kinds import LEVEL_OPTIONS
-from dlnet.node.runtime import INFO_FILE
 from dlnet.protocol.config import DatasetRef, ValidatorEntry, default_config, dump_config
 from dlnet.protocol.identity import SigningKey
 from dlnet.protocol.rounds import round_times
@@ -149,15 +148,14 @@ def _start(name: str, role: str, kind: str, out: Path, cmd: list[str]) -> Proc:
 
 
 def _wait_info(proc: Proc, timeout: float) -> dict[str, Any]:
-    path = proc.data_dir / INFO_FILE
     end = time.time() + timeout
     while time.time() < end:
         if proc.popen.poll() is not None:
             raise RuntimeError(
                 f"{proc.name} exited with {proc.popen.returncode}; see {proc.data_dir / 'node.log'}"
             )
-        if path.exists():
-            info: dict[str, Any] = json.loads(path.read_text())
+        info = report.read_info(proc.data_dir)
+        if info:
             return info
         time.sleep(0.2)
     raise RuntimeError(f"{proc.name} did not come up in {timeout:.0f} s")
@@ -166,7 +164,7 @@ def _wait_info(proc: Proc, timeout: float) -> dict[str, Any]:
 def _note_apis(procs: Sequence[Proc], echo: Any) -> None:
     """Print each node's HTTP API URL as soon as its node.json names it."""
     for p in procs:
-        if p.api is None and (p.data_dir / INFO_FILE).exists():
+        if p.api is None:
             p.api = report.read_info(p.data_dir).get("api")
             if p.api is not None:
                 echo(f"testnet: {p.name} HTTP API {p.api}")
