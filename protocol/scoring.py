@@ -4,17 +4,24 @@ Per shard s and encoder e the validator holds one (slots, dim) array: slot 0 = f
 2m+1 = mask A_m, slot 2m+2 = inverse B_m. The score of a cell is
 
     score = 0                                   if the cell is missing, invalid, gated or an outlier
-          = peer * (1 - dl_weight * min(dl / dl_scale, 1))   otherwise
+          = comp * (1 - dl_weight * min(dl / dl_scale, 1))   otherwise
 
-where ``peer`` (in [0, 1]) falls with the distance to the coordinate-wise median of the shard's
-valid encoders, LOF is a hard cut (outlier), both computed on every slot on the DIRECTIONS of
-the embeddings (unit vectors), and dl is the differential loss. Peer agreement dominates by
-design: measured on real encoders DL alone ranks them with the wrong sign, while LOF and
-consensus distance separate honest encoders from cheats (FINDINGS.md). Directions, because an
-encoder's scale says nothing of its quality (truncated models have larger norms, a near-zero
-random vector sits as close to everyone as any vector) and LOF, a local density ratio, does not
-grade: it penalises a good encoder next to the dense honest cluster more than a worse one in
-sparse surroundings (docs/VALIDITY.md).
+where ``comp`` (in [0, 1]) grows with the *composition agreement*: the cosine between the
+encoder's composition residual F - A_m - B_m and the consensus (coordinate-wise median) of the
+shard's valid encoders' residual directions; dl is the differential loss, the residual's norm
+relative to F. LOF and the distance to the consensus embedding are hard cuts (outliers), both
+computed on every slot on the DIRECTIONS of the embeddings (unit vectors).
+
+Why this shape (measured in docs/VALIDITY.md): DL alone ranks real encoders with the wrong
+sign (FINDINGS.md), and so does any reward for a small residual: an encoder can forge an inverse
+close to F - A. What a model cannot forge without computing like its peers is *how* its
+composition fails: honest models of one family fail the same way, noise, truncation, static word
+vectors and forgeries each fail their own way, in that order of agreement. The grade is an
+absolute cosine, so neither the pool's make-up nor an adversary's extra identities move its
+scale. Distances between embeddings only cut: they tell an encoder that is not in the network's
+space, but grade badly (added noise keeps the direction better than a truncated model, which is
+the better model; LOF, a local density ratio, penalises a good encoder next to the dense honest
+cluster more than a worse one in sparse surroundings).
 
 Reproducibility: encoders are processed in canonical (sorted pubkey) order whatever the input
 order; everything is float64; reductions are numpy pairwise sums over fixed-length contiguous
@@ -54,8 +61,10 @@ class ScoringParams:
     lof_threshold: float = 3.0
     """A slot whose LOF exceeds this marks the (shard, encoder) cell as an outlier."""
     consensus_threshold: float = 3.0
-    """A slot whose consensus-distance ratio exceeds this marks the cell as an outlier; the peer
-    factor falls linearly from 1 at ratio 1 to 0 here."""
+    """A slot whose consensus-distance ratio exceeds this marks the cell as an outlier."""
+    composition_full: float = 0.6
+    """Composition agreement (a cosine) at or above which the composition factor is 1; below,
+    the factor is agreement / composition_full (0 for agreement <= 0)."""
     consensus_floor: float = 0.01
     """Lower bound of the consensus distance scale (distances between unit vectors)."""
     zero_norm_eps: float = 1e-6
@@ -96,6 +105,7 @@ class ScoringParams:
             # name: (low, high, low inclusive, high inclusive)
             "lof_threshold": (1.0, math.inf, False, False),
             "consensus_threshold": (1.0, math.inf, False, False),
+            "composition_full": (0.0, 1.0, False, True),
             "consensus_floor": (0.0, math.inf, True, False),
             "zero_norm_eps": (0.0, math.inf, True, False),
             "collapse_min_rank": (0.0, math.inf, True, False),
@@ -141,6 +151,8 @@ class RoundScores:
     """(S, E, slots) LOF among the shard's ok encoders; 1 when too few peers; nan if not ok."""
     consensus: NDArray[np.float64]
     """(S, E, slots) distance-to-consensus ratio; 1 when too few peers; nan if not ok."""
+    composition: NDArray[np.float64]
+    """(S, E) composition agreement in [-1, 1]; 1 when too few peers; nan if not ok."""
     effective_rank: NDArray[np.float64]
     """(E,) RankMe effective rank of the encoder's usable embeddings; nan if none."""
     status: tuple[tuple[Status, ...], ...]
@@ -167,7 +179,8 @@ def score_round(
     Steps: (1) cell status: missing / malformed (wrong shape) / non_finite / zero_norm (a slot with
     L2 norm <= zero_norm_eps) / ok; (2) collapse gate per encoder on the effective rank of all its
     valid vectors of the round; (3) per shard and slot, LOF and consensus ratio among the ok cells;
-    (4) DL, the too-exact gate (DL below min_dl_ratio of the shard median) and the score.
+    (4) composition agreement among the ok cells; (5) DL, the too-exact gate (DL below
+    min_dl_ratio of the shard median) and the score.
     """
     problems = params.problems()
     if problems:
@@ -208,6 +221,7 @@ def score_round(
     dl = np.full((n_shards, n_enc), np.nan)
     lof = np.full((n_shards, n_enc, n_slots), np.nan)
     cons = np.full((n_shards, n_enc, n_slots), np.nan)
+    comp = np.full((n_shards, n_enc), np.nan)
     for s in range(n_shards):
         for e in range(n_enc):
             if (s, e) in data:
@@ -219,6 +233,13 @@ def score_round(
         for j in range(n_slots):
             x = np.stack([data[s, e][j] for e in peers])
             lof[s, peers, j], cons[s, peers, j] = _peer_stats(x, params)
+        if len(peers) >= params.min_encoders_for_lof:
+            residuals = np.stack(
+                [_residuals(data[s, e], unit_counts[s], params.dl_form) for e in peers]
+            )
+            comp[s, peers] = composition_agreement(residuals)
+        else:
+            comp[s, peers] = 1.0
         dl_floor = (
             params.min_dl_ratio * float(np.median(dl[s, peers]))
             if len(peers) >= params.min_encoders_for_lof
@@ -230,9 +251,9 @@ def score_round(
             if too_exact or lof_max > params.lof_threshold or cons_max > params.consensus_threshold:
                 outliers[s, e] = True
                 continue
-            peer = _ramp(cons_max, params.consensus_threshold)
+            comp_factor = min(max(float(comp[s, e]), 0.0) / params.composition_full, 1.0)
             dl_factor = 1.0 - params.dl_weight * min(float(dl[s, e]) / params.dl_scale, 1.0)
-            scores[s, e] = peer * dl_factor
+            scores[s, e] = comp_factor * dl_factor
     return RoundScores(
         encoders=order,
         scores=scores,
@@ -240,6 +261,7 @@ def score_round(
         dl=dl,
         lof=lof,
         consensus=cons,
+        composition=comp,
         effective_rank=erank,
         status=tuple(tuple(row) for row in status),
         gates=gates,
@@ -316,24 +338,64 @@ def effective_rank(x: NDArray[np.float64]) -> float:
     return float(np.exp(-np.sum(p * np.log(p))))
 
 
-def differential_loss(x: NDArray[np.float64], counts: Sequence[int], form: DlForm) -> float:
-    """Mean over masks of ``||F - a*A_m - b*B_m|| / ||F||`` for one (slots, dim) cell.
+def _residuals(x: NDArray[np.float64], counts: Sequence[int], form: DlForm) -> NDArray[np.float64]:
+    """(masks, dim) composition residuals ``F - a*A_m - b*B_m`` of one (slots, dim) cell.
 
     ``literal``: a = b = 1. ``count_weighted``: a = n_A/n, b = n_B/n with the unit counts of
-    slots 0, 2m+1, 2m+2 (the identity for mean pooling). Masks are summed in order m = 0, 1, ...
-    and divided by their count; no masks gives 0.
+    slots 0, 2m+1, 2m+2 (the identity for mean pooling).
     """
     full = x[0]
-    full_norm = float(_norms(full))
-    n_masks = (x.shape[0] - 1) // 2
-    total = 0.0
-    for m in range(n_masks):
+    rows = []
+    for m in range((x.shape[0] - 1) // 2):
         a, b = x[2 * m + 1], x[2 * m + 2]
         if form == "count_weighted":
             a = a * (counts[2 * m + 1] / counts[0])
             b = b * (counts[2 * m + 2] / counts[0])
-        total += float(_norms(full - a - b)) / full_norm
+        rows.append(full - a - b)
+    return np.stack(rows) if rows else np.zeros((0, x.shape[1]))
+
+
+def differential_loss(x: NDArray[np.float64], counts: Sequence[int], form: DlForm) -> float:
+    """Mean over masks of ``||F - a*A_m - b*B_m|| / ||F||`` for one (slots, dim) cell.
+
+    The residuals are those of ``_residuals``; masks are summed in order m = 0, 1, ... and
+    divided by their count; no masks gives 0.
+    """
+    full_norm = float(_norms(x[0]))
+    total = 0.0
+    for row in _residuals(x, counts, form):
+        total += float(_norms(row)) / full_norm
+    n_masks = (x.shape[0] - 1) // 2
     return total / n_masks if n_masks else 0.0
+
+
+def composition_agreement(residuals: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Per row of ``residuals`` (peers, masks, dim): the mean over masks of the cosine between
+    the peer's residual direction and the consensus residual direction.
+
+    Per mask m: ``u_e = r_e / ||r_e||`` (a zero residual has no direction: u_e = 0), ``c`` = the
+    coordinate-wise median of the u_e over the peers, normalised (0 if the median is 0), and
+    ``cos_e = sum(u_e * c)``; the agreement is ``(1/M) sum_m cos_e`` summed in order m = 0, 1, ...
+    (no masks: 1). Every product is summed by numpy's pairwise sum, never a BLAS dot product.
+    """
+    n_peers, n_masks = residuals.shape[0], residuals.shape[1]
+    if n_masks == 0:
+        return np.ones(n_peers)
+    total = np.zeros(n_peers)
+    for m in range(n_masks):
+        u = _directions(residuals[:, m])
+        c = _directions(np.median(u, axis=0)[np.newaxis])[0]
+        total += np.sum(u * c, axis=-1)
+    out: NDArray[np.float64] = total / n_masks
+    return out
+
+
+def _directions(x: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Rows divided by their norm; an all-zero row stays zero."""
+    norms = _norms(x)
+    safe = np.where(norms > 0.0, norms, 1.0)
+    out: NDArray[np.float64] = np.where(norms[:, np.newaxis] > 0.0, x / safe[:, np.newaxis], 0.0)
+    return out
 
 
 def _peer_stats(
@@ -353,7 +415,7 @@ def _peer_stats(
     ones = np.ones(n)
     if n < params.min_encoders_for_lof:
         return ones, ones.copy()
-    x = x / _norms(x)[:, np.newaxis]
+    x = _directions(x)
     distinct, inverse = np.unique(x, axis=0, return_inverse=True)
     if distinct.shape[0] < params.min_encoders_for_lof:
         lof = ones
@@ -369,11 +431,6 @@ def _peer_stats(
     if scale > 0.0:
         return lof, dev / scale
     return lof, np.where(dev > 0.0, np.inf, 0.0)
-
-
-def _ramp(value: float, threshold: float) -> float:
-    """1 at value <= 1, falling linearly to 0 at value >= threshold."""
-    return min(max((threshold - value) / (threshold - 1.0), 0.0), 1.0)
 
 
 def weighted_embedding(

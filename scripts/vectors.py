@@ -77,7 +77,8 @@ def compute() -> dict[str, Any]:
         held = {}
         for i, e in enumerate(encoders):
             noise = _vector(e + bytes([s]), dim * slots).reshape(slots, dim) * 0.05
-            rows = np.stack([base[s], 0.6 * base[s], 0.4 * base[s]]) + noise
+            # F - A - B = 0.15 * base + noise: the encoders fail to compose the same way.
+            rows = np.stack([base[s], 0.55 * base[s], 0.3 * base[s]]) + noise
             if i == 4:
                 rows = _vector(b"outlier" + bytes([s]), dim * slots).reshape(slots, dim) * 3
             held[e] = rows.astype(np.float32)
@@ -140,6 +141,7 @@ def compute() -> dict[str, Any]:
             "quantised_scores": matrix.tolist(),
             "outliers": list(flags),
             "dl": [[round(float(x), 12) for x in row] for row in scores.dl],
+            "composition": [[round(float(x), 12) for x in row] for row in scores.composition],
         },
         "consensus": {
             "kappa_median": [

@@ -19,6 +19,7 @@ from numpy.typing import NDArray
 from dlnet.protocol.scoring import (
     RoundScores,
     ScoringParams,
+    composition_agreement,
     differential_loss,
     effective_rank,
     score_round,
@@ -263,7 +264,15 @@ def test_weighted_embedding_stays_near_the_honest_mean() -> None:
 
 
 def fingerprint(res: RoundScores) -> tuple[object, ...]:
-    arrays = (res.scores, res.outliers, res.dl, res.lof, res.consensus, res.effective_rank)
+    arrays = (
+        res.scores,
+        res.outliers,
+        res.dl,
+        res.lof,
+        res.consensus,
+        res.composition,
+        res.effective_rank,
+    )
     return (res.encoders, res.status, res.gates, *(a.tobytes() for a in arrays))
 
 
@@ -290,6 +299,7 @@ def test_small_n_falls_back_to_no_peer_comparison(n: int) -> None:
     encoders[b"random"] = [rng.normal(size=(5, DIM)) for _ in world.slots]
     res = run(ScoringParams(), world, encoders)
     assert (res.lof == 1.0).all() and (res.consensus == 1.0).all()
+    assert (res.composition == 1.0).all()
     assert not res.outliers.any()
     expected = 1.0 - ScoringParams().dl_weight * np.minimum(res.dl / ScoringParams().dl_scale, 1)
     assert res.scores == pytest.approx(expected)
@@ -347,6 +357,104 @@ def test_effective_rank() -> None:
     assert effective_rank(np.ones((5, 8))) == pytest.approx(1.0)
     assert effective_rank(np.eye(4)) == pytest.approx(4.0)
     assert effective_rank(np.zeros((3, 3))) == 0.0
+
+
+# --- composition agreement ---------------------------------------------------------------------
+
+
+def jittered(world: World, rng: np.random.Generator, jitter: float) -> Cells:
+    """Honest full and mask embeddings, inverse forged as full - mask + noise of jitter * ||F||:
+    DL = jitter, enough to pass the too-exact gate."""
+    out = []
+    for arr in honest(world, rng):
+        a = arr.copy()
+        for m in range((a.shape[0] - 1) // 2):
+            eps = rng.normal(size=DIM)
+            a[2 * m + 2] = (
+                a[0] - a[2 * m + 1] + eps * jitter * np.linalg.norm(a[0]) / np.linalg.norm(eps)
+            )
+        out.append(a)
+    return out
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("jitter", [0.3, 0.6])
+def test_forged_inverse_with_jitter_fails_composition_agreement(seed: int, jitter: float) -> None:
+    """The forgery DL cannot see: a DL in the honest range, a full slot that is honest, but a
+    residual with nothing of the honest encoders' residuals in it."""
+    world, encoders = population(seed)
+    encoders[b"cheat-jittered"] = jittered(world, np.random.default_rng(seed + 50), jitter)
+    res = run(ScoringParams(), world, encoders)
+    i = res.encoders.index(b"cheat-jittered")
+    honest_idx = [j for j, k in enumerate(res.encoders) if k.startswith(b"honest")]
+    median_dl = float(np.median(res.dl[:, honest_idx]))
+    assert (res.dl[:, i] > ScoringParams().min_dl_ratio * median_dl).all()  # not too exact
+    assert (res.composition[:, honest_idx] > 0.8).all()
+    assert (np.abs(res.composition[:, i]) < 0.3).all()
+    scores = mean_scores(res)
+    assert (
+        scores[b"cheat-jittered"]
+        < min(scores[k] for k in encoders if k.startswith(b"honest")) - 0.4
+    )
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_composition_agreement_falls_with_added_noise(seed: int) -> None:
+    """Graded, not pass/fail: honest outputs plus noise of growing size score lower and lower."""
+    world = make_world(seed)
+    rng = np.random.default_rng(seed + 70)
+    encoders = {f"honest-{i}".encode(): honest(world, rng) for i in range(6)}
+    for level in (0.1, 0.3, 0.6):
+        cells = honest(world, rng)
+        encoders[f"noisy-{level}".encode()] = [
+            c
+            + level
+            * rng.normal(size=c.shape)
+            * np.linalg.norm(c, axis=1, keepdims=True)
+            / np.sqrt(DIM)
+            for c in cells
+        ]
+    res = run(ScoringParams(), world, encoders)
+    agreement = {k: float(np.mean(res.composition[:, i])) for i, k in enumerate(res.encoders)}
+    honest_min = min(v for k, v in agreement.items() if k.startswith(b"honest"))
+    assert honest_min > agreement[b"noisy-0.1"] > agreement[b"noisy-0.3"] > agreement[b"noisy-0.6"]
+    scores = mean_scores(res)
+    assert scores[b"noisy-0.1"] > scores[b"noisy-0.3"] > scores[b"noisy-0.6"]
+
+
+def test_composition_agreement_exact_values() -> None:
+    r = np.array([[[1.0, 0.0]], [[2.0, 0.0]], [[0.0, 3.0]], [[0.0, 0.0]]])
+    # unit rows (1,0), (1,0), (0,1), 0; median (0.5, 0) -> consensus (1, 0)
+    assert composition_agreement(r).tolist() == [1.0, 1.0, 0.0, 0.0]
+    assert composition_agreement(np.zeros((3, 0, 4))).tolist() == [1.0, 1.0, 1.0]
+    assert composition_agreement(np.zeros((3, 2, 4))).tolist() == [0.0, 0.0, 0.0]
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    n=st.integers(1, 8),
+    masks=st.integers(1, 3),
+    scale=st.floats(1e-3, 1e3),
+)
+def test_composition_agreement_is_a_scale_free_symmetric_cosine(
+    seed: int, n: int, masks: int, scale: float
+) -> None:
+    rng = np.random.default_rng(seed)
+    r = rng.normal(size=(n, masks, 6))
+    out = composition_agreement(r)
+    assert out.shape == (n,)
+    assert ((out >= -1.0 - 1e-12) & (out <= 1.0 + 1e-12)).all()
+    # A peer's residual size says nothing: rescaling it changes no agreement.
+    scaled = r.copy()
+    scaled[0] *= scale
+    assert composition_agreement(scaled) == pytest.approx(out, abs=1e-12)
+    # Peers are a set: permuting them permutes the result, bit for bit.
+    perm = rng.permutation(n)
+    assert composition_agreement(r[perm]).tobytes() == out[perm].tobytes()
+    # Peers that all fail the same way agree fully.
+    same = np.repeat(r[:1], n, axis=0) * rng.uniform(0.5, 2.0, size=(n, 1, 1))
+    assert composition_agreement(same) == pytest.approx(np.ones(n))
 
 
 # --- weighted embedding --------------------------------------------------------------------------
