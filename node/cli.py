@@ -17,6 +17,7 @@ import trio
 from dlnet.node import report
 from dlnet.node import testnet as tn
 from dlnet.node.dataset_io import DatasetError, resolve_dataset_path
+from dlnet.node.encoder import parse_behaviour
 from dlnet.node.host import GossipParams
 from dlnet.node.keyfile import KeyFileError, read_key, write_key
 from dlnet.node.report import ReportError
@@ -161,7 +162,7 @@ def init(
     "--behaviour",
     default="honest",
     hidden=True,
-    help="Testnet adversaries: fabricated, copycat, replay, equivocator.",
+    help="Testnet adversaries: fabricated, fabricated@JITTER, copycat, replay, equivocator.",
 )
 @click.option("--listen", default="/ip4/127.0.0.1/tcp/0", show_default=True)
 @click.option("--bootstrap", multiple=True, help="Multiaddr of a peer, with /p2p/<id>.")
@@ -204,6 +205,10 @@ def run(
         if not sep or not k:
             fail(f"--model-option {item}: expected KEY=VALUE")
         options[k] = v
+    try:
+        parse_behaviour(behaviour)
+    except ValueError as exc:
+        fail(f"--behaviour {behaviour}: {exc}")
     gossip = _gossip_params(gossip_params, max_peers)
     opts = NodeOptions(
         config_path=config_path,
@@ -282,7 +287,8 @@ def results(data_dir: Path, config_path: Path, rnd: int, as_json: bool) -> None:
     default=None,
     help="Comma list of kind:count or kind@level:count (kinds: honest finetuned truncated "
     "noisy random-init static noise zero additive fabricated copycat replay equivocator "
-    "py:module:factory; levels: truncated@LAYERS noisy@LEVEL static@sum|mean). "
+    "py:module:factory; levels: truncated@LAYERS noisy@LEVEL static@sum|mean "
+    "fabricated@JITTER). "
     "Default: honest:6 and one of each adversary.",
 )
 @click.option("--rounds", type=int, default=3, show_default=True)

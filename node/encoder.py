@@ -4,6 +4,8 @@ Besides the honest behaviour this module holds the adversaries a testnet runs, e
 the protocol must defeat (see docs/PROTOCOL.md, "Cheats"):
 
 * ``fabricated`` — honest full and mask embeddings, inverse forged as full - mask (DL = 0);
+  ``fabricated@JITTER`` adds a random vector of norm JITTER x ||full|| (DL about JITTER), so
+  the inverse is no longer too exact;
 * ``copycat`` — commits to junk, then reveals other encoders' embeddings re-signed as its own;
 * ``replay`` — reveals, re-signed for this round, embeddings made for the previous round's
   shards, and re-sends its earlier rounds' messages verbatim;
@@ -20,6 +22,7 @@ import trio
 
 from dlnet.node.context import NodeContext, sleep_until, wall_clock
 from dlnet.node.models import Model
+from dlnet.node.models.kinds import fabricate_inverse, jitter_option
 from dlnet.protocol.identity import SigningKey
 from dlnet.protocol.masks import round_tasks
 from dlnet.protocol.rounds import round_times
@@ -46,16 +49,27 @@ class ModelError(Exception):
     """The encoder's model returned something that is not (n, dim) finite float32."""
 
 
+def parse_behaviour(text: str) -> tuple[str, float]:
+    """``NAME`` (one of BEHAVIOURS) or ``fabricated@JITTER``: the behaviour and the jitter of
+    its fabricated inverses (0 unless given). ValueError, one line, on anything else."""
+    name, at, level = text.partition("@")
+    if name not in BEHAVIOURS:
+        raise ValueError(f"unknown encoder behaviour {name!r}; behaviours: {', '.join(BEHAVIOURS)}")
+    if not at:
+        return name, 0.0
+    if name != "fabricated":
+        raise ValueError(f"behaviour {name} takes no @level")
+    return name, jitter_option(level)
+
+
 class EncoderRole:
     def __init__(
         self, ctx: NodeContext, key: SigningKey, model: Model, behaviour: str = "honest"
     ) -> None:
-        if behaviour not in BEHAVIOURS:
-            raise ValueError(f"unknown encoder behaviour {behaviour!r}")
         self.ctx = ctx
         self.key = key
         self.model = model
-        self.behaviour = behaviour
+        self.behaviour, self.jitter = parse_behaviour(behaviour)
 
     async def run(self, first_round: int) -> None:
         rnd = first_round
@@ -91,11 +105,13 @@ class EncoderRole:
             # What it commits to is junk: it means to reveal other encoders' embeddings.
             vecs = np.random.default_rng().standard_normal(vecs.shape).astype(np.float32)
         if self.behaviour == "fabricated":
+            rng = np.random.default_rng()
             slots = self.ctx.cfg.slots_per_shard
             for base in range(0, len(vecs), slots):
                 full = vecs[base]
                 for m in range(self.ctx.cfg.masks_per_shard):
-                    vecs[base + 2 * m + 2] = full - vecs[base + 2 * m + 1]
+                    mask = vecs[base + 2 * m + 1]
+                    vecs[base + 2 * m + 2] = fabricate_inverse(full, mask, self.jitter, rng)
         return vecs
 
     def _sign_reveals(self, rnd: int, vecs: np.ndarray) -> list[Embedding]:

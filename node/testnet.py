@@ -33,7 +33,8 @@ DEFAULT_ENCODERS: Final[tuple[tuple[str, int], ...]] = (
     *tuple((k, 1) for k in ADVERSARIES),
 )
 MODELS: Final = "dlnet.node.models.kinds"
-# kind -> (model factory, behaviour of the encoder role, option that `kind@LEVEL` sets)
+# kind -> (model factory, behaviour of the encoder role, option that `kind@LEVEL` sets: the
+# model's, or the behaviour's if in BEHAVIOUR_OPTIONS)
 KINDS: Final[dict[str, tuple[str, str, str | None]]] = {
     "honest": (f"{MODELS}:honest", "honest", None),
     "finetuned": (f"{MODELS}:finetuned", "honest", None),
@@ -44,11 +45,13 @@ KINDS: Final[dict[str, tuple[str, str, str | None]]] = {
     "noise": (f"{MODELS}:noise", "honest", None),
     "zero": (f"{MODELS}:zero", "honest", None),
     "additive": (f"{MODELS}:additive", "honest", None),
-    "fabricated": (f"{MODELS}:honest", "fabricated", None),
+    "fabricated": (f"{MODELS}:honest", "fabricated", "jitter"),
     "copycat": (f"{MODELS}:noise", "copycat", None),
     "replay": (f"{MODELS}:honest", "replay", None),
     "equivocator": (f"{MODELS}:honest", "equivocator", None),
 }
+# Options that `kind@LEVEL` gives the behaviour (`--behaviour fabricated@JITTER`), not the model.
+BEHAVIOUR_OPTIONS: Final = ("jitter",)
 # Time from launching the processes until round 1 starts: ~10 processes load torch and the
 # model at once on 2 cores (measured ~40 s); an encoder still joins round 1 up to 5 s before
 # its commit deadline.
@@ -68,7 +71,8 @@ def parse_encoder_spec(spec: str) -> tuple[tuple[str, int], ...]:
     """`kind:count,kind@level:count,...`; a custom model is `py:module:factory:count`.
 
     `kind@level` sets the kind's level option (KINDS), e.g. `truncated@2` (layers),
-    `noisy@0.5` (noise level), `static@mean` (pooling); the level is checked here."""
+    `noisy@0.5` (noise level), `static@mean` (pooling), `fabricated@0.2` (jitter of the forged
+    inverses); the level is checked here."""
     out: list[tuple[str, int]] = []
     for part in spec.split(","):
         part = part.strip()
@@ -200,10 +204,12 @@ def _encoder_args(kind: str, index: int) -> list[str]:
         return ["--model", kind[3:]]  # a custom factory gets no testnet options
     name, at, level = kind.partition("@")
     model, behaviour, option = KINDS[name]
-    args = ["--model", model, "--model-option", f"seed={index}", "--behaviour", behaviour]
-    if at and option is not None:
-        args += ["--model-option", f"{option}={level}"]
-    return args
+    extra: list[str] = []
+    if at and option in BEHAVIOUR_OPTIONS:
+        behaviour = f"{behaviour}@{level}"
+    elif at and option is not None:
+        extra = ["--model-option", f"{option}={level}"]
+    return ["--model", model, "--model-option", f"seed={index}", "--behaviour", behaviour, *extra]
 
 
 def run_testnet(plan: TestnetPlan, *, echo: Any = print) -> int:

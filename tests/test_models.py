@@ -291,7 +291,19 @@ def test_fabricate_inverse_has_zero_dl() -> None:
     full, mask = rng.standard_normal((2, DIM)).astype(np.float32)
     inverse = kinds.fabricate_inverse(full, mask)
     assert inverse.dtype == np.float32
-    assert np.linalg.norm(full - mask - inverse) <= 1e-6 * np.linalg.norm(full)
+    assert np.array_equal(inverse, full - mask)
+    assert np.array_equal(kinds.fabricate_inverse(full, mask, 0.0, rng), full - mask)
+
+
+@pytest.mark.parametrize("jitter", [0.05, 0.2, 1.0])
+def test_fabricate_inverse_jitter_sets_the_dl(jitter: float) -> None:
+    rng = np.random.default_rng(1)
+    full, mask = (rng.standard_normal((2, DIM)) * 50).astype(np.float32)
+    inverse = kinds.fabricate_inverse(full, mask, jitter, rng)
+    assert inverse.dtype == np.float32
+    dl = np.linalg.norm(full.astype(np.float64) - mask - inverse) / np.linalg.norm(full)
+    assert dl == pytest.approx(jitter, rel=1e-4)
+    assert not np.array_equal(inverse, kinds.fabricate_inverse(full, mask, jitter))  # fresh eps
 
 
 def wrong_dim_factory(dim: int, projection_seed: bytes) -> kinds.ZeroModel:

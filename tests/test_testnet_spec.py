@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import pytest
 
+from dlnet.node.encoder import parse_behaviour
 from dlnet.node.testnet import KINDS, SpecError, _encoder_args, parse_encoder_spec
 
 
 def test_kinds_with_levels() -> None:
-    spec = "honest:6, finetuned:1,truncated@2:1,noisy@0.5:2,static@mean:1,random-init:1"
+    spec = (
+        "honest:6, finetuned:1,truncated@2:1,noisy@0.5:2,static@mean:1,random-init:1,"
+        "fabricated@0.2:1,fabricated:1"
+    )
     assert parse_encoder_spec(spec) == (
         ("honest", 6),
         ("finetuned", 1),
@@ -16,6 +20,8 @@ def test_kinds_with_levels() -> None:
         ("noisy@0.5", 2),
         ("static@mean", 1),
         ("random-init", 1),
+        ("fabricated@0.2", 1),
+        ("fabricated", 1),
     )
     assert parse_encoder_spec("py:mod:make:2") == (("py:mod:make", 2),)
 
@@ -27,6 +33,36 @@ def test_level_becomes_the_kinds_option() -> None:
     assert "seed=7" in args
     assert _encoder_args("truncated@2", 0)[-1] == "layers=2"
     assert _encoder_args("honest", 0)[-2:] == ["--behaviour", "honest"]
+
+
+def test_jitter_goes_to_the_fabricated_behaviour() -> None:
+    args = _encoder_args("fabricated@0.2", 3)
+    assert args == [
+        "--model",
+        KINDS["fabricated"][0],
+        "--model-option",
+        "seed=3",
+        "--behaviour",
+        "fabricated@0.2",
+    ]
+    assert parse_behaviour(args[-1]) == ("fabricated", 0.2)
+    assert _encoder_args("fabricated", 3)[-2:] == ["--behaviour", "fabricated"]
+    assert parse_behaviour("fabricated") == ("fabricated", 0.0)
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "message"),
+    [
+        ("cheat", "unknown encoder behaviour 'cheat'"),
+        ("copycat@0.2", "behaviour copycat takes no @level"),
+        ("fabricated@-0.1", "at least 0"),
+        ("fabricated@", "is not a number"),
+    ],
+)
+def test_behaviour_errors_are_one_line(behaviour: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message) as err:
+        parse_behaviour(behaviour)
+    assert "\n" not in str(err.value)
 
 
 @pytest.mark.parametrize(
@@ -41,6 +77,11 @@ def test_level_becomes_the_kinds_option() -> None:
         ("noisy@-1:1", "at least 0"),
         ("noisy@inf:1", "must be finite"),
         ("static@max:1", "sum or mean"),
+        ("fabricated@-0.2:1", "jitter=-0.2 must be finite and at least 0"),
+        ("fabricated@nan:1", "must be finite"),
+        ("fabricated@inf:1", "must be finite"),
+        ("fabricated@lots:1", "jitter='lots' is not a number"),
+        ("copycat@0.2:1", "kind copycat takes no @level"),
     ],
 )
 def test_spec_errors_are_one_line(spec: str, message: str) -> None:

@@ -20,7 +20,7 @@ machinery, not consensus: numpy's streams need not match across versions.
 | ``additive`` | bag of words: the sum of a pseudo-random vector per word, so DL = 0 |
 
 Behaviours of the encoder role (fabricated inverses, copycat, replay, equivocation) are done by
-the role; ``fabricate_inverse`` is the model-side half of ``fabricated``.
+the role; ``fabricate_inverse`` is the vector half of ``fabricated``, ``jitter_option`` its level.
 """
 
 from __future__ import annotations
@@ -199,10 +199,16 @@ def pooling_option(value: str) -> Pooling:
     raise ValueError(f"option pooling={value!r} must be sum or mean")
 
 
+def jitter_option(value: float | str) -> float:
+    """The ``jitter`` of the ``fabricated`` behaviour: a finite relative size >= 0."""
+    return float_option("jitter", value, 0.0)
+
+
 LEVEL_OPTIONS: dict[str, Callable[[str], object]] = {
     "layers": layers_option,
     "level": level_option,
     "pooling": pooling_option,
+    "jitter": jitter_option,
 }
 """The option a testnet spec ``kind@LEVEL`` sets, by name, with its checker (ValueError)."""
 
@@ -282,6 +288,17 @@ def additive(
     return AdditiveModel(dim, seed, float_option("word_norm", word_norm, 0.0))
 
 
-def fabricate_inverse(full: NDArray[np.float32], mask: NDArray[np.float32]) -> NDArray[np.float32]:
-    """The ``fabricated`` cheat: an inverse embedding forged as ``full - mask`` (DL = 0)."""
-    return np.asarray(full - mask, dtype=np.float32)
+def fabricate_inverse(
+    full: NDArray[np.float32],
+    mask: NDArray[np.float32],
+    jitter: float = 0.0,
+    rng: np.random.Generator | None = None,
+) -> NDArray[np.float32]:
+    """The ``fabricated`` cheat: an inverse embedding forged as ``full - mask + eps``, ``eps`` a
+    Gaussian vector (from ``rng``, else fresh) of norm ``jitter * ||full||``, so DL is about
+    ``jitter``; at jitter 0 exactly ``full - mask`` (DL = 0)."""
+    if jitter == 0.0:
+        return np.asarray(full - mask, dtype=np.float32)
+    g = (rng or np.random.default_rng()).standard_normal(full.shape)
+    eps = g * (jitter * np.linalg.norm(full.astype(np.float64)) / np.linalg.norm(g))
+    return np.asarray(full.astype(np.float64) - mask + eps, dtype=np.float32)

@@ -1,0 +1,73 @@
+"""The encoder role's ``fabricated`` behaviour: every inverse slot forged from its shard's full
+and mask embeddings, exactly (``fabricated``) or off by a relative jitter (``fabricated@J``)."""
+
+from __future__ import annotations
+
+import hashlib
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pytest
+import trio
+
+from dlnet.node.encoder import EncoderRole
+from dlnet.protocol.config import ValidatorEntry, default_config
+
+ITEMS = tuple(
+    f"item {i} says that the quick brown fox number {i} jumps over lazy dog {i} again"
+    for i in range(20)
+)
+
+
+class HashModel:
+    """A distinct pseudo-random vector per text (no DL structure of its own)."""
+
+    def __init__(self, dim: int) -> None:
+        self.dim = dim
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for i, text in enumerate(texts):
+            seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big")
+            out[i] = np.random.default_rng(seed).standard_normal(self.dim) * 30
+        return out
+
+
+def vectors(behaviour: str) -> tuple[Any, np.ndarray]:
+    cfg = default_config((ValidatorEntry(bytes(32), 1),), 0, dataset_sha256=bytes(32))
+    ctx = SimpleNamespace(cfg=cfg, items=ITEMS)
+    role = EncoderRole(ctx, None, HashModel(cfg.dim), behaviour)  # type: ignore[arg-type]
+    return cfg, trio.run(role._vectors, 1)
+
+
+def relative_gaps(cfg: Any, vecs: np.ndarray) -> list[float]:
+    """||full - mask - inverse|| / ||full|| for every (shard, mask)."""
+    gaps = []
+    for base in range(0, len(vecs), cfg.slots_per_shard):
+        full = vecs[base].astype(np.float64)
+        for m in range(cfg.masks_per_shard):
+            mask, inverse = vecs[base + 2 * m + 1], vecs[base + 2 * m + 2]
+            gaps.append(float(np.linalg.norm(full - mask - inverse) / np.linalg.norm(full)))
+    return gaps
+
+
+def test_fabricated_inverse_is_exactly_full_minus_mask() -> None:
+    cfg, vecs = vectors("fabricated")
+    for base in range(0, len(vecs), cfg.slots_per_shard):
+        for m in range(cfg.masks_per_shard):
+            expected = vecs[base] - vecs[base + 2 * m + 1]
+            assert np.array_equal(vecs[base + 2 * m + 2], expected)
+
+
+@pytest.mark.parametrize("jitter", [0.05, 0.2])
+def test_fabricated_jitter_sets_each_inverse_off_by_jitter(jitter: float) -> None:
+    cfg, vecs = vectors(f"fabricated@{jitter}")
+    gaps = relative_gaps(cfg, vecs)
+    assert len(gaps) == cfg.shards_per_round * cfg.masks_per_shard
+    assert gaps == pytest.approx([jitter] * len(gaps), rel=1e-4)
+
+
+def test_honest_inverse_is_the_models() -> None:
+    cfg, vecs = vectors("honest")
+    assert min(relative_gaps(cfg, vecs)) > 0.5
