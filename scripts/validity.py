@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import json
 import math
 import sys
@@ -37,7 +38,14 @@ from sklearn.metrics import roc_auc_score
 
 from dlnet.data import shipped_path
 from dlnet.node.models import NativeModel, ProjectedModel
-from dlnet.node.models.kinds import HONEST_STRENGTH, NoisyNative, additive, noise, private_map
+from dlnet.node.models.kinds import (
+    HONEST_STRENGTH,
+    NoisyNative,
+    additive,
+    fabricate_inverse,
+    noise,
+    private_map,
+)
 from dlnet.node.models.minilm import NATIVE_DIM, MiniLM
 from dlnet.protocol.config import DEFAULT_PROJECTION_SEED
 from dlnet.protocol.consensus import quantise
@@ -55,7 +63,7 @@ class Encoder:
     name: str
     group: str  # honest | graded | cheat
     embed: Embed
-    fabricate: bool = False  # inverse slots forged as full - mask
+    fabricate: float | None = None  # inverse slots forged as full - mask + noise of this size
 
 
 class NativeCache:
@@ -90,7 +98,6 @@ def family(small: bool) -> list[Encoder]:
         ("truncated-4-layers", NativeCache(layers=4)),
         ("truncated-2-layers", NativeCache(layers=2)),
         ("random-init", NativeCache(weights="random")),
-        ("static-sum", NativeCache(static=True)),
         ("static-mean", NativeCache(static=True, pooling="mean")),
     ]
     levels = (0.5, 2.0) if small else (0.5, 1.0, 2.0)
@@ -113,7 +120,10 @@ def family(small: bool) -> list[Encoder]:
         Encoder("cheat-zero", "cheat", lambda t: np.zeros((len(t), DIM), dtype=np.float32)),
         Encoder("cheat-constant", "cheat", lambda t: np.full((len(t), DIM), 3.0, np.float32)),
         Encoder("cheat-additive", "cheat", bag.embed),
-        Encoder("cheat-fabricated", "cheat", projected(full, 93), fabricate=True),
+        # Static word-piece vectors summed: a real bag-of-units encoder, DL = 0 by construction.
+        Encoder("static-sum", "cheat", projected(NativeCache(static=True))),
+        Encoder("cheat-fabricated", "cheat", projected(full, 93), fabricate=0.0),
+        Encoder("cheat-fabricated-0.2", "cheat", projected(full, 95), fabricate=0.2),
     ]
     return out
 
@@ -126,10 +136,12 @@ def network_scores(
     encs: Sequence[Encoder], items: Sequence[str], rounds: int, params: ScoringParams
 ) -> dict[str, dict[str, float]]:
     """Per encoder, over the rounds: mean quantised score, mean DL, mean max-slot LOF and
-    consensus ratio (cells that reached peer comparison), mean effective rank (RankMe)."""
+    consensus ratio and mean composition agreement (cells that reached peer comparison), mean
+    effective rank (RankMe)."""
     keys = {key_of(e.name): e for e in encs}
     acc: dict[str, dict[str, list[float]]] = {
-        e.name: {"score": [], "dl": [], "lof": [], "cons": [], "erank": []} for e in encs
+        e.name: {"score": [], "dl": [], "lof": [], "cons": [], "comp": [], "erank": []}
+        for e in encs
     }
     for r in range(rounds):
         tasks = derive_tasks(
@@ -140,9 +152,13 @@ def network_scores(
         shards: list[dict[bytes, NDArray[np.float32]]] = [{} for _ in tasks]
         for k, e in keys.items():
             vecs = e.embed(texts).reshape(len(tasks), slots, DIM).copy()
-            if e.fabricate:
-                for m in range((slots - 1) // 2):
-                    vecs[:, 2 * m + 2] = vecs[:, 0] - vecs[:, 2 * m + 1]
+            if e.fabricate is not None:
+                rng = np.random.default_rng([r, *k[:8]])
+                for s in range(len(tasks)):
+                    for m in range((slots - 1) // 2):
+                        vecs[s, 2 * m + 2] = fabricate_inverse(
+                            vecs[s, 0], vecs[s, 2 * m + 1], e.fabricate, rng
+                        )
             for s in range(len(tasks)):
                 shards[s][k] = vecs[s]
         res = score_round(params, shards, [t.unit_counts for t in tasks], list(keys))
@@ -150,6 +166,7 @@ def network_scores(
             name = keys[k].name
             acc[name]["score"] += [quantise(float(x)) / 65535 for x in res.scores[:, i]]
             acc[name]["dl"] += [float(x) for x in res.dl[:, i] if np.isfinite(x)]
+            acc[name]["comp"] += [float(x) for x in res.composition[:, i] if np.isfinite(x)]
             for metric, grid in (("lof", res.lof), ("cons", res.consensus)):
                 acc[name][metric] += [
                     float(np.max(row)) for row in grid[:, i, :] if np.all(np.isfinite(row))
@@ -241,6 +258,7 @@ def study(small: bool, rounds: int, params: ScoringParams) -> dict[str, Any]:
         "spearman_low_dl_vs_quality": rho("dl", -1.0),
         "spearman_low_lof_vs_quality": rho("lof", -1.0),
         "spearman_low_consensus_vs_quality": rho("cons", -1.0),
+        "spearman_composition_vs_quality": rho("comp"),
         "auroc_honest_vs_cheat": float(auroc),
         "min_honest_score": min(honest),
         "max_cheat_score": max(cheats),
@@ -259,18 +277,20 @@ def markdown(res: dict[str, Any], command: str) -> str:
         f"- Spearman rho, low LOF alone vs quality: {res['spearman_low_lof_vs_quality']:.3f}",
         "- Spearman rho, low consensus ratio alone vs quality: "
         f"{res['spearman_low_consensus_vs_quality']:.3f}",
+        "- Spearman rho, composition agreement alone vs quality: "
+        f"{res['spearman_composition_vs_quality']:.3f}",
         f"- AUROC honest vs cheat (network score): **{res['auroc_honest_vs_cheat']:.3f}**; "
         f"lowest honest {res['min_honest_score']:.4f}, highest cheat "
         f"{res['max_cheat_score']:.4f}",
         "",
-        "| encoder | group | network score | DL | max-slot LOF | max-slot consensus | eff. rank "
-        "| pang-lee kNN | chatterbot kNN | wordnet kNN | Lee rho | quality |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| encoder | group | network score | composition | DL | max-slot LOF | max-slot consensus "
+        "| eff. rank | pang-lee kNN | chatterbot kNN | wordnet kNN | Lee rho | quality |",
+        "| --- | --- |" + " ---: |" * 11,
     ]
     for r in sorted(res["rows"], key=lambda r: -r["score"]):
         lines.append(
-            f"| {r['encoder']} | {r['group']} | {r['score']:.4f} | {r['dl']:.3f} | "
-            f"{r['lof']:.3f} | {r['cons']:.2f} | {r['erank']:.1f} | "
+            f"| {r['encoder']} | {r['group']} | {r['score']:.4f} | {r['comp']:.3f} | "
+            f"{r['dl']:.3f} | {r['lof']:.3f} | {r['cons']:.2f} | {r['erank']:.1f} | "
             f"{r['pang_lee_polarity']:.3f} | {r['chatterbot_topics']:.3f} | "
             f"{r['wordnet_lexnames']:.3f} | {r['lee_similarity']:.3f} | {r['quality']:.3f} |"
         )
@@ -289,24 +309,37 @@ TESTNET_KINDS = {
     "static@mean": "static-mean",
     "static@sum": "static-sum",
 }
-"""Testnet kind -> the study encoder of the same model; ``honest`` has the honest-* mean."""
+"""Testnet kind -> the study encoder of the same model; ``honest`` has the honest-* mean.
+Kinds whose study encoder is a cheat (``static@sum``, a bag of units) are left out."""
+
+
+def _out_of_order(score: dict[str, float], quality: dict[str, float]) -> list[str]:
+    """Pairs of kinds whose scores are in the opposite order of their qualities."""
+    return [
+        f"{a} ({quality[a]:.3f}) {'below' if score[a] < score[b] else 'above'} "
+        f"{b} ({quality[b]:.3f})"
+        for a, b in itertools.combinations(sorted(score, key=lambda k: -quality[k]), 2)
+        if (quality[a] - quality[b]) * (score[a] - score[b]) < 0
+    ]
 
 
 def testnet_agreement(report: dict[str, Any], study_rows: Sequence[dict[str, Any]]) -> str:
     """Per round, Spearman rho of the testnet scores of the non-cheat encoders against the
-    study's quality of their models (all of them, and the graded ones without ``honest``);
-    then every encoder's mean score over the rounds next to its quality."""
+    study's quality of their models (all of them, and the graded ones without ``honest``) and
+    the pairs of kinds out of quality order; then every kind's mean score over the rounds next
+    to its quality, and the pairs of kinds whose mean scores are out of quality order."""
     quality = {r["encoder"]: r["quality"] for r in study_rows}
-    of_kind = {k: quality[name] for k, name in TESTNET_KINDS.items()}
+    group = {r["encoder"]: r["group"] for r in study_rows}
+    of_kind = {k: quality[name] for k, name in TESTNET_KINDS.items() if group[name] != "cheat"}
     of_kind["honest"] = float(
         np.mean([q for name, q in quality.items() if name.startswith("honest-")])
     )
     lines = [
-        "| round | rho, all non-cheat encoders | rho, graded kinds only |",
-        "| --- | ---: | ---: |",
+        "| round | rho, all non-cheat encoders | rho, graded kinds only "
+        "| kind pairs out of order |",
+        "| --- | ---: | ---: | --- |",
     ]
-    scores: dict[str, list[float]] = {}
-    kind_of: dict[str, str] = {}
+    by_kind: dict[str, list[float]] = {}
     for rnd in report["rounds"]:
         rows = [r for r in rnd["ranking"] if r["kind"] in of_kind]
         graded = [r for r in rows if r["kind"] != "honest"]
@@ -314,16 +347,25 @@ def testnet_agreement(report: dict[str, Any], study_rows: Sequence[dict[str, Any
             spearmanr([r["score"] for r in rs], [of_kind[r["kind"]] for r in rs]).statistic
             for rs in (rows, graded)
         ]
-        lines.append(f"| {rnd['round']} | {rhos[0]:.3f} | {rhos[1]:.3f} |")
+        kind_scores: dict[str, list[float]] = {}
         for r in rows:
-            scores.setdefault(r["encoder"], []).append(r["score"])
-            kind_of[r["encoder"]] = r["kind"]
+            kind_scores.setdefault(r["kind"], []).append(r["score"])
+            by_kind.setdefault(r["kind"], []).append(r["score"])
+        wrong = _out_of_order({k: float(np.mean(v)) for k, v in kind_scores.items()}, of_kind)
+        lines.append(
+            f"| {rnd['round']} | {rhos[0]:.3f} | {rhos[1]:.3f} | {'; '.join(wrong) or 'none'} |"
+        )
+    mean = {k: float(np.mean(v)) for k, v in by_kind.items()}
     lines += ["", "| kind | mean testnet score | quality (study) |", "| --- | ---: | ---: |"]
-    mean = {e: float(np.mean(v)) for e, v in scores.items()}
-    for e in sorted(mean, key=lambda e: -mean[e]):
-        lines.append(f"| {kind_of[e]} | {mean[e]:.4f} | {of_kind[kind_of[e]]:.3f} |")
-    rho = spearmanr(list(mean.values()), [of_kind[kind_of[e]] for e in mean]).statistic
-    lines += ["", f"Spearman rho of the mean scores vs quality: **{rho:.3f}**"]
+    for k in sorted(mean, key=lambda k: -mean[k]):
+        lines.append(f"| {k} | {mean[k]:.4f} | {of_kind[k]:.3f} |")
+    rho = spearmanr(list(mean.values()), [of_kind[k] for k in mean]).statistic
+    wrong = _out_of_order(mean, of_kind)
+    lines += [
+        "",
+        f"Spearman rho of the kinds' mean scores vs quality: **{rho:.3f}**; "
+        f"pairs of kinds out of quality order: {'; '.join(wrong) or '**none**'}",
+    ]
     return "\n".join(lines) + "\n"
 
 

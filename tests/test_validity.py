@@ -27,7 +27,7 @@ def test_small_study(tmp_path: Path) -> None:
     res = json.loads(out.read_text())
     honest = [r["score"] for r in res["rows"] if r["group"] == "honest"]
     cheats = {r["encoder"]: r["score"] for r in res["rows"] if r["group"] == "cheat"}
-    assert len(honest) >= 4 and len(cheats) == 6
+    assert len(honest) >= 4 and len(cheats) == 8
     for name, score in cheats.items():
         assert score < min(honest), (name, score, min(honest))
     assert res["spearman_score_vs_quality"] > 0
