@@ -58,7 +58,7 @@ class ScoringParams:
     """``literal``: ||F - A - B|| / ||F||; ``count_weighted``: ||F - (nA/n)A - (nB/n)B|| / ||F||."""
     lof_k: int = 5
     """LOF neighbourhood size; LOF uses n_neighbors = min(lof_k, n - 1) among n peers."""
-    lof_threshold: float = 3.0
+    lof_threshold: float = 3.5
     """A slot whose LOF exceeds this marks the (shard, encoder) cell as an outlier."""
     consensus_threshold: float = 3.0
     """A slot whose consensus-distance ratio exceeds this marks the cell as an outlier."""
