@@ -183,17 +183,18 @@ def _unit(x: NDArray[np.float32]) -> NDArray[np.float64]:
     return x64 / np.maximum(np.linalg.norm(x64, axis=1, keepdims=True), 1e-12)
 
 
-def knn_accuracy(x: NDArray[np.float32], labels: Sequence[str], k: int = 5) -> float:
+def knn_hits(x: NDArray[np.float32], labels: Sequence[str], k: int = 5) -> NDArray[np.bool_]:
+    """Per item, whether the majority label of its k nearest others (cosine) is its own."""
     u = _unit(x)
     sims = u @ u.T
     np.fill_diagonal(sims, -np.inf)
     y = np.array(labels)
-    hits = 0
+    hits = np.zeros(len(y), dtype=np.bool_)
     for i in range(len(y)):
         nn = np.argsort(-sims[i], kind="stable")[:k]
         values, counts = np.unique(y[nn], return_counts=True)
-        hits += int(values[np.argmax(counts)] == y[i])
-    return hits / len(y)
+        hits[i] = values[np.argmax(counts)] == y[i]
+    return hits
 
 
 def labelled_sets(small: bool) -> dict[str, tuple[list[str], list[str]]]:
@@ -211,8 +212,39 @@ def labelled_sets(small: bool) -> dict[str, tuple[list[str], list[str]]]:
     return out
 
 
-def quality(e: Encoder, sets: dict[str, tuple[list[str], list[str]]]) -> dict[str, float]:
-    q = {name: knn_accuracy(e.embed(texts), labels) for name, (texts, labels) in sets.items()}
+@dataclass(frozen=True)
+class Resamples:
+    """Bootstrap resamples shared by every encoder, so that quality differences are paired:
+    item indices per labelled set and pair indices of the Lee similarity judgements."""
+
+    items: dict[str, NDArray[np.int64]]
+    pairs: NDArray[np.int64]
+
+
+def resamples(sets: dict[str, tuple[list[str], list[str]]], n_docs: int, count: int) -> Resamples:
+    rng = np.random.default_rng(1)
+    n_pairs = n_docs * (n_docs - 1) // 2
+    return Resamples(
+        {
+            name: rng.integers(0, len(texts), (count, len(texts)))
+            for name, (texts, _) in sets.items()
+        },
+        rng.integers(0, n_pairs, (count, n_pairs)),
+    )
+
+
+def _spearman(a: NDArray[np.float64], b: NDArray[np.float64]) -> float:
+    # A constant similarity (zero or constant embeddings) agrees with nothing: rho 0.
+    return 0.0 if np.ptp(a) == 0 else float(spearmanr(a, b).statistic)
+
+
+def quality(
+    e: Encoder, sets: dict[str, tuple[list[str], list[str]]], boot: Resamples
+) -> dict[str, Any]:
+    """Supervised quality (mean of the three kNN accuracies and the Lee rho) and its value on
+    every bootstrap resample (``quality_boot``)."""
+    hits = {name: knn_hits(e.embed(texts), labels) for name, (texts, labels) in sets.items()}
+    q: dict[str, Any] = {name: float(np.mean(h)) for name, h in hits.items()}
     docs = shipped_path("labelled/lee_documents.txt").read_text().splitlines()
     human = np.array(
         [
@@ -221,14 +253,21 @@ def quality(e: Encoder, sets: dict[str, tuple[list[str], list[str]]]) -> dict[st
         ]
     )
     u = _unit(e.embed(docs))
-    sims = u @ u.T
     iu = np.triu_indices(len(docs), 1)
-    upper = sims[iu]
-    # A constant similarity (zero or constant embeddings) agrees with nothing: rho 0.
-    rho = 0.0 if np.ptp(upper) == 0 else spearmanr(upper, np.maximum(human, human.T)[iu]).statistic
-    q["lee_similarity"] = float(rho)
+    upper, judged = (u @ u.T)[iu], np.maximum(human, human.T)[iu]
+    q["lee_similarity"] = _spearman(upper, judged)
     q["quality"] = float(np.mean(list(q.values())))
+    parts = [np.mean(h[boot.items[name]], axis=1) for name, h in hits.items()]
+    parts.append(np.array([_spearman(upper[i], judged[i]) for i in boot.pairs]))
+    q["quality_boot"] = [float(x) for x in np.mean(parts, axis=0)]
     return q
+
+
+def resolved(boot_a: Sequence[float], boot_b: Sequence[float], diff: float) -> tuple[bool, float]:
+    """Whether a quality difference is more than twice its paired bootstrap standard error,
+    and that standard error."""
+    se = float(np.std(np.asarray(boot_a) - np.asarray(boot_b)))
+    return abs(diff) > 2 * se, se
 
 
 def study(small: bool, rounds: int, params: ScoringParams) -> dict[str, Any]:
@@ -236,9 +275,11 @@ def study(small: bool, rounds: int, params: ScoringParams) -> dict[str, Any]:
     encs = family(small)
     net = network_scores(encs, items, rounds, params)
     sets = labelled_sets(small)
+    n_docs = len(shipped_path("labelled/lee_documents.txt").read_text().splitlines())
+    boot = resamples(sets, n_docs, 50 if small else 200)
     rows = []
     for e in encs:
-        rows.append({"encoder": e.name, "group": e.group, **net[e.name], **quality(e, sets)})
+        rows.append({"encoder": e.name, "group": e.group, **net[e.name], **quality(e, sets, boot)})
     real = [r for r in rows if r["group"] != "cheat"]
 
     def rho(metric: str, sign: float = 1.0) -> float:
@@ -248,6 +289,11 @@ def study(small: bool, rounds: int, params: ScoringParams) -> dict[str, Any]:
 
     honest = [r["score"] for r in rows if r["group"] == "honest"]
     cheats = [r["score"] for r in rows if r["group"] == "cheat"]
+    wrong, real_wrong = out_of_order(
+        {r["encoder"]: r["score"] for r in real},
+        {r["encoder"]: r["quality"] for r in real},
+        {r["encoder"]: r["quality_boot"] for r in real},
+    )
     auroc = roc_auc_score([1] * len(honest) + [0] * len(cheats), honest + cheats)
     return {
         "rounds": rounds,
@@ -260,6 +306,8 @@ def study(small: bool, rounds: int, params: ScoringParams) -> dict[str, Any]:
         "spearman_low_consensus_vs_quality": rho("cons", -1.0),
         "spearman_composition_vs_quality": rho("comp"),
         "auroc_honest_vs_cheat": float(auroc),
+        "out_of_order": wrong,
+        "out_of_order_resolved": real_wrong,
         "min_honest_score": min(honest),
         "max_cheat_score": max(cheats),
     }
@@ -282,17 +330,21 @@ def markdown(res: dict[str, Any], command: str) -> str:
         f"- AUROC honest vs cheat (network score): **{res['auroc_honest_vs_cheat']:.3f}**; "
         f"lowest honest {res['min_honest_score']:.4f}, highest cheat "
         f"{res['max_cheat_score']:.4f}",
+        "- Non-cheat pairs whose scores are out of quality order (quality difference ± its paired "
+        f"bootstrap s.e.): {len(res['out_of_order'])}, **{res['out_of_order_resolved']} "
+        "resolved** (difference > 2 s.e.)",
         "",
         "| encoder | group | network score | composition | DL | max-slot LOF | max-slot consensus "
-        "| eff. rank | pang-lee kNN | chatterbot kNN | wordnet kNN | Lee rho | quality |",
-        "| --- | --- |" + " ---: |" * 11,
+        "| eff. rank | pang-lee kNN | chatterbot kNN | wordnet kNN | Lee rho | quality | s.e. |",
+        "| --- | --- |" + " ---: |" * 12,
     ]
     for r in sorted(res["rows"], key=lambda r: -r["score"]):
         lines.append(
             f"| {r['encoder']} | {r['group']} | {r['score']:.4f} | {r['comp']:.3f} | "
             f"{r['dl']:.3f} | {r['lof']:.3f} | {r['cons']:.2f} | {r['erank']:.1f} | "
             f"{r['pang_lee_polarity']:.3f} | {r['chatterbot_topics']:.3f} | "
-            f"{r['wordnet_lexnames']:.3f} | {r['lee_similarity']:.3f} | {r['quality']:.3f} |"
+            f"{r['wordnet_lexnames']:.3f} | {r['lee_similarity']:.3f} | {r['quality']:.3f} | "
+            f"{np.std(r['quality_boot']):.3f} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -313,14 +365,24 @@ TESTNET_KINDS = {
 Kinds whose study encoder is a cheat (``static@sum``, a bag of units) are left out."""
 
 
-def _out_of_order(score: dict[str, float], quality: dict[str, float]) -> list[str]:
-    """Pairs of kinds whose scores are in the opposite order of their qualities."""
-    return [
-        f"{a} ({quality[a]:.3f}) {'below' if score[a] < score[b] else 'above'} "
-        f"{b} ({quality[b]:.3f})"
-        for a, b in itertools.combinations(sorted(score, key=lambda k: -quality[k]), 2)
-        if (quality[a] - quality[b]) * (score[a] - score[b]) < 0
-    ]
+def out_of_order(
+    score: dict[str, float], quality: dict[str, float], boot: dict[str, Sequence[float]]
+) -> tuple[list[str], int]:
+    """Pairs whose scores are in the opposite order of their qualities, each with its quality
+    difference and that difference's paired bootstrap standard error; and how many of them
+    are resolved (difference more than twice its standard error)."""
+    out, count = [], 0
+    for a, b in itertools.combinations(sorted(score, key=lambda k: -quality[k]), 2):
+        if (quality[a] - quality[b]) * (score[a] - score[b]) >= 0:
+            continue
+        diff = quality[a] - quality[b]
+        real, se = resolved(boot[a], boot[b], diff)
+        count += real
+        out.append(
+            f"{a} below {b} (quality {diff:+.3f} ± {se:.3f}, "
+            f"{'resolved' if real else 'within resolution'})"
+        )
+    return out, count
 
 
 def testnet_agreement(report: dict[str, Any], study_rows: Sequence[dict[str, Any]]) -> str:
@@ -329,11 +391,14 @@ def testnet_agreement(report: dict[str, Any], study_rows: Sequence[dict[str, Any
     the pairs of kinds out of quality order; then every kind's mean score over the rounds next
     to its quality, and the pairs of kinds whose mean scores are out of quality order."""
     quality = {r["encoder"]: r["quality"] for r in study_rows}
+    boots = {r["encoder"]: r["quality_boot"] for r in study_rows}
     group = {r["encoder"]: r["group"] for r in study_rows}
-    of_kind = {k: quality[name] for k, name in TESTNET_KINDS.items() if group[name] != "cheat"}
-    of_kind["honest"] = float(
-        np.mean([q for name, q in quality.items() if name.startswith("honest-")])
-    )
+    kinds = {k: name for k, name in TESTNET_KINDS.items() if group[name] != "cheat"}
+    of_kind = {k: quality[name] for k, name in kinds.items()}
+    boot = {k: boots[name] for k, name in kinds.items()}
+    honest = [name for name in quality if name.startswith("honest-")]
+    of_kind["honest"] = float(np.mean([quality[name] for name in honest]))
+    boot["honest"] = list(np.mean([boots[name] for name in honest], axis=0))
     lines = [
         "| round | rho, all non-cheat encoders | rho, graded kinds only "
         "| kind pairs out of order |",
@@ -351,7 +416,9 @@ def testnet_agreement(report: dict[str, Any], study_rows: Sequence[dict[str, Any
         for r in rows:
             kind_scores.setdefault(r["kind"], []).append(r["score"])
             by_kind.setdefault(r["kind"], []).append(r["score"])
-        wrong = _out_of_order({k: float(np.mean(v)) for k, v in kind_scores.items()}, of_kind)
+        wrong, _ = out_of_order(
+            {k: float(np.mean(v)) for k, v in kind_scores.items()}, of_kind, boot
+        )
         lines.append(
             f"| {rnd['round']} | {rhos[0]:.3f} | {rhos[1]:.3f} | {'; '.join(wrong) or 'none'} |"
         )
@@ -360,11 +427,11 @@ def testnet_agreement(report: dict[str, Any], study_rows: Sequence[dict[str, Any
     for k in sorted(mean, key=lambda k: -mean[k]):
         lines.append(f"| {k} | {mean[k]:.4f} | {of_kind[k]:.3f} |")
     rho = spearmanr(list(mean.values()), [of_kind[k] for k in mean]).statistic
-    wrong = _out_of_order(mean, of_kind)
+    wrong, real = out_of_order(mean, of_kind, boot)
     lines += [
         "",
-        f"Spearman rho of the kinds' mean scores vs quality: **{rho:.3f}**; "
-        f"pairs of kinds out of quality order: {'; '.join(wrong) or '**none**'}",
+        f"Spearman rho of the kinds' mean scores vs quality: **{rho:.3f}**; pairs of kinds out "
+        f"of quality order: {'; '.join(wrong) or 'none'} — **{real} resolved**",
     ]
     return "\n".join(lines) + "\n"
 

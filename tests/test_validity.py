@@ -32,3 +32,10 @@ def test_small_study(tmp_path: Path) -> None:
         assert score < min(honest), (name, score, min(honest))
     assert res["spearman_score_vs_quality"] > 0
     assert res["auroc_honest_vs_cheat"] == 1.0
+    # Quality carries its paired bootstrap: resamples centred on it, with a spread.
+    for r in res["rows"]:
+        boot = r["quality_boot"]
+        assert len(boot) == 50
+        assert min(boot) <= r["quality"] + 0.01 and max(boot) >= r["quality"] - 0.01
+    spread = [max(r["quality_boot"]) - min(r["quality_boot"]) for r in res["rows"]]
+    assert all(0.0 < x < 0.2 for x in spread)
