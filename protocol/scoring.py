@@ -1,4 +1,5 @@
-"""Scoring of encoders: differential loss, LOF and consensus distance, gates, weighted embedding.
+"""Scoring of encoders: differential loss, composition agreement, LOF and consensus cuts, gates,
+weighted embedding.
 
 Per shard s and encoder e the validator holds one (slots, dim) array: slot 0 = full F, slot
 2m+1 = mask A_m, slot 2m+2 = inverse B_m. The score of a cell is
@@ -9,8 +10,8 @@ Per shard s and encoder e the validator holds one (slots, dim) array: slot 0 = f
 where ``comp`` (in [0, 1]) grows with the *composition agreement*: the cosine between the
 encoder's composition residual F - A_m - B_m and the consensus (coordinate-wise median) of the
 shard's valid encoders' residual directions; dl is the differential loss, the residual's norm
-relative to F. LOF and the distance to the consensus embedding are hard cuts (outliers), both
-computed on every slot on the DIRECTIONS of the embeddings (unit vectors).
+relative to F. LOF and the cosine to the consensus embedding direction are hard cuts
+(outliers), both computed on every slot on the DIRECTIONS of the embeddings (unit vectors).
 
 Why this shape (measured in docs/VALIDITY.md): DL alone ranks real encoders with the wrong
 sign (FINDINGS.md), and so does any reward for a small residual: an encoder can forge an inverse
@@ -18,10 +19,11 @@ close to F - A. What a model cannot forge without computing like its peers is *h
 composition fails: honest models of one family fail the same way, noise, truncation, static word
 vectors and forgeries each fail their own way, in that order of agreement. The grade is an
 absolute cosine, so neither the pool's make-up nor an adversary's extra identities move its
-scale. Distances between embeddings only cut: they tell an encoder that is not in the network's
-space, but grade badly (added noise keeps the direction better than a truncated model, which is
-the better model; LOF, a local density ratio, penalises a good encoder next to the dense honest
-cluster more than a worse one in sparse surroundings).
+scale; so is the consensus cut. Where embeddings lie only cuts: it tells an encoder that is not
+in the network's space, but grades badly (added noise keeps the direction better than a
+truncated model, which is the better model; LOF, a local density ratio, penalises a good encoder
+next to a dense honest cluster more than a worse one in sparse surroundings, which is why its
+cut is loose).
 
 Reproducibility: encoders are processed in canonical (sorted pubkey) order whatever the input
 order; everything is float64; reductions are numpy pairwise sums over fixed-length contiguous
@@ -60,13 +62,13 @@ class ScoringParams:
     """LOF neighbourhood size; LOF uses n_neighbors = min(lof_k, n - 1) among n peers."""
     lof_threshold: float = 3.5
     """A slot whose LOF exceeds this marks the (shard, encoder) cell as an outlier."""
-    consensus_threshold: float = 3.0
-    """A slot whose consensus-distance ratio exceeds this marks the cell as an outlier."""
+    min_consensus_cos: float = 0.1
+    """A slot whose direction has a cosine below this to the consensus direction (the normalised
+    coordinate-wise median of the shard's ok encoders' directions) marks the cell as an outlier:
+    the encoder is not speaking in the network's space. -1 turns the cut off."""
     composition_full: float = 0.6
     """Composition agreement (a cosine) at or above which the composition factor is 1; below,
     the factor is agreement / composition_full (0 for agreement <= 0)."""
-    consensus_floor: float = 0.01
-    """Lower bound of the consensus distance scale (distances between unit vectors)."""
     zero_norm_eps: float = 1e-6
     """An embedding whose L2 norm is <= this is invalid (not DL 0)."""
     collapse_min_rank: float = 1.2
@@ -104,9 +106,8 @@ class ScoringParams:
         floats: dict[str, tuple[float, float, bool, bool]] = {
             # name: (low, high, low inclusive, high inclusive)
             "lof_threshold": (1.0, math.inf, False, False),
-            "consensus_threshold": (1.0, math.inf, False, False),
+            "min_consensus_cos": (-1.0, 1.0, True, False),
             "composition_full": (0.0, 1.0, False, True),
-            "consensus_floor": (0.0, math.inf, True, False),
             "zero_norm_eps": (0.0, math.inf, True, False),
             "collapse_min_rank": (0.0, math.inf, True, False),
             "collapse_rel_rank": (0.0, 1.0, True, True),
@@ -150,7 +151,8 @@ class RoundScores:
     lof: NDArray[np.float64]
     """(S, E, slots) LOF among the shard's ok encoders; 1 when too few peers; nan if not ok."""
     consensus: NDArray[np.float64]
-    """(S, E, slots) distance-to-consensus ratio; 1 when too few peers; nan if not ok."""
+    """(S, E, slots) cosine of the slot's direction to the consensus direction; 1 when too few
+    peers; nan if not ok."""
     composition: NDArray[np.float64]
     """(S, E) composition agreement in [-1, 1]; 1 when too few peers; nan if not ok."""
     effective_rank: NDArray[np.float64]
@@ -178,7 +180,8 @@ def score_round(
 
     Steps: (1) cell status: missing / malformed (wrong shape) / non_finite / zero_norm (a slot with
     L2 norm <= zero_norm_eps) / ok; (2) collapse gate per encoder on the effective rank of all its
-    valid vectors of the round; (3) per shard and slot, LOF and consensus ratio among the ok cells;
+    valid vectors of the round; (3) per shard and slot, LOF and cosine to the consensus direction
+    among the ok cells;
     (4) composition agreement among the ok cells; (5) DL, the too-exact gate (DL below
     min_dl_ratio of the shard median) and the score.
     """
@@ -246,9 +249,9 @@ def score_round(
             else 0.0
         )
         for e in peers:
-            lof_max, cons_max = float(np.max(lof[s, e])), float(np.max(cons[s, e]))
+            lof_max, cos_min = float(np.max(lof[s, e])), float(np.min(cons[s, e]))
             too_exact = float(dl[s, e]) < dl_floor
-            if too_exact or lof_max > params.lof_threshold or cons_max > params.consensus_threshold:
+            if too_exact or lof_max > params.lof_threshold or cos_min < params.min_consensus_cos:
                 outliers[s, e] = True
                 continue
             comp_factor = min(max(float(comp[s, e]), 0.0) / params.composition_full, 1.0)
@@ -383,10 +386,16 @@ def composition_agreement(residuals: NDArray[np.float64]) -> NDArray[np.float64]
         return np.ones(n_peers)
     total = np.zeros(n_peers)
     for m in range(n_masks):
-        u = _directions(residuals[:, m])
-        c = _directions(np.median(u, axis=0)[np.newaxis])[0]
-        total += np.sum(u * c, axis=-1)
+        total += _agreement(_directions(residuals[:, m]))
     out: NDArray[np.float64] = total / n_masks
+    return out
+
+
+def _agreement(u: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Per row of u (directions, or zero rows): the cosine to the consensus direction, the
+    coordinate-wise median of the rows normalised (0 if the median is 0), as a pairwise sum."""
+    c = _directions(np.median(u, axis=0)[np.newaxis])[0]
+    out: NDArray[np.float64] = np.sum(u * c, axis=-1)
     return out
 
 
@@ -401,15 +410,16 @@ def _directions(x: NDArray[np.float64]) -> NDArray[np.float64]:
 def _peer_stats(
     x: NDArray[np.float64], params: ScoringParams
 ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-    """LOF and consensus ratio of each row of x (one slot of one shard, n ok encoders), both on
-    the rows' directions: every row is first divided by its norm (ok rows have norm > 0).
+    """LOF and cosine to the consensus direction of each row of x (one slot of one shard, n ok
+    encoders), both on the rows' directions: every row is first divided by its norm (ok rows
+    have norm > 0).
 
     LOF is computed over the distinct unit rows (identical embeddings are one point: duplicates make
     LOF's local density infinite) with n_neighbors = min(lof_k, n_distinct - 1), Euclidean
-    distances precomputed exactly as sqrt(sum((x_i - x_j)^2)). The consensus ratio of row i is
-    ``||x_i - med|| / max(median_i ||x_i - med||, consensus_floor * median_i ||x_i||)`` with med
-    the coordinate-wise median of all rows. Fewer than min_encoders_for_lof rows (LOF: distinct
-    rows) gives 1 for every row: peers cannot be compared.
+    distances precomputed exactly as sqrt(sum((x_i - x_j)^2)). The cosine is ``_agreement``'s:
+    an absolute measure, so the pool's make-up does not move it as it moves a distance ratio to
+    the pool's median distance. Fewer than min_encoders_for_lof rows (LOF: distinct rows) gives
+    1 for every row: peers cannot be compared.
     """
     n = x.shape[0]
     ones = np.ones(n)
@@ -425,12 +435,7 @@ def _peer_stats(
         model = LocalOutlierFactor(n_neighbors=k, metric="precomputed", algorithm="brute")
         model.fit(dist)
         lof = -np.asarray(model.negative_outlier_factor_, dtype=np.float64)[inverse.ravel()]
-    med = np.median(x, axis=0)
-    dev = _norms(x - med)
-    scale = max(float(np.median(dev)), params.consensus_floor * float(np.median(_norms(x))))
-    if scale > 0.0:
-        return lof, dev / scale
-    return lof, np.where(dev > 0.0, np.inf, 0.0)
+    return lof, _agreement(x)
 
 
 def weighted_embedding(

@@ -135,9 +135,9 @@ def key_of(name: str) -> bytes:
 def network_scores(
     encs: Sequence[Encoder], items: Sequence[str], rounds: int, params: ScoringParams
 ) -> dict[str, dict[str, float]]:
-    """Per encoder, over the rounds: mean quantised score, mean DL, mean max-slot LOF and
-    consensus ratio and mean composition agreement (cells that reached peer comparison), mean
-    effective rank (RankMe)."""
+    """Per encoder, over the rounds: mean quantised score, mean DL, mean max-slot LOF, mean
+    min-slot cosine to the consensus direction and mean composition agreement (cells that
+    reached peer comparison), mean effective rank (RankMe)."""
     keys = {key_of(e.name): e for e in encs}
     acc: dict[str, dict[str, list[float]]] = {
         e.name: {"score": [], "dl": [], "lof": [], "cons": [], "comp": [], "erank": []}
@@ -167,9 +167,9 @@ def network_scores(
             acc[name]["score"] += [quantise(float(x)) / 65535 for x in res.scores[:, i]]
             acc[name]["dl"] += [float(x) for x in res.dl[:, i] if np.isfinite(x)]
             acc[name]["comp"] += [float(x) for x in res.composition[:, i] if np.isfinite(x)]
-            for metric, grid in (("lof", res.lof), ("cons", res.consensus)):
+            for metric, grid, pick in (("lof", res.lof, np.max), ("cons", res.consensus, np.min)):
                 acc[name][metric] += [
-                    float(np.max(row)) for row in grid[:, i, :] if np.all(np.isfinite(row))
+                    float(pick(row)) for row in grid[:, i, :] if np.all(np.isfinite(row))
                 ]
             acc[name]["erank"].append(float(res.effective_rank[i]))
     return {
@@ -303,7 +303,7 @@ def study(small: bool, rounds: int, params: ScoringParams) -> dict[str, Any]:
         "spearman_score_vs_quality": rho("score"),
         "spearman_low_dl_vs_quality": rho("dl", -1.0),
         "spearman_low_lof_vs_quality": rho("lof", -1.0),
-        "spearman_low_consensus_vs_quality": rho("cons", -1.0),
+        "spearman_consensus_cos_vs_quality": rho("cons"),
         "spearman_composition_vs_quality": rho("comp"),
         "auroc_honest_vs_cheat": float(auroc),
         "out_of_order": wrong,
@@ -323,8 +323,8 @@ def markdown(res: dict[str, Any], command: str) -> str:
         f"**{res['spearman_score_vs_quality']:.3f}**",
         f"- Spearman rho, low DL alone vs quality: {res['spearman_low_dl_vs_quality']:.3f}",
         f"- Spearman rho, low LOF alone vs quality: {res['spearman_low_lof_vs_quality']:.3f}",
-        "- Spearman rho, low consensus ratio alone vs quality: "
-        f"{res['spearman_low_consensus_vs_quality']:.3f}",
+        "- Spearman rho, cosine to the consensus embedding alone vs quality: "
+        f"{res['spearman_consensus_cos_vs_quality']:.3f}",
         "- Spearman rho, composition agreement alone vs quality: "
         f"{res['spearman_composition_vs_quality']:.3f}",
         f"- AUROC honest vs cheat (network score): **{res['auroc_honest_vs_cheat']:.3f}**; "
@@ -334,14 +334,14 @@ def markdown(res: dict[str, Any], command: str) -> str:
         f"bootstrap s.e.): {len(res['out_of_order'])}, **{res['out_of_order_resolved']} "
         "resolved** (difference > 2 s.e.)",
         "",
-        "| encoder | group | network score | composition | DL | max-slot LOF | max-slot consensus "
+        "| encoder | group | network score | composition | DL | max-slot LOF | min-slot cos "
         "| eff. rank | pang-lee kNN | chatterbot kNN | wordnet kNN | Lee rho | quality | s.e. |",
         "| --- | --- |" + " ---: |" * 12,
     ]
     for r in sorted(res["rows"], key=lambda r: -r["score"]):
         lines.append(
             f"| {r['encoder']} | {r['group']} | {r['score']:.4f} | {r['comp']:.3f} | "
-            f"{r['dl']:.3f} | {r['lof']:.3f} | {r['cons']:.2f} | {r['erank']:.1f} | "
+            f"{r['dl']:.3f} | {r['lof']:.3f} | {r['cons']:.3f} | {r['erank']:.1f} | "
             f"{r['pang_lee_polarity']:.3f} | {r['chatterbot_topics']:.3f} | "
             f"{r['wordnet_lexnames']:.3f} | {r['lee_similarity']:.3f} | {r['quality']:.3f} | "
             f"{np.std(r['quality_boot']):.3f} |"

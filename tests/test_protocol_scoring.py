@@ -133,8 +133,9 @@ def test_default_params_are_valid() -> None:
         ("lof_k", 0),
         ("lof_threshold", 1.0),
         ("lof_threshold", float("nan")),
-        ("consensus_threshold", 0.5),
-        ("consensus_floor", -0.1),
+        ("min_consensus_cos", 1.0),
+        ("min_consensus_cos", -1.5),
+        ("composition_full", 0.0),
         ("zero_norm_eps", float("inf")),
         ("collapse_min_rank", -1.0),
         ("collapse_rel_rank", 1.5),
@@ -184,12 +185,15 @@ def test_dl_literal_formula() -> None:
 
 
 def planted(seed: int, n: int, far: float) -> tuple[RoundScores, int]:
-    """n encoders around one point; encoder e01 is moved ``far`` away in its inverse slot."""
+    """n encoders around one point; encoder e01's inverse slot is a vector of norm ``far`` in a
+    random direction orthogonal to the point's (unrelated to its peers')."""
     rng = np.random.default_rng(seed)
     center = rng.normal(size=(3, DIM)) * 10.0
     cells = {f"e{i:02d}".encode(): center + rng.normal(size=(3, DIM)) for i in range(n)}
     direction = rng.normal(size=DIM)
-    cells[b"e01"][2] += far * direction / np.linalg.norm(direction)
+    axis = center[2] / np.linalg.norm(center[2])
+    direction -= (direction @ axis) * axis
+    cells[b"e01"][2] = far * direction / np.linalg.norm(direction)
     res = score_round(ScoringParams(), [cells], [[4, 2, 2]], list(cells))
     return res, res.encoders.index(b"e01")
 
@@ -206,9 +210,9 @@ def test_planted_outlier_gets_high_lof(seed: int, n: int, far: float) -> None:
 @settings(max_examples=25, deadline=None)
 @given(seed=st.integers(0, 2**32 - 1), n=st.integers(3, 12), far=st.floats(100.0, 1000.0))
 def test_planted_outlier_is_flagged_and_scores_zero(seed: int, n: int, far: float) -> None:
-    """Also for n <= lof_k + 1, where LOF with k = n - 1 is blind: the consensus ratio flags it."""
+    """Also for n <= lof_k + 1, where LOF with k = n - 1 is blind: the consensus cosine flags it."""
     res, i = planted(seed, n, far)
-    assert res.consensus[0, i, 2] > ScoringParams().consensus_threshold
+    assert res.consensus[0, i, 2] < ScoringParams().min_consensus_cos
     assert res.outliers[0, i]
     assert res.scores[0, i] == 0.0
     assert not res.outliers[0, [j for j in range(n) if j != i]].any()
