@@ -213,6 +213,26 @@ def labelled_sets(small: bool) -> dict[str, tuple[list[str], list[str]]]:
 
 
 @dataclass(frozen=True)
+class LeeSet:
+    """The Lee documents and their human similarity judgements, one per pair of documents in
+    ``np.triu_indices`` order."""
+
+    docs: list[str]
+    judged: NDArray[np.float64]
+
+
+def lee_set() -> LeeSet:
+    docs = shipped_path("labelled/lee_documents.txt").read_text().splitlines()
+    human = np.array(
+        [
+            [float(v) for v in line.split("\t")]
+            for line in shipped_path("labelled/lee_similarities.tsv").read_text().splitlines()
+        ]
+    )
+    return LeeSet(docs, np.maximum(human, human.T)[np.triu_indices(len(docs), 1)])
+
+
+@dataclass(frozen=True)
 class Resamples:
     """Bootstrap resamples shared by every encoder, so that quality differences are paired:
     item indices per labelled set and pair indices of the Lee similarity judgements."""
@@ -221,9 +241,8 @@ class Resamples:
     pairs: NDArray[np.int64]
 
 
-def resamples(sets: dict[str, tuple[list[str], list[str]]], n_docs: int, count: int) -> Resamples:
+def resamples(sets: dict[str, tuple[list[str], list[str]]], n_pairs: int, count: int) -> Resamples:
     rng = np.random.default_rng(1)
-    n_pairs = n_docs * (n_docs - 1) // 2
     return Resamples(
         {
             name: rng.integers(0, len(texts), (count, len(texts)))
@@ -239,26 +258,18 @@ def _spearman(a: NDArray[np.float64], b: NDArray[np.float64]) -> float:
 
 
 def quality(
-    e: Encoder, sets: dict[str, tuple[list[str], list[str]]], boot: Resamples
+    e: Encoder, sets: dict[str, tuple[list[str], list[str]]], lee: LeeSet, boot: Resamples
 ) -> dict[str, Any]:
     """Supervised quality (mean of the three kNN accuracies and the Lee rho) and its value on
     every bootstrap resample (``quality_boot``)."""
     hits = {name: knn_hits(e.embed(texts), labels) for name, (texts, labels) in sets.items()}
     q: dict[str, Any] = {name: float(np.mean(h)) for name, h in hits.items()}
-    docs = shipped_path("labelled/lee_documents.txt").read_text().splitlines()
-    human = np.array(
-        [
-            [float(v) for v in line.split("\t")]
-            for line in shipped_path("labelled/lee_similarities.tsv").read_text().splitlines()
-        ]
-    )
-    u = _unit(e.embed(docs))
-    iu = np.triu_indices(len(docs), 1)
-    upper, judged = (u @ u.T)[iu], np.maximum(human, human.T)[iu]
-    q["lee_similarity"] = _spearman(upper, judged)
+    u = _unit(e.embed(lee.docs))
+    upper = (u @ u.T)[np.triu_indices(len(lee.docs), 1)]
+    q["lee_similarity"] = _spearman(upper, lee.judged)
     q["quality"] = float(np.mean(list(q.values())))
     parts = [np.mean(h[boot.items[name]], axis=1) for name, h in hits.items()]
-    parts.append(np.array([_spearman(upper[i], judged[i]) for i in boot.pairs]))
+    parts.append(np.array([_spearman(upper[i], lee.judged[i]) for i in boot.pairs]))
     q["quality_boot"] = [float(x) for x in np.mean(parts, axis=0)]
     return q
 
@@ -275,11 +286,13 @@ def study(small: bool, rounds: int, params: ScoringParams) -> dict[str, Any]:
     encs = family(small)
     net = network_scores(encs, items, rounds, params)
     sets = labelled_sets(small)
-    n_docs = len(shipped_path("labelled/lee_documents.txt").read_text().splitlines())
-    boot = resamples(sets, n_docs, 50 if small else 200)
+    lee = lee_set()
+    boot = resamples(sets, len(lee.judged), 50 if small else 200)
     rows = []
     for e in encs:
-        rows.append({"encoder": e.name, "group": e.group, **net[e.name], **quality(e, sets, boot)})
+        rows.append(
+            {"encoder": e.name, "group": e.group, **net[e.name], **quality(e, sets, lee, boot)}
+        )
     real = [r for r in rows if r["group"] != "cheat"]
 
     def rho(metric: str, sign: float = 1.0) -> float:
@@ -373,9 +386,9 @@ def out_of_order(
     are resolved (difference more than twice its standard error)."""
     out, count = [], 0
     for a, b in itertools.combinations(sorted(score, key=lambda k: -quality[k]), 2):
-        if (quality[a] - quality[b]) * (score[a] - score[b]) >= 0:
-            continue
         diff = quality[a] - quality[b]
+        if diff * (score[a] - score[b]) >= 0:
+            continue
         real, se = resolved(boot[a], boot[b], diff)
         count += real
         out.append(
