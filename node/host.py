@@ -14,8 +14,11 @@ py-libp2p 0.8.1 (see /work/shared/FINDINGS.md) is handled here deliberately:
   every outbound queue is at most half full and counts any drop the library still makes;
 * ``new_host(bootstrap=...)`` gives a star: peer exchange (``node/discovery.py``) builds
   a mesh with each node's degree bounded by ``max_peers``;
-* restarting with the same libp2p key leaves stale state at the peers: a fresh key per
-  start unless ``identity_seed`` is given (the dlnet signing key is a separate thing);
+* restarting with the same libp2p key met stale state at the peers (0/20 delivered): seqnos
+  started at ``int(time.time())`` so a quick restart reused them, and every peer's
+  (origin, seqno) equivocation check dropped the new messages. Seqnos start at
+  ``time.time_ns()`` and the router forgets a peer's origin entries and back-offs when it
+  connects or disconnects; a node keeps its key in ``<data-dir>/peer.key``;
 * the message cache replays recent messages to a newcomer: passed through as is, the
   application drops rounds outside its window;
 * ``publish`` would run our own topic validator on our own message: local publishes skip
@@ -30,6 +33,7 @@ import math
 import os
 import random
 import struct
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -232,6 +236,25 @@ class _CountingGossipSub(GossipSub):
         if not ok:
             self._counters.add("dropped.equivocation")
         return ok
+
+    def add_peer(self, peer_id: ID, protocol_id: TProtocol | None) -> None:
+        self._forget_origin(peer_id)  # a peer id back after a restart starts afresh
+        super().add_peer(peer_id, protocol_id)
+
+    def remove_peer(self, peer_id: ID) -> None:
+        super().remove_peer(peer_id)
+        self._forget_origin(peer_id)
+
+    def _forget_origin(self, peer_id: ID) -> None:
+        """Drop what the router remembers about ``peer_id`` beyond a connection: the
+        (origin, seqno) equivocation entries of messages it published (a restarted process
+        may reuse those seqnos for new messages) and prune back-offs towards it."""
+        origin = peer_id.to_bytes()
+        stale = [k for k, m in self.equivocation_detection.items() if m.from_id == origin]
+        for key in stale:
+            del self.equivocation_detection[key]
+        for peers in self.back_off.values():
+            peers.pop(peer_id, None)
 
     def _handle_dropped_rpc(self, peer_id: ID, rpc: rpc_pb2.RPC, reason: str) -> None:
         if rpc.publish:
@@ -623,6 +646,12 @@ async def open_host(
             trio.open_nursery() as nursery,
         ):
             await pubsub.wait_until_ready()
+            # py-libp2p starts seqnos at int(time.time()) and counts one per publish, so a
+            # node restarted with the same key soon after publishing k messages reuses the
+            # last k seqnos; gossipsub's (origin, seqno) equivocation check at every peer
+            # then drops its new messages. Nanoseconds (as go-libp2p) stay ahead of any
+            # earlier run of this key unless it published more than 1e9 messages a second.
+            pubsub.counter = time.time_ns()
             host = Host(lp, pubsub, router, params, counters, nursery, px_protocol)
             host.set_request_handler(px_protocol, host._serve_px)
             nursery.start_soon(host._maintain_peers, list(bootstrap))
