@@ -119,9 +119,17 @@ def write_saved_peers(data_dir: Path, host: Host) -> None:
 
 
 async def _keep_saved_peers(host: Host, data_dir: Path) -> None:
+    """Rewrite peers.json when the connected set changes (looked at every TRANSPORT_EVERY
+    seconds) and at least every PEERS_EVERY seconds."""
+    last: list[str] = []
+    due = trio.current_time()
     while True:
-        await trio.sleep(PEERS_EVERY)
-        write_saved_peers(data_dir, host)
+        await trio.sleep(TRANSPORT_EVERY)
+        now = trio.current_time()
+        connected = host.connected_peers()
+        if connected != last or now >= due:
+            write_saved_peers(data_dir, host)
+            last, due = connected, now + PEERS_EVERY
 
 
 class Doppelganger:
