@@ -44,6 +44,15 @@ class NodeContext:
         Returns its bytes, or None when it was refused: the node is halted, or it signed
         another message for the same (kind, round, shard, slot) before (counted as
         ``refused:conflicting_signature``)."""
+        data = self.hold_own(kind, msg)
+        if data is not None:
+            await self.host.publish(topic(self.cfg.network_id, kind), data)
+        return data
+
+    def hold_own(self, kind: Kind, msg: Message) -> bytes | None:
+        """Record the signature (slashing protection) and store a message this node made,
+        without publishing it yet (an encoder's reveals until the commit deadline). Returns
+        its bytes, or None when refused (see :meth:`publish`)."""
         data = encode(msg)
         if self.halted is not None:
             self.ingest.count("refused", "halted")
@@ -65,7 +74,6 @@ class NodeContext:
             )
             return None
         self.ingest.admit_own(msg, data)
-        await self.host.publish(topic(self.cfg.network_id, kind), data)
         return data
 
     async def republish(self, kind: Kind, msg: Message) -> None:
