@@ -29,11 +29,11 @@ class Nodes:
         self.config = config
         self.procs: list[subprocess.Popen[bytes]] = []
 
-    def start(self, name: str, *bootstrap: str) -> dict[str, Any]:
+    def start(self, name: str, *bootstrap: str, config: Path | None = None) -> dict[str, Any]:
         data = self.root / name
         data.mkdir(exist_ok=True)
         (data / "node.json").unlink(missing_ok=True)
-        args = ["run", "--config", str(self.config), "--data-dir", str(data)]
+        args = ["run", "--config", str(config or self.config), "--data-dir", str(data)]
         args += ["--api", "127.0.0.1:0", "--gossip", "discovery_interval=0.5"]
         for addr in bootstrap:
             args += ["--bootstrap", addr]
@@ -58,10 +58,20 @@ def nodes(tmp_path: Path) -> Iterator[Nodes]:
     running.stop_all()
 
 
-def peers_of(info: dict[str, Any]) -> list[str]:
+def api_status(info: dict[str, Any]) -> dict[str, Any]:
     with urllib.request.urlopen(info["api"] + "/v1/status", timeout=10) as answer:
-        ids: list[str] = json.load(answer)["peers"]["ids"]
+        status: dict[str, Any] = json.load(answer)
+    return status
+
+
+def peers_of(info: dict[str, Any]) -> list[str]:
+    ids: list[str] = api_status(info)["peers"]["ids"]
     return ids
+
+
+def wrong_network(info: dict[str, Any]) -> int:
+    counted: int = api_status(info)["counters"]["messages"].get("rejected:wrong_network", 0)
+    return counted
 
 
 def wait_for(check: Any, timeout: float, what: str) -> None:
@@ -112,11 +122,18 @@ def test_restart_without_the_bootstrap_and_data_dir_safety(nodes: Nodes, tmp_pat
     wait_for(lambda: c["peer_id"] in peers_of(b2), 60, "restarted b reconnected to c")
     assert b["peer_id"] in peers_of(c)
 
+    # A node of another network dialing c: both sides count rejected:wrong_network.
+    dlnet("init", "--validator", f"@{tmp_path / 'v.key'}", "--name", "other", "--out",
+          "other.toml", cwd=tmp_path)  # fmt: skip
+    d = nodes.start("d", c["addrs"][0], config=tmp_path / "other.toml")
+    wait_for(lambda: wrong_network(c) >= 1 and wrong_network(d) >= 1, 30, "wrong_network")
+    wait_for(lambda: d["peer_id"] not in peers_of(c), 10, "d disconnected")
+    log = (tmp_path / "c" / "run.log").read_text()
+    assert f"peer {d['peer_id']} is on network" in log
+
     # b's data dir belongs to its network: another network's config is refused.
     kill_pid(b2["pid"])
     wait_for(lambda: _unlocked(tmp_path / "b"), 10, "the killed node's lock released")
-    dlnet("init", "--validator", f"@{tmp_path / 'v.key'}", "--name", "other", "--out",
-          "other.toml", cwd=tmp_path)  # fmt: skip
     other = dlnet(
         "run", "--config", "other.toml", "--data-dir", str(tmp_path / "b"),
         cwd=tmp_path, expect=2,
