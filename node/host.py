@@ -674,7 +674,7 @@ class Host:
             self._table.note_connected(connected, now)
             if connected:
                 reseed_pause = 1.0
-            elif now >= next_reseed:
+            elif seeds and now >= next_reseed:
                 self._reseed(seeds, now)
                 next_reseed, reseed_pause = now + reseed_pause, min(2 * reseed_pause, RECONNECT_MAX)
             for victim in self._table.eviction_victims(
