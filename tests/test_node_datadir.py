@@ -12,12 +12,13 @@ import pytest
 import trio
 
 from dlnet.node.context import NodeContext
-from dlnet.node.host import GossipParams, open_host
+from dlnet.node.host import GossipParams, Verdict, open_host
 from dlnet.node.ingest import Ingest
 from dlnet.node.keyfile import KeyFileError, peer_key_seed
 from dlnet.node.runtime import (
     Doppelganger,
     NodeError,
+    _subscribe_all,
     data_dir_lock,
     read_saved_peers,
 )
@@ -25,7 +26,7 @@ from dlnet.node.store import Store, StoreError
 from dlnet.protocol.config import NetworkConfig, ValidatorEntry, default_config
 from dlnet.protocol.identity import SigningKey
 from dlnet.protocol.rounds import round_times
-from dlnet.protocol.wire import Kind, encode, message_id, sign_vote
+from dlnet.protocol.wire import Kind, encode, message_id, sign_vote, topic
 
 VALIDATOR = SigningKey.from_seed(b"\x01" * 32)
 
@@ -222,3 +223,38 @@ def test_a_peer_of_another_network_is_refused_by_the_status_exchange(
     trio.run(main)
     lines = [r.getMessage() for r in caplog.records if "is on network" in r.getMessage()]
     assert any("aaaaaaaaaaaaaaaa" in m and "bbbbbbbbbbbbbbbb" in m for m in lines), lines
+
+
+@pytest.mark.network
+@pytest.mark.timeout(60)
+def test_doppelganger_over_gossip_halts_the_node(cfg: NetworkConfig, tmp_path: Path) -> None:
+    """The runtime's wiring: a vote signed with our key arrives by gossip from another host
+    (the key live in another process); the node halts and would exit with one line."""
+    params = GossipParams(discovery_interval=0.3)
+    store = Store.open(tmp_path / "node.sqlite")
+    vote_topic = topic(cfg.network_id, Kind.VOTE)
+
+    async def ignore(_data: bytes, _peer: str) -> None:
+        return None
+
+    async def main() -> None:
+        async with (
+            open_host(listen="/ip4/127.0.0.1/tcp/0", bootstrap=[], params=params) as twin,
+            open_host(listen="/ip4/127.0.0.1/tcp/0", bootstrap=twin.addrs, params=params) as me,
+        ):
+            ctx, _ = _ctx(cfg, store)
+            with trio.CancelScope() as scope:
+                guard = Doppelganger(ctx, VALIDATOR.public_key, scope)
+                await _subscribe_all(me, ctx.ingest, cfg, guard.check)
+                await twin.subscribe(vote_topic, lambda *_: Verdict.ACCEPT, ignore)
+                with trio.fail_after(20):
+                    while me.peer_id not in twin.mesh_peers(vote_topic):
+                        await trio.sleep(0.1)
+                    vote = sign_vote(VALIDATOR, cfg.network_id, 3, b"\x07" * 32)
+                    await twin.publish(vote_topic, encode(vote))
+                    await trio.sleep_forever()  # until the guard cancels the scope
+            assert scope.cancelled_caught
+            assert ctx.halted is not None and "another live process" in ctx.halted
+
+    trio.run(main)
+    assert store.counters().get("evidence:doppelganger") == 1
