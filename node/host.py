@@ -17,7 +17,7 @@ py-libp2p 0.8.1 (see /work/shared/FINDINGS.md) is handled here deliberately:
 * restarting with the same libp2p key met stale state at the peers (0/20 delivered): seqnos
   started at ``int(time.time())`` so a quick restart reused them, and every peer's
   (origin, seqno) equivocation check dropped the new messages. Seqnos start at
-  ``time.time_ns()`` and the router forgets a peer's origin entries and back-offs when it
+  ``time.time_ns()`` and the router forgets a peer's (origin, seqno) entries when it
   connects or disconnects; a node keeps its key in ``<data-dir>/peer.key``;
 * the message cache replays recent messages to a newcomer: passed through as is, the
   application drops rounds outside its window;
@@ -255,15 +255,13 @@ class _CountingGossipSub(GossipSub):
         self._forget_origin(peer_id)
 
     def _forget_origin(self, peer_id: ID) -> None:
-        """Drop what the router remembers about ``peer_id`` beyond a connection: the
-        (origin, seqno) equivocation entries of messages it published (a restarted process
-        may reuse those seqnos for new messages) and prune back-offs towards it."""
+        """Drop the (origin, seqno) equivocation entries of messages ``peer_id`` published:
+        a restarted process may reuse those seqnos for new messages. (Prune back-offs are
+        kept across reconnects, as the gossipsub spec asks.)"""
         origin = peer_id.to_bytes()
         stale = [k for k, m in self.equivocation_detection.items() if m.from_id == origin]
         for key in stale:
             del self.equivocation_detection[key]
-        for peers in self.back_off.values():
-            peers.pop(peer_id, None)
 
     def _handle_dropped_rpc(self, peer_id: ID, rpc: rpc_pb2.RPC, reason: str) -> None:
         if rpc.publish:
@@ -549,7 +547,7 @@ class Host:
             self._counters.add("status.failed")
             log.debug("status exchange with %s failed: %s", peer, exc)
             return peer in self.connected_peers()  # gone (refused by it?): nothing to ask
-        if theirs != self._network_id:
+        if theirs and theirs != self._network_id:  # empty: a bare transport makes no claim
             await self._refuse(peer, theirs)
             return False
         self._status_ok.add(peer)
