@@ -52,7 +52,18 @@ CREATE TABLE IF NOT EXISTS outcomes (
     round INTEGER PRIMARY KEY, finalized INTEGER NOT NULL, digest BLOB
 );
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS signed (
+    signer BLOB NOT NULL,
+    kind INTEGER NOT NULL,
+    round INTEGER NOT NULL,
+    shard INTEGER NOT NULL,
+    slot INTEGER NOT NULL,
+    id BLOB NOT NULL,
+    PRIMARY KEY (signer, kind, round, shard, slot)
+);
+CREATE INDEX IF NOT EXISTS signed_id ON signed (id);
 """
+NETWORK_KEY = "network_id"
 
 
 class StoreError(Exception):
@@ -110,6 +121,56 @@ class Store:
 
     def close(self) -> None:
         self._db.close()
+
+    # --- meta ---------------------------------------------------------------------------
+
+    def get_meta(self, key: str) -> str | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_meta(self, key: str, value: str) -> None:
+        self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
+    def bind_network(self, network_id: bytes, where: Path) -> None:
+        """Record the network this store belongs to at its first start; at every later start
+        refuse another network's id (one line saying what to do)."""
+        held = self.get_meta(NETWORK_KEY)
+        if held is None:
+            self.set_meta(NETWORK_KEY, network_id.hex())
+        elif held != network_id.hex():
+            raise StoreError(
+                f"--data-dir {where}: holds network {held[:16]}, the config is network "
+                f"{network_id.hex()[:16]} — use another --data-dir for this network"
+            )
+
+    # --- slashing protection ------------------------------------------------------------
+
+    def record_signing(
+        self,
+        signer: bytes,
+        kind: int,
+        round: int,
+        shard: int | None,
+        slot: int | None,
+        msg_id: bytes,
+    ) -> bytes | None:
+        """Remember that ``signer`` signed ``msg_id`` for this place, before it is published.
+        Returns ``None`` when that is allowed (first signature here, or the same message
+        again), else the id signed here earlier: the caller must not publish."""
+        place = (signer, kind, round, _slot(shard), _slot(slot))
+        row = self._db.execute(
+            "SELECT id FROM signed WHERE signer=? AND kind=? AND round=? AND shard=? AND slot=?",
+            place,
+        ).fetchone()
+        if row is not None:
+            return None if bytes(row[0]) == msg_id else bytes(row[0])
+        self._db.execute("INSERT INTO signed VALUES (?, ?, ?, ?, ?, ?)", (*place, msg_id))
+        return None
+
+    def signed_here(self, msg_id: bytes) -> bool:
+        """Whether this store recorded signing the message ``msg_id``."""
+        row = self._db.execute("SELECT 1 FROM signed WHERE id=?", (msg_id,)).fetchone()
+        return row is not None
 
     # --- messages -----------------------------------------------------------------------
 
@@ -230,7 +291,7 @@ class Store:
     def prune(self, before_round: int) -> None:
         """Drop messages, evidence and state of rounds before ``before_round`` (certificates
         and outcomes are kept forever)."""
-        for table in ("messages", "equivocations", "round_state"):
+        for table in ("messages", "equivocations", "round_state", "signed"):
             self._db.execute(f"DELETE FROM {table} WHERE round < ?", (before_round,))
 
     # --- counters -----------------------------------------------------------------------
