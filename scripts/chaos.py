@@ -21,7 +21,8 @@ reads the validators' stores. Per scenario it reports:
 `python scripts/chaos.py` runs every scenario (~30 min on 2 cores); `--scenario NAME`
 (repeatable) a subset, `--list` names them, `--json PATH` writes the report. Scenarios whose
 feature (a CLI flag, a hostile-peer mode, a persistent peer id) this tree lacks report
-`unsupported`. Exit code: 0 when no scenario failed, 1 otherwise, 2 for a bad argument.
+`unsupported`; a network that does not come up reports `error`. Exit code: 0 when no scenario
+failed or errored, 1 otherwise, 2 for a bad argument.
 """
 
 from __future__ import annotations
@@ -98,7 +99,9 @@ class Net:
         for name, p in self.procs.items():
             if p.exit_code is None and p.popen.poll() is not None:
                 p.exit_code = p.popen.returncode
-                if name not in self.killed:
+                if name in self.byzantine:
+                    self.notes.append(f"byzantine {name} exited with {p.exit_code}")
+                elif name not in self.killed:
                     self.crashes.append(
                         {"node": name, "exit_code": p.exit_code, "at": round(time.time(), 1)}
                     )
@@ -630,7 +633,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for sc in chosen:
             print(f"chaos: {sc.name}: {sc.doc}", flush=True)
-            rows.append(run_scenario(sc, base, args.round_seconds))
+            try:
+                rows.append(run_scenario(sc, base, args.round_seconds))
+            except (OSError, RuntimeError, subprocess.CalledProcessError) as exc:
+                # The network did not come up (its processes are stopped already).
+                rows.append({"scenario": sc.name, "result": "error", "reason": str(exc)})
             print(f"chaos: {sc.name}: {rows[-1]['result']}", flush=True)
     except KeyboardInterrupt:
         print("chaos: interrupted; every process stopped", file=sys.stderr)
@@ -638,7 +645,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json is not None:
         args.json.write_text(json.dumps({"out": str(base), "scenarios": rows}, indent=1))
         print(f"chaos: wrote {args.json}")
-    return 1 if any(r["result"] == "FAIL" for r in rows) or len(rows) < len(chosen) else 0
+    bad = any(r["result"] in ("FAIL", "error") for r in rows) or len(rows) < len(chosen)
+    return 1 if bad else 0
 
 
 if __name__ == "__main__":

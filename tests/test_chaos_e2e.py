@@ -67,16 +67,24 @@ def test_every_round_with_two_thirds_live_finalizes(
     assert row["final"] == row["expected"], [(r["round"], r["expect"]) for r in row["rounds"]]
 
 
-def test_a_killed_validator_restarts_and_loses_nothing(rows: dict[str, dict[str, Any]]) -> None:
+def test_a_killed_validator_restarts_and_agrees(rows: dict[str, dict[str, Any]]) -> None:
     row = rows["kill-restart-validator"]
     assert row["down"]["validator-1"], "the victim was killed"
     assert row["expected"] == len(row["rounds"]), "3 of 4 validators are live in every round"
-    assert row["lost"] == 0, [(r["round"], r["lost"]) for r in row["rounds"]]
-    assert row["result"] == "pass"
+    assert not row["crash_list"] and row["exit_codes"]["validator-1"] is not None
+    for rnd in row["rounds"]:
+        assert "validator-1" in rnd["certified_by"], (rnd["round"], rnd["certified_by"])
 
 
 def test_half_the_stake_stopped_gives_no_certificate(rows: dict[str, dict[str, Any]]) -> None:
     row = rows["stop-two-of-four"]
     assert row["not_final_rounds"] >= 1, [(r["round"], r["expect"]) for r in row["rounds"]]
     assert row["unexpected"] == 0, [(r["round"], r["certified_by"]) for r in row["rounds"]]
-    assert row["result"] == "pass"
+
+
+@pytest.mark.parametrize("name", SCENARIOS)
+def test_surviving_validators_lose_no_message(rows: dict[str, dict[str, Any]], name: str) -> None:
+    """Issue 9, finding 6: a validator stalled on a dead or stopped peer during sync misses
+    reveals the network holds (fails on the tree before the issue-9 fixes)."""
+    row = rows[name]
+    assert row["lost"] == 0, [(r["round"], r["lost"]) for r in row["rounds"] if r["lost"]]
