@@ -45,6 +45,8 @@ def rows(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
     text = (out / "driver.log").read_text()
     assert (out / "chaos.json").exists(), text[-4000:]
     report = json.loads((out / "chaos.json").read_text())
+    for r in report["scenarios"]:
+        assert r["result"] in ("pass", "FAIL"), (r["scenario"], r["result"], r.get("reason"))
     return {r["scenario"]: r for r in report["scenarios"]}
 
 
