@@ -253,7 +253,8 @@ def launch(out: Path, rounds: int, byzantine: dict[str, str], round_seconds: int
             testnet._wait_info(p, max(UP_SECONDS, net.start_of(1) - time.time()))
             if time.time() > net.start_of(1):
                 net.down[name] = [[launched, time.time() + RECOVERY_SECONDS]]
-                print(f"chaos: {name} came up late, at {time.time():.0f}", flush=True)
+                late = time.time() - net.start_of(1)
+                print(f"chaos: {name} came up {late:.0f} s after round 1 started", flush=True)
     except BaseException:
         net.stop()
         raise
@@ -467,17 +468,21 @@ def evaluate(net: Net) -> dict[str, Any]:
             }
             held_somewhere = {e for r in reveals.values() if r for e in r}
             lost: dict[str, int] = {}
+            unrecorded: list[str] = []
             for name in honest:
                 if disturbed(name):
                     continue
+                # A certificate the network made and this validator does not hold.
+                n = int(bool(holders) and name not in holders)
                 mine = reveals.get(name)
                 if mine is None:
-                    lost[name] = -1  # no record of the round at all
-                    continue
-                n = sum(1 for e in held_somewhere if e not in mine)  # commits it lacks
-                for enc_name, key in encoders.items():
-                    if key in mine and not disturbed(enc_name):
-                        n += mine[key]["expected"] - mine[key]["held"]
+                    unrecorded.append(name)  # it never scored the round
+                    n += 1
+                else:
+                    n += sum(1 for e in held_somewhere if e not in mine)  # commits it lacks
+                    for enc_name, key in encoders.items():
+                        if key in mine and not disturbed(enc_name):
+                            n += mine[key]["expected"] - mine[key]["held"]
                 if n:
                     lost[name] = n
             finalized = bool(digests) and not empty
@@ -492,6 +497,7 @@ def evaluate(net: Net) -> dict[str, Any]:
                     "fake_encoders": fake,
                     "empty_certificates": empty,
                     "lost": lost,
+                    "unrecorded": unrecorded,
                     "disturbed": sorted(n for n in net.procs if disturbed(n)),
                 }
             )
@@ -504,7 +510,7 @@ def evaluate(net: Net) -> dict[str, Any]:
         counters = {name: st.counters() for name, st in stores.items()}
     must = [r for r in rounds if r["expect"] == "final"]
     must_not = [r for r in rounds if r["expect"] == "not-final"]
-    lost_total = sum(abs(v) for r in rounds for v in r["lost"].values())
+    lost_total = sum(v for r in rounds for v in r["lost"].values())
     summary = {
         "final": sum(r["finalized"] for r in must),
         "expected": len(must),
