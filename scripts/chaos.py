@@ -47,7 +47,7 @@ from dlnet.node.keyfile import write_key
 from dlnet.node.store import Store
 from dlnet.protocol.config import NetworkConfig, parse_config
 from dlnet.protocol.identity import SigningKey
-from dlnet.protocol.result import result_digest
+from dlnet.protocol.result import decode_result, result_digest
 from dlnet.protocol.rounds import round_at, round_times
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -466,6 +466,12 @@ def evaluate(net: Net) -> dict[str, Any]:
                 name: json.loads(st.get_round_state(rnd, "reveals") or b"null")
                 for name, st in stores.items()
             }
+            # What each validator computed (and voted for): more than one digest is a split.
+            own = {
+                name: result_digest(decode_result(raw)).hex()[:16]
+                for name, st in stores.items()
+                if (raw := st.get_round_state(rnd, "result")) is not None
+            }
             held_somewhere = {e for r in reveals.values() if r for e in r}
             lost: dict[str, int] = {}
             unrecorded: list[str] = []
@@ -498,6 +504,7 @@ def evaluate(net: Net) -> dict[str, Any]:
                     "empty_certificates": empty,
                     "lost": lost,
                     "unrecorded": unrecorded,
+                    "computed": own,
                     "disturbed": sorted(n for n in net.procs if disturbed(n)),
                 }
             )
@@ -613,6 +620,13 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         )
         if r.get("reason"):
             lines.append(f"{'':<24} {r['reason']}")
+        missed = [
+            f"{x['round']} ({len(set(x['computed'].values()))} results computed)"
+            for x in r["rounds"]
+            if x["expect"] == "final" and not x["finalized"]
+        ]
+        if missed:
+            lines.append(f"{'':<24} not finalized: round {', '.join(missed)}")
         failed = [k for k, v in r["checks"].items() if not v]
         if failed or r["fake_encoders"]:
             lines.append(
