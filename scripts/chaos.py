@@ -21,8 +21,10 @@ reads the validators' stores. Per scenario it reports:
 `python scripts/chaos.py` runs every scenario (~30 min on 2 cores); `--scenario NAME`
 (repeatable) a subset, `--list` names them, `--json PATH` writes the report. Scenarios whose
 feature (a CLI flag, a hostile-peer mode, a persistent peer id) this tree lacks report
-`unsupported`; a network that does not come up reports `error`. Exit code: 0 when no scenario
-failed or errored, 1 otherwise, 2 for a bad argument.
+`unsupported`; a network that does not come up reports `error`, one in which no round was
+expected either way `inconclusive`. Exit code: 0 when every scenario passed or is unsupported,
+1 otherwise, 2 for a bad argument. If the nodes come up only after round 1 has started (a
+loaded machine), the scenario's rounds start with the first round after they are all up.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ from dlnet.node.store import Store
 from dlnet.protocol.config import NetworkConfig, parse_config
 from dlnet.protocol.identity import SigningKey
 from dlnet.protocol.result import decode_result, result_digest
-from dlnet.protocol.rounds import round_at, round_times
+from dlnet.protocol.rounds import RoundTimes, round_at, round_times
 
 ROOT = Path(__file__).resolve().parent.parent
 HOSTILE = ROOT / "tests" / "hostile_peer.py"
@@ -89,9 +91,18 @@ class Net:
     crashes: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     checks: dict[str, bool] = field(default_factory=dict)  # scenario-specific, must be True
+    first: int = 1  # the scenario's first round (later than 1 when the nodes came up late)
 
-    def start_of(self, rnd: int) -> float:
-        return round_times(self.cfg, rnd).start
+    def times(self, k: int) -> RoundTimes:
+        """The clock of the scenario's k-th round (k = 1 is `first`)."""
+        return round_times(self.cfg, self.first + k - 1)
+
+    def start_of(self, k: int) -> float:
+        return self.times(k).start
+
+    @property
+    def round_range(self) -> range:
+        return range(self.first, self.first + self.rounds)
 
     def proc(self, name: str) -> testnet.Proc:
         return self.procs[name]
@@ -213,7 +224,6 @@ def launch(out: Path, rounds: int, byzantine: dict[str, str], round_seconds: int
     config = out / "network.toml"
     cfg = parse_config(config.read_text())
     procs: dict[str, testnet.Proc] = {}
-    launched = time.time()
     net = Net(out, cfg, rounds, procs, set(byzantine), "")
     try:
         boot = testnet._start(
@@ -247,14 +257,13 @@ def launch(out: Path, rounds: int, byzantine: dict[str, str], round_seconds: int
             p = testnet._start(name, "encoder", ENCODER_KIND, out, cmd)
             p.public_key = key.public_key.hex()
             procs[name] = p
-        # On a loaded machine a node may come up after round 1 has started: it counts as down
-        # from the launch until it is up (the rounds it missed are not expected of it).
-        for name, p in procs.items():
-            testnet._wait_info(p, max(UP_SECONDS, net.start_of(1) - time.time()))
-            if time.time() > net.start_of(1):
-                net.down[name] = [[launched, time.time() + RECOVERY_SECONDS]]
-                late = time.time() - net.start_of(1)
-                print(f"chaos: {name} came up {late:.0f} s after round 1 started", flush=True)
+        for p in procs.values():
+            testnet._wait_info(p, UP_SECONDS)
+        # On a loaded machine the nodes may come up after round 1 has started: the scenario
+        # then starts with the first round that starts after every node is up.
+        net.first = max(1, round_at(cfg, time.time()) + 1)
+        if net.first > 1:
+            print(f"chaos: nodes up late; the scenario starts at round {net.first}", flush=True)
     except BaseException:
         net.stop()
         raise
@@ -298,7 +307,7 @@ class Scenario:
 
 
 def _kill_restart(net: Net) -> None:
-    t = round_times(net.cfg, 2)
+    t = net.times(2)
     net.sleep_until(t.commit_deadline + 1.0)  # commits held, reveals under way
     net.kill9("validator-1")
     net.sleep_until(time.time() + 3.0)
@@ -319,7 +328,7 @@ def _kill_bootstrap_restart(net: Net) -> None:
     before = report.read_info(net.proc("validator-1").data_dir)
     net.sleep_until(net.start_of(2) + 2.0)
     net.kill9("bootstrap")
-    net.sleep_until(round_times(net.cfg, 2).commit_deadline + 1.0)
+    net.sleep_until(net.times(2).commit_deadline + 1.0)
     net.kill9("validator-1")
     net.sleep_until(time.time() + 3.0)
     after = net.restart("validator-1")
@@ -439,7 +448,7 @@ def evaluate(net: Net) -> dict[str, Any]:
     stake = {n: cfg.stake_of(bytes.fromhex(net.proc(n).public_key or "")) for n in validators}
     rounds: list[dict[str, Any]] = []
     with _stores(net, honest) as stores:
-        for rnd in range(1, net.rounds + 1):
+        for rnd in net.round_range:
             t = round_times(cfg, rnd)
             lo, hi = t.start, t.finality_deadline
 
@@ -549,7 +558,9 @@ def evaluate(net: Net) -> dict[str, Any]:
     }
     return {
         **summary,
-        "result": "pass" if ok else "FAIL",
+        # Nothing was expected either way (no round measured): no verdict.
+        "result": "inconclusive" if ok and not must and not must_not else "pass" if ok else "FAIL",
+        "first_round": net.first,
         "checks": dict(net.checks),
         "rounds": rounds,
         "crash_list": net.crashes,
@@ -582,11 +593,11 @@ def run_scenario(sc: Scenario, base: Path, round_seconds: int = ROUND_SECONDS) -
         except Unsupported as exc:
             unsupported = str(exc)
         # An unsupported scenario stops at once: nothing it would measure means anything.
-        end = round_times(net.cfg, sc.rounds).finality_deadline + SETTLE_SECONDS
+        end = net.times(sc.rounds).finality_deadline + SETTLE_SECONDS
         if unsupported is not None:
             end = 0.0
         dirs = [net.proc(n).data_dir for n in net.procs if n.startswith("validator-")]
-        while time.time() < end and not report.all_settled(dirs, range(1, sc.rounds + 1)):
+        while time.time() < end and not report.all_settled(dirs, net.round_range):
             net.sleep_until(time.time() + 1.0)
         net.watch()
     finally:
@@ -673,7 +684,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json is not None:
         args.json.write_text(json.dumps({"out": str(base), "scenarios": rows}, indent=1))
         print(f"chaos: wrote {args.json}")
-    bad = any(r["result"] in ("FAIL", "error") for r in rows) or len(rows) < len(chosen)
+    bad = any(r["result"] in ("FAIL", "error", "inconclusive") for r in rows)
+    bad = bad or len(rows) < len(chosen)
     return 1 if bad else 0
 
 
