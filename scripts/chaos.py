@@ -68,6 +68,7 @@ RECOVERY_SECONDS = 5.0
 # After the last round's finality deadline, how long to wait for every store to record it.
 SETTLE_SECONDS = 8.0
 BYZANTINE_VALIDATOR = f"validator-{VALIDATORS - 1}"
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class Unsupported(Exception):
@@ -183,11 +184,12 @@ class Net:
     def stop(self) -> None:
         """Every process we started, by PID, whatever state it is in (a second Ctrl-C while
         this runs is ignored, so that nothing is left behind)."""
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in STOP_SIGNALS}
         try:
             self._stop_all()
         finally:
-            signal.signal(signal.SIGINT, previous)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
     def _stop_all(self) -> None:
         for p in self.procs.values():
@@ -647,7 +649,15 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
+    # Ctrl-C and SIGTERM stop every node by PID on the way out, also when this script was
+    # started in the background (where a shell leaves SIGINT ignored).
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, _interrupt)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--scenario", action="append", default=[], metavar="NAME")
     ap.add_argument("--list", action="store_true", help="name and describe every scenario")
@@ -669,6 +679,7 @@ def main(argv: list[str] | None = None) -> int:
     chosen = [SCENARIOS[n] for n in args.scenario] or list(SCENARIOS.values())
     base = args.out or Path(tempfile.mkdtemp(prefix="dlnet-chaos-"))
     rows: list[dict[str, Any]] = []
+    interrupted = False
     try:
         for sc in chosen:
             print(f"chaos: {sc.name}: {sc.doc}", flush=True)
@@ -680,13 +691,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"chaos: {sc.name}: {rows[-1]['result']}", flush=True)
     except KeyboardInterrupt:
         print("chaos: interrupted; every process stopped", file=sys.stderr)
+        interrupted = True
     print(format_table(rows))
     if args.json is not None:
         args.json.write_text(json.dumps({"out": str(base), "scenarios": rows}, indent=1))
         print(f"chaos: wrote {args.json}")
     bad = any(r["result"] in ("FAIL", "error", "inconclusive") for r in rows)
     bad = bad or len(rows) < len(chosen)
-    return 1 if bad else 0
+    return 130 if interrupted else 1 if bad else 0
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ def rows(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
     try:
         driver.wait(timeout=1000)
     except subprocess.TimeoutExpired:
-        driver.send_signal(signal.SIGINT)  # the driver stops its nodes by PID
+        driver.send_signal(signal.SIGTERM)  # the driver stops its nodes by PID
         driver.wait(timeout=60)
         raise AssertionError(f"chaos did not finish in time; see {out}/driver.log") from None
     finally:
