@@ -33,6 +33,7 @@ import argparse
 import contextlib
 import importlib
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -581,6 +582,9 @@ def run_scenario(sc: Scenario, base: Path, round_seconds: int = ROUND_SECONDS) -
     out.mkdir(parents=True)
     began = time.time()
     row: dict[str, Any] = {"scenario": sc.name, "doc": sc.doc, "out": str(out)}
+    # The machine's 1-min load average at the start and the end: timing faults under a load
+    # far above the core count say more about the machine than about the network.
+    load = [round(os.getloadavg()[0], 1)]
     try:
         if sc.probe is not None:
             sc.probe()
@@ -608,12 +612,14 @@ def run_scenario(sc: Scenario, base: Path, round_seconds: int = ROUND_SECONDS) -
     if unsupported is not None:
         row.update(result="unsupported", reason=unsupported)
     row["seconds"] = round(time.time() - began)
+    row["load"] = [*load, round(os.getloadavg()[0], 1)]
     (out / "chaos.json").write_text(json.dumps(row, indent=1))
     return row
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
     head = ("scenario", "result", "final/exp", "no-cert", "conflicts", "lost", "crashes", "s")
+    head += ("load",)
     lines = [f"{head[0]:<24} {head[1]:<12} " + " ".join(f"{h:>9}" for h in head[2:])]
     for r in rows:
         if "final" not in r or r["result"] == "unsupported":
@@ -627,6 +633,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
             r["lost"],
             r["crashes"],
             r["seconds"],
+            "-".join(str(x) for x in r.get("load", [])),
         )
         lines.append(
             f"{r['scenario']:<24} {r['result']:<12} " + " ".join(f"{c!s:>9}" for c in cells)
@@ -634,7 +641,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         if r.get("reason"):
             lines.append(f"{'':<24} {r['reason']}")
         missed = [
-            f"{x['round']} ({len(set(x['computed'].values()))} results computed)"
+            f"{x['round']} ({len(set(x.get('computed', {}).values()))} results computed)"
             for x in r["rounds"]
             if x["expect"] == "final" and not x["finalized"]
         ]
