@@ -322,3 +322,26 @@ def run_testnet(plan: TestnetPlan, *, echo: Any = print) -> int:
     echo(report.format_testnet(rep))
     echo(f"testnet: wrote {out / 'report.json'}")
     return 0 if all(r["finalized"] for r in rep["rounds"]) else 1
+
+
+def _spawn(cmd: Sequence[str], log: Any) -> subprocess.Popen[bytes]:
+    """A node process in its own session (a terminal's Ctrl-C reaches only the driver, which
+    stops its nodes by PID), unbuffered output into ``log``."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.Popen(
+        list(cmd), stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+    )
+
+
+def restart(proc: Proc) -> None:
+    """Start an exited node again with the same command (data dir, key, arguments). Its log goes
+    on in the same node.log; node.json is removed first, so `_wait_info` waits for the new
+    process."""
+    if proc.popen.poll() is None:
+        raise RuntimeError(f"{proc.name} is still running (pid {proc.popen.pid})")
+    if proc.log is not None:
+        proc.log.close()
+    (proc.data_dir / report.INFO_FILE).unlink(missing_ok=True)
+    proc.log = open(proc.data_dir / "node.log", "ab")  # noqa: SIM115 - closed in _stop
+    proc.popen = _spawn(proc.popen.args, proc.log)  # type: ignore[arg-type]
+    proc.exit_code = None
