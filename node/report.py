@@ -213,11 +213,13 @@ def testnet_report(cfg: NetworkConfig, procs: Sequence[Proc], rounds: range) -> 
         for rnd in rounds:
             vals: dict[str, Any] = {}
             cert: Certificate | None = None
+            committed: set[str] = set()
             for vkey, st in views.items():
                 settled = {r: fin for r, fin, _ in st.round_outcomes()}
                 raw = st.get_round_state(rnd, "result")
                 own = result_digest(decode_result(raw)).hex() if raw is not None else None
                 reveals = json.loads(st.get_round_state(rnd, "reveals") or b"{}")
+                committed.update(reveals)
                 honest = [e for e in reveals if kinds.get(e, "").partition("@")[0] in HONEST]
                 vals[vkey] = {
                     "result_digest": own,
@@ -227,10 +229,15 @@ def testnet_report(cfg: NetworkConfig, procs: Sequence[Proc], rounds: range) -> 
                     "reveals": {e: {**v, "kind": kinds.get(e, "?")} for e, v in reveals.items()},
                 }
                 cert = cert or verified_certificate(st, cfg, rnd)
+            named = [e.hex() for e in cert.result.encoders] if cert else []
             per_round.append(
                 {
                     "round": rnd,
                     "finalized": cert is not None,
+                    "empty": cert is not None and not named,
+                    # Every encoder of the result is one the testnet started and whose commit
+                    # a validator held (no made-up keys).
+                    "only_real_encoders": all(e in kinds and e in committed for e in named),
                     "result_digest": result_digest(cert.result).hex() if cert else None,
                     "validators": vals,
                     "ranking": ranking(cert.result, kinds) if cert else [],
@@ -263,13 +270,22 @@ def testnet_report(cfg: NetworkConfig, procs: Sequence[Proc], rounds: range) -> 
     }
 
 
+def round_ok(r: dict[str, Any]) -> bool:
+    """A testnet round counts as a success: finalized, non-empty, only real encoders."""
+    return bool(r["finalized"] and not r.get("empty") and r.get("only_real_encoders", True))
+
+
 def format_testnet(rep: dict[str, Any]) -> str:
     lines = [f"network {rep['network_id'][:16]}"]
     for r in rep["rounds"]:
         digests = {v["result_digest"] for v in r["validators"].values()}
+        state = "not finalized"
+        if r["finalized"]:
+            state = "FINALIZED, EMPTY result" if r.get("empty") else "FINALIZED"
         lines.append(
-            f"round {r['round']}: {'FINALIZED' if r['finalized'] else 'not finalized'}"
+            f"round {r['round']}: {state}"
             f"  validators agree: {'yes' if len(digests) == 1 and None not in digests else 'no'}"
+            f"  only real encoders: {'yes' if r.get('only_real_encoders', True) else 'NO'}"
         )
         for i, row in enumerate(r["ranking"], 1):
             lines.append(
@@ -292,4 +308,10 @@ def format_testnet(rep: dict[str, Any]) -> str:
         + " (anything dropped is fetched by pull repair)"
     )
     lines.append("peak RSS (MB): " + ", ".join(f"{k}={v}" for k, v in rep["peak_rss_mb"].items()))
+    bad = [r["round"] for r in rep["rounds"] if not round_ok(r)]
+    lines.append(
+        f"summary: {len(rep['rounds']) - len(bad)} of {len(rep['rounds'])} rounds finalized with "
+        "a non-empty result of real encoders"
+        + (f"; FAILED rounds: {', '.join(map(str, bad))}" if bad else "")
+    )
     return "\n".join(lines)
