@@ -10,7 +10,12 @@ from typing import TYPE_CHECKING, Any
 
 from dlnet.node.store import MAX_ROUND, Store
 from dlnet.protocol.config import NetworkConfig
-from dlnet.protocol.consensus import CertificateError, verify_certificate
+from dlnet.protocol.consensus import (
+    DISAGREEMENT_ROUNDS,
+    CertificateError,
+    disagreeing,
+    verify_certificate,
+)
 from dlnet.protocol.result import RoundResult, decode_result, result_digest
 from dlnet.protocol.wire import Certificate, Kind, Reject, decode
 
@@ -94,6 +99,23 @@ def verified_certificate(store: Store, cfg: NetworkConfig, rnd: int) -> Certific
             continue
         return cert
     return None
+
+
+def validator_agreement(store: Store, cfg: NetworkConfig) -> dict[str, dict[str, Any]]:
+    """Per validator of the config: its agreement (0..1) with the latest certified result held
+    (None if that result did not use its attestation) and whether it is `disagreeing` over
+    the last DISAGREEMENT_ROUNDS certified results."""
+    finalized = [r for r, fin, _ in store.round_outcomes() if fin][-DISAGREEMENT_ROUNDS:]
+    results = [c.result for r in finalized if (c := verified_certificate(store, cfg, r))]
+    flagged = disagreeing(results)
+    latest = dict(results[-1].agreement) if results else {}
+    return {
+        v.pubkey.hex(): {
+            "agreement": latest[v.pubkey] / U16 if v.pubkey in latest else None,
+            "disagreeing": v.pubkey in flagged,
+        }
+        for v in cfg.validators
+    }
 
 
 def encoder_outliers(result: RoundResult) -> list[bool]:

@@ -12,7 +12,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from fractions import Fraction
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 import numpy as np
 from numpy.typing import NDArray
@@ -380,6 +380,23 @@ def precommit_set(
     if heavy:
         return max(heavy, key=lambda ids: (len(ids), ids))
     return own
+
+
+DISAGREEMENT_FLOOR: Final = 58982
+"""u16 agreement (0.9) below which an attestation disagrees with the certified result."""
+DISAGREEMENT_ROUNDS: Final = 3
+"""How many of the latest certified results `disagreeing` looks at."""
+
+
+def disagreeing(results: Sequence[RoundResult]) -> frozenset[bytes]:
+    """Validators whose attestations keep disagreeing with certified results: among the last
+    DISAGREEMENT_ROUNDS of ``results`` (in round order), every one that used its attestation
+    has its agreement below DISAGREEMENT_FLOOR (and at least one did)."""
+    seen: dict[bytes, list[int]] = {}
+    for r in results[-DISAGREEMENT_ROUNDS:]:
+        for v, a in r.agreement:
+            seen.setdefault(v, []).append(a)
+    return frozenset(v for v, agree in seen.items() if max(agree) < DISAGREEMENT_FLOOR)
 
 
 def verify_certificate(cfg: NetworkConfig, cert: Certificate) -> None:
