@@ -20,7 +20,6 @@ from dlnet.protocol.consensus import (
     MissingCommits,
     MissingEmbeddings,
     attestation_ids,
-    attestations_digest,
     compute_result,
     finality_reached,
     precommit_set,
@@ -268,9 +267,10 @@ class ValidatorRole:
 
     async def result(
         self, rnd: int, ids: tuple[bytes, ...] | None, deadline: float
-    ) -> RoundResult | None:
+    ) -> tuple[RoundResult, tuple[bytes, ...]] | None:
         """The round result over the attestations ``ids`` (None: every usable one held),
-        fetching what it lacks until ``deadline``; None when this validator must not sign it:
+        fetching what it lacks until ``deadline``, with the ids of the attestations it used;
+        None when this validator must not sign it:
         attestations or commits it cannot get, an empty result, attestations from too little
         stake, or a result that does not survive encode/decode (counted by reason)."""
         ctx = self.ctx
@@ -282,11 +282,12 @@ class ValidatorRole:
                 ctx.ingest.count("validator", "missing_attestations")
                 return None
         atts = list(held.values()) if ids is None else [held[i] for i in ids]
+        used = attestation_ids(usable_attestations(ctx.cfg, rnd, atts))
+        if ids is not None and used != ids:
+            ctx.ingest.count("validator", "unusable_attestations")
+            return None
         result = await self._compute(rnd, atts, deadline)
         if result is None:
-            return None
-        if ids is not None and result.attestations_digest != attestations_digest(atts):
-            ctx.ingest.count("validator", "unusable_attestations")
             return None
         problem = result_problem(ctx.cfg, result)
         if problem is not None:
@@ -295,7 +296,7 @@ class ValidatorRole:
         if not round_trips(ctx.cfg, result):
             ctx.ingest.count("validator", "no_result_round_trip")
             return None
-        return result
+        return result, used
 
     async def _compute(
         self, rnd: int, atts: list[Attestation], deadline: float
@@ -333,15 +334,13 @@ class ValidatorRole:
             # some nodes, a round the rest recorded as not finalized.
             ctx.ingest.count("validator", "missed_vote_deadline")
             return False
-        result = await self.result(rnd, ids, times.finality_deadline)
-        if result is None:
+        computed = await self.result(rnd, ids, times.finality_deadline)
+        if computed is None:
             return False
+        result, used = computed
         digest = result_digest(result)
-        named: tuple[bytes, ...] = ()
-        if phase == PREVOTE:
-            used = usable_attestations(ctx.cfg, rnd, list(self._attestations(rnd).values()))
-            named = attestation_ids(used)
-        else:
+        named: tuple[bytes, ...] = used if phase == PREVOTE else ()
+        if phase == PRECOMMIT:
             ctx.store.put_round_state(rnd, "result", encode_result(result))
         vote = sign_vote(self.key, ctx.cfg.network_id, rnd, digest, phase=phase, attestations=named)
         await ctx.publish(Kind.VOTE, vote)
@@ -401,7 +400,8 @@ class ValidatorRole:
         while True:
             if not precommitted and (
                 wall_clock() >= precommit_at
-                or {v.validator for v in self._votes(rnd, PREVOTE)} >= set(ctx.cfg.validators)
+                or {v.validator for v in self._votes(rnd, PREVOTE)}
+                >= {v.pubkey for v in ctx.cfg.validators}
             ):
                 await self.precommit(rnd)
                 precommitted = True
