@@ -63,6 +63,8 @@ FINALITY_GRACE: Final = 4.0
 # Share of the finality phase after which a validator that has not yet seen every
 # validator's prevote precommits with what it holds (PROTOCOL.md §5).
 PRECOMMIT_AT: Final = 0.5
+# How often a validator waiting to precommit looks at the prevotes it holds (seconds).
+PREVOTE_POLL: Final = 0.25
 # Share of the finality phase the attestation pull before the prevote may take.
 ATTESTATION_PULL: Final = 0.25
 
@@ -397,6 +399,7 @@ class ValidatorRole:
         )
         end = times.finality_deadline + FINALITY_GRACE
         precommitted = False
+        next_pull = wall_clock() + REPAIR_INTERVAL  # gossip brings the votes first
         while True:
             if not precommitted and (
                 wall_clock() >= precommit_at
@@ -417,8 +420,15 @@ class ValidatorRole:
             now = wall_clock()
             if now >= end:
                 break
-            await trio.sleep(min(REPAIR_INTERVAL, end - now))
-            await ctx.sync.fetch_round(Kind.VOTE, rnd, deadline=min(end, wall_clock() + 2.0))
+            # Look again soon while the precommit waits (never past its time), and pull the
+            # votes from peers about once a second, the pull bounded by the next look.
+            wake = min(end, now + (REPAIR_INTERVAL if precommitted else PREVOTE_POLL))
+            if not precommitted:
+                wake = min(wake, precommit_at)
+            if now >= next_pull:
+                await ctx.sync.fetch_round(Kind.VOTE, rnd, deadline=wake)
+                next_pull = wall_clock() + REPAIR_INTERVAL
+            await sleep_until(wake)
         ctx.store.put_round_outcome(rnd, False, None if result is None else result_digest(result))
         ctx.log.warning("round %d: not finalized (no 2/3 of the stake on one result)", rnd)
 
