@@ -161,8 +161,8 @@ class ValidatorRole:
         await ctx.sync.fetch_round(
             Kind.ATTESTATION, rnd, deadline=times.attest_deadline + ATTESTATION_PULL * phase
         )
-        await self.prevote(rnd, times)
-        await self.finalize(rnd, times)
+        prevoted = await self.prevote(rnd, times)
+        await self.finalize(rnd, times, prevoted)
 
     async def repair(self, rnd: int, deadline: float) -> None:
         """Fetch by commitment every listed reveal still missing, until none is or time is up;
@@ -354,13 +354,13 @@ class ValidatorRole:
         )
         return True
 
-    async def prevote(self, rnd: int, times: RoundTimes) -> None:
-        """Phase 0: name the attestation set held and the result over it."""
+    async def prevote(self, rnd: int, times: RoundTimes) -> bool:
+        """Phase 0: name the attestation set held and the result over it; whether it did."""
         own = self._own(Kind.VOTE, rnd, PREVOTE)
         if own is not None:
             await self.ctx.republish(Kind.VOTE, own)
-            return
-        await self._vote(rnd, PREVOTE, None)
+            return True
+        return await self._vote(rnd, PREVOTE, None)
 
     def _votes(self, rnd: int, phase: int) -> list[FinalityVote]:
         """One vote of ``phase`` per validator (the first held), none from an equivocator."""
@@ -388,8 +388,10 @@ class ValidatorRole:
             self.ctx.ingest.count("validator", "precommit_other_set")
         await self._vote(rnd, PRECOMMIT, chosen)
 
-    async def finalize(self, rnd: int, times: RoundTimes) -> None:
-        """Precommit once every validator's prevote is held (or at the precommit time), then
+    async def finalize(self, rnd: int, times: RoundTimes, prevoted: bool) -> None:
+        """Prevote again until the precommit time if it could not yet (too few attestations
+        held: they may still arrive); precommit once every validator's prevote is held (or at
+        the precommit time), then
         assemble the certificate as soon as MORE than the finality fraction of the stake
         precommitted our result; at the end of the grace, record the round as not finalized
         (never a guess)."""
@@ -399,7 +401,8 @@ class ValidatorRole:
         )
         end = times.finality_deadline + FINALITY_GRACE
         precommitted = False
-        next_pull = wall_clock() + REPAIR_INTERVAL  # gossip brings the votes first
+        # Gossip brings the votes first; a validator that could not prevote retries sooner.
+        next_pull = wall_clock() + (REPAIR_INTERVAL if prevoted else PREVOTE_POLL)
         while True:
             if not precommitted and (
                 wall_clock() >= precommit_at
@@ -426,8 +429,11 @@ class ValidatorRole:
             if not precommitted:
                 wake = min(wake, precommit_at)
             if now >= next_pull:
+                if not (prevoted or precommitted):
+                    await ctx.sync.fetch_round(Kind.ATTESTATION, rnd, deadline=wake)
+                    prevoted = await self.prevote(rnd, times)
                 await ctx.sync.fetch_round(Kind.VOTE, rnd, deadline=wake)
-                next_pull = wall_clock() + REPAIR_INTERVAL
+                next_pull = wall_clock() + (REPAIR_INTERVAL if prevoted else 2 * PREVOTE_POLL)
             await sleep_until(wake)
         ctx.store.put_round_outcome(rnd, False, None if result is None else result_digest(result))
         ctx.log.warning("round %d: not finalized (no 2/3 of the stake on one result)", rnd)
