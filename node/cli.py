@@ -16,6 +16,7 @@ import trio
 
 from dlnet.node import report
 from dlnet.node import testnet as tn
+from dlnet.node.byzantine import MODES as BYZANTINE_MODES
 from dlnet.node.dataset_io import DatasetError, resolve_dataset_path
 from dlnet.node.encoder import parse_behaviour
 from dlnet.node.host import GossipParams
@@ -164,6 +165,13 @@ def init(
     hidden=True,
     help="Testnet adversaries: fabricated, fabricated@JITTER, copycat, replay, equivocator.",
 )
+@click.option(
+    "--byzantine",
+    type=click.Choice(BYZANTINE_MODES),
+    default=None,
+    hidden=True,
+    help="TEST ONLY: run the validator as a byzantine one (node/byzantine.py).",
+)
 @click.option("--listen", default="/ip4/127.0.0.1/tcp/0", show_default=True)
 @click.option("--bootstrap", multiple=True, help="Multiaddr of a peer, with /p2p/<id>.")
 @click.option("--data-dir", type=click.Path(path_type=Path), required=True)
@@ -191,6 +199,7 @@ def run(
     model: str | None,
     model_options: tuple[str, ...],
     behaviour: str,
+    byzantine: str | None,
     listen: str,
     bootstrap: tuple[str, ...],
     data_dir: Path,
@@ -218,6 +227,7 @@ def run(
         model=model,
         model_options=options,
         behaviour=behaviour,
+        byzantine=byzantine,
         listen=listen,
         bootstrap=bootstrap,
         gossip=gossip,
@@ -296,14 +306,36 @@ def results(data_dir: Path, config_path: Path, rnd: int, as_json: bool) -> None:
     "--out", type=click.Path(path_type=Path), default=Path("testnet-out"), show_default=True
 )
 @click.option("--round-seconds", type=int, default=None)
+@click.option(
+    "--byzantine",
+    "byzantine_spec",
+    default=None,
+    metavar="N:MODE",
+    help="TEST ONLY: N of the validators run a byzantine MODE "
+    f"({', '.join(BYZANTINE_MODES)}), e.g. 1:fake-encoders.",
+)
 def testnet(
-    validators: int, encoders_spec: str | None, rounds: int, out: Path, round_seconds: int | None
+    validators: int,
+    encoders_spec: str | None,
+    rounds: int,
+    out: Path,
+    round_seconds: int | None,
+    byzantine_spec: str | None,
 ) -> None:
-    """Start a local network as separate processes on 127.0.0.1, run rounds, report."""
+    """Start a local network as separate processes on 127.0.0.1, run rounds, report.
+    Exits 1 if any round is not finalized or its result is empty."""
     spec = tn.parse_encoder_spec(encoders_spec) if encoders_spec else tn.DEFAULT_ENCODERS
     if validators < 1 or rounds < 1:
         fail("--validators and --rounds must be at least 1")
-    code = tn.run_testnet(tn.TestnetPlan(validators, spec, rounds, out, round_seconds))
+    byzantine: tuple[int, str] = (0, "")
+    if byzantine_spec is not None:
+        try:
+            byzantine = tn.parse_byzantine_spec(byzantine_spec, validators)
+        except tn.SpecError as exc:
+            fail(f"--byzantine {byzantine_spec}: {exc}")
+    code = tn.run_testnet(
+        tn.TestnetPlan(validators, spec, rounds, out, round_seconds, byzantine=byzantine)
+    )
     sys.exit(code)
 
 

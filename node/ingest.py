@@ -60,7 +60,8 @@ def slot_of(msg: Message) -> Slot:
     if isinstance(msg, Attestation):
         return Slot(Kind.ATTESTATION, msg.round, msg.validator, None, None, None)
     if isinstance(msg, FinalityVote):
-        return Slot(Kind.VOTE, msg.round, msg.validator, None, None, None)
+        # A prevote and a precommit sit in two slots: a re-vote is not equivocation.
+        return Slot(Kind.VOTE, msg.round, msg.validator, None, msg.phase, None)
     raise TypeError(f"{type(msg).__name__} is not a gossiped message")
 
 

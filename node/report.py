@@ -10,7 +10,12 @@ from typing import TYPE_CHECKING, Any
 
 from dlnet.node.store import MAX_ROUND, Store
 from dlnet.protocol.config import NetworkConfig
-from dlnet.protocol.consensus import CertificateError, verify_certificate
+from dlnet.protocol.consensus import (
+    DISAGREEMENT_ROUNDS,
+    CertificateError,
+    disagreeing,
+    verify_certificate,
+)
 from dlnet.protocol.result import RoundResult, decode_result, result_digest
 from dlnet.protocol.wire import Certificate, Kind, Reject, decode
 
@@ -94,6 +99,23 @@ def verified_certificate(store: Store, cfg: NetworkConfig, rnd: int) -> Certific
             continue
         return cert
     return None
+
+
+def validator_agreement(store: Store, cfg: NetworkConfig) -> dict[str, dict[str, Any]]:
+    """Per validator of the config: its agreement (0..1) with the latest certified result held
+    (None if that result did not use its attestation) and whether it is `disagreeing` over
+    the last DISAGREEMENT_ROUNDS certified results."""
+    finalized = [r for r, fin, _ in store.round_outcomes() if fin][-DISAGREEMENT_ROUNDS:]
+    results = [c.result for r in finalized if (c := verified_certificate(store, cfg, r))]
+    flagged = disagreeing(results)
+    latest = dict(results[-1].agreement) if results else {}
+    return {
+        v.pubkey.hex(): {
+            "agreement": latest[v.pubkey] / U16 if v.pubkey in latest else None,
+            "disagreeing": v.pubkey in flagged,
+        }
+        for v in cfg.validators
+    }
 
 
 def encoder_outliers(result: RoundResult) -> list[bool]:
@@ -213,11 +235,13 @@ def testnet_report(cfg: NetworkConfig, procs: Sequence[Proc], rounds: range) -> 
         for rnd in rounds:
             vals: dict[str, Any] = {}
             cert: Certificate | None = None
+            committed: set[str] = set()
             for vkey, st in views.items():
                 settled = {r: fin for r, fin, _ in st.round_outcomes()}
                 raw = st.get_round_state(rnd, "result")
                 own = result_digest(decode_result(raw)).hex() if raw is not None else None
                 reveals = json.loads(st.get_round_state(rnd, "reveals") or b"{}")
+                committed.update(reveals)
                 honest = [e for e in reveals if kinds.get(e, "").partition("@")[0] in HONEST]
                 vals[vkey] = {
                     "result_digest": own,
@@ -227,10 +251,15 @@ def testnet_report(cfg: NetworkConfig, procs: Sequence[Proc], rounds: range) -> 
                     "reveals": {e: {**v, "kind": kinds.get(e, "?")} for e, v in reveals.items()},
                 }
                 cert = cert or verified_certificate(st, cfg, rnd)
+            named = [e.hex() for e in cert.result.encoders] if cert else []
             per_round.append(
                 {
                     "round": rnd,
                     "finalized": cert is not None,
+                    "empty": cert is not None and not named,
+                    # Every encoder of the result is one the testnet started and whose commit
+                    # a validator held (no made-up keys).
+                    "only_real_encoders": all(e in kinds and e in committed for e in named),
                     "result_digest": result_digest(cert.result).hex() if cert else None,
                     "validators": vals,
                     "ranking": ranking(cert.result, kinds) if cert else [],
@@ -263,13 +292,22 @@ def testnet_report(cfg: NetworkConfig, procs: Sequence[Proc], rounds: range) -> 
     }
 
 
+def round_ok(r: dict[str, Any]) -> bool:
+    """A testnet round counts as a success: finalized, non-empty, only real encoders."""
+    return bool(r["finalized"] and not r.get("empty") and r.get("only_real_encoders", True))
+
+
 def format_testnet(rep: dict[str, Any]) -> str:
     lines = [f"network {rep['network_id'][:16]}"]
     for r in rep["rounds"]:
         digests = {v["result_digest"] for v in r["validators"].values()}
+        state = "not finalized"
+        if r["finalized"]:
+            state = "FINALIZED, EMPTY result" if r.get("empty") else "FINALIZED"
         lines.append(
-            f"round {r['round']}: {'FINALIZED' if r['finalized'] else 'not finalized'}"
+            f"round {r['round']}: {state}"
             f"  validators agree: {'yes' if len(digests) == 1 and None not in digests else 'no'}"
+            f"  only real encoders: {'yes' if r.get('only_real_encoders', True) else 'NO'}"
         )
         for i, row in enumerate(r["ranking"], 1):
             lines.append(
@@ -292,4 +330,10 @@ def format_testnet(rep: dict[str, Any]) -> str:
         + " (anything dropped is fetched by pull repair)"
     )
     lines.append("peak RSS (MB): " + ", ".join(f"{k}={v}" for k, v in rep["peak_rss_mb"].items()))
+    bad = [r["round"] for r in rep["rounds"] if not round_ok(r)]
+    lines.append(
+        f"summary: {len(rep['rounds']) - len(bad)} of {len(rep['rounds'])} rounds finalized with "
+        "a non-empty result of real encoders"
+        + (f"; FAILED rounds: {', '.join(map(str, bad))}" if bad else "")
+    )
     return "\n".join(lines)

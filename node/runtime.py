@@ -18,6 +18,7 @@ from pathlib import Path
 import trio
 
 from dlnet.node.api import NodeView, build_app, open_listener, serve_api
+from dlnet.node.byzantine import Byzantine
 from dlnet.node.context import NodeContext, wall_clock
 from dlnet.node.dataset_io import load_items
 from dlnet.node.encoder import EncoderRole
@@ -61,6 +62,7 @@ class NodeOptions:
     model: str | None = None
     model_options: dict[str, str] = field(default_factory=dict)
     behaviour: str = "honest"
+    byzantine: str | None = None  # TEST ONLY: a node/byzantine.py mode for the validator
     listen: str = "/ip4/127.0.0.1/tcp/0"
     bootstrap: tuple[str, ...] = ()
     gossip: GossipParams = field(default_factory=GossipParams)
@@ -327,7 +329,8 @@ async def _run_locked(
                     nursery.start_soon(enc.run, start)
                 if key is not None and "validator" in opts.roles:
                     nursery.start_soon(catch_up, ctx)
-                    val = ValidatorRole(ctx, key)
+                    byz = None if opts.byzantine is None else Byzantine(opts.byzantine)
+                    val = ValidatorRole(ctx, key, byz)
                     # A validator also finishes rounds already under way when it (re)starts.
                     resume = max(0, round_at(cfg, wall_clock()) - cfg.timing.round_window)
                     nursery.start_soon(val.run, min(start, resume))

@@ -14,6 +14,7 @@ each answer goes through the same strict admission as a gossiped message.
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -142,9 +143,17 @@ class SyncClient:
         random.shuffle(peers)
         return peers
 
-    async def fetch_commitments(self, wanted: Iterable[bytes]) -> int:
+    async def fetch_commitments(
+        self, wanted: Iterable[bytes], *, deadline: float | None = None
+    ) -> int:
         """Fetch reveals by commitment hash; returns how many new ones were admitted."""
         missing = set(wanted)
+        got = 0
+        with _until(deadline):
+            got = await self._fetch_commitments(missing)
+        return got
+
+    async def _fetch_commitments(self, missing: set[bytes]) -> int:
         got = 0
         for peer in self._peers():
             if not missing:
@@ -165,25 +174,36 @@ class SyncClient:
                 missing.discard(msg.commitment())
         return got
 
-    async def fetch_round(self, kind: Kind, rnd: int) -> int:
+    async def fetch_round(self, kind: Kind, rnd: int, *, deadline: float | None = None) -> int:
         """Fetch every message of a kind for a round from every connected peer (a node keeps a
         handful: ``max_peers``); returns new admissions."""
         got = 0
-        for peer in self._peers():
-            for data in await self._ask(peer, ["round", int(kind), rnd]):
-                if self.ingest.admit(data, kind, window=False) is Outcome.NEW:
-                    got += 1
+        with _until(deadline):
+            for peer in self._peers():
+                for data in await self._ask(peer, ["round", int(kind), rnd]):
+                    if self.ingest.admit(data, kind, window=False) is Outcome.NEW:
+                        got += 1
         return got
 
-    async def fetch_certificates(self, lo: int, hi: int, keep: Callable[[bytes], bool]) -> int:
+    async def fetch_certificates(
+        self, lo: int, hi: int, keep: Callable[[bytes], bool], *, deadline: float | None = None
+    ) -> int:
         """Certificates for rounds lo..hi, from the first peer that sends any that ``keep`` (the
         caller's verification) takes; a peer that sends only junk does not end the search.
         Returns how many were kept."""
-        for peer in self._peers():
-            kept = sum(keep(data) for data in await self._ask(peer, ["certificates", lo, hi]))
-            if kept:
-                return kept
+        with _until(deadline):
+            for peer in self._peers():
+                kept = sum(keep(data) for data in await self._ask(peer, ["certificates", lo, hi]))
+                if kept:
+                    return kept
         return 0
+
+
+def _until(deadline: float | None) -> trio.CancelScope:
+    """A cancel scope ending at the wall-clock time ``deadline`` (None: never)."""
+    if deadline is None:
+        return trio.CancelScope()
+    return trio.move_on_at(trio.current_time() + (deadline - time.time()))
 
 
 def install_server(host: Host, store: Store, ingest: Ingest, now: Callable[[], float]) -> None:

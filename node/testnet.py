@@ -20,6 +20,7 @@ from typing import Any, Final
 import psutil
 
 from dlnet.node import report
+from dlnet.node.byzantine import MODES as BYZANTINE_MODES
 from dlnet.node.dataset_io import resolve_dataset_path
 from dlnet.node.keyfile import write_key
 from dlnet.node.models.kinds import LEVEL_OPTIONS
@@ -106,6 +107,18 @@ class TestnetPlan:
     rounds: int
     out: Path
     round_seconds: int | None = None
+    byzantine: tuple[int, str] = (0, "")
+    """TEST ONLY: (N, MODE): the first N validators run node/byzantine.py's MODE."""
+
+
+def parse_byzantine_spec(spec: str, validators: int) -> tuple[int, str]:
+    """`N:MODE`: N (1..validators) of the validators run the byzantine MODE."""
+    count, sep, mode = spec.partition(":")
+    if not sep or not count.isdigit() or not 1 <= int(count) <= validators:
+        raise SpecError(f"expected N:MODE with N in 1..{validators}, e.g. 1:fake-encoders")
+    if mode not in BYZANTINE_MODES:
+        raise SpecError(f"unknown mode {mode!r}: one of {', '.join(BYZANTINE_MODES)}")
+    return int(count), mode
 
 
 @dataclass
@@ -262,15 +275,24 @@ def run_testnet(plan: TestnetPlan, *, echo: Any = print) -> int:
         boot_addr = _wait_info(boot, 60.0)["addrs"][0]
         for i, (path, key) in enumerate(vkeys):
             name = f"validator-{i}"
+            byzantine = i < plan.byzantine[0]
             p = _start(
                 name,
                 "validator",
-                "validator",
+                f"byzantine:{plan.byzantine[1]}" if byzantine else "validator",
                 out,
                 _node_cmd(
                     config_path,
                     out / "nodes" / name,
-                    ["--role", "validator", "--key", str(path), "--bootstrap", boot_addr],
+                    [
+                        "--role",
+                        "validator",
+                        "--key",
+                        str(path),
+                        "--bootstrap",
+                        boot_addr,
+                        *(["--byzantine", plan.byzantine[1]] if byzantine else []),
+                    ],
                 ),
             )
             p.public_key = key.public_key.hex()
@@ -304,7 +326,7 @@ def run_testnet(plan: TestnetPlan, *, echo: Any = print) -> int:
                 index += 1
         last = round_times(cfg, plan.rounds)
         end = last.finality_deadline + 8.0
-        validators = [p for p in procs if p.role == "validator"]
+        validators = [p for p in procs if p.role == "validator" and p.kind == "validator"]
         while time.time() < end:
             _sample_rss(procs)
             _note_apis(procs, echo)
@@ -321,7 +343,7 @@ def run_testnet(plan: TestnetPlan, *, echo: Any = print) -> int:
     (out / "report.json").write_text(json.dumps(rep, indent=1))
     echo(report.format_testnet(rep))
     echo(f"testnet: wrote {out / 'report.json'}")
-    return 0 if all(r["finalized"] for r in rep["rounds"]) else 1
+    return 0 if all(report.round_ok(r) for r in rep["rounds"]) else 1
 
 
 def _spawn(cmd: Sequence[str], log: Any) -> subprocess.Popen[bytes]:

@@ -18,6 +18,8 @@ from dlnet.protocol.result import RoundResult, encode_result, result_digest
 from dlnet.protocol.wire import (
     DOMAINS,
     MAX_ENCODERS,
+    PRECOMMIT,
+    PREVOTE,
     WIRE_VERSION,
     Attestation,
     Certificate,
@@ -323,9 +325,9 @@ def test_wrong_kind() -> None:
 
 def test_non_canonical() -> None:
     data = encode(vote())
-    assert data[0] == 0x97 and data[1] == Kind.VOTE
+    assert data[0] == 0x99 and data[1] == Kind.VOTE
     cases = [
-        b"\xdc\x00\x07" + data[1:],  # array16 header for 7 fields
+        b"\xdc\x00\x09" + data[1:],  # array16 header for 9 fields
         data[:1] + b"\xcc\x04" + data[2:],  # kind as uint8 instead of fixint
         data[:2] + b"\xd0\x01" + data[3:],  # version as int8
     ]
@@ -484,6 +486,8 @@ def test_certificate_reasons() -> None:
 def test_certificate_vote_is_a_finality_vote_signature() -> None:
     cert = certificate()
     validator, sig = cert.votes[0]
-    vote = FinalityVote(NET, cert.round, validator, result_digest(cert.result), sig)
+    vote = FinalityVote(NET, cert.round, validator, PRECOMMIT, (), result_digest(cert.result), sig)
     assert signature_valid(vote)
     assert decode(encode(vote), SMALL) == vote
+    # The same signature does not pass as a prevote: the phase is signed.
+    assert not signature_valid(dataclasses.replace(vote, phase=PREVOTE))
