@@ -4,6 +4,7 @@ model that fails at run time, the log formats, the genesis countdown and `dlnet 
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import logging
 import socket
@@ -29,7 +30,7 @@ from dlnet.protocol.config import ValidatorEntry, default_config
 
 PEER = "QmYyQSo1c1Ym7orWxLYvCrM2EmxFTANf8wXmmE7DWjhx5N"
 
-BAD_MODELS = '''
+BAD_MODELS = """
 import numpy as np
 
 class NoEmbed:
@@ -43,7 +44,7 @@ def no_embed(dim, seed):
 
 def crashes(dim, seed):
     raise RuntimeError("CUDA error: no kernel image is available\\nsecond line\\nthird line")
-'''
+"""
 
 
 @pytest.fixture
@@ -224,7 +225,7 @@ def test_text_log_lines_carry_time_and_level() -> None:
 def test_countdown_marks() -> None:
     assert countdown_marks(100) == pytest.approx([90, 80, 70, 60, 50, 40, 30, 20, 10])
     day = countdown_marks(86400)
-    assert day[0] == 86400 - 60 and all(a - b == 60 for a, b in zip(day, day[1:], strict=False))
+    assert day[0] == 86400 - 60 and all(a - b == 60 for a, b in itertools.pairwise(day))
     assert countdown_marks(3) == pytest.approx([2, 1])
     assert countdown_marks(0.2) == []
     assert duration(3723) == "1h 02m 03s" and duration(65) == "1m 05s" and duration(4) == "4s"
