@@ -329,13 +329,42 @@ def results(data_dir: Path, config_path: Path, rnd: int, as_json: bool) -> None:
     "--out", type=click.Path(path_type=Path), default=Path("testnet-out"), show_default=True
 )
 @click.option("--round-seconds", type=int, default=None)
+@click.option(
+    "--emit-compose",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Run nothing: write DIR/compose.yaml (one container per node) and DIR/testnet/ "
+    "(genesis config and keys) for `docker compose`; see README.md, Containers.",
+)
+@click.option(
+    "--genesis-in",
+    type=float,
+    default=180.0,
+    show_default=True,
+    help="With --emit-compose: seconds from now until round 0 starts.",
+)
 def testnet(
-    validators: int, encoders_spec: str | None, rounds: int, out: Path, round_seconds: int | None
+    validators: int,
+    encoders_spec: str | None,
+    rounds: int,
+    out: Path,
+    round_seconds: int | None,
+    emit_compose: Path | None,
+    genesis_in: float,
 ) -> None:
     """Start a local network as separate processes on 127.0.0.1, run rounds, report."""
     spec = tn.parse_encoder_spec(encoders_spec) if encoders_spec else tn.DEFAULT_ENCODERS
     if validators < 1 or rounds < 1:
         fail("--validators and --rounds must be at least 1")
+    if emit_compose is not None:
+        plan = tn.TestnetPlan(validators, spec, rounds, emit_compose, round_seconds)
+        cfg = tn.emit_compose(plan, emit_compose, genesis_in)
+        start = time.strftime("%H:%M:%S UTC", time.gmtime(cfg.genesis_time))
+        click.echo(
+            f"wrote {emit_compose / 'compose.yaml'} and {emit_compose / 'testnet'}: network id "
+            f"{cfg.network_id.hex()}, round 0 at {start}"
+        )
+        return
     code = tn.run_testnet(tn.TestnetPlan(validators, spec, rounds, out, round_seconds))
     sys.exit(code)
 
