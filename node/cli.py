@@ -134,12 +134,12 @@ def init(
     force: bool,
 ) -> None:
     """Write a network config (genesis) for the given validators."""
+    entries = tuple(_parse_validator(v) for v in validators)
     if out.exists() and not force:
         fail(
             f"--out {out}: the file exists (a genesis other nodes may already use) — "
             "pick another path, or pass --force to overwrite it"
         )
-    entries = tuple(_parse_validator(v) for v in validators)
     if dataset is None:
         ref = DatasetRef("builtin:corpus.txt", b"", "lines")
         data = resolve_dataset_path(ref, Path.cwd()).read_bytes()

@@ -54,6 +54,9 @@ def setup_logging(level: str = "info", fmt: str = "text", stream: TextIO | None 
     else:
         formatter = logging.Formatter(TEXT_FORMAT)
     handler.setFormatter(formatter)
+    if level != "debug":
+        # libp2p logs routine state at info (e.g. AUTO_CONNECTOR_STATE); keep its warnings
+        handler.addFilter(lambda r: r.levelno >= logging.WARNING or not r.name.startswith("libp2p"))
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

@@ -23,7 +23,7 @@ log = logging.getLogger("dlnet")
 LIVE_EVERY: Final = 5.0
 """Seconds between two rewrites of node.json's ``live`` section."""
 COUNTDOWN_MAX_STEP: Final = 60.0
-COUNTDOWN_MIN_STEP: Final = 1.0
+COUNTDOWN_MIN_STEP: Final = 10.0
 
 
 class Peers(Protocol):
@@ -42,7 +42,7 @@ def duration(seconds: float) -> str:
 
 def countdown_marks(wait: float) -> list[float]:
     """Seconds before genesis at which to log the time left, given ``wait`` seconds to go:
-    every 10 % of the wait, but at least every minute and at most every second."""
+    every 10 % of the wait, but at least every minute and at most every 10 s."""
     step = min(COUNTDOWN_MAX_STEP, max(COUNTDOWN_MIN_STEP, wait / 10))
     marks, left = [], wait - step
     while left > 0.5:

@@ -226,7 +226,8 @@ def test_countdown_marks() -> None:
     assert countdown_marks(100) == pytest.approx([90, 80, 70, 60, 50, 40, 30, 20, 10])
     day = countdown_marks(86400)
     assert day[0] == 86400 - 60 and all(a - b == 60 for a, b in itertools.pairwise(day))
-    assert countdown_marks(3) == pytest.approx([2, 1])
+    assert countdown_marks(35) == pytest.approx([25, 15, 5])
+    assert countdown_marks(9) == []
     assert countdown_marks(0.2) == []
     assert duration(3723) == "1h 02m 03s" and duration(65) == "1m 05s" and duration(4) == "4s"
 
