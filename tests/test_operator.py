@@ -21,7 +21,7 @@ from test_cli import dlnet, one_line_error
 
 from dlnet.node import report
 from dlnet.node.addresses import AddressError, check_bootstrap, check_listen, check_port_free
-from dlnet.node.cli import cli
+from dlnet.node.cli import cli, main
 from dlnet.node.encoder import EncoderRole
 from dlnet.node.logs import setup_logging
 from dlnet.node.progress import countdown_marks, duration, live_info
@@ -47,21 +47,29 @@ def crashes(dim, seed):
 """
 
 
+def in_process(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
+    """Run `dlnet ARGS` in this process (faster than a subprocess): exit code and stderr. The
+    root logger's handlers (pytest's among them) are put back afterwards."""
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    capsys.readouterr()
+    code: Any = 0
+    try:
+        main(list(args))
+    except SystemExit as exc:
+        code = exc.code
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+    return code if isinstance(code, int) else 1, capsys.readouterr().err
+
+
 @pytest.fixture
-def network(tmp_path: Path) -> tuple[Path, Path]:
+def network(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> tuple[Path, Path]:
     key, cfg = tmp_path / "e.key", tmp_path / "network.toml"
-    assert dlnet("keygen", "--out", str(key)).returncode == 0
-    assert dlnet("init", "--validator", f"@{key}", "--out", str(cfg)).returncode == 0
+    assert in_process(capsys, "keygen", "--out", str(key))[0] == 0
+    assert in_process(capsys, "init", "--validator", f"@{key}", "--out", str(cfg))[0] == 0
     return key, cfg
-
-
-def run_encoder(tmp_path: Path, key: Path, cfg: Path, *extra: str) -> Any:
-    (tmp_path / "badmodels.py").write_text(BAD_MODELS)
-    (tmp_path / "badimport.py").write_text("raise KeyError('settings missing')\n")
-    # --log-level warning: the "loading model" progress line stays out of stderr
-    args = ("--log-level", "warning", "run", "--config", str(cfg), "--key", str(key))
-    args += ("--role", "encoder")
-    return dlnet(*args, "--data-dir", str(tmp_path / "d"), *extra, cwd=tmp_path)
 
 
 @pytest.mark.parametrize(
@@ -75,23 +83,48 @@ def run_encoder(tmp_path: Path, key: Path, cfg: Path, *extra: str) -> Any:
     ],
 )
 def test_model_load_failure_is_one_line(
-    tmp_path: Path, network: tuple[Path, Path], model: str, needles: tuple[str, ...]
+    tmp_path: Path,
+    network: tuple[Path, Path],
+    model: str,
+    needles: tuple[str, ...],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     key, cfg = network
-    done = run_encoder(tmp_path, key, cfg, "--model", model)
-    one_line_error(done, f"--model {model}", *needles)
+    (tmp_path / "badmodels.py").write_text(BAD_MODELS)
+    (tmp_path / "badimport.py").write_text("raise KeyError('settings missing')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    code, err = in_process(
+        capsys,
+        *("--log-level", "warning", "run", "--config", str(cfg), "--key", str(key)),
+        *("--role", "encoder", "--data-dir", str(tmp_path / "d"), "--model", model),
+    )
+    assert code == 2, err
+    (line,) = err.strip().splitlines()
+    assert line.startswith(f"dlnet: error: --model {model}: "), line
+    for needle in needles:
+        assert needle in line, line
 
 
-def test_listen_and_bootstrap_mistakes(tmp_path: Path) -> None:
+def one_line(result: tuple[int, str], *needles: str) -> None:
+    code, err = result
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("dlnet: error: "), err
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def test_listen_and_bootstrap_mistakes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     common = ("run", "--config", "x", "--data-dir", str(tmp_path / "d"))
-    one_line_error(
-        dlnet(*common, "--listen", "127.0.0.1:9000"),
+    one_line(
+        in_process(capsys, *common, "--listen", "127.0.0.1:9000"),
         "--listen 127.0.0.1:9000",
         "/ip4/127.0.0.1/tcp/9000",
     )
-    one_line_error(dlnet(*common, "--listen", "/ip4/127.0.0.1/udp/9000"), "TCP port")
-    one_line_error(
-        dlnet(*common, "--bootstrap", "/ip4/127.0.0.1/tcp/9000"),
+    one_line(in_process(capsys, *common, "--listen", "/ip4/127.0.0.1/udp/9000"), "TCP port")
+    one_line(
+        in_process(capsys, *common, "--bootstrap", "/ip4/127.0.0.1/tcp/9000"),
         "--bootstrap /ip4/127.0.0.1/tcp/9000",
         "/p2p/<peer id>",
     )
@@ -101,36 +134,58 @@ def test_listen_and_bootstrap_mistakes(tmp_path: Path) -> None:
         check_listen(f"/ip4/127.0.0.1/tcp/9/p2p/{PEER}")
 
 
-def test_busy_listen_port_is_one_line(tmp_path: Path, network: tuple[Path, Path]) -> None:
+def test_listen_address_mistake_in_a_real_process(tmp_path: Path) -> None:
+    """The 56-line traceback of old, as the operator's shell sees it."""
+    one_line_error(
+        dlnet("run", "--config", "x", "--data-dir", str(tmp_path), "--listen", "127.0.0.1:9000"),
+        "--listen 127.0.0.1:9000",
+    )
+
+
+def test_busy_listen_port_is_one_line(
+    tmp_path: Path, network: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
     _, cfg = network
     with socket.create_server(("127.0.0.1", 0)) as busy:
         port = busy.getsockname()[1]
         listen = f"/ip4/127.0.0.1/tcp/{port}"
         with pytest.raises(AddressError, match="cannot listen"):
             check_port_free(listen)
-        done = dlnet(
-            "run", "--config", str(cfg), "--data-dir", str(tmp_path / "d"), "--listen", listen
+        result = in_process(
+            capsys,
+            "run",
+            "--config",
+            str(cfg),
+            "--data-dir",
+            str(tmp_path / "d"),
+            "--listen",
+            listen,
         )
-    one_line_error(done, f"--listen {listen}", "cannot listen", "another port")
+    one_line(result, f"--listen {listen}", "cannot listen", "another port")
     check_port_free("/ip4/127.0.0.1/tcp/0")  # port 0 is always fine
 
 
 def test_init_refuses_to_overwrite_and_warns_about_the_past(
-    tmp_path: Path, network: tuple[Path, Path]
+    tmp_path: Path, network: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
     key, cfg = network
     before = cfg.read_text()
-    done = dlnet("init", "--validator", f"@{key}", "--out", str(cfg), "--name", "other")
-    one_line_error(done, f"--out {cfg}", "exists", "--force")
+    init = ("init", "--validator", f"@{key}")
+    one_line(
+        in_process(capsys, *init, "--out", str(cfg), "--name", "other"),
+        f"--out {cfg}",
+        "exists",
+        "--force",
+    )
     assert cfg.read_text() == before
-    done = dlnet("init", "--validator", f"@{key}", "--out", str(cfg), "--force")
-    assert done.returncode == 0, done.stderr
-    assert done.stderr == ""
+    forced = in_process(capsys, *init, "--out", str(cfg), "--name", "other", "--force")
+    assert forced == (0, "")
+    assert 'name = "other"' in cfg.read_text()
     past = tmp_path / "past.toml"
-    done = dlnet("init", "--validator", f"@{key}", "--out", str(past), "--genesis-in", "-600")
-    assert done.returncode == 0
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and "600 s in the past" in lines[0], done.stderr
+    code, err = in_process(capsys, *init, "--out", str(past), "--genesis-in", "-600")
+    assert code == 0
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "600 s in the past" in lines[0], err
 
 
 def test_version() -> None:
