@@ -204,6 +204,42 @@ def status(view: NodeView) -> dict[str, Any]:
     }
 
 
+HEALTH_LAG_ROUNDS = 4
+"""A validator is unhealthy when its last finalized round is more than this many rounds behind
+the current one (rounds overlap by ``round_window``; a few more cover one slow round)."""
+
+
+def health(view: NodeView) -> tuple[int, dict[str, Any]]:
+    """``GET /v1/health``: 200 when the node has peers and, if it is a validator, finalized a
+    recent round (or none is due yet); 503 with the reasons otherwise."""
+    rnd, name, _ = phase(view.cfg, view.clock())
+    peers = len(view.host.connected_peers())
+    last = view.store.outcome_summary().last_finalized
+    problems = []
+    if peers == 0:
+        problems.append("no peers connected")
+    behind = rnd - (-1 if last is None else last)
+    if "validator" in view.roles and rnd >= 0 and behind > HEALTH_LAG_ROUNDS:
+        problems.append(
+            f"last finalized round is {'none' if last is None else last}, "
+            f"{behind} rounds behind round {rnd}"
+        )
+    body = {
+        "status": "unhealthy" if problems else "ok",
+        "problems": problems,
+        "peers": peers,
+        "round": rnd,
+        "phase": name,
+        "last_finalized": last,
+    }
+    return (503 if problems else 200), body
+
+
+def _health_response(view: NodeView) -> JSONResponse:
+    code, body = health(view)
+    return JSONResponse(body, status_code=code)
+
+
 def rounds(view: NodeView, query: Mapping[str, str]) -> dict[str, Any]:
     """Outcomes of the rounds in [from, to]; by default the last 100 up to the current one."""
     unknown = set(query) - {"from", "to"}
@@ -372,6 +408,7 @@ def build_app(view: NodeView) -> Starlette:
     return Starlette(
         routes=[
             route("/v1/status", "status", lambda _r: JSONResponse(status(view))),
+            route("/v1/health", "health", lambda _r: _health_response(view)),
             route(
                 "/v1/rounds",
                 "rounds",

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import logging
 import sys
 import time
 from pathlib import Path
@@ -16,11 +15,14 @@ import trio
 
 from dlnet.node import report
 from dlnet.node import testnet as tn
+from dlnet.node.addresses import AddressError, check_bootstrap, check_listen
 from dlnet.node.byzantine import MODES as BYZANTINE_MODES
 from dlnet.node.dataset_io import DatasetError, resolve_dataset_path
 from dlnet.node.encoder import parse_behaviour
 from dlnet.node.host import GossipParams
 from dlnet.node.keyfile import KeyFileError, read_key, write_key
+from dlnet.node.logs import LOG_FORMATS, setup_logging
+from dlnet.node.models import ModelLoadError
 from dlnet.node.report import ReportError
 from dlnet.node.runtime import ROLES, NodeError, NodeOptions, load_config, run_node
 from dlnet.node.store import StoreError
@@ -30,9 +32,11 @@ from dlnet.protocol.errors import ConfigError
 from dlnet.protocol.identity import SigningKey
 
 OPERATOR_ERRORS = (
+    AddressError,
     ConfigError,
     DatasetError,
     KeyFileError,
+    ModelLoadError,
     NodeError,
     ReportError,
     StoreError,
@@ -51,16 +55,20 @@ def fail(message: str) -> NoReturn:
     default="info",
     show_default=True,
 )
-def cli(log_level: str) -> None:
+@click.option(
+    "--log-format",
+    type=click.Choice(LOG_FORMATS),
+    default="text",
+    show_default=True,
+    help="text, or json: one JSON object per line (ts, time, level, logger, msg, extra fields).",
+)
+@click.version_option(package_name="dlnet", prog_name="dlnet", message="%(prog)s %(version)s")
+def cli(log_level: str, log_format: str) -> None:
     """dlnet: a peer-to-peer network that judges embedding encoders without trusted evaluators.
 
     Start with `dlnet testnet` to run a whole local network, or see docs/OPERATING.md.
     """
-    logging.basicConfig(
-        level=log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    setup_logging(log_level, log_format)
 
 
 @cli.command()
@@ -116,6 +124,7 @@ def _parse_validator(spec: str) -> ValidatorEntry:
     help="One item per line (or .jsonl with a 'text' field); default: the shipped corpus.",
 )
 @click.option("--round-seconds", type=int, default=None, help="Override the round length.")
+@click.option("--force", is_flag=True, help="Overwrite an existing config file.")
 def init(
     validators: tuple[str, ...],
     out: Path,
@@ -123,9 +132,15 @@ def init(
     genesis_in: float,
     dataset: Path | None,
     round_seconds: int | None,
+    force: bool,
 ) -> None:
     """Write a network config (genesis) for the given validators."""
     entries = tuple(_parse_validator(v) for v in validators)
+    if out.exists() and not force:
+        fail(
+            f"--out {out}: the file exists (a genesis other nodes may already use) — "
+            "pick another path, or pass --force to overwrite it"
+        )
     if dataset is None:
         ref = DatasetRef("builtin:corpus.txt", b"", "lines")
         data = resolve_dataset_path(ref, Path.cwd()).read_bytes()
@@ -141,6 +156,12 @@ def init(
     cfg = default_config(entries, int(time.time() + genesis_in), **overrides)
     out.write_text(dump_config(cfg))
     click.echo(f"wrote {out}: network id {cfg.network_id.hex()}")
+    if genesis_in < 0:
+        click.echo(
+            f"dlnet: warning: the genesis time is {-genesis_in:.0f} s in the past: nodes will "
+            "start mid-network with rounds already missed — use a positive --genesis-in",
+            err=True,
+        )
 
 
 @cli.command()
@@ -172,8 +193,17 @@ def init(
     hidden=True,
     help="TEST ONLY: run the validator as a byzantine one (node/byzantine.py).",
 )
-@click.option("--listen", default="/ip4/127.0.0.1/tcp/0", show_default=True)
-@click.option("--bootstrap", multiple=True, help="Multiaddr of a peer, with /p2p/<id>.")
+@click.option(
+    "--listen",
+    default="/ip4/127.0.0.1/tcp/0",
+    show_default=True,
+    help="libp2p listen multiaddr, /ip4/ADDRESS/tcp/PORT (port 0 = any free port).",
+)
+@click.option(
+    "--bootstrap",
+    multiple=True,
+    help="Multiaddr of a peer, ending in /p2p/<peer id>; repeat for several.",
+)
 @click.option("--data-dir", type=click.Path(path_type=Path), required=True)
 @click.option("--max-peers", type=int, default=None, help="Bound on connections.")
 @click.option(
@@ -219,6 +249,9 @@ def run(
     except ValueError as exc:
         fail(f"--behaviour {behaviour}: {exc}")
     gossip = _gossip_params(gossip_params, max_peers)
+    check_listen(listen)
+    for addr in bootstrap:
+        check_bootstrap(addr)
     opts = NodeOptions(
         config_path=config_path,
         data_dir=data_dir,
@@ -314,6 +347,20 @@ def results(data_dir: Path, config_path: Path, rnd: int, as_json: bool) -> None:
     help="TEST ONLY: N of the validators run a byzantine MODE "
     f"({', '.join(BYZANTINE_MODES)}), e.g. 1:fake-encoders.",
 )
+@click.option(
+    "--emit-compose",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Run nothing: write DIR/compose.yaml (one container per node) and DIR/testnet/ "
+    "(genesis config and keys) for `docker compose`; see README.md, Containers.",
+)
+@click.option(
+    "--genesis-in",
+    type=float,
+    default=180.0,
+    show_default=True,
+    help="With --emit-compose: seconds from now until round 0 starts.",
+)
 def testnet(
     validators: int,
     encoders_spec: str | None,
@@ -321,6 +368,8 @@ def testnet(
     out: Path,
     round_seconds: int | None,
     byzantine_spec: str | None,
+    emit_compose: Path | None,
+    genesis_in: float,
 ) -> None:
     """Start a local network as separate processes on 127.0.0.1, run rounds, report.
     Exits 1 if any round is not finalized or its result is empty."""
@@ -333,6 +382,15 @@ def testnet(
             byzantine = tn.parse_byzantine_spec(byzantine_spec, validators)
         except tn.SpecError as exc:
             fail(f"--byzantine {byzantine_spec}: {exc}")
+    if emit_compose is not None:
+        plan = tn.TestnetPlan(validators, spec, rounds, emit_compose, round_seconds)
+        cfg = tn.emit_compose(plan, emit_compose, genesis_in)
+        start = time.strftime("%H:%M:%S UTC", time.gmtime(cfg.genesis_time))
+        click.echo(
+            f"wrote {emit_compose / 'compose.yaml'} and {emit_compose / 'testnet'}: network id "
+            f"{cfg.network_id.hex()}, round 0 at {start}"
+        )
+        return
     code = tn.run_testnet(
         tn.TestnetPlan(validators, spec, rounds, out, round_seconds, byzantine=byzantine)
     )

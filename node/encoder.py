@@ -21,7 +21,7 @@ import numpy as np
 import trio
 
 from dlnet.node.context import NodeContext, sleep_until, wall_clock
-from dlnet.node.models import Model
+from dlnet.node.models import Model, one_line
 from dlnet.node.models.kinds import fabricate_inverse, jitter_option
 from dlnet.protocol.identity import SigningKey
 from dlnet.protocol.masks import round_tasks
@@ -46,7 +46,7 @@ COPY_WAIT: Final = 3.0
 
 
 class ModelError(Exception):
-    """The encoder's model returned something that is not (n, dim) finite float32."""
+    """The encoder's model raised, or returned something that is not (n, dim) finite float32."""
 
 
 def parse_behaviour(text: str) -> tuple[str, float]:
@@ -87,7 +87,10 @@ class EncoderRole:
 
     async def _embed(self, texts: list[str]) -> np.ndarray:
         # A model call takes seconds: run it in a worker thread so gossip keeps flowing.
-        vecs = await trio.to_thread.run_sync(self.model.embed, texts)
+        try:
+            vecs = await trio.to_thread.run_sync(self.model.embed, texts)
+        except Exception as exc:  # the operator's model failed: skip the round, keep running
+            raise ModelError(f"embed() raised {one_line(exc)}") from exc
         dim = self.ctx.cfg.dim
         if not isinstance(vecs, np.ndarray) or vecs.shape != (len(texts), dim):
             shape = getattr(vecs, "shape", type(vecs).__name__)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -62,6 +63,7 @@ def node_status(data_dir: Path) -> dict[str, Any]:
     try:
         return {
             "node": read_info(data_dir),
+            "last_finalized": store.outcome_summary().last_finalized,
             "rounds": outcome_rows(store),
             "counters": dict(store.counters()),
         }
@@ -69,14 +71,35 @@ def node_status(data_dir: Path) -> dict[str, Any]:
         store.close()
 
 
-def format_status(st: dict[str, Any]) -> str:
+def format_status(st: dict[str, Any], now: float | None = None) -> str:
+    """The text of `dlnet status`; ``live`` values are what the node last wrote in node.json
+    (every few seconds while it runs), shown with their age."""
     node = st["node"]
+    live = node.get("live") or {}
+    last = st.get("last_finalized")
+    if live:
+        age = (time.time() if now is None else now) - float(live["updated"])
+        seen = f"(as of {age:.0f} s ago{'; is the node running?' if age > 30 else ''})"
+        peer_ids = live.get("peers") or []
+        peers = f"{live.get('peer_count', len(peer_ids))} connected {seen}"
+        rnd = live.get("round", -1)
+        where = "before genesis" if rnd < 0 else f"{rnd}, phase {live.get('phase', '?')}"
+        current = f"{where} {seen}"
+    else:
+        peer_ids, peers, current = [], "- (the node has not reported yet)", "-"
+    network = node.get("network_id")
     lines = [
+        f"network   {network or '?'}"
+        + (f" ({node['network_name']})" if node.get("network_name") else ""),
         f"peer id   {node.get('peer_id', '?')}",
         f"roles     {', '.join(node.get('roles') or ['relay'])}",
         f"key       {node.get('public_key') or '-'}",
         *(f"addr      {a}" for a in node.get("addrs") or ["-"]),
         f"api       {node.get('api') or '-'}",
+        f"peers     {peers}",
+        *(f"  peer    {p}" for p in peer_ids),
+        f"round     {current}",
+        f"finalized {'-' if last is None else f'last round {last}'}",
         "rounds    "
         + (" ".join(f"{r['round']}{'✓' if r['finalized'] else '✗'}" for r in st["rounds"]) or "-"),
     ]

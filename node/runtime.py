@@ -11,12 +11,14 @@ import os
 import signal
 import socket
 import sys
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import trio
 
+from dlnet.node.addresses import check_port_free
 from dlnet.node.api import NodeView, build_app, open_listener, serve_api
 from dlnet.node.byzantine import Byzantine
 from dlnet.node.context import NodeContext, wall_clock
@@ -26,6 +28,7 @@ from dlnet.node.host import GossipParams, Host, Verdict, open_host
 from dlnet.node.ingest import Ingest, slot_of
 from dlnet.node.keyfile import peer_key_seed, read_key
 from dlnet.node.models import Model, load_model
+from dlnet.node.progress import genesis_countdown, keep_live_info, write_json
 from dlnet.node.report import INFO_FILE, STORE_FILE
 from dlnet.node.store import Store
 from dlnet.node.sync import SyncClient, install_server
@@ -219,12 +222,19 @@ def first_round(cfg: NetworkConfig, now: float) -> int:
 
 
 def write_info(
-    data_dir: Path, host: Host, opts: NodeOptions, public_key: bytes | None, api: str | None
-) -> None:
+    data_dir: Path,
+    host: Host,
+    opts: NodeOptions,
+    public_key: bytes | None,
+    api: str | None,
+    cfg: NetworkConfig,
+) -> dict[str, object]:
     """node.json: how to reach this node, its HTTP API included (read by the testnet driver,
-    `dlnet status` and tools)."""
-    info = {
+    `dlnet status` and tools). Returns what it wrote; ``keep_live_info`` adds ``live``."""
+    info: dict[str, object] = {
         "pid": os.getpid(),
+        "network_id": cfg.network_id.hex(),
+        "network_name": cfg.name,
         "argv": sys.argv[1:],
         "peer_id": host.peer_id,
         "addrs": host.addrs,
@@ -234,9 +244,8 @@ def write_info(
         "model": opts.model,
         "api": api,
     }
-    tmp = data_dir / (INFO_FILE + ".tmp")
-    tmp.write_text(json.dumps(info, indent=1))
-    tmp.replace(data_dir / INFO_FILE)
+    write_json(data_dir / INFO_FILE, info)
+    return info
 
 
 async def run_node(opts: NodeOptions) -> None:
@@ -250,9 +259,14 @@ async def run_node(opts: NodeOptions) -> None:
             f"--key: {key.public_key.hex()} is not in the network config's validator set — "
             "run without --role validator, or use a validator key"
         )
+    log = logging.getLogger("dlnet")
+    check_port_free(opts.listen)
     model = None
     if "encoder" in opts.roles:
+        log.info("loading model %s ...", opts.model or "(default)")
+        began = time.monotonic()
         model = load_model(opts.model, cfg, opts.model_options)
+        log.info("model loaded in %.1f s", time.monotonic() - began)
     api_sock, api_url = None, None
     if opts.api is not None:
         host_name, port = opts.api
@@ -301,6 +315,11 @@ async def _run_locked(
                 cfg, items, store, ingest, host, SyncClient(host, ingest, cfg.network_id)
             )
             public_key = key.public_key if key else None
+            if not host.addrs:
+                raise NodeError(
+                    f"--listen {opts.listen}: libp2p is listening on no address — pick another "
+                    "address or port (0 = any free port)"
+                )
             log.info(
                 "node %s up, network %s, roles %s, HTTP API %s, listening on %s",
                 host.peer_id,
@@ -320,7 +339,11 @@ async def _run_locked(
                 if api_sock is not None:
                     view = NodeView(cfg, store, host, opts.roles, public_key)
                     nursery.start_soon(serve_api, build_app(view), api_sock)
-                write_info(opts.data_dir, host, opts, public_key, api_url)
+                info = write_info(opts.data_dir, host, opts, public_key, api_url, cfg)
+                nursery.start_soon(
+                    keep_live_info, opts.data_dir, info, cfg, store, host, wall_clock
+                )
+                nursery.start_soon(genesis_countdown, cfg, wall_clock)
                 nursery.start_soon(_keep_transport_counters, host, opts.data_dir)
                 nursery.start_soon(_keep_saved_peers, host, opts.data_dir)
                 start = first_round(cfg, wall_clock())

@@ -19,12 +19,18 @@ from typing import Any, Final
 
 import psutil
 
-from dlnet.node import report
+from dlnet.node import compose, report
 from dlnet.node.byzantine import MODES as BYZANTINE_MODES
 from dlnet.node.dataset_io import resolve_dataset_path
 from dlnet.node.keyfile import write_key
 from dlnet.node.models.kinds import LEVEL_OPTIONS
-from dlnet.protocol.config import DatasetRef, ValidatorEntry, default_config, dump_config
+from dlnet.protocol.config import (
+    DatasetRef,
+    NetworkConfig,
+    ValidatorEntry,
+    default_config,
+    dump_config,
+)
 from dlnet.protocol.identity import SigningKey
 from dlnet.protocol.rounds import round_times
 
@@ -225,6 +231,58 @@ def _encoder_args(kind: str, index: int) -> list[str]:
     return ["--model", model, "--model-option", f"seed={index}", "--behaviour", behaviour, *extra]
 
 
+def testnet_config(
+    plan: TestnetPlan, validators: Sequence[SigningKey], genesis: int, base: Path
+) -> NetworkConfig:
+    """The testnet's network config: equal stakes, the shipped corpus."""
+    ref = DatasetRef("builtin:corpus.txt", b"", "lines")
+    data = resolve_dataset_path(ref, base).read_bytes()
+    ref = DatasetRef(ref.path, hashlib.sha256(data).digest(), "lines")
+    overrides: dict[str, Any] = {"name": "dlnet-testnet", "dataset": ref}
+    if plan.round_seconds is not None:
+        overrides["round_seconds"] = plan.round_seconds
+    entries = tuple(ValidatorEntry(k.public_key, 100) for k in validators)
+    return default_config(entries, genesis, **overrides)
+
+
+def encoder_names(plan: TestnetPlan) -> list[tuple[str, str, int]]:
+    """(node name, kind, index) of every encoder of the plan, in start order."""
+    kinds = [kind for kind, count in plan.encoders for _ in range(count)]
+    return [(f"encoder-{i}-{kind.replace(':', '_')}", kind, i) for i, kind in enumerate(kinds)]
+
+
+def emit_compose(plan: TestnetPlan, out: Path, genesis_in: float) -> NetworkConfig:
+    """Write ``out/compose.yaml`` (one container per node, see ``dlnet.node.compose``) and
+    ``out/testnet/``: the genesis config (round 0 in ``genesis_in`` seconds) and every key."""
+    net = out / "testnet"
+    shutil.rmtree(net / "keys", ignore_errors=True)
+    (net / "keys").mkdir(parents=True)
+    keys: dict[str, SigningKey] = {}
+    for name in [f"validator-{i}" for i in range(plan.validators)] + [
+        n for n, _, _ in encoder_names(plan)
+    ]:
+        keys[name] = SigningKey.generate()
+        write_key(net / "keys" / f"{name}.key", keys[name])
+    validators = [keys[f"validator-{i}"] for i in range(plan.validators)]
+    cfg = testnet_config(plan, validators, int(time.time() + genesis_in), out)
+    (net / "network.toml").write_text(dump_config(cfg))
+
+    def key_arg(name: str) -> list[str]:
+        return ["--key", f"{compose.NET_DIR}/keys/{name}.key"]
+
+    nodes: list[tuple[str, list[str]]] = [("bootstrap", ["--max-peers", str(BOOTSTRAP_MAX_PEERS)])]
+    nodes += [
+        (f"validator-{i}", ["--role", "validator", *key_arg(f"validator-{i}")])
+        for i in range(plan.validators)
+    ]
+    nodes += [
+        (name, ["--role", "encoder", *key_arg(name), *_encoder_args(kind, index)])
+        for name, kind, index in encoder_names(plan)
+    ]
+    (out / "compose.yaml").write_text(compose.render(nodes))
+    return cfg
+
+
 def run_testnet(plan: TestnetPlan, *, echo: Any = print) -> int:
     out = plan.out
     for sub in ("nodes", "keys"):
@@ -238,19 +296,10 @@ def run_testnet(plan: TestnetPlan, *, echo: Any = print) -> int:
         return path, key
 
     vkeys = [keyed(f"validator-{i}") for i in range(plan.validators)]
-    ref = DatasetRef("builtin:corpus.txt", b"", "lines")
-    data = resolve_dataset_path(ref, out).read_bytes()
-    ref = DatasetRef(ref.path, hashlib.sha256(data).digest(), "lines")
-    overrides: dict[str, Any] = {"name": "dlnet-testnet", "dataset": ref}
-    if plan.round_seconds is not None:
-        overrides["round_seconds"] = plan.round_seconds
-    probe = default_config((ValidatorEntry(k.public_key, 100) for _, k in vkeys), 0, **overrides)
-    round_s = probe.timing.round_seconds
+    probe = testnet_config(plan, [k for _, k in vkeys], 0, out)
     # Round 1 starts once every process is up; round 0 lies before it (replay copies it).
-    genesis = int(time.time() + STARTUP_SECONDS) - round_s
-    cfg = default_config(
-        tuple(ValidatorEntry(k.public_key, 100) for _, k in vkeys), genesis, **overrides
-    )
+    genesis = int(time.time() + STARTUP_SECONDS) - probe.timing.round_seconds
+    cfg = testnet_config(plan, [k for _, k in vkeys], genesis, out)
     config_path = out / "network.toml"
     config_path.write_text(dump_config(cfg))
     echo(
@@ -297,33 +346,29 @@ def run_testnet(plan: TestnetPlan, *, echo: Any = print) -> int:
             )
             p.public_key = key.public_key.hex()
             procs.append(p)
-        index = 0
-        for kind, count in plan.encoders:
-            for _ in range(count):
-                name = f"encoder-{index}-{kind.replace(':', '_')}"
-                path, key = keyed(name)
-                p = _start(
-                    name,
-                    "encoder",
-                    kind,
-                    out,
-                    _node_cmd(
-                        config_path,
-                        out / "nodes" / name,
-                        [
-                            "--role",
-                            "encoder",
-                            "--key",
-                            str(path),
-                            "--bootstrap",
-                            boot_addr,
-                            *_encoder_args(kind, index),
-                        ],
-                    ),
-                )
-                p.public_key = key.public_key.hex()
-                procs.append(p)
-                index += 1
+        for name, kind, index in encoder_names(plan):
+            path, key = keyed(name)
+            p = _start(
+                name,
+                "encoder",
+                kind,
+                out,
+                _node_cmd(
+                    config_path,
+                    out / "nodes" / name,
+                    [
+                        "--role",
+                        "encoder",
+                        "--key",
+                        str(path),
+                        "--bootstrap",
+                        boot_addr,
+                        *_encoder_args(kind, index),
+                    ],
+                ),
+            )
+            p.public_key = key.public_key.hex()
+            procs.append(p)
         last = round_times(cfg, plan.rounds)
         end = last.finality_deadline + 8.0
         validators = [p for p in procs if p.role == "validator" and p.kind == "validator"]

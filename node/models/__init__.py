@@ -126,6 +126,10 @@ def load_model(
         raise ModelLoadError(
             f"--model {spec}: cannot import {module_name} ({exc}) — install it or fix the name"
         ) from exc
+    except Exception as exc:  # a module that fails while importing: its own bug, one line
+        raise ModelLoadError(
+            f"--model {spec}: importing {module_name} failed ({one_line(exc)}) — fix the module"
+        ) from exc
     factory: Callable[..., Model] | None = getattr(module, attr, None)
     if not callable(factory):
         raise ModelLoadError(f"--model {spec}: {module_name} has no callable {attr!r}")
@@ -133,9 +137,32 @@ def load_model(
         model = factory(network.dim, network.projection_seed, **dict(options or {}))
     except (TypeError, ValueError) as exc:
         raise ModelLoadError(f"--model {spec}: {exc} — check the --model-option values") from exc
-    if model.dim != network.dim:
+    except MemoryError as exc:
         raise ModelLoadError(
-            f"--model {spec}: the model's dim is {model.dim}, the network's is {network.dim} — "
+            f"--model {spec}: out of memory while loading the model — free memory or use a "
+            "smaller model"
+        ) from exc
+    except Exception as exc:  # weights missing, corrupt files, no network for a download...
+        raise ModelLoadError(
+            f"--model {spec}: the factory failed ({one_line(exc)}) — check that the model's "
+            "files are installed and readable"
+        ) from exc
+    dim = getattr(model, "dim", None)
+    if not callable(getattr(model, "embed", None)) or not isinstance(dim, int):
+        raise ModelLoadError(
+            f"--model {spec}: the factory returned {type(model).__name__}, which lacks an int "
+            "'dim' or an 'embed' method — see dlnet.node.models.Model"
+        )
+    if dim != network.dim:
+        raise ModelLoadError(
+            f"--model {spec}: the model's dim is {dim}, the network's is {network.dim} — "
             "a factory must return vectors of the dim it is given"
         )
     return model
+
+
+def one_line(exc: BaseException) -> str:
+    """``Type: first line of the message``, at most 200 characters."""
+    text = str(exc).strip().splitlines()
+    line = f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+    return line if len(line) <= 200 else line[:197] + "..."

@@ -1,0 +1,71 @@
+"""The node's log: one handler on the root logger, as text or as one JSON object per line.
+
+libp2p (``libp2p/utils/logging.py``) detaches its ``libp2p`` logger from the root at import
+time (``propagate = False``, no handler), so its warnings reached stderr through Python's
+last-resort handler with neither timestamp nor level; ``setup_logging`` hands them back to
+the root handler, unless ``LIBP2P_DEBUG`` asked libp2p to run its own logging.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from typing import Any, Final, TextIO
+
+LOG_FORMATS: Final = ("text", "json")
+TEXT_FORMAT: Final = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# Attributes every LogRecord has; anything else on a record came from ``extra=`` and is kept.
+_STANDARD: Final = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
+    "message",
+    "asctime",
+    "taskName",
+}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record: ts (Unix seconds), time (UTC, ISO 8601), level, logger,
+    msg, the ``extra=`` fields, and ``exc`` (the formatted traceback) when there is one."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "ts": round(record.created, 3),
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for name, value in vars(record).items():
+            if name not in _STANDARD and name not in out:
+                out[name] = value if isinstance(value, str | int | float | bool) else str(value)
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out, ensure_ascii=False)
+
+
+def setup_logging(level: str = "info", fmt: str = "text", stream: TextIO | None = None) -> None:
+    """Route every logger (dlnet's, libp2p's, hypercorn's) through one root handler."""
+    handler = logging.StreamHandler(stream or sys.stderr)
+    if fmt == "json":
+        formatter: logging.Formatter = JsonFormatter()
+        formatter.converter = time.gmtime
+    else:
+        formatter = logging.Formatter(TEXT_FORMAT)
+    handler.setFormatter(formatter)
+    if level != "debug":
+        # libp2p logs routine state at info (e.g. AUTO_CONNECTOR_STATE); keep its warnings
+        handler.addFilter(lambda r: r.levelno >= logging.WARNING or not r.name.startswith("libp2p"))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+    if not os.environ.get("LIBP2P_DEBUG"):
+        import libp2p  # noqa: F401  (its import-time setup must run before we undo it)
+
+        lp = logging.getLogger("libp2p")
+        lp.handlers.clear()
+        lp.propagate = True
+        lp.setLevel(logging.WARNING)
