@@ -114,7 +114,7 @@ class ValidatorRole:
         # (a commit first held after it never counts, ingest.COMMIT_GRACE).
         for at in (times.commit_deadline - COMMIT_PULL_LEAD, times.commit_deadline):
             await sleep_until(at)
-            await ctx.sync.fetch_round(Kind.COMMIT, rnd)
+            await ctx.sync.fetch_round(Kind.COMMIT, rnd, deadline=times.commit_deadline + 0.5)
         await sleep_until(times.reveal_deadline)
         await self.repair(rnd, times.repair_deadline)
         view = round_view(ctx, rnd)
@@ -127,7 +127,9 @@ class ValidatorRole:
         await sleep_until(times.repair_deadline)
         await self.attest(rnd, times.attest_deadline)
         await sleep_until(times.attest_deadline)
-        await ctx.sync.fetch_round(Kind.ATTESTATION, rnd)
+        await ctx.sync.fetch_round(
+            Kind.ATTESTATION, rnd, deadline=times.attest_deadline + REPAIR_INTERVAL
+        )
         await self.vote(rnd)
         await sleep_until(times.finality_deadline)
         await self.finalize(rnd, times.finality_deadline + FINALITY_GRACE)
@@ -138,7 +140,7 @@ class ValidatorRole:
             missing = round_view(self.ctx, rnd).missing()
             if not missing:
                 return
-            await self.ctx.sync.fetch_commitments(missing)
+            await self.ctx.sync.fetch_commitments(missing, deadline=deadline)
             await trio.sleep(REPAIR_INTERVAL)
 
     def _own(self, kind: Kind, rnd: int) -> Message | None:
@@ -238,7 +240,9 @@ class ValidatorRole:
                     for shard, enc in exc.missing
                     if enc in view.commits
                 ]
-                await self.ctx.sync.fetch_commitments(wanted)
+                await self.ctx.sync.fetch_commitments(
+                    wanted, deadline=round_times(self.ctx.cfg, rnd).finality_deadline
+                )
         return None
 
     async def vote(self, rnd: int) -> None:
@@ -276,7 +280,7 @@ class ValidatorRole:
         raw = ctx.store.get_round_state(rnd, "result")
         result = decode_result(raw) if raw is not None else None
         while True:
-            await ctx.sync.fetch_round(Kind.VOTE, rnd)
+            await ctx.sync.fetch_round(Kind.VOTE, rnd, deadline=deadline)
             if result is not None:
                 cert = self._certificate(rnd, result)
                 if cert is not None:

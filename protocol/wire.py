@@ -474,8 +474,9 @@ def decode(data: bytes, cfg: NetworkConfig, kind: Kind | None = None) -> Message
     Checks, cheapest first: size (oversize), msgpack and canonical form (malformed,
     non_canonical), kind (wrong_kind, also when it is not ``kind``), version (wrong_version),
     field count and types (malformed), network id (wrong_network), fixed lengths (wrong_length),
-    ranges and order (bad_field, also a round above MAX_ROUND), the vector (wrong_dimension, non_finite), the signer's
-    membership in the validator set (not_validator), and last the signature (bad_signature).
+    ranges and order (bad_field, also a round above MAX_ROUND), the vector (wrong_dimension,
+    non_finite), the signer's membership in the validator set (not_validator), and last the
+    signature (bad_signature).
     """
     kinds = list(Kind) if kind is None else [kind]
     obj = unpack_strict(data, max(max_message_bytes(cfg, k) for k in kinds))
