@@ -20,8 +20,8 @@ from dlnet.node.store import Store
 from dlnet.node.sync import MAX_ANSWER_BYTES, MAX_ITEMS, BadRequest, SyncClient, answer
 from dlnet.protocol.config import NetworkConfig, ValidatorEntry, default_config
 from dlnet.protocol.identity import SigningKey
-from dlnet.protocol.rounds import round_times
 from dlnet.protocol.result import RoundResult
+from dlnet.protocol.rounds import round_times
 from dlnet.protocol.wire import Certificate, Kind, encode, make_embedding, sign_commit
 
 GENESIS = 1_800_000_000
