@@ -6,8 +6,9 @@ from __future__ import annotations
 import logging
 
 import pytest
+import trio
 
-from dlnet.node.host import GossipParams, PeerPenalties
+from dlnet.node.host import GossipParams, PeerPenalties, RequestError, open_host
 
 
 def params(**kw: float) -> GossipParams:
@@ -54,3 +55,37 @@ def test_flood_logs_logarithmically(caplog: pytest.LogCaptureFixture) -> None:
     lines = [r for r in caplog.records if "sync_malformed" in r.getMessage()]
     assert 10 <= len(lines) <= 15
     assert all(r.exc_info is None for r in caplog.records)
+
+
+@pytest.mark.network
+@pytest.mark.timeout(60)
+def test_a_flooding_peer_is_rate_limited_then_banned_and_refused() -> None:
+    params = GossipParams(request_rate=5.0, request_burst=5, reject_ban_threshold=10)
+    loopback = "/ip4/127.0.0.1/tcp/0"
+
+    async def main() -> None:
+        async def serve(data: bytes, peer: str) -> bytes:
+            return data
+
+        async with open_host(listen=loopback, bootstrap=[], params=params) as a:
+            a.set_request_handler("/test/echo/1", serve, max_request_bytes=64)
+            async with open_host(listen=loopback, bootstrap=a.addrs, params=params) as b:
+                with trio.fail_after(10):
+                    while a.peer_id not in b.connected_peers():
+                        await trio.sleep(0.05)
+                with pytest.raises(RequestError):  # refused from its header, unread
+                    await b.request(a.peer_id, "/test/echo/1", b"x" * 65, 5)
+                answered = refused = 0
+                for _ in range(40):
+                    try:
+                        await b.request(a.peer_id, "/test/echo/1", b"hi", 2)
+                        answered += 1
+                    except RequestError:
+                        refused += 1
+                assert answered <= 6 and refused >= 30
+                assert a.counters["requests.rate_limited"] >= 1
+                assert a.counters["banned"] == 1
+                assert a.is_banned(b.peer_id)
+                assert a.counters["penalty.bad_request_frame"] == 1
+
+    trio.run(main)
