@@ -102,7 +102,7 @@ class GossipParams:
     reject_ban_threshold: int = 20
     """A peer whose penalty reaches this many points is disconnected and banned. A rejected
     gossip message, a bad request and a request over the rate limit cost 1 point each, an
-    ignored gossip message ``ignore_penalty``; points decay by ``penalty_decay`` per second."""
+    ignored gossip message (duplicate, old or future round) ``ignore_penalty``; points decay by ``penalty_decay`` per second."""
     ignore_penalty: float = 0.05
     penalty_decay: float = 0.5
     ban_seconds: float = 60.0
@@ -449,8 +449,8 @@ class Host:
         self._counters.add(f"{kind}.{reason}")
         if verdict is Verdict.REJECT:
             self.penalize(peer, reason)
-        elif reason == "duplicate":
-            self.penalize(peer, "ignored_duplicate", self._params.ignore_penalty)
+        else:  # duplicates, old or future rounds: cheap each, a flood of them bans
+            self.penalize(peer, f"ignored_{reason}", self._params.ignore_penalty)
         return False
 
     def penalize(self, peer: str, reason: str, points: float = 1.0) -> None:
