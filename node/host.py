@@ -102,7 +102,8 @@ class GossipParams:
     reject_ban_threshold: int = 20
     """A peer whose penalty reaches this many points is disconnected and banned. A rejected
     gossip message, a bad request and a request over the rate limit cost 1 point each, an
-    ignored gossip message (duplicate, old or future round) ``ignore_penalty``; points decay by ``penalty_decay`` per second."""
+    ignored gossip message (duplicate, old or future round) ``ignore_penalty``; points decay
+    by ``penalty_decay`` per second."""
     ignore_penalty: float = 0.05
     penalty_decay: float = 0.5
     ban_seconds: float = 60.0
