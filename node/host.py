@@ -113,8 +113,16 @@ class GossipParams:
     gossip_history heartbeats only; the store catches anything older, and a re-send after
     this long reaches the topic validator, where it is counted (ignored:duplicate)."""
     reject_ban_threshold: int = 20
-    """A peer that forwarded this many rejected messages is disconnected and banned."""
+    """A peer whose penalty reaches this many points is disconnected and banned. A rejected
+    gossip message, a bad request and a request over the rate limit cost 1 point each, an
+    ignored gossip message (duplicate, old or future round) ``ignore_penalty``; points decay
+    by ``penalty_decay`` per second."""
+    ignore_penalty: float = 0.05
+    penalty_decay: float = 0.5
     ban_seconds: float = 60.0
+    request_rate: float = 20.0
+    """Inbound requests per second a peer may make (token bucket over all protocols)."""
+    request_burst: int = 40
     backpressure_timeout: float = 5.0
     """Longest ``publish`` waits for a full outbound queue before sending anyway."""
 
@@ -136,6 +144,7 @@ class GossipParams:
                 f"publish_burst + publish_rate must stay below spam_limit={self.spam_limit}",
             )
         need(0 < self.max_message_bytes <= self.max_frame_bytes, "0 < max_message <= max_frame")
+        need(self.request_rate > 0 and self.request_burst >= 1, "request_rate > 0, burst >= 1")
         for name in ("request_timeout", "discovery_interval", "dial_timeout"):
             need(getattr(self, name) > 0, f"{name} must be > 0")
 
@@ -210,21 +219,87 @@ class _Counters:
 
 
 class _TokenBucket:
-    def __init__(self, rate: float, burst: int) -> None:
+    def __init__(self, rate: float, burst: int, now: float | None = None) -> None:
         self.rate = rate
         self.burst = float(burst)
         self.tokens = float(burst)
-        self.stamp = trio.current_time()
+        self.stamp = trio.current_time() if now is None else now
+
+    def try_take(self, now: float) -> bool:
+        """Take one token if there is one (no waiting)."""
+        self.tokens = min(self.burst, self.tokens + max(now - self.stamp, 0.0) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
 
     async def take(self) -> None:
-        while True:
-            now = trio.current_time()
-            self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
-            self.stamp = now
-            if self.tokens >= 1.0:
-                self.tokens -= 1.0
-                return
+        while not self.try_take(trio.current_time()):
             await trio.sleep((1.0 - self.tokens) / self.rate)
+
+
+class PeerPenalties:
+    """One penalty score per peer, shared by every kind of misbehaviour, with linear decay,
+    per-peer request token buckets, bans, and a log bounded under a flood (pure bookkeeping;
+    the host acts on `penalize`'s answer). Times are ``trio.current_time()`` seconds."""
+
+    def __init__(self, params: GossipParams) -> None:
+        self.params = params
+        self._score: dict[str, tuple[float, float]] = {}  # peer -> (points, at)
+        self._buckets: dict[str, _TokenBucket] = {}
+        self._banned: dict[str, float] = {}  # peer -> ban end
+        self._logged: dict[tuple[str, str], int] = {}
+
+    def score(self, peer: str, now: float) -> float:
+        points, at = self._score.get(peer, (0.0, now))
+        return max(0.0, points - (now - at) * self.params.penalty_decay)
+
+    def penalize(self, peer: str, reason: str, points: float, now: float) -> bool:
+        """Charge ``peer``; True exactly when this charge starts a ban."""
+        self.note(peer, reason)
+        if self.banned(peer, now):
+            return False
+        total = self.score(peer, now) + points
+        if total >= self.params.reject_ban_threshold:
+            self._score.pop(peer, None)
+            self._banned[peer] = now + self.params.ban_seconds
+            log.warning(
+                "peer %s banned for %.0fs (last: %s)", peer, self.params.ban_seconds, reason
+            )
+            return True
+        self._score[peer] = (total, now)
+        return False
+
+    def banned(self, peer: str, now: float) -> bool:
+        end = self._banned.get(peer)
+        if end is None:
+            return False
+        if now >= end:
+            del self._banned[peer]
+            return False
+        return True
+
+    def allow_request(self, peer: str, now: float) -> bool:
+        bucket = self._buckets.get(peer)
+        if bucket is None:
+            if len(self._buckets) > 4096:  # peers come and go: forget idle buckets
+                self._buckets.clear()
+            bucket = self._buckets[peer] = _TokenBucket(
+                self.params.request_rate, self.params.request_burst, now
+            )
+        return bucket.try_take(now)
+
+    def note(self, peer: str, reason: str) -> None:
+        """One log line per (peer, reason) at the 1st, 2nd, 4th, 8th, ... occurrence: the
+        log grows with the logarithm of a flood, never a traceback."""
+        key = (peer, reason)
+        n = self._logged.get(key, 0) + 1
+        if len(self._logged) > 4096:
+            self._logged.clear()
+        self._logged[key] = n
+        if n & (n - 1) == 0:
+            log.info("rejected from %s: %s (%d so far)", peer, reason, n)
 
 
 class _CountingGossipSub(GossipSub):
@@ -326,7 +401,7 @@ class Host:
         self._bucket = _TokenBucket(params.publish_rate, params.publish_burst)
         self._publish_lock = trio.Lock()
         self._sinks: dict[str, trio.MemorySendChannel[tuple[bytes, str]]] = {}
-        self._rejects: dict[str, int] = {}
+        self.penalties = PeerPenalties(params)
         self.peer_id: str = lp.get_id().to_base58()
         # As others dial them (and as peer exchange sends them): ending in /p2p/<peer id>.
         self.addrs: list[str] = [
@@ -410,10 +485,20 @@ class Host:
         self._counters.add(kind)
         self._counters.add(f"{kind}.{reason}")
         if verdict is Verdict.REJECT:
-            self._rejects[peer] = self._rejects.get(peer, 0) + 1
-            if self._rejects[peer] == self._params.reject_ban_threshold:
-                self._nursery.start_soon(self._ban, fwd)
+            self.penalize(peer, reason)
+        else:  # duplicates, old or future rounds: cheap each, a flood of them bans
+            self.penalize(peer, f"ignored_{reason}", self._params.ignore_penalty)
         return False
+
+    def penalize(self, peer: str, reason: str, points: float = 1.0) -> None:
+        """Charge ``peer`` for misbehaviour (counted as ``penalty.<reason>``); at
+        ``reject_ban_threshold`` points it is disconnected and banned for ``ban_seconds``."""
+        self._counters.add(f"penalty.{reason}")
+        if self.penalties.penalize(peer, reason, points, trio.current_time()):
+            self._nursery.start_soon(self._ban, ID.from_base58(peer))
+
+    def is_banned(self, peer: str) -> bool:
+        return self.penalties.banned(peer, trio.current_time())
 
     def _deliver(self, topic: str, data: bytes, forwarder: ID) -> None:
         sink = self._sinks.get(topic)
@@ -439,26 +524,50 @@ class Host:
             await self._lp.disconnect(peer)
         await trio.sleep(self._params.ban_seconds)
         self._pubsub.remove_from_blacklist(peer)
-        self._rejects.pop(peer.to_base58(), None)
 
     # ----- request / response ---------------------------------------------------------
 
-    def set_request_handler(self, protocol_id: str, handler: RequestHandler) -> None:
+    def set_request_handler(
+        self, protocol_id: str, handler: RequestHandler, *, max_request_bytes: int | None = None
+    ) -> None:
         """Serve ``protocol_id``: one request frame in, one response or error frame out.
         A handler raising :class:`RequestError` sends its message; anything else sends
-        ``internal error``."""
+        ``internal error``. A request body above ``max_request_bytes`` (default
+        ``max_frame_bytes``) is refused from its frame header, before it is read. A banned
+        peer's streams are reset unread; a peer over its request rate (``request_rate``,
+        ``request_burst``) gets a ``rate limited`` error frame and a penalty point."""
+        limit = self._params.max_frame_bytes if max_request_bytes is None else max_request_bytes
 
         async def serve(stream: INetStream) -> None:
-            await self._serve(stream, handler)
+            await self._serve(stream, handler, limit)
 
         self._lp.set_stream_handler(TProtocol(protocol_id), serve)
 
-    async def _serve(self, stream: INetStream, handler: RequestHandler) -> None:
+    async def _serve(self, stream: INetStream, handler: RequestHandler, limit: int) -> None:
         peer = stream.muxed_conn.peer_id.to_base58()
         max_bytes = self._params.max_frame_bytes
+        if self.is_banned(peer):
+            self._counters.add("requests.refused_banned")
+            with contextlib.suppress(Exception):
+                await stream.reset()
+            with contextlib.suppress(Exception):
+                await self._lp.disconnect(ID.from_base58(peer))
+            return
+        if not self.penalties.allow_request(peer, trio.current_time()):
+            self._counters.add("requests.rate_limited")
+            self.penalize(peer, "rate_limited")
+            with contextlib.suppress(Exception):
+                with trio.move_on_after(1.0):
+                    await stream.write(encode_frame(FRAME_ERROR, b"rate limited"))
+                await stream.close()
+            return
         try:
             with trio.fail_after(self._params.request_timeout):
-                kind, body = await read_frame(stream, max_bytes)
+                try:
+                    kind, body = await read_frame(stream, limit)
+                except RequestError:
+                    self.penalize(peer, "bad_request_frame")
+                    raise
                 if kind != FRAME_REQUEST:
                     raise RequestError(f"expected a request frame, got kind {kind}")
                 try:
@@ -666,6 +775,12 @@ class Host:
         while True:
             now = trio.current_time()
             connected = set(self.connected_peers())
+            for peer in sorted(connected):
+                if self.is_banned(peer):  # it dialled us again during its ban
+                    self._counters.add("refused_banned")
+                    with contextlib.suppress(Exception):
+                        await self._lp.disconnect(ID.from_base58(peer))
+                    connected.discard(peer)
             for peer in connected - set(self._table.connected_since):
                 self._nursery.start_soon(self._check_status, peer)
             self._status_ok &= connected

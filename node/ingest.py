@@ -137,6 +137,22 @@ class Ingest:
             return Outcome.IGNORED
         return self._store(msg, data, "ignored" if window else "sync")
 
+    def admit_fetched(
+        self, data: bytes, kind: Kind, requested: Callable[[Message], bool]
+    ) -> Outcome:
+        """Admission for one item of a sync answer: as ``admit(data, kind, window=False)``, and
+        a valid message that is not what was asked for (``requested`` says no) is rejected
+        and counted as ``rejected:unrequested``."""
+        msg = self._decode(data, kind)
+        if msg is None:
+            return Outcome.REJECTED
+        if not requested(msg):
+            self.count("rejected", "unrequested")
+            return Outcome.REJECTED
+        if not self._in_time(msg):
+            return Outcome.IGNORED
+        return self._store(msg, data, "sync")
+
     def admit_own(self, msg: Message, data: bytes) -> None:
         """A message this node made: stored before it is published (the host skips a
         node's own topic validators and does not hand it its own messages)."""

@@ -31,7 +31,7 @@ from dlnet.node.models import Model, load_model
 from dlnet.node.progress import genesis_countdown, keep_live_info, write_json
 from dlnet.node.report import INFO_FILE, STORE_FILE
 from dlnet.node.store import Store
-from dlnet.node.sync import SyncClient, install_server
+from dlnet.node.sync import REQUEST_TIMEOUT, SyncClient, install_server
 from dlnet.node.validator import ValidatorRole
 from dlnet.protocol.config import NetworkConfig, parse_config
 from dlnet.protocol.consensus import CertificateError, verify_certificate
@@ -206,7 +206,9 @@ async def catch_up(ctx: NodeContext) -> None:
             ctx.store.put_round_outcome(cert.round, True, result_digest(cert.result))
         return True
 
-    await ctx.sync.fetch_certificates(lo, now_round - 1, keep)
+    await ctx.sync.fetch_certificates(
+        lo, now_round - 1, keep, deadline=wall_clock() + 2 * REQUEST_TIMEOUT
+    )
 
 
 # An encoder starting mid-round still joins it when at least this long is left to commit.

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Final
 import numpy as np
 from numpy.typing import NDArray
 
-from dlnet.protocol.canonical import pack, sha256, u16be, u64be, unpack_strict
+from dlnet.protocol.canonical import MAX_ROUND, pack, sha256, u16be, u64be, unpack_strict
 from dlnet.protocol.errors import Reject, RejectReason
 from dlnet.protocol.identity import SIGNATURE_BYTES, SigningKey, verify
 from dlnet.protocol.result import RoundResult, decode_result, encode_result
@@ -32,6 +32,7 @@ if TYPE_CHECKING:  # config imports consensus, which imports this module
 __all__ = [
     "DOMAINS",
     "MAX_ENCODERS",
+    "MAX_ROUND",
     "PRECOMMIT",
     "PREVOTE",
     "REVEAL_TAG",
@@ -67,7 +68,6 @@ SALT_BYTES = 16
 MAX_ENCODERS = 1024
 """Most encoders one attestation (and so one round result) may list."""
 REVEAL_TAG = b"dlnet/v1/reveal"
-_MAX_U64 = 2**64 - 1
 _MAX_U16 = 2**16 - 1
 
 
@@ -468,7 +468,7 @@ def _max_result_bytes(dim: int, shards: int, validators: int) -> int:
 def _max_bytes(kind: Kind, dim: int, shards: int, slots: int, validators: int) -> int:
     """The encoded size of the largest valid message of ``kind`` (every field at its maximum)."""
     h, sig = bytes(HASH_BYTES), bytes(SIGNATURE_BYTES)
-    head = [int(kind), WIRE_VERSION, h, _MAX_U64]
+    head = [int(kind), WIRE_VERSION, h, 2**64 - 1]  # any 9-byte integer slot, as in v1
     bodies: dict[Kind, list[Any]] = {
         Kind.COMMIT: [h, [h] * (shards * slots), sig],
         Kind.EMBEDDING: [h, shards - 1, slots - 1, bytes(SALT_BYTES), bytes(4 * dim), sig],
@@ -500,8 +500,9 @@ def decode(data: bytes, cfg: NetworkConfig, kind: Kind | None = None) -> Message
     Checks, cheapest first: size (oversize), msgpack and canonical form (malformed,
     non_canonical), kind (wrong_kind, also when it is not ``kind``), version (wrong_version),
     field count and types (malformed), network id (wrong_network), fixed lengths (wrong_length),
-    ranges and order (bad_field), the vector (wrong_dimension, non_finite), the signer's
-    membership in the validator set (not_validator), and last the signature (bad_signature).
+    ranges and order (bad_field, also a round above MAX_ROUND), the vector (wrong_dimension,
+    non_finite), the signer's membership in the validator set (not_validator), and last the
+    signature (bad_signature).
     """
     kinds = list(Kind) if kind is None else [kind]
     obj = unpack_strict(data, max(max_message_bytes(cfg, k) for k in kinds))
@@ -522,7 +523,7 @@ def decode(data: bytes, cfg: NetworkConfig, kind: Kind | None = None) -> Message
         raise Reject(RejectReason.MALFORMED, f"{len(obj)} fields, a {got.name} has {_ARITY[got]}")
     if _bin(obj[2], HASH_BYTES, "network_id") != cfg.network_id:
         raise Reject(RejectReason.WRONG_NETWORK, obj[2].hex()[:16])
-    _uint(obj[3], _MAX_U64, "round")
+    _uint(obj[3], MAX_ROUND, "round")
     msg = _PARSERS[got](obj, cfg)
     if not isinstance(msg, Certificate) and not signature_valid(msg):
         raise Reject(RejectReason.BAD_SIGNATURE, f"{got.name} round {msg.round}")
