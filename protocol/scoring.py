@@ -4,14 +4,17 @@ weighted embedding.
 Per shard s and encoder e the validator holds one (slots, dim) array: slot 0 = full F, slot
 2m+1 = mask A_m, slot 2m+2 = inverse B_m. The score of a cell is
 
-    score = 0                                   if the cell is missing, invalid, gated or an outlier
-          = comp * (1 - dl_weight * min(dl / dl_scale, 1))   otherwise
+    score = 0                    if the cell is missing, invalid, gated or an outlier,
+                                 or its shard has < min_encoders_for_lof voices
+          = comp * (1 - dl_weight * min(dl / dl_scale, 1))    otherwise
 
 where ``comp`` (in [0, 1]) grows with the *composition agreement*: the cosine between the
 encoder's composition residual F - A_m - B_m and the consensus (coordinate-wise median) of the
 shard's valid encoders' residual directions; dl is the differential loss, the residual's norm
 relative to F. LOF and the cosine to the consensus embedding direction are hard cuts
 (outliers), both computed on every slot on the DIRECTIONS of the embeddings (unit vectors).
+Every peer statistic is taken over *voices*: cells whose directions are near-identical on every
+slot (cosine > duplicate_cos) are one voice, so copies of one model do not add up.
 
 Why this shape (measured in docs/VALIDITY.md): DL alone ranks real encoders with the wrong
 sign (FINDINGS.md), and so does any reward for a small residual: an encoder can forge an inverse
@@ -190,8 +193,9 @@ def score_round(
 
     Steps: (1) cell status: missing / malformed (wrong shape) / non_finite / zero_norm (a slot with
     L2 norm <= zero_norm_eps) / ok; (2) collapse gate per encoder on the effective rank of all its
-    valid vectors of the round; (3) per shard and slot, LOF and cosine to the consensus direction
-    among the ok cells;
+    valid vectors of the round; (3) per shard, the voices (``duplicate_groups``) of the ok cells;
+    fewer than min_encoders_for_lof voices: the cells are unchecked and score 0; else per slot,
+    LOF and cosine to the consensus direction of the voices;
     (4) composition agreement among the ok cells; (5) DL, the too-exact gate (DL below
     min_dl_ratio of the shard median) and the score.
     """
