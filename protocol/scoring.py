@@ -226,7 +226,9 @@ def score_round(
         vectors = [data[s, e] for s in range(n_shards) if status[s][e] == "ok"]
         if vectors:
             erank[e] = effective_rank(np.concatenate(vectors))
-    gates = _gates(params, erank, status)
+    units = {cell: _directions(x) for cell, x in data.items()}
+    round_voices = _round_voices(units, status, params.duplicate_cos)
+    gates = _gates(params, erank, status, round_voices)
     for e, gate in enumerate(gates):
         if gate == "collapse":
             for s in range(n_shards):
@@ -325,16 +327,45 @@ def _norms(x: NDArray[np.float64]) -> NDArray[np.float64]:
     return np.sqrt(squares)
 
 
+def _round_voices(
+    units: Mapping[tuple[int, int], NDArray[np.float64]],
+    status: Sequence[Sequence[Status]],
+    duplicate_cos: float,
+) -> list[list[int]]:
+    """The round's voices among the encoders with an ok cell: encoders a and b are one voice if
+    they share an ok shard and on EVERY shard where both are ok their directions have a cosine
+    above ``duplicate_cos`` on every slot (closed transitively, as ``duplicate_groups``)."""
+    n_shards = len(status)
+    n_enc = len(status[0]) if n_shards else 0
+    ok = [e for e in range(n_enc) if any(status[s][e] == "ok" for s in range(n_shards))]
+    pairs: list[tuple[int, int]] = []
+    if duplicate_cos < 1.0:
+        for i, a in enumerate(ok):
+            for j in range(i + 1, len(ok)):
+                b = ok[j]
+                both = [s for s in range(n_shards) if status[s][a] == status[s][b] == "ok"]
+                if both and all(
+                    bool(np.all(np.sum(units[s, a] * units[s, b], axis=-1) > duplicate_cos))
+                    for s in both
+                ):
+                    pairs.append((i, j))
+    return [[ok[i] for i in group] for group in _components(len(ok), pairs)]
+
+
 def _gates(
-    params: ScoringParams, erank: NDArray[np.float64], status: Sequence[Sequence[Status]]
+    params: ScoringParams,
+    erank: NDArray[np.float64],
+    status: Sequence[Sequence[Status]],
+    voices: Sequence[Sequence[int]],
 ) -> tuple[str | None, ...]:
     """``collapse`` if the effective rank is below the absolute or the relative bound.
 
-    The relative bound is ``collapse_rel_rank`` times the median effective rank of the encoders
-    that have any valid vector in the round.
+    The relative bound is ``collapse_rel_rank`` times the median over the round's ``voices``
+    (``_round_voices``) of the median effective rank of the voice's members, so copies of one
+    model cannot move it.
     """
-    known = erank[~np.isnan(erank)]
-    median = float(np.median(known)) if known.size else 0.0
+    known = [float(np.median(erank[list(v)])) for v in voices if not np.isnan(erank[list(v)]).all()]
+    median = float(np.median(known)) if known else 0.0
     bound = max(params.collapse_min_rank, params.collapse_rel_rank * median)
     gates: list[str | None] = []
     for e, rank in enumerate(erank):

@@ -634,3 +634,22 @@ def test_near_duplicate_copies_do_not_define_the_consensus(seed: int) -> None:
     assert max(counted[k] for k in copies) > min(
         v for k, v in counted.items() if k.startswith(b"honest")
     )
+
+
+def test_copies_do_not_move_the_collapse_gates_median() -> None:
+    """8 near-copies of a high-rank random encoder: counted one by one they set the median
+    effective rank and gate the honest encoders (a strict collapse_rel_rank of 0.9); as one
+    voice they do not."""
+    world = make_world(0)
+    rng = np.random.default_rng(9)
+    encoders = {f"honest-{i}".encode(): honest(world, rng) for i in range(3)}
+    base = [rng.normal(size=(5, DIM)) for _ in world.slots]
+    for i in range(8):
+        encoders[f"copy-{i}".encode()] = [b + 1e-4 * rng.normal(size=b.shape) for b in base]
+    strict = dataclasses.replace(ScoringParams(), collapse_rel_rank=0.9)
+    res = run(strict, world, encoders)
+    gates = dict(zip(res.encoders, res.gates, strict=True))
+    assert all(gates[f"honest-{i}".encode()] is None for i in range(3))
+    counted = run(dataclasses.replace(strict, duplicate_cos=1.0), world, encoders)
+    gates = dict(zip(counted.encoders, counted.gates, strict=True))
+    assert all(gates[f"honest-{i}".encode()] == "collapse" for i in range(3))
