@@ -7,7 +7,9 @@ every round with attestations, the κ-median consensus of the attestations the v
 (`protocol.consensus.usable_attestations` and `consensus_matrix`, as the round result would
 take them) gives each encoder's mean score over the shards and its outlier shards, listed by
 kind. Unlike report.json's ranking, which is read from certified results, it also shows rounds
-that did not finalise (e.g. a vote split under load).
+that did not finalise (e.g. a vote split under load). With the stored full embeddings it also
+recomputes the round result (`compute_result`): its digest and, per shard, the cosine of the
+weighted embedding to the mean of the `honest` encoders' full embeddings and its norm ratio.
 """
 
 from __future__ import annotations
@@ -17,11 +19,18 @@ import json
 import sqlite3
 from pathlib import Path
 
+import numpy as np
+
 from dlnet.protocol.config import parse_config
-from dlnet.protocol.consensus import consensus_matrix, usable_attestations
+from dlnet.protocol.consensus import (
+    MissingEmbeddings,
+    compute_result,
+    consensus_matrix,
+    usable_attestations,
+)
 from dlnet.protocol.errors import Reject
-from dlnet.protocol.result import U16_MAX
-from dlnet.protocol.wire import Attestation, decode
+from dlnet.protocol.result import U16_MAX, result_digest
+from dlnet.protocol.wire import Attestation, Embedding, decode
 
 
 def main() -> int:
@@ -35,6 +44,7 @@ def main() -> int:
     rounds = sorted(r for (r,) in db.execute("SELECT DISTINCT round FROM messages"))
     for rnd in rounds:
         held = []
+        fulls: dict[tuple[int, bytes], np.ndarray] = {}
         for (data,) in db.execute("SELECT data FROM messages WHERE round = ?", (rnd,)):
             try:
                 msg = decode(data, cfg)
@@ -42,6 +52,8 @@ def main() -> int:
                 continue
             if isinstance(msg, Attestation):
                 held.append(msg)
+            elif isinstance(msg, Embedding) and msg.slot == 0:
+                fulls[(msg.shard, msg.encoder)] = msg.array()
         used = usable_attestations(cfg, rnd, held)
         if not used:
             continue
@@ -55,6 +67,23 @@ def main() -> int:
         print(f"round {rnd}: {len(used)} attestations")
         for score, kind, key, flagged in rows:
             print(f"  {kind:14s} {key} {score:.3f}  outlier shards {flagged}")
+        try:
+            res = compute_result(cfg, rnd, used, fulls)
+        except MissingEmbeddings as exc:
+            print(f"  result: {len(exc.missing)} full embeddings missing")
+            continue
+        print(f"  result digest {result_digest(res).hex()[:16]}")
+        honest = [bytes.fromhex(k) for k, kind in kinds.items() if kind == "honest"]
+        for s in range(cfg.shards_per_round):
+            vec = np.frombuffer(res.weighted[s], dtype="<f4").astype(np.float64)
+            own = [fulls[(s, k)].astype(np.float64) for k in honest if (s, k) in fulls]
+            if not own or not vec.any():
+                print(f"  shard {s}: weighted embedding {'zero' if own else 'no honest fulls'}")
+                continue
+            mean = np.mean(own, axis=0)
+            cos = float(np.sum(vec * mean) / np.linalg.norm(vec) / np.linalg.norm(mean))
+            ratio = float(np.linalg.norm(vec) / np.linalg.norm(mean))
+            print(f"  shard {s}: cosine to the honest mean {cos:.4f}, norm ratio {ratio:.3f}")
     return 0
 
 
