@@ -250,9 +250,7 @@ def score_round(
         peers = [e for e in range(n_enc) if status[s][e] == "ok"]
         if not peers:
             continue
-        groups = duplicate_groups(
-            np.stack([_directions(data[s, e]) for e in peers]), params.duplicate_cos
-        )
+        groups = duplicate_groups(np.stack([units[s, e] for e in peers]), params.duplicate_cos)
         for group in groups:
             voice[s, [peers[i] for i in group]] = peers[group[0]]
         if len(groups) < params.min_encoders_for_lof:
