@@ -9,7 +9,9 @@ take them) gives each encoder's mean score over the shards and its outlier shard
 kind. Unlike report.json's ranking, which is read from certified results, it also shows rounds
 that did not finalise (e.g. a vote split under load). With the stored full embeddings it also
 recomputes the round result (`compute_result`): its digest and, per shard, the cosine of the
-weighted embedding to the mean of the `honest` encoders' full embeddings and its norm ratio.
+weighted embedding to the mean of the `honest` encoders' full embeddings and its norm ratio,
+and each non-honest encoder's share of it (least-squares decomposition over the weighted
+encoders' fulls, |a_i| ||f_i|| / sum_j |a_j| ||f_j||) against its weight share.
 """
 
 from __future__ import annotations
@@ -84,6 +86,26 @@ def main() -> int:
             cos = float(np.sum(vec * mean) / np.linalg.norm(vec) / np.linalg.norm(mean))
             ratio = float(np.linalg.norm(vec) / np.linalg.norm(mean))
             print(f"  shard {s}: cosine to the honest mean {cos:.4f}, norm ratio {ratio:.3f}")
+            weights = {
+                key: int(res.consensus[s * len(res.encoders) + e])
+                for e, key in enumerate(res.encoders)
+                if not res.outliers[s * len(res.encoders) + e]
+                and res.consensus[s * len(res.encoders) + e] > 0
+            }
+            keys = sorted(weights)
+            if len(keys) > vec.size:
+                continue
+            basis = np.stack([fulls[(s, k)].astype(np.float64) for k in keys], axis=1)
+            coef = np.linalg.lstsq(basis, vec, rcond=None)[0]
+            parts = np.abs(coef) * np.linalg.norm(basis, axis=0)
+            total = sum(weights.values())
+            for i, k in enumerate(keys):
+                if kinds.get(k.hex()) != "honest":
+                    share = parts[i] / parts.sum()
+                    print(
+                        f"    {kinds.get(k.hex(), '?')} {k.hex()[:8]}: weight share "
+                        f"{weights[k] / total:.3f}, share of the output {share:.3f}"
+                    )
     return 0
 
 
