@@ -22,6 +22,7 @@ from dlnet.protocol.scoring import (
     ScoringParams,
     composition_agreement,
     differential_loss,
+    duplicate_groups,
     effective_rank,
     round_embeddings,
     score_round,
@@ -653,3 +654,20 @@ def test_copies_do_not_move_the_collapse_gates_median() -> None:
     counted = run(dataclasses.replace(strict, duplicate_cos=1.0), world, encoders)
     gates = dict(zip(counted.encoders, counted.gates, strict=True))
     assert all(gates[f"honest-{i}".encode()] == "collapse" for i in range(3))
+
+
+def test_duplicate_groups_are_the_same_partition_in_any_order() -> None:
+    rng = np.random.default_rng(11)
+    base = rng.normal(size=(4, 3, DIM))
+    rows = [base[i % 4] + (1e-5 if i >= 4 else 0.0) * rng.normal(size=(3, DIM)) for i in range(9)]
+    units = np.stack([r / np.linalg.norm(r, axis=-1, keepdims=True) for r in rows])
+    groups = duplicate_groups(units, 0.999)
+    assert groups == [[0, 4, 8], [1, 5], [2, 6], [3, 7]]
+    for seed in range(3):
+        perm = np.random.default_rng(seed).permutation(9)
+        shuffled = duplicate_groups(units[perm], 0.999)
+        assert sorted(sorted(int(perm[i]) for i in g) for g in shuffled) == groups
+    assert duplicate_groups(units, 1.0) == [[i] for i in range(9)]
+    # One slot far apart is enough to keep two cells apart: near on every slot, not on average.
+    units[8, 2] = -units[0, 2]
+    assert [0, 4] in duplicate_groups(units, 0.999) and [8] in duplicate_groups(units, 0.999)
