@@ -140,6 +140,8 @@ def test_an_empty_or_unfinalized_or_padded_round_fails_the_testnet() -> None:
         "summary: 1 of 4 rounds finalized with a non-empty result of real encoders; "
         "FAILED rounds: 2, 3, 4"
     )
+
+
 def test_scaled_and_cheapcopy_kinds() -> None:
     assert parse_encoder_spec("honest:6,scaled@7:1,scaled@1e6:1,cheapcopy:8,cheapcopy@0.001:1") == (
         ("honest", 6),
