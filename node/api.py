@@ -42,7 +42,7 @@ from prometheus_client.registry import Collector
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from dlnet.node.context import wall_clock
@@ -377,6 +377,8 @@ def _registry(view: NodeView) -> tuple[CollectorRegistry, Counter]:
 
 
 def build_app(view: NodeView) -> Starlette:
+    from dlnet.node import dashboard  # imports this module
+
     registry, requests = _registry(view)
 
     def route(path: str, name: str, handler: Callable[[Request], Response]) -> Route:
@@ -430,6 +432,14 @@ def build_app(view: NodeView) -> Starlette:
                 "metrics",
                 lambda _r: Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST),
             ),
+            # --- live dashboard (node/dashboard.py) ---
+            route("/dashboard", "dashboard_page", lambda _r: HTMLResponse(dashboard.page())),
+            route(
+                "/v1/dashboard",
+                "dashboard",
+                lambda r: JSONResponse(dashboard.dashboard(view, dict(r.query_params))),
+            ),
+            # --- end live dashboard ---
         ],
         exception_handlers={HTTPException: unmatched},
     )
