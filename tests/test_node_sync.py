@@ -246,13 +246,20 @@ def test_certificates_outside_the_range_asked_are_unrequested(held: Held, tmp_pa
         result = RoundResult(held.cfg.network_id, rnd, (), (), (), (), (), weighted, (), bytes(32))
         return encode(Certificate(held.cfg.network_id, rnd, result, ()))
 
-    answers: dict[str, list[bytes] | None] = {"junk": [b"bad", cert(40)], "good": [cert(3)]}
-    client, host, _ = client_for(held, tmp_path, answers)
-    kept: list[bytes] = []
-    n = trio.run(
-        lambda: client.fetch_certificates(
-            0, 9, lambda d: kept.append(d) is None, deadline=time.time() + 5
+    def fetch(answers: dict[str, list[bytes] | None]) -> tuple[int, list[bytes], FakeHost]:
+        client, host, _ = client_for(held, tmp_path, answers)
+        kept: list[bytes] = []
+        n = trio.run(
+            lambda: client.fetch_certificates(
+                0, 9, lambda d: kept.append(d) is None, deadline=time.time() + 5
+            )
         )
-    )
-    assert n == 1 and kept == [cert(3)]
+        return n, kept, host
+
+    # Peers are asked in parallel and the search stops at the first useful answer, so the
+    # junk-sending peer is asked alone: both of its items are refused and charged to it.
+    n, kept, host = fetch({"junk": [b"bad", cert(40)]})
+    assert n == 0 and kept == []
     assert host.penalties == [("junk", "sync_bad_item")] * 2
+    n, kept, host = fetch({"junk": [b"bad", cert(40)], "good": [cert(3)]})
+    assert n == 1 and kept == [cert(3)]
