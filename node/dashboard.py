@@ -24,8 +24,9 @@ def page() -> str:
 
 def dashboard(view: NodeView, query: Mapping[str, str]) -> dict[str, Any]:
     """Everything the page shows: the node's status (peers, counters), and for each of the last
-    ``rounds`` rounds its outcome and finality latency (seconds, None if unknown); for each round with a verified certificate its ranking,
-    validators' agreement and signed stake; each encoder's score history across those rounds."""
+    ``rounds`` rounds its outcome and finality latency (seconds, None if unknown); for each
+    round with a verified certificate its ranking, validators' agreement and signed stake;
+    each encoder's score history across those rounds."""
     unknown = set(query) - {"rounds"}
     if unknown:
         raise ApiError(400, f"unknown query parameter {sorted(unknown)[0]!r}; use rounds")
