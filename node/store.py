@@ -287,8 +287,12 @@ class Store:
             return None
         for key in ("at", "latency", "slack"):
             value = record.get(key)
-            ok = isinstance(value, int | float) and not isinstance(value, bool)
-            record[key] = float(value) if ok and math.isfinite(value) else None
+            number = (
+                float(value)
+                if isinstance(value, int | float) and not isinstance(value, bool)
+                else math.nan
+            )
+            record[key] = number if math.isfinite(number) else None
         record["via"] = record.get("via") if record.get("via") in ("own", "catch_up") else None
         return record
 
