@@ -69,3 +69,5 @@ def test_dashboard_page_is_self_contained(node: Node) -> None:
     assert "http://" not in r.text.replace('"http://www.w3.org/2000/svg"', "")
     assert "https://" not in r.text
     assert "<script src" not in r.text
+    # the latency column and plot read the rounds' `latency` field
+    assert 'id="latency"' in r.text and "r.latency" in r.text
