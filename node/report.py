@@ -91,6 +91,14 @@ def _seconds(x: float | None) -> str:
     return "-" if x is None else f"{x:.1f} s"
 
 
+def _round_mark(r: dict[str, Any]) -> str:
+    """``3✓`` / ``3✗`` for `dlnet status`, with the finality latency when known (``3✓6.4s``)."""
+    latency = r.get("latency")
+    return f"{r['round']}{'✓' if r['finalized'] else '✗'}" + (
+        "" if latency is None else f"{latency:.1f}s"
+    )
+
+
 def node_status(data_dir: Path) -> dict[str, Any]:
     store = _open(data_dir)
     try:
@@ -133,8 +141,7 @@ def format_status(st: dict[str, Any], now: float | None = None) -> str:
         *(f"  peer    {p}" for p in peer_ids),
         f"round     {current}",
         f"finalized {'-' if last is None else f'last round {last}'}",
-        "rounds    "
-        + (" ".join(f"{r['round']}{'✓' if r['finalized'] else '✗'}" for r in st["rounds"]) or "-"),
+        "rounds    " + (" ".join(map(_round_mark, st["rounds"])) or "-"),
     ]
     for name, n in sorted(st["counters"].items()):
         lines.append(f"  {name:<40} {n}")
