@@ -50,12 +50,53 @@ def read_info(data_dir: Path) -> dict[str, Any]:
     return info
 
 
+def finality_latency(store: Store, rnd: int) -> float | None:
+    """Seconds from the round's reveal deadline to when this node assembled its certificate;
+    None if the node did not (not finalized, adopted by catch-up, or recorded before latency
+    was)."""
+    record = store.finalized_at(rnd)
+    return None if record is None else record["latency"]
+
+
 def outcome_rows(store: Store, lo: int = 0, hi: int = MAX_ROUND) -> list[dict[str, Any]]:
-    """How the rounds in [lo, hi] ended, as the node recorded them."""
-    return [
-        {"round": r, "finalized": fin, "result_digest": d.hex() if d else None}
-        for r, fin, d in store.round_outcomes(lo, hi)
-    ]
+    """How the rounds in [lo, hi] ended, as the node recorded them, with the finality latency
+    (`finality_latency`) and ``caught_up`` (the certificate came from a peer by catch-up)."""
+    rows = []
+    for r, fin, d in store.round_outcomes(lo, hi):
+        record = store.finalized_at(r) if fin else None
+        rows.append(
+            {
+                "round": r,
+                "finalized": fin,
+                "result_digest": d.hex() if d else None,
+                "latency": None if record is None else record["latency"],
+                "caught_up": record is not None and record["via"] == "catch_up",
+            }
+        )
+    return rows
+
+
+def latency_summary(latencies: Iterable[float | None]) -> dict[str, Any]:
+    """The median (lower median for an even count) and the maximum of the known latencies,
+    and how many were known; p50 and max are None when none was."""
+    known = sorted(x for x in latencies if x is not None)
+    return {
+        "p50": known[(len(known) - 1) // 2] if known else None,
+        "max": known[-1] if known else None,
+        "n": len(known),
+    }
+
+
+def _seconds(x: float | None) -> str:
+    return "-" if x is None else f"{x:.1f} s"
+
+
+def _round_mark(r: dict[str, Any]) -> str:
+    """``3✓`` / ``3✗`` for `dlnet status`, with the finality latency when known (``3✓6.4s``)."""
+    latency = r.get("latency")
+    return f"{r['round']}{'✓' if r['finalized'] else '✗'}" + (
+        "" if latency is None else f"{latency:.1f}s"
+    )
 
 
 def node_status(data_dir: Path) -> dict[str, Any]:
@@ -100,8 +141,7 @@ def format_status(st: dict[str, Any], now: float | None = None) -> str:
         *(f"  peer    {p}" for p in peer_ids),
         f"round     {current}",
         f"finalized {'-' if last is None else f'last round {last}'}",
-        "rounds    "
-        + (" ".join(f"{r['round']}{'✓' if r['finalized'] else '✗'}" for r in st["rounds"]) or "-"),
+        "rounds    " + (" ".join(map(_round_mark, st["rounds"])) or "-"),
     ]
     for name, n in sorted(st["counters"].items()):
         lines.append(f"  {name:<40} {n}")
@@ -269,6 +309,7 @@ def testnet_report(cfg: NetworkConfig, procs: Sequence[Proc], rounds: range) -> 
                 vals[vkey] = {
                     "result_digest": own,
                     "finalized": settled.get(rnd, False),
+                    "latency": finality_latency(st, rnd) if settled.get(rnd) else None,
                     "reveals_expected": sum(reveals[e]["expected"] for e in honest),
                     "reveals_held": sum(reveals[e]["held"] for e in honest),
                     "reveals": {e: {**v, "kind": kinds.get(e, "?")} for e, v in reveals.items()},
@@ -285,6 +326,7 @@ def testnet_report(cfg: NetworkConfig, procs: Sequence[Proc], rounds: range) -> 
                     "only_real_encoders": all(e in kinds and e in committed for e in named),
                     "result_digest": result_digest(cert.result).hex() if cert else None,
                     "validators": vals,
+                    "latency": latency_summary(v["latency"] for v in vals.values()),
                     "ranking": ranking(cert.result, kinds) if cert else [],
                 }
             )
@@ -332,6 +374,16 @@ def format_testnet(rep: dict[str, Any]) -> str:
             f"  validators agree: {'yes' if len(digests) == 1 and None not in digests else 'no'}"
             f"  only real encoders: {'yes' if r.get('only_real_encoders', True) else 'NO'}"
         )
+        lat = r.get("latency")
+        if lat and lat["n"]:
+            each = ", ".join(
+                f"{k[:8]} {_seconds(v.get('latency'))}" for k, v in r["validators"].items()
+            )
+            lines.append(
+                f"  finality latency (after the reveal deadline): p50 {_seconds(lat['p50'])}"
+                f"  max {_seconds(lat['max'])}  ({lat['n']} of {len(r['validators'])}"
+                f" validators: {each})"
+            )
         for i, row in enumerate(r["ranking"], 1):
             lines.append(
                 f"  {i:>2}. {row['kind']:<12} {row['score']:.4f}"
@@ -353,6 +405,14 @@ def format_testnet(rep: dict[str, Any]) -> str:
         + " (anything dropped is fetched by pull repair)"
     )
     lines.append("peak RSS (MB): " + ", ".join(f"{k}={v}" for k, v in rep["peak_rss_mb"].items()))
+    overall = latency_summary(
+        v.get("latency") for r in rep["rounds"] for v in r["validators"].values()
+    )
+    if overall["n"]:
+        lines.append(
+            f"finality latency: p50 {_seconds(overall['p50'])}, max {_seconds(overall['max'])}"
+            f" over {overall['n']} validator-rounds (seconds after the reveal deadline)"
+        )
     bad = [r["round"] for r in rep["rounds"] if not round_ok(r)]
     lines.append(
         f"summary: {len(rep['rounds']) - len(bad)} of {len(rep['rounds'])} rounds finalized with "

@@ -204,6 +204,7 @@ async def catch_up(ctx: NodeContext) -> None:
         if cert.round not in final:
             ctx.store.put_certificate(cert.round, data)
             ctx.store.put_round_outcome(cert.round, True, result_digest(cert.result))
+            ctx.store.put_finalized_at(cert.round, wall_clock(), None)
         return True
 
     await ctx.sync.fetch_certificates(

@@ -10,14 +10,21 @@ is a short indexed statement.
 
 from __future__ import annotations
 
+import json
+import math
 import sqlite3
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
+from typing import Any
+
+from dlnet.protocol.rounds import RoundTimes
 
 SCHEMA_VERSION = 1
 NO_SLOT = -1  # shard/slot of messages that have none (SQLite UNIQUE treats NULLs as distinct)
 MAX_ROUND = 2**63 - 1  # SQLite's largest integer
+FINALIZED_AT = "finalized_at"
+"""The round_state key of when this node finalized a round (see `Store.put_finalized_at`)."""
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -250,6 +257,44 @@ class Store:
             "SELECT value FROM round_state WHERE round=? AND key=?", (round, key)
         ).fetchone()
         return None if row is None else bytes(row[0])
+
+    def put_finalized_at(self, round: int, at: float, times: RoundTimes | None) -> None:
+        """Record that this node finalized ``round`` at wall-clock ``at``: with the round's
+        ``times`` when it assembled the certificate itself (finality latency = ``at`` minus the
+        reveal deadline; slack = the finality deadline minus ``at``), or ``None`` when it adopted
+        a peer's certificate by catch-up (no latency: ``at`` then says when it caught up, not
+        when the network finalized). A catch-up record never replaces an earlier one."""
+        record: dict[str, Any] = {"at": at, "via": "catch_up", "latency": None, "slack": None}
+        if times is not None:
+            record.update(
+                via="own",
+                latency=at - times.reveal_deadline,
+                slack=times.finality_deadline - at,
+            )
+        elif self.get_round_state(round, FINALIZED_AT) is not None:
+            return
+        self.put_round_state(round, FINALIZED_AT, json.dumps(record, sort_keys=True).encode())
+
+    def finalized_at(self, round: int) -> dict[str, Any] | None:
+        """What `put_finalized_at` recorded for ``round`` (``at``, ``via``, ``latency``,
+        ``slack``), or None if nothing (or nothing readable) was."""
+        raw = self.get_round_state(round, FINALIZED_AT)
+        try:
+            record = json.loads(raw) if raw is not None else None
+        except ValueError:
+            return None
+        if not isinstance(record, dict):
+            return None
+        for key in ("at", "latency", "slack"):
+            value = record.get(key)
+            number = (
+                float(value)
+                if isinstance(value, int | float) and not isinstance(value, bool)
+                else math.nan
+            )
+            record[key] = number if math.isfinite(number) else None
+        record["via"] = record.get("via") if record.get("via") in ("own", "catch_up") else None
+        return record
 
     def put_certificate(self, round: int, data: bytes) -> None:
         self._db.execute("INSERT OR IGNORE INTO certificates VALUES (?, ?)", (round, data))

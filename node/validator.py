@@ -418,6 +418,7 @@ class ValidatorRole:
                 if cert is not None:
                     ctx.store.put_certificate(rnd, encode(cert))
                     ctx.store.put_round_outcome(rnd, True, result_digest(result))
+                    ctx.store.put_finalized_at(rnd, wall_clock(), times)
                     ctx.log.info("round %d: finalized, %d votes", rnd, len(cert.votes))
                     return
             now = wall_clock()
