@@ -61,10 +61,14 @@ KINDS: Final[dict[str, tuple[str, str, str | None]]] = {
 }
 # Options that `kind@LEVEL` gives the behaviour (`--behaviour fabricated@JITTER`), not the model.
 BEHAVIOUR_OPTIONS: Final = ("jitter",)
-# Time from launching the processes until round 1 starts: ~10 processes load torch and the
-# model at once on 2 cores (measured ~40 s); an encoder still joins round 1 up to 5 s before
-# its commit deadline.
+# Time from launching the processes until round 1 starts: the bootstrap and validators come
+# up, then every encoder loads torch and its model at once on 2 cores. Measured: ~40 s for ~10
+# encoders on a quiet machine, 53 s for 10 on a loaded one (the bootstrap itself took 40 s
+# there). Round 1 must not start before the encoders are up: an empty round is not finalized
+# (docs/PROTOCOL.md §4), so the allowance grows with the number of encoders. An encoder still
+# joins round 1 up to 5 s before its commit deadline.
 STARTUP_SECONDS: Final = 45.0
+STARTUP_SECONDS_PER_ENCODER: Final = 3.0
 # A node shuts libp2p down cleanly in ~2 s alone; with 17 stopping at once on 2 cores, more.
 STOP_GRACE: Final = 20.0
 # The bootstrap keeps every node connected (docs/BENCHMARKS.md: a hub bounded at 4 peers
@@ -332,7 +336,8 @@ def run_testnet(plan: TestnetPlan, *, echo: Any = print) -> int:
     vkeys = [keyed(f"validator-{i}") for i in range(plan.validators)]
     probe = testnet_config(plan, [k for _, k in vkeys], 0, out)
     # Round 1 starts once every process is up; round 0 lies before it (replay copies it).
-    genesis = int(time.time() + STARTUP_SECONDS) - probe.timing.round_seconds
+    startup = STARTUP_SECONDS + STARTUP_SECONDS_PER_ENCODER * sum(n for _, n in plan.encoders)
+    genesis = int(time.time() + startup) - probe.timing.round_seconds
     cfg = testnet_config(plan, [k for _, k in vkeys], genesis, out)
     config_path = out / "network.toml"
     config_path.write_text(dump_config(cfg))
