@@ -306,7 +306,9 @@ class ValidatorRole:
         ctx = self.ctx
         for _ in range(3):
             view = round_view(ctx, rnd)
-            committed = set(view.commits) - view.equivocators
+            # An equivocator's commit is held all the same (its scores are 0): the result
+            # names it whenever attestations of κ of the stake list it.
+            committed = set(view.commits)
             try:
                 return compute_result(ctx.cfg, rnd, atts, self._fulls(rnd), committed)
             except MissingCommits:

@@ -377,3 +377,30 @@ def test_finality_reached_is_the_certificate_threshold() -> None:
         cfg = config(vals, [1, 1, 1], num, den)
         for stake in range(4):
             assert finality_reached(cfg, stake) == (Fraction(stake, 3) > Fraction(num, den))
+
+
+def test_a_validator_holding_equivocation_evidence_still_votes(tmp_path: Path) -> None:
+    """An equivocating encoder's commit is held: the result names it (κ of the stake listed it,
+    with score 0 from whoever saw the evidence), and the validator with the evidence votes for
+    that result instead of abstaining for a 'missing' commit."""
+    vals = keys(4)
+    cfg = config(vals)
+    enc_keys = keys(3, base=60)
+    real = sorted(k.public_key for k in enc_keys)
+    base = _round_messages(cfg, enc_keys)
+    cheat = enc_keys[0]
+    second = make_embedding(
+        cheat, cfg.network_id, RND, 0, 0, bytes(16), np.ones(cfg.dim, dtype=np.float32)
+    )
+    atts = [attest(cfg, k, real, 60000) for k in vals]
+    pool = [encode(m) for m in [*base, *atts]]
+    v = role(cfg, vals[0], tmp_path / "v.sqlite", pool)
+    hold(v, [*base, second, *atts])
+    assert v.ctx.store.equivocators(RND) == {cheat.public_key}
+
+    async def prevote() -> bool:
+        return await v._vote(RND, PREVOTE, None)
+
+    assert trio.run(prevote)
+    assert v.ctx.store.counters().get("validator:no_result_missing_commit", 0) == 0
+    v.ctx.store.close()
