@@ -123,8 +123,6 @@ class GossipParams:
     request_rate: float = 20.0
     """Inbound requests per second a peer may make (token bucket over all protocols)."""
     request_burst: int = 40
-    stalled_back_off: float = 30.0
-    """Seconds a peer that let a request time out stays disconnected (``Host.drop_stalled``)."""
     backpressure_timeout: float = 5.0
     """Longest ``publish`` waits for a full outbound queue before sending anyway."""
 
@@ -499,19 +497,6 @@ class Host:
         if self.penalties.penalize(peer, reason, points, trio.current_time()):
             self._nursery.start_soon(self._ban, ID.from_base58(peer))
 
-    def drop_stalled(self, peer: str) -> None:
-        """Disconnect a peer that let a whole request time out (SIGSTOPped, overloaded, gone:
-        its TCP connection may look alive for minutes) and back it off for
-        ``stalled_back_off`` seconds, so peer maintenance dials a live peer in its place and
-        gossip stops routing through it. Not a penalty: it may come back later."""
-        self._counters.add("stalled_drops")
-        self._table.back_off(peer, trio.current_time() + self._params.stalled_back_off)
-        self._nursery.start_soon(self._disconnect, peer)
-
-    async def _disconnect(self, peer: str) -> None:
-        with contextlib.suppress(Exception):
-            await self._lp.disconnect(ID.from_base58(peer))
-
     def is_banned(self, peer: str) -> bool:
         return self.penalties.banned(peer, trio.current_time())
 
@@ -810,7 +795,8 @@ class Host:
             ):
                 self._counters.add("evicted")
                 self._table.back_off(victim, now + 30.0)
-                await self._disconnect(victim)
+                with contextlib.suppress(Exception):
+                    await self._lp.disconnect(ID.from_base58(victim))
             if len(connected) < self._params.target_peers or now >= next_refresh:
                 ours = connected & self._status_ok if self._network_id else connected
                 if ours:

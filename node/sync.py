@@ -167,8 +167,6 @@ class SyncClient:
         except (RequestTimeout, trio.TooSlowError):
             self.ingest.count("sync", "peer_timeout")
             self._stalled[peer] = time.time() + STALL_SKIP
-            if timeout >= REQUEST_TIMEOUT:  # a whole request's time, not a deadline cut short
-                self.host.drop_stalled(peer)
             return []
         except Exception:  # a peer's broken stream or error frame must not take the node down
             self.ingest.count("sync", "request_failed")
