@@ -220,12 +220,9 @@ class SyncClient:
         missing = set(wanted)
         asked = frozenset(missing)
         got = 0
-        peers = self._peers()
-        # Each peer is asked a disjoint share: asking every peer for everything made every
-        # repair pass move each missing reveal once per peer (4 x 3 MiB answers a second on a
-        # 13-encoder testnet), and the duplicates' decoding and verifying starved the node.
-        # What a peer lacks stays missing and goes to another peer (fresh shuffle) next pass.
-        shares = [sorted(missing)[i :: len(peers)][:MAX_ITEMS] for i in range(len(peers))]
+
+        def request() -> list[Any] | None:
+            return ["commitments", sorted(missing)[:MAX_ITEMS]] if missing else None
 
         def requested(msg: Message) -> bool:
             if not (isinstance(msg, Embedding) and msg.commitment() in asked):
@@ -233,15 +230,11 @@ class SyncClient:
             missing.discard(msg.commitment())  # a valid, signed reveal: admitted next
             return True
 
-        async def one(peer: str, share: list[bytes]) -> None:
+        def handle(peer: str, items: list[bytes]) -> None:
             nonlocal got
-            items = await self._ask(peer, ["commitments", share], deadline)
             got += self._admit(peer, items, Kind.EMBEDDING, requested)
 
-        async with trio.open_nursery() as nursery:
-            for peer, share in zip(peers, shares, strict=True):
-                if share:
-                    nursery.start_soon(one, peer, share)
+        await self._gather(request, handle, deadline)
         return got
 
     async def fetch_round(self, kind: Kind, rnd: int, *, deadline: float) -> int:
