@@ -10,7 +10,6 @@ import base64
 import json
 import math
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,15 +28,6 @@ pytestmark = [pytest.mark.network, pytest.mark.slow, pytest.mark.timeout(240)]
 ROUND_SECONDS = 30
 GENESIS_IN = 40  # three processes load torch and their models on 2 cores before round 0
 FINAL_BY = 150.0  # seconds from init: round 1 (if the encoders missed round 0) is final by ~110
-
-
-@pytest.fixture
-def nodes(tmp_path: Path) -> Iterator[Nodes]:
-    running = Nodes(tmp_path)
-    try:
-        yield running
-    finally:
-        running.kill()
 
 
 def wait_final_round(api: str, encoders: set[str], deadline: float) -> dict[str, Any]:

@@ -10,7 +10,6 @@ import re
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,15 +26,6 @@ pytestmark = [
         not CHROMIUM.exists(), reason="needs headless Chromium: apt-get install chromium"
     ),
 ]
-
-
-@pytest.fixture
-def nodes(tmp_path: Path) -> Iterator[Nodes]:
-    running = Nodes(tmp_path)
-    try:
-        yield running
-    finally:
-        running.kill()
 
 
 def chromium(tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:
