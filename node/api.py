@@ -46,7 +46,12 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from dlnet.node.context import wall_clock
-from dlnet.node.report import certificate_summary, outcome_rows, verified_certificate
+from dlnet.node.report import (
+    certificate_summary,
+    outcome_rows,
+    validator_agreement,
+    verified_certificate,
+)
 from dlnet.node.store import MAX_ROUND, Store
 from dlnet.protocol.config import NetworkConfig
 from dlnet.protocol.result import result_digest
@@ -190,6 +195,8 @@ def status(view: NodeView) -> dict[str, Any]:
             "last_finalized": summary.last_finalized,
         },
         "peers": {"connected": len(peers), "ids": peers},
+        # Per validator: agreement with the latest certified result and the `disagreeing` flag.
+        "validators": validator_agreement(view.store, cfg),
         "counters": {
             "messages": view.store.counters(),
             "transport": dict(view.host.counters),
@@ -327,6 +334,23 @@ class NodeCollector(Collector):
             "The round by the clock (-1 before genesis).",
             value=round_at(view.cfg, view.clock()),
         )
+        agreement = GaugeMetricFamily(
+            "dlnet_validator_agreement",
+            "Each validator's agreement (0..1) with the latest certified result held.",
+            labels=["validator"],
+        )
+        flagged = GaugeMetricFamily(
+            "dlnet_validator_disagreeing",
+            "1 for a validator whose attestations kept disagreeing with the last certified "
+            "results (docs/PROTOCOL.md §4), else 0.",
+            labels=["validator"],
+        )
+        for v, row in validator_agreement(view.store, view.cfg).items():
+            if row["agreement"] is not None:
+                agreement.add_metric([v], row["agreement"])
+            flagged.add_metric([v], int(row["disagreeing"]))
+        yield agreement
+        yield flagged
         yield GaugeMetricFamily(
             "dlnet_peers_connected",
             "libp2p peers connected.",

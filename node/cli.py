@@ -16,6 +16,7 @@ import trio
 from dlnet.node import report
 from dlnet.node import testnet as tn
 from dlnet.node.addresses import AddressError, check_bootstrap, check_listen
+from dlnet.node.byzantine import MODES as BYZANTINE_MODES
 from dlnet.node.dataset_io import DatasetError, resolve_dataset_path
 from dlnet.node.encoder import parse_behaviour
 from dlnet.node.host import GossipParams
@@ -186,6 +187,13 @@ def init(
     help="Testnet adversaries: fabricated, fabricated@JITTER, copycat, replay, equivocator.",
 )
 @click.option(
+    "--byzantine",
+    type=click.Choice(BYZANTINE_MODES),
+    default=None,
+    hidden=True,
+    help="TEST ONLY: run the validator as a byzantine one (node/byzantine.py).",
+)
+@click.option(
     "--listen",
     default="/ip4/127.0.0.1/tcp/0",
     show_default=True,
@@ -221,6 +229,7 @@ def run(
     model: str | None,
     model_options: tuple[str, ...],
     behaviour: str,
+    byzantine: str | None,
     listen: str,
     bootstrap: tuple[str, ...],
     data_dir: Path,
@@ -251,6 +260,7 @@ def run(
         model=model,
         model_options=options,
         behaviour=behaviour,
+        byzantine=byzantine,
         listen=listen,
         bootstrap=bootstrap,
         gossip=gossip,
@@ -330,6 +340,14 @@ def results(data_dir: Path, config_path: Path, rnd: int, as_json: bool) -> None:
 )
 @click.option("--round-seconds", type=int, default=None)
 @click.option(
+    "--byzantine",
+    "byzantine_spec",
+    default=None,
+    metavar="N:MODE",
+    help="TEST ONLY: N of the validators run a byzantine MODE "
+    f"({', '.join(BYZANTINE_MODES)}), e.g. 1:fake-encoders.",
+)
+@click.option(
     "--emit-compose",
     type=click.Path(path_type=Path, file_okay=False),
     default=None,
@@ -349,13 +367,21 @@ def testnet(
     rounds: int,
     out: Path,
     round_seconds: int | None,
+    byzantine_spec: str | None,
     emit_compose: Path | None,
     genesis_in: float,
 ) -> None:
-    """Start a local network as separate processes on 127.0.0.1, run rounds, report."""
+    """Start a local network as separate processes on 127.0.0.1, run rounds, report.
+    Exits 1 if any round is not finalized or its result is empty."""
     spec = tn.parse_encoder_spec(encoders_spec) if encoders_spec else tn.DEFAULT_ENCODERS
     if validators < 1 or rounds < 1:
         fail("--validators and --rounds must be at least 1")
+    byzantine: tuple[int, str] = (0, "")
+    if byzantine_spec is not None:
+        try:
+            byzantine = tn.parse_byzantine_spec(byzantine_spec, validators)
+        except tn.SpecError as exc:
+            fail(f"--byzantine {byzantine_spec}: {exc}")
     if emit_compose is not None:
         plan = tn.TestnetPlan(validators, spec, rounds, emit_compose, round_seconds)
         cfg = tn.emit_compose(plan, emit_compose, genesis_in)
@@ -365,7 +391,9 @@ def testnet(
             f"{cfg.network_id.hex()}, round 0 at {start}"
         )
         return
-    code = tn.run_testnet(tn.TestnetPlan(validators, spec, rounds, out, round_seconds))
+    code = tn.run_testnet(
+        tn.TestnetPlan(validators, spec, rounds, out, round_seconds, byzantine=byzantine)
+    )
     sys.exit(code)
 
 

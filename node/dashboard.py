@@ -9,7 +9,7 @@ from importlib.resources import files
 from typing import Any
 
 from dlnet.node.api import ApiError, NodeView, _whole, status
-from dlnet.node.report import certificate_summary, verified_certificate
+from dlnet.node.report import certificate_summary, finality_latency, verified_certificate
 from dlnet.protocol.rounds import round_at
 
 # Rounds one /v1/dashboard answer covers by default, and at most.
@@ -24,8 +24,9 @@ def page() -> str:
 
 def dashboard(view: NodeView, query: Mapping[str, str]) -> dict[str, Any]:
     """Everything the page shows: the node's status (peers, counters), and for each of the last
-    ``rounds`` rounds its outcome; for each round with a verified certificate its ranking,
-    validators' agreement and signed stake; each encoder's score history across those rounds."""
+    ``rounds`` rounds its outcome and finality latency (seconds, None if unknown); for each
+    round with a verified certificate its ranking, validators' agreement and signed stake;
+    each encoder's score history across those rounds."""
     unknown = set(query) - {"rounds"}
     if unknown:
         raise ApiError(400, f"unknown query parameter {sorted(unknown)[0]!r}; use rounds")
@@ -42,6 +43,7 @@ def dashboard(view: NodeView, query: Mapping[str, str]) -> dict[str, Any]:
         row: dict[str, Any] = {
             "round": rnd,
             "state": "pending" if rnd not in held else "finalized" if held[rnd] else "failed",
+            "latency": finality_latency(view.store, rnd) if held.get(rnd) else None,
         }
         cert = verified_certificate(view.store, cfg, rnd) if held.get(rnd) else None
         if cert is not None:

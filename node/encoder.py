@@ -161,7 +161,7 @@ class EncoderRole:
                 self.ctx.ingest.count("encoder", "missed_commit_deadline")
                 return
             for emb in reveals:  # held (and served to repairers) only after the deadline
-                self.ctx.ingest.admit_own(emb, encode(emb))
+                self.ctx.hold_own(Kind.EMBEDDING, emb)
             await self.ctx.publish(Kind.COMMIT, commit)
             self.ctx.log.info("round %d: committed to %d embeddings", rnd, len(commit.hashes))
         await sleep_until(times.commit_deadline + REVEAL_DELAY)
@@ -174,12 +174,12 @@ class EncoderRole:
         if self.behaviour == "equivocator":
             for emb in reveals:
                 twin = np.array(emb.array(), dtype=np.float32) * np.float32(1.01)
-                await self.ctx.publish(
-                    Kind.EMBEDDING,
-                    make_embedding(
-                        self.key, cfg.network_id, rnd, emb.shard, emb.slot, os.urandom(16), twin
-                    ),
+                bad = make_embedding(
+                    self.key, cfg.network_id, rnd, emb.shard, emb.slot, os.urandom(16), twin
                 )
+                # Deliberately past the slashing protection of ctx.publish.
+                self.ctx.ingest.admit_own(bad, encode(bad))
+                await self.ctx.host.publish(topic(cfg.network_id, Kind.EMBEDDING), encode(bad))
         if self.behaviour == "replay":
             await self._resend_earlier(rnd)
 

@@ -14,8 +14,11 @@ py-libp2p 0.8.1 (see /work/shared/FINDINGS.md) is handled here deliberately:
   every outbound queue is at most half full and counts any drop the library still makes;
 * ``new_host(bootstrap=...)`` gives a star: peer exchange (``node/discovery.py``) builds
   a mesh with each node's degree bounded by ``max_peers``;
-* restarting with the same libp2p key leaves stale state at the peers: a fresh key per
-  start unless ``identity_seed`` is given (the dlnet signing key is a separate thing);
+* restarting with the same libp2p key met stale state at the peers (0/20 delivered): seqnos
+  started at ``int(time.time())`` so a quick restart reused them, and every peer's
+  (origin, seqno) equivocation check dropped the new messages. Seqnos start at
+  ``time.time_ns()`` and the router forgets a peer's (origin, seqno) entries when it
+  connects or disconnects; a node keeps its key in ``<data-dir>/peer.key``;
 * the message cache replays recent messages to a newcomer: passed through as is, the
   application drops rounds outside its window;
 * ``publish`` would run our own topic validator on our own message: local publishes skip
@@ -30,6 +33,7 @@ import math
 import os
 import random
 import struct
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -58,6 +62,15 @@ from dlnet.node.discovery import PeerExchange, PeerTable, decode_px, encode_px
 log = logging.getLogger(__name__)
 
 GOSSIP_PROTOCOL = TProtocol("/meshsub/1.1.0")
+STATUS_PROTOCOL = "/dlnet/status/1"
+"""Network-id-free status exchange on every new connection (PROTOCOL.md §6)."""
+MAX_STATUS_BYTES = 64
+STATUS_LINGER = 1.0
+WRONG_NETWORK_BACK_OFF = 600.0
+RECONNECT_MAX = 60.0
+"""Longest pause between two attempts to reach any seed peer while none is connected,
+and cap of the per-peer exponential dial back-off."""
+SAVED_PEERS_MAX = 64
 
 
 # The swarm's own connection manager would fight the degree bound: its auto-connector dials
@@ -100,8 +113,16 @@ class GossipParams:
     gossip_history heartbeats only; the store catches anything older, and a re-send after
     this long reaches the topic validator, where it is counted (ignored:duplicate)."""
     reject_ban_threshold: int = 20
-    """A peer that forwarded this many rejected messages is disconnected and banned."""
+    """A peer whose penalty reaches this many points is disconnected and banned. A rejected
+    gossip message, a bad request and a request over the rate limit cost 1 point each, an
+    ignored gossip message (duplicate, old or future round) ``ignore_penalty``; points decay
+    by ``penalty_decay`` per second."""
+    ignore_penalty: float = 0.05
+    penalty_decay: float = 0.5
     ban_seconds: float = 60.0
+    request_rate: float = 20.0
+    """Inbound requests per second a peer may make (token bucket over all protocols)."""
+    request_burst: int = 40
     backpressure_timeout: float = 5.0
     """Longest ``publish`` waits for a full outbound queue before sending anyway."""
 
@@ -123,6 +144,7 @@ class GossipParams:
                 f"publish_burst + publish_rate must stay below spam_limit={self.spam_limit}",
             )
         need(0 < self.max_message_bytes <= self.max_frame_bytes, "0 < max_message <= max_frame")
+        need(self.request_rate > 0 and self.request_burst >= 1, "request_rate > 0, burst >= 1")
         for name in ("request_timeout", "discovery_interval", "dial_timeout"):
             need(getattr(self, name) > 0, f"{name} must be > 0")
 
@@ -197,21 +219,87 @@ class _Counters:
 
 
 class _TokenBucket:
-    def __init__(self, rate: float, burst: int) -> None:
+    def __init__(self, rate: float, burst: int, now: float | None = None) -> None:
         self.rate = rate
         self.burst = float(burst)
         self.tokens = float(burst)
-        self.stamp = trio.current_time()
+        self.stamp = trio.current_time() if now is None else now
+
+    def try_take(self, now: float) -> bool:
+        """Take one token if there is one (no waiting)."""
+        self.tokens = min(self.burst, self.tokens + max(now - self.stamp, 0.0) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
 
     async def take(self) -> None:
-        while True:
-            now = trio.current_time()
-            self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
-            self.stamp = now
-            if self.tokens >= 1.0:
-                self.tokens -= 1.0
-                return
+        while not self.try_take(trio.current_time()):
             await trio.sleep((1.0 - self.tokens) / self.rate)
+
+
+class PeerPenalties:
+    """One penalty score per peer, shared by every kind of misbehaviour, with linear decay,
+    per-peer request token buckets, bans, and a log bounded under a flood (pure bookkeeping;
+    the host acts on `penalize`'s answer). Times are ``trio.current_time()`` seconds."""
+
+    def __init__(self, params: GossipParams) -> None:
+        self.params = params
+        self._score: dict[str, tuple[float, float]] = {}  # peer -> (points, at)
+        self._buckets: dict[str, _TokenBucket] = {}
+        self._banned: dict[str, float] = {}  # peer -> ban end
+        self._logged: dict[tuple[str, str], int] = {}
+
+    def score(self, peer: str, now: float) -> float:
+        points, at = self._score.get(peer, (0.0, now))
+        return max(0.0, points - (now - at) * self.params.penalty_decay)
+
+    def penalize(self, peer: str, reason: str, points: float, now: float) -> bool:
+        """Charge ``peer``; True exactly when this charge starts a ban."""
+        self.note(peer, reason)
+        if self.banned(peer, now):
+            return False
+        total = self.score(peer, now) + points
+        if total >= self.params.reject_ban_threshold:
+            self._score.pop(peer, None)
+            self._banned[peer] = now + self.params.ban_seconds
+            log.warning(
+                "peer %s banned for %.0fs (last: %s)", peer, self.params.ban_seconds, reason
+            )
+            return True
+        self._score[peer] = (total, now)
+        return False
+
+    def banned(self, peer: str, now: float) -> bool:
+        end = self._banned.get(peer)
+        if end is None:
+            return False
+        if now >= end:
+            del self._banned[peer]
+            return False
+        return True
+
+    def allow_request(self, peer: str, now: float) -> bool:
+        bucket = self._buckets.get(peer)
+        if bucket is None:
+            if len(self._buckets) > 4096:  # peers come and go: forget idle buckets
+                self._buckets.clear()
+            bucket = self._buckets[peer] = _TokenBucket(
+                self.params.request_rate, self.params.request_burst, now
+            )
+        return bucket.try_take(now)
+
+    def note(self, peer: str, reason: str) -> None:
+        """One log line per (peer, reason) at the 1st, 2nd, 4th, 8th, ... occurrence: the
+        log grows with the logarithm of a flood, never a traceback."""
+        key = (peer, reason)
+        n = self._logged.get(key, 0) + 1
+        if len(self._logged) > 4096:
+            self._logged.clear()
+        self._logged[key] = n
+        if n & (n - 1) == 0:
+            log.info("rejected from %s: %s (%d so far)", peer, reason, n)
 
 
 class _CountingGossipSub(GossipSub):
@@ -232,6 +320,23 @@ class _CountingGossipSub(GossipSub):
         if not ok:
             self._counters.add("dropped.equivocation")
         return ok
+
+    def add_peer(self, peer_id: ID, protocol_id: TProtocol | None) -> None:
+        self._forget_origin(peer_id)  # a peer id back after a restart starts afresh
+        super().add_peer(peer_id, protocol_id)
+
+    def remove_peer(self, peer_id: ID) -> None:
+        super().remove_peer(peer_id)
+        self._forget_origin(peer_id)
+
+    def _forget_origin(self, peer_id: ID) -> None:
+        """Drop the (origin, seqno) equivocation entries of messages ``peer_id`` published:
+        a restarted process may reuse those seqnos for new messages. (Prune back-offs are
+        kept across reconnects, as the gossipsub spec asks.)"""
+        origin = peer_id.to_bytes()
+        stale = [k for k, m in self.equivocation_detection.items() if m.from_id == origin]
+        for key in stale:
+            del self.equivocation_detection[key]
 
     def _handle_dropped_rpc(self, peer_id: ID, rpc: rpc_pb2.RPC, reason: str) -> None:
         if rpc.publish:
@@ -283,6 +388,7 @@ class Host:
         counters: _Counters,
         nursery: trio.Nursery,
         px_protocol: str,
+        network_id: bytes = b"",
     ) -> None:
         self._lp = lp
         self._pubsub = pubsub
@@ -295,13 +401,18 @@ class Host:
         self._bucket = _TokenBucket(params.publish_rate, params.publish_burst)
         self._publish_lock = trio.Lock()
         self._sinks: dict[str, trio.MemorySendChannel[tuple[bytes, str]]] = {}
-        self._rejects: dict[str, int] = {}
+        self.penalties = PeerPenalties(params)
         self.peer_id: str = lp.get_id().to_base58()
         # As others dial them (and as peer exchange sends them): ending in /p2p/<peer id>.
         self.addrs: list[str] = [
             a if "/p2p/" in a else f"{a}/p2p/{self.peer_id}" for a in map(str, lp.get_addrs())
         ]
         self._table = PeerTable(self.peer_id)
+        self._network_id = network_id
+        self._status_ok: set[str] = set()
+        self._dial_failures: dict[str, int] = {}
+        self.on_wrong_network: Callable[[str, bytes], None] | None = None
+        """Called with (peer id, its network id) when a peer of another network is refused."""
         pubsub.deliver = self._deliver
 
     @property
@@ -374,10 +485,20 @@ class Host:
         self._counters.add(kind)
         self._counters.add(f"{kind}.{reason}")
         if verdict is Verdict.REJECT:
-            self._rejects[peer] = self._rejects.get(peer, 0) + 1
-            if self._rejects[peer] == self._params.reject_ban_threshold:
-                self._nursery.start_soon(self._ban, fwd)
+            self.penalize(peer, reason)
+        else:  # duplicates, old or future rounds: cheap each, a flood of them bans
+            self.penalize(peer, f"ignored_{reason}", self._params.ignore_penalty)
         return False
+
+    def penalize(self, peer: str, reason: str, points: float = 1.0) -> None:
+        """Charge ``peer`` for misbehaviour (counted as ``penalty.<reason>``); at
+        ``reject_ban_threshold`` points it is disconnected and banned for ``ban_seconds``."""
+        self._counters.add(f"penalty.{reason}")
+        if self.penalties.penalize(peer, reason, points, trio.current_time()):
+            self._nursery.start_soon(self._ban, ID.from_base58(peer))
+
+    def is_banned(self, peer: str) -> bool:
+        return self.penalties.banned(peer, trio.current_time())
 
     def _deliver(self, topic: str, data: bytes, forwarder: ID) -> None:
         sink = self._sinks.get(topic)
@@ -403,26 +524,50 @@ class Host:
             await self._lp.disconnect(peer)
         await trio.sleep(self._params.ban_seconds)
         self._pubsub.remove_from_blacklist(peer)
-        self._rejects.pop(peer.to_base58(), None)
 
     # ----- request / response ---------------------------------------------------------
 
-    def set_request_handler(self, protocol_id: str, handler: RequestHandler) -> None:
+    def set_request_handler(
+        self, protocol_id: str, handler: RequestHandler, *, max_request_bytes: int | None = None
+    ) -> None:
         """Serve ``protocol_id``: one request frame in, one response or error frame out.
         A handler raising :class:`RequestError` sends its message; anything else sends
-        ``internal error``."""
+        ``internal error``. A request body above ``max_request_bytes`` (default
+        ``max_frame_bytes``) is refused from its frame header, before it is read. A banned
+        peer's streams are reset unread; a peer over its request rate (``request_rate``,
+        ``request_burst``) gets a ``rate limited`` error frame and a penalty point."""
+        limit = self._params.max_frame_bytes if max_request_bytes is None else max_request_bytes
 
         async def serve(stream: INetStream) -> None:
-            await self._serve(stream, handler)
+            await self._serve(stream, handler, limit)
 
         self._lp.set_stream_handler(TProtocol(protocol_id), serve)
 
-    async def _serve(self, stream: INetStream, handler: RequestHandler) -> None:
+    async def _serve(self, stream: INetStream, handler: RequestHandler, limit: int) -> None:
         peer = stream.muxed_conn.peer_id.to_base58()
         max_bytes = self._params.max_frame_bytes
+        if self.is_banned(peer):
+            self._counters.add("requests.refused_banned")
+            with contextlib.suppress(Exception):
+                await stream.reset()
+            with contextlib.suppress(Exception):
+                await self._lp.disconnect(ID.from_base58(peer))
+            return
+        if not self.penalties.allow_request(peer, trio.current_time()):
+            self._counters.add("requests.rate_limited")
+            self.penalize(peer, "rate_limited")
+            with contextlib.suppress(Exception):
+                with trio.move_on_after(1.0):
+                    await stream.write(encode_frame(FRAME_ERROR, b"rate limited"))
+                await stream.close()
+            return
         try:
             with trio.fail_after(self._params.request_timeout):
-                kind, body = await read_frame(stream, max_bytes)
+                try:
+                    kind, body = await read_frame(stream, limit)
+                except RequestError:
+                    self.penalize(peer, "bad_request_frame")
+                    raise
                 if kind != FRAME_REQUEST:
                     raise RequestError(f"expected a request frame, got kind {kind}")
                 try:
@@ -486,7 +631,71 @@ class Host:
             raise RequestError(f"expected a response frame, got kind {kind}")
         return body
 
+    # ----- status (network id) handshake ----------------------------------------------
+
+    async def _serve_status(self, data: bytes, peer: str) -> bytes:
+        if len(data) > MAX_STATUS_BYTES:
+            raise RequestError("status body too long")
+        if data and self._network_id and data != self._network_id:
+            self._nursery.start_soon(self._refuse, peer, data, STATUS_LINGER)
+        elif data == self._network_id:
+            self._status_ok.add(peer)
+        return self._network_id
+
+    async def _check_status(self, peer: str) -> bool:
+        """Ask a newly connected peer for its network id; a peer of another network is
+        disconnected (one log line naming both ids) and kept away for a while. Returns
+        whether the peer may stay. Without a network id (bare transport) every peer may."""
+        if not self._network_id or peer in self._status_ok:
+            return True
+        try:
+            theirs = await self.request(
+                peer, STATUS_PROTOCOL, self._network_id, timeout=self._params.dial_timeout
+            )
+        except RequestError as exc:  # timeouts included: PX decides about silent peers
+            self._counters.add("status.failed")
+            log.debug("status exchange with %s failed: %s", peer, exc)
+            return peer in self.connected_peers()  # gone (refused by it?): nothing to ask
+        if theirs and theirs != self._network_id:  # empty: a bare transport makes no claim
+            await self._refuse(peer, theirs)
+            return False
+        self._status_ok.add(peer)
+        return True
+
+    async def _refuse(self, peer: str, theirs: bytes, linger: float = 0.0) -> None:
+        """Log, count and disconnect a peer of another network (after ``linger`` seconds,
+        so that our status answer reaches it first)."""
+        await trio.sleep(linger)
+        now = trio.current_time()
+        if self._table.backoff_until.get(peer, 0.0) >= now + WRONG_NETWORK_BACK_OFF / 2:
+            return  # refused a moment ago (both sides of the exchange noticed)
+        self._counters.add("rejected")
+        self._counters.add("rejected.wrong_network")
+        log.warning(
+            "peer %s is on network %s, this node on network %s: disconnected",
+            peer,
+            theirs.hex()[:16] or "(none)",
+            self._network_id.hex()[:16],
+        )
+        if self.on_wrong_network is not None:
+            self.on_wrong_network(peer, theirs)
+        self._table.back_off(peer, now + WRONG_NETWORK_BACK_OFF)
+        with contextlib.suppress(Exception):
+            await self._lp.disconnect(ID.from_base58(peer))
+
     # ----- discovery ------------------------------------------------------------------
+
+    def known_addrs(self) -> list[str]:
+        """Addresses worth saving for the next start (``<data-dir>/peers.json``): connected
+        peers of our network first, then others learned by PX; at most SAVED_PEERS_MAX."""
+        connected = set(self.connected_peers())
+        good = [p for p in self._table.addrs if p in connected and p not in self._refused()]
+        rest = [p for p in self._table.addrs if p not in connected and p not in self._refused()]
+        return [a for p in good + rest for a in self._table.addrs[p][:1]][:SAVED_PEERS_MAX]
+
+    def _refused(self) -> set[str]:
+        horizon = trio.current_time() + WRONG_NETWORK_BACK_OFF / 2
+        return {p for p, t in self._table.backoff_until.items() if t >= horizon}
 
     async def _serve_px(self, data: bytes, peer: str) -> bytes:
         try:
@@ -539,24 +748,48 @@ class Host:
         except Exception as exc:
             self._counters.add("px.dial_failures")
             log.debug("dial %s failed: %r", peer, exc)
-            self._table.back_off(peer, now + 5.0)
+            # Exponential per-peer back-off: 5 s, 10 s, ... up to RECONNECT_MAX.
+            failures = self._dial_failures.get(peer, 0)
+            self._dial_failures[peer] = failures + 1
+            self._table.back_off(peer, now + min(5.0 * 2**failures, RECONNECT_MAX))
             return
+        self._dial_failures.pop(peer, None)
         self._counters.add("px.dials")
+        if not await self._check_status(peer):
+            return
         px = await self._exchange(peer)
         if px is not None and px.full and len(self._lp.get_connected_peers()) > 1:
             self._table.back_off(peer, now + 30.0)
             with contextlib.suppress(Exception):
                 await self._lp.disconnect(ID.from_base58(peer))
 
-    async def _maintain_peers(self, bootstrap: Sequence[str]) -> None:
-        """Keep between ``target_peers`` and ``max_peers`` connections, forever."""
-        for addr in bootstrap:
+    async def _maintain_peers(self, seeds: Sequence[str]) -> None:
+        """Keep between ``target_peers`` and ``max_peers`` connections, forever.
+
+        ``seeds`` (bootstrap and saved peers) are learned at start; while no peer at all is
+        connected they are tried again, with a pause doubling from 1 s to RECONNECT_MAX."""
+        for addr in seeds:
             self._table.learn(addr)
         next_refresh = 0.0
+        next_reseed, reseed_pause = 0.0, 1.0
         while True:
             now = trio.current_time()
             connected = set(self.connected_peers())
+            for peer in sorted(connected):
+                if self.is_banned(peer):  # it dialled us again during its ban
+                    self._counters.add("refused_banned")
+                    with contextlib.suppress(Exception):
+                        await self._lp.disconnect(ID.from_base58(peer))
+                    connected.discard(peer)
+            for peer in connected - set(self._table.connected_since):
+                self._nursery.start_soon(self._check_status, peer)
+            self._status_ok &= connected
             self._table.note_connected(connected, now)
+            if connected:
+                reseed_pause = 1.0
+            elif seeds and now >= next_reseed:
+                self._reseed(seeds, now)
+                next_reseed, reseed_pause = now + reseed_pause, min(2 * reseed_pause, RECONNECT_MAX)
             for victim in self._table.eviction_victims(
                 connected, self._params.max_peers, now, self._params.eviction_grace
             ):
@@ -565,8 +798,9 @@ class Host:
                 with contextlib.suppress(Exception):
                     await self._lp.disconnect(ID.from_base58(victim))
             if len(connected) < self._params.target_peers or now >= next_refresh:
-                if connected:
-                    await self._exchange(self._rng.choice(sorted(connected)))
+                ours = connected & self._status_ok if self._network_id else connected
+                if ours:
+                    await self._exchange(self._rng.choice(sorted(ours)))
                 next_refresh = now + 10 * self._params.discovery_interval
             connected = set(self.connected_peers())
             missing = self._params.target_peers - len(connected)
@@ -574,6 +808,15 @@ class Host:
                 await self._dial(peer)
             jitter = self._rng.uniform(0.75, 1.25)
             await trio.sleep(self._params.discovery_interval * jitter)
+
+    def _reseed(self, seeds: Sequence[str], now: float) -> None:
+        """No peer left: make every seed peer dialable again (unless it is on another network)."""
+        self._counters.add("px.reseeds")
+        refused = self._refused()
+        for addr in seeds:
+            peer = self._table.learn(addr)
+            if peer is not None and peer not in refused:
+                self._table.backoff_until.pop(peer, None)
 
 
 @asynccontextmanager
@@ -584,13 +827,16 @@ async def open_host(
     params: GossipParams,
     identity_seed: bytes | None = None,
     network_tag: str = "",
+    network_id: bytes = b"",
 ) -> AsyncIterator[Host]:
     """Start a libp2p host with gossipsub and peer exchange; stop it when the block exits.
 
     ``listen`` is a multiaddr such as ``/ip4/127.0.0.1/tcp/0``; ``bootstrap`` lists full
     multiaddrs (with ``/p2p/<id>``). ``identity_seed`` (32 bytes) fixes the libp2p key;
     by default every start gets a fresh one. Peers with a different ``network_tag`` do not
-    speak our peer-exchange protocol and are disconnected."""
+    speak our peer-exchange protocol and are disconnected; given ``network_id``, each new
+    connection first exchanges network ids on STATUS_PROTOCOL and a peer of another network
+    is refused with one log line and ``rejected.wrong_network``."""
     counters = _Counters()
     listen_addr = multiaddr.Multiaddr(listen)
     lp = new_host(
@@ -623,8 +869,15 @@ async def open_host(
             trio.open_nursery() as nursery,
         ):
             await pubsub.wait_until_ready()
-            host = Host(lp, pubsub, router, params, counters, nursery, px_protocol)
+            # py-libp2p starts seqnos at int(time.time()) and counts one per publish, so a
+            # node restarted with the same key soon after publishing k messages reuses the
+            # last k seqnos; gossipsub's (origin, seqno) equivocation check at every peer
+            # then drops its new messages. Nanoseconds (as go-libp2p) stay ahead of any
+            # earlier run of this key unless it published more than 1e9 messages a second.
+            pubsub.counter = time.time_ns()
+            host = Host(lp, pubsub, router, params, counters, nursery, px_protocol, network_id)
             host.set_request_handler(px_protocol, host._serve_px)
+            host.set_request_handler(STATUS_PROTOCOL, host._serve_status)
             nursery.start_soon(host._maintain_peers, list(bootstrap))
             try:
                 yield host

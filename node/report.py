@@ -11,7 +11,12 @@ from typing import TYPE_CHECKING, Any
 
 from dlnet.node.store import MAX_ROUND, Store
 from dlnet.protocol.config import NetworkConfig
-from dlnet.protocol.consensus import CertificateError, verify_certificate
+from dlnet.protocol.consensus import (
+    DISAGREEMENT_ROUNDS,
+    CertificateError,
+    disagreeing,
+    verify_certificate,
+)
 from dlnet.protocol.result import RoundResult, decode_result, result_digest
 from dlnet.protocol.wire import Certificate, Kind, Reject, decode
 
@@ -45,12 +50,53 @@ def read_info(data_dir: Path) -> dict[str, Any]:
     return info
 
 
+def finality_latency(store: Store, rnd: int) -> float | None:
+    """Seconds from the round's reveal deadline to when this node assembled its certificate;
+    None if the node did not (not finalized, adopted by catch-up, or recorded before latency
+    was)."""
+    record = store.finalized_at(rnd)
+    return None if record is None else record["latency"]
+
+
 def outcome_rows(store: Store, lo: int = 0, hi: int = MAX_ROUND) -> list[dict[str, Any]]:
-    """How the rounds in [lo, hi] ended, as the node recorded them."""
-    return [
-        {"round": r, "finalized": fin, "result_digest": d.hex() if d else None}
-        for r, fin, d in store.round_outcomes(lo, hi)
-    ]
+    """How the rounds in [lo, hi] ended, as the node recorded them, with the finality latency
+    (`finality_latency`) and ``caught_up`` (the certificate came from a peer by catch-up)."""
+    rows = []
+    for r, fin, d in store.round_outcomes(lo, hi):
+        record = store.finalized_at(r) if fin else None
+        rows.append(
+            {
+                "round": r,
+                "finalized": fin,
+                "result_digest": d.hex() if d else None,
+                "latency": None if record is None else record["latency"],
+                "caught_up": record is not None and record["via"] == "catch_up",
+            }
+        )
+    return rows
+
+
+def latency_summary(latencies: Iterable[float | None]) -> dict[str, Any]:
+    """The median (lower median for an even count) and the maximum of the known latencies,
+    and how many were known; p50 and max are None when none was."""
+    known = sorted(x for x in latencies if x is not None)
+    return {
+        "p50": known[(len(known) - 1) // 2] if known else None,
+        "max": known[-1] if known else None,
+        "n": len(known),
+    }
+
+
+def _seconds(x: float | None) -> str:
+    return "-" if x is None else f"{x:.1f} s"
+
+
+def _round_mark(r: dict[str, Any]) -> str:
+    """``3✓`` / ``3✗`` for `dlnet status`, with the finality latency when known (``3✓6.4s``)."""
+    latency = r.get("latency")
+    return f"{r['round']}{'✓' if r['finalized'] else '✗'}" + (
+        "" if latency is None else f"{latency:.1f}s"
+    )
 
 
 def node_status(data_dir: Path) -> dict[str, Any]:
@@ -95,8 +141,7 @@ def format_status(st: dict[str, Any], now: float | None = None) -> str:
         *(f"  peer    {p}" for p in peer_ids),
         f"round     {current}",
         f"finalized {'-' if last is None else f'last round {last}'}",
-        "rounds    "
-        + (" ".join(f"{r['round']}{'✓' if r['finalized'] else '✗'}" for r in st["rounds"]) or "-"),
+        "rounds    " + (" ".join(map(_round_mark, st["rounds"])) or "-"),
     ]
     for name, n in sorted(st["counters"].items()):
         lines.append(f"  {name:<40} {n}")
@@ -117,6 +162,23 @@ def verified_certificate(store: Store, cfg: NetworkConfig, rnd: int) -> Certific
             continue
         return cert
     return None
+
+
+def validator_agreement(store: Store, cfg: NetworkConfig) -> dict[str, dict[str, Any]]:
+    """Per validator of the config: its agreement (0..1) with the latest certified result held
+    (None if that result did not use its attestation) and whether it is `disagreeing` over
+    the last DISAGREEMENT_ROUNDS certified results."""
+    finalized = [r for r, fin, _ in store.round_outcomes() if fin][-DISAGREEMENT_ROUNDS:]
+    results = [c.result for r in finalized if (c := verified_certificate(store, cfg, r))]
+    flagged = disagreeing(results)
+    latest = dict(results[-1].agreement) if results else {}
+    return {
+        v.pubkey.hex(): {
+            "agreement": latest[v.pubkey] / U16 if v.pubkey in latest else None,
+            "disagreeing": v.pubkey in flagged,
+        }
+        for v in cfg.validators
+    }
 
 
 def encoder_outliers(result: RoundResult) -> list[bool]:
@@ -236,26 +298,35 @@ def testnet_report(cfg: NetworkConfig, procs: Sequence[Proc], rounds: range) -> 
         for rnd in rounds:
             vals: dict[str, Any] = {}
             cert: Certificate | None = None
+            committed: set[str] = set()
             for vkey, st in views.items():
                 settled = {r: fin for r, fin, _ in st.round_outcomes()}
                 raw = st.get_round_state(rnd, "result")
                 own = result_digest(decode_result(raw)).hex() if raw is not None else None
                 reveals = json.loads(st.get_round_state(rnd, "reveals") or b"{}")
+                committed.update(reveals)
                 honest = [e for e in reveals if kinds.get(e, "").partition("@")[0] in HONEST]
                 vals[vkey] = {
                     "result_digest": own,
                     "finalized": settled.get(rnd, False),
+                    "latency": finality_latency(st, rnd) if settled.get(rnd) else None,
                     "reveals_expected": sum(reveals[e]["expected"] for e in honest),
                     "reveals_held": sum(reveals[e]["held"] for e in honest),
                     "reveals": {e: {**v, "kind": kinds.get(e, "?")} for e, v in reveals.items()},
                 }
                 cert = cert or verified_certificate(st, cfg, rnd)
+            named = [e.hex() for e in cert.result.encoders] if cert else []
             per_round.append(
                 {
                     "round": rnd,
                     "finalized": cert is not None,
+                    "empty": cert is not None and not named,
+                    # Every encoder of the result is one the testnet started and whose commit
+                    # a validator held (no made-up keys).
+                    "only_real_encoders": all(e in kinds and e in committed for e in named),
                     "result_digest": result_digest(cert.result).hex() if cert else None,
                     "validators": vals,
+                    "latency": latency_summary(v["latency"] for v in vals.values()),
                     "ranking": ranking(cert.result, kinds) if cert else [],
                 }
             )
@@ -286,14 +357,33 @@ def testnet_report(cfg: NetworkConfig, procs: Sequence[Proc], rounds: range) -> 
     }
 
 
+def round_ok(r: dict[str, Any]) -> bool:
+    """A testnet round counts as a success: finalized, non-empty, only real encoders."""
+    return bool(r["finalized"] and not r.get("empty") and r.get("only_real_encoders", True))
+
+
 def format_testnet(rep: dict[str, Any]) -> str:
     lines = [f"network {rep['network_id'][:16]}"]
     for r in rep["rounds"]:
         digests = {v["result_digest"] for v in r["validators"].values()}
+        state = "not finalized"
+        if r["finalized"]:
+            state = "FINALIZED, EMPTY result" if r.get("empty") else "FINALIZED"
         lines.append(
-            f"round {r['round']}: {'FINALIZED' if r['finalized'] else 'not finalized'}"
+            f"round {r['round']}: {state}"
             f"  validators agree: {'yes' if len(digests) == 1 and None not in digests else 'no'}"
+            f"  only real encoders: {'yes' if r.get('only_real_encoders', True) else 'NO'}"
         )
+        lat = r.get("latency")
+        if lat and lat["n"]:
+            each = ", ".join(
+                f"{k[:8]} {_seconds(v.get('latency'))}" for k, v in r["validators"].items()
+            )
+            lines.append(
+                f"  finality latency (after the reveal deadline): p50 {_seconds(lat['p50'])}"
+                f"  max {_seconds(lat['max'])}  ({lat['n']} of {len(r['validators'])}"
+                f" validators: {each})"
+            )
         for i, row in enumerate(r["ranking"], 1):
             lines.append(
                 f"  {i:>2}. {row['kind']:<12} {row['score']:.4f}"
@@ -315,4 +405,18 @@ def format_testnet(rep: dict[str, Any]) -> str:
         + " (anything dropped is fetched by pull repair)"
     )
     lines.append("peak RSS (MB): " + ", ".join(f"{k}={v}" for k, v in rep["peak_rss_mb"].items()))
+    overall = latency_summary(
+        v.get("latency") for r in rep["rounds"] for v in r["validators"].values()
+    )
+    if overall["n"]:
+        lines.append(
+            f"finality latency: p50 {_seconds(overall['p50'])}, max {_seconds(overall['max'])}"
+            f" over {overall['n']} validator-rounds (seconds after the reveal deadline)"
+        )
+    bad = [r["round"] for r in rep["rounds"] if not round_ok(r)]
+    lines.append(
+        f"summary: {len(rep['rounds']) - len(bad)} of {len(rep['rounds'])} rounds finalized with "
+        "a non-empty result of real encoders"
+        + (f"; FAILED rounds: {', '.join(map(str, bad))}" if bad else "")
+    )
     return "\n".join(lines)

@@ -3,13 +3,16 @@ one trio nursery. SIGINT/SIGTERM cancel the nursery; the store is closed on the 
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import os
 import signal
+import socket
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,28 +20,34 @@ import trio
 
 from dlnet.node.addresses import check_port_free
 from dlnet.node.api import NodeView, build_app, open_listener, serve_api
+from dlnet.node.byzantine import Byzantine
 from dlnet.node.context import NodeContext, wall_clock
 from dlnet.node.dataset_io import load_items
 from dlnet.node.encoder import EncoderRole
 from dlnet.node.host import GossipParams, Host, Verdict, open_host
-from dlnet.node.ingest import Ingest
-from dlnet.node.keyfile import read_key
-from dlnet.node.models import load_model
+from dlnet.node.ingest import Ingest, slot_of
+from dlnet.node.keyfile import peer_key_seed, read_key
+from dlnet.node.models import Model, load_model
 from dlnet.node.progress import genesis_countdown, keep_live_info, write_json
 from dlnet.node.report import INFO_FILE, STORE_FILE
 from dlnet.node.store import Store
-from dlnet.node.sync import SyncClient, install_server
+from dlnet.node.sync import REQUEST_TIMEOUT, SyncClient, install_server
 from dlnet.node.validator import ValidatorRole
 from dlnet.protocol.config import NetworkConfig, parse_config
 from dlnet.protocol.consensus import CertificateError, verify_certificate
+from dlnet.protocol.identity import SigningKey
 from dlnet.protocol.result import result_digest
 from dlnet.protocol.rounds import round_at, round_times
-from dlnet.protocol.wire import Certificate, Kind, Reject, decode, topic
+from dlnet.protocol.wire import Certificate, Kind, Reject, decode, message_id, topic
 
 ROLES = ("encoder", "validator")
 GOSSIPED = (Kind.COMMIT, Kind.EMBEDDING, Kind.ATTESTATION, Kind.VOTE)
 TRANSPORT_FILE = "transport.json"
 TRANSPORT_EVERY = 5.0
+LOCK_FILE = "LOCK"
+PEER_KEY_FILE = "peer.key"
+PEERS_FILE = "peers.json"
+PEERS_EVERY = 30.0
 # Certificates a (re)starting node asks its peers for, counted back from the current round.
 CATCH_UP_ROUNDS = 64
 
@@ -56,6 +65,7 @@ class NodeOptions:
     model: str | None = None
     model_options: dict[str, str] = field(default_factory=dict)
     behaviour: str = "honest"
+    byzantine: str | None = None  # TEST ONLY: a node/byzantine.py mode for the validator
     listen: str = "/ip4/127.0.0.1/tcp/0"
     bootstrap: tuple[str, ...] = ()
     gossip: GossipParams = field(default_factory=GossipParams)
@@ -71,6 +81,91 @@ def load_config(path: Path) -> NetworkConfig:
     return parse_config(text)
 
 
+@contextlib.contextmanager
+def data_dir_lock(data_dir: Path) -> Iterator[None]:
+    """Hold ``<data-dir>/LOCK`` (an exclusive flock) for the life of the node: a second
+    process on the same data dir gets one readable NodeError. The kernel drops the lock
+    when the process ends, however it ends."""
+    path = data_dir / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            raise NodeError(
+                f"--data-dir {data_dir}: in use by another dlnet process (pid {holder}) — "
+                "stop it first, or give this node its own --data-dir"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
+def read_saved_peers(data_dir: Path) -> list[str]:
+    """Addresses saved by an earlier run (``peers.json``); unreadable means none."""
+    try:
+        data = json.loads((data_dir / PEERS_FILE).read_text())
+    except (OSError, ValueError):
+        return []
+    addrs = data.get("peers", []) if isinstance(data, dict) else []
+    return [a for a in addrs if isinstance(a, str)]
+
+
+def write_saved_peers(data_dir: Path, host: Host) -> None:
+    addrs = host.known_addrs()
+    if not addrs:
+        return  # keep the last useful list through a spell without peers
+    tmp = data_dir / (PEERS_FILE + ".tmp")
+    tmp.write_text(json.dumps({"peers": addrs}, indent=1))
+    tmp.replace(data_dir / PEERS_FILE)
+
+
+async def _keep_saved_peers(host: Host, data_dir: Path) -> None:
+    """Rewrite peers.json when the connected set changes (looked at every TRANSPORT_EVERY
+    seconds) and at least every PEERS_EVERY seconds."""
+    last: list[str] = []
+    due = trio.current_time()
+    while True:
+        await trio.sleep(TRANSPORT_EVERY)
+        now = trio.current_time()
+        connected = host.connected_peers()
+        if connected != last or now >= due:
+            write_saved_peers(data_dir, host)
+            last, due = connected, now + PEERS_EVERY
+
+
+class Doppelganger:
+    """Watches gossip for messages signed by this node's own key that its store never
+    recorded signing: the key is live in another process. Then the node stops signing and
+    exits with one line (Lighthouse's doppelganger protection, kept on for the whole run)."""
+
+    def __init__(self, ctx: NodeContext, public_key: bytes, stop: trio.CancelScope) -> None:
+        self.ctx = ctx
+        self.public_key = public_key
+        self.stop = stop
+
+    def check(self, data: bytes, peer: str) -> None:
+        if self.public_key not in data or self.ctx.halted is not None:
+            return  # cheap pre-filter: a message signed by us carries our key
+        try:
+            msg = decode(data, self.ctx.cfg)
+        except Reject:
+            return
+        if slot_of(msg).signer != self.public_key or self.ctx.store.signed_here(message_id(data)):
+            return
+        self.ctx.halted = (
+            f"--key: a {type(msg).__name__} for round {msg.round} signed by this node's key "
+            f"{self.public_key.hex()[:16]} arrived from peer {peer}, and this data dir never "
+            "signed it: the key is in use by another live process — stop that one first"
+        )
+        self.ctx.ingest.count("evidence", "doppelganger")
+        self.ctx.log.error("%s; stopping", self.ctx.halted)
+        self.stop.cancel()
+
+
 def _validator(ingest: Ingest, kind: Kind) -> Callable[[str, bytes, str], Verdict]:
     def check(_topic: str, data: bytes, _peer: str) -> Verdict:
         return ingest.check(kind, data)
@@ -78,9 +173,12 @@ def _validator(ingest: Ingest, kind: Kind) -> Callable[[str, bytes, str], Verdic
     return check
 
 
-async def _subscribe_all(host: Host, ingest: Ingest, cfg: NetworkConfig) -> None:
-    async def handler(data: bytes, _peer: str) -> None:
+async def _subscribe_all(
+    host: Host, ingest: Ingest, cfg: NetworkConfig, watch: Callable[[bytes, str], None]
+) -> None:
+    async def handler(data: bytes, peer: str) -> None:
         ingest.admit_checked(data)
+        watch(data, peer)
 
     for kind in GOSSIPED:
         await host.subscribe(topic(cfg.network_id, kind), _validator(ingest, kind), handler)
@@ -106,9 +204,12 @@ async def catch_up(ctx: NodeContext) -> None:
         if cert.round not in final:
             ctx.store.put_certificate(cert.round, data)
             ctx.store.put_round_outcome(cert.round, True, result_digest(cert.result))
+            ctx.store.put_finalized_at(cert.round, wall_clock(), None)
         return True
 
-    await ctx.sync.fetch_certificates(lo, now_round - 1, keep)
+    await ctx.sync.fetch_certificates(
+        lo, now_round - 1, keep, deadline=wall_clock() + 2 * REQUEST_TIMEOUT
+    )
 
 
 # An encoder starting mid-round still joins it when at least this long is left to commit.
@@ -178,18 +279,41 @@ async def run_node(opts: NodeOptions) -> None:
             raise NodeError(
                 f"--api {host_name}:{port}: cannot listen there ({exc.strerror or exc})"
             ) from exc
-    opts.data_dir.mkdir(parents=True, exist_ok=True)
-    store = Store.open(opts.data_dir / STORE_FILE)
     try:
+        opts.data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise NodeError(f"--data-dir {opts.data_dir}: cannot create ({exc.strerror})") from exc
+    with data_dir_lock(opts.data_dir):
+        await _run_locked(opts, cfg, items, key, model, api_sock, api_url)
+
+
+async def _run_locked(
+    opts: NodeOptions,
+    cfg: NetworkConfig,
+    items: tuple[str, ...],
+    key: SigningKey | None,
+    model: Model | None,
+    api_sock: socket.socket | None,
+    api_url: str | None,
+) -> None:
+    store = Store.open(opts.data_dir / STORE_FILE)
+    log = logging.getLogger("dlnet")
+    ctx: NodeContext | None = None
+    try:
+        store.bind_network(cfg.network_id, opts.data_dir)
+        seed = peer_key_seed(opts.data_dir / PEER_KEY_FILE)
         ingest = Ingest(cfg, store, wall_clock)
+        seeds = list(dict.fromkeys([*opts.bootstrap, *read_saved_peers(opts.data_dir)]))
         async with open_host(
             listen=opts.listen,
-            bootstrap=opts.bootstrap,
+            bootstrap=seeds,
             params=opts.gossip,
+            identity_seed=seed,
             network_tag=cfg.network_id.hex()[:16],
+            network_id=cfg.network_id,
         ) as host:
+            host.on_wrong_network = lambda _peer, _theirs: ingest.count("rejected", "wrong_network")
             install_server(host, store, ingest, wall_clock)
-            await _subscribe_all(host, ingest, cfg)
             ctx = NodeContext(
                 cfg, items, store, ingest, host, SyncClient(host, ingest, cfg.network_id)
             )
@@ -208,6 +332,12 @@ async def run_node(opts: NodeOptions) -> None:
                 " ".join(host.addrs),
             )
             async with trio.open_nursery() as nursery:
+                watch = (
+                    Doppelganger(ctx, public_key, nursery.cancel_scope).check
+                    if public_key is not None
+                    else lambda _data, _peer: None
+                )
+                await _subscribe_all(host, ingest, cfg, watch)
                 nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
                 if api_sock is not None:
                     view = NodeView(cfg, store, host, opts.roles, public_key)
@@ -218,21 +348,26 @@ async def run_node(opts: NodeOptions) -> None:
                 )
                 nursery.start_soon(genesis_countdown, cfg, wall_clock)
                 nursery.start_soon(_keep_transport_counters, host, opts.data_dir)
+                nursery.start_soon(_keep_saved_peers, host, opts.data_dir)
                 start = first_round(cfg, wall_clock())
                 if key is not None and model is not None:
                     enc = EncoderRole(ctx, key, model, opts.behaviour)
                     nursery.start_soon(enc.run, start)
                 if key is not None and "validator" in opts.roles:
                     nursery.start_soon(catch_up, ctx)
-                    val = ValidatorRole(ctx, key)
+                    byz = None if opts.byzantine is None else Byzantine(opts.byzantine)
+                    val = ValidatorRole(ctx, key, byz)
                     # A validator also finishes rounds already under way when it (re)starts.
                     resume = max(0, round_at(cfg, wall_clock()) - cfg.timing.round_window)
                     nursery.start_soon(val.run, min(start, resume))
             write_transport_counters(host, opts.data_dir)
+            write_saved_peers(opts.data_dir, host)
     finally:
         store.close()
         if api_sock is not None:
             api_sock.close()  # if the API never took it over
+    if ctx is not None and ctx.halted is not None:
+        raise NodeError(ctx.halted)
 
 
 def write_transport_counters(host: Host, data_dir: Path) -> None:

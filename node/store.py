@@ -10,14 +10,21 @@ is a short indexed statement.
 
 from __future__ import annotations
 
+import json
+import math
 import sqlite3
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
+from typing import Any
+
+from dlnet.protocol.rounds import RoundTimes
 
 SCHEMA_VERSION = 1
 NO_SLOT = -1  # shard/slot of messages that have none (SQLite UNIQUE treats NULLs as distinct)
 MAX_ROUND = 2**63 - 1  # SQLite's largest integer
+FINALIZED_AT = "finalized_at"
+"""The round_state key of when this node finalized a round (see `Store.put_finalized_at`)."""
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -52,7 +59,18 @@ CREATE TABLE IF NOT EXISTS outcomes (
     round INTEGER PRIMARY KEY, finalized INTEGER NOT NULL, digest BLOB
 );
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS signed (
+    signer BLOB NOT NULL,
+    kind INTEGER NOT NULL,
+    round INTEGER NOT NULL,
+    shard INTEGER NOT NULL,
+    slot INTEGER NOT NULL,
+    id BLOB NOT NULL,
+    PRIMARY KEY (signer, kind, round, shard, slot)
+);
+CREATE INDEX IF NOT EXISTS signed_id ON signed (id);
 """
+NETWORK_KEY = "network_id"
 
 
 class StoreError(Exception):
@@ -110,6 +128,56 @@ class Store:
 
     def close(self) -> None:
         self._db.close()
+
+    # --- meta ---------------------------------------------------------------------------
+
+    def get_meta(self, key: str) -> str | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_meta(self, key: str, value: str) -> None:
+        self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
+    def bind_network(self, network_id: bytes, where: Path) -> None:
+        """Record the network this store belongs to at its first start; at every later start
+        refuse another network's id (one line saying what to do)."""
+        held = self.get_meta(NETWORK_KEY)
+        if held is None:
+            self.set_meta(NETWORK_KEY, network_id.hex())
+        elif held != network_id.hex():
+            raise StoreError(
+                f"--data-dir {where}: holds network {held[:16]}, the config is network "
+                f"{network_id.hex()[:16]} — use another --data-dir for this network"
+            )
+
+    # --- slashing protection ------------------------------------------------------------
+
+    def record_signing(
+        self,
+        signer: bytes,
+        kind: int,
+        round: int,
+        shard: int | None,
+        slot: int | None,
+        msg_id: bytes,
+    ) -> bytes | None:
+        """Remember that ``signer`` signed ``msg_id`` for this place, before it is published.
+        Returns ``None`` when that is allowed (first signature here, or the same message
+        again), else the id signed here earlier: the caller must not publish."""
+        place = (signer, kind, round, _slot(shard), _slot(slot))
+        row = self._db.execute(
+            "SELECT id FROM signed WHERE signer=? AND kind=? AND round=? AND shard=? AND slot=?",
+            place,
+        ).fetchone()
+        if row is not None:
+            return None if bytes(row[0]) == msg_id else bytes(row[0])
+        self._db.execute("INSERT INTO signed VALUES (?, ?, ?, ?, ?, ?)", (*place, msg_id))
+        return None
+
+    def signed_here(self, msg_id: bytes) -> bool:
+        """Whether this store recorded signing the message ``msg_id``."""
+        row = self._db.execute("SELECT 1 FROM signed WHERE id=?", (msg_id,)).fetchone()
+        return row is not None
 
     # --- messages -----------------------------------------------------------------------
 
@@ -190,6 +258,44 @@ class Store:
         ).fetchone()
         return None if row is None else bytes(row[0])
 
+    def put_finalized_at(self, round: int, at: float, times: RoundTimes | None) -> None:
+        """Record that this node finalized ``round`` at wall-clock ``at``: with the round's
+        ``times`` when it assembled the certificate itself (finality latency = ``at`` minus the
+        reveal deadline; slack = the finality deadline minus ``at``), or ``None`` when it adopted
+        a peer's certificate by catch-up (no latency: ``at`` then says when it caught up, not
+        when the network finalized). A catch-up record never replaces an earlier one."""
+        record: dict[str, Any] = {"at": at, "via": "catch_up", "latency": None, "slack": None}
+        if times is not None:
+            record.update(
+                via="own",
+                latency=at - times.reveal_deadline,
+                slack=times.finality_deadline - at,
+            )
+        elif self.get_round_state(round, FINALIZED_AT) is not None:
+            return
+        self.put_round_state(round, FINALIZED_AT, json.dumps(record, sort_keys=True).encode())
+
+    def finalized_at(self, round: int) -> dict[str, Any] | None:
+        """What `put_finalized_at` recorded for ``round`` (``at``, ``via``, ``latency``,
+        ``slack``), or None if nothing (or nothing readable) was."""
+        raw = self.get_round_state(round, FINALIZED_AT)
+        try:
+            record = json.loads(raw) if raw is not None else None
+        except ValueError:
+            return None
+        if not isinstance(record, dict):
+            return None
+        for key in ("at", "latency", "slack"):
+            value = record.get(key)
+            number = (
+                float(value)
+                if isinstance(value, int | float) and not isinstance(value, bool)
+                else math.nan
+            )
+            record[key] = number if math.isfinite(number) else None
+        record["via"] = record.get("via") if record.get("via") in ("own", "catch_up") else None
+        return record
+
     def put_certificate(self, round: int, data: bytes) -> None:
         self._db.execute("INSERT OR IGNORE INTO certificates VALUES (?, ?)", (round, data))
 
@@ -230,7 +336,7 @@ class Store:
     def prune(self, before_round: int) -> None:
         """Drop messages, evidence and state of rounds before ``before_round`` (certificates
         and outcomes are kept forever)."""
-        for table in ("messages", "equivocations", "round_state"):
+        for table in ("messages", "equivocations", "round_state", "signed"):
             self._db.execute(f"DELETE FROM {table} WHERE round < ?", (before_round,))
 
     # --- counters -----------------------------------------------------------------------

@@ -20,6 +20,7 @@ from typing import Any, Final
 import psutil
 
 from dlnet.node import compose, report
+from dlnet.node.byzantine import MODES as BYZANTINE_MODES
 from dlnet.node.dataset_io import resolve_dataset_path
 from dlnet.node.keyfile import write_key
 from dlnet.node.models.kinds import LEVEL_OPTIONS
@@ -60,8 +61,9 @@ KINDS: Final[dict[str, tuple[str, str, str | None]]] = {
 BEHAVIOUR_OPTIONS: Final = ("jitter",)
 # Time from launching the processes until round 1 starts: the bootstrap and validators come
 # up, then every encoder loads torch and its model at once on 2 cores. Measured: ~40 s for ~10
-# encoders on a quiet machine, 53 s for 10 on a loaded one. Round 1 should not start before
-# the encoders are up, so the allowance grows with the number of encoders. An encoder still
+# encoders on a quiet machine, 53 s for 10 on a loaded one (the bootstrap itself took 40 s
+# there). Round 1 must not start before the encoders are up: an empty round is not finalized
+# (docs/PROTOCOL.md §4), so the allowance grows with the number of encoders. An encoder still
 # joins round 1 up to 5 s before its commit deadline.
 STARTUP_SECONDS: Final = 45.0
 STARTUP_SECONDS_PER_ENCODER: Final = 3.0
@@ -118,6 +120,18 @@ class TestnetPlan:
     rounds: int
     out: Path
     round_seconds: int | None = None
+    byzantine: tuple[int, str] = (0, "")
+    """TEST ONLY: (N, MODE): the first N validators run node/byzantine.py's MODE."""
+
+
+def parse_byzantine_spec(spec: str, validators: int) -> tuple[int, str]:
+    """`N:MODE`: N (1..validators) of the validators run the byzantine MODE."""
+    count, sep, mode = spec.partition(":")
+    if not sep or not count.isdigit() or not 1 <= int(count) <= validators:
+        raise SpecError(f"expected N:MODE with N in 1..{validators}, e.g. 1:fake-encoders")
+    if mode not in BYZANTINE_MODES:
+        raise SpecError(f"unknown mode {mode!r}: one of {', '.join(BYZANTINE_MODES)}")
+    return int(count), mode
 
 
 @dataclass
@@ -317,15 +331,24 @@ def run_testnet(plan: TestnetPlan, *, echo: Any = print) -> int:
         boot_addr = _wait_info(boot, 60.0)["addrs"][0]
         for i, (path, key) in enumerate(vkeys):
             name = f"validator-{i}"
+            byzantine = i < plan.byzantine[0]
             p = _start(
                 name,
                 "validator",
-                "validator",
+                f"byzantine:{plan.byzantine[1]}" if byzantine else "validator",
                 out,
                 _node_cmd(
                     config_path,
                     out / "nodes" / name,
-                    ["--role", "validator", "--key", str(path), "--bootstrap", boot_addr],
+                    [
+                        "--role",
+                        "validator",
+                        "--key",
+                        str(path),
+                        "--bootstrap",
+                        boot_addr,
+                        *(["--byzantine", plan.byzantine[1]] if byzantine else []),
+                    ],
                 ),
             )
             p.public_key = key.public_key.hex()
@@ -355,7 +378,7 @@ def run_testnet(plan: TestnetPlan, *, echo: Any = print) -> int:
             procs.append(p)
         last = round_times(cfg, plan.rounds)
         end = last.finality_deadline + 8.0
-        validators = [p for p in procs if p.role == "validator"]
+        validators = [p for p in procs if p.role == "validator" and p.kind == "validator"]
         while time.time() < end:
             _sample_rss(procs)
             _note_apis(procs, echo)
@@ -372,4 +395,27 @@ def run_testnet(plan: TestnetPlan, *, echo: Any = print) -> int:
     (out / "report.json").write_text(json.dumps(rep, indent=1))
     echo(report.format_testnet(rep))
     echo(f"testnet: wrote {out / 'report.json'}")
-    return 0 if all(r["finalized"] for r in rep["rounds"]) else 1
+    return 0 if all(report.round_ok(r) for r in rep["rounds"]) else 1
+
+
+def _spawn(cmd: Sequence[str], log: Any) -> subprocess.Popen[bytes]:
+    """A node process in its own session (a terminal's Ctrl-C reaches only the driver, which
+    stops its nodes by PID), unbuffered output into ``log``."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.Popen(
+        list(cmd), stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+    )
+
+
+def restart(proc: Proc) -> None:
+    """Start an exited node again with the same command (data dir, key, arguments). Its log goes
+    on in the same node.log; node.json is removed first, so `_wait_info` waits for the new
+    process."""
+    if proc.popen.poll() is None:
+        raise RuntimeError(f"{proc.name} is still running (pid {proc.popen.pid})")
+    if proc.log is not None:
+        proc.log.close()
+    (proc.data_dir / report.INFO_FILE).unlink(missing_ok=True)
+    proc.log = open(proc.data_dir / "node.log", "ab")  # noqa: SIM115 - closed in _stop
+    proc.popen = _spawn(proc.popen.args, proc.log)  # type: ignore[arg-type]
+    proc.exit_code = None

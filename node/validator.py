@@ -13,14 +13,29 @@ from typing import Final
 import numpy as np
 import trio
 
+from dlnet.node.byzantine import Byzantine
 from dlnet.node.context import NodeContext, sleep_until, wall_clock
-from dlnet.protocol.consensus import MissingEmbeddings, compute_result, quantise
+from dlnet.node.ingest import COMMIT_GRACE
+from dlnet.protocol.consensus import (
+    MissingCommits,
+    MissingEmbeddings,
+    attestation_ids,
+    compute_result,
+    finality_reached,
+    precommit_set,
+    quantise,
+    result_problem,
+    round_trips,
+    usable_attestations,
+)
 from dlnet.protocol.identity import SigningKey
 from dlnet.protocol.masks import round_tasks
 from dlnet.protocol.result import RoundResult, decode_result, encode_result, result_digest
-from dlnet.protocol.rounds import round_times
+from dlnet.protocol.rounds import RoundTimes, round_times
 from dlnet.protocol.scoring import score_round
 from dlnet.protocol.wire import (
+    PRECOMMIT,
+    PREVOTE,
     Attestation,
     Certificate,
     Commit,
@@ -45,6 +60,13 @@ COMMIT_PULL_LEAD: Final = 3.0
 REPAIR_INTERVAL: Final = 1.0
 # How long after the finality deadline a validator keeps collecting votes.
 FINALITY_GRACE: Final = 4.0
+# Share of the finality phase after which a validator that has not yet seen every
+# validator's prevote precommits with what it holds (PROTOCOL.md §5).
+PRECOMMIT_AT: Final = 0.5
+# How often a validator waiting to precommit looks at the prevotes it holds (seconds).
+PREVOTE_POLL: Final = 0.25
+# Share of the finality phase the attestation pull before the prevote may take.
+ATTESTATION_PULL: Final = 0.25
 
 
 @dataclass(frozen=True)
@@ -92,10 +114,13 @@ def round_view(ctx: NodeContext, rnd: int) -> RoundView:
 
 
 class ValidatorRole:
-    def __init__(self, ctx: NodeContext, key: SigningKey) -> None:
+    def __init__(
+        self, ctx: NodeContext, key: SigningKey, byzantine: Byzantine | None = None
+    ) -> None:
         self.ctx = ctx
         self.key = key
         self.me = key.public_key
+        self.byzantine = byzantine  # TEST-ONLY behaviour hooks (node/byzantine.py)
 
     async def run(self, first_round: int) -> None:
         async with trio.open_nursery() as nursery:
@@ -112,9 +137,12 @@ class ValidatorRole:
         times = round_times(ctx.cfg, rnd)
         # Gossip is best-effort: pull the commits too, before the deadline's grace runs out
         # (a commit first held after it never counts, ingest.COMMIT_GRACE).
-        for at in (times.commit_deadline - COMMIT_PULL_LEAD, times.commit_deadline):
+        for at, until in (
+            (times.commit_deadline - COMMIT_PULL_LEAD, times.commit_deadline),
+            (times.commit_deadline, times.commit_deadline + COMMIT_GRACE),
+        ):
             await sleep_until(at)
-            await ctx.sync.fetch_round(Kind.COMMIT, rnd)
+            await ctx.sync.fetch_round(Kind.COMMIT, rnd, deadline=until)
         await sleep_until(times.reveal_deadline)
         await self.repair(rnd, times.repair_deadline)
         view = round_view(ctx, rnd)
@@ -124,27 +152,34 @@ class ValidatorRole:
             len(view.commits),
             len(view.missing()),
         )
-        await sleep_until(times.repair_deadline)
-        await self.attest(rnd, times.attest_deadline)
+        # Attest as soon as every committed reveal is held (or the repair deadline passed).
+        await self.attest(rnd, times)
+        if self.byzantine is not None and not self.byzantine.votes:
+            return
         await sleep_until(times.attest_deadline)
-        await ctx.sync.fetch_round(Kind.ATTESTATION, rnd)
-        await self.vote(rnd)
-        await sleep_until(times.finality_deadline)
-        await self.finalize(rnd, times.finality_deadline + FINALITY_GRACE)
+        phase = times.finality_deadline - times.attest_deadline
+        await ctx.sync.fetch_round(
+            Kind.ATTESTATION, rnd, deadline=times.attest_deadline + ATTESTATION_PULL * phase
+        )
+        prevoted = await self.prevote(rnd, times)
+        await self.finalize(rnd, times, prevoted)
 
     async def repair(self, rnd: int, deadline: float) -> None:
-        """Fetch by commitment every listed reveal still missing, until none is or time is up."""
+        """Fetch by commitment every listed reveal still missing, until none is or time is up;
+        never past ``deadline``."""
         while wall_clock() < deadline:
             missing = round_view(self.ctx, rnd).missing()
             if not missing:
                 return
-            await self.ctx.sync.fetch_commitments(missing)
-            await trio.sleep(REPAIR_INTERVAL)
+            await self.ctx.sync.fetch_commitments(missing, deadline=deadline)
+            await trio.sleep(max(0.0, min(REPAIR_INTERVAL, deadline - wall_clock())))
 
-    def _own(self, kind: Kind, rnd: int) -> Message | None:
+    def _own(self, kind: Kind, rnd: int, phase: int | None = None) -> Message | None:
         for _, msg in _decoded(self.ctx, kind, rnd):
             signer = msg.validator if isinstance(msg, Attestation | FinalityVote) else None
-            if signer == self.me:
+            if signer == self.me and (
+                phase is None or (isinstance(msg, FinalityVote) and msg.phase == phase)
+            ):
                 return msg
         return None
 
@@ -190,28 +225,35 @@ class ValidatorRole:
         }
         self.ctx.store.put_round_state(rnd, "reveals", json.dumps(counts).encode())
 
-    async def attest(self, rnd: int, deadline: float) -> None:
+    async def attest(self, rnd: int, times: RoundTimes) -> None:
         ctx = self.ctx
         own = self._own(Kind.ATTESTATION, rnd)
         if own is not None:  # restarted after attesting: re-send, never re-score
             await ctx.republish(Kind.ATTESTATION, own)
             return
-        if wall_clock() > deadline - ATTEST_MARGIN:
+        if wall_clock() > times.attest_deadline - ATTEST_MARGIN:
             ctx.ingest.count("validator", "missed_attest_deadline")
             return
         att = await trio.to_thread.run_sync(self.score, rnd)
+        if self.byzantine is not None:
+            att = self.byzantine.attestation(ctx.cfg, self.key, att)
+            at = self.byzantine.attest_at(times)
+            if at is not None:
+                await sleep_until(at)
         await ctx.publish(Kind.ATTESTATION, att)
         ctx.log.info("round %d: attested %d encoders", rnd, len(att.encoders))
 
-    def _attestations(self, rnd: int) -> list[Attestation]:
+    def _attestations(self, rnd: int) -> dict[bytes, Attestation]:
+        """The round's attestations held, by message id: one per validator (the first held),
+        none from a validator that equivocated."""
         equivocators = self.ctx.store.equivocators(rnd)
         seen: set[bytes] = set()
-        out: list[Attestation] = []
-        for _, msg in _decoded(self.ctx, Kind.ATTESTATION, rnd):
+        out: dict[bytes, Attestation] = {}
+        for mid, msg in _decoded(self.ctx, Kind.ATTESTATION, rnd):
             assert isinstance(msg, Attestation)
             if msg.validator not in equivocators and msg.validator not in seen:
                 seen.add(msg.validator)
-                out.append(msg)
+                out[mid] = msg
         return out
 
     def _fulls(self, rnd: int) -> dict[tuple[int, bytes], np.ndarray]:
@@ -225,76 +267,185 @@ class ValidatorRole:
                     out[(shard, enc)] = view.reveals[h].array()
         return out
 
-    async def result(self, rnd: int) -> RoundResult | None:
-        """The round result from the attestations held; fetches full embeddings it lacks."""
+    async def result(
+        self, rnd: int, ids: tuple[bytes, ...] | None, deadline: float
+    ) -> tuple[RoundResult, tuple[bytes, ...]] | None:
+        """The round result over the attestations ``ids`` (None: every usable one held),
+        fetching what it lacks until ``deadline``, with the ids of the attestations it used;
+        None when this validator must not sign it:
+        attestations or commits it cannot get, an empty result, attestations from too little
+        stake, or a result that does not survive encode/decode (counted by reason)."""
+        ctx = self.ctx
+        held = self._attestations(rnd)
+        if ids is not None and not all(i in held for i in ids):
+            await ctx.sync.fetch_round(Kind.ATTESTATION, rnd, deadline=deadline)
+            held = self._attestations(rnd)
+            if not all(i in held for i in ids):
+                ctx.ingest.count("validator", "missing_attestations")
+                return None
+        atts = list(held.values()) if ids is None else [held[i] for i in ids]
+        used = attestation_ids(usable_attestations(ctx.cfg, rnd, atts))
+        if ids is not None and used != ids:
+            ctx.ingest.count("validator", "unusable_attestations")
+            return None
+        result = await self._compute(rnd, atts, deadline)
+        if result is None:
+            return None
+        problem = result_problem(ctx.cfg, result)
+        if problem is not None:
+            ctx.ingest.count("validator", f"no_result_{problem.reason.value}")
+            return None
+        if not round_trips(ctx.cfg, result):
+            ctx.ingest.count("validator", "no_result_round_trip")
+            return None
+        return result, used
+
+    async def _compute(
+        self, rnd: int, atts: list[Attestation], deadline: float
+    ) -> RoundResult | None:
+        ctx = self.ctx
         for _ in range(3):
+            view = round_view(ctx, rnd)
+            # An equivocator's commit is held all the same (its scores are 0): the result
+            # names it whenever attestations of κ of the stake list it.
+            committed = set(view.commits)
             try:
-                return compute_result(self.ctx.cfg, rnd, self._attestations(rnd), self._fulls(rnd))
+                return compute_result(ctx.cfg, rnd, atts, self._fulls(rnd), committed)
+            except MissingCommits:
+                # A commit first held after its grace never counts (ingest): abstain.
+                ctx.ingest.count("validator", "no_result_missing_commit")
+                return None
             except MissingEmbeddings as exc:
-                view = round_view(self.ctx, rnd)
-                slots = self.ctx.cfg.slots_per_shard
+                slots = ctx.cfg.slots_per_shard
                 wanted = [
                     view.commits[enc].hashes[shard * slots]
                     for shard, enc in exc.missing
                     if enc in view.commits
                 ]
-                await self.ctx.sync.fetch_commitments(wanted)
+                await ctx.sync.fetch_commitments(wanted, deadline=deadline)
+                if wall_clock() >= deadline:
+                    break
+        ctx.ingest.count("validator", "no_result_missing_embeddings")
         return None
 
-    async def vote(self, rnd: int) -> None:
+    async def _vote(self, rnd: int, phase: int, ids: tuple[bytes, ...] | None) -> bool:
+        """Compute the result over ``ids`` and publish this validator's vote of ``phase``;
+        whether it voted."""
         ctx = self.ctx
-        own = self._own(Kind.VOTE, rnd)
-        if own is not None:
-            await ctx.republish(Kind.VOTE, own)
-            return
-        if wall_clock() >= round_times(ctx.cfg, rnd).finality_deadline:
+        times = round_times(ctx.cfg, rnd)
+        if wall_clock() >= times.finality_deadline:
             # The others have stopped counting votes: a late one could only finalize, at
             # some nodes, a round the rest recorded as not finalized.
             ctx.ingest.count("validator", "missed_vote_deadline")
-            return
-        result = await self.result(rnd)
-        if result is None:
-            ctx.ingest.count("validator", "no_result")
-            return
+            return False
+        computed = await self.result(rnd, ids, times.finality_deadline)
+        if computed is None:
+            return False
+        result, used = computed
         digest = result_digest(result)
-        ctx.store.put_round_state(rnd, "result", encode_result(result))
-        await ctx.publish(Kind.VOTE, sign_vote(self.key, ctx.cfg.network_id, rnd, digest))
-        ctx.log.info("round %d: voted for result %s", rnd, digest.hex()[:16])
+        named: tuple[bytes, ...] = used if phase == PREVOTE else ()
+        if phase == PRECOMMIT:
+            ctx.store.put_round_state(rnd, "result", encode_result(result))
+        vote = sign_vote(self.key, ctx.cfg.network_id, rnd, digest, phase=phase, attestations=named)
+        await ctx.publish(Kind.VOTE, vote)
+        ctx.log.info(
+            "round %d: %s for result %s",
+            rnd,
+            "prevoted" if phase == PREVOTE else "precommitted",
+            digest.hex()[:16],
+        )
+        return True
 
-    def _votes_for(self, rnd: int, digest: bytes) -> list[FinalityVote]:
+    async def prevote(self, rnd: int, times: RoundTimes) -> bool:
+        """Phase 0: name the attestation set held and the result over it; whether it did."""
+        own = self._own(Kind.VOTE, rnd, PREVOTE)
+        if own is not None:
+            await self.ctx.republish(Kind.VOTE, own)
+            return True
+        return await self._vote(rnd, PREVOTE, None)
+
+    def _votes(self, rnd: int, phase: int) -> list[FinalityVote]:
+        """One vote of ``phase`` per validator (the first held), none from an equivocator."""
+        equivocators = self.ctx.store.equivocators(rnd)
         votes: dict[bytes, FinalityVote] = {}
         for _, msg in _decoded(self.ctx, Kind.VOTE, rnd):
             assert isinstance(msg, FinalityVote)
-            if msg.result_digest == digest:
+            if msg.phase == phase and msg.validator not in equivocators:
                 votes.setdefault(msg.validator, msg)
         return [votes[v] for v in sorted(votes)]
 
-    async def finalize(self, rnd: int, deadline: float) -> None:
-        """Assemble the certificate once > 2/3 of the stake signed our digest; else record the
-        round as not finalized (never a guess)."""
+    async def precommit(self, rnd: int) -> None:
+        """Phase 1: vote for the result over the attestation set `precommit_set` picks."""
+        own = self._own(Kind.VOTE, rnd, PRECOMMIT)
+        if own is not None:
+            await self.ctx.republish(Kind.VOTE, own)
+            return
+        prevotes = self._votes(rnd, PREVOTE)
+        mine = next((v.attestations for v in prevotes if v.validator == self.me), None)
+        chosen = precommit_set(self.ctx.cfg, prevotes, mine)
+        if chosen is None:
+            self.ctx.ingest.count("validator", "no_precommit_set")
+            return
+        if chosen != mine:
+            self.ctx.ingest.count("validator", "precommit_other_set")
+        await self._vote(rnd, PRECOMMIT, chosen)
+
+    async def finalize(self, rnd: int, times: RoundTimes, prevoted: bool) -> None:
+        """Prevote again until the precommit time if it could not yet (too few attestations
+        held: they may still arrive); precommit once every validator's prevote is held (or at
+        the precommit time), then
+        assemble the certificate as soon as MORE than the finality fraction of the stake
+        precommitted our result; at the end of the grace, record the round as not finalized
+        (never a guess)."""
         ctx = self.ctx
-        raw = ctx.store.get_round_state(rnd, "result")
-        result = decode_result(raw) if raw is not None else None
+        precommit_at = times.attest_deadline + PRECOMMIT_AT * (
+            times.finality_deadline - times.attest_deadline
+        )
+        end = times.finality_deadline + FINALITY_GRACE
+        precommitted = False
+        # Gossip brings the votes first; a validator that could not prevote retries sooner.
+        next_pull = wall_clock() + (REPAIR_INTERVAL if prevoted else PREVOTE_POLL)
         while True:
-            await ctx.sync.fetch_round(Kind.VOTE, rnd)
+            if not precommitted and (
+                wall_clock() >= precommit_at
+                or {v.validator for v in self._votes(rnd, PREVOTE)}
+                >= {v.pubkey for v in ctx.cfg.validators}
+            ):
+                await self.precommit(rnd)
+                precommitted = True
+            raw = ctx.store.get_round_state(rnd, "result")
+            result = decode_result(raw) if raw is not None else None
             if result is not None:
                 cert = self._certificate(rnd, result)
                 if cert is not None:
                     ctx.store.put_certificate(rnd, encode(cert))
                     ctx.store.put_round_outcome(rnd, True, result_digest(result))
+                    ctx.store.put_finalized_at(rnd, wall_clock(), times)
                     ctx.log.info("round %d: finalized, %d votes", rnd, len(cert.votes))
                     return
-            if wall_clock() >= deadline:
+            now = wall_clock()
+            if now >= end:
                 break
-            await trio.sleep(REPAIR_INTERVAL)
+            # Look again soon while the precommit waits (never past its time), and pull the
+            # votes from peers about once a second, the pull bounded by the next look.
+            wake = min(end, now + (REPAIR_INTERVAL if precommitted else PREVOTE_POLL))
+            if not precommitted:
+                wake = min(wake, precommit_at)
+            if now >= next_pull:
+                if not (prevoted or precommitted):
+                    await ctx.sync.fetch_round(Kind.ATTESTATION, rnd, deadline=wake)
+                    prevoted = await self.prevote(rnd, times)
+                await ctx.sync.fetch_round(Kind.VOTE, rnd, deadline=wake)
+                next_pull = wall_clock() + (REPAIR_INTERVAL if prevoted else 2 * PREVOTE_POLL)
+            await sleep_until(wake)
         ctx.store.put_round_outcome(rnd, False, None if result is None else result_digest(result))
         ctx.log.warning("round %d: not finalized (no 2/3 of the stake on one result)", rnd)
 
     def _certificate(self, rnd: int, result: RoundResult) -> Certificate | None:
         cfg = self.ctx.cfg
-        votes = self._votes_for(rnd, result_digest(result))
-        signed = sum(cfg.stake_of(v.validator) for v in votes)
-        if 3 * signed <= 2 * cfg.total_stake:
+        digest = result_digest(result)
+        votes = [v for v in self._votes(rnd, PRECOMMIT) if v.result_digest == digest]
+        if not finality_reached(cfg, sum(cfg.stake_of(v.validator) for v in votes)):
             return None
         return Certificate(
             cfg.network_id, rnd, result, tuple((v.validator, v.signature) for v in votes)

@@ -14,6 +14,12 @@ import msgpack
 
 from dlnet.protocol.errors import Reject, RejectReason
 
+MAX_ROUND = 2**32 - 1
+"""Largest round number any message, result or request may carry (at 1 s rounds, 136 years).
+Well inside the store's signed 64-bit integers and the u64 of the reveal commitment."""
+MAX_DEPTH = 8
+"""Deepest nesting of arrays and maps a decoded value may have (a message is at most 3 deep)."""
+
 Packable = None | bool | int | float | str | bytes | list[Any] | tuple[Any, ...] | dict[str, Any]
 
 
@@ -57,11 +63,28 @@ def _no_ext(code: int, data: bytes) -> Any:
     raise ValueError(f"msgpack extension type {code} is not allowed")
 
 
+def nesting_depth(obj: Any, limit: int = MAX_DEPTH) -> int:
+    """How deeply arrays and maps nest in ``obj`` (a scalar is 0, ``[1]`` is 1), without
+    recursion; the walk stops past ``limit``, so anything deeper gives ``limit + 1``."""
+    depth = 0
+    level = [obj] if isinstance(obj, list | tuple | dict) else []
+    while level and depth <= limit:
+        depth += 1
+        nested: list[Any] = []
+        for x in level:
+            for y in x if isinstance(x, list | tuple) else [*x.keys(), *x.values()]:
+                if isinstance(y, list | tuple | dict):
+                    nested.append(y)
+        level = nested
+    return depth
+
+
 def unpack_strict(data: bytes, max_len: int) -> Any:
     """Decode one canonical msgpack value that fills ``data`` exactly.
 
     Raises `Reject` with ``oversize`` if ``len(data) > max_len``, ``malformed`` if ``data`` is
-    not exactly one msgpack value without extension types (or map keys other than str), and
+    not exactly one msgpack value without extension types (or map keys other than str) or nests
+    arrays and maps more than `MAX_DEPTH` deep, and
     ``non_canonical`` if re-encoding the value does not give ``data`` back.
     """
     if len(data) > max_len:
@@ -70,8 +93,10 @@ def unpack_strict(data: bytes, max_len: int) -> Any:
         obj = msgpack.unpackb(
             data, raw=False, use_list=True, strict_map_key=True, ext_hook=_no_ext, timestamp=0
         )
+        if nesting_depth(obj) > MAX_DEPTH:
+            raise Reject(RejectReason.MALFORMED, f"nested deeper than {MAX_DEPTH}")
         again = pack(obj)
-    except (ValueError, TypeError, msgpack.UnpackException) as exc:
+    except (ValueError, TypeError, RecursionError, msgpack.UnpackException) as exc:
         raise Reject(RejectReason.MALFORMED, f"not one msgpack value: {exc}") from None
     if again != data:
         raise Reject(RejectReason.NON_CANONICAL, "re-encoding gives other bytes")

@@ -8,11 +8,11 @@ same attestations and revealed embeddings.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from fractions import Fraction
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 import numpy as np
 from numpy.typing import NDArray
@@ -20,7 +20,20 @@ from numpy.typing import NDArray
 from dlnet.protocol.canonical import sha256
 from dlnet.protocol.result import U16_MAX, RoundResult, result_digest
 from dlnet.protocol.scoring import weighted_embedding
-from dlnet.protocol.wire import Attestation, Certificate, FinalityVote, encode, signature_valid
+from dlnet.protocol.wire import (
+    MAX_ENCODERS,
+    PRECOMMIT,
+    PREVOTE,
+    Attestation,
+    Certificate,
+    FinalityVote,
+    Kind,
+    Reject,
+    decode,
+    encode,
+    message_id,
+    signature_valid,
+)
 
 if TYPE_CHECKING:  # config imports this module for ConsensusParams
     from dlnet.protocol.config import NetworkConfig
@@ -74,6 +87,14 @@ class MissingEmbeddings(Exception):
         self.missing = tuple(missing)
 
 
+class MissingCommits(Exception):
+    """The result names encoders whose commit this validator does not hold: it must not sign."""
+
+    def __init__(self, encoders: Sequence[bytes]) -> None:
+        super().__init__(f"{len(encoders)} commits missing")
+        self.encoders = tuple(encoders)
+
+
 class CertificateReason(StrEnum):
     """Why `verify_certificate` refused a certificate, in the order it checks."""
 
@@ -88,6 +109,11 @@ class CertificateReason(StrEnum):
     BAD_SIGNATURE = "bad_signature"
     """A signature is not its signer's finality vote over this round and this result's digest:
     forged, or made over another result (so a result altered after signing lands here)."""
+    EMPTY_RESULT = "empty_result"
+    """The result names no encoder: a round with no output is never final."""
+    INSUFFICIENT_ATTESTATIONS = "insufficient_attestations"
+    """The validators whose attestations the result used (its ``agreement``) hold no more than
+    finality_num/finality_den of the total stake."""
     INSUFFICIENT_STAKE = "insufficient_stake"
     """The signers hold no more than finality_num/finality_den of the total stake."""
 
@@ -98,6 +124,20 @@ class CertificateError(Exception):
     def __init__(self, reason: CertificateReason, detail: str = "") -> None:
         super().__init__(f"{reason.value}: {detail}" if detail else reason.value)
         self.reason = reason
+
+
+def finality_reached(cfg: NetworkConfig, stake: int) -> bool:
+    """Whether ``stake`` is MORE than finality_num/finality_den of the total stake: the one
+    threshold for signing, assembling and verifying certificates and for attestation sets."""
+    c = cfg.consensus
+    return stake * c.finality_den > c.finality_num * cfg.total_stake
+
+
+def blocking(cfg: NetworkConfig, stake: int) -> bool:
+    """Whether ``stake`` is MORE than 1 - finality_num/finality_den of the total (1/3 at the
+    default): no quorum can form without some of it."""
+    c = cfg.consensus
+    return stake * c.finality_den > (c.finality_den - c.finality_num) * cfg.total_stake
 
 
 def quantise(score: float) -> int:
@@ -161,15 +201,44 @@ def usable_attestations(
     return [seen[v] for v in sorted(seen)]
 
 
+def supported_encoders(
+    cfg: NetworkConfig, attestations: Sequence[Attestation]
+) -> tuple[bytes, ...]:
+    """The encoders of the result, ascending: those listed by validators holding at least κ of
+    the total stake (one validator below κ can neither add nor pad). Should more than
+    MAX_ENCODERS qualify, the MAX_ENCODERS with the most listing stake, ties by smaller key.
+
+    ``attestations``: at most one per validator (what `usable_attestations` returns)."""
+    kappa = cfg.consensus.kappa_fraction
+    support: dict[bytes, int] = {}
+    for a in attestations:
+        for e in a.encoders:
+            support[e] = support.get(e, 0) + cfg.stake_of(a.validator)
+    ok = [
+        e
+        for e, stake in support.items()
+        if stake * kappa.denominator >= kappa.numerator * cfg.total_stake
+    ]
+    ok.sort(key=lambda e: (-support[e], e))
+    return tuple(sorted(ok[:MAX_ENCODERS]))
+
+
+def _columns(a: Attestation, col: Mapping[bytes, int]) -> tuple[list[int], list[int]]:
+    """(columns of ``a``'s matrices kept, their columns in the result) for the result's
+    encoders ``col``."""
+    kept = [i for i, e in enumerate(a.encoders) if e in col]
+    return kept, [col[a.encoders[i]] for i in kept]
+
+
 def consensus_matrix(cfg: NetworkConfig, attestations: Sequence[Attestation]) -> ConsensusView:
     """κ-median of the scores and of the outlier flags for every (shard, encoder) cell over the
-    union of the encoders the attestations list; a validator that does not list an encoder
-    scores it 0 and does not flag it.
+    `supported_encoders`; a validator that does not list an encoder scores it 0 and does not
+    flag it.
 
     ``attestations`` must be at most one per validator, all of one round, with matrices of
     ``shards_per_round`` rows: what `usable_attestations` returns.
     """
-    encoders = tuple(sorted({e for a in attestations for e in a.encoders}))
+    encoders = supported_encoders(cfg, attestations)
     shards = cfg.shards_per_round
     kappa = cfg.consensus.kappa_fraction
     total = cfg.total_stake
@@ -178,9 +247,9 @@ def consensus_matrix(cfg: NetworkConfig, attestations: Sequence[Attestation]) ->
     flags = np.zeros((len(attestations), shards, len(encoders)), dtype=np.int64)
     col = {e: i for i, e in enumerate(encoders)}
     for v, a in enumerate(attestations):
-        idx = [col[e] for e in a.encoders]
-        scores[v][:, idx] = a.score_matrix(shards)
-        flags[v][:, idx] = a.outlier_matrix(shards)
+        kept, idx = _columns(a, col)
+        scores[v][:, idx] = a.score_matrix(shards)[:, kept]
+        flags[v][:, idx] = a.outlier_matrix(shards)[:, kept]
     consensus = np.zeros((shards, len(encoders)), dtype=np.int64)
     outliers = np.zeros((shards, len(encoders)), dtype=np.bool_)
     for s in range(shards):
@@ -192,9 +261,14 @@ def consensus_matrix(cfg: NetworkConfig, attestations: Sequence[Attestation]) ->
     return ConsensusView(encoders, consensus, outliers)
 
 
+def attestation_ids(attestations: Sequence[Attestation]) -> tuple[bytes, ...]:
+    """The message ids of ``attestations``, ascending: the set a prevote names."""
+    return tuple(sorted(message_id(encode(a)) for a in attestations))
+
+
 def attestations_digest(attestations: Sequence[Attestation]) -> bytes:
     """SHA-256 over the tag and the message ids of the attestations used, ascending."""
-    return sha256(ATTESTATIONS_TAG, *sorted(sha256(encode(a)) for a in attestations))
+    return sha256(ATTESTATIONS_TAG, *attestation_ids(attestations))
 
 
 def compute_result(
@@ -202,15 +276,22 @@ def compute_result(
     rnd: int,
     attestations: Sequence[Attestation],
     fulls: Mapping[tuple[int, bytes], NDArray[np.float32]],
+    committed: Collection[bytes] | None = None,
 ) -> RoundResult:
     """The round result from the attestations held and the revealed full embeddings.
 
     ``fulls[(shard, encoder)]`` is the encoder's full embedding of that shard. The weighted
     embedding of a shard averages the full embeddings of its non-outlier encoders weighted by
     their u16 consensus scores; raises MissingEmbeddings if a positively weighted one is absent.
+    ``committed``: the encoders whose commit the caller holds; raises MissingCommits if the
+    result names another (None: no check).
     """
     used = usable_attestations(cfg, rnd, attestations)
     view = consensus_matrix(cfg, used)
+    if committed is not None:
+        absent = [e for e in view.encoders if e not in committed]
+        if absent:
+            raise MissingCommits(absent)
     shards, n = cfg.shards_per_round, len(view.encoders)
     weights = np.where(view.outliers, 0, view.consensus)
     missing = [
@@ -237,7 +318,8 @@ def compute_result(
     agreement = []
     for a in used:
         own = np.zeros((shards, n), dtype=np.int64)
-        own[:, [col[e] for e in a.encoders]] = a.score_matrix(shards)
+        kept, idx = _columns(a, col)
+        own[:, idx] = a.score_matrix(shards)[:, kept]
         gap = int(np.abs(own - view.consensus).sum())
         agreement.append((a.validator, U16_MAX - (gap // cells if cells else 0)))
     return RoundResult(
@@ -254,17 +336,84 @@ def compute_result(
     )
 
 
+def result_problem(cfg: NetworkConfig, result: RoundResult) -> CertificateError | None:
+    """Why ``result`` can never be final, or None: it names no encoder, or the validators
+    whose attestations it used hold no more than the finality fraction of the stake."""
+    if not result.encoders:
+        return CertificateError(CertificateReason.EMPTY_RESULT)
+    attested = sum(cfg.stake_of(v) for v, _ in result.agreement if cfg.is_validator(v))
+    if not finality_reached(cfg, attested):
+        return CertificateError(
+            CertificateReason.INSUFFICIENT_ATTESTATIONS,
+            f"attestations from {attested} of {cfg.total_stake} stake",
+        )
+    return None
+
+
+def round_trips(cfg: NetworkConfig, result: RoundResult) -> bool:
+    """Whether ``result`` survives the trip every certificate makes (encode, strict decode
+    with this config's limits, equal value): a validator signs nothing that fails it."""
+    cert = Certificate(cfg.network_id, result.round, result, ())
+    try:
+        return decode(encode(cert), cfg, Kind.CERTIFICATE) == cert
+    except Reject:
+        return False
+
+
+def precommit_set(
+    cfg: NetworkConfig, prevotes: Sequence[FinalityVote], own: tuple[bytes, ...] | None
+) -> tuple[bytes, ...] | None:
+    """The attestation set (ascending ids) a validator finally votes for (PROTOCOL.md §5).
+
+    Among the sets that prevotes from MORE than 1 - finality fraction of the stake name (one
+    prevote per validator, the first given), the one with the most attestations, ties by the
+    larger id list; if no set has that much, the validator's ``own`` prevote set (None: it
+    has none and does not vote)."""
+    seen: set[bytes] = set()
+    stake: dict[tuple[bytes, ...], int] = {}
+    for v in prevotes:
+        if v.phase != PREVOTE or v.validator in seen or not cfg.is_validator(v.validator):
+            continue
+        seen.add(v.validator)
+        stake[v.attestations] = stake.get(v.attestations, 0) + cfg.stake_of(v.validator)
+    heavy = [ids for ids, w in stake.items() if blocking(cfg, w)]
+    if heavy:
+        return max(heavy, key=lambda ids: (len(ids), ids))
+    return own
+
+
+DISAGREEMENT_FLOOR: Final = 58982
+"""u16 agreement (0.9) below which an attestation disagrees with the certified result."""
+DISAGREEMENT_ROUNDS: Final = 3
+"""How many of the latest certified results `disagreeing` looks at."""
+
+
+def disagreeing(results: Sequence[RoundResult]) -> frozenset[bytes]:
+    """Validators whose attestations keep disagreeing with certified results: among the last
+    DISAGREEMENT_ROUNDS of ``results`` (in round order), every one that used its attestation
+    has its agreement below DISAGREEMENT_FLOOR (and at least one did)."""
+    seen: dict[bytes, list[int]] = {}
+    for r in results[-DISAGREEMENT_ROUNDS:]:
+        for v, a in r.agreement:
+            seen.setdefault(v, []).append(a)
+    return frozenset(v for v, agree in seen.items() if max(agree) < DISAGREEMENT_FLOOR)
+
+
 def verify_certificate(cfg: NetworkConfig, cert: Certificate) -> None:
     """Check a certificate against the network config alone; raises CertificateError.
 
-    Its result must be of this network and round; every vote a valid finality-vote signature
-    over the result's digest by a distinct validator; and the signers must hold MORE than
-    finality_num/finality_den of the total stake.
+    Its result must be of this network and round, name at least one encoder and have used the
+    attestations of MORE than finality_num/finality_den of the stake (`result_problem`);
+    every vote must be a valid precommit signature over the result's digest by a distinct
+    validator; and the signers must hold MORE than that fraction (`finality_reached`).
     """
     if cert.network_id != cfg.network_id or cert.result.network_id != cfg.network_id:
         raise CertificateError(CertificateReason.WRONG_NETWORK)
     if cert.result.round != cert.round:
         raise CertificateError(CertificateReason.WRONG_ROUND, "the result is of another round")
+    problem = result_problem(cfg, cert.result)
+    if problem is not None:
+        raise problem
     digest = result_digest(cert.result)
     signers: set[bytes] = set()
     signed = 0
@@ -273,13 +422,13 @@ def verify_certificate(cfg: NetworkConfig, cert: Certificate) -> None:
             raise CertificateError(CertificateReason.DUPLICATE_SIGNER, validator.hex())
         if not cfg.is_validator(validator):
             raise CertificateError(CertificateReason.UNKNOWN_SIGNER, validator.hex())
-        vote = FinalityVote(cfg.network_id, cert.round, validator, digest, signature)
+        vote = FinalityVote(cfg.network_id, cert.round, validator, PRECOMMIT, (), digest, signature)
         if not signature_valid(vote):
             raise CertificateError(CertificateReason.BAD_SIGNATURE, validator.hex())
         signers.add(validator)
         signed += cfg.stake_of(validator)
     c = cfg.consensus
-    if signed * c.finality_den <= c.finality_num * cfg.total_stake:
+    if not finality_reached(cfg, signed):
         raise CertificateError(
             CertificateReason.INSUFFICIENT_STAKE,
             f"{signed} of {cfg.total_stake} is not more than {c.finality_num}/{c.finality_den}",

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from dlnet.protocol.canonical import pack, sha256, unpack_strict
+from dlnet.protocol.canonical import MAX_ROUND, pack, sha256, unpack_strict
 from dlnet.protocol.errors import Reject
 
 RESULT_VERSION = 1
@@ -114,7 +114,7 @@ def decode_result(data: bytes) -> RoundResult:
     _need(type(f) is list and len(f) == 11, "result: not an 11-field array")
     _need(f[0] == RESULT_VERSION and type(f[0]) is int, "result: unknown version")
     network_id = _bin(f[1], "network_id", KEY_BYTES)
-    rnd = _uint(f[2], 2**64 - 1, "round")
+    rnd = _uint(f[2], MAX_ROUND, "round")
     encoders = _ascending_keys(f[3], "encoders")
     n = len(encoders)
     _need(type(f[8]) is list, "weighted: not an array")

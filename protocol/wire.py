@@ -16,12 +16,12 @@ from dataclasses import dataclass, replace
 from enum import IntEnum
 from functools import lru_cache
 from itertools import pairwise
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 from numpy.typing import NDArray
 
-from dlnet.protocol.canonical import pack, sha256, u16be, u64be, unpack_strict
+from dlnet.protocol.canonical import MAX_ROUND, pack, sha256, u16be, u64be, unpack_strict
 from dlnet.protocol.errors import Reject, RejectReason
 from dlnet.protocol.identity import SIGNATURE_BYTES, SigningKey, verify
 from dlnet.protocol.result import RoundResult, decode_result, encode_result
@@ -32,6 +32,9 @@ if TYPE_CHECKING:  # config imports consensus, which imports this module
 __all__ = [
     "DOMAINS",
     "MAX_ENCODERS",
+    "MAX_ROUND",
+    "PRECOMMIT",
+    "PREVOTE",
     "REVEAL_TAG",
     "SALT_BYTES",
     "WIRE_VERSION",
@@ -65,7 +68,6 @@ SALT_BYTES = 16
 MAX_ENCODERS = 1024
 """Most encoders one attestation (and so one round result) may list."""
 REVEAL_TAG = b"dlnet/v1/reveal"
-_MAX_U64 = 2**64 - 1
 _MAX_U16 = 2**16 - 1
 
 
@@ -157,11 +159,18 @@ class Attestation:
 
 @dataclass(frozen=True)
 class FinalityVote:
-    """A validator's signature on the digest of the round result it computed."""
+    """A validator's signature on the digest of the round result it computed.
+
+    ``phase`` 0 is the prevote: it names, in ``attestations``, the message ids (ascending) of
+    the attestations the result was computed over. ``phase`` 1 is the finality vote a
+    certificate carries; its ``attestations`` is empty (the result names its attestation set).
+    One vote per (validator, round, phase); see consensus.precommit_set."""
 
     network_id: bytes
     round: int
     validator: bytes
+    phase: int
+    attestations: tuple[bytes, ...]
     result_digest: bytes
     signature: bytes
 
@@ -207,7 +216,7 @@ def _body(msg: Message) -> list[Any]:
             msg.messages_digest,
         ]
     if isinstance(msg, FinalityVote):
-        return [*head, msg.validator, msg.result_digest]
+        return [*head, msg.validator, msg.phase, list(msg.attestations), msg.result_digest]
     return [*head, encode_result(msg.result), [list(v) for v in msg.votes]]
 
 
@@ -289,8 +298,23 @@ def sign_attestation(
     return replace(unsigned, signature=_signature(key, unsigned))
 
 
-def sign_vote(key: SigningKey, network_id: bytes, round: int, result_digest: bytes) -> FinalityVote:
-    unsigned = FinalityVote(network_id, round, key.public_key, result_digest, b"")
+PREVOTE: Final = 0
+PRECOMMIT: Final = 1
+
+
+def sign_vote(
+    key: SigningKey,
+    network_id: bytes,
+    round: int,
+    result_digest: bytes,
+    *,
+    phase: int = PRECOMMIT,
+    attestations: tuple[bytes, ...] = (),
+) -> FinalityVote:
+    """A signed vote; a prevote (``phase=PREVOTE``) names its attestation ids, ascending."""
+    unsigned = FinalityVote(
+        network_id, round, key.public_key, phase, tuple(attestations), result_digest, b""
+    )
     return replace(unsigned, signature=_signature(key, unsigned))
 
 
@@ -300,7 +324,7 @@ _ARITY = {
     Kind.COMMIT: 7,
     Kind.EMBEDDING: 10,
     Kind.ATTESTATION: 10,
-    Kind.VOTE: 7,
+    Kind.VOTE: 9,
     Kind.CERTIFICATE: 6,
 }
 
@@ -384,10 +408,12 @@ def _attestation(f: list[Any], cfg: NetworkConfig) -> Attestation:
 
 def _vote(f: list[Any], cfg: NetworkConfig) -> FinalityVote:
     validator = _bin(f[4], KEY_BYTES, "validator")
-    digest = _bin(f[5], HASH_BYTES, "result_digest")
-    signature = _bin(f[6], SIGNATURE_BYTES, "signature")
+    phase = _uint(f[5], PRECOMMIT, "phase")
+    attestations = _keys(f[6], "attestations", len(cfg.validators) if phase == PREVOTE else 0)
+    digest = _bin(f[7], HASH_BYTES, "result_digest")
+    signature = _bin(f[8], SIGNATURE_BYTES, "signature")
     _validator(cfg, validator)
-    return FinalityVote(f[2], f[3], validator, digest, signature)
+    return FinalityVote(f[2], f[3], validator, phase, attestations, digest, signature)
 
 
 def _certificate(f: list[Any], cfg: NetworkConfig) -> Certificate:
@@ -442,7 +468,7 @@ def _max_result_bytes(dim: int, shards: int, validators: int) -> int:
 def _max_bytes(kind: Kind, dim: int, shards: int, slots: int, validators: int) -> int:
     """The encoded size of the largest valid message of ``kind`` (every field at its maximum)."""
     h, sig = bytes(HASH_BYTES), bytes(SIGNATURE_BYTES)
-    head = [int(kind), WIRE_VERSION, h, _MAX_U64]
+    head = [int(kind), WIRE_VERSION, h, 2**64 - 1]  # any 9-byte integer slot, as in v1
     bodies: dict[Kind, list[Any]] = {
         Kind.COMMIT: [h, [h] * (shards * slots), sig],
         Kind.EMBEDDING: [h, shards - 1, slots - 1, bytes(SALT_BYTES), bytes(4 * dim), sig],
@@ -454,7 +480,7 @@ def _max_bytes(kind: Kind, dim: int, shards: int, slots: int, validators: int) -
             h,
             sig,
         ],
-        Kind.VOTE: [h, h, sig],
+        Kind.VOTE: [h, PRECOMMIT, [h] * validators, h, sig],
         Kind.CERTIFICATE: [
             bytes(_max_result_bytes(dim, shards, validators)),
             [[h, sig]] * validators,
@@ -474,8 +500,9 @@ def decode(data: bytes, cfg: NetworkConfig, kind: Kind | None = None) -> Message
     Checks, cheapest first: size (oversize), msgpack and canonical form (malformed,
     non_canonical), kind (wrong_kind, also when it is not ``kind``), version (wrong_version),
     field count and types (malformed), network id (wrong_network), fixed lengths (wrong_length),
-    ranges and order (bad_field), the vector (wrong_dimension, non_finite), the signer's
-    membership in the validator set (not_validator), and last the signature (bad_signature).
+    ranges and order (bad_field, also a round above MAX_ROUND), the vector (wrong_dimension,
+    non_finite), the signer's membership in the validator set (not_validator), and last the
+    signature (bad_signature).
     """
     kinds = list(Kind) if kind is None else [kind]
     obj = unpack_strict(data, max(max_message_bytes(cfg, k) for k in kinds))
@@ -496,7 +523,7 @@ def decode(data: bytes, cfg: NetworkConfig, kind: Kind | None = None) -> Message
         raise Reject(RejectReason.MALFORMED, f"{len(obj)} fields, a {got.name} has {_ARITY[got]}")
     if _bin(obj[2], HASH_BYTES, "network_id") != cfg.network_id:
         raise Reject(RejectReason.WRONG_NETWORK, obj[2].hex()[:16])
-    _uint(obj[3], _MAX_U64, "round")
+    _uint(obj[3], MAX_ROUND, "round")
     msg = _PARSERS[got](obj, cfg)
     if not isinstance(msg, Certificate) and not signature_valid(msg):
         raise Reject(RejectReason.BAD_SIGNATURE, f"{got.name} round {msg.round}")

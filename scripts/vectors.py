@@ -19,13 +19,14 @@ import numpy as np
 
 from dlnet.protocol.canonical import sha256
 from dlnet.protocol.config import ValidatorEntry, default_config, dump_config
-from dlnet.protocol.consensus import compute_result, kappa_median, quantise
+from dlnet.protocol.consensus import attestation_ids, compute_result, kappa_median, quantise
 from dlnet.protocol.identity import SigningKey
 from dlnet.protocol.masks import Drbg, golden_vectors
 from dlnet.protocol.projection import projection_matrix
 from dlnet.protocol.result import encode_result, result_digest
 from dlnet.protocol.scoring import ScoringParams, score_round
 from dlnet.protocol.wire import (
+    PREVOTE,
     encode,
     make_embedding,
     message_id,
@@ -110,6 +111,9 @@ def compute() -> dict[str, Any]:
     result = compute_result(cfg, rnd, atts, fulls)
     digest = result_digest(result)
     vote = sign_vote(validators[0], net, rnd, digest)
+    prevote = sign_vote(
+        validators[0], net, rnd, digest, phase=PREVOTE, attestations=attestation_ids(atts)
+    )
     proj = projection_matrix(cfg.projection_seed, 384, cfg.dim)
     return {
         "identity": {
@@ -135,6 +139,7 @@ def compute() -> dict[str, Any]:
             "commit": {"hex": encode(commit).hex(), "id": message_id(encode(commit)).hex()},
             "attestation": {"hex": encode(atts[0]).hex()},
             "vote": {"hex": encode(vote).hex()},
+            "prevote": {"hex": encode(prevote).hex()},
         },
         "scoring": {
             "encoders": [e.hex() for e in encoders],

@@ -63,6 +63,7 @@ async def main() -> None:
     ap.add_argument("--handler-delay", type=float, default=0.0)
     ap.add_argument("--reject-prefix", default="")
     ap.add_argument("--params", default="{}", help="JSON object of GossipParams overrides")
+    ap.add_argument("--identity-seed", default="", help="hex, 32 bytes: a fixed libp2p key")
     args = ap.parse_args()
     topics = args.topic or ["t"]
     params = GossipParams(**json.loads(args.params))
@@ -72,7 +73,10 @@ async def main() -> None:
             return (Verdict.REJECT, "bad_prefix")
         return Verdict.ACCEPT
 
-    async with open_host(listen=args.listen, bootstrap=args.bootstrap, params=params) as host:
+    seed = bytes.fromhex(args.identity_seed) if args.identity_seed else None
+    async with open_host(
+        listen=args.listen, bootstrap=args.bootstrap, params=params, identity_seed=seed
+    ) as host:
         for topic in topics:
 
             async def handler(data: bytes, peer: str, topic: str = topic) -> None:

@@ -1,7 +1,23 @@
-"""A hostile peer for end-to-end tests: joins a running network over 127.0.0.1 and publishes,
-on every topic, bytes that every honest node must reject (and count) without crashing.
+"""A hostile peer for end-to-end tests and scripts/chaos.py: joins a running network over
+127.0.0.1 and misbehaves in one of three modes; every honest node must survive it.
 
-Prints one JSON line: {"sent": n, "reasons": [reject reasons the network must have counted]}.
+    python tests/hostile_peer.py --config genesis.json --bootstrap /ip4/.../p2p/<id>
+        [--mode gossip|poison-sync|flood-sync] [--seconds S]
+
+``--config``     the network's genesis config (JSON), ``--bootstrap`` a full multiaddr of a node;
+``--seconds``    how long to stay (gossip: longest wait for a subscribed peer; default 60).
+
+Modes (each prints one JSON line when done):
+
+* ``gossip`` (default): publishes, on every topic, bytes every node must reject and count.
+  Prints {"sent": n, "reasons": [reject reasons the network must have counted]}.
+* ``poison-sync``: serves the sync protocol and answers every request with poison: msgpack
+  nested 500 deep, a validly signed commit for round 2**63 and one for the current round + 50
+  (fresh key). A node must store none of them, count them and charge this peer.
+  Prints {"served": n}.
+* ``flood-sync``: sends sync requests to the bootstrap node as fast as it can (malformed ones
+  and valid ones alternately, 16 at a time) for ``--seconds``. The node must rate-limit and ban
+  it. Prints {"sent": n, "answered": a, "failed": f}.
 """
 
 from __future__ import annotations
@@ -17,7 +33,8 @@ import msgpack
 import numpy as np
 import trio
 
-from dlnet.node.host import GossipParams, open_host
+from dlnet.node.host import GossipParams, Host, RequestError, open_host
+from dlnet.node.sync import protocol_id
 from dlnet.protocol.config import NetworkConfig, parse_config
 from dlnet.protocol.identity import SigningKey
 from dlnet.protocol.rounds import round_at
@@ -87,11 +104,73 @@ async def main(cfg: NetworkConfig, bootstrap: str, seconds: float) -> dict[str, 
         return {"sent": len(msgs), "reasons": sorted({r for _, _, r in msgs})}
 
 
+def poison_items(cfg: NetworkConfig, rnd: int) -> list[bytes]:
+    """Sync-answer items that must each be rejected: deep msgpack, round 2**63, round + 50."""
+    key = SigningKey.generate()
+    n = cfg.shards_per_round * cfg.slots_per_shard
+    hashes = tuple(os.urandom(32) for _ in range(n))
+    return [
+        b"\x91" * 500 + b"\xc0",
+        encode(sign_commit(key, cfg.network_id, 2**63, hashes)),
+        encode(sign_commit(key, cfg.network_id, rnd + 50, hashes)),
+    ]
+
+
+def _joined(cfg: NetworkConfig, bootstrap: str, params: GossipParams) -> Any:
+    return open_host(
+        listen="/ip4/127.0.0.1/tcp/0",
+        bootstrap=[bootstrap],
+        params=params,
+        network_tag=cfg.network_id.hex()[:16],
+    )
+
+
+async def poison_sync(cfg: NetworkConfig, bootstrap: str, seconds: float) -> dict[str, Any]:
+    served = 0
+    async with _joined(cfg, bootstrap, GossipParams()) as host:
+
+        async def handler(data: bytes, peer: str) -> bytes:
+            nonlocal served
+            served += 1
+            rnd = max(0, round_at(cfg, time.time()))
+            return bytes(msgpack.packb(poison_items(cfg, rnd), use_bin_type=True))
+
+        host.set_request_handler(protocol_id(cfg.network_id), handler)
+        await trio.sleep(seconds)
+    return {"served": served}
+
+
+async def flood_sync(cfg: NetworkConfig, bootstrap: str, seconds: float) -> dict[str, Any]:
+    target = bootstrap.rpartition("/p2p/")[2]
+    pid = protocol_id(cfg.network_id)
+    requests = [b"\xc1", bytes(msgpack.packb(["round", 1, 0], use_bin_type=True))]
+    stats = {"sent": 0, "answered": 0, "failed": 0}
+
+    async def worker(host: Host) -> None:
+        while True:
+            stats["sent"] += 1
+            try:
+                await host.request(target, pid, requests[stats["sent"] % 2], 2.0)
+                stats["answered"] += 1
+            except (RequestError, ValueError):
+                stats["failed"] += 1
+                await trio.sleep(0.01)
+
+    async with _joined(cfg, bootstrap, GossipParams()) as host:
+        with trio.move_on_after(seconds):
+            async with trio.open_nursery() as nursery:
+                for _ in range(16):
+                    nursery.start_soon(worker, host)
+    return stats
+
+
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", type=Path, required=True)
     ap.add_argument("--bootstrap", required=True)
     ap.add_argument("--seconds", type=float, default=60.0)
+    ap.add_argument("--mode", choices=["gossip", "poison-sync", "flood-sync"], default="gossip")
     args = ap.parse_args()
     network = parse_config(args.config.read_text())
-    print(json.dumps(trio.run(main, network, args.bootstrap, args.seconds)))
+    run = {"gossip": main, "poison-sync": poison_sync, "flood-sync": flood_sync}[args.mode]
+    print(json.dumps(trio.run(run, network, args.bootstrap, args.seconds)))

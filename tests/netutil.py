@@ -122,3 +122,11 @@ class Nodes:
         for p in self.procs.values():
             kill_pid(p.pid)
             p.wait()
+
+
+def kill_nodes_under(root: Path) -> None:
+    """SIGKILL every node process whose node.json lies anywhere under ``root`` (a safety net
+    for drivers that run several networks, e.g. scripts/chaos.py)."""
+    for info in root.glob("**/nodes/*/node.json"):
+        with contextlib.suppress(json.JSONDecodeError, KeyError, OSError):
+            kill_pid(int(json.loads(info.read_text())["pid"]))

@@ -30,6 +30,7 @@ from dlnet.protocol.wire import Certificate, Kind, decode, encode, sign_attestat
 GENESIS = 1_800_000_000
 ROUND = 3  # finalized with a valid certificate
 NOT_FINALIZED = 2
+LATENCY = 7.5  # ROUND was finalized this long after its reveal deadline
 FORGED = 1  # recorded as finalized, but its certificate lacks 2/3 of the stake
 
 
@@ -98,6 +99,8 @@ def node(tmp_path: Path) -> Iterator[Node]:
     data = _certificate(cfg, ROUND, result, validators)
     store.put_certificate(ROUND, data)
     store.put_round_outcome(ROUND, True, result_digest(result))
+    times = round_times(cfg, ROUND)
+    store.put_finalized_at(ROUND, times.reveal_deadline + LATENCY, times)
     store.put_round_outcome(NOT_FINALIZED, False, None)
     forged = dataclasses.replace(result, round=FORGED)
     store.put_certificate(FORGED, _certificate(cfg, FORGED, forged, validators[:2]))
@@ -183,6 +186,9 @@ def test_rounds_list_and_its_parameters(node: Node) -> None:
     ]
     assert listed["rounds"][1]["result_digest"] is None
     assert listed["rounds"][2]["result_digest"] == result_digest(node.result).hex()
+    # Only ROUND has a recorded finalization time; FORGED was recorded final without one.
+    assert [r["latency"] for r in listed["rounds"]] == [None, None, LATENCY]
+    assert not any(r["caught_up"] for r in listed["rounds"])
     assert [r["round"] for r in ranged.json()["rounds"]] == [2, 3]
 
 

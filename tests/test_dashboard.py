@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from test_api import FORGED, NOT_FINALIZED, ROUND, Node, error, get, node
+from test_api import FORGED, LATENCY, NOT_FINALIZED, ROUND, Node, error, get, node
 
 from dlnet.node.report import ranking
 
@@ -21,6 +21,8 @@ def test_dashboard_rounds_come_from_verified_certificates(node: Node) -> None:
     assert states[NOT_FINALIZED] == "failed"
     assert states[FORGED] == "unverified"  # recorded as final, certificate lacks 2/3
     assert states[0] == "pending"
+    latency = {row["round"]: row["latency"] for row in body["rounds"]}
+    assert latency == {0: None, FORGED: None, NOT_FINALIZED: None, ROUND: LATENCY}
     final = next(row for row in body["rounds"] if row["round"] == ROUND)
     assert final["ranking"] == ranking(node.result)
     assert final["signers"] == len(node.validators)
@@ -67,3 +69,5 @@ def test_dashboard_page_is_self_contained(node: Node) -> None:
     assert "http://" not in r.text.replace('"http://www.w3.org/2000/svg"', "")
     assert "https://" not in r.text
     assert "<script src" not in r.text
+    # the latency column and plot read the rounds' `latency` field
+    assert 'id="latency"' in r.text and "r.latency" in r.text

@@ -81,6 +81,8 @@ def test_dashboard_shows_the_final_round(tmp_path: Path, nodes: Nodes) -> None:
     # score history lines (one per encoder) and one agreement bar for the one validator
     assert dom.count('class="score-line"') == len(encoders)
     assert dom.count('class="agreement-bar"') == 1
+    # the validator assembled the certificate itself: its finality latency is known and plotted
+    assert re.search(rf'class="latency-bar"[^>]*data-round="{rnd}"', dom), dom
     assert 'data-counter="accepted:commit"' in dom
     assert "last finalized" in dom
 

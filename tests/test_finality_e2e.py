@@ -70,9 +70,10 @@ def test_two_thirds_is_not_final_and_a_late_validator_cannot_change_that(
         early = {v: outcomes(tmp_path / v) for v in ("v0", "v1")}
         for v, held in early.items():
             assert 1 in held, (v, held, nodes.logs())
-            finalized, digest = held[1]
-            assert not finalized and digest is not None, (v, held[1])
-        assert early["v0"][1] == early["v1"][1], "both computed the same result"
+            finalized, _ = held[1]
+            assert not finalized, (v, held[1])
+        # Attestations from 2/3 of the stake are too few: no result to sign (PROTOCOL.md §4).
+        assert early["v0"][1] == early["v1"][1] == (False, None), early
         status = dlnet("status", "--data-dir", "v0", cwd=tmp_path).stdout
         assert "1✗" in status, status
         assert f"addr      {boot['addrs'][0]}" in status, "what to pass to --bootstrap"

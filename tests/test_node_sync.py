@@ -4,6 +4,7 @@ refuses malformed requests. The network side is exercised end to end in test_tes
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import msgpack
@@ -13,13 +14,15 @@ import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from dlnet.node.host import RequestTimeout
 from dlnet.node.ingest import Ingest, Outcome
 from dlnet.node.store import Store
 from dlnet.node.sync import MAX_ANSWER_BYTES, MAX_ITEMS, BadRequest, SyncClient, answer
 from dlnet.protocol.config import NetworkConfig, ValidatorEntry, default_config
 from dlnet.protocol.identity import SigningKey
+from dlnet.protocol.result import RoundResult
 from dlnet.protocol.rounds import round_times
-from dlnet.protocol.wire import Kind, encode, make_embedding, sign_commit
+from dlnet.protocol.wire import Certificate, Kind, encode, make_embedding, sign_commit
 
 GENESIS = 1_800_000_000
 
@@ -163,23 +166,100 @@ def test_an_answer_stays_inside_one_frame(held: Held) -> None:
     assert items == [big, big, big]
 
 
-class ScriptedPeers(SyncClient):
-    """A SyncClient whose peers answer from a script: the search logic, without a network."""
+class FakeHost:
+    """The part of Host a SyncClient uses; each peer answers from a script (None: stalls)."""
 
-    def __init__(self, answers: dict[str, list[bytes]]) -> None:
+    def __init__(self, answers: dict[str, list[bytes] | None]) -> None:
         self.answers = answers
         self.asked: list[str] = []
+        self.penalties: list[tuple[str, str]] = []
 
-    def _peers(self) -> list[str]:
-        return list(self.answers)
+    def connected_peers(self) -> list[str]:
+        return sorted(self.answers)
 
-    async def _ask(self, peer: str, request: list[object]) -> list[bytes]:
+    async def request(self, peer: str, pid: str, data: bytes, timeout: float) -> bytes:
         self.asked.append(peer)
-        return self.answers[peer]
+        items = self.answers[peer]
+        if items is None:
+            await trio.sleep(timeout)
+            raise RequestTimeout(peer)
+        return pack(items)
+
+    def penalize(self, peer: str, reason: str, points: float = 1.0) -> None:
+        self.penalties.append((peer, reason))
 
 
-def test_certificate_search_goes_past_a_peer_that_sends_only_junk() -> None:
-    client = ScriptedPeers({"junk": [b"bad", b"worse"], "empty": [], "good": [b"ok"], "late": []})
-    kept = trio.run(client.fetch_certificates, 0, 9, lambda data: data == b"ok")
-    assert kept == 1
-    assert client.asked == ["junk", "empty", "good"]
+def client_for(
+    held: Held, tmp: Path, answers: dict[str, list[bytes] | None]
+) -> tuple[SyncClient, FakeHost, Store]:
+    store = Store.open(tmp / "client.sqlite")
+    ingest = Ingest(held.cfg, store, lambda: round_times(held.cfg, 1).start + 1)
+    host = FakeHost(answers)
+    return SyncClient(host, ingest, held.cfg.network_id), host, store  # type: ignore[arg-type]
+
+
+def test_poisoned_and_unrequested_items_are_rejected_and_charged(
+    held: Held, tmp_path: Path
+) -> None:
+    key = SigningKey.from_seed(b"\x05" * 32)
+    n = held.cfg.shards_per_round * held.cfg.slots_per_shard
+    hashes = tuple(bytes([i]) * 32 for i in range(n))
+    poison = [
+        b"\x91" * 500 + b"\xc0",  # nested 500 deep
+        encode(sign_commit(key, held.cfg.network_id, 2**63, hashes)),  # round past MAX_ROUND
+        encode(sign_commit(key, held.cfg.network_id, 51, hashes)),  # valid, round + 50
+    ]
+    client, host, store = client_for(
+        held, tmp_path, {"poison": poison, "good": [encode(held.commit)]}
+    )
+    got = trio.run(lambda: client.fetch_round(Kind.COMMIT, 1, deadline=time.time() + 5))
+    assert got == 1
+    assert store.messages(Kind.COMMIT, 1) == [encode(held.commit)]
+    assert store.messages(Kind.COMMIT, 51) == []
+    assert host.penalties == [("poison", "sync_bad_item")] * 3
+    counters = store.counters()
+    assert counters["rejected:unrequested"] == 1
+    assert counters["rejected:malformed"] == 1
+    assert counters["rejected:bad_field"] == 1
+
+
+def test_a_stalled_peer_costs_at_most_the_deadline_and_is_skipped_after(
+    held: Held, tmp_path: Path
+) -> None:
+    wanted = [e.commitment() for e in held.reveals]
+    answers: dict[str, list[bytes] | None] = {"stalled": None, "slow_but_none": []}
+    client, host, store = client_for(held, tmp_path, answers)
+    got = trio.run(lambda: client.fetch_commitments(wanted, deadline=time.time() + 0.2))
+    assert got == 0
+    assert store.counters()["sync:peer_timeout"] == 1
+    assert sorted(host.asked) == ["slow_but_none", "stalled"]
+    host.answers["good"] = [encode(e) for e in held.reveals]
+    host.asked.clear()
+    got = trio.run(lambda: client.fetch_commitments(wanted, deadline=time.time() + 5))
+    assert got == len(wanted)
+    assert "stalled" not in host.asked
+
+
+def test_certificates_outside_the_range_asked_are_unrequested(held: Held, tmp_path: Path) -> None:
+    def cert(rnd: int) -> bytes:
+        weighted = tuple(bytes(4 * held.cfg.dim) for _ in range(held.cfg.shards_per_round))
+        result = RoundResult(held.cfg.network_id, rnd, (), (), (), (), (), weighted, (), bytes(32))
+        return encode(Certificate(held.cfg.network_id, rnd, result, ()))
+
+    def fetch(answers: dict[str, list[bytes] | None]) -> tuple[int, list[bytes], FakeHost]:
+        client, host, _ = client_for(held, tmp_path, answers)
+        kept: list[bytes] = []
+        n = trio.run(
+            lambda: client.fetch_certificates(
+                0, 9, lambda d: kept.append(d) is None, deadline=time.time() + 5
+            )
+        )
+        return n, kept, host
+
+    # Peers are asked in parallel and the search stops at the first useful answer, so the
+    # junk-sending peer is asked alone: both of its items are refused and charged to it.
+    n, kept, host = fetch({"junk": [b"bad", cert(40)]})
+    assert n == 0 and kept == []
+    assert host.penalties == [("junk", "sync_bad_item")] * 2
+    n, kept, host = fetch({"junk": [b"bad", cert(40)], "good": [cert(3)]})
+    assert n == 1 and kept == [cert(3)]

@@ -27,6 +27,7 @@ from dlnet.node.logs import setup_logging
 from dlnet.node.progress import countdown_marks, duration, live_info
 from dlnet.node.store import Store
 from dlnet.protocol.config import ValidatorEntry, default_config
+from dlnet.protocol.rounds import round_times
 
 PEER = "QmYyQSo1c1Ym7orWxLYvCrM2EmxFTANf8wXmmE7DWjhx5N"
 
@@ -291,6 +292,8 @@ def test_status_shows_network_peers_round_and_last_finalized(tmp_path: Path) -> 
     cfg = default_config((ValidatorEntry(bytes(32), 1),), 1000, dataset_sha256=bytes(32))
     store = Store.open(tmp_path / report.STORE_FILE)
     store.put_round_outcome(2, True, bytes(32))
+    t2 = round_times(cfg, 2)
+    store.put_finalized_at(2, t2.reveal_deadline + 6.4, t2)
     store.put_round_outcome(3, False, None)
     now = cfg.genesis_time + 4.5 * cfg.timing.round_seconds
     host = SimpleNamespace(connected_peers=lambda: ["peerB", "peerA"])
@@ -307,4 +310,5 @@ def test_status_shows_network_peers_round_and_last_finalized(tmp_path: Path) -> 
     assert "  peer    peerA\n  peer    peerB" in text
     assert f"round     4, phase {live['phase']}" in text
     assert "finalized last round 2" in text
+    assert "rounds    2✓6.4s 3✗" in text  # round 2's finality latency, after its reveal deadline
     assert "is the node running?" in report.format_status(st, now=now + 300)

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dlnet.protocol.canonical import pack, sha256
+from dlnet.protocol.canonical import MAX_ROUND, pack, sha256
 from dlnet.protocol.result import (
     RESULT_TAG,
     RESULT_VERSION,
@@ -42,7 +42,7 @@ def results(draw: st.DrawFn) -> RoundResult:
     validators = sorted(draw(st.sets(KEY, max_size=4)))
     return RoundResult(
         network_id=draw(KEY),
-        round=draw(st.integers(0, 2**64 - 1)),
+        round=draw(st.integers(0, MAX_ROUND)),
         encoders=encoders,
         consensus=tuple(draw(st.lists(U16, min_size=cells, max_size=cells))),
         outliers=tuple(draw(st.lists(st.booleans(), min_size=cells, max_size=cells))),

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dlnet.protocol.canonical import pack, sha256
+from dlnet.protocol.canonical import MAX_ROUND, pack, sha256
 from dlnet.protocol.config import NetworkConfig, ValidatorEntry, default_config
 from dlnet.protocol.consensus import CertificateError, verify_certificate
 from dlnet.protocol.identity import SigningKey, verify
@@ -18,6 +18,8 @@ from dlnet.protocol.result import RoundResult, encode_result, result_digest
 from dlnet.protocol.wire import (
     DOMAINS,
     MAX_ENCODERS,
+    PRECOMMIT,
+    PREVOTE,
     WIRE_VERSION,
     Attestation,
     Certificate,
@@ -59,7 +61,7 @@ SMALL = make_cfg(dim=16, shards_per_round=2, masks_per_shard=1)
 FULL = make_cfg()
 NET = SMALL.network_id
 
-rounds = st.integers(0, 2**64 - 1)
+rounds = st.integers(0, MAX_ROUND)
 hashes32 = st.binary(min_size=32, max_size=32)
 
 
@@ -167,7 +169,7 @@ def test_vote_round_trip(rnd: int, digest: bytes, key: SigningKey) -> None:
 
 
 def test_embedding_size_at_dim_1024() -> None:
-    msg = make_embedding(ENCODER, FULL.network_id, 2**64 - 1, 3, 4, bytes(16), vec(FULL))
+    msg = make_embedding(ENCODER, FULL.network_id, MAX_ROUND, 3, 4, bytes(16), vec(FULL))
     data = encode(msg)
     assert len(data) <= 4400
     assert len(data) <= max_message_bytes(FULL, Kind.EMBEDDING)
@@ -178,13 +180,14 @@ def test_max_sizes_admit_largest_valid_messages() -> None:
     enc = tuple(sorted(sha256(b"%d" % i) for i in range(MAX_ENCODERS)))
     cells = SMALL.shards_per_round * MAX_ENCODERS
     att = sign_attestation(
-        VALIDATORS[0], NET, 2**64 - 1, enc, bytes(2 * cells), bytes(cells), bytes(32)
+        VALIDATORS[0], NET, MAX_ROUND, enc, bytes(2 * cells), bytes(cells), bytes(32)
     )
-    assert len(encode(att)) == max_message_bytes(SMALL, Kind.ATTESTATION)
+    # The size bound keeps v1's 9-byte round slot; MAX_ROUND encodes in 5 bytes.
+    assert len(encode(att)) + 4 == max_message_bytes(SMALL, Kind.ATTESTATION)
     assert decode(encode(att), SMALL) == att
-    big_commit = commit(SMALL, 2**64 - 1)
-    assert len(encode(big_commit)) == max_message_bytes(SMALL, Kind.COMMIT)
-    assert len(encode(embedding(SMALL, 2**64 - 1))) <= max_message_bytes(SMALL, Kind.EMBEDDING)
+    big_commit = commit(SMALL, MAX_ROUND)
+    assert len(encode(big_commit)) + 4 == max_message_bytes(SMALL, Kind.COMMIT)
+    assert len(encode(embedding(SMALL, MAX_ROUND))) <= max_message_bytes(SMALL, Kind.EMBEDDING)
 
 
 def test_commitment_binds_every_field() -> None:
@@ -323,9 +326,9 @@ def test_wrong_kind() -> None:
 
 def test_non_canonical() -> None:
     data = encode(vote())
-    assert data[0] == 0x97 and data[1] == Kind.VOTE
+    assert data[0] == 0x99 and data[1] == Kind.VOTE
     cases = [
-        b"\xdc\x00\x07" + data[1:],  # array16 header for 7 fields
+        b"\xdc\x00\x09" + data[1:],  # array16 header for 9 fields
         data[:1] + b"\xcc\x04" + data[2:],  # kind as uint8 instead of fixint
         data[:2] + b"\xd0\x01" + data[3:],  # version as int8
     ]
@@ -334,6 +337,17 @@ def test_non_canonical() -> None:
         assert reason(case) is RejectReason.NON_CANONICAL
     as_str = msgpack.packb(msgpack.unpackb(data), use_bin_type=False)  # bin written as str8
     assert reason(as_str) in (RejectReason.NON_CANONICAL, RejectReason.MALFORMED)
+
+
+def test_round_above_max_round_is_a_bad_field() -> None:
+    for rnd in (MAX_ROUND + 1, 2**63, 2**64 - 1):
+        msg = sign_vote(VALIDATORS[1], SMALL.network_id, rnd, sha256(b"result"))
+        assert reason(encode(msg)) is RejectReason.BAD_FIELD
+
+
+def test_deep_nesting_is_malformed() -> None:
+    for depth in (9, 500, 5000):
+        assert reason(b"\x91" * depth + b"\xc0") is RejectReason.MALFORMED
 
 
 def test_malformed_structure() -> None:
@@ -484,6 +498,8 @@ def test_certificate_reasons() -> None:
 def test_certificate_vote_is_a_finality_vote_signature() -> None:
     cert = certificate()
     validator, sig = cert.votes[0]
-    vote = FinalityVote(NET, cert.round, validator, result_digest(cert.result), sig)
+    vote = FinalityVote(NET, cert.round, validator, PRECOMMIT, (), result_digest(cert.result), sig)
     assert signature_valid(vote)
     assert decode(encode(vote), SMALL) == vote
+    # The same signature does not pass as a prevote: the phase is signed.
+    assert not signature_valid(dataclasses.replace(vote, phase=PREVOTE))

@@ -89,3 +89,48 @@ def test_spec_errors_are_one_line(spec: str, message: str) -> None:
         parse_encoder_spec(spec)
     assert "\n" not in str(err.value)
     assert str(err.value).startswith("--encoders: ")
+
+
+def test_byzantine_spec() -> None:
+    from dlnet.node.testnet import parse_byzantine_spec
+
+    assert parse_byzantine_spec("1:fake-encoders", 4) == (1, "fake-encoders")
+    assert parse_byzantine_spec("2:late-attest", 4) == (2, "late-attest")
+    for bad, why in (("5:inverted", "1..4"), ("0:inverted", "1..4"), ("1:lazy", "unknown mode")):
+        with pytest.raises(SpecError, match=why):
+            parse_byzantine_spec(bad, 4)
+
+
+def test_an_empty_or_unfinalized_or_padded_round_fails_the_testnet() -> None:
+    """Finding 6: an EMPTY result was printed as FINALIZED and the driver exited 0."""
+    from dlnet.node.report import format_testnet, round_ok
+
+    def rnd(n: int, finalized: bool, empty: bool, real: bool) -> dict[str, object]:
+        return {
+            "round": n,
+            "finalized": finalized,
+            "empty": empty,
+            "only_real_encoders": real,
+            "validators": {"v": {"result_digest": "ab"}},
+            "ranking": [],
+        }
+
+    rounds = [rnd(1, True, False, True), rnd(2, True, True, True), rnd(3, False, False, True)]
+    rounds.append(rnd(4, True, False, False))
+    assert [round_ok(r) for r in rounds] == [True, False, False, False]
+    rep = {
+        "network_id": "00" * 32,
+        "rounds": rounds,
+        "rejected": {},
+        "ignored": {},
+        "transport": {},
+        "peak_rss_mb": {},
+    }
+    text = format_testnet(rep)
+    assert "round 2: FINALIZED, EMPTY result" in text
+    assert "round 4: FINALIZED" in text and "only real encoders: NO" in text
+    assert text.splitlines()[-1] == (
+        "summary: 1 of 4 rounds finalized with a non-empty result of real encoders; "
+        "FAILED rounds: 2, 3, 4"
+    )
+

@@ -1,0 +1,172 @@
+"""Fuzz harness: seeded random inputs (random bytes, mutated valid messages, deep nesting, huge
+integers, wrong types) through every decoder and through the node's own intake functions.
+
+Asserts 0 untyped exceptions (decoders raise only `Reject`, result/px decoding only
+`ValueError`, the sync server only `BadRequest`) and 0 invalid messages accepted (anything a
+decoder or the ingest accepts re-encodes to the same bytes and, if signed, verifies)."""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import numpy as np
+import pytest
+
+from dlnet.node.discovery import PeerExchange, decode_px, encode_px
+from dlnet.node.ingest import Ingest, Outcome
+from dlnet.node.store import Store
+from dlnet.node.sync import BadRequest, answer, parse_answer
+from dlnet.protocol.config import NetworkConfig, ValidatorEntry, default_config
+from dlnet.protocol.identity import SigningKey
+from dlnet.protocol.result import RoundResult, decode_result, encode_result
+from dlnet.protocol.rounds import round_times
+from dlnet.protocol.wire import (
+    Certificate,
+    Kind,
+    Reject,
+    decode,
+    encode,
+    make_embedding,
+    sign_attestation,
+    sign_commit,
+    sign_vote,
+    signature_valid,
+)
+
+GENESIS = 1_800_000_000
+VALIDATOR = SigningKey.from_seed(b"\x01" * 32)
+ENCODER = SigningKey.from_seed(b"\x02" * 32)
+N_PER_SEED = 1250  # mutations per seed; 8 seeds: 10,000 inputs, each through ~17 paths
+ODD_VALUES: list[Any] = [
+    -1,
+    2**63,
+    2**64 - 1,
+    2**32,
+    1.5,
+    float("nan"),
+    None,
+    True,
+    "x",
+    b"",
+    [],
+    {"k": 1},
+    [[[]]],
+]
+
+
+@pytest.fixture(scope="module")
+def cfg() -> NetworkConfig:
+    return default_config(
+        [ValidatorEntry(VALIDATOR.public_key, 1)], GENESIS, dataset_sha256=bytes(32), dim=16
+    )
+
+
+def valid_messages(cfg: NetworkConfig) -> list[tuple[Kind, bytes]]:
+    net, rnd = cfg.network_id, 3
+    n = cfg.shards_per_round * cfg.slots_per_shard
+    hashes = tuple(bytes([i]) * 32 for i in range(n))
+    vec = np.linspace(-1, 1, cfg.dim).astype(np.float32)
+    emb = make_embedding(ENCODER, net, rnd, 1, 1, bytes(range(16)), vec)
+    cells = cfg.shards_per_round
+    att = sign_attestation(
+        VALIDATOR, net, rnd, (ENCODER.public_key,), bytes(2 * cells), bytes(cells), bytes(32)
+    )
+    weighted = tuple(vec.tobytes() for _ in range(cfg.shards_per_round))
+    result = RoundResult(net, rnd, (), (), (), (), (), weighted, (), bytes(32))
+    return [
+        (
+            Kind.COMMIT,
+            encode(sign_commit(ENCODER, net, rnd, hashes)),
+        ),
+        (Kind.EMBEDDING, encode(emb)),
+        (Kind.ATTESTATION, encode(att)),
+        (Kind.VOTE, encode(sign_vote(VALIDATOR, net, rnd, bytes(32)))),
+        (Kind.CERTIFICATE, encode(Certificate(net, rnd, result, ()))),
+    ]
+
+
+def mutations(rng: random.Random, data: bytes) -> Iterator[bytes]:
+    """Random bytes, byte flips, truncations, insertions, deep nesting, field swaps."""
+    try:
+        fields = msgpack.unpackb(data, raw=False)
+    except ValueError:
+        fields = [data]  # not msgpack (peer exchange): swapped fields give wrong types
+    if not isinstance(fields, list):
+        fields = [fields]
+    for _ in range(N_PER_SEED):
+        op = rng.randrange(7)
+        if op == 0:
+            yield rng.randbytes(rng.randrange(0, 300))
+        elif op == 1:
+            b = bytearray(data)
+            for _ in range(rng.randrange(1, 4)):
+                b[rng.randrange(len(b))] = rng.randrange(256)
+            yield bytes(b)
+        elif op == 2:
+            yield data[: rng.randrange(len(data))]
+        elif op == 3:
+            i = rng.randrange(len(data))
+            yield data[:i] + rng.randbytes(rng.randrange(1, 9)) + data[i:]
+        elif op == 4:
+            depth = rng.choice([8, 9, 64, 500, 2000, 100_000])
+            yield b"\x91" * depth + rng.choice([b"\xc0", data])
+        else:
+            f = list(fields)
+            f[rng.randrange(len(f))] = rng.choice(ODD_VALUES)
+            try:
+                yield bytes(msgpack.packb(f, use_bin_type=True))
+            except (ValueError, TypeError, OverflowError):
+                yield data
+
+
+def accepted_is_valid(msg: Any, data: bytes) -> None:
+    assert encode(msg) == data
+    if not isinstance(msg, Certificate):
+        assert signature_valid(msg)
+
+
+def drive(cfg: NetworkConfig, store: Store, ingest: Ingest, now: float, data: bytes) -> None:
+    """One input through every decoder and intake path; only typed errors may escape them."""
+    for k in (None, *Kind):
+        with contextlib.suppress(Reject):
+            accepted_is_valid(decode(data, cfg, k), data)
+    with contextlib.suppress(ValueError):
+        assert encode_result(decode_result(data)) == data
+    with contextlib.suppress(ValueError):
+        assert encode_px(decode_px(data)) == data
+    with contextlib.suppress(BadRequest):
+        assert parse_answer(answer(store, cfg, now, data)) is not None
+    parsed = parse_answer(data)
+    assert parsed is None or all(type(i) is bytes for i in parsed)
+    for k in (Kind.COMMIT, Kind.EMBEDDING, Kind.ATTESTATION, Kind.VOTE):
+        ingest.check(k, data)
+        if ingest.admit_fetched(data, k, lambda m: True) is Outcome.NEW:
+            accepted_is_valid(decode(data, cfg, k), data)
+        if ingest.admit(data, k, window=False) is Outcome.NEW:
+            accepted_is_valid(decode(data, cfg, k), data)
+
+
+def test_fuzz_decoders_and_intake(cfg: NetworkConfig, tmp_path: Path) -> None:
+    rng = random.Random(20261128)
+    store = Store.open(tmp_path / "fuzz.sqlite")
+    now = round_times(cfg, 3).start + 1
+    ingest = Ingest(cfg, store, lambda: now)
+    inputs = 0
+    seeds = valid_messages(cfg)
+    px = encode_px(PeerExchange(2, False, ("/ip4/127.0.0.1/tcp/1/p2p/QmPeer",)))
+    sync_req = bytes(msgpack.packb(["round", 1, 3], use_bin_type=True))
+    result_bytes = encode_result(decode(seeds[-1][1], cfg, Kind.CERTIFICATE).result)  # type: ignore[union-attr]
+
+    for _kind, seed in [*seeds, (None, px), (None, sync_req), (None, result_bytes)]:
+        for data in mutations(rng, seed):
+            inputs += 1
+            drive(cfg, store, ingest, now, data)
+    for kind, seed in seeds:  # the harness can tell valid from invalid: seeds pass
+        accepted_is_valid(decode(seed, cfg, kind), seed)
+    store.close()
+    assert inputs >= 10_000
