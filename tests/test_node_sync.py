@@ -13,11 +13,20 @@ import pytest
 import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from trio.testing import MockClock
 
 from dlnet.node.host import RequestTimeout
 from dlnet.node.ingest import Ingest, Outcome
 from dlnet.node.store import Store
-from dlnet.node.sync import MAX_ANSWER_BYTES, MAX_ITEMS, BadRequest, SyncClient, answer
+from dlnet.node.sync import (
+    HEDGE,
+    MAX_ANSWER_BYTES,
+    MAX_ITEMS,
+    REQUEST_TIMEOUT,
+    BadRequest,
+    SyncClient,
+    answer,
+)
 from dlnet.protocol.config import NetworkConfig, ValidatorEntry, default_config
 from dlnet.protocol.identity import SigningKey
 from dlnet.protocol.result import RoundResult
@@ -229,7 +238,10 @@ def test_a_stalled_peer_costs_at_most_the_deadline_and_is_skipped_after(
     wanted = [e.commitment() for e in held.reveals]
     answers: dict[str, list[bytes] | None] = {"stalled": None, "slow_but_none": []}
     client, host, store = client_for(held, tmp_path, answers)
-    got = trio.run(lambda: client.fetch_commitments(wanted, deadline=time.time() + 0.2))
+    got = trio.run(
+        lambda: client.fetch_commitments(wanted, deadline=time.time() + 2 * HEDGE),
+        clock=MockClock(autojump_threshold=0),
+    )
     assert got == 0
     assert store.counters()["sync:peer_timeout"] == 1
     assert sorted(host.asked) == ["slow_but_none", "stalled"]
@@ -238,6 +250,41 @@ def test_a_stalled_peer_costs_at_most_the_deadline_and_is_skipped_after(
     got = trio.run(lambda: client.fetch_commitments(wanted, deadline=time.time() + 5))
     assert got == len(wanted)
     assert "stalled" not in host.asked
+
+
+def test_a_peer_that_answers_everything_is_the_only_one_asked(held: Held, tmp_path: Path) -> None:
+    """Every peer holds the reveals: one answer is enough, and no other peer sends them again
+    (asking all at once made every answer travel once per peer and clogged a testnet)."""
+    wanted = [e.commitment() for e in held.reveals]
+    everything = [encode(e) for e in held.reveals]
+    client, host, _ = client_for(held, tmp_path, {p: everything for p in "abcdef"})
+    got = trio.run(lambda: client.fetch_commitments(wanted, deadline=time.time() + 5))
+    assert got == len(wanted)
+    assert len(host.asked) == 1
+
+
+def test_a_stalled_peer_delays_the_search_by_the_hedge_not_the_timeout(
+    held: Held, tmp_path: Path
+) -> None:
+    wanted = [e.commitment() for e in held.reveals]
+    half = len(wanted) // 2
+    answers: dict[str, list[bytes] | None] = {
+        "stalled": None,
+        "first_half": [encode(e) for e in held.reveals[:half]],
+        "second_half": [encode(e) for e in held.reveals[half:]],
+    }
+    client, host, _ = client_for(held, tmp_path, answers)
+
+    async def fetch() -> tuple[int, float]:
+        got = await client.fetch_commitments(wanted, deadline=time.time() + 60)
+        return got, trio.current_time()
+
+    got, virtual_elapsed = trio.run(fetch, clock=MockClock(autojump_threshold=0))
+    assert got == len(wanted)
+    # Each peer is asked once; the stalled one (whatever its turn) cost one hedge at most,
+    # never its whole request timeout.
+    assert len(host.asked) == len(set(host.asked))
+    assert virtual_elapsed <= 2 * HEDGE < REQUEST_TIMEOUT
 
 
 def test_certificates_outside_the_range_asked_are_unrequested(held: Held, tmp_path: Path) -> None:
