@@ -175,7 +175,8 @@ class SyncClient:
                 data = await self.host.request(peer, self.pid, payload, timeout)
         except (RequestTimeout, trio.TooSlowError):
             self.ingest.count("sync", "peer_timeout")
-            self._stalled[peer] = time.time() + STALL_SKIP
+            if timeout >= REQUEST_TIMEOUT:  # not just the caller's deadline running out
+                self._stalled[peer] = time.time() + STALL_SKIP
             return []
         except Exception:  # a peer's broken stream or error frame must not take the node down
             self.ingest.count("sync", "request_failed")

@@ -63,10 +63,12 @@ FINALITY_GRACE: Final = 4.0
 # Share of the finality phase after which a validator that has not yet seen every
 # validator's prevote precommits with what it holds (PROTOCOL.md §5).
 PRECOMMIT_AT: Final = 0.5
-# How often a validator waiting to precommit looks at the prevotes it holds (seconds).
+# How often a validator waiting for prevotes or precommits looks at the votes it holds (s).
 PREVOTE_POLL: Final = 0.25
 # Share of the finality phase the attestation pull before the prevote may take.
 ATTESTATION_PULL: Final = 0.25
+# How often a validator that attested looks for the others' attestations before the deadline.
+ATTESTATION_POLL: Final = 0.1
 
 
 @dataclass(frozen=True)
@@ -156,11 +158,15 @@ class ValidatorRole:
         await self.attest(rnd, times)
         if self.byzantine is not None and not self.byzantine.votes:
             return
-        await sleep_until(times.attest_deadline)
-        phase = times.finality_deadline - times.attest_deadline
-        await ctx.sync.fetch_round(
-            Kind.ATTESTATION, rnd, deadline=times.attest_deadline + ATTESTATION_PULL * phase
-        )
+        # Prevote as soon as every validator's attestation is held (no later one can change
+        # the set), else at the attest deadline after one more pull.
+        while not self._all_attested(rnd) and wall_clock() < times.attest_deadline:
+            await trio.sleep(min(ATTESTATION_POLL, max(0.0, times.attest_deadline - wall_clock())))
+        if not self._all_attested(rnd):
+            phase = times.finality_deadline - times.attest_deadline
+            await ctx.sync.fetch_round(
+                Kind.ATTESTATION, rnd, deadline=times.attest_deadline + ATTESTATION_PULL * phase
+            )
         prevoted = await self.prevote(rnd, times)
         await self.finalize(rnd, times, prevoted)
 
@@ -242,6 +248,11 @@ class ValidatorRole:
                 await sleep_until(at)
         await ctx.publish(Kind.ATTESTATION, att)
         ctx.log.info("round %d: attested %d encoders", rnd, len(att.encoders))
+
+    def _all_attested(self, rnd: int) -> bool:
+        """Whether an attestation of every validator of the config is held."""
+        held = {a.validator for a in self._attestations(rnd).values()}
+        return held >= {v.pubkey for v in self.ctx.cfg.validators}
 
     def _attestations(self, rnd: int) -> dict[bytes, Attestation]:
         """The round's attestations held, by message id: one per validator (the first held),
@@ -426,16 +437,17 @@ class ValidatorRole:
             now = wall_clock()
             if now >= end:
                 break
-            # Look again soon while the precommit waits (never past its time), and pull the
-            # votes from peers about once a second, the pull bounded by the next look.
-            wake = min(end, now + (REPAIR_INTERVAL if precommitted else PREVOTE_POLL))
+            # Look again soon (the precommit never past its time), and pull the votes from
+            # peers about once a second, each pull bounded by a second.
+            wake = min(end, now + PREVOTE_POLL)
             if not precommitted:
                 wake = min(wake, precommit_at)
             if now >= next_pull:
+                pull_until = min(end, now + REPAIR_INTERVAL)
                 if not (prevoted or precommitted):
-                    await ctx.sync.fetch_round(Kind.ATTESTATION, rnd, deadline=wake)
+                    await ctx.sync.fetch_round(Kind.ATTESTATION, rnd, deadline=pull_until)
                     prevoted = await self.prevote(rnd, times)
-                await ctx.sync.fetch_round(Kind.VOTE, rnd, deadline=wake)
+                await ctx.sync.fetch_round(Kind.VOTE, rnd, deadline=pull_until)
                 next_pull = wall_clock() + (REPAIR_INTERVAL if prevoted else 2 * PREVOTE_POLL)
             await sleep_until(wake)
         ctx.store.put_round_outcome(rnd, False, None if result is None else result_digest(result))

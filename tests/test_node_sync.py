@@ -239,7 +239,7 @@ def test_a_stalled_peer_costs_at_most_the_deadline_and_is_skipped_after(
     answers: dict[str, list[bytes] | None] = {"stalled": None, "slow_but_none": []}
     client, host, store = client_for(held, tmp_path, answers)
     got = trio.run(
-        lambda: client.fetch_commitments(wanted, deadline=time.time() + 2 * HEDGE),
+        lambda: client.fetch_commitments(wanted, deadline=time.time() + 2 * REQUEST_TIMEOUT),
         clock=MockClock(autojump_threshold=0),
     )
     assert got == 0
@@ -250,6 +250,13 @@ def test_a_stalled_peer_costs_at_most_the_deadline_and_is_skipped_after(
     got = trio.run(lambda: client.fetch_commitments(wanted, deadline=time.time() + 5))
     assert got == len(wanted)
     assert "stalled" not in host.asked
+    # A timeout of the caller's own short deadline is no sign of a stalled peer.
+    client, host, _ = client_for(held, tmp_path, {"late": None, "other": []})
+    trio.run(lambda: client.fetch_commitments(wanted, deadline=time.time() + 0.1))
+    assert "late" in host.asked
+    host.asked.clear()
+    trio.run(lambda: client.fetch_commitments(wanted, deadline=time.time() + 0.1))
+    assert "late" in host.asked  # not skipped as stalled
 
 
 def test_a_peer_that_answers_everything_is_the_only_one_asked(held: Held, tmp_path: Path) -> None:
