@@ -329,9 +329,9 @@ def results(data_dir: Path, config_path: Path, rnd: int, as_json: bool) -> None:
     "encoders_spec",
     default=None,
     help="Comma list of kind:count or kind@level:count (kinds: honest finetuned truncated "
-    "noisy random-init static noise zero additive fabricated copycat replay equivocator "
-    "py:module:factory; levels: truncated@LAYERS noisy@LEVEL static@sum|mean "
-    "fabricated@JITTER). "
+    "noisy random-init static noise zero additive scaled cheapcopy fabricated copycat replay "
+    "equivocator py:module:factory; levels: truncated@LAYERS noisy@LEVEL static@sum|mean "
+    "scaled@FACTOR cheapcopy@LEVEL fabricated@JITTER). "
     "Default: honest:6 and one of each adversary.",
 )
 @click.option("--rounds", type=int, default=3, show_default=True)

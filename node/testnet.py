@@ -52,6 +52,8 @@ KINDS: Final[dict[str, tuple[str, str, str | None]]] = {
     "noise": (f"{MODELS}:noise", "honest", None),
     "zero": (f"{MODELS}:zero", "honest", None),
     "additive": (f"{MODELS}:additive", "honest", None),
+    "scaled": (f"{MODELS}:scaled", "honest", "factor"),
+    "cheapcopy": (f"{MODELS}:cheapcopy", "honest", "level"),
     "fabricated": (f"{MODELS}:honest", "fabricated", "jitter"),
     "copycat": (f"{MODELS}:noise", "copycat", None),
     "replay": (f"{MODELS}:honest", "replay", None),
@@ -81,20 +83,38 @@ class SpecError(ValueError):
     pass
 
 
-def parse_encoder_spec(spec: str) -> tuple[tuple[str, int], ...]:
-    """`kind:count,kind@level:count,...`; a custom model is `py:module:factory:count`.
+@dataclass(frozen=True)
+class EncoderGroup:
+    """One term of the `--encoders` spec: ``count`` encoders of ``kind`` that start in round
+    ``start_round`` (1 unless the term ends in ``@ROUND``)."""
+
+    kind: str
+    count: int
+    start_round: int = 1
+
+
+def parse_encoder_groups(spec: str) -> tuple[EncoderGroup, ...]:
+    """`kind:count,kind@level:count@round,...`; a custom model is `py:module:factory:count`.
 
     `kind@level` sets the kind's level option (KINDS), e.g. `truncated@2` (layers),
     `noisy@0.5` (noise level), `static@mean` (pooling), `fabricated@0.2` (jitter of the forged
-    inverses); the level is checked here."""
-    out: list[tuple[str, int]] = []
+    inverses), `scaled@1e6` (factor), `cheapcopy@0.01` (noise level); the level is checked here.
+    `:count@round` starts those encoders late, in round `round` (>= 1), e.g. `cheapcopy:8@3`."""
+    out: list[EncoderGroup] = []
     for part in spec.split(","):
         part = part.strip()
-        body, sep, count_text = part.rpartition(":")
+        body, sep, tail = part.rpartition(":")
+        count_text, late, round_text = tail.partition("@")
         if not sep or not count_text.isdigit() or int(count_text) < 1:
             raise SpecError(f"--encoders: {part!r} is not kind:count (e.g. honest:6,noise:1)")
+        if late and (not round_text.isdigit() or int(round_text) < 1):
+            raise SpecError(
+                f"--encoders: {part!r}: the start round after '@' must be an integer >= 1 "
+                "(e.g. cheapcopy:8@3)"
+            )
+        start = int(round_text) if late else 1
         if body.startswith("py:") and body.count(":") == 2:
-            out.append((body, int(count_text)))
+            out.append(EncoderGroup(body, int(count_text), start))
             continue
         kind, at, level = body.partition("@")
         if kind not in KINDS:
@@ -109,8 +129,22 @@ def parse_encoder_spec(spec: str) -> tuple[tuple[str, int], ...]:
                 LEVEL_OPTIONS[option](level)
             except ValueError as exc:
                 raise SpecError(f"--encoders: {part!r}: {exc}") from None
-        out.append((body, int(count_text)))
+        out.append(EncoderGroup(body, int(count_text), start))
     return tuple(out)
+
+
+def parse_encoder_spec(spec: str) -> tuple[tuple[str, int], ...]:
+    """The `(kind, count)` terms of an `--encoders` spec (`parse_encoder_groups`) for a testnet
+    that starts every encoder in round 1: a late start (`:count@round`, round > 1) is refused
+    in one line rather than silently started early."""
+    groups = parse_encoder_groups(spec)
+    for g in groups:
+        if g.start_round > 1:
+            raise SpecError(
+                f"--encoders: {g.kind}:{g.count}@{g.start_round}: this testnet launcher starts "
+                "every encoder in round 1 — drop the @round"
+            )
+    return tuple((g.kind, g.count) for g in groups)
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 
 from dlnet.node.encoder import parse_behaviour
-from dlnet.node.testnet import KINDS, SpecError, _encoder_args, parse_encoder_spec
+from dlnet.node.testnet import (
+    KINDS,
+    EncoderGroup,
+    SpecError,
+    _encoder_args,
+    parse_encoder_groups,
+    parse_encoder_spec,
+)
 
 
 def test_kinds_with_levels() -> None:
@@ -134,3 +141,48 @@ def test_an_empty_or_unfinalized_or_padded_round_fails_the_testnet() -> None:
         "FAILED rounds: 2, 3, 4"
     )
 
+
+def test_scaled_and_cheapcopy_kinds() -> None:
+    assert parse_encoder_spec("honest:6,scaled@7:1,scaled@1e6:1,cheapcopy:8,cheapcopy@0.001:1") == (
+        ("honest", 6),
+        ("scaled@7", 1),
+        ("scaled@1e6", 1),
+        ("cheapcopy", 8),
+        ("cheapcopy@0.001", 1),
+    )
+    assert _encoder_args("scaled@1e6", 2)[-1] == "factor=1e6"
+    assert _encoder_args("cheapcopy@0.001", 2)[-1] == "level=0.001"
+    assert "seed=4" in _encoder_args("cheapcopy", 4)  # the copy's own noise; the map is shared
+
+
+def test_late_start_is_parsed() -> None:
+    assert parse_encoder_groups("honest:3, cheapcopy:8@3,static@mean:2@10,py:m:f:1@2") == (
+        EncoderGroup("honest", 3, 1),
+        EncoderGroup("cheapcopy", 8, 3),
+        EncoderGroup("static@mean", 2, 10),
+        EncoderGroup("py:m:f", 1, 2),
+    )
+    assert parse_encoder_groups("honest:3@1") == (EncoderGroup("honest", 3, 1),)
+    with pytest.raises(SpecError, match="starts every encoder in round 1") as err:
+        parse_encoder_spec("honest:3,cheapcopy:8@3")  # the launcher does not start late yet
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("scaled@0:1", "factor=0.0 must be greater than 0"),
+        ("scaled@-7:1", "at least 0"),
+        ("scaled@inf:1", "must be finite"),
+        ("cheapcopy@x:1", "is not a number"),
+        ("cheapcopy:8@0", "start round after '@' must be an integer >= 1"),
+        ("cheapcopy:8@", "start round after '@' must be an integer >= 1"),
+        ("cheapcopy:8@three", "start round after '@' must be an integer >= 1"),
+        ("cheapcopy:@3", "is not kind:count"),
+    ],
+)
+def test_new_spec_errors_are_one_line(spec: str, message: str) -> None:
+    with pytest.raises(SpecError, match=message) as err:
+        parse_encoder_groups(spec)
+    assert "\n" not in str(err.value)
+    assert str(err.value).startswith("--encoders: ")
