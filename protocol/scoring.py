@@ -50,6 +50,8 @@ import numpy as np
 from numpy.typing import NDArray
 from sklearn.neighbors import LocalOutlierFactor
 
+from dlnet.protocol.influence import voice_influence
+
 DlForm = Literal["literal", "count_weighted"]
 
 
@@ -183,8 +185,15 @@ def score_round(
     encoders: Sequence[bytes],
     *,
     dim: int | None = None,
+    influence: Mapping[bytes, int] | None = None,
 ) -> RoundScores:
     """Score every encoder of ``encoders`` on every shard from the embeddings held.
+
+    ``influence`` (key -> u16, `influence.InfluenceState`; absent keys 0) weights every voice in
+    every peer statistic: a voice weighs as its most influential member (``voice_weights``);
+    voices of weight 0 do not move the consensus directions, the LOF reference or the gate
+    medians, but are measured against them. None, or no influence among a shard's voices: every
+    voice weighs 1.
 
     ``shards[s][e]`` is encoder e's (slots, dim) array for shard s, absent when the validator
     lacks any of its reveals (the cell then scores 0); arrays of encoders not in ``encoders``
@@ -227,8 +236,10 @@ def score_round(
         if vectors:
             erank[e] = effective_rank(np.concatenate(vectors))
     units = {cell: _directions(x) for cell, x in data.items()}
+    record = influence or {}
     round_voices = _round_voices(units, status, params.duplicate_cos)
-    gates = _gates(params, erank, status, round_voices)
+    round_weights = voice_weights(record, [[order[e] for e in v] for v in round_voices])
+    gates = _gates(params, erank, status, round_voices, round_weights)
     for e, gate in enumerate(gates):
         if gate == "collapse":
             for s in range(n_shards):
@@ -253,19 +264,20 @@ def score_round(
         groups = duplicate_groups(np.stack([units[s, e] for e in peers]), params.duplicate_cos)
         for group in groups:
             voice[s, [peers[i] for i in group]] = peers[group[0]]
+        weights = voice_weights(record, [[order[peers[i]] for i in g] for g in groups])
         if len(groups) < params.min_encoders_for_lof:
             # Too few voices to compare: the cells are unchecked and earn nothing.
             lof[s, peers], cons[s, peers], comp[s, peers] = 1.0, 1.0, 1.0
             continue
         for j in range(n_slots):
             x = np.stack([data[s, e][j] for e in peers])
-            lof[s, peers, j], cons[s, peers, j] = _peer_stats(x, groups, params)
+            lof[s, peers, j], cons[s, peers, j] = _peer_stats(x, groups, params, weights)
         residuals = np.stack(
             [_residuals(data[s, e], unit_counts[s], params.dl_form) for e in peers]
         )
-        comp[s, peers] = composition_agreement(residuals, groups)
+        comp[s, peers] = composition_agreement(residuals, groups, weights)
         voice_dl = [float(np.median(dl[s, [peers[i] for i in g]])) for g in groups]
-        dl_floor = params.min_dl_ratio * float(np.median(voice_dl))
+        dl_floor = params.min_dl_ratio * float(weighted_median(np.array(voice_dl), weights))
         for e in peers:
             lof_max, cos_min = float(np.max(lof[s, e])), float(np.min(cons[s, e]))
             too_exact = float(dl[s, e]) < dl_floor
@@ -355,15 +367,25 @@ def _gates(
     erank: NDArray[np.float64],
     status: Sequence[Sequence[Status]],
     voices: Sequence[Sequence[int]],
+    weights: Sequence[int],
 ) -> tuple[str | None, ...]:
     """``collapse`` if the effective rank is below the absolute or the relative bound.
 
     The relative bound is ``collapse_rel_rank`` times the median over the round's ``voices``
-    (``_round_voices``) of the median effective rank of the voice's members, so copies of one
-    model cannot move it.
+    (``_round_voices``) of the median effective rank of the voice's members, weighted by the
+    voices' ``weights`` (`weighted_median`), so copies of one model cannot move it, nor can
+    voices without influence while any voice has some.
     """
-    known = [float(np.median(erank[list(v)])) for v in voices if not np.isnan(erank[list(v)]).all()]
-    median = float(np.median(known)) if known else 0.0
+    known = [
+        (float(np.median(erank[list(v)])), w)
+        for v, w in zip(voices, weights, strict=True)
+        if not np.isnan(erank[list(v)]).all()
+    ]
+    median = (
+        float(weighted_median(np.array([k for k, _ in known]), [w for _, w in known]))
+        if known
+        else 0.0
+    )
     bound = max(params.collapse_min_rank, params.collapse_rel_rank * median)
     gates: list[str | None] = []
     for e, rank in enumerate(erank):
@@ -421,34 +443,41 @@ def differential_loss(x: NDArray[np.float64], counts: Sequence[int], form: DlFor
 
 
 def composition_agreement(
-    residuals: NDArray[np.float64], groups: Sequence[Sequence[int]] | None = None
+    residuals: NDArray[np.float64],
+    groups: Sequence[Sequence[int]] | None = None,
+    weights: Sequence[int] | None = None,
 ) -> NDArray[np.float64]:
     """Per row of ``residuals`` (peers, masks, dim): the mean over masks of the cosine between
     the peer's residual direction and the consensus residual direction.
 
     Per mask m: ``u_e = r_e / ||r_e||`` (a zero residual has no direction: u_e = 0), ``c`` = the
     coordinate-wise median over the voices (``groups``, default one per row) of the voice's
-    direction (``_voice_rows``), normalised (0 if the median is 0), and ``cos_e = sum(u_e * c)``;
+    direction (``_voice_rows``), weighted by the voices' ``weights`` (`weighted_median`;
+    default equal), normalised (0 if the median is 0), and ``cos_e = sum(u_e * c)``;
     the agreement is ``(1/M) sum_m cos_e`` summed in order m = 0, 1, ... (no masks: 1). Every
     product is summed by numpy's pairwise sum, never a BLAS dot product.
     """
     n_peers, n_masks = residuals.shape[0], residuals.shape[1]
     if groups is None:
         groups = [[i] for i in range(n_peers)]
+    if weights is None:
+        weights = [1] * len(groups)
     if n_masks == 0:
         return np.ones(n_peers)
     total = np.zeros(n_peers)
     for m in range(n_masks):
-        total += _agreement(_directions(residuals[:, m]), groups)
+        total += _agreement(_directions(residuals[:, m]), groups, weights)
     out: NDArray[np.float64] = total / n_masks
     return out
 
 
-def _agreement(u: NDArray[np.float64], groups: Sequence[Sequence[int]]) -> NDArray[np.float64]:
+def _agreement(
+    u: NDArray[np.float64], groups: Sequence[Sequence[int]], weights: Sequence[int]
+) -> NDArray[np.float64]:
     """Per row of u (directions, or zero rows): the cosine to the consensus direction, the
-    coordinate-wise median of the voices' rows normalised (0 if the median is 0), as a pairwise
-    sum."""
-    c = _directions(np.median(_voice_rows(u, groups), axis=0)[np.newaxis])[0]
+    coordinate-wise weighted median (`weighted_median`) of the voices' rows normalised (0 if
+    the median is 0), as a pairwise sum."""
+    c = _directions(weighted_median(_voice_rows(u, groups), weights)[np.newaxis])[0]
     out: NDArray[np.float64] = np.sum(u * c, axis=-1)
     return out
 
@@ -512,7 +541,10 @@ def _components(n: int, pairs: Sequence[tuple[int, int]]) -> list[list[int]]:
 
 
 def _peer_stats(
-    x: NDArray[np.float64], groups: Sequence[Sequence[int]], params: ScoringParams
+    x: NDArray[np.float64],
+    groups: Sequence[Sequence[int]],
+    params: ScoringParams,
+    weights: Sequence[int],
 ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     """LOF and cosine to the consensus direction of each row of x (one slot of one shard, n ok
     encoders forming at least min_encoders_for_lof voices ``groups``), both on the rows'
@@ -524,20 +556,78 @@ def _peer_stats(
     voice's LOF. The cosine is ``_agreement``'s: an absolute measure, so the pool's make-up does
     not move it as it moves a distance ratio to the pool's median distance. Fewer than
     min_encoders_for_lof distinct voice rows gives LOF 1.
+
+    The LOF *reference* is the voices of positive weight (all voices if none has weight, or
+    all have): LOF is fitted on the reference's distinct rows only; a voice outside it is
+    scored as a new point against them (scikit-learn ``novelty=True``, ``score_samples`` on its
+    distances to the reference rows), so voices without influence cannot make a dense cluster
+    of their own that passes. Fewer than min_encoders_for_lof distinct reference rows: LOF 1.
     """
     x = _directions(x)
     voices = _voice_rows(x, groups)
-    distinct, inverse = np.unique(voices, axis=0, return_inverse=True)
+    w = _effective_weights(weights)
+    ref = [v for v in range(len(groups)) if w[v] > 0]
+    distinct, inverse = np.unique(voices[ref], axis=0, return_inverse=True)
+    inverse = inverse.ravel()
     lof = np.ones(x.shape[0])
     if distinct.shape[0] >= params.min_encoders_for_lof:
         dist = np.stack([_norms(distinct - row) for row in distinct])
         k = min(params.lof_k, distinct.shape[0] - 1)
-        model = LocalOutlierFactor(n_neighbors=k, metric="precomputed", algorithm="brute")
+        outside = len(ref) < len(groups)
+        model = LocalOutlierFactor(
+            n_neighbors=k, metric="precomputed", algorithm="brute", novelty=outside
+        )
         model.fit(dist)
-        per_voice = -np.asarray(model.negative_outlier_factor_, dtype=np.float64)[inverse.ravel()]
+        fitted = -np.asarray(model.negative_outlier_factor_, dtype=np.float64)
+        position = {v: i for i, v in enumerate(ref)}
         for v, group in enumerate(groups):
-            lof[list(group)] = per_voice[v]
-    return lof, _agreement(x, groups)
+            if v in position:
+                lof[list(group)] = fitted[inverse[position[v]]]
+            else:
+                gaps = _norms(distinct - voices[v])[np.newaxis]
+                lof[list(group)] = -float(model.score_samples(gaps)[0])
+    return lof, _agreement(x, groups, weights)
+
+
+def voice_weights(influence: Mapping[bytes, int], voices: Sequence[Sequence[bytes]]) -> list[int]:
+    """Each voice's weight in the peer statistics: the largest influence among its members
+    (`influence.voice_influence`: never the sum, so copies of one model cannot add up)."""
+    return [voice_influence(influence, members) for members in voices]
+
+
+def _effective_weights(weights: Sequence[int]) -> list[int]:
+    """``weights``, or all 1 if none is positive (no record yet: every voice weighs the
+    same)."""
+    if any(w > 0 for w in weights):
+        return [int(w) for w in weights]
+    return [1] * len(weights)
+
+
+def weighted_median(x: NDArray[np.float64], weights: Sequence[int]) -> NDArray[np.float64]:
+    """Coordinate-wise weighted median of the rows of ``x`` ((n, d), or (n,) giving a 0-d
+    value as float) under integer ``weights`` >= 0 (`_effective_weights`: all 0 counts as all
+    1). Rows of weight 0 take no part. Equal weights: exactly ``numpy.median`` (same bits).
+    Else per coordinate: the values sorted ascending (stable), the first whose cumulative
+    weight W_i satisfies ``2 W_i >= total``; if ``2 W_i == total`` exactly, the mean of it and
+    the next value (as the plain median of an even count). Integer sums: exact."""
+    w = _effective_weights(weights)
+    rows = [i for i, v in enumerate(w) if v > 0]
+    data = np.asarray(x, dtype=np.float64)[rows]
+    kept = np.array([w[i] for i in rows], dtype=np.int64)
+    if bool(np.all(kept == kept[0])):
+        return np.asarray(np.median(data, axis=0), dtype=np.float64)
+    flat = data.reshape(len(rows), -1)
+    order = np.argsort(flat, axis=0, kind="stable")
+    ordered = np.take_along_axis(flat, order, axis=0)
+    cumulative = np.cumsum(kept[order], axis=0)
+    total = int(kept.sum())
+    first = np.argmax(2 * cumulative >= total, axis=0)
+    cols = np.arange(flat.shape[1])
+    low = ordered[first, cols]
+    high = ordered[np.minimum(first + 1, len(rows) - 1), cols]
+    exact = 2 * cumulative[first, cols] == total
+    out = np.where(exact, (low + high) / 2, low)
+    return np.asarray(out.reshape(data.shape[1:]), dtype=np.float64)
 
 
 def _exact_norm(x: NDArray[np.float64]) -> float:

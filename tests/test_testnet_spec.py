@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from dlnet.node.encoder import parse_behaviour
@@ -186,3 +188,39 @@ def test_new_spec_errors_are_one_line(spec: str, message: str) -> None:
         parse_encoder_groups(spec)
     assert "\n" not in str(err.value)
     assert str(err.value).startswith("--encoders: ")
+
+
+def test_late_groups_and_seeds_make_the_plan(tmp_path: Path) -> None:
+    from dlnet.node.runtime import first_round
+    from dlnet.node.testnet import (
+        TestnetPlan,
+        encoder_names,
+        encoder_start_rounds,
+        late_start_time,
+        parse_seeds,
+        plan_encoders,
+        testnet_config,
+    )
+    from dlnet.protocol.identity import SigningKey
+    from dlnet.protocol.rounds import round_times
+
+    encoders, starts = plan_encoders(parse_encoder_groups("honest:3,cheapcopy:2@3,noise:1"))
+    assert encoders == (("honest", 3), ("cheapcopy", 2), ("noise", 1))
+    assert starts == (1, 3, 1)
+    plan = TestnetPlan(1, encoders, 4, tmp_path, start_rounds=starts, seeds=("honest",))
+    assert encoder_start_rounds(plan) == [1, 1, 1, 3, 3, 1]
+    assert [k for _, k, _ in encoder_names(plan)][3] == "cheapcopy"
+    assert encoder_start_rounds(TestnetPlan(1, encoders, 4, tmp_path)) == [1] * 6
+    assert parse_seeds("honest, noise", ["honest", "cheapcopy", "noise"]) == ("honest", "noise")
+    assert parse_seeds("none", ["honest"]) == ()
+    with pytest.raises(SpecError, match="--seeds: 'static' is not a kind") as err:
+        parse_seeds("static", ["honest", "noise"])
+    assert "\n" not in str(err.value)
+    keys = [SigningKey.generate().public_key for _ in range(2)]
+    cfg = testnet_config(plan, [SigningKey.generate()], 1_000_000, tmp_path, keys[::-1])
+    assert cfg.seed_encoders == tuple(sorted(keys))
+    # Started at late_start_time, an encoder misses round 2 and joins round 3.
+    t = late_start_time(cfg, 3)
+    assert first_round(cfg, t) == 3
+    assert first_round(cfg, t - 2.0) == 2
+    assert t < round_times(cfg, 3).start
