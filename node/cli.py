@@ -341,7 +341,7 @@ def results(data_dir: Path, config_path: Path, rnd: int, as_json: bool) -> None:
     default="none",
     show_default=True,
     help="Comma list of kinds of --encoders whose encoders the genesis names as seed encoders "
-    "(full influence from round 1, docs/PROTOCOL.md §2.5), e.g. honest; or none.",
+    "(full influence from round 1, docs/PROTOCOL.md §2.6), e.g. honest; or none.",
 )
 @click.option("--rounds", type=int, default=3, show_default=True)
 @click.option(

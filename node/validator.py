@@ -188,7 +188,7 @@ class ValidatorRole:
 
     def influence(self, rnd: int) -> InfluenceState:
         """The earned influence round ``rnd`` is scored with: genesis seeds plus every
-        certified round <= rnd - lag this node holds (docs/PROTOCOL.md §2.5, Earned influence).
+        certified round <= rnd - lag this node holds (docs/PROTOCOL.md §2.6, Earned influence).
         A node that catches up stores the same certificates, so it derives the same state."""
         cfg = self.ctx.cfg
         upto = scoring_round(rnd)

@@ -106,7 +106,7 @@ class NetworkConfig:
     consensus: ConsensusParams
     seed_encoders: tuple[bytes, ...] = ()
     """Encoder keys that start with full influence (``network.seed_encoders``, an array of hex
-    keys; docs/PROTOCOL.md §2.5 "Earned influence"); ascending. Hashed into the network id only
+    keys; docs/PROTOCOL.md §2.6 "Earned influence"); ascending. Hashed into the network id only
     when not empty."""
 
     @cached_property
