@@ -192,7 +192,7 @@ class ValidatorRole:
         A node that catches up stores the same certificates, so it derives the same state."""
         cfg = self.ctx.cfg
         upto = scoring_round(rnd)
-        for r, _ in self.ctx.store.certificates(1, upto):
+        for r in self.ctx.store.certificate_rounds(1, upto):
             if r not in self._certified and (cert := verified_certificate(self.ctx.store, cfg, r)):
                 self._certified[r] = cert.result
         return derive(cfg.seed_encoders, self._certified.values(), upto)
