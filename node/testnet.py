@@ -73,6 +73,8 @@ STARTUP_SECONDS_PER_ENCODER: Final = 3.0
 # The testnet's round unless --round-seconds: 17 processes on 2 cores overran the 6 s repair
 # and attest phases of 40 s rounds (9 s each at 60 s).
 TESTNET_ROUND_SECONDS: Final = 60
+# The least start-up time of an encoder that starts late (`late_start_time`).
+LATE_LOAD_SECONDS: Final = 15.0
 # A node shuts libp2p down cleanly in ~2 s alone; with 17 stopping at once on 2 cores, more.
 STOP_GRACE: Final = 20.0
 # The bootstrap keeps every node connected (docs/BENCHMARKS.md: a hub bounded at 4 peers
@@ -334,11 +336,16 @@ def encoder_start_rounds(plan: TestnetPlan) -> list[int]:
     ]
 
 
-def late_start_time(cfg: NetworkConfig, start_round: int) -> float:
-    """When the launcher starts an encoder of ``start_round`` > 1: just after the last moment it
-    could still join the round before (`runtime.first_round`: up to JOIN_MARGIN before its
-    commit deadline), so it joins ``start_round`` itself, with a round's time to load."""
-    return round_times(cfg, start_round - 1).commit_deadline - JOIN_MARGIN + 1.0
+def late_start_time(cfg: NetworkConfig, start_round: int, starting: int) -> float:
+    """When the launcher starts the ``starting`` encoders of ``start_round`` > 1. An encoder
+    joins the first round whose commit deadline is more than JOIN_MARGIN away once it is up
+    (`runtime.first_round`, after loading its model), so it joins ``start_round`` if it comes up
+    between that moment of round ``start_round - 1`` and of ``start_round`` (one round apart).
+    Start-up takes ~15 s alone and more with each encoder starting at once (8 took 83 s on a
+    loaded 2-core machine), so they start LATE_LOAD_SECONDS + STARTUP_SECONDS_PER_ENCODER per
+    encoder before the first of these moments."""
+    lead = LATE_LOAD_SECONDS + STARTUP_SECONDS_PER_ENCODER * starting
+    return round_times(cfg, start_round - 1).commit_deadline - JOIN_MARGIN - lead
 
 
 def emit_compose(plan: TestnetPlan, out: Path, genesis_in: float) -> NetworkConfig:
@@ -472,7 +479,8 @@ def run_testnet(plan: TestnetPlan, *, echo: Any = print) -> int:
             encoder_names(plan), encoder_start_rounds(plan), strict=True
         ):
             if start > 1:
-                pending.append((late_start_time(cfg, start), name, kind, index))
+                starting = encoder_start_rounds(plan).count(start)
+                pending.append((late_start_time(cfg, start, starting), name, kind, index))
                 continue
             start_encoder(name, kind, index)
         last = round_times(cfg, plan.rounds)

@@ -202,7 +202,6 @@ def test_late_groups_and_seeds_make_the_plan(tmp_path: Path) -> None:
         testnet_config,
     )
     from dlnet.protocol.identity import SigningKey
-    from dlnet.protocol.rounds import round_times
 
     encoders, starts = plan_encoders(parse_encoder_groups("honest:3,cheapcopy:2@3,noise:1"))
     assert encoders == (("honest", 3), ("cheapcopy", 2), ("noise", 1))
@@ -219,8 +218,10 @@ def test_late_groups_and_seeds_make_the_plan(tmp_path: Path) -> None:
     keys = [SigningKey.generate().public_key for _ in range(2)]
     cfg = testnet_config(plan, [SigningKey.generate()], 1_000_000, tmp_path, keys[::-1])
     assert cfg.seed_encoders == tuple(sorted(keys))
-    # Started at late_start_time, an encoder misses round 2 and joins round 3.
-    t = late_start_time(cfg, 3)
-    assert first_round(cfg, t) == 3
-    assert first_round(cfg, t - 2.0) == 2
-    assert t < round_times(cfg, 3).start
+    # Started at late_start_time, 8 encoders up 15 + 3 * 8 s later or up to a round after that
+    # miss round 2 and join round 3.
+    t = late_start_time(cfg, 3, 8)
+    assert first_round(cfg, t + 15 + 3 * 8 + 0.5) == 3
+    assert first_round(cfg, t + 15 + 3 * 8 + cfg.timing.round_seconds - 0.5) == 3
+    assert first_round(cfg, t + 15 + 3 * 8 - 0.5) == 2
+    assert late_start_time(cfg, 3, 1) > t  # fewer at once: later
