@@ -225,3 +225,16 @@ def test_late_groups_and_seeds_make_the_plan(tmp_path: Path) -> None:
     assert first_round(cfg, t + 15 + 3 * 8 + cfg.timing.round_seconds - 0.5) == 3
     assert first_round(cfg, t + 15 + 3 * 8 - 0.5) == 2
     assert late_start_time(cfg, 3, 1) > t  # fewer at once: later
+
+
+def test_emit_compose_names_the_seed_kinds_keys_in_the_genesis(tmp_path: Path) -> None:
+    from dlnet.node.keyfile import read_key
+    from dlnet.node.testnet import TestnetPlan, emit_compose
+    from dlnet.protocol.config import parse_config
+
+    plan = TestnetPlan(1, (("honest", 2), ("noise", 1)), 2, tmp_path, seeds=("honest",))
+    cfg = emit_compose(plan, tmp_path, 60.0)
+    keys = tmp_path / "testnet" / "keys"
+    honest = sorted(read_key(keys / f"encoder-{i}-honest.key").public_key for i in (0, 1))
+    assert cfg.seed_encoders == tuple(honest)
+    assert parse_config((tmp_path / "testnet" / "network.toml").read_text()) == cfg
