@@ -329,10 +329,19 @@ def results(data_dir: Path, config_path: Path, rnd: int, as_json: bool) -> None:
     "encoders_spec",
     default=None,
     help="Comma list of kind:count or kind@level:count (kinds: honest finetuned truncated "
-    "noisy random-init static noise zero additive fabricated copycat replay equivocator "
-    "py:module:factory; levels: truncated@LAYERS noisy@LEVEL static@sum|mean "
-    "fabricated@JITTER). "
+    "noisy random-init static noise zero additive scaled cheapcopy fabricated copycat replay "
+    "equivocator py:module:factory; levels: truncated@LAYERS noisy@LEVEL static@sum|mean "
+    "scaled@FACTOR cheapcopy@LEVEL fabricated@JITTER); a term ending in @ROUND starts in "
+    "round ROUND (cheapcopy:8@3). "
     "Default: honest:6 and one of each adversary.",
+)
+@click.option(
+    "--seeds",
+    "seeds_spec",
+    default="none",
+    show_default=True,
+    help="Comma list of kinds of --encoders whose encoders the genesis names as seed encoders "
+    "(full influence from round 1, docs/PROTOCOL.md §2.6), e.g. honest; or none.",
 )
 @click.option("--rounds", type=int, default=3, show_default=True)
 @click.option(
@@ -364,6 +373,7 @@ def results(data_dir: Path, config_path: Path, rnd: int, as_json: bool) -> None:
 def testnet(
     validators: int,
     encoders_spec: str | None,
+    seeds_spec: str,
     rounds: int,
     out: Path,
     round_seconds: int | None,
@@ -373,7 +383,17 @@ def testnet(
 ) -> None:
     """Start a local network as separate processes on 127.0.0.1, run rounds, report.
     Exits 1 if any round is not finalized or its result is empty."""
-    spec = tn.parse_encoder_spec(encoders_spec) if encoders_spec else tn.DEFAULT_ENCODERS
+    try:
+        groups = tn.parse_encoder_groups(encoders_spec) if encoders_spec else ()
+        if emit_compose is not None and encoders_spec:
+            tn.parse_encoder_spec(encoders_spec)  # refuses a late start in one line
+    except tn.SpecError as exc:
+        fail(str(exc))
+    spec, starts = tn.plan_encoders(groups) if groups else (tn.DEFAULT_ENCODERS, ())
+    try:
+        seeds = tn.parse_seeds(seeds_spec, [kind for kind, _ in spec])
+    except tn.SpecError as exc:
+        fail(str(exc))
     if validators < 1 or rounds < 1:
         fail("--validators and --rounds must be at least 1")
     byzantine: tuple[int, str] = (0, "")
@@ -383,7 +403,7 @@ def testnet(
         except tn.SpecError as exc:
             fail(f"--byzantine {byzantine_spec}: {exc}")
     if emit_compose is not None:
-        plan = tn.TestnetPlan(validators, spec, rounds, emit_compose, round_seconds)
+        plan = tn.TestnetPlan(validators, spec, rounds, emit_compose, round_seconds, seeds=seeds)
         cfg = tn.emit_compose(plan, emit_compose, genesis_in)
         start = time.strftime("%H:%M:%S UTC", time.gmtime(cfg.genesis_time))
         click.echo(
@@ -392,7 +412,16 @@ def testnet(
         )
         return
     code = tn.run_testnet(
-        tn.TestnetPlan(validators, spec, rounds, out, round_seconds, byzantine=byzantine)
+        tn.TestnetPlan(
+            validators,
+            spec,
+            rounds,
+            out,
+            round_seconds,
+            byzantine=byzantine,
+            start_rounds=starts,
+            seeds=seeds,
+        )
     )
     sys.exit(code)
 

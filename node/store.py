@@ -306,6 +306,13 @@ class Store:
         )
         return [(int(r), bytes(d)) for r, d in rows]
 
+    def certificate_rounds(self, lo: int, hi: int) -> list[int]:
+        """The rounds lo..hi for which a certificate is stored, ascending (no bytes read)."""
+        rows = self._db.execute(
+            "SELECT round FROM certificates WHERE round BETWEEN ? AND ? ORDER BY round", (lo, hi)
+        )
+        return [int(r) for (r,) in rows]
+
     def put_round_outcome(self, round: int, finalized: bool, digest: bytes | None) -> None:
         """Record how a round ended; a finalized outcome is never overwritten."""
         self._db.execute(

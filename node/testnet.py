@@ -24,6 +24,7 @@ from dlnet.node.byzantine import MODES as BYZANTINE_MODES
 from dlnet.node.dataset_io import resolve_dataset_path
 from dlnet.node.keyfile import write_key
 from dlnet.node.models.kinds import LEVEL_OPTIONS
+from dlnet.node.runtime import JOIN_MARGIN
 from dlnet.protocol.config import (
     DatasetRef,
     NetworkConfig,
@@ -32,7 +33,7 @@ from dlnet.protocol.config import (
     dump_config,
 )
 from dlnet.protocol.identity import SigningKey
-from dlnet.protocol.rounds import round_times
+from dlnet.protocol.rounds import round_at, round_times
 
 ADVERSARIES: Final = ("noise", "zero", "additive", "fabricated", "copycat", "replay", "equivocator")
 DEFAULT_ENCODERS: Final[tuple[tuple[str, int], ...]] = (
@@ -52,6 +53,8 @@ KINDS: Final[dict[str, tuple[str, str, str | None]]] = {
     "noise": (f"{MODELS}:noise", "honest", None),
     "zero": (f"{MODELS}:zero", "honest", None),
     "additive": (f"{MODELS}:additive", "honest", None),
+    "scaled": (f"{MODELS}:scaled", "honest", "factor"),
+    "cheapcopy": (f"{MODELS}:cheapcopy", "honest", "level"),
     "fabricated": (f"{MODELS}:honest", "fabricated", "jitter"),
     "copycat": (f"{MODELS}:noise", "copycat", None),
     "replay": (f"{MODELS}:honest", "replay", None),
@@ -70,6 +73,8 @@ STARTUP_SECONDS_PER_ENCODER: Final = 3.0
 # The testnet's round unless --round-seconds: 17 processes on 2 cores overran the 6 s repair
 # and attest phases of 40 s rounds (9 s each at 60 s).
 TESTNET_ROUND_SECONDS: Final = 60
+# The least start-up time of an encoder that starts late (`late_start_time`).
+LATE_LOAD_SECONDS: Final = 15.0
 # A node shuts libp2p down cleanly in ~2 s alone; with 17 stopping at once on 2 cores, more.
 STOP_GRACE: Final = 20.0
 # The bootstrap keeps every node connected (docs/BENCHMARKS.md: a hub bounded at 4 peers
@@ -81,20 +86,38 @@ class SpecError(ValueError):
     pass
 
 
-def parse_encoder_spec(spec: str) -> tuple[tuple[str, int], ...]:
-    """`kind:count,kind@level:count,...`; a custom model is `py:module:factory:count`.
+@dataclass(frozen=True)
+class EncoderGroup:
+    """One term of the `--encoders` spec: ``count`` encoders of ``kind`` that start in round
+    ``start_round`` (1 unless the term ends in ``@ROUND``)."""
+
+    kind: str
+    count: int
+    start_round: int = 1
+
+
+def parse_encoder_groups(spec: str) -> tuple[EncoderGroup, ...]:
+    """`kind:count,kind@level:count@round,...`; a custom model is `py:module:factory:count`.
 
     `kind@level` sets the kind's level option (KINDS), e.g. `truncated@2` (layers),
     `noisy@0.5` (noise level), `static@mean` (pooling), `fabricated@0.2` (jitter of the forged
-    inverses); the level is checked here."""
-    out: list[tuple[str, int]] = []
+    inverses), `scaled@1e6` (factor), `cheapcopy@0.01` (noise level); the level is checked here.
+    `:count@round` starts those encoders late, in round `round` (>= 1), e.g. `cheapcopy:8@3`."""
+    out: list[EncoderGroup] = []
     for part in spec.split(","):
         part = part.strip()
-        body, sep, count_text = part.rpartition(":")
+        body, sep, tail = part.rpartition(":")
+        count_text, late, round_text = tail.partition("@")
         if not sep or not count_text.isdigit() or int(count_text) < 1:
             raise SpecError(f"--encoders: {part!r} is not kind:count (e.g. honest:6,noise:1)")
+        if late and (not round_text.isdigit() or int(round_text) < 1):
+            raise SpecError(
+                f"--encoders: {part!r}: the start round after '@' must be an integer >= 1 "
+                "(e.g. cheapcopy:8@3)"
+            )
+        start = int(round_text) if late else 1
         if body.startswith("py:") and body.count(":") == 2:
-            out.append((body, int(count_text)))
+            out.append(EncoderGroup(body, int(count_text), start))
             continue
         kind, at, level = body.partition("@")
         if kind not in KINDS:
@@ -109,8 +132,39 @@ def parse_encoder_spec(spec: str) -> tuple[tuple[str, int], ...]:
                 LEVEL_OPTIONS[option](level)
             except ValueError as exc:
                 raise SpecError(f"--encoders: {part!r}: {exc}") from None
-        out.append((body, int(count_text)))
+        out.append(EncoderGroup(body, int(count_text), start))
     return tuple(out)
+
+
+def parse_encoder_spec(spec: str) -> tuple[tuple[str, int], ...]:
+    """The `(kind, count)` terms of an `--encoders` spec (`parse_encoder_groups`) for a network
+    whose encoders all start with it (`--emit-compose`): a late start (`:count@round`, round >
+    1) is refused in one line rather than silently started early."""
+    groups = parse_encoder_groups(spec)
+    for g in groups:
+        if g.start_round > 1:
+            raise SpecError(
+                f"--encoders: {g.kind}:{g.count}@{g.start_round}: --emit-compose starts every "
+                "encoder in round 1 — drop the @round (late starts need `dlnet testnet`)"
+            )
+    return tuple((g.kind, g.count) for g in groups)
+
+
+def parse_seeds(spec: str, kinds: Sequence[str]) -> tuple[str, ...]:
+    """`--seeds`: a comma list of kinds of the `--encoders` spec (as written there, e.g.
+    `honest`, `noisy@0.5`) whose encoders the genesis names as seed encoders, or `none`."""
+    if spec.strip() in ("", "none"):
+        return ()
+    out = []
+    for part in spec.split(","):
+        kind = part.strip()
+        if kind not in kinds:
+            raise SpecError(
+                f"--seeds: {kind!r} is not a kind of --encoders ({', '.join(dict.fromkeys(kinds))})"
+                " — name one of them, or none"
+            )
+        out.append(kind)
+    return tuple(dict.fromkeys(out))
 
 
 @dataclass(frozen=True)
@@ -122,6 +176,17 @@ class TestnetPlan:
     round_seconds: int | None = None
     byzantine: tuple[int, str] = (0, "")
     """TEST ONLY: (N, MODE): the first N validators run node/byzantine.py's MODE."""
+    start_rounds: tuple[int, ...] = ()
+    """Per term of ``encoders``: the round its encoders start in (empty: all round 1)."""
+    seeds: tuple[str, ...] = ()
+    """Kinds of ``encoders`` whose encoders the genesis names as seed encoders."""
+
+
+def plan_encoders(
+    groups: Sequence[EncoderGroup],
+) -> tuple[tuple[tuple[str, int], ...], tuple[int, ...]]:
+    """`TestnetPlan.encoders` and `.start_rounds` of parsed `--encoders` groups."""
+    return tuple((g.kind, g.count) for g in groups), tuple(g.start_round for g in groups)
 
 
 def parse_byzantine_spec(spec: str, validators: int) -> tuple[int, str]:
@@ -239,14 +304,20 @@ def _encoder_args(kind: str, index: int) -> list[str]:
 
 
 def testnet_config(
-    plan: TestnetPlan, validators: Sequence[SigningKey], genesis: int, base: Path
+    plan: TestnetPlan,
+    validators: Sequence[SigningKey],
+    genesis: int,
+    base: Path,
+    seeds: Sequence[bytes] = (),
 ) -> NetworkConfig:
-    """The testnet's network config: equal stakes, the shipped corpus."""
+    """The testnet's network config: equal stakes, the shipped corpus, ``seeds`` as the
+    genesis' seed encoders."""
     ref = DatasetRef("builtin:corpus.txt", b"", "lines")
     data = resolve_dataset_path(ref, base).read_bytes()
     ref = DatasetRef(ref.path, hashlib.sha256(data).digest(), "lines")
     overrides: dict[str, Any] = {"name": "dlnet-testnet", "dataset": ref}
     overrides["round_seconds"] = plan.round_seconds or TESTNET_ROUND_SECONDS
+    overrides["seed_encoders"] = tuple(sorted(set(seeds)))
     entries = tuple(ValidatorEntry(k.public_key, 100) for k in validators)
     return default_config(entries, genesis, **overrides)
 
@@ -255,6 +326,26 @@ def encoder_names(plan: TestnetPlan) -> list[tuple[str, str, int]]:
     """(node name, kind, index) of every encoder of the plan, in start order."""
     kinds = [kind for kind, count in plan.encoders for _ in range(count)]
     return [(f"encoder-{i}-{kind.replace(':', '_')}", kind, i) for i, kind in enumerate(kinds)]
+
+
+def encoder_start_rounds(plan: TestnetPlan) -> list[int]:
+    """The start round of every encoder of `encoder_names`, in the same order."""
+    starts = plan.start_rounds or (1,) * len(plan.encoders)
+    return [
+        start for (_, count), start in zip(plan.encoders, starts, strict=True) for _ in range(count)
+    ]
+
+
+def late_start_time(cfg: NetworkConfig, start_round: int, starting: int) -> float:
+    """When the launcher starts the ``starting`` encoders of ``start_round`` > 1. An encoder
+    joins the first round whose commit deadline is more than JOIN_MARGIN away once it is up
+    (`runtime.first_round`, after loading its model), so it joins ``start_round`` if it comes up
+    between that moment of round ``start_round - 1`` and of ``start_round`` (one round apart).
+    Start-up takes ~15 s alone and more with each encoder starting at once (8 took 83 s on a
+    loaded 2-core machine), so they start LATE_LOAD_SECONDS + STARTUP_SECONDS_PER_ENCODER per
+    encoder before the first of these moments."""
+    lead = LATE_LOAD_SECONDS + STARTUP_SECONDS_PER_ENCODER * starting
+    return round_times(cfg, start_round - 1).commit_deadline - JOIN_MARGIN - lead
 
 
 def emit_compose(plan: TestnetPlan, out: Path, genesis_in: float) -> NetworkConfig:
@@ -270,7 +361,8 @@ def emit_compose(plan: TestnetPlan, out: Path, genesis_in: float) -> NetworkConf
         keys[name] = SigningKey.generate()
         write_key(net / "keys" / f"{name}.key", keys[name])
     validators = [keys[f"validator-{i}"] for i in range(plan.validators)]
-    cfg = testnet_config(plan, validators, int(time.time() + genesis_in), out)
+    seeds = [keys[n].public_key for n, kind, _ in encoder_names(plan) if kind in plan.seeds]
+    cfg = testnet_config(plan, validators, int(time.time() + genesis_in), out, seeds)
     (net / "network.toml").write_text(dump_config(cfg))
 
     def key_arg(name: str) -> list[str]:
@@ -302,11 +394,15 @@ def run_testnet(plan: TestnetPlan, *, echo: Any = print) -> int:
         return path, key
 
     vkeys = [keyed(f"validator-{i}") for i in range(plan.validators)]
+    ekeys = {name: keyed(name) for name, _, _ in encoder_names(plan)}
+    seeds = [ekeys[n][1].public_key for n, kind, _ in encoder_names(plan) if kind in plan.seeds]
     probe = testnet_config(plan, [k for _, k in vkeys], 0, out)
-    # Round 1 starts once every process is up; round 0 lies before it (replay copies it).
-    startup = STARTUP_SECONDS + STARTUP_SECONDS_PER_ENCODER * sum(n for _, n in plan.encoders)
+    # Round 1 starts once every process of round 1 is up; round 0 lies before it (replay
+    # copies it). Encoders of a later round start later (`late_start_time`).
+    first = sum(1 for start in encoder_start_rounds(plan) if start == 1)
+    startup = STARTUP_SECONDS + STARTUP_SECONDS_PER_ENCODER * first
     genesis = int(time.time() + startup) - probe.timing.round_seconds
-    cfg = testnet_config(plan, [k for _, k in vkeys], genesis, out)
+    cfg = testnet_config(plan, [k for _, k in vkeys], genesis, out, seeds)
     config_path = out / "network.toml"
     config_path.write_text(dump_config(cfg))
     echo(
@@ -353,8 +449,9 @@ def run_testnet(plan: TestnetPlan, *, echo: Any = print) -> int:
             )
             p.public_key = key.public_key.hex()
             procs.append(p)
-        for name, kind, index in encoder_names(plan):
-            path, key = keyed(name)
+
+        def start_encoder(name: str, kind: str, index: int) -> None:
+            path, key = ekeys[name]
             p = _start(
                 name,
                 "encoder",
@@ -376,10 +473,25 @@ def run_testnet(plan: TestnetPlan, *, echo: Any = print) -> int:
             )
             p.public_key = key.public_key.hex()
             procs.append(p)
+
+        pending: list[tuple[float, str, str, int]] = []
+        for (name, kind, index), start in zip(
+            encoder_names(plan), encoder_start_rounds(plan), strict=True
+        ):
+            if start > 1:
+                starting = encoder_start_rounds(plan).count(start)
+                pending.append((late_start_time(cfg, start, starting), name, kind, index))
+                continue
+            start_encoder(name, kind, index)
         last = round_times(cfg, plan.rounds)
         end = last.finality_deadline + 8.0
         validators = [p for p in procs if p.role == "validator" and p.kind == "validator"]
         while time.time() < end:
+            for item in [x for x in pending if x[0] <= time.time()]:
+                pending.remove(item)
+                _, name, kind, index = item
+                echo(f"testnet: starting {name} late, for round {round_at(cfg, time.time()) + 1}")
+                start_encoder(name, kind, index)
             _sample_rss(procs)
             _note_apis(procs, echo)
             for p in procs:

@@ -16,6 +16,7 @@ import trio
 from dlnet.node.byzantine import Byzantine
 from dlnet.node.context import NodeContext, sleep_until, wall_clock
 from dlnet.node.ingest import COMMIT_GRACE
+from dlnet.node.report import verified_certificate
 from dlnet.protocol.consensus import (
     MissingCommits,
     MissingEmbeddings,
@@ -29,6 +30,7 @@ from dlnet.protocol.consensus import (
     usable_attestations,
 )
 from dlnet.protocol.identity import SigningKey
+from dlnet.protocol.influence import InfluenceState, derive, scoring_round
 from dlnet.protocol.masks import round_tasks
 from dlnet.protocol.result import RoundResult, decode_result, encode_result, result_digest
 from dlnet.protocol.rounds import RoundTimes, round_times
@@ -123,6 +125,7 @@ class ValidatorRole:
         self.key = key
         self.me = key.public_key
         self.byzantine = byzantine  # TEST-ONLY behaviour hooks (node/byzantine.py)
+        self._certified: dict[int, RoundResult] = {}  # verified certificates' results, by round
 
     async def run(self, first_round: int) -> None:
         async with trio.open_nursery() as nursery:
@@ -189,6 +192,17 @@ class ValidatorRole:
                 return msg
         return None
 
+    def influence(self, rnd: int) -> InfluenceState:
+        """The earned influence round ``rnd`` is scored with: genesis seeds plus every
+        certified round <= rnd - lag this node holds (docs/PROTOCOL.md §2.6, Earned influence).
+        A node that catches up stores the same certificates, so it derives the same state."""
+        cfg = self.ctx.cfg
+        upto = scoring_round(rnd)
+        for r in self.ctx.store.certificate_rounds(1, upto):
+            if r not in self._certified and (cert := verified_certificate(self.ctx.store, cfg, r)):
+                self._certified[r] = cert.result
+        return derive(cfg.seed_encoders, self._certified.values(), upto)
+
     def score(self, rnd: int) -> Attestation:
         """Score every committed encoder on every shard from what this validator holds."""
         cfg = self.ctx.cfg
@@ -206,7 +220,13 @@ class ValidatorRole:
                 if all(h in view.reveals for h in hashes):
                     held[enc] = np.stack([view.reveals[h].array() for h in hashes])
             shards.append(held)
-        scores = score_round(cfg.scoring, shards, [t.unit_counts for t in tasks], tuple(encoders))
+        scores = score_round(
+            cfg.scoring,
+            shards,
+            [t.unit_counts for t in tasks],
+            tuple(encoders),
+            influence=self.influence(rnd).as_dict(),
+        )
         matrix = np.array([[quantise(float(s)) for s in row] for row in scores.scores], dtype="<u2")
         self._record_reveals(rnd, view)
         return sign_attestation(

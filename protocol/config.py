@@ -104,6 +104,10 @@ class NetworkConfig:
     validators: tuple[ValidatorEntry, ...]
     scoring: ScoringParams
     consensus: ConsensusParams
+    seed_encoders: tuple[bytes, ...] = ()
+    """Encoder keys that start with full influence (``network.seed_encoders``, an array of hex
+    keys; docs/PROTOCOL.md §2.6 "Earned influence"); ascending. Hashed into the network id only
+    when not empty."""
 
     @cached_property
     def network_id(self) -> bytes:
@@ -140,7 +144,7 @@ _TABLES: dict[str, type[Any]] = {
     "consensus": ConsensusParams,
 }
 """`NetworkConfig` fields that are TOML tables of their own (``validators`` is an array)."""
-_NETWORK_SKIP = frozenset({*_TABLES, "validators"})
+_NETWORK_SKIP = frozenset({*_TABLES, "validators", "seed_encoders"})
 
 
 def _hints(cls: type[Any], skip: frozenset[str] = frozenset()) -> dict[str, Any]:
@@ -249,6 +253,10 @@ def _plain_table(obj: Any, skip: frozenset[str], *, hex_bytes: bool) -> dict[str
 def _tables(cfg: NetworkConfig, *, hex_bytes: bool) -> dict[str, Any]:
     """The config as TOML-shaped nested dicts (all fields, dataset.path included)."""
     out: dict[str, Any] = {"network": _plain_table(cfg, _NETWORK_SKIP, hex_bytes=hex_bytes)}
+    if cfg.seed_encoders:  # absent when empty: configs without seeds keep their network id
+        out["network"]["seed_encoders"] = [
+            k.hex() if hex_bytes else bytes(k) for k in cfg.seed_encoders
+        ]
     for section in _TABLES:
         out[section] = _plain_table(getattr(cfg, section), frozenset(), hex_bytes=hex_bytes)
     out["validators"] = [_plain_table(v, frozenset(), hex_bytes=hex_bytes) for v in cfg.validators]
@@ -353,6 +361,13 @@ def config_problems(cfg: NetworkConfig) -> list[tuple[str, str]]:
 
     if not cfg.validators:
         out.append(("validators", "no validators — add at least one [[validators]] table"))
+    seeds = cfg.seed_encoders
+    if type(seeds) is not tuple or not all(type(k) is bytes for k in seeds):
+        out.append(("network.seed_encoders", "expected a tuple of keys — list hex keys"))
+    elif any(len(k) != HASH_BYTES for k in seeds):
+        out.append(("network.seed_encoders", "every key must be 32 bytes — write 64 hex digits"))
+    elif list(seeds) != sorted(set(seeds)):
+        out.append(("network.seed_encoders", "not sorted or listed twice — list each key once"))
     for i, v in enumerate(cfg.validators):
         if typed[f"validators[{i}].pubkey"] and len(v.pubkey) != HASH_BYTES:
             bad(f"validators[{i}].pubkey", "must be 32 bytes — write the raw Ed25519 key as hex")
@@ -401,7 +416,9 @@ def parse_config(text: str) -> NetworkConfig:
     for required in ("network", "timing", "dataset", "validators"):
         if required not in doc:
             raise ConfigError(required, f"missing — add the [{required}] table")
-    network = _read_table("network", doc["network"], NetworkConfig, _NETWORK_SKIP)
+    table = doc["network"]
+    seeds = _read_seeds(table.pop("seed_encoders", []) if isinstance(table, dict) else [])
+    network = _read_table("network", table, NetworkConfig, _NETWORK_SKIP)
     nested = {
         section: cls(**_read_table(section, doc.get(section, {}), cls, frozenset()))
         for section, cls in _TABLES.items()
@@ -414,7 +431,21 @@ def parse_config(text: str) -> NetworkConfig:
         for i, v in enumerate(raw_validators)
     )
     validators = tuple(sorted(validators, key=lambda v: v.pubkey))
-    return validate_config(NetworkConfig(**network, **nested, validators=validators))
+    return validate_config(
+        NetworkConfig(**network, **nested, validators=validators, seed_encoders=seeds)
+    )
+
+
+def _read_seeds(raw: Any) -> tuple[bytes, ...]:
+    """``network.seed_encoders``: an array of 64-hex-digit keys, returned ascending (a key
+    listed twice is an error)."""
+    where = "network.seed_encoders"
+    if not isinstance(raw, list):
+        raise ConfigError(where, f'expected an array, got {_toml_repr(raw)} — write ["<hex>", ...]')
+    keys = tuple(sorted(_from_toml(f"{where}[{i}]", bytes, v) for i, v in enumerate(raw)))
+    if len(set(keys)) != len(keys):
+        raise ConfigError(where, "a key is listed twice — list each seed encoder once")
+    return keys
 
 
 def dump_config(cfg: NetworkConfig) -> str:
@@ -477,6 +508,7 @@ def default_config(
         "validators": tuple(sorted(validators, key=lambda v: v.pubkey)),
         "scoring": ScoringParams(),
         "consensus": ConsensusParams(),
+        "seed_encoders": (),
     }
     unknown = set(overrides) - set(fields) - {"dataset"}
     if unknown:

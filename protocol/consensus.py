@@ -19,7 +19,7 @@ from numpy.typing import NDArray
 
 from dlnet.protocol.canonical import sha256
 from dlnet.protocol.result import U16_MAX, RoundResult, result_digest
-from dlnet.protocol.scoring import weighted_embedding
+from dlnet.protocol.scoring import round_embeddings
 from dlnet.protocol.wire import (
     MAX_ENCODERS,
     PRECOMMIT,
@@ -281,7 +281,7 @@ def compute_result(
     """The round result from the attestations held and the revealed full embeddings.
 
     ``fulls[(shard, encoder)]`` is the encoder's full embedding of that shard. The weighted
-    embedding of a shard averages the full embeddings of its non-outlier encoders weighted by
+    embedding of a shard is `scoring.round_embeddings` of its non-outlier encoders weighted by
     their u16 consensus scores; raises MissingEmbeddings if a positively weighted one is absent.
     ``committed``: the encoders whose commit the caller holds; raises MissingCommits if the
     result names another (None: no check).
@@ -302,15 +302,16 @@ def compute_result(
     ]
     if missing:
         raise MissingEmbeddings(missing)
-    weighted = []
-    for s in range(shards):
-        cols = [e for e in range(n) if weights[s, e] > 0]
-        vec = weighted_embedding(
-            [int(weights[s, e]) for e in cols],
-            [fulls[(s, view.encoders[e])] for e in cols],
+    weighted = [
+        vec.astype("<f4").tobytes()
+        for vec in round_embeddings(
+            weights,
+            view.encoders,
+            fulls,
             dim=cfg.dim,
+            duplicate_cos=cfg.scoring.duplicate_cos,
         )
-        weighted.append(vec.astype("<f4").tobytes())
+    ]
     encoder_scores = tuple(int(view.consensus[:, e].sum()) // shards for e in range(n))
     ranking = tuple(sorted(range(n), key=lambda e: (-encoder_scores[e], view.encoders[e])))
     cells = shards * n

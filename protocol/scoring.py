@@ -4,14 +4,17 @@ weighted embedding.
 Per shard s and encoder e the validator holds one (slots, dim) array: slot 0 = full F, slot
 2m+1 = mask A_m, slot 2m+2 = inverse B_m. The score of a cell is
 
-    score = 0                                   if the cell is missing, invalid, gated or an outlier
-          = comp * (1 - dl_weight * min(dl / dl_scale, 1))   otherwise
+    score = 0                    if the cell is missing, invalid, gated or an outlier,
+                                 or its shard has < min_encoders_for_lof voices
+          = comp * (1 - dl_weight * min(dl / dl_scale, 1))    otherwise
 
 where ``comp`` (in [0, 1]) grows with the *composition agreement*: the cosine between the
 encoder's composition residual F - A_m - B_m and the consensus (coordinate-wise median) of the
 shard's valid encoders' residual directions; dl is the differential loss, the residual's norm
 relative to F. LOF and the cosine to the consensus embedding direction are hard cuts
 (outliers), both computed on every slot on the DIRECTIONS of the embeddings (unit vectors).
+Every peer statistic is taken over *voices*: cells whose directions are near-identical on every
+slot (cosine > duplicate_cos) are one voice, so copies of one model do not add up.
 
 Why this shape (measured in docs/VALIDITY.md): DL alone ranks real encoders with the wrong
 sign (FINDINGS.md), and so does any reward for a small residual: an encoder can forge an inverse
@@ -40,11 +43,14 @@ import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Literal
 
 import numpy as np
 from numpy.typing import NDArray
 from sklearn.neighbors import LocalOutlierFactor
+
+from dlnet.protocol.influence import voice_influence
 
 DlForm = Literal["literal", "count_weighted"]
 
@@ -86,6 +92,11 @@ class ScoringParams:
     an outlier: composition that is exact where real encoders' is not is forged (inverse =
     full - mask) or a bag of units (docs/VALIDITY.md). 0 turns the gate off. Applies only with
     at least min_encoders_for_lof valid encoders."""
+    duplicate_cos: float = 0.999
+    """Two ok cells of a shard whose directions have a cosine above this on EVERY slot are
+    near-duplicates: they are one voice in the peer statistics (consensus direction, composition
+    consensus, LOF reference, too-exact median, the small-pool rule) and share one voice's weight
+    in the weighted embedding. 1 turns merging off."""
 
     def problems(self) -> list[tuple[str, str]]:
         """Return ``(field, "what is wrong — how to fix")`` for every invalid value."""
@@ -114,6 +125,7 @@ class ScoringParams:
             "dl_scale": (0.0, math.inf, False, False),
             "dl_weight": (0.0, 1.0, True, True),
             "min_dl_ratio": (0.0, 1.0, True, False),
+            "duplicate_cos": (0.0, 1.0, False, True),
         }
         for name, (lo, hi, lo_in, hi_in) in floats.items():
             value = getattr(self, name)
@@ -161,6 +173,9 @@ class RoundScores:
     """(S, E) status of every cell."""
     gates: tuple[str | None, ...]
     """Per encoder: ``collapse``, else ``zero_norm`` if any shard was zero-norm, else None."""
+    voice: NDArray[np.int64]
+    """(S, E) index of the first (canonical order) encoder of the cell's voice, its group of
+    near-duplicates on the shard (itself if it has none); -1 for a cell that is not ok."""
 
 
 def score_round(
@@ -170,8 +185,15 @@ def score_round(
     encoders: Sequence[bytes],
     *,
     dim: int | None = None,
+    influence: Mapping[bytes, int] | None = None,
 ) -> RoundScores:
     """Score every encoder of ``encoders`` on every shard from the embeddings held.
+
+    ``influence`` (key -> u16, `influence.InfluenceState`; absent keys 0) weights every voice in
+    every peer statistic: a voice weighs as its most influential member (``voice_weights``);
+    voices of weight 0 do not move the consensus directions, the LOF reference or the gate
+    medians, but are measured against them. None, or no influence among a shard's voices: every
+    voice weighs 1.
 
     ``shards[s][e]`` is encoder e's (slots, dim) array for shard s, absent when the validator
     lacks any of its reveals (the cell then scores 0); arrays of encoders not in ``encoders``
@@ -180,8 +202,9 @@ def score_round(
 
     Steps: (1) cell status: missing / malformed (wrong shape) / non_finite / zero_norm (a slot with
     L2 norm <= zero_norm_eps) / ok; (2) collapse gate per encoder on the effective rank of all its
-    valid vectors of the round; (3) per shard and slot, LOF and cosine to the consensus direction
-    among the ok cells;
+    valid vectors of the round; (3) per shard, the voices (``duplicate_groups``) of the ok cells;
+    fewer than min_encoders_for_lof voices: the cells are unchecked and score 0; else per slot,
+    LOF and cosine to the consensus direction of the voices;
     (4) composition agreement among the ok cells; (5) DL, the too-exact gate (DL below
     min_dl_ratio of the shard median) and the score.
     """
@@ -212,7 +235,11 @@ def score_round(
         vectors = [data[s, e] for s in range(n_shards) if status[s][e] == "ok"]
         if vectors:
             erank[e] = effective_rank(np.concatenate(vectors))
-    gates = _gates(params, erank, status)
+    units = {cell: _directions(x) for cell, x in data.items()}
+    record = influence or {}
+    round_voices = _round_voices(units, status, params.duplicate_cos)
+    round_weights = voice_weights(record, [[order[e] for e in v] for v in round_voices])
+    gates = _gates(params, erank, status, round_voices, round_weights)
     for e, gate in enumerate(gates):
         if gate == "collapse":
             for s in range(n_shards):
@@ -225,6 +252,7 @@ def score_round(
     lof = np.full((n_shards, n_enc, n_slots), np.nan)
     cons = np.full((n_shards, n_enc, n_slots), np.nan)
     comp = np.full((n_shards, n_enc), np.nan)
+    voice = np.full((n_shards, n_enc), -1, dtype=np.int64)
     for s in range(n_shards):
         for e in range(n_enc):
             if (s, e) in data:
@@ -233,21 +261,23 @@ def score_round(
         peers = [e for e in range(n_enc) if status[s][e] == "ok"]
         if not peers:
             continue
+        groups = duplicate_groups(np.stack([units[s, e] for e in peers]), params.duplicate_cos)
+        for group in groups:
+            voice[s, [peers[i] for i in group]] = peers[group[0]]
+        weights = voice_weights(record, [[order[peers[i]] for i in g] for g in groups])
+        if len(groups) < params.min_encoders_for_lof:
+            # Too few voices to compare: the cells are unchecked and earn nothing.
+            lof[s, peers], cons[s, peers], comp[s, peers] = 1.0, 1.0, 1.0
+            continue
         for j in range(n_slots):
             x = np.stack([data[s, e][j] for e in peers])
-            lof[s, peers, j], cons[s, peers, j] = _peer_stats(x, params)
-        if len(peers) >= params.min_encoders_for_lof:
-            residuals = np.stack(
-                [_residuals(data[s, e], unit_counts[s], params.dl_form) for e in peers]
-            )
-            comp[s, peers] = composition_agreement(residuals)
-        else:
-            comp[s, peers] = 1.0
-        dl_floor = (
-            params.min_dl_ratio * float(np.median(dl[s, peers]))
-            if len(peers) >= params.min_encoders_for_lof
-            else 0.0
+            lof[s, peers, j], cons[s, peers, j] = _peer_stats(x, groups, params, weights)
+        residuals = np.stack(
+            [_residuals(data[s, e], unit_counts[s], params.dl_form) for e in peers]
         )
+        comp[s, peers] = composition_agreement(residuals, groups, weights)
+        voice_dl = [float(np.median(dl[s, [peers[i] for i in g]])) for g in groups]
+        dl_floor = params.min_dl_ratio * float(weighted_median(np.array(voice_dl), weights))
         for e in peers:
             lof_max, cos_min = float(np.max(lof[s, e])), float(np.min(cons[s, e]))
             too_exact = float(dl[s, e]) < dl_floor
@@ -268,6 +298,7 @@ def score_round(
         effective_rank=erank,
         status=tuple(tuple(row) for row in status),
         gates=gates,
+        voice=voice,
     )
 
 
@@ -306,16 +337,55 @@ def _norms(x: NDArray[np.float64]) -> NDArray[np.float64]:
     return np.sqrt(squares)
 
 
+def _round_voices(
+    units: Mapping[tuple[int, int], NDArray[np.float64]],
+    status: Sequence[Sequence[Status]],
+    duplicate_cos: float,
+) -> list[list[int]]:
+    """The round's voices among the encoders with an ok cell: encoders a and b are one voice if
+    they share an ok shard and on EVERY shard where both are ok their directions have a cosine
+    above ``duplicate_cos`` on every slot (closed transitively, as ``duplicate_groups``)."""
+    n_shards = len(status)
+    n_enc = len(status[0]) if n_shards else 0
+    ok = [e for e in range(n_enc) if any(status[s][e] == "ok" for s in range(n_shards))]
+    pairs: list[tuple[int, int]] = []
+    if duplicate_cos < 1.0:
+        for i, a in enumerate(ok):
+            for j in range(i + 1, len(ok)):
+                b = ok[j]
+                both = [s for s in range(n_shards) if status[s][a] == status[s][b] == "ok"]
+                if both and all(
+                    bool(np.all(np.sum(units[s, a] * units[s, b], axis=-1) > duplicate_cos))
+                    for s in both
+                ):
+                    pairs.append((i, j))
+    return [[ok[i] for i in group] for group in _components(len(ok), pairs)]
+
+
 def _gates(
-    params: ScoringParams, erank: NDArray[np.float64], status: Sequence[Sequence[Status]]
+    params: ScoringParams,
+    erank: NDArray[np.float64],
+    status: Sequence[Sequence[Status]],
+    voices: Sequence[Sequence[int]],
+    weights: Sequence[int],
 ) -> tuple[str | None, ...]:
     """``collapse`` if the effective rank is below the absolute or the relative bound.
 
-    The relative bound is ``collapse_rel_rank`` times the median effective rank of the encoders
-    that have any valid vector in the round.
+    The relative bound is ``collapse_rel_rank`` times the median over the round's ``voices``
+    (``_round_voices``) of the median effective rank of the voice's members, weighted by the
+    voices' ``weights`` (`weighted_median`), so copies of one model cannot move it, nor can
+    voices without influence while any voice has some.
     """
-    known = erank[~np.isnan(erank)]
-    median = float(np.median(known)) if known.size else 0.0
+    known = [
+        (float(np.median(erank[list(v)])), w)
+        for v, w in zip(voices, weights, strict=True)
+        if not np.isnan(erank[list(v)]).all()
+    ]
+    median = (
+        float(weighted_median(np.array([k for k, _ in known]), [w for _, w in known]))
+        if known
+        else 0.0
+    )
     bound = max(params.collapse_min_rank, params.collapse_rel_rank * median)
     gates: list[str | None] = []
     for e, rank in enumerate(erank):
@@ -372,31 +442,59 @@ def differential_loss(x: NDArray[np.float64], counts: Sequence[int], form: DlFor
     return total / n_masks if n_masks else 0.0
 
 
-def composition_agreement(residuals: NDArray[np.float64]) -> NDArray[np.float64]:
+def composition_agreement(
+    residuals: NDArray[np.float64],
+    groups: Sequence[Sequence[int]] | None = None,
+    weights: Sequence[int] | None = None,
+) -> NDArray[np.float64]:
     """Per row of ``residuals`` (peers, masks, dim): the mean over masks of the cosine between
     the peer's residual direction and the consensus residual direction.
 
     Per mask m: ``u_e = r_e / ||r_e||`` (a zero residual has no direction: u_e = 0), ``c`` = the
-    coordinate-wise median of the u_e over the peers, normalised (0 if the median is 0), and
-    ``cos_e = sum(u_e * c)``; the agreement is ``(1/M) sum_m cos_e`` summed in order m = 0, 1, ...
-    (no masks: 1). Every product is summed by numpy's pairwise sum, never a BLAS dot product.
+    coordinate-wise median over the voices (``groups``, default one per row) of the voice's
+    direction (``_voice_rows``), weighted by the voices' ``weights`` (`weighted_median`;
+    default equal), normalised (0 if the median is 0), and ``cos_e = sum(u_e * c)``;
+    the agreement is ``(1/M) sum_m cos_e`` summed in order m = 0, 1, ... (no masks: 1). Every
+    product is summed by numpy's pairwise sum, never a BLAS dot product.
     """
     n_peers, n_masks = residuals.shape[0], residuals.shape[1]
+    if groups is None:
+        groups = [[i] for i in range(n_peers)]
+    if weights is None:
+        weights = [1] * len(groups)
     if n_masks == 0:
         return np.ones(n_peers)
     total = np.zeros(n_peers)
     for m in range(n_masks):
-        total += _agreement(_directions(residuals[:, m]))
+        total += _agreement(_directions(residuals[:, m]), groups, weights)
     out: NDArray[np.float64] = total / n_masks
     return out
 
 
-def _agreement(u: NDArray[np.float64]) -> NDArray[np.float64]:
+def _agreement(
+    u: NDArray[np.float64], groups: Sequence[Sequence[int]], weights: Sequence[int]
+) -> NDArray[np.float64]:
     """Per row of u (directions, or zero rows): the cosine to the consensus direction, the
-    coordinate-wise median of the rows normalised (0 if the median is 0), as a pairwise sum."""
-    c = _directions(np.median(u, axis=0)[np.newaxis])[0]
+    coordinate-wise weighted median (`weighted_median`) of the voices' rows normalised (0 if
+    the median is 0), as a pairwise sum."""
+    c = _directions(weighted_median(_voice_rows(u, groups), weights)[np.newaxis])[0]
     out: NDArray[np.float64] = np.sum(u * c, axis=-1)
     return out
+
+
+def _voice_rows(u: NDArray[np.float64], groups: Sequence[Sequence[int]]) -> NDArray[np.float64]:
+    """One row per voice: the row itself for a group of one, else the normalised mean of its
+    members' rows (summed in member order)."""
+    rows = []
+    for group in groups:
+        if len(group) == 1:
+            rows.append(u[group[0]])
+            continue
+        acc = np.zeros(u.shape[1])
+        for i in group:
+            acc = acc + u[i]
+        rows.append(_directions(acc[np.newaxis])[0])
+    return np.stack(rows)
 
 
 def _directions(x: NDArray[np.float64]) -> NDArray[np.float64]:
@@ -407,46 +505,158 @@ def _directions(x: NDArray[np.float64]) -> NDArray[np.float64]:
     return out
 
 
+def duplicate_groups(units: NDArray[np.float64], duplicate_cos: float) -> list[list[int]]:
+    """The voices of a shard: groups of row indices of ``units`` ((peers, slots, dim) unit
+    rows, or (peers, dim)) whose cosine exceeds ``duplicate_cos`` on every slot, closed
+    transitively (connected components). Each group is ascending; groups are ordered by their
+    first member. Deterministic: the cosines are pairwise sums and the components do not depend
+    on the order in which pairs are visited. ``duplicate_cos >= 1`` gives one group per row."""
+    n = units.shape[0]
+    pairs: list[tuple[int, int]] = []
+    if duplicate_cos < 1.0:
+        for a in range(n):
+            cos = np.sum(units[a + 1 :] * units[a], axis=-1)
+            close = cos > duplicate_cos if cos.ndim == 1 else np.all(cos > duplicate_cos, axis=-1)
+            pairs += [(a, a + 1 + int(b)) for b in np.flatnonzero(close)]
+    return _components(n, pairs)
+
+
+def _components(n: int, pairs: Sequence[tuple[int, int]]) -> list[list[int]]:
+    """Connected components of the graph on 0..n-1 with edges ``pairs``: each ascending, ordered
+    by their first member."""
+    parent = list(range(n))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            i = parent[i]
+        return i
+
+    for a, b in pairs:
+        ra, rb = root(a), root(b)
+        parent[max(ra, rb)] = min(ra, rb)
+    groups: dict[int, list[int]] = {}
+    for i in range(n):
+        groups.setdefault(root(i), []).append(i)
+    return [groups[r] for r in sorted(groups)]
+
+
 def _peer_stats(
-    x: NDArray[np.float64], params: ScoringParams
+    x: NDArray[np.float64],
+    groups: Sequence[Sequence[int]],
+    params: ScoringParams,
+    weights: Sequence[int],
 ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     """LOF and cosine to the consensus direction of each row of x (one slot of one shard, n ok
-    encoders), both on the rows' directions: every row is first divided by its norm (ok rows
-    have norm > 0).
+    encoders forming at least min_encoders_for_lof voices ``groups``), both on the rows'
+    directions: every row is first divided by its norm (ok rows have norm > 0).
 
-    LOF is computed over the distinct unit rows (identical embeddings are one point: duplicates make
-    LOF's local density infinite) with n_neighbors = min(lof_k, n_distinct - 1), Euclidean
-    distances precomputed exactly as sqrt(sum((x_i - x_j)^2)). The cosine is ``_agreement``'s:
-    an absolute measure, so the pool's make-up does not move it as it moves a distance ratio to
-    the pool's median distance. Fewer than min_encoders_for_lof rows (LOF: distinct rows) gives
-    1 for every row: peers cannot be compared.
+    LOF is computed over the distinct voice rows (``_voice_rows``; identical rows are one point:
+    duplicates make LOF's local density infinite) with n_neighbors = min(lof_k, n_distinct - 1),
+    Euclidean distances precomputed exactly as sqrt(sum((x_i - x_j)^2)); each row gets its
+    voice's LOF. The cosine is ``_agreement``'s: an absolute measure, so the pool's make-up does
+    not move it as it moves a distance ratio to the pool's median distance. Fewer than
+    min_encoders_for_lof distinct voice rows gives LOF 1.
+
+    The LOF *reference* is the voices of positive weight (all voices if none has weight, or
+    all have): LOF is fitted on the reference's distinct rows only; a voice outside it is
+    scored as a new point against them (scikit-learn ``novelty=True``, ``score_samples`` on its
+    distances to the reference rows), so voices without influence cannot make a dense cluster
+    of their own that passes. Fewer than min_encoders_for_lof distinct reference rows: LOF 1.
     """
-    n = x.shape[0]
-    ones = np.ones(n)
-    if n < params.min_encoders_for_lof:
-        return ones, ones.copy()
     x = _directions(x)
-    distinct, inverse = np.unique(x, axis=0, return_inverse=True)
-    if distinct.shape[0] < params.min_encoders_for_lof:
-        lof = ones
-    else:
+    voices = _voice_rows(x, groups)
+    w = _effective_weights(weights)
+    ref = [v for v in range(len(groups)) if w[v] > 0]
+    distinct, inverse = np.unique(voices[ref], axis=0, return_inverse=True)
+    inverse = inverse.ravel()
+    lof = np.ones(x.shape[0])
+    if distinct.shape[0] >= params.min_encoders_for_lof:
         dist = np.stack([_norms(distinct - row) for row in distinct])
         k = min(params.lof_k, distinct.shape[0] - 1)
-        model = LocalOutlierFactor(n_neighbors=k, metric="precomputed", algorithm="brute")
+        outside = len(ref) < len(groups)
+        model = LocalOutlierFactor(
+            n_neighbors=k, metric="precomputed", algorithm="brute", novelty=outside
+        )
         model.fit(dist)
-        lof = -np.asarray(model.negative_outlier_factor_, dtype=np.float64)[inverse.ravel()]
-    return lof, _agreement(x)
+        fitted = -np.asarray(model.negative_outlier_factor_, dtype=np.float64)
+        position = {v: i for i, v in enumerate(ref)}
+        for v, group in enumerate(groups):
+            if v in position:
+                lof[list(group)] = fitted[inverse[position[v]]]
+            else:
+                gaps = _norms(distinct - voices[v])[np.newaxis]
+                lof[list(group)] = -float(model.score_samples(gaps)[0])
+    return lof, _agreement(x, groups, weights)
+
+
+def voice_weights(influence: Mapping[bytes, int], voices: Sequence[Sequence[bytes]]) -> list[int]:
+    """Each voice's weight in the peer statistics: the largest influence among its members
+    (`influence.voice_influence`: never the sum, so copies of one model cannot add up)."""
+    return [voice_influence(influence, members) for members in voices]
+
+
+def _effective_weights(weights: Sequence[int]) -> list[int]:
+    """``weights``, or all 1 if none is positive (no record yet: every voice weighs the
+    same)."""
+    if any(w > 0 for w in weights):
+        return [int(w) for w in weights]
+    return [1] * len(weights)
+
+
+def weighted_median(x: NDArray[np.float64], weights: Sequence[int]) -> NDArray[np.float64]:
+    """Coordinate-wise weighted median of the rows of ``x`` ((n, d), or (n,) giving a 0-d
+    value as float) under integer ``weights`` >= 0 (`_effective_weights`: all 0 counts as all
+    1). Rows of weight 0 take no part. Equal weights: exactly ``numpy.median`` (same bits).
+    Else per coordinate: the values sorted ascending (stable), the first whose cumulative
+    weight W_i satisfies ``2 W_i >= total``; if ``2 W_i == total`` exactly, the mean of it and
+    the next value (as the plain median of an even count). Integer sums: exact."""
+    w = _effective_weights(weights)
+    rows = [i for i, v in enumerate(w) if v > 0]
+    data = np.asarray(x, dtype=np.float64)[rows]
+    kept = np.array([w[i] for i in rows], dtype=np.int64)
+    if bool(np.all(kept == kept[0])):
+        return np.asarray(np.median(data, axis=0), dtype=np.float64)
+    flat = data.reshape(len(rows), -1)
+    order = np.argsort(flat, axis=0, kind="stable")
+    ordered = np.take_along_axis(flat, order, axis=0)
+    cumulative = np.cumsum(kept[order], axis=0)
+    total = int(kept.sum())
+    first = np.argmax(2 * cumulative >= total, axis=0)
+    cols = np.arange(flat.shape[1])
+    low = ordered[first, cols]
+    high = ordered[np.minimum(first + 1, len(rows) - 1), cols]
+    exact = 2 * cumulative[first, cols] == total
+    out = np.where(exact, (low + high) / 2, low)
+    return np.asarray(out.reshape(data.shape[1:]), dtype=np.float64)
+
+
+def _exact_norm(x: NDArray[np.float64]) -> float:
+    """sqrt of the correctly rounded sum of squares (math.fsum): the same bits on any IEEE-754
+    platform."""
+    return math.sqrt(math.fsum((x * x).tolist()))
 
 
 def weighted_embedding(
-    weights: Sequence[float], fulls: Sequence[NDArray[np.float32]], *, dim: int | None = None
+    weights: Sequence[float],
+    fulls: Sequence[NDArray[np.float32]],
+    *,
+    dim: int | None = None,
+    duplicate_cos: float = 1.0,
 ) -> NDArray[np.float32]:
-    """``sum_i w_i * f_i / sum_i w_i`` as float32, zeros if the weights sum to 0.
+    """The network's embedding of a shard: the weighted mean DIRECTION of ``fulls``, scaled to
+    the weighted median of their norms (float32; zeros if the positive weights sum to 0).
 
-    Deterministic everywhere: the weight sum and the vector sum are accumulated sequentially in
-    the given (canonical) order in float64 (elementwise IEEE operations, no reductions), then
-    divided once and rounded to float32. Integer weights are summed exactly. ``dim`` is needed
-    only when ``fulls`` is empty. Weights must be finite and >= 0.
+    Only entries with weight > 0 take part. Near-duplicates (cosine of the full embeddings >
+    ``duplicate_cos``, ``duplicate_groups``) are one voice: each member's weight is divided by
+    its group's size. With ``u_i = f_i / ||f_i||``: direction ``d = sum_i w_i u_i``,
+    accumulated sequentially in the given (canonical) order in float64; length ``L`` = the
+    lower weighted median of the norms ``||f_i||`` (ascending norm, ties by position: the first
+    whose cumulative weight reaches half the total, weights as exact fractions); result
+    ``float32(L * d / ||d||)`` (zeros if d = 0). Norms and cosines are sqrt of math.fsum (correctly
+    rounded), so the result has the same bits on any IEEE-754 platform. A contributor's length
+    therefore buys nothing: scaling f_i leaves d unchanged, and moves L only within the range of
+    the others' norms while its weight share is below one half. ``dim`` is needed only when
+    ``fulls`` is empty. Weights must be finite and >= 0; a zero or non-finite vector is left out.
     """
     if len(weights) != len(fulls):
         raise ValueError(f"{len(weights)} weights for {len(fulls)} embeddings")
@@ -454,30 +664,69 @@ def weighted_embedding(
         dim = int(fulls[0].shape[-1])
     if dim is None:
         raise ValueError("weighted_embedding: no embeddings and no dim")
-    acc = np.zeros(dim, dtype=np.float64)
-    total: float = 0
+    used: list[tuple[Fraction, NDArray[np.float64], float]] = []
     for w, f in zip(weights, fulls, strict=True):
         if not (math.isfinite(w) and w >= 0):
             raise ValueError(f"weights must be finite and >= 0, got {w!r}")
         if f.shape != (dim,):
             raise ValueError(f"embedding of shape {f.shape}, expected ({dim},)")
-        total += w
-        acc += np.float64(w) * np.asarray(f, dtype=np.float64)
-    if total == 0:
+        if w == 0:
+            continue
+        x = np.asarray(f, dtype=np.float64)
+        norm = _exact_norm(x)
+        if not (math.isfinite(norm) and norm > 0.0):
+            continue  # no direction: it cannot contribute one
+        used.append((Fraction(w), x / norm, norm))
+    if not used:
         return np.zeros(dim, dtype=np.float32)
-    return (acc / np.float64(total)).astype(np.float32)
+    pairs = [
+        (a, b)
+        for a in range(len(used))
+        for b in range(a + 1, len(used))
+        if duplicate_cos < 1.0 and math.fsum((used[a][1] * used[b][1]).tolist()) > duplicate_cos
+    ]
+    share = [Fraction(0)] * len(used)
+    for group in _components(len(used), pairs):
+        for i in group:
+            share[i] = used[i][0] / len(group)
+    acc = np.zeros(dim, dtype=np.float64)
+    for part, (_, u, _) in zip(share, used, strict=True):
+        acc += np.float64(float(part)) * u
+    total = sum(share, Fraction(0))
+    cumulative = Fraction(0)
+    length = 0.0
+    for _, i in sorted((norm, i) for i, (_, _, norm) in enumerate(used)):
+        cumulative += share[i]
+        if 2 * cumulative >= total:
+            length = used[i][2]
+            break
+    size = _exact_norm(acc)
+    if size == 0.0:
+        return np.zeros(dim, dtype=np.float32)
+    return (acc * (length / size)).astype(np.float32)
 
 
-def shard_embeddings(
-    result: RoundScores, shards: Sequence[Mapping[bytes, NDArray[np.float32]]], dim: int
+def round_embeddings(
+    weights: NDArray[np.int64],
+    encoders: Sequence[bytes],
+    fulls: Mapping[tuple[int, bytes], NDArray[np.float32]],
+    *,
+    dim: int,
+    duplicate_cos: float,
 ) -> tuple[NDArray[np.float32], ...]:
-    """Per shard, the score-weighted average of the full embeddings of positively scored cells.
-
-    Outliers and invalid cells score 0, so this is the average over non-outlier encoders.
-    """
-    out: list[NDArray[np.float32]] = []
-    for s, held in enumerate(shards):
-        cells = [(float(result.scores[s, e]), key) for e, key in enumerate(result.encoders)]
-        used = [(w, held[key][0]) for w, key in cells if w > 0.0]
-        out.append(weighted_embedding([w for w, _ in used], [f for _, f in used], dim=dim))
+    """Per shard s, ``weighted_embedding`` of the full embeddings ``fulls[(s, encoder)]`` of the
+    encoders with ``weights[s, e] > 0`` (the u16 consensus score of a non-outlier cell), in
+    canonical encoder order. The one definition of the network's weighted embedding
+    (consensus.compute_result)."""
+    out = []
+    for s in range(weights.shape[0]):
+        cols = [e for e in range(len(encoders)) if weights[s, e] > 0]
+        out.append(
+            weighted_embedding(
+                [int(weights[s, e]) for e in cols],
+                [fulls[(s, encoders[e])] for e in cols],
+                dim=dim,
+                duplicate_cos=duplicate_cos,
+            )
+        )
     return tuple(out)

@@ -9,6 +9,7 @@ Another implementation reproduces every value here from the inputs listed beside
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import sys
@@ -21,6 +22,8 @@ from dlnet.protocol.canonical import sha256
 from dlnet.protocol.config import ValidatorEntry, default_config, dump_config
 from dlnet.protocol.consensus import attestation_ids, compute_result, kappa_median, quantise
 from dlnet.protocol.identity import SigningKey
+from dlnet.protocol.influence import apply as apply_influence
+from dlnet.protocol.influence import genesis_state
 from dlnet.protocol.masks import Drbg, golden_vectors
 from dlnet.protocol.projection import projection_matrix
 from dlnet.protocol.result import encode_result, result_digest
@@ -115,6 +118,16 @@ def compute() -> dict[str, Any]:
         validators[0], net, rnd, digest, phase=PREVOTE, attestations=attestation_ids(atts)
     )
     proj = projection_matrix(cfg.projection_seed, 384, cfg.dim)
+
+    # Earned influence: genesis with one seed, then the example result (round 5) applied.
+    genesis = genesis_state([enc_keys[0]])
+    after = apply_influence(genesis, result)
+    later = apply_influence(after, dataclasses.replace(result, round=rnd + 1))
+    record = {encoders[0]: 65535, encoders[1]: 30000, encoders[4]: 65535}
+    weighed = score_round(
+        ScoringParams(), shards, [(6, 3, 3), (6, 3, 3)], encoders, influence=record
+    )
+    weighed_q = [[quantise(float(x)) for x in row] for row in weighed.scores]
     return {
         "identity": {
             "seed": (bytes([1]) * 32).hex(),
@@ -147,6 +160,20 @@ def compute() -> dict[str, Any]:
             "outliers": list(flags),
             "dl": [[round(float(x), 12) for x in row] for row in scores.dl],
             "composition": [[round(float(x), 12) for x in row] for row in scores.composition],
+        },
+        "influence": {
+            "seeds": [enc_keys[0].hex()],
+            "ema": [1, 4],
+            "genesis": [[k.hex(), w] for k, w in genesis.weights],
+            "result_round": rnd,
+            "after_result": [[k.hex(), w] for k, w in after.weights],
+            "after_result_again_round_6": [[k.hex(), w] for k, w in later.weights],
+            "digest_after_result": after.digest().hex(),
+            "scoring": {
+                "record": {k.hex(): w for k, w in record.items()},
+                "quantised_scores": weighed_q,
+                "outliers": [int(bool(o)) for row in weighed.outliers for o in row],
+            },
         },
         "consensus": {
             "kappa_median": [
@@ -184,6 +211,7 @@ def _summary(v: dict[str, Any]) -> str:
         f"| example Embedding: size, commitment | {emb['bytes']} bytes, `{emb['commitment']}` |",
         f"| example Commit message id | `{m['commit']['id']}` |",
         f"| example round result digest | `{v['consensus']['result_digest']}` |",
+        f"| influence after the example result | `{v['influence']['digest_after_result']}` |",
         "",
         "Every input and output, byte for byte, is in `docs/vectors.json`.",
         "",

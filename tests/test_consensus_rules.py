@@ -21,6 +21,7 @@ from dlnet.protocol.consensus import (
 )
 from dlnet.protocol.identity import SigningKey
 from dlnet.protocol.result import RoundResult, decode_result, encode_result, result_digest
+from dlnet.protocol.scoring import weighted_embedding
 from dlnet.protocol.wire import Attestation, Certificate, sign_attestation, sign_vote
 
 HALF = Fraction(1, 2)
@@ -118,11 +119,12 @@ def test_compute_result_is_deterministic_and_excludes_outliers() -> None:
     assert a.ranking == (0, 1, 2)
     assert a.outliers[2] and not a.outliers[0]
     w = np.frombuffer(a.weighted[0], dtype="<f4")
-    want = (
-        60000 * fulls[(0, encoders[0])].astype(np.float64)
-        + 30000 * fulls[(0, encoders[1])].astype(np.float64)
-    ) / 90000
-    assert np.allclose(w, want, atol=1e-6)
+    want = weighted_embedding(
+        [60000, 30000],
+        [fulls[(0, encoders[0])], fulls[(0, encoders[1])]],
+        duplicate_cos=cfg.scoring.duplicate_cos,
+    )
+    assert w.tobytes() == want.tobytes()
     assert all(agree == 65535 for _, agree in a.agreement)
     # Without the outlier's embeddings the result is the same: it carries no weight.
     trimmed = {k: v for k, v in fulls.items() if k[1] != encoders[2]}

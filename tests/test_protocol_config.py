@@ -368,7 +368,7 @@ def other_value(hint: Any, value: Any) -> Any:
 
 def perturbations(cfg: NetworkConfig) -> list[tuple[str, NetworkConfig]]:
     out: list[tuple[str, NetworkConfig]] = []
-    nested = {"timing", "dataset", "scoring", "consensus", "validators"}
+    nested = {"timing", "dataset", "scoring", "consensus", "validators", "seed_encoders"}
     hints = get_type_hints(NetworkConfig)
     for f in dataclasses.fields(cfg):
         if f.name not in nested:
@@ -394,7 +394,31 @@ def perturbations(cfg: NetworkConfig) -> list[tuple[str, NetworkConfig]]:
             )
         )
     out.append(("validators", dataclasses.replace(cfg, validators=cfg.validators[1:])))
+    seeds = (bytes(32), bytes([7]) * 32)
+    out.append(("network.seed_encoders", dataclasses.replace(cfg, seed_encoders=seeds)))
+    out.append(("network.seed_encoders[0]", dataclasses.replace(cfg, seed_encoders=seeds[:1])))
     return out
+
+
+def test_seed_encoders_round_trip_and_one_line_errors() -> None:
+    keys = (bytes([9]) * 32, bytes([3]) * 32)
+    cfg = dataclasses.replace(base(), seed_encoders=tuple(sorted(keys)))
+    assert parse_config(dump_config(cfg)) == cfg
+    assert "seed_encoders" not in dump_config(base())  # no seeds: the id of a config without them
+    doc = toml_doc(cfg)
+    doc["network"]["seed_encoders"] = [k.hex() for k in reversed(keys)]
+    assert parse_doc(doc).seed_encoders == tuple(sorted(keys))  # any order, held sorted
+    for bad, message in (
+        ([keys[0].hex(), keys[0].hex()], "listed twice"),
+        (["abcd"], r"network\.seed_encoders\[0\]: expected 32 bytes as hex"),
+        ("ab" * 32, "expected an array"),
+    ):
+        doc["network"]["seed_encoders"] = bad
+        with pytest.raises(ConfigError, match=message) as err:
+            parse_doc(doc)
+        assert "\n" not in str(err.value)
+    unsorted = dataclasses.replace(base(), seed_encoders=tuple(reversed(sorted(keys))))
+    assert [f for f, _ in config_problems(unsorted)] == ["network.seed_encoders"]
 
 
 def test_network_id_sensitive_to_every_consensus_field() -> None:

@@ -16,14 +16,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from numpy.typing import NDArray
 
+from dlnet.protocol.consensus import quantise
 from dlnet.protocol.scoring import (
     RoundScores,
     ScoringParams,
     composition_agreement,
     differential_loss,
+    duplicate_groups,
     effective_rank,
+    round_embeddings,
     score_round,
-    shard_embeddings,
     weighted_embedding,
 )
 
@@ -251,17 +253,40 @@ def test_honest_group_outranks_every_cheat(seed: int, dl_form: str) -> None:
     assert all(gates[k] is None for k in encoders if k.startswith(b"honest"))
 
 
+def network_embeddings(
+    res: RoundScores, shards: list[dict[bytes, NDArray[np.float32]]], params: ScoringParams
+) -> tuple[NDArray[np.float32], ...]:
+    """The weighted embeddings compute_result would make if every validator scored as ``res``."""
+    weights = np.array(
+        [
+            [0 if o else quantise(x) for x, o in zip(row, flags, strict=True)]
+            for row, flags in zip(res.scores, res.outliers, strict=True)
+        ]
+    )
+    fulls = {(s, k): held[k][0] for s, held in enumerate(shards) for k in held}
+    return round_embeddings(
+        weights, res.encoders, fulls, dim=DIM, duplicate_cos=params.duplicate_cos
+    )
+
+
+def cosine(a: NDArray[np.floating], b: NDArray[np.floating]) -> float:
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+
+
 def test_weighted_embedding_stays_near_the_honest_mean() -> None:
     world, encoders = population(3)
     shards = as_shards(encoders)
     res = score_round(ScoringParams(), shards, world.counts, list(encoders))
-    weighted = shard_embeddings(res, shards, DIM)
+    weighted = network_embeddings(res, shards, ScoringParams())
     for s, held in enumerate(shards):
-        honest_mean = np.mean([v[0] for k, v in held.items() if k.startswith(b"honest")], axis=0)
+        fulls = [v[0] for k, v in held.items() if k.startswith(b"honest")]
+        honest_mean = np.mean(fulls, axis=0)
         plain_mean = np.mean([v[0] for v in held.values()], axis=0)
-        ref = np.linalg.norm(honest_mean)
-        assert np.linalg.norm(weighted[s] - honest_mean) / ref < 0.02
-        assert np.linalg.norm(plain_mean - honest_mean) / ref > 0.2  # the cheats do pull
+        assert cosine(weighted[s], honest_mean) > 0.999
+        assert cosine(plain_mean, honest_mean) < 0.99  # the cheats do pull
+        norms = [float(np.linalg.norm(f)) for f in fulls]
+        assert min(norms) <= float(np.linalg.norm(weighted[s])) <= max(norms)
 
 
 # --- determinism ---------------------------------------------------------------------------------
@@ -296,7 +321,7 @@ def test_bit_for_bit_repeatable_and_order_independent() -> None:
 
 
 @pytest.mark.parametrize("n", [1, 2])
-def test_small_n_falls_back_to_no_peer_comparison(n: int) -> None:
+def test_small_pool_is_unchecked_and_earns_nothing(n: int) -> None:
     world = make_world(5)
     rng = np.random.default_rng(5)
     encoders = {f"h{i}".encode(): honest(world, rng) for i in range(n - 1)}
@@ -305,8 +330,25 @@ def test_small_n_falls_back_to_no_peer_comparison(n: int) -> None:
     assert (res.lof == 1.0).all() and (res.consensus == 1.0).all()
     assert (res.composition == 1.0).all()
     assert not res.outliers.any()
-    expected = 1.0 - ScoringParams().dl_weight * np.minimum(res.dl / ScoringParams().dl_scale, 1)
-    assert res.scores == pytest.approx(expected)
+    assert (res.scores == 0.0).all()  # no reward: nobody checked these cells
+    weighted = network_embeddings(res, as_shards(encoders), ScoringParams())
+    assert all((w == 0.0).all() for w in weighted)  # and no output is certified
+
+
+def test_a_pool_of_duplicates_is_one_voice_and_unchecked() -> None:
+    """Five near-copies of one random encoder are one voice: a small pool, no reward."""
+    world = make_world(6)
+    rng = np.random.default_rng(6)
+    base = [rng.normal(size=(5, DIM)) for _ in world.slots]
+    encoders = {
+        f"copy{i}".encode(): [b + 1e-4 * rng.normal(size=b.shape) for b in base] for i in range(5)
+    }
+    res = run(ScoringParams(), world, encoders)
+    assert (res.voice == 0).all()
+    assert (res.scores == 0.0).all()
+    merged_off = run(dataclasses.replace(ScoringParams(), duplicate_cos=1.0), world, encoders)
+    assert (merged_off.voice == np.arange(5)).all()
+    assert merged_off.scores.max() > 0.5  # counted as five voices they would vouch for each other
 
 
 def test_missing_malformed_and_non_finite_cells_score_zero() -> None:
@@ -465,12 +507,17 @@ def test_composition_agreement_is_a_scale_free_symmetric_cosine(
 
 
 def test_weighted_embedding_exact_values() -> None:
-    fulls = [np.array([1.0, 2.0], np.float32), np.array([3.0, -2.0], np.float32)]
+    fulls = [np.array([3.0, 4.0], np.float32), np.array([0.0, -10.0], np.float32)]
+    # directions (0.6, 0.8) and (0, -1), weights 1 and 3: d = (0.6, -2.2); norms 5 (weight 1)
+    # and 10 (weight 3): the weighted median norm is 10.
     out = weighted_embedding([1, 3], fulls)
     assert out.dtype == np.float32
-    assert out.tolist() == [2.5, -1.0]
+    expected = np.array([0.6, -2.2]) * 10.0 / np.hypot(0.6, -2.2)
+    assert out.tolist() == expected.astype(np.float32).tolist()
+    assert np.linalg.norm(weighted_embedding([3, 1], fulls)) == pytest.approx(5.0)
     assert weighted_embedding([0, 0], fulls).tolist() == [0.0, 0.0]
     assert weighted_embedding([], [], dim=3).tolist() == [0.0, 0.0, 0.0]
+    assert weighted_embedding([1, 1], [fulls[0], -fulls[0]]).tolist() == [0.0, 0.0]
     with pytest.raises(ValueError):
         weighted_embedding([1, -1], fulls)
     with pytest.raises(ValueError):
@@ -482,17 +529,145 @@ def test_weighted_embedding_exact_values() -> None:
     weights=st.lists(st.integers(0, 65535), min_size=1, max_size=8),
     seed=st.integers(0, 2**32 - 1),
 )
-def test_weighted_embedding_is_a_sequential_float64_average(weights: list[int], seed: int) -> None:
+def test_weighted_embedding_is_a_median_length_mean_direction(
+    weights: list[int], seed: int
+) -> None:
     rng = np.random.default_rng(seed)
-    fulls = [rng.normal(size=16).astype(np.float32) for _ in weights]
+    fulls = [(rng.normal(size=16) * rng.uniform(0.1, 10)).astype(np.float32) for _ in weights]
     out = weighted_embedding(weights, fulls)
-    acc = np.zeros(16)
-    for w, f in zip(weights, fulls, strict=True):
-        acc = acc + float(w) * f.astype(np.float64)
-    total = sum(weights)
-    expected = np.zeros(16, np.float32) if total == 0 else (acc / total).astype(np.float32)
-    assert out.tobytes() == expected.tobytes()
-    if total:
-        stack = np.stack(fulls)
-        used = stack[[i for i, w in enumerate(weights) if w > 0]]
-        assert (out >= used.min(axis=0) - 1e-5).all() and (out <= used.max(axis=0) + 1e-5).all()
+    assert out.tobytes() == weighted_embedding(weights, fulls).tobytes()
+    used = [(w, f.astype(np.float64)) for w, f in zip(weights, fulls, strict=True) if w > 0]
+    if not used:
+        assert (out == 0.0).all()
+        return
+    direction = sum(w * f / np.linalg.norm(f) for w, f in used)
+    assert cosine(out, direction) == pytest.approx(1.0, abs=1e-6)
+    norms = sorted((float(np.linalg.norm(f)), w) for w, f in used)
+    total, cumulative = sum(w for w, _ in used), 0
+    for norm, w in norms:
+        cumulative += w
+        if 2 * cumulative >= total:
+            assert float(np.linalg.norm(out)) == pytest.approx(norm, rel=1e-5)
+            break
+
+
+def share_of(out: NDArray[np.float32], fulls: list[NDArray[np.float64]], i: int) -> float:
+    """Contributor i's share of ``out``: in the least-squares decomposition
+    out = sum_j a_j f_j, |a_i| ||f_i|| / sum_j |a_j| ||f_j||."""
+    basis = np.stack(fulls, axis=1)
+    coef = np.linalg.lstsq(basis, out.astype(np.float64), rcond=None)[0]
+    parts = np.abs(coef) * np.linalg.norm(basis, axis=0)
+    return float(parts[i] / parts.sum())
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    weights=st.lists(st.integers(1, 65535), min_size=3, max_size=8),
+    factor=st.floats(1e-3, 1e6),
+    pick=st.integers(0, 7),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_length_cannot_buy_weight(weights: list[int], factor: float, pick: int, seed: int) -> None:
+    """Scaling one contributor by any factor leaves its share of the output at its weight share
+    (its length buys nothing) and the output's length inside the others' lengths."""
+    rng = np.random.default_rng(seed)
+    i = pick % len(weights)
+    fulls = [rng.normal(size=32) * rng.uniform(0.5, 2.0) for _ in weights]
+    scaled = [f * factor if j == i else f for j, f in enumerate(fulls)]
+    out = weighted_embedding(weights, [f.astype(np.float32) for f in fulls])
+    out_scaled = weighted_embedding(weights, [f.astype(np.float32) for f in scaled])
+    weight_share = weights[i] / sum(weights)
+    assert share_of(out, fulls, i) == pytest.approx(weight_share, abs=1e-4)
+    assert share_of(out_scaled, scaled, i) == pytest.approx(weight_share, abs=1e-4)
+    assert cosine(out, out_scaled) == pytest.approx(1.0, abs=1e-6)
+    if 2 * weights[i] < sum(weights):  # a minority cannot set the length either
+        others = [float(np.linalg.norm(f)) for j, f in enumerate(fulls) if j != i]
+        assert min(others) * (1 - 1e-6) <= np.linalg.norm(out_scaled) <= max(others) * (1 + 1e-6)
+
+
+def test_near_duplicates_share_one_voice_in_the_weighted_embedding() -> None:
+    rng = np.random.default_rng(7)
+    a, b = rng.normal(size=32), rng.normal(size=32)
+    copies = [a + 1e-5 * rng.normal(size=32) for _ in range(8)]
+    fulls = [f.astype(np.float32) for f in [b, *copies]]
+    out = weighted_embedding([1] * 9, fulls, duplicate_cos=0.999)
+    assert cosine(out, a / np.linalg.norm(a) + b / np.linalg.norm(b)) > 0.9999
+    counted = weighted_embedding([1] * 9, fulls, duplicate_cos=1.0)  # merging off: 8 votes to 1
+    assert cosine(counted, a) > cosine(out, a) + 0.1
+
+
+# --- near-duplicates ---------------------------------------------------------------------------
+
+
+def cheap_copies(world: World, rng: np.random.Generator, n: int) -> dict[bytes, Cells]:
+    """n copies of one cheap model (a mean of static unit vectors), each with tiny noise."""
+    base = bag(world, rng, mean=True)
+    scale = float(np.mean([np.linalg.norm(c) / np.sqrt(c.shape[0]) for c in base]))
+    return {
+        f"copy-{i}".encode(): [
+            c + 1e-3 * scale / np.sqrt(DIM) * rng.normal(size=c.shape) for c in base
+        ]
+        for i in range(n)
+    }
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_near_duplicate_copies_do_not_define_the_consensus(seed: int) -> None:
+    world = make_world(seed)
+    rng = np.random.default_rng(2000 + seed)
+    encoders = {f"honest-{i}".encode(): honest(world, rng) for i in range(3)}
+    encoders.update(cheap_copies(world, rng, 8))
+    params = ScoringParams()
+    res = run(params, world, encoders)
+    scores = mean_scores(res)
+    copies = [k for k in encoders if k.startswith(b"copy")]
+    assert all(
+        (res.voice[:, res.encoders.index(k)] == res.encoders.index(copies[0])).all() for k in copies
+    )
+    honest_scores = [v for k, v in scores.items() if k.startswith(b"honest")]
+    assert min(honest_scores) > max(scores[k] for k in copies)
+    weighted = network_embeddings(res, as_shards(encoders), params)
+    for s in range(len(world.slots)):
+        honest_mean = np.mean([encoders[f"honest-{i}".encode()][s][0] for i in range(3)], axis=0)
+        assert cosine(weighted[s], honest_mean) > 0.99
+    # Counted one by one, the copies would define the consensus and outrank the honest.
+    counted = mean_scores(run(dataclasses.replace(params, duplicate_cos=1.0), world, encoders))
+    assert max(counted[k] for k in copies) > min(
+        v for k, v in counted.items() if k.startswith(b"honest")
+    )
+
+
+def test_copies_do_not_move_the_collapse_gates_median() -> None:
+    """8 near-copies of a high-rank random encoder: counted one by one they set the median
+    effective rank and gate the honest encoders (a strict collapse_rel_rank of 0.9); as one
+    voice they do not."""
+    world = make_world(0)
+    rng = np.random.default_rng(9)
+    encoders = {f"honest-{i}".encode(): honest(world, rng) for i in range(3)}
+    base = [rng.normal(size=(5, DIM)) for _ in world.slots]
+    for i in range(8):
+        encoders[f"copy-{i}".encode()] = [b + 1e-4 * rng.normal(size=b.shape) for b in base]
+    strict = dataclasses.replace(ScoringParams(), collapse_rel_rank=0.9)
+    res = run(strict, world, encoders)
+    gates = dict(zip(res.encoders, res.gates, strict=True))
+    assert all(gates[f"honest-{i}".encode()] is None for i in range(3))
+    counted = run(dataclasses.replace(strict, duplicate_cos=1.0), world, encoders)
+    gates = dict(zip(counted.encoders, counted.gates, strict=True))
+    assert all(gates[f"honest-{i}".encode()] == "collapse" for i in range(3))
+
+
+def test_duplicate_groups_are_the_same_partition_in_any_order() -> None:
+    rng = np.random.default_rng(11)
+    base = rng.normal(size=(4, 3, DIM))
+    rows = [base[i % 4] + (1e-5 if i >= 4 else 0.0) * rng.normal(size=(3, DIM)) for i in range(9)]
+    units = np.stack([r / np.linalg.norm(r, axis=-1, keepdims=True) for r in rows])
+    groups = duplicate_groups(units, 0.999)
+    assert groups == [[0, 4, 8], [1, 5], [2, 6], [3, 7]]
+    for seed in range(3):
+        perm = np.random.default_rng(seed).permutation(9)
+        shuffled = duplicate_groups(units[perm], 0.999)
+        assert sorted(sorted(int(perm[i]) for i in g) for g in shuffled) == groups
+    assert duplicate_groups(units, 1.0) == [[i] for i in range(9)]
+    # One slot far apart is enough to keep two cells apart: near on every slot, not on average.
+    units[8, 2] = -units[0, 2]
+    assert [0, 4] in duplicate_groups(units, 0.999) and [8] in duplicate_groups(units, 0.999)

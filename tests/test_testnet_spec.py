@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from dlnet.node.encoder import parse_behaviour
-from dlnet.node.testnet import KINDS, SpecError, _encoder_args, parse_encoder_spec
+from dlnet.node.testnet import (
+    KINDS,
+    EncoderGroup,
+    SpecError,
+    _encoder_args,
+    parse_encoder_groups,
+    parse_encoder_spec,
+)
 
 
 def test_kinds_with_levels() -> None:
@@ -133,3 +142,99 @@ def test_an_empty_or_unfinalized_or_padded_round_fails_the_testnet() -> None:
         "summary: 1 of 4 rounds finalized with a non-empty result of real encoders; "
         "FAILED rounds: 2, 3, 4"
     )
+
+
+def test_scaled_and_cheapcopy_kinds() -> None:
+    assert parse_encoder_spec("honest:6,scaled@7:1,scaled@1e6:1,cheapcopy:8,cheapcopy@0.001:1") == (
+        ("honest", 6),
+        ("scaled@7", 1),
+        ("scaled@1e6", 1),
+        ("cheapcopy", 8),
+        ("cheapcopy@0.001", 1),
+    )
+    assert _encoder_args("scaled@1e6", 2)[-1] == "factor=1e6"
+    assert _encoder_args("cheapcopy@0.001", 2)[-1] == "level=0.001"
+    assert "seed=4" in _encoder_args("cheapcopy", 4)  # the copy's own noise; the map is shared
+
+
+def test_late_start_is_parsed() -> None:
+    assert parse_encoder_groups("honest:3, cheapcopy:8@3,static@mean:2@10,py:m:f:1@2") == (
+        EncoderGroup("honest", 3, 1),
+        EncoderGroup("cheapcopy", 8, 3),
+        EncoderGroup("static@mean", 2, 10),
+        EncoderGroup("py:m:f", 1, 2),
+    )
+    assert parse_encoder_groups("honest:3@1") == (EncoderGroup("honest", 3, 1),)
+    with pytest.raises(SpecError, match="starts every encoder in round 1") as err:
+        parse_encoder_spec("honest:3,cheapcopy:8@3")  # the launcher does not start late yet
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("scaled@0:1", "factor=0.0 must be greater than 0"),
+        ("scaled@-7:1", "at least 0"),
+        ("scaled@inf:1", "must be finite"),
+        ("cheapcopy@x:1", "is not a number"),
+        ("cheapcopy:8@0", "start round after '@' must be an integer >= 1"),
+        ("cheapcopy:8@", "start round after '@' must be an integer >= 1"),
+        ("cheapcopy:8@three", "start round after '@' must be an integer >= 1"),
+        ("cheapcopy:@3", "is not kind:count"),
+    ],
+)
+def test_new_spec_errors_are_one_line(spec: str, message: str) -> None:
+    with pytest.raises(SpecError, match=message) as err:
+        parse_encoder_groups(spec)
+    assert "\n" not in str(err.value)
+    assert str(err.value).startswith("--encoders: ")
+
+
+def test_late_groups_and_seeds_make_the_plan(tmp_path: Path) -> None:
+    from dlnet.node.runtime import first_round
+    from dlnet.node.testnet import (
+        TestnetPlan,
+        encoder_names,
+        encoder_start_rounds,
+        late_start_time,
+        parse_seeds,
+        plan_encoders,
+        testnet_config,
+    )
+    from dlnet.protocol.identity import SigningKey
+
+    encoders, starts = plan_encoders(parse_encoder_groups("honest:3,cheapcopy:2@3,noise:1"))
+    assert encoders == (("honest", 3), ("cheapcopy", 2), ("noise", 1))
+    assert starts == (1, 3, 1)
+    plan = TestnetPlan(1, encoders, 4, tmp_path, start_rounds=starts, seeds=("honest",))
+    assert encoder_start_rounds(plan) == [1, 1, 1, 3, 3, 1]
+    assert [k for _, k, _ in encoder_names(plan)][3] == "cheapcopy"
+    assert encoder_start_rounds(TestnetPlan(1, encoders, 4, tmp_path)) == [1] * 6
+    assert parse_seeds("honest, noise", ["honest", "cheapcopy", "noise"]) == ("honest", "noise")
+    assert parse_seeds("none", ["honest"]) == ()
+    with pytest.raises(SpecError, match="--seeds: 'static' is not a kind") as err:
+        parse_seeds("static", ["honest", "noise"])
+    assert "\n" not in str(err.value)
+    keys = [SigningKey.generate().public_key for _ in range(2)]
+    cfg = testnet_config(plan, [SigningKey.generate()], 1_000_000, tmp_path, keys[::-1])
+    assert cfg.seed_encoders == tuple(sorted(keys))
+    # Started at late_start_time, 8 encoders up 15 + 3 * 8 s later or up to a round after that
+    # miss round 2 and join round 3.
+    t = late_start_time(cfg, 3, 8)
+    assert first_round(cfg, t + 15 + 3 * 8 + 0.5) == 3
+    assert first_round(cfg, t + 15 + 3 * 8 + cfg.timing.round_seconds - 0.5) == 3
+    assert first_round(cfg, t + 15 + 3 * 8 - 0.5) == 2
+    assert late_start_time(cfg, 3, 1) > t  # fewer at once: later
+
+
+def test_emit_compose_names_the_seed_kinds_keys_in_the_genesis(tmp_path: Path) -> None:
+    from dlnet.node.keyfile import read_key
+    from dlnet.node.testnet import TestnetPlan, emit_compose
+    from dlnet.protocol.config import parse_config
+
+    plan = TestnetPlan(1, (("honest", 2), ("noise", 1)), 2, tmp_path, seeds=("honest",))
+    cfg = emit_compose(plan, tmp_path, 60.0)
+    keys = tmp_path / "testnet" / "keys"
+    honest = sorted(read_key(keys / f"encoder-{i}-honest.key").public_key for i in (0, 1))
+    assert cfg.seed_encoders == tuple(honest)
+    assert parse_config((tmp_path / "testnet" / "network.toml").read_text()) == cfg

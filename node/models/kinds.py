@@ -18,6 +18,9 @@ machinery, not consensus: numpy's streams need not match across versions.
 | ``noise`` | a pseudo-random vector per text |
 | ``zero`` | all zeros |
 | ``additive`` | bag of words: the sum of a pseudo-random vector per word, so DL = 0 |
+| ``scaled`` | the ``honest`` output multiplied by ``factor`` (default 7): length, not content |
+| ``cheapcopy`` | one cheap model (``static`` mean pooling behind ONE shared private map) whose |
+|               | copies differ only by tiny noise of ``level`` (default 0.01) x its scale |
 
 Behaviours of the encoder role (fabricated inverses, copycat, replay, equivocation) are done by
 the role; ``fabricate_inverse`` is the vector half of ``fabricated``, ``jitter_option`` its level.
@@ -46,6 +49,13 @@ NOISY_LEVEL = 1.0
 NOISE_NORM = 100.0
 """Expected norm of a ``noise`` vector: about that of the default model's full embeddings of
 corpus items (mean 102), so norm alone does not give it away."""
+SCALED_FACTOR = 7.0
+"""Default ``factor`` of ``scaled``: issue 10 measured the honest model x 7 holding 51 % of a
+plain weighted mean with 13 % of the weight."""
+CHEAPCOPY_LEVEL = 0.01
+"""Default noise ``level`` of ``cheapcopy``: each vector moves by about 1 % of its norm, a cosine
+of about 0.99995 between copies (above the scoring's duplicate_cos, 0.999)."""
+CHEAPCOPY_MAP_SEED = "cheapcopy"
 ADDITIVE_WORD_NORM = 22.0
 """Expected norm of an ``additive`` word vector: a sum of n words has norm about 22 * sqrt(n),
 about 100 for a 20-word corpus item, like the honest model."""
@@ -182,6 +192,60 @@ def noisy(
     return _minilm_kind(dim, projection_seed, seed, strength, native)
 
 
+class ScaledModel:
+    """Another model's embeddings multiplied by ``factor``."""
+
+    def __init__(self, base: ProjectedModel, factor: float) -> None:
+        self.base = base
+        self.dim = base.dim
+        self.factor = factor
+
+    def embed(self, texts: list[str]) -> NDArray[np.float32]:
+        out = self.base.embed(texts).astype(np.float64) * self.factor
+        return out.astype(np.float32)
+
+
+def scaled(
+    dim: int,
+    projection_seed: bytes,
+    *,
+    seed: int | str = 0,
+    factor: float | str = SCALED_FACTOR,
+    strength: float | str = HONEST_STRENGTH,
+    threads: int | str = 1,
+) -> ScaledModel:
+    """An honest encoder whose every vector is multiplied by ``factor``: the same directions,
+    any length (the weighted embedding must not let it buy weight)."""
+    base = honest(dim, projection_seed, seed=seed, strength=strength, threads=threads)
+    return ScaledModel(base, factor_option(factor))
+
+
+def cheapcopy(
+    dim: int,
+    projection_seed: bytes,
+    *,
+    seed: int | str = 0,
+    level: float | str = CHEAPCOPY_LEVEL,
+    strength: float | str = HONEST_STRENGTH,
+    threads: int | str = 1,
+) -> ProjectedModel:
+    """A copy of one cheap deterministic model: averaged static word-piece vectors behind the
+    private map of seed ``cheapcopy`` (shared by every copy), plus Gaussian noise of ``level``
+    times its per-coordinate scale drawn from (``seed``, text): copies are near-identical, not
+    byte-identical (a sybil's cheapest way to dodge exact-duplicate detection)."""
+    base = MiniLM(static=True, pooling="mean", threads=int_option("threads", threads, 1))
+    native = NoisyNative(base, level_option(level), seed)
+    return _minilm_kind(dim, projection_seed, CHEAPCOPY_MAP_SEED, strength, native)
+
+
+def factor_option(value: float | str) -> float:
+    """The ``factor`` of ``scaled``: a finite number > 0."""
+    number = float_option("factor", value, 0.0)
+    if number <= 0.0:
+        raise ValueError(f"option factor={number} must be greater than 0")
+    return number
+
+
 def layers_option(value: int | str) -> int:
     """The ``layers`` option: 1..6."""
     return check_layers(int_option("layers", value, 1))
@@ -209,6 +273,7 @@ LEVEL_OPTIONS: dict[str, Callable[[str], object]] = {
     "level": level_option,
     "pooling": pooling_option,
     "jitter": jitter_option,
+    "factor": factor_option,
 }
 """The option a testnet spec ``kind@LEVEL`` sets, by name, with its checker (ValueError)."""
 
