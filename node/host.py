@@ -1,7 +1,7 @@
 """Generic libp2p transport for dlnet: gossipsub topics and framed request/response streams.
 
 It knows bytes, topics and peers, never dlnet message semantics. Every known pitfall of
-py-libp2p 0.8.1 (see /work/shared/FINDINGS.md) is handled here deliberately:
+py-libp2p 0.8.1 is handled here deliberately (each pitfall below was measured):
 
 * spam protection counts messages per *forwarder* and topic, so a relay of many
   publishers trips it: it is off by default (``spam_limit=None``) and publishing is paced
