@@ -823,7 +823,7 @@ class Host:
             carriers = {t: self.topic_peers(t) for t in (*self._sinks, *self._outlets)}
             if seeds and now >= next_outlet_dial and not all(carriers.values()):
                 next_outlet_dial = now + OUTLET_REDIAL
-                await self._dial_seeds(seeds, connected, now)
+                await self._dial_seeds(seeds, connected)
             # A topic's last D carriers are never evicted (the best-connected peer, first to
             # go otherwise, is typically the relay that carries a sparse topic).
             keep = frozenset(
@@ -848,25 +848,26 @@ class Host:
             jitter = self._rng.uniform(0.75, 1.25)
             await trio.sleep(self._params.discovery_interval * jitter)
 
-    async def _dial_seeds(self, seeds: Sequence[str], connected: set[str], now: float) -> None:
+    async def _dial_seeds(self, seeds: Sequence[str], connected: set[str]) -> None:
         """No connected peer carries a topic this node joins or publishes into: dial the seed
-        peers not connected (their back-off lifted; a relay joins every topic)."""
+        peers not connected (a relay joins every topic)."""
         self._counters.add("px.outlet_dials")
-        refused = self._refused()
-        for addr in seeds:
-            peer = self._table.learn(addr)
-            if peer is not None and peer not in connected and peer not in refused:
-                self._table.backoff_until.pop(peer, None)
+        for peer in self._dialable_seeds(seeds):
+            if peer not in connected:
                 await self._dial(peer)
 
     def _reseed(self, seeds: Sequence[str], now: float) -> None:
         """No peer left: make every seed peer dialable again (unless it is on another network)."""
         self._counters.add("px.reseeds")
+        self._dialable_seeds(seeds)
+
+    def _dialable_seeds(self, seeds: Sequence[str]) -> list[str]:
+        """The seed peers not on another network, their dial back-off lifted."""
         refused = self._refused()
-        for addr in seeds:
-            peer = self._table.learn(addr)
-            if peer is not None and peer not in refused:
-                self._table.backoff_until.pop(peer, None)
+        peers = [p for p in map(self._table.learn, seeds) if p is not None and p not in refused]
+        for peer in peers:
+            self._table.backoff_until.pop(peer, None)
+        return peers
 
 
 @asynccontextmanager
