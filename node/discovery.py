@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import random
 import struct
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
 PX_MAX_ADDRS = 16
@@ -127,26 +128,37 @@ class PeerTable:
         max_peers: int,
         now: float,
         grace: float,
-        keep: frozenset[str] = frozenset(),
+        carriers: Mapping[str, Collection[str]] | None = None,
+        floor: int = 0,
     ) -> list[str]:
         """Connections to close so that at most ``max_peers`` remain.
 
         Only connections older than ``grace`` are closed (a newcomer first gets its PX
-        answer), never one in ``keep`` (the peers that carry what this node publishes into a
-        topic it does not join). The peer with the highest reported degree goes first (it
-        stays best connected without us); unknown degree counts as 255 (a peer that never
-        spoke PX); ties close the newest connection first.
+        answer). The peer with the highest reported degree goes first (it stays best
+        connected without us); unknown degree counts as 255 (a peer that never spoke PX);
+        ties close the newest connection first. A peer is passed over when closing it would
+        leave a topic in ``carriers`` (topic -> connected peers that joined it) with fewer
+        than ``floor`` carriers: the best-connected peer, first to go otherwise, is typically
+        the relay that carries a topic this node publishes into without joining. That
+        protection is bounded by ``floor``, so ``max_peers`` still holds wherever a topic has
+        more carriers than that.
         """
         excess = len(connected) - max_peers
         if excess <= 0:
             return []
-        settled = [
-            p
-            for p in connected
-            if p not in keep and now - self.connected_since.get(p, now) >= grace
-        ]
+        settled = [p for p in connected if now - self.connected_since.get(p, now) >= grace]
         settled.sort(key=lambda p: (-self.degree.get(p, 255), -self.connected_since.get(p, now)))
-        return settled[:excess]
+        left = {t: set(peers) & connected for t, peers in (carriers or {}).items()}
+        victims: list[str] = []
+        for peer in settled:
+            if len(victims) == excess:
+                break
+            if any(peer in peers and len(peers) <= floor for peers in left.values()):
+                continue
+            victims.append(peer)
+            for peers in left.values():
+                peers.discard(peer)
+        return victims
 
     def sample_for(self, requester: str, connected: set[str], rng: random.Random) -> list[str]:
         """Addresses to hand a requester: our connected peers first, then others we know."""

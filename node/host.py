@@ -824,13 +824,13 @@ class Host:
             if seeds and now >= next_outlet_dial and not all(carriers.values()):
                 next_outlet_dial = now + OUTLET_REDIAL
                 await self._dial_seeds(seeds, connected)
-            # A topic's last D carriers are never evicted (the best-connected peer, first to
-            # go otherwise, is typically the relay that carries a sparse topic).
-            keep = frozenset(
-                p for peers in carriers.values() if len(peers) <= self._params.degree for p in peers
-            )
             for victim in self._table.eviction_victims(
-                connected, self._params.max_peers, now, self._params.eviction_grace, keep
+                connected,
+                self._params.max_peers,
+                now,
+                self._params.eviction_grace,
+                carriers,
+                self._params.degree_low,
             ):
                 self._counters.add("evicted")
                 self._table.back_off(victim, now + 30.0)

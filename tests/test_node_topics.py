@@ -56,16 +56,24 @@ def test_a_publisher_outside_a_topic_reaches_its_subscribers_by_fanout() -> None
     trio.run(main)
 
 
-def test_peers_that_carry_a_topic_published_outside_are_never_evicted() -> None:
+def test_eviction_keeps_a_topic_its_last_carriers_but_still_honours_max_peers() -> None:
     table = PeerTable("me")
     for p in "abcde":
         table.learn(f"/ip4/127.0.0.1/tcp/1/p2p/{p}")
     table.note_connected(set("abcde"), 0.0)
-    table.degree.update({"a": 20, "b": 3, "c": 2, "d": 2, "e": 1})
-    # The relay "a" is best connected, so it would go first; kept, the next one goes.
-    assert table.eviction_victims(set("abcde"), 4, 10.0, 3.0) == ["a"]
-    assert table.eviction_victims(set("abcde"), 4, 10.0, 3.0, frozenset("a")) == ["b"]
-    assert table.eviction_victims(set("abcde"), 2, 10.0, 3.0, frozenset("abcde")) == []
+    table.degree.update({"a": 20, "b": 4, "c": 3, "d": 2, "e": 1})
+    peers = set("abcde")
+    # The relay "a" is best connected, so it would go first.
+    assert table.eviction_victims(peers, 4, 10.0, 3.0) == ["a"]
+    # It is one of a topic's two carriers, at the floor of 2: the next one goes instead.
+    assert table.eviction_victims(peers, 4, 10.0, 3.0, {"t": {"a", "e"}}, 2) == ["b"]
+    assert table.eviction_victims(peers, 2, 10.0, 3.0, {"t": {"a", "e"}}, 2) == ["b", "c", "d"]
+    # Every peer carries the topic: the floor protects only the last two, max_peers holds.
+    assert table.eviction_victims(peers, 4, 10.0, 3.0, {"t": peers}, 2) == ["a"]
+    assert table.eviction_victims(peers, 2, 10.0, 3.0, {"t": peers}, 2) == ["a", "b", "c"]
+    # Two topics at or near their floor: only what keeps both at 2 closes; the bound yields.
+    two = {"t": {"a", "b"}, "u": {"c", "d", "e"}}
+    assert table.eviction_victims(peers, 2, 10.0, 3.0, two, 2) == ["c"]
 
 
 @pytest.mark.network
