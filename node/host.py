@@ -73,6 +73,11 @@ and cap of the per-peer exponential dial back-off."""
 SAVED_PEERS_MAX = 64
 OUTLET_REDIAL = 5.0
 """Seconds between two rounds of seed dials while a topic of this node has no carrier."""
+STUCK_AFTER = 1.0
+"""Seconds after which a cancelled request still running counts as stuck (see request)."""
+WEDGE_GRACE = 5.0
+"""Seconds an abandoned request may take to end before the peer's connection is severed."""
+"""Seconds between two rounds of seed dials while a topic of this node has no carrier."""
 
 
 # The swarm's own connection manager would fight the degree bound: its auto-connector dials
@@ -373,6 +378,14 @@ class _DeliveringPubsub(Pubsub):
                 self.deliver(topic, publish_message.data, forwarder)
 
 
+def _decrement(counts: dict[str, int], key: str) -> None:
+    left = counts.get(key, 1) - 1
+    if left > 0:
+        counts[key] = left
+    else:
+        counts.pop(key, None)
+
+
 def _content_id(msg: rpc_pb2.Message) -> bytes:
     """Message id = SHA-256 of the payload (DESIGN: ids are content hashes)."""
     return sha256(msg.data).digest()
@@ -414,6 +427,10 @@ class Host:
         self._status_ok: set[str] = set()
         self._dial_failures: dict[str, int] = {}
         self._outlets: set[str] = set()
+        self._wedged: dict[str, int] = {}
+        """Peers with a request whose caller gave up and whose stream work is stuck."""
+        self._in_flight: dict[str, int] = {}
+        """Peers with request stream work running (severed at shutdown: it may be wedged)."""
         """Topics this node publishes into without joining them (see ``publish_outside``)."""
         self.on_wrong_network: Callable[[str, bytes], None] | None = None
         """Called with (peer id, its network id) when a peer of another network is refused."""
@@ -623,42 +640,132 @@ class Host:
         """Send one request to a connected (or dialable) peer and return the response body.
 
         Raises :class:`RequestTimeout` after ``timeout`` seconds, :class:`RequestError` on an
-        error frame, an oversized or malformed frame, or any transport failure."""
+        error frame, an oversized or malformed frame, or any transport failure.
+
+        The stream work runs in the host's nursery, not the caller's: a timed-out request is
+        abandoned, never awaited. py-libp2p resets a failed stream inside a *shielded* scope,
+        and that reset waits for the connection's write lock; towards a peer that reads
+        nothing (SIGSTOPped, its TCP buffer full) it waited ~30 s, and the validator's round
+        task with it (docs/RELIABILITY.md, "Wedged streams"). A peer with an abandoned request
+        stuck is not asked again until it ends; one stuck ``WEDGE_GRACE`` seconds has its
+        connection severed (``peers.wedged_severed``)."""
         if len(data) > self._params.max_frame_bytes:
             raise ValueError("request exceeds max_frame_bytes")
+        if self._wedged.get(peer_id):
+            self._counters.add("requests.skipped_wedged")
+            raise RequestError(f"{peer_id} is wedged: an abandoned request to it is stuck")
         self._counters.add("requests.sent")
-        stream: INetStream | None = None
-        closed = False
+        answered, finished = trio.Event(), trio.Event()
+        answer: list[tuple[int, bytes]] = []
+        failure: list[Exception] = []
+        scope = trio.CancelScope()
+
+        def deliver(frame: tuple[int, bytes]) -> None:
+            answer.append(frame)
+            answered.set()
+
+        async def exchange() -> None:
+            self._in_flight[peer_id] = self._in_flight.get(peer_id, 0) + 1
+            try:
+                with scope:
+                    await self._roundtrip(peer_id, protocol_id, data, deliver)
+            except Exception as exc:
+                failure.append(exc)
+            finally:
+                answered.set()
+                finished.set()
+                _decrement(self._in_flight, peer_id)
+
+        self._nursery.start_soon(exchange)
         try:
-            with trio.fail_after(timeout):
-                stream = await self._lp.new_stream(
-                    ID.from_base58(peer_id), [TProtocol(protocol_id)]
-                )
-                await stream.write(encode_frame(FRAME_REQUEST, data))
-                kind, body = await read_frame(stream, self._params.max_frame_bytes)
-            await stream.close()
-            closed = True
-        except trio.TooSlowError:
-            self._counters.add("requests.timeout")
-            raise RequestTimeout(
-                f"no answer from {peer_id} on {protocol_id} in {timeout}s"
-            ) from None
-        except RequestError:
-            self._counters.add("requests.failed")
-            raise
-        except Exception as exc:
-            self._counters.add("requests.failed")
-            raise RequestError(f"{protocol_id} to {peer_id} failed: {exc!r}") from exc
+            with trio.move_on_after(timeout):
+                await answered.wait()
         finally:
-            if stream is not None and not closed:
-                with contextlib.suppress(Exception):
-                    await stream.reset()
+            if not answered.is_set():  # timed out, or the caller was cancelled
+                scope.cancel()
+                self._abandon(peer_id, finished)
+        if not answer:
+            if not failure:
+                self._counters.add("requests.timeout")
+                raise RequestTimeout(f"no answer from {peer_id} on {protocol_id} in {timeout}s")
+            self._counters.add("requests.failed")
+            if isinstance(failure[0], RequestError):
+                raise failure[0]
+            raise RequestError(f"{protocol_id} to {peer_id} failed: {failure[0]!r}") from failure[0]
+        kind, body = answer[0]
         if kind == FRAME_ERROR:
             self._counters.add("requests.error_frames")
             raise RequestError(body.decode(errors="replace"))
         if kind != FRAME_RESPONSE:
             raise RequestError(f"expected a response frame, got kind {kind}")
         return body
+
+    async def _roundtrip(
+        self,
+        peer_id: str,
+        protocol_id: str,
+        data: bytes,
+        deliver: Callable[[tuple[int, bytes]], None],
+    ) -> None:
+        """One stream: request out, one frame back, handed to ``deliver`` as soon as it is
+        read, so the caller never waits on the stream's close."""
+        stream = await self._lp.new_stream(ID.from_base58(peer_id), [TProtocol(protocol_id)])
+        try:
+            await stream.write(encode_frame(FRAME_REQUEST, data))
+            deliver(await read_frame(stream, self._params.max_frame_bytes))
+        except BaseException:
+            # Bounded even when cancelled: a reset may wait on a wedged write lock.
+            with (
+                trio.CancelScope(shield=True),
+                trio.move_on_after(WEDGE_GRACE),
+                contextlib.suppress(Exception),
+            ):
+                await stream.reset()
+            raise
+        with trio.move_on_after(WEDGE_GRACE) as closing:
+            with contextlib.suppress(Exception):
+                await stream.close()
+        if closing.cancelled_caught:
+            self._counters.add("peers.wedged_severed")
+            await self._sever(peer_id)
+
+    def _abandon(self, peer_id: str, finished: trio.Event) -> None:
+        self._nursery.start_soon(self._watch_abandoned, peer_id, finished)
+
+    async def _watch_abandoned(self, peer_id: str, finished: trio.Event) -> None:
+        """A cancelled request normally ends at once. One still running after ``STUCK_AFTER``
+        is stuck writing to a peer that reads nothing: the peer is not asked again meanwhile,
+        and after ``WEDGE_GRACE`` its connection is severed, which fails the blocked write."""
+        with trio.move_on_after(STUCK_AFTER):
+            await finished.wait()
+        if finished.is_set():
+            return
+        self._wedged[peer_id] = self._wedged.get(peer_id, 0) + 1
+        try:
+            with trio.move_on_after(WEDGE_GRACE - STUCK_AFTER):
+                await finished.wait()
+            if not finished.is_set():
+                self._counters.add("peers.wedged_severed")
+                log.info(
+                    "peer %s reads nothing (a stream stuck %.0f s): disconnecting",
+                    peer_id,
+                    WEDGE_GRACE,
+                )
+                await self._sever(peer_id)
+                with trio.move_on_after(WEDGE_GRACE):
+                    await finished.wait()
+        finally:
+            _decrement(self._wedged, peer_id)
+
+    async def _sever(self, peer_id: str) -> None:
+        """Close the peer's connections at the socket, under the muxer: a clean libp2p close
+        first writes a GO_AWAY frame through the same wedged write lock."""
+        for conn in self._lp.get_network().get_connections(ID.from_base58(peer_id)):
+            secured = getattr(getattr(conn, "muxed_conn", None), "secured_conn", None)
+            if secured is None:
+                continue
+            with trio.move_on_after(1.0), contextlib.suppress(Exception):
+                await secured.close()
 
     # ----- status (network id) handshake ----------------------------------------------
 
@@ -934,5 +1041,8 @@ async def open_host(
                 yield host
             finally:
                 nursery.cancel_scope.cancel()
+                with trio.CancelScope(shield=True):  # else a wedged stream holds the nursery
+                    for peer in list(host._in_flight):
+                        await host._sever(peer)
     finally:
         pubsub.seen_messages.stop()  # joins the seen-cache sweeper thread libp2p started

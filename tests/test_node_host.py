@@ -4,6 +4,8 @@ each py-libp2p 0.8.1 pitfall (FINDINGS) with one OS process per host (tests/host
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import threading
@@ -22,6 +24,7 @@ from dlnet.node.host import (
     GossipParams,
     RequestError,
     RequestTimeout,
+    Verdict,
     open_host,
 )
 
@@ -410,3 +413,54 @@ def test_kill9_and_restart_with_the_same_peer_key_receives_again(
     assert len(set(a.wait_received("back", 20, 15))) >= 19
     counters = a.status()["counters"]
     assert counters["dropped"] == 0, sorted(counters.items())
+
+
+@pytest.mark.network
+@pytest.mark.timeout(120)
+def test_a_request_to_a_peer_that_reads_nothing_returns_on_time_and_the_peer_is_severed(
+    spawn: Callable[..., Peer],
+) -> None:
+    """A SIGSTOPped peer that we keep gossiping to: py-libp2p resets a timed-out stream in a
+    shielded scope that waits for that connection's writes, so before the fix one request
+    hung as long as the peer was stopped (a validator's round task with it). Now each call
+    returns at its timeout, the stuck peer is skipped, then severed, and shutdown is prompt."""
+    peer = spawn()
+    gossip = GossipParams(publish_rate=100.0, publish_burst=100)
+
+    async def main() -> None:
+        async def ignore(data: bytes, sender: str) -> None:
+            pass
+
+        async with open_host(listen=LOOPBACK, bootstrap=[peer.addr], params=gossip) as a:
+            await a.subscribe("t", lambda t, d, p: Verdict.ACCEPT, ignore)
+            await _wait_connected(peer.peer_id, a.connected_peers)
+            with trio.fail_after(15):
+                while peer.peer_id not in a.topic_peers("t"):
+                    await trio.sleep(0.1)
+            os.kill(peer.proc.pid, signal.SIGSTOP)
+            try:
+                async with trio.open_nursery() as nursery:
+
+                    async def flood() -> None:
+                        while True:
+                            await a.publish("t", os.urandom(4096))
+                            await trio.sleep(0.02)
+
+                    nursery.start_soon(flood)
+                    for _ in range(12):
+                        with trio.fail_after(5):  # each ask is bounded by its 1 s timeout
+                            with pytest.raises(RequestError):
+                                await a.request(peer.peer_id, "/test/echo/1", b"hi", 1.0)
+                        if a.counters.get("peers.wedged_severed", 0):
+                            break
+                        await trio.sleep(0.5)
+                    nursery.cancel_scope.cancel()
+                assert a.counters.get("requests.skipped_wedged", 0) >= 1
+                assert a.counters.get("peers.wedged_severed", 0) >= 1
+                with trio.fail_after(10):
+                    while peer.peer_id in a.connected_peers():
+                        await trio.sleep(0.1)
+            finally:
+                os.kill(peer.proc.pid, signal.SIGCONT)
+
+    trio.run(main)  # returns: the host shut down although a stream was wedged
