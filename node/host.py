@@ -475,7 +475,7 @@ class Host:
     def publish_outside(self, topic: str) -> None:
         """Declare that this node publishes into ``topic`` without joining it: gossipsub then
         sends each message to up to D connected peers that joined it (fanout). Peer upkeep
-        treats it like a joined topic: its last D carriers are never evicted, and while none
+        treats it like a joined topic: eviction leaves it D_low carriers, and while none
         is connected the seed peers are dialled again (``px.outlet_dials``) — a relay joins
         every topic."""
         self._outlets.add(topic)
