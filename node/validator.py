@@ -5,6 +5,7 @@ moment picks a round up where it stands and never signs two different things for
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import dataclass
@@ -203,8 +204,12 @@ class ValidatorRole:
                 self._certified[r] = cert.result
         return derive(cfg.seed_encoders, self._certified.values(), upto)
 
-    def score(self, rnd: int) -> Attestation:
-        """Score every committed encoder on every shard from what this validator holds."""
+    async def score(self, rnd: int) -> Attestation:
+        """Score every committed encoder on every shard from what this validator holds.
+
+        Inputs are read from the store here, on the trio thread (the store's connection is
+        used only from it); only the pure computation, ``score_round``, runs in a worker
+        thread, on plain arrays."""
         cfg = self.ctx.cfg
         view = round_view(self.ctx, rnd)
         tasks = round_tasks(cfg, self.ctx.items, rnd)
@@ -220,12 +225,16 @@ class ValidatorRole:
                 if all(h in view.reveals for h in hashes):
                     held[enc] = np.stack([view.reveals[h].array() for h in hashes])
             shards.append(held)
-        scores = score_round(
-            cfg.scoring,
-            shards,
-            [t.unit_counts for t in tasks],
-            tuple(encoders),
-            influence=self.influence(rnd).as_dict(),
+        influence = self.influence(rnd).as_dict()
+        scores = await trio.to_thread.run_sync(
+            functools.partial(
+                score_round,
+                cfg.scoring,
+                shards,
+                [t.unit_counts for t in tasks],
+                tuple(encoders),
+                influence=influence,
+            )
         )
         matrix = np.array([[quantise(float(s)) for s in row] for row in scores.scores], dtype="<u2")
         self._record_reveals(rnd, view)
@@ -260,7 +269,7 @@ class ValidatorRole:
         if wall_clock() > times.attest_deadline - ATTEST_MARGIN:
             ctx.ingest.count("validator", "missed_attest_deadline")
             return
-        att = await trio.to_thread.run_sync(self.score, rnd)
+        att = await self.score(rnd)
         if self.byzantine is not None:
             att = self.byzantine.attestation(ctx.cfg, self.key, att)
             at = self.byzantine.attest_at(times)

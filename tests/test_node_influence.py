@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import threading
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
+import trio
 
 from dlnet.node.store import Store
 from dlnet.node.validator import ValidatorRole
@@ -70,4 +72,44 @@ def test_influence_comes_from_verified_certificates_up_to_two_rounds_back(tmp_pa
     # A node catching up derives the same from the same certificates.
     again = ValidatorRole(SimpleNamespace(cfg=cfg, store=store), validators[1])  # type: ignore[arg-type]
     assert again.influence(6) == role.influence(6)
+    store.close()
+
+
+def test_scoring_reads_the_store_only_from_the_trio_thread(tmp_path: Path) -> None:
+    """Issue 12: the store's connection is used only from the trio thread; only the pure
+    scoring crosses to a worker thread (before, the whole of ``score`` ran there, reading
+    and writing SQLite)."""
+    validators = [SigningKey.from_seed(bytes([i + 1]) * 32) for i in range(3)]
+    cfg = default_config(
+        [ValidatorEntry(k.public_key, 100) for k in validators],
+        1_800_000_000,
+        dataset_sha256=bytes(32),
+    )
+    store = Store.open(tmp_path / "node.sqlite")
+    threads: set[int] = set()
+
+    class Watched:
+        def __getattr__(self, name: str) -> Any:
+            attr = getattr(store, name)
+            if not callable(attr):
+                return attr
+
+            def call(*args: Any, **kwargs: Any) -> Any:
+                threads.add(threading.get_ident())
+                return attr(*args, **kwargs)
+
+            return call
+
+    items = tuple(f"text number {i}" for i in range(64))
+    ctx = SimpleNamespace(cfg=cfg, store=Watched(), items=items)
+    role = ValidatorRole(ctx, validators[0])  # type: ignore[arg-type]
+
+    async def main() -> int:
+        att = await role.score(3)
+        assert att.round == 3 and att.encoders == ()
+        return threading.get_ident()
+
+    trio_thread = trio.run(main)
+    assert threads == {trio_thread}
+    assert store.get_round_state(3, "reveals") == b"{}"
     store.close()
