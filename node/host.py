@@ -429,6 +429,8 @@ class Host:
         self._outlets: set[str] = set()
         self._wedged: dict[str, int] = {}
         """Peers with a request whose caller gave up and whose stream work is stuck."""
+        self._stuck_queues: set[ID] = set()
+        """Peers whose outbound gossip queue stayed over half full a whole backpressure wait."""
         self._in_flight: dict[str, int] = {}
         """Peers with request stream work running (severed at shutdown: it may be wedged)."""
         """Topics this node publishes into without joining them (see ``publish_outside``)."""
@@ -506,10 +508,25 @@ class Host:
         return True
 
     async def _wait_outbound_room(self) -> None:
+        """Wait until every outbound queue is at most half full, except the queues already
+        found stuck: a queue that stayed over half full through a whole
+        ``backpressure_timeout`` belongs to a peer that reads nothing (a SIGSTOPped
+        validator's held every attestation 5 s back and cost the round), so later publishes
+        stop waiting for it until it drains below half again."""
         deadline = trio.current_time() + self._params.backpressure_timeout
-        while any(len(q) > OutBoundQueueSize // 2 for q in self._pubsub.peer_queues.values()):
+        while True:
+            over = {
+                peer
+                for peer, queue in self._pubsub.peer_queues.items()
+                if len(queue) > OutBoundQueueSize // 2
+            }
+            self._stuck_queues &= over
+            waiting = over - self._stuck_queues
+            if not waiting:
+                return
             if trio.current_time() >= deadline:
                 self._counters.add("publish.backpressure_timeout")
+                self._stuck_queues |= waiting
                 return
             await trio.sleep(0.005)
 

@@ -18,6 +18,8 @@ import pytest
 import trio
 from hypothesis import given
 from hypothesis import strategies as st
+from libp2p.crypto.ed25519 import create_new_key_pair
+from libp2p.peer.id import ID
 
 from dlnet.node.discovery import PX_MAX_ADDRS, PeerExchange, PeerTable, decode_px, encode_px
 from dlnet.node.host import (
@@ -464,3 +466,35 @@ def test_a_request_to_a_peer_that_reads_nothing_returns_on_time_and_the_peer_is_
                 os.kill(peer.proc.pid, signal.SIGCONT)
 
     trio.run(main)  # returns: the host shut down although a stream was wedged
+
+
+@pytest.mark.network
+@pytest.mark.timeout(60)
+def test_a_stuck_outbound_queue_delays_one_publish_not_every_one() -> None:
+    """A queue over half full through a whole backpressure wait is a peer that reads nothing:
+    the next publishes do not wait for it again (a stopped validator held every attestation
+    back 5 s); once it drains below half it counts again."""
+    gossip = GossipParams(backpressure_timeout=0.3, publish_rate=100.0, publish_burst=100)
+
+    class Queue:
+        def __init__(self, n: int) -> None:
+            self.n = n
+
+        def __len__(self) -> int:
+            return self.n
+
+    async def main() -> None:
+        async with open_host(listen=LOOPBACK, bootstrap=[], params=gossip) as a:
+            stuck = Queue(30)
+            other = ID.from_pubkey(create_new_key_pair().public_key)
+            a._pubsub.peer_queues[other] = stuck  # type: ignore[assignment]
+            for i in range(5):
+                await a.publish("t", b"m%d" % i)
+            assert a.counters["publish.backpressure_timeout"] == 1
+            stuck.n = 0  # it drained: a later fill is waited for again
+            await a.publish("t", b"drained")
+            stuck.n = 30
+            await a.publish("t", b"again")
+            assert a.counters["publish.backpressure_timeout"] == 2
+
+    trio.run(main)
