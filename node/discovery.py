@@ -130,6 +130,7 @@ class PeerTable:
         grace: float,
         carriers: Mapping[str, Collection[str]] | None = None,
         floor: int = 0,
+        first: frozenset[str] = frozenset(),
     ) -> list[str]:
         """Connections to close so that at most ``max_peers`` remain.
 
@@ -141,13 +142,20 @@ class PeerTable:
         than ``floor`` carriers: the best-connected peer, first to go otherwise, is typically
         the relay that carries a topic this node publishes into without joining. That
         protection is bounded by ``floor``, so ``max_peers`` still holds wherever a topic has
-        more carriers than that.
+        more carriers than that. Peers in ``first`` (those that read nothing) go before all
+        others.
         """
         excess = len(connected) - max_peers
         if excess <= 0:
             return []
         settled = [p for p in connected if now - self.connected_since.get(p, now) >= grace]
-        settled.sort(key=lambda p: (-self.degree.get(p, 255), -self.connected_since.get(p, now)))
+        settled.sort(
+            key=lambda p: (
+                p not in first,
+                -self.degree.get(p, 255),
+                -self.connected_since.get(p, now),
+            )
+        )
         left = {t: set(peers) & connected for t, peers in (carriers or {}).items()}
         victims: list[str] = []
         for peer in settled:

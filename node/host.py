@@ -429,8 +429,8 @@ class Host:
         self._outlets: set[str] = set()
         self._wedged: dict[str, int] = {}
         """Peers with a request whose caller gave up and whose stream work is stuck."""
-        self._stuck_queues: set[ID] = set()
-        """Peers whose outbound gossip queue stayed over half full a whole backpressure wait."""
+        self._queue_over_since: dict[ID, float] = {}
+        """Since when each peer's outbound gossip queue is over half full (trio clock)."""
         self._in_flight: dict[str, int] = {}
         """Peers with request stream work running (severed at shutdown: it may be wedged)."""
         """Topics this node publishes into without joining them (see ``publish_outside``)."""
@@ -508,27 +508,32 @@ class Host:
         return True
 
     async def _wait_outbound_room(self) -> None:
-        """Wait until every outbound queue is at most half full, except the queues already
-        found stuck: a queue that stayed over half full through a whole
-        ``backpressure_timeout`` belongs to a peer that reads nothing (a SIGSTOPped
-        validator's held every attestation 5 s back and cost the round), so later publishes
-        stop waiting for it until it drains below half again."""
-        deadline = trio.current_time() + self._params.backpressure_timeout
-        while True:
-            over = {
-                peer
-                for peer, queue in self._pubsub.peer_queues.items()
-                if len(queue) > OutBoundQueueSize // 2
-            }
-            self._stuck_queues &= over
-            waiting = over - self._stuck_queues
-            if not waiting:
-                return
-            if trio.current_time() >= deadline:
-                self._counters.add("publish.backpressure_timeout")
-                self._stuck_queues |= waiting
-                return
-            await trio.sleep(0.005)
+        """Wait until every outbound queue is at most half full, or is stuck (see
+        ``_stuck_peers``): one stopped peer delays one publish, not every publish (a
+        SIGSTOPped validator held every attestation of the others 5 s back and cost rounds)."""
+        before = self._stuck_peers()
+        while not self._over_half() <= (stuck := self._stuck_peers()):
+            await trio.sleep(0.005)  # bounded: a queue over half is stuck after the timeout
+        if stuck - before:
+            self._counters.add("publish.backpressure_timeout")
+
+    def _over_half(self) -> set[ID]:
+        half = OutBoundQueueSize // 2
+        return {peer for peer, queue in self._pubsub.peer_queues.items() if len(queue) > half}
+
+    def _stuck_peers(self) -> set[ID]:
+        """Peers whose outbound gossip queue has stayed over half full for a whole
+        ``backpressure_timeout``: they read nothing (stopped, or wedged). Publishing stops
+        waiting for them, and peer upkeep neither counts them as a topic's carriers nor
+        keeps them from eviction."""
+        now = trio.current_time()
+        over = self._over_half()
+        since = self._queue_over_since
+        for peer in set(since) - over:
+            del since[peer]
+        for peer in over:
+            since.setdefault(peer, now)
+        return {p for p in over if now - since[p] >= self._params.backpressure_timeout}
 
     def _validate(self, topic: str, validator: Validator, fwd: ID, msg: rpc_pb2.Message) -> bool:
         peer = fwd.to_base58()
@@ -944,7 +949,11 @@ class Host:
             elif seeds and now >= next_reseed:
                 self._reseed(seeds, now)
                 next_reseed, reseed_pause = now + reseed_pause, min(2 * reseed_pause, RECONNECT_MAX)
-            carriers = {t: self.topic_peers(t) for t in (*self._sinks, *self._outlets)}
+            stuck = {p.to_base58() for p in self._stuck_peers()}
+            carriers = {
+                t: [p for p in self.topic_peers(t) if p not in stuck]
+                for t in (*self._sinks, *self._outlets)
+            }
             if seeds and now >= next_outlet_dial and not all(carriers.values()):
                 next_outlet_dial = now + OUTLET_REDIAL
                 await self._dial_seeds(seeds, connected)
@@ -955,6 +964,7 @@ class Host:
                 self._params.eviction_grace,
                 carriers,
                 self._params.degree_low,
+                frozenset(stuck),
             ):
                 self._counters.add("evicted")
                 self._table.back_off(victim, now + 30.0)

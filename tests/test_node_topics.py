@@ -74,6 +74,14 @@ def test_eviction_keeps_a_topic_its_last_carriers_but_still_honours_max_peers() 
     # Two topics at or near their floor: only what keeps both at 2 closes; the bound yields.
     two = {"t": {"a", "b"}, "u": {"c", "d", "e"}}
     assert table.eviction_victims(peers, 2, 10.0, 3.0, two, 2) == ["c"]
+    # A peer that reads nothing goes first; upkeep leaves it out of the carriers it counts.
+    assert table.eviction_victims(peers, 4, 10.0, 3.0, {"t": {"a", "e"}}, 2, frozenset("d")) == [
+        "d"
+    ]
+    assert table.eviction_victims(peers, 3, 10.0, 3.0, {"t": {"a", "e"}}, 2, frozenset("d")) == [
+        "d",
+        "b",
+    ]
 
 
 @pytest.mark.network
