@@ -263,3 +263,17 @@ def test_align_and_run_on_the_command_line(
     done = dlnet("align", "--config", config, "--model", model, "--from", str(tmp_path / "x"),
                  "--out", str(out))  # fmt: skip
     assert done.returncode == 2 and "neither an http" in done.stderr
+
+
+def test_outsiders_say_what_to_install_and_lsa_needs_nothing() -> None:
+    from dlnet.node.models import outsiders
+
+    with pytest.raises(outsiders.OutsiderMissing, match=r"requirements-outsiders\.txt"):
+        outsiders._package_file("dlnet-no-such-package", ".zip.001")
+    corpus = [f"item {i} about {w} and {v}" for i, (w, v) in enumerate(
+        (a, b) for a in ("cats", "dogs", "ships", "stars", "rain") for b in ("milk", "iron", "sand")
+    )]  # fmt: skip
+    a, b = outsiders.LsaNative(corpus, dim=4), outsiders.LsaNative(corpus, dim=4)
+    x = a.embed_native(["cats and milk", "ships"])
+    assert x.shape == (2, 4) and x.dtype == np.float32
+    assert x.tobytes() == b.embed_native(["cats and milk", "ships"]).tobytes()
