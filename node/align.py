@@ -46,12 +46,16 @@ class Certified:
     """Certificates offered that did not verify against the network config."""
 
 
-def _http(url: str) -> bytes:
+def _http(url: str, *, missing: bool = False) -> bytes | None:
+    """The body of a GET; None for a 404 if ``missing`` (a node that holds no valid
+    certificate for a round answers so); any other failure is one AlignError line."""
     try:
         with urllib.request.urlopen(url, timeout=HTTP_TIMEOUT) as resp:
             data: bytes = resp.read()
             return data
     except urllib.error.HTTPError as exc:
+        if missing and exc.code == 404:
+            return None
         raise AlignError(f"--from: {url} answered {exc.code} — is it a dlnet node's API?") from None
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
@@ -60,19 +64,28 @@ def _http(url: str) -> bytes:
         ) from None
 
 
-def _api_certificates(base: str) -> Iterator[tuple[int, bytes]]:
-    """Every finalized round the node at ``base`` lists, with its certificate bytes."""
+def _json(url: str) -> Any:
+    try:
+        return json.loads(_http(url) or b"")
+    except ValueError:
+        raise AlignError(f"--from: {url} did not answer JSON — is it a dlnet node's API?") from None
+
+
+def _api_certificates(base: str) -> Iterator[tuple[int, bytes | None]]:
+    """Every finalized round the node at ``base`` lists, with its certificate bytes (None if
+    the node then answers 404 for it)."""
     base = base.rstrip("/")
     try:
-        top = int(json.loads(_http(f"{base}/v1/rounds"))["to"])
-    except (ValueError, KeyError, TypeError) as exc:
+        top = int(_json(f"{base}/v1/rounds")["to"])
+    except (KeyError, TypeError, ValueError) as exc:
         raise AlignError(f"--from: {base}/v1/rounds is not a dlnet round list ({exc})") from None
     for lo in range(0, top + 1, API_PAGE):
         hi = min(top, lo + API_PAGE - 1)
-        page: dict[str, Any] = json.loads(_http(f"{base}/v1/rounds?from={lo}&to={hi}"))
-        for row in page.get("rounds", []):
-            if row.get("finalized") is True and isinstance(row.get("round"), int):
-                yield row["round"], _http(f"{base}/v1/rounds/{row['round']}/certificate")
+        page = _json(f"{base}/v1/rounds?from={lo}&to={hi}")
+        for row in page.get("rounds", []) if isinstance(page, dict) else []:
+            rnd = row.get("round") if isinstance(row, dict) else None
+            if row.get("finalized") is True and isinstance(rnd, int):
+                yield rnd, _http(f"{base}/v1/rounds/{rnd}/certificate", missing=True)
 
 
 def certificates(cfg: NetworkConfig, source: str) -> tuple[list[Certificate], int]:
@@ -82,7 +95,7 @@ def certificates(cfg: NetworkConfig, source: str) -> tuple[list[Certificate], in
     refused = 0
     if source.startswith(("http://", "https://")):
         for rnd, data in _api_certificates(source):
-            cert = checked_certificate(cfg, data)
+            cert = None if data is None else checked_certificate(cfg, data)
             if cert is None or cert.round != rnd:
                 refused += 1
             else:

@@ -196,9 +196,12 @@ def certified_dir(tmp_path: Path) -> tuple[NetworkConfig, Path, tuple[str, ...]]
         weighted = list((native.embed_native(texts).astype(np.float64) @ w).astype(np.float32))
         if rnd == 5:
             weighted[1] = np.zeros(cfg.dim, dtype=np.float32)  # nothing certified there
-        store.put_certificate(rnd, _certificate(cfg, rnd, weighted, validators))
+        data = _certificate(cfg, rnd, weighted, validators)
+        store.put_certificate(rnd, data)
+        store.put_round_outcome(rnd, True, hashlib.sha256(data).digest())
     junk = [np.full(cfg.dim, 9.0, dtype=np.float32)] * cfg.shards_per_round
     store.put_certificate(40, _certificate(cfg, 40, junk, validators[:2]))  # 2/3: not final
+    store.put_round_outcome(40, True, bytes(32))  # a node that lies about round 40
     store.close()
     (tmp_path / "network.toml").write_text(dump_config(cfg))
     return cfg, data_dir, items
@@ -223,6 +226,49 @@ def test_certified_pairs_from_a_data_dir(
     assert float(np.min(cos)) > 0.99
     with pytest.raises(AlignError, match="neither an http"):
         certificates(cfg, str(data_dir.parent / "elsewhere"))
+
+
+class _Host:
+    peer_id = "12D3KooWStub"
+    addrs: list[str] = []  # noqa: RUF012
+    counters: dict[str, int] = {}  # noqa: RUF012
+
+    def connected_peers(self) -> list[str]:
+        return []
+
+
+def test_certified_pairs_from_a_node_api(
+    certified_dir: tuple[NetworkConfig, Path, tuple[str, ...]],
+) -> None:
+    """The same pairs through a node's HTTP API (served over TCP on 127.0.0.1), the forged
+    round-40 certificate refused."""
+    import trio
+
+    from dlnet.node.api import NodeView, build_app, open_listener, serve_api
+    from dlnet.protocol.rounds import round_times
+
+    cfg, data_dir, items = certified_dir
+    store = Store.open(data_dir / "node.sqlite")
+    now = round_times(cfg, 41).start
+    view = NodeView(cfg, store, _Host(), frozenset({"validator"}), None, clock=lambda: now)
+
+    async def main() -> tuple[list[Certificate], int]:
+        sock, url = open_listener("127.0.0.1", 0)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(serve_api, build_app(view), sock)
+            got = await trio.to_thread.run_sync(certificates, cfg, url)
+            nursery.cancel_scope.cancel()
+        return got
+
+    try:
+        certs, refused = trio.run(main)
+    finally:
+        store.close()
+    assert refused == 1 and [c.round for c in certs] == list(range(12))
+    direct, _ = certificates(cfg, str(data_dir))
+    assert certified_pairs(cfg, items, certs).texts == certified_pairs(cfg, items, direct).texts
+    with pytest.raises(AlignError, match="cannot reach"):
+        certificates(cfg, "http://127.0.0.1:9")
 
 
 def dlnet(*args: str) -> subprocess.CompletedProcess[str]:
