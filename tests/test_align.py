@@ -277,6 +277,7 @@ def dlnet(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow
 def test_align_and_run_on_the_command_line(
     certified_dir: tuple[NetworkConfig, Path, tuple[str, ...]], tmp_path: Path
 ) -> None:
@@ -306,6 +307,9 @@ def test_align_and_run_on_the_command_line(
         lines = done.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("dlnet: error: --align"), done.stderr
         assert needle in lines[0]
+    done = dlnet("run", "--config", config, "--key", str(key), "--data-dir", str(tmp_path / "r"),
+                 "--align", str(out))  # fmt: skip
+    assert done.returncode == 2 and "only an encoder uses a map" in done.stderr
     done = dlnet("align", "--config", config, "--model", model, "--from", str(tmp_path / "x"),
                  "--out", str(out))  # fmt: skip
     assert done.returncode == 2 and "neither an http" in done.stderr
