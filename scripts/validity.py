@@ -314,10 +314,10 @@ def aligned_outsiders(
 
 def learning_curve(x: NDArray[np.float32], y: NDArray[np.float32]) -> dict[str, dict[str, float]]:
     """Held-out cosine on the last fifth of the pairs of each fit trained on the first n pairs
-    (n = 50, 100, 200 and all the others): how many certified rounds a map needs."""
+    (n = 50, 100, 200, 400, 800 and all the others): how many certified rounds a map needs."""
     cut = len(x) - len(x) // 5
     out: dict[str, dict[str, float]] = {}
-    for n in sorted({min(n, cut) for n in (50, 100, 200, cut)}):
+    for n in sorted({min(n, cut) for n in (50, 100, 200, 400, 800, cut)}):
         out[str(n)] = {}
         for method in ("ridge", "procrustes"):
             w = fit_method(method, x[:n].astype(np.float64), y[:n].astype(np.float64))
@@ -584,7 +584,12 @@ def two_encoder_networks(
 
 
 def study(
-    small: bool, rounds: int, params: ScoringParams, outsiders: bool, cache: Path | None
+    small: bool,
+    rounds: int,
+    params: ScoringParams,
+    outsiders: bool,
+    cache: Path | None,
+    align_rounds: int = ALIGN_ROUNDS,
 ) -> dict[str, Any]:
     began = time.monotonic()
     items = parse_dataset(shipped_path("corpus.txt").read_bytes(), "lines")
@@ -601,7 +606,7 @@ def study(
             t0 = time.monotonic()
             pool = [e for e in encs if e.group == "honest"]
             first = ALIGN_FIRST_ROUND
-            texts, targets = certified(pool, items, range(first, first + ALIGN_ROUNDS), params)
+            texts, targets = certified(pool, items, range(first, first + align_rounds), params)
             extra, fits = aligned_outsiders(natives, texts, targets)
             align_seconds = time.monotonic() - t0
             cut = next(i for i, e in enumerate(encs) if e.group == "cheat")
@@ -641,7 +646,8 @@ def study(
         **summary(rows, "quality", "quality_boot"),
         "heldout": summary(rows, "heldout", "heldout_boot"),
         "alignment": fits,
-        "alignment_pairs": ALIGN_ROUNDS * 4,
+        "alignment_pairs": align_rounds * 4,
+        "alignment_rounds": align_rounds,
         "alignment_seconds": align_seconds,
         "two_encoder_networks": pairs,
         "notes": notes,
@@ -683,7 +689,8 @@ def markdown(res: dict[str, Any], command: str) -> str:
     if res["alignment"]:
         lines += [
             f"Alignment ({res['alignment_pairs']} certified shards of rounds "
-            f"{ALIGN_FIRST_ROUND}-{ALIGN_FIRST_ROUND + ALIGN_ROUNDS - 1}, last fifth held out; "
+            f"{ALIGN_FIRST_ROUND}-{ALIGN_FIRST_ROUND + res['alignment_rounds'] - 1}, last fifth "
+            "held out; "
             f"{res['alignment_seconds']:.0f} s with the embedding):",
             "",
             "| outsider | kept | held-out cos, ridge | held-out cos, Procrustes |",
@@ -838,6 +845,12 @@ def main() -> int:
         default=str(Path.home() / ".cache" / "dlnet" / "validity"),
         help="folder of the native embedding cache, or none",
     )
+    ap.add_argument(
+        "--align-rounds",
+        type=int,
+        default=ALIGN_ROUNDS,
+        help="certified rounds the outsiders' maps are fitted on (4 shards each)",
+    )
     ap.add_argument("--testnet", type=Path, default=None, help="a testnet's report.json")
     ap.add_argument("--quality", type=Path, default=None, help="a study's --json output")
     args = ap.parse_args()
@@ -849,7 +862,14 @@ def main() -> int:
         return 0
     rounds = args.rounds or (2 if args.small else 8)
     cache = None if args.cache == "none" else Path(args.cache)
-    res = study(args.small, rounds, scoring_params(args.set), not args.no_outsiders, cache)
+    res = study(
+        args.small,
+        rounds,
+        scoring_params(args.set),
+        not args.no_outsiders,
+        cache,
+        args.align_rounds,
+    )
     text = markdown(res, "python scripts/validity.py " + " ".join(sys.argv[1:]))
     print(text)
     if args.json:
