@@ -14,14 +14,14 @@ SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "validity.py"
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(1200)
 def test_small_study(tmp_path: Path) -> None:
     out = tmp_path / "validity.json"
     done = subprocess.run(
         [sys.executable, str(SCRIPT), "--small", "--json", str(out)],
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=1200,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     res = json.loads(out.read_text())
