@@ -8,21 +8,23 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, Literal, NoReturn, cast
 
 import click
 import trio
 
+from dlnet.node import align as alignment
 from dlnet.node import report
 from dlnet.node import testnet as tn
 from dlnet.node.addresses import AddressError, check_bootstrap, check_listen
 from dlnet.node.byzantine import MODES as BYZANTINE_MODES
-from dlnet.node.dataset_io import DatasetError, resolve_dataset_path
+from dlnet.node.dataset_io import DatasetError, load_items, resolve_dataset_path
 from dlnet.node.encoder import parse_behaviour
 from dlnet.node.host import GossipParams
 from dlnet.node.keyfile import KeyFileError, read_key, write_key
 from dlnet.node.logs import LOG_FORMATS, setup_logging
-from dlnet.node.models import ModelLoadError
+from dlnet.node.models import ModelLoadError, load_model
+from dlnet.node.models.aligned import Method, save_map
 from dlnet.node.report import ReportError
 from dlnet.node.runtime import ROLES, NodeError, NodeOptions, load_config, run_node
 from dlnet.node.store import StoreError
@@ -181,6 +183,14 @@ def init(
 )
 @click.option("--model-option", "model_options", multiple=True, metavar="KEY=VALUE")
 @click.option(
+    "--align",
+    "align_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="A map written by `dlnet align` for this model and network: the model's own output "
+    "is mapped into the network's space by it (docs/OPERATING.md).",
+)
+@click.option(
     "--behaviour",
     default="honest",
     hidden=True,
@@ -228,6 +238,7 @@ def run(
     roles: tuple[str, ...],
     model: str | None,
     model_options: tuple[str, ...],
+    align_path: Path | None,
     behaviour: str,
     byzantine: str | None,
     listen: str,
@@ -238,12 +249,9 @@ def run(
     api: str | None,
 ) -> None:
     """Run a node until interrupted (Ctrl-C / SIGTERM)."""
-    options: dict[str, str] = {}
-    for item in model_options:
-        k, sep, v = item.partition("=")
-        if not sep or not k:
-            fail(f"--model-option {item}: expected KEY=VALUE")
-        options[k] = v
+    options = _model_options(model_options)
+    if align_path is not None and "encoder" not in roles:
+        fail("--align: only an encoder uses a map — add --role encoder or drop --align")
     try:
         parse_behaviour(behaviour)
     except ValueError as exc:
@@ -259,6 +267,7 @@ def run(
         key_path=key_path,
         model=model,
         model_options=options,
+        align=align_path,
         behaviour=behaviour,
         byzantine=byzantine,
         listen=listen,
@@ -267,6 +276,65 @@ def run(
         api=None if api is None else _api_bind(api),
     )
     trio.run(run_node, opts)
+
+
+def _model_options(items: tuple[str, ...]) -> dict[str, str]:
+    options: dict[str, str] = {}
+    for item in items:
+        k, sep, v = item.partition("=")
+        if not sep or not k:
+            fail(f"--model-option {item}: expected KEY=VALUE")
+        options[k] = v
+    return options
+
+
+@cli.command()
+@click.option("--config", "config_path", type=click.Path(path_type=Path), required=True)
+@click.option(
+    "--model",
+    required=True,
+    help="module:factory of the model to align (the factory `dlnet run --model` would load).",
+)
+@click.option("--model-option", "model_options", multiple=True, metavar="KEY=VALUE")
+@click.option(
+    "--from",
+    "source",
+    required=True,
+    metavar="API_URL|DATA_DIR",
+    help="Where the certified rounds are: a node's HTTP API (http://127.0.0.1:5052) or a "
+    "node's --data-dir.",
+)
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Map file to write.")
+@click.option(
+    "--method",
+    type=click.Choice(["auto", "ridge", "procrustes"]),
+    default="auto",
+    show_default=True,
+    help="auto: fit both, keep the one with the higher held-out cosine.",
+)
+def align(
+    config_path: Path,
+    model: str,
+    model_options: tuple[str, ...],
+    source: str,
+    out: Path,
+    method: str,
+) -> None:
+    """Fit a map from a model's own output into the network's space, on the network's
+    certified weighted embeddings (verified against their certificates)."""
+    began = time.monotonic()
+    cfg = load_config(config_path)
+    items = load_items(cfg.dataset, config_path.resolve().parent)
+    certs, refused = alignment.certificates(cfg, source)
+    pairs = alignment.certified_pairs(cfg, items, certs, refused)
+    loaded = load_model(model, cfg, _model_options(model_options))
+    kind = cast(Method | Literal["auto"], method)
+    fitted = alignment.fit_alignment(cfg, loaded, pairs, kind, model)
+    try:
+        save_map(out, fitted)
+    except OSError as exc:
+        fail(f"--out {out}: cannot write ({exc.strerror})")
+    click.echo(alignment.describe(fitted, refused, time.monotonic() - began))
 
 
 def _api_bind(text: str) -> tuple[str, int]:

@@ -154,14 +154,22 @@ def verified_certificate(store: Store, cfg: NetworkConfig, rnd: int) -> Certific
     for r, data in store.certificates(rnd, rnd):
         if r != rnd:
             continue
-        try:
-            cert = decode(data, cfg, Kind.CERTIFICATE)
-            assert isinstance(cert, Certificate)
-            verify_certificate(cfg, cert)
-        except (Reject, CertificateError):
-            continue
-        return cert
+        cert = checked_certificate(cfg, data)
+        if cert is not None:
+            return cert
     return None
+
+
+def checked_certificate(cfg: NetworkConfig, data: bytes) -> Certificate | None:
+    """The certificate encoded in ``data`` if it decodes strictly and verifies against
+    ``cfg`` (`consensus.verify_certificate`), else None."""
+    try:
+        cert = decode(data, cfg, Kind.CERTIFICATE)
+        assert isinstance(cert, Certificate)
+        verify_certificate(cfg, cert)
+    except (Reject, CertificateError):
+        return None
+    return cert
 
 
 def validator_agreement(store: Store, cfg: NetworkConfig) -> dict[str, dict[str, Any]]:

@@ -28,6 +28,7 @@ from dlnet.node.host import GossipParams, Host, Verdict, open_host
 from dlnet.node.ingest import Ingest, slot_of
 from dlnet.node.keyfile import peer_key_seed, read_key
 from dlnet.node.models import Model, load_model
+from dlnet.node.models.aligned import AlignedModel, load_map
 from dlnet.node.progress import genesis_countdown, keep_live_info, write_json
 from dlnet.node.report import INFO_FILE, STORE_FILE
 from dlnet.node.store import Store
@@ -77,6 +78,9 @@ class NodeOptions:
     key_path: Path | None = None
     model: str | None = None
     model_options: dict[str, str] = field(default_factory=dict)
+    align: Path | None = None
+    """A map written by `dlnet align`: the model's native output is mapped by it instead of the
+    network projection (models/aligned.py)."""
     behaviour: str = "honest"
     byzantine: str | None = None  # TEST ONLY: a node/byzantine.py mode for the validator
     listen: str = "/ip4/127.0.0.1/tcp/0"
@@ -289,6 +293,15 @@ async def run_node(opts: NodeOptions) -> None:
         log.info("loading model %s ...", opts.model or "(default)")
         began = time.monotonic()
         model = load_model(opts.model, cfg, opts.model_options)
+        if opts.align is not None:
+            fitted = load_map(opts.align, cfg.network_id, cfg.dim)
+            model = AlignedModel(model, fitted)
+            log.info(
+                "aligned by %s (%s, held-out cosine %s)",
+                opts.align,
+                fitted.method,
+                ", ".join(f"{k} {v:.3f}" for k, v in sorted(fitted.heldout_cos.items())),
+            )
         log.info("model loaded in %.1f s", time.monotonic() - began)
     api_sock, api_url = None, None
     if opts.api is not None:

@@ -11,9 +11,13 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import io
+import pickle
 import re
+import zlib
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import yaml  # type: ignore[import-untyped]
 
@@ -151,6 +155,65 @@ def build_polarity(test_data: Path) -> list[str]:
     return rows
 
 
+NEWSGROUP_WORDS = 80
+
+
+class _BunchUnpickler(pickle.Unpickler):
+    """Reads gensim's mini_newsgroup (a pickled scikit-learn ``Bunch`` of Python 2 days) as
+    plain dicts and lists: any other class is refused, so nothing else can run."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in (("sklearn.datasets.base", "Bunch"), ("__builtin__", "dict")):
+            return dict
+        if (module, name) == ("copy_reg", "_reconstructor"):
+            return lambda cls, base, state: dict(state or {})
+        if (module, name) == ("__builtin__", "object"):
+            return object
+        if module.startswith("numpy"):
+            import numpy
+
+            if name in ("_reconstruct", "scalar"):
+                return getattr(numpy._core.multiarray, name)
+            if name in ("ndarray", "dtype"):
+                return getattr(numpy, name)
+        raise pickle.UnpicklingError(f"refusing {module}.{name}")
+
+
+def build_newsgroups(test_data: Path) -> list[str]:
+    """``group<TAB>text`` from gensim's mini_newsgroup (200 posts of alt.atheism and sci.space,
+    zlib-compressed pickle): the body after the headers, without quoted lines (``>``,
+    ``... writes:``, ``In article ...``), whitespace collapsed, first NEWSGROUP_WORDS words;
+    posts with fewer than 5 words left out."""
+    raw = zlib.decompress((test_data / "mini_newsgroup").read_bytes())
+    bunch = _BunchUnpickler(io.BytesIO(raw), encoding="latin1").load()
+    names = list(bunch["target_names"])
+    rows = []
+    for text, target in zip(bunch["data"], bunch["target"], strict=True):
+        _, _, body = str(text).partition("\n\n")
+        kept = [
+            line
+            for line in body.splitlines()
+            if not line.lstrip().startswith((">", "|", "In article"))
+            and not line.rstrip().endswith(("writes:", "wrote:"))
+        ]
+        words = one_line(" ".join(kept)).split()
+        if len(words) >= 5:
+            rows.append(f"{names[int(target)]}\t{' '.join(words[:NEWSGROUP_WORDS])}")
+    return rows
+
+
+def build_word_pairs(path: Path) -> list[str]:
+    """``word1<TAB>word2<TAB>human score`` from gensim's simlex999.txt / wordsim353.tsv
+    (comment lines dropped)."""
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.startswith("#") or not line.strip():
+            continue
+        a, b, score = line.split("\t")[:3]
+        rows.append(f"{a}\t{b}\t{float(score)}")
+    return rows
+
+
 def write_lines(path: Path, rows: list[str]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(row + "\n" for row in rows), encoding="utf-8")
@@ -174,6 +237,10 @@ def main() -> None:
     write_lines(labelled / "lee_documents.txt", [one_line(doc) for doc in lee])
     sims = (args.gensim / "similarities0-1.txt").read_text(encoding="utf-8").splitlines()
     write_lines(labelled / "lee_similarities.tsv", sims)
+    # Held-out sets of the validity study (issue 14): never tuned on.
+    write_lines(labelled / "newsgroups_topics.tsv", build_newsgroups(args.gensim))
+    write_lines(labelled / "simlex999.tsv", build_word_pairs(args.gensim / "simlex999.txt"))
+    write_lines(labelled / "wordsim353.tsv", build_word_pairs(args.gensim / "wordsim353.tsv"))
 
 
 if __name__ == "__main__":

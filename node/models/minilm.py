@@ -81,16 +81,75 @@ def load_bert(
     return tokenizer, model
 
 
-class MiniLM:
+class TransformerSum:
+    """A transformer encoder (``transformers`` tokenizer and model) in its native space, pooled
+    over content tokens (``pooling``: sum, the default, or mean; ``static``: the input
+    word-piece table instead of the last layer). ``embed_native`` takes any number of texts and
+    runs them in batches of ``batch_size``, shortest first, to keep padding small."""
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        model: Any,
+        native_dim: int,
+        *,
+        static: bool = False,
+        pooling: Pooling = "sum",
+        max_tokens: int = MAX_TOKENS,
+        batch_size: int = 32,
+    ) -> None:
+        if not 3 <= max_tokens <= 512:
+            raise ValueError(f"option max_tokens={max_tokens} must be in 3..512")
+        self.tokenizer = tokenizer
+        self.model = model.eval()
+        self.native_dim = native_dim
+        self.static = static
+        self.pooling = pooling
+        self.max_tokens = max_tokens
+        self.batch_size = batch_size
+
+    def embed_native(self, texts: list[str]) -> NDArray[np.float32]:
+        import torch
+
+        out = np.zeros((len(texts), self.native_dim), dtype=np.float32)
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        with torch.inference_mode():
+            for lo in range(0, len(order), self.batch_size):
+                rows = order[lo : lo + self.batch_size]
+                out[rows] = self.pool([texts[i] for i in rows]).numpy()
+        return out
+
+    def pool(self, texts: list[str]) -> Any:
+        """The pooled (len(texts), native_dim) torch tensor (with autograd if enabled and
+        training)."""
+        batch = self.tokenizer(
+            texts,
+            padding=True,
+            truncation=True,
+            max_length=self.max_tokens,
+            return_special_tokens_mask=True,
+            return_tensors="pt",
+        )
+        content = batch["attention_mask"] * (1 - batch["special_tokens_mask"])
+        if self.static:
+            hidden = self.model.embeddings.word_embeddings(batch["input_ids"])
+        else:
+            inputs = {k: batch.get(k) for k in ("input_ids", "attention_mask", "token_type_ids")}
+            hidden = self.model(**{k: v for k, v in inputs.items() if v is not None})
+            hidden = hidden.last_hidden_state
+        weights = content.unsqueeze(-1).to(hidden.dtype)
+        if self.pooling == "mean":
+            weights = weights / content.sum(dim=1).clamp(min=1).view(-1, 1, 1)
+        return (hidden * weights).sum(dim=1)
+
+
+class MiniLM(TransformerSum):
     """all-MiniLM-L6-v2 (or a variant, see the module doc) in its native 384-dim space, pooled
     over content tokens (``pooling``: sum, the default, or mean).
 
     ``threads`` sets torch's intra-op thread count for the whole process (a testnet runs many
-    model processes on few cores). ``embed_native`` takes any number of texts and runs them in
-    batches of ``batch_size``, shortest first, to keep padding small.
+    model processes on few cores).
     """
-
-    native_dim = NATIVE_DIM
 
     def __init__(
         self,
@@ -105,54 +164,21 @@ class MiniLM:
         batch_size: int = 32,
     ) -> None:
         check_layers(layers)
-        if not 3 <= max_tokens <= 512:
-            raise ValueError(f"option max_tokens={max_tokens} must be in 3..512")
         import torch
 
         torch.set_num_threads(threads)
-        self.tokenizer, model = load_bert(layers=layers, weights=weights, init_seed=init_seed)
-        self.model = model.eval()
+        tokenizer, model = load_bert(layers=layers, weights=weights, init_seed=init_seed)
+        super().__init__(
+            tokenizer,
+            model,
+            NATIVE_DIM,
+            static=static,
+            pooling=pooling,
+            max_tokens=max_tokens,
+            batch_size=batch_size,
+        )
         self.layers = layers
         self.weights = weights
-        self.static = static
-        self.pooling = pooling
-        self.max_tokens = max_tokens
-        self.batch_size = batch_size
-
-    def embed_native(self, texts: list[str]) -> NDArray[np.float32]:
-        import torch
-
-        out = np.zeros((len(texts), NATIVE_DIM), dtype=np.float32)
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        with torch.inference_mode():
-            for lo in range(0, len(order), self.batch_size):
-                rows = order[lo : lo + self.batch_size]
-                out[rows] = self.pool([texts[i] for i in rows]).numpy()
-        return out
-
-    def pool(self, texts: list[str]) -> Any:
-        """The pooled (len(texts), 384) torch tensor (with autograd if enabled and training)."""
-        batch = self.tokenizer(
-            texts,
-            padding=True,
-            truncation=True,
-            max_length=self.max_tokens,
-            return_special_tokens_mask=True,
-            return_tensors="pt",
-        )
-        content = batch["attention_mask"] * (1 - batch["special_tokens_mask"])
-        if self.static:
-            hidden = self.model.embeddings.word_embeddings(batch["input_ids"])
-        else:
-            hidden = self.model(
-                input_ids=batch["input_ids"],
-                attention_mask=batch["attention_mask"],
-                token_type_ids=batch["token_type_ids"],
-            ).last_hidden_state
-        weights = content.unsqueeze(-1).to(hidden.dtype)
-        if self.pooling == "mean":
-            weights = weights / content.sum(dim=1).clamp(min=1).view(-1, 1, 1)
-        return (hidden * weights).sum(dim=1)
 
 
 def default(
