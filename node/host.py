@@ -517,18 +517,6 @@ class Host:
         if stuck - before:
             self._counters.add("publish.backpressure_timeout")
 
-    def unresponsive_peers(self) -> set[str]:
-        """Connected peers that read nothing: a gossip queue stuck over half full, or an
-        abandoned request stuck (see ``request``). Asked last."""
-        return {p.to_base58() for p in self._stuck_peers()} | set(self._wedged)
-
-    def spare_peers(self, n: int) -> list[str]:
-        """Up to ``n`` known peers (seeds, PX) that are not connected, backed off or banned:
-        asked when the connected ones could not answer (``request`` connects to them)."""
-        connected = set(self.connected_peers())
-        known = self._table.dial_candidates(connected, trio.current_time(), self._rng)
-        return [p for p in known if not self.is_banned(p)][:n]
-
     def _over_half(self) -> set[ID]:
         half = OutBoundQueueSize // 2
         return {peer for peer, queue in self._pubsub.peer_queues.items() if len(queue) > half}
@@ -742,10 +730,7 @@ class Host:
         deliver: Callable[[tuple[int, bytes]], None],
     ) -> None:
         """One stream: request out, one frame back, handed to ``deliver`` as soon as it is
-        read, so the caller never waits on the stream's close. A peer not connected (one of
-        ``spare_peers``) is connected to first."""
-        if peer_id not in self.connected_peers():
-            await self._connect(peer_id)
+        read, so the caller never waits on the stream's close."""
         stream = await self._lp.new_stream(ID.from_base58(peer_id), [TProtocol(protocol_id)])
         try:
             await stream.write(encode_frame(FRAME_REQUEST, data))
@@ -908,17 +893,16 @@ class Host:
             self._table.learn(addr)
         return px
 
-    async def _connect(self, peer: str) -> None:
-        """Open a connection to ``peer`` at the first address learned for it (if any)."""
-        for addr in self._table.addrs.get(peer, ())[:1]:
-            base = multiaddr.Multiaddr(addr.rpartition("/p2p/")[0])
-            await self._lp.connect(PeerInfo(ID.from_base58(peer), [base]))
-
     async def _dial(self, peer: str) -> None:
         now = trio.current_time()
         try:
+            infos = [
+                PeerInfo(ID.from_base58(peer), [multiaddr.Multiaddr(a.rpartition("/p2p/")[0])])
+                for a in self._table.addrs.get(peer, ())
+            ]
             with trio.fail_after(self._params.dial_timeout):
-                await self._connect(peer)
+                for info in infos[:1]:
+                    await self._lp.connect(info)
         except Exception as exc:
             self._counters.add("px.dial_failures")
             log.debug("dial %s failed: %r", peer, exc)

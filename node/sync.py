@@ -53,8 +53,6 @@ FETCH_PARALLEL = 2
 """Asks in flight for wanted items (reveals by commitment, certificates)."""
 ROUND_PARALLEL = 4
 """Asks in flight when every peer is asked for a round's messages."""
-SPARE_PEERS = 4
-"""Known, unconnected peers a reveal fetch asks after every connected one (``_peers``)."""
 
 
 class BadRequest(ValueError):
@@ -158,18 +156,13 @@ class SyncClient:
         self.pid = protocol_id(network_id)
         self._stalled: dict[str, float] = {}  # peer -> time.time() until which it is skipped
 
-    def _peers(self, spare: int = 0) -> list[str]:
-        """Whom to ask, in order: connected peers that answered lately and read their input
-        (random order), then the stalled or unresponsive ones (trying them beats giving up),
-        then up to ``spare`` known peers not connected (whoever holds what our own peers
-        lack: a stopped relay or validator may have been an encoder's only carriers)."""
+    def _peers(self) -> list[str]:
         now = time.time()
         peers = list(self.host.connected_peers())
+        fresh = [p for p in peers if self._stalled.get(p, 0.0) <= now]
+        peers = fresh or peers  # if every peer stalled, trying them beats giving up
         random.shuffle(peers)
-        bad = self.host.unresponsive_peers()
-        fresh = [p for p in peers if self._stalled.get(p, 0.0) <= now and p not in bad]
-        rest = [p for p in peers if p not in fresh]
-        return fresh + rest + (self.host.spare_peers(spare) if spare else [])
+        return peers
 
     async def _ask(self, peer: str, request: list[Any], deadline: float) -> list[bytes]:
         timeout = min(REQUEST_TIMEOUT, deadline - time.time())
@@ -203,7 +196,6 @@ class SyncClient:
         *,
         parallel: int,
         hedge: float,
-        spare: int = 0,
     ) -> None:
         """Ask usable peers ``request()`` (None: nothing left to ask) and pass each answer to
         ``handle``, at most ``parallel`` asks in flight; the next peer is asked when an answer
@@ -230,7 +222,7 @@ class SyncClient:
                 if request() is None:
                     nursery.cancel_scope.cancel()
 
-            for peer in self._peers(spare):
+            for peer in self._peers():
                 while in_flight >= parallel:
                     await finished.receive()
                 wanted = request()
@@ -272,9 +264,7 @@ class SyncClient:
             nonlocal got
             got += self._admit(peer, items, Kind.EMBEDDING, requested)
 
-        await self._gather(
-            request, handle, deadline, parallel=FETCH_PARALLEL, hedge=HEDGE, spare=SPARE_PEERS
-        )
+        await self._gather(request, handle, deadline, parallel=FETCH_PARALLEL, hedge=HEDGE)
         return got
 
     async def fetch_round(self, kind: Kind, rnd: int, *, deadline: float) -> int:

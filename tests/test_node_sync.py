@@ -178,26 +178,13 @@ def test_an_answer_stays_inside_one_frame(held: Held) -> None:
 class FakeHost:
     """The part of Host a SyncClient uses; each peer answers from a script (None: stalls)."""
 
-    def __init__(
-        self,
-        answers: dict[str, list[bytes] | None],
-        spare: tuple[str, ...] = (),
-        unresponsive: frozenset[str] = frozenset(),
-    ) -> None:
+    def __init__(self, answers: dict[str, list[bytes] | None]) -> None:
         self.answers = answers
-        self.spare = spare  # peers in ``answers`` that are known but not connected
-        self.unresponsive = unresponsive
         self.asked: list[str] = []
         self.penalties: list[tuple[str, str]] = []
 
     def connected_peers(self) -> list[str]:
-        return sorted(set(self.answers) - set(self.spare))
-
-    def unresponsive_peers(self) -> set[str]:
-        return set(self.unresponsive)
-
-    def spare_peers(self, n: int) -> list[str]:
-        return list(self.spare[:n])
+        return sorted(self.answers)
 
     async def request(self, peer: str, pid: str, data: bytes, timeout: float) -> bytes:
         self.asked.append(peer)
@@ -330,25 +317,3 @@ def test_certificates_outside_the_range_asked_are_unrequested(held: Held, tmp_pa
     assert host.penalties == [("junk", "sync_bad_item")] * 2
     n, kept, host = fetch({"junk": [b"bad", cert(40)], "good": [cert(3)]})
     assert n == 1 and kept == [cert(3)]
-
-
-def test_unresponsive_peers_are_asked_last_and_known_unconnected_ones_after_them(
-    held: Held, tmp_path: Path
-) -> None:
-    """A stopped validator may have been an encoder's only carrier: what no connected peer
-    holds is asked of known peers not connected, after every connected one."""
-    wanted = [e.commitment() for e in held.reveals]
-    client, host, _ = client_for(held, tmp_path, {})
-    host.answers.update({"stuck": [], "a": [], "b": [], "far": [encode(e) for e in held.reveals]})
-    host.spare, host.unresponsive = ("far",), frozenset({"stuck"})
-    got = trio.run(
-        lambda: client.fetch_commitments(wanted, deadline=time.time() + 5),
-        clock=MockClock(autojump_threshold=0),
-    )
-    assert got == len(wanted)
-    assert sorted(host.asked[:2]) == ["a", "b"]
-    assert host.asked[2:] == ["stuck", "far"]
-    # A round fetch asks only connected peers.
-    host.asked.clear()
-    trio.run(lambda: client.fetch_round(Kind.COMMIT, 1, deadline=time.time() + 5))
-    assert "far" not in host.asked
