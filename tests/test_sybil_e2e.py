@@ -1,6 +1,7 @@
 """Issue 10 on real processes: eight copies of one cheap model join a running network in round
 3 (exactly: `--first-round`) and do not capture it (earned influence, registration;
-docs/SYBIL.md). More than 5 node processes: run it under the machine-wide lock, `flock /work/testnet.lock python -m pytest tests/test_sybil_e2e.py`.
+docs/SYBIL.md). More than 5 node processes: run it under the machine-wide lock,
+`flock /work/testnet.lock python -m pytest tests/test_sybil_e2e.py`.
 """
 
 from __future__ import annotations
