@@ -8,6 +8,7 @@ subscription's drain task. Nothing is counted as held before the store has commi
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -45,18 +46,21 @@ class Proofs:
     def __init__(self, cfg: NetworkConfig) -> None:
         self.cfg = cfg
         self._work: OrderedDict[tuple[bytes, int], bytes] = OrderedDict()
+        self._lock = threading.Lock()  # the validator reads it from its scoring thread
 
     def work(self, key: bytes, nonce: int) -> bytes:
         """The proof's work (computed once per key and nonce)."""
         entry = (key, nonce)
-        got = self._work.get(entry)
-        if got is None:
-            got = work(self.cfg.network_id, key, nonce)
+        with self._lock:
+            got = self._work.get(entry)
+            if got is not None:
+                self._work.move_to_end(entry)
+                return got
+        got = work(self.cfg.network_id, key, nonce)
+        with self._lock:
             self._work[entry] = got
             if len(self._work) > self.LIMIT:
                 self._work.popitem(last=False)
-        else:
-            self._work.move_to_end(entry)
         return got
 
     def valid(self, commit: Commit) -> bool:
