@@ -350,6 +350,13 @@ def late_start_time(cfg: NetworkConfig, start_round: int, starting: int) -> floa
     return round_times(cfg, start_round - 1).start - lead
 
 
+def late_due(cfg: NetworkConfig, at: float, now: float, others_up: bool) -> bool:
+    """Whether to start a late encoder planned for ``at`` (`late_start_time`) now: from ``at``
+    on once every encoder started before it is up (loading at once on 2 cores, it would slow
+    them down and make them miss round 1), and in any case from half a round after ``at``."""
+    return now >= at and (others_up or now >= at + cfg.timing.round_seconds / 2)
+
+
 def emit_compose(plan: TestnetPlan, out: Path, genesis_in: float) -> NetworkConfig:
     """Write ``out/compose.yaml`` (one container per node, see ``dlnet.node.compose``) and
     ``out/testnet/``: the genesis config (round 0 in ``genesis_in`` seconds) and every key."""
@@ -493,7 +500,8 @@ def run_testnet(plan: TestnetPlan, *, echo: Any = print) -> int:
         end = last.finality_deadline + 8.0
         validators = [p for p in procs if p.role == "validator" and p.kind == "validator"]
         while time.time() < end:
-            for item in [x for x in pending if x[0] <= time.time()]:
+            up = all(p.api is not None for p in procs if p.role == "encoder")
+            for item in [x for x in pending if late_due(cfg, x[0], time.time(), up)]:
                 pending.remove(item)
                 _, name, kind, index, start = item
                 echo(

@@ -196,6 +196,7 @@ def test_late_groups_and_seeds_make_the_plan(tmp_path: Path) -> None:
         TestnetPlan,
         encoder_names,
         encoder_start_rounds,
+        late_due,
         late_start_time,
         parse_seeds,
         plan_encoders,
@@ -232,6 +233,12 @@ def test_late_groups_and_seeds_make_the_plan(tmp_path: Path) -> None:
     assert encoder_first_round(cfg, times.commit_deadline - 4.5, 3) == 4  # too late: the next
     assert encoder_first_round(cfg, t, None) < 3  # without the flag: an earlier round
     assert late_start_time(cfg, 3, 1) > t  # fewer at once: later
+    # They wait until the encoders started before them are up, at most half a round.
+    assert not late_due(cfg, t, t - 1, True)
+    assert late_due(cfg, t, t, True) and not late_due(cfg, t, t + 29, False)
+    assert late_due(cfg, t, t + 30, False)
+    # Even started half a round late they have 1.5 rounds to load before round 3's commit.
+    assert times.commit_deadline - 5.5 - (t + 30) > 1.5 * cfg.timing.round_seconds
 
 
 def test_emit_compose_names_the_seed_kinds_keys_in_the_genesis(tmp_path: Path) -> None:
