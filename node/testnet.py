@@ -85,6 +85,12 @@ STOP_GRACE: Final = 20.0
 # The bootstrap keeps every node connected (docs/BENCHMARKS.md: a hub bounded at 4 peers
 # delivered 47% of a reveal burst by gossip within 10 s, one bounded at 24 delivered 100%).
 BOOTSTRAP_MAX_PEERS: Final = 24
+# Validators are hubs too (`dlnet testnet` only): they need every reveal. Bounded at the default
+# 4 peers they evicted the bootstrap first (the highest degree), kept two other validators and
+# two encoders, and so lost the reveals of every encoder connected to neither (encoders do not
+# relay reveals): with 11 encoders all three validators lacked 6 encoders' reveals after repair,
+# though the bootstrap held all of them (docs/SYBIL.md).
+VALIDATOR_MAX_PEERS: Final = BOOTSTRAP_MAX_PEERS
 
 
 class SpecError(ValueError):
@@ -456,6 +462,8 @@ def run_testnet(plan: TestnetPlan, *, echo: Any = print) -> int:
                         str(path),
                         "--bootstrap",
                         boot_addr,
+                        "--max-peers",
+                        str(VALIDATOR_MAX_PEERS),
                         *(["--byzantine", plan.byzantine[1]] if byzantine else []),
                     ],
                 ),

@@ -76,7 +76,9 @@ def attested(
         cosines[rnd] = []
         for s in range(cfg.shards_per_round):
             vec = np.frombuffer(res.weighted[s], dtype="<f4").astype(np.float64)
-            own = [v for (sh, k), v in fulls[rnd].items() if sh == s and k.hex() in honest]
+            own = [v for (sh, k), v in fulls.get(rnd, {}).items() if sh == s and k.hex() in honest]
+            if not own:
+                continue
             mean = np.mean(np.array(own, dtype=np.float64), axis=0)
             norm = np.linalg.norm(vec) * np.linalg.norm(mean)
             cosines[rnd].append(float(vec @ mean / norm) if norm > 0 else 0.0)
