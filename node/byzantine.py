@@ -16,7 +16,7 @@ from dlnet.protocol.config import NetworkConfig
 from dlnet.protocol.identity import SigningKey
 from dlnet.protocol.result import U16_MAX
 from dlnet.protocol.rounds import RoundTimes
-from dlnet.protocol.wire import MAX_ENCODERS, Attestation, sign_attestation
+from dlnet.protocol.wire import Attestation, listed_limit, sign_attestation
 
 MODES: Final = ("fake-encoders", "inverted", "late-attest")
 # late-attest: how long after the attest deadline the attestation is published.
@@ -47,7 +47,8 @@ class Byzantine:
         if self.mode == "inverted":
             scores = U16_MAX - scores
         elif self.mode == "fake-encoders":
-            fakes = fake_keys(att.round, MAX_ENCODERS)[: MAX_ENCODERS - len(encoders)]
+            limit = listed_limit(cfg)
+            fakes = fake_keys(att.round, limit)[: limit - len(encoders)]
             encoders += fakes
             scores = np.hstack([scores, np.full((shards, len(fakes)), U16_MAX, np.int64)])
             flags = np.hstack([flags, np.zeros((shards, len(fakes)), np.uint8)])

@@ -204,6 +204,13 @@ def init(
     help="TEST ONLY: run the validator as a byzantine one (node/byzantine.py).",
 )
 @click.option(
+    "--first-round",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Encoder: commit first in this round (default: the first round it can still make); "
+    "the testnet's KIND:COUNT@ROUND.",
+)
+@click.option(
     "--listen",
     default="/ip4/127.0.0.1/tcp/0",
     show_default=True,
@@ -241,6 +248,7 @@ def run(
     align_path: Path | None,
     behaviour: str,
     byzantine: str | None,
+    first_round: int | None,
     listen: str,
     bootstrap: tuple[str, ...],
     data_dir: Path,
@@ -270,6 +278,7 @@ def run(
         align=align_path,
         behaviour=behaviour,
         byzantine=byzantine,
+        first_round=first_round,
         listen=listen,
         bootstrap=bootstrap,
         gossip=gossip,

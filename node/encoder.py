@@ -64,10 +64,16 @@ def parse_behaviour(text: str) -> tuple[str, float]:
 
 class EncoderRole:
     def __init__(
-        self, ctx: NodeContext, key: SigningKey, model: Model, behaviour: str = "honest"
+        self,
+        ctx: NodeContext,
+        key: SigningKey,
+        model: Model,
+        behaviour: str = "honest",
+        registration: int = 0,
     ) -> None:
         self.ctx = ctx
         self.key = key
+        self.registration = registration  # nonce of the key's registration proof
         self.model = model
         self.behaviour, self.jitter = parse_behaviour(behaviour)
 
@@ -154,7 +160,11 @@ class EncoderRole:
             vecs = await self._vectors(rnd)
             reveals = self._sign_reveals(rnd, vecs)
             commit = sign_commit(
-                self.key, cfg.network_id, rnd, tuple(e.commitment() for e in reveals)
+                self.key,
+                cfg.network_id,
+                rnd,
+                tuple(e.commitment() for e in reveals),
+                self.registration,
             )
             if wall_clock() >= times.commit_deadline:
                 self.ctx.log.warning("round %d: embedding finished after the commit deadline", rnd)

@@ -8,6 +8,8 @@ subscription's drain task. Nothing is counted as held before the store has commi
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
@@ -15,6 +17,7 @@ from enum import Enum
 from dlnet.node.host import Verdict
 from dlnet.node.store import PutStatus, Store
 from dlnet.protocol.config import NetworkConfig
+from dlnet.protocol.registration import leading_zero_bits, work
 from dlnet.protocol.rounds import accepted_rounds, round_times
 from dlnet.protocol.wire import (
     Attestation,
@@ -24,12 +27,49 @@ from dlnet.protocol.wire import (
     Kind,
     Message,
     Reject,
+    RejectReason,
     decode,
     message_id,
 )
 
 # Clock skew and propagation allowed for a commit arriving after its deadline.
 COMMIT_GRACE = 1.0
+
+
+class Proofs:
+    """Registration proofs checked by this node: (key, nonce) -> its scrypt work, so that a
+    key's proof costs one evaluation per node (about 0.07 s), not one per commit. Bounded:
+    the least recently used entries go first."""
+
+    LIMIT = 4096
+
+    def __init__(self, cfg: NetworkConfig) -> None:
+        self.cfg = cfg
+        self._work: OrderedDict[tuple[bytes, int], bytes] = OrderedDict()
+        self._lock = threading.Lock()  # the validator reads it from its scoring thread
+
+    def work(self, key: bytes, nonce: int) -> bytes:
+        """The proof's work (computed once per key and nonce)."""
+        entry = (key, nonce)
+        with self._lock:
+            got = self._work.get(entry)
+            if got is not None:
+                self._work.move_to_end(entry)
+                return got
+        got = work(self.cfg.network_id, key, nonce)
+        with self._lock:
+            self._work[entry] = got
+            if len(self._work) > self.LIMIT:
+                self._work.popitem(last=False)
+        return got
+
+    def valid(self, commit: Commit) -> bool:
+        """Whether the commit's nonce registers its encoder at the config's difficulty
+        (difficulty 0: every nonce, nothing computed)."""
+        difficulty = self.cfg.registration.difficulty
+        if difficulty <= 0:
+            return True
+        return leading_zero_bits(self.work(commit.encoder, commit.registration)) >= difficulty
 
 
 class Outcome(Enum):
@@ -75,16 +115,23 @@ class Ingest:
         # Decoded messages between the topic validator and the drain task, by message id,
         # so the signature is checked once per message.
         self._checked: dict[bytes, Message] = {}
+        self.proofs = Proofs(cfg)
 
     def count(self, outcome: str, reason: str) -> None:
         self.store.bump_counter(f"{outcome}:{reason}")
 
     def _decode(self, data: bytes, kind: Kind | None) -> Message | None:
+        """Strict decode, and for a Commit its registration proof (after the signature, so a
+        forged commit costs no scrypt)."""
         try:
-            return decode(data, self.cfg, kind)
+            msg = decode(data, self.cfg, kind)
         except Reject as exc:
             self.count("rejected", exc.reason.value)
             return None
+        if isinstance(msg, Commit) and not self.proofs.valid(msg):
+            self.count("rejected", RejectReason.BAD_REGISTRATION.value)
+            return None
+        return msg
 
     def _in_window(self, msg: Message) -> bool:
         window = accepted_rounds(self.cfg, self.now())

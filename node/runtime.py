@@ -37,6 +37,7 @@ from dlnet.node.validator import ValidatorRole
 from dlnet.protocol.config import NetworkConfig, parse_config
 from dlnet.protocol.consensus import CertificateError, verify_certificate
 from dlnet.protocol.identity import SigningKey
+from dlnet.protocol.registration import solve, valid
 from dlnet.protocol.result import result_digest
 from dlnet.protocol.rounds import round_at, round_times
 from dlnet.protocol.wire import Certificate, Kind, Reject, decode, message_id, topic
@@ -61,6 +62,7 @@ TRANSPORT_EVERY = 5.0
 LOCK_FILE = "LOCK"
 PEER_KEY_FILE = "peer.key"
 PEERS_FILE = "peers.json"
+REGISTRATION_FILE = "registration.json"
 PEERS_EVERY = 30.0
 # Certificates a (re)starting node asks its peers for, counted back from the current round.
 CATCH_UP_ROUNDS = 64
@@ -83,6 +85,8 @@ class NodeOptions:
     network projection (models/aligned.py)."""
     behaviour: str = "honest"
     byzantine: str | None = None  # TEST ONLY: a node/byzantine.py mode for the validator
+    first_round: int | None = None
+    """Encoder: the first round to commit in (None: the first it can still make)."""
     listen: str = "/ip4/127.0.0.1/tcp/0"
     bootstrap: tuple[str, ...] = ()
     gossip: GossipParams = field(default_factory=GossipParams)
@@ -248,6 +252,12 @@ def first_round(cfg: NetworkConfig, now: float) -> int:
     return current if now < round_times(cfg, current).commit_deadline - JOIN_MARGIN else current + 1
 
 
+def encoder_first_round(cfg: NetworkConfig, now: float, requested: int | None) -> int:
+    """The round an encoder up at ``now`` commits first in: the first it can still make
+    (`first_round`), never before ``requested`` (``--first-round``)."""
+    return max(first_round(cfg, now), requested or 0)
+
+
 def write_info(
     data_dir: Path,
     host: Host,
@@ -289,6 +299,11 @@ async def run_node(opts: NodeOptions) -> None:
     log = logging.getLogger("dlnet")
     check_port_free(opts.listen)
     model = None
+    registration = 0
+    if "encoder" in opts.roles and key is not None:
+        registration = await trio.to_thread.run_sync(
+            registration_nonce, cfg, key.public_key, opts.data_dir
+        )
     if "encoder" in opts.roles:
         log.info("loading model %s ...", opts.model or "(default)")
         began = time.monotonic()
@@ -317,7 +332,57 @@ async def run_node(opts: NodeOptions) -> None:
     except OSError as exc:
         raise NodeError(f"--data-dir {opts.data_dir}: cannot create ({exc.strerror})") from exc
     with data_dir_lock(opts.data_dir):
-        await _run_locked(opts, cfg, items, key, model, api_sock, api_url)
+        await _run_locked(opts, cfg, items, key, model, api_sock, api_url, registration)
+
+
+# How often a node solving its registration proof logs its progress (s).
+PROGRESS_EVERY = 2.0
+
+
+def registration_nonce(cfg: NetworkConfig, key: bytes, data_dir: Path) -> int:
+    """The nonce of this encoder's registration proof (docs/PROTOCOL.md §2.7): the one saved in
+    ``<data-dir>/registration.json`` if it is still valid for this key, network and difficulty
+    (one evaluation), else solved here (2^difficulty evaluations on average, progress logged
+    every 2 s) and saved."""
+    log = logging.getLogger("dlnet")
+    path = data_dir / REGISTRATION_FILE
+    difficulty = cfg.registration.difficulty
+    try:
+        saved = json.loads(path.read_text())
+        nonce = saved["nonce"] if saved.get("key") == key.hex() else None
+    except (OSError, ValueError, AttributeError, KeyError):
+        nonce = None
+    if type(nonce) is int and valid(cfg.network_id, key, nonce, difficulty):
+        return nonce
+    began = time.monotonic()
+    last = began
+
+    def progress(evaluations: int) -> None:
+        nonlocal last
+        now = time.monotonic()
+        if now - last >= PROGRESS_EVERY:
+            last = now
+            log.info(
+                "registration proof: %d evaluations in %.0f s (expected %d at difficulty %d)",
+                evaluations,
+                now - began,
+                2**difficulty,
+                difficulty,
+            )
+
+    nonce = solve(cfg.network_id, key, difficulty, progress=progress)
+    log.info(
+        "registration proof: nonce %d at difficulty %d in %.1f s",
+        nonce,
+        difficulty,
+        time.monotonic() - began,
+    )
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        write_json(path, {"key": key.hex(), "network_id": cfg.network_id.hex(), "nonce": nonce})
+    except OSError as exc:  # the proof stands; only the next start recomputes it
+        log.warning("registration proof: cannot save %s (%s)", path, exc.strerror)
+    return nonce
 
 
 async def _run_locked(
@@ -328,6 +393,7 @@ async def _run_locked(
     model: Model | None,
     api_sock: socket.socket | None,
     api_url: str | None,
+    registration: int = 0,
 ) -> None:
     store = Store.open(opts.data_dir / STORE_FILE)
     log = logging.getLogger("dlnet")
@@ -386,8 +452,11 @@ async def _run_locked(
                 nursery.start_soon(_keep_saved_peers, host, opts.data_dir)
                 start = first_round(cfg, wall_clock())
                 if key is not None and model is not None:
-                    enc = EncoderRole(ctx, key, model, opts.behaviour)
-                    nursery.start_soon(enc.run, start)
+                    enc = EncoderRole(ctx, key, model, opts.behaviour, registration)
+                    first = encoder_first_round(cfg, wall_clock(), opts.first_round)
+                    if first > start:
+                        log.info("encoder: first commit in round %d (--first-round)", first)
+                    nursery.start_soon(enc.run, first)
                 if key is not None and "validator" in opts.roles:
                     nursery.start_soon(catch_up, ctx)
                     byz = None if opts.byzantine is None else Byzantine(opts.byzantine)

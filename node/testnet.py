@@ -24,7 +24,6 @@ from dlnet.node.byzantine import MODES as BYZANTINE_MODES
 from dlnet.node.dataset_io import resolve_dataset_path
 from dlnet.node.keyfile import write_key
 from dlnet.node.models.kinds import LEVEL_OPTIONS
-from dlnet.node.runtime import JOIN_MARGIN
 from dlnet.protocol.config import (
     DatasetRef,
     NetworkConfig,
@@ -70,6 +69,14 @@ BEHAVIOUR_OPTIONS: Final = ("jitter",)
 # joins round 1 up to 5 s before its commit deadline.
 STARTUP_SECONDS: Final = 45.0
 STARTUP_SECONDS_PER_ENCODER: Final = 3.0
+# Each encoder solves its registration proof at start (docs/PROTOCOL.md §2.7): about 5 s of one
+# core at the default difficulty (docs/BENCHMARKS.md), 2.5 s of wall time per encoder on 2 cores;
+# the number of evaluations is geometric, so one of a few encoders often takes 2-3 x the mean:
+# REGISTRATION_SECONDS once more for that tail (14 s measured beside a running testnet; in the
+# default testnet, 13 proofs beside 13 model loads, 22-60 s of wall time, and the slowest
+# encoder missed round 1 by 7 s with 10 s here).
+REGISTRATION_SECONDS: Final = 20.0
+REGISTRATION_SECONDS_PER_ENCODER: Final = 2.5
 # The testnet's round unless --round-seconds: 17 processes on 2 cores overran the 6 s repair
 # and attest phases of 40 s rounds (9 s each at 60 s).
 TESTNET_ROUND_SECONDS: Final = 60
@@ -80,6 +87,12 @@ STOP_GRACE: Final = 20.0
 # The bootstrap keeps every node connected (docs/BENCHMARKS.md: a hub bounded at 4 peers
 # delivered 47% of a reveal burst by gossip within 10 s, one bounded at 24 delivered 100%).
 BOOTSTRAP_MAX_PEERS: Final = 24
+# Validators are hubs too (`dlnet testnet` only): they need every reveal. Bounded at the default
+# 4 peers they evicted the bootstrap first (the highest degree), kept two other validators and
+# two encoders, and so lost the reveals of every encoder connected to neither (encoders do not
+# relay reveals): with 11 encoders all three validators lacked 6 encoders' reveals after repair,
+# though the bootstrap held all of them (docs/SYBIL.md).
+VALIDATOR_MAX_PEERS: Final = BOOTSTRAP_MAX_PEERS
 
 
 class SpecError(ValueError):
@@ -337,15 +350,22 @@ def encoder_start_rounds(plan: TestnetPlan) -> list[int]:
 
 
 def late_start_time(cfg: NetworkConfig, start_round: int, starting: int) -> float:
-    """When the launcher starts the ``starting`` encoders of ``start_round`` > 1. An encoder
-    joins the first round whose commit deadline is more than JOIN_MARGIN away once it is up
-    (`runtime.first_round`, after loading its model), so it joins ``start_round`` if it comes up
-    between that moment of round ``start_round - 1`` and of ``start_round`` (one round apart).
-    Start-up takes ~15 s alone and more with each encoder starting at once (8 took 83 s on a
-    loaded 2-core machine), so they start LATE_LOAD_SECONDS + STARTUP_SECONDS_PER_ENCODER per
-    encoder before the first of these moments."""
-    lead = LATE_LOAD_SECONDS + STARTUP_SECONDS_PER_ENCODER * starting
-    return round_times(cfg, start_round - 1).commit_deadline - JOIN_MARGIN - lead
+    """When the launcher starts the ``starting`` encoders of ``start_round`` > 1: they run with
+    ``--first-round start_round``, so none commits before that round whenever it comes up, and
+    they start early enough to be up for it: LATE_LOAD_SECONDS plus, per encoder starting at
+    once, STARTUP_SECONDS_PER_ENCODER and REGISTRATION_SECONDS_PER_ENCODER before round
+    ``start_round - 1`` starts (8 at once took 83 s on a loaded 2-core machine; this gives them
+    a round and a half more, 2 min at 60 s rounds)."""
+    per_encoder = STARTUP_SECONDS_PER_ENCODER + REGISTRATION_SECONDS_PER_ENCODER
+    lead = LATE_LOAD_SECONDS + per_encoder * starting
+    return round_times(cfg, start_round - 1).start - lead
+
+
+def late_due(cfg: NetworkConfig, at: float, now: float, others_up: bool) -> bool:
+    """Whether to start a late encoder planned for ``at`` (`late_start_time`) now: from ``at``
+    on once every encoder started before it is up (loading at once on 2 cores, it would slow
+    them down and make them miss round 1), and in any case from half a round after ``at``."""
+    return now >= at and (others_up or now >= at + cfg.timing.round_seconds / 2)
 
 
 def emit_compose(plan: TestnetPlan, out: Path, genesis_in: float) -> NetworkConfig:
@@ -400,7 +420,8 @@ def run_testnet(plan: TestnetPlan, *, echo: Any = print) -> int:
     # Round 1 starts once every process of round 1 is up; round 0 lies before it (replay
     # copies it). Encoders of a later round start later (`late_start_time`).
     first = sum(1 for start in encoder_start_rounds(plan) if start == 1)
-    startup = STARTUP_SECONDS + STARTUP_SECONDS_PER_ENCODER * first
+    per_encoder = STARTUP_SECONDS_PER_ENCODER + REGISTRATION_SECONDS_PER_ENCODER
+    startup = STARTUP_SECONDS + REGISTRATION_SECONDS + per_encoder * first
     genesis = int(time.time() + startup) - probe.timing.round_seconds
     cfg = testnet_config(plan, [k for _, k in vkeys], genesis, out, seeds)
     config_path = out / "network.toml"
@@ -443,6 +464,8 @@ def run_testnet(plan: TestnetPlan, *, echo: Any = print) -> int:
                         str(path),
                         "--bootstrap",
                         boot_addr,
+                        "--max-peers",
+                        str(VALIDATOR_MAX_PEERS),
                         *(["--byzantine", plan.byzantine[1]] if byzantine else []),
                     ],
                 ),
@@ -450,7 +473,7 @@ def run_testnet(plan: TestnetPlan, *, echo: Any = print) -> int:
             p.public_key = key.public_key.hex()
             procs.append(p)
 
-        def start_encoder(name: str, kind: str, index: int) -> None:
+        def start_encoder(name: str, kind: str, index: int, start: int) -> None:
             path, key = ekeys[name]
             p = _start(
                 name,
@@ -468,30 +491,36 @@ def run_testnet(plan: TestnetPlan, *, echo: Any = print) -> int:
                         "--bootstrap",
                         boot_addr,
                         *_encoder_args(kind, index),
+                        *(["--first-round", str(start)] if start > 1 else []),
                     ],
                 ),
             )
             p.public_key = key.public_key.hex()
             procs.append(p)
 
-        pending: list[tuple[float, str, str, int]] = []
+        pending: list[tuple[float, str, str, int, int]] = []
         for (name, kind, index), start in zip(
             encoder_names(plan), encoder_start_rounds(plan), strict=True
         ):
             if start > 1:
                 starting = encoder_start_rounds(plan).count(start)
-                pending.append((late_start_time(cfg, start, starting), name, kind, index))
+                at = late_start_time(cfg, start, starting)
+                pending.append((at, name, kind, index, start))
                 continue
-            start_encoder(name, kind, index)
+            start_encoder(name, kind, index, start)
         last = round_times(cfg, plan.rounds)
         end = last.finality_deadline + 8.0
         validators = [p for p in procs if p.role == "validator" and p.kind == "validator"]
         while time.time() < end:
-            for item in [x for x in pending if x[0] <= time.time()]:
+            up = all(p.api is not None for p in procs if p.role == "encoder")
+            for item in [x for x in pending if late_due(cfg, x[0], time.time(), up)]:
                 pending.remove(item)
-                _, name, kind, index = item
-                echo(f"testnet: starting {name} late, for round {round_at(cfg, time.time()) + 1}")
-                start_encoder(name, kind, index)
+                _, name, kind, index, start = item
+                echo(
+                    f"testnet: starting {name} late (now round {round_at(cfg, time.time())}), "
+                    f"first commit in round {start}"
+                )
+                start_encoder(name, kind, index, start)
             _sample_rss(procs)
             _note_apis(procs, echo)
             for p in procs:

@@ -31,8 +31,9 @@ from dlnet.protocol.consensus import (
     usable_attestations,
 )
 from dlnet.protocol.identity import SigningKey
-from dlnet.protocol.influence import InfluenceState, derive, scoring_round
+from dlnet.protocol.influence import InfluenceState, scoring_round
 from dlnet.protocol.masks import round_tasks
+from dlnet.protocol.registration import Registry, counted, records
 from dlnet.protocol.result import RoundResult, decode_result, encode_result, result_digest
 from dlnet.protocol.rounds import RoundTimes, round_times
 from dlnet.protocol.scoring import score_round
@@ -193,16 +194,38 @@ class ValidatorRole:
                 return msg
         return None
 
-    def influence(self, rnd: int) -> InfluenceState:
-        """The earned influence round ``rnd`` is scored with: genesis seeds plus every
-        certified round <= rnd - lag this node holds (docs/PROTOCOL.md §2.6, Earned influence).
-        A node that catches up stores the same certificates, so it derives the same state."""
+    def records(self, rnd: int) -> tuple[InfluenceState, Registry]:
+        """The earned influence and the registered set round ``rnd`` is scored with: genesis
+        seeds plus every certified round <= rnd - lag this node holds (docs/PROTOCOL.md §2.6
+        and §2.7). A node that catches up stores the same certificates, so it derives the
+        same state."""
         cfg = self.ctx.cfg
         upto = scoring_round(rnd)
         for r in self.ctx.store.certificate_rounds(1, upto):
             if r not in self._certified and (cert := verified_certificate(self.ctx.store, cfg, r)):
                 self._certified[r] = cert.result
-        return derive(cfg.seed_encoders, self._certified.values(), upto)
+        return records(cfg.seed_encoders, self._certified.values(), upto, cfg.registration)
+
+    def influence(self, rnd: int) -> InfluenceState:
+        """The earned influence round ``rnd`` is scored with (see `records`)."""
+        return self.records(rnd)[0]
+
+    def scored_encoders(self, rnd: int, view: RoundView, registry: Registry) -> tuple[bytes, ...]:
+        """The committed encoders this round scores: the registered ones and as many
+        newcomers as the set has room for (`registration.counted`); the others are counted
+        as ``validator:unregistered`` and left out of the attestation."""
+        proofs = self.ctx.ingest.proofs
+        members = registry.keys()
+        work = {
+            enc: proofs.work(enc, c.registration)
+            if enc not in members and self.ctx.cfg.registration.difficulty > 0
+            else bytes(32)
+            for enc, c in view.commits.items()
+        }
+        chosen = counted(registry, rnd, work, self.ctx.cfg.registration)
+        for _ in range(len(view.commits) - len(chosen)):
+            self.ctx.ingest.count("validator", "unregistered")
+        return chosen
 
     async def score(self, rnd: int) -> Attestation:
         """Score every committed encoder on every shard from what this validator holds.
@@ -213,7 +236,8 @@ class ValidatorRole:
         cfg = self.ctx.cfg
         view = round_view(self.ctx, rnd)
         tasks = round_tasks(cfg, self.ctx.items, rnd)
-        encoders = sorted(view.commits)
+        influence, registry = self.records(rnd)
+        encoders = list(self.scored_encoders(rnd, view, registry))
         slots = cfg.slots_per_shard
         shards: list[dict[bytes, np.ndarray]] = []
         for shard in range(cfg.shards_per_round):
@@ -225,7 +249,6 @@ class ValidatorRole:
                 if all(h in view.reveals for h in hashes):
                     held[enc] = np.stack([view.reveals[h].array() for h in hashes])
             shards.append(held)
-        influence = self.influence(rnd).as_dict()
         scores = await trio.to_thread.run_sync(
             functools.partial(
                 score_round,
@@ -233,7 +256,7 @@ class ValidatorRole:
                 shards,
                 [t.unit_counts for t in tasks],
                 tuple(encoders),
-                influence=influence,
+                influence=influence.as_dict(),
             )
         )
         matrix = np.array([[quantise(float(s)) for s in row] for row in scores.scores], dtype="<u2")

@@ -20,6 +20,7 @@ import tomli_w
 from dlnet.protocol.canonical import pack, sha256
 from dlnet.protocol.consensus import ConsensusParams
 from dlnet.protocol.errors import ConfigError
+from dlnet.protocol.registration import RegistrationParams
 from dlnet.protocol.scoring import ScoringParams
 
 NETWORK_ID_TAG = b"dlnet/v1/network-id"
@@ -104,6 +105,9 @@ class NetworkConfig:
     validators: tuple[ValidatorEntry, ...]
     scoring: ScoringParams
     consensus: ConsensusParams
+    registration: RegistrationParams = dataclasses.field(default_factory=RegistrationParams)
+    """``[registration]``: the bounded encoder set and its admission cost (docs/PROTOCOL.md
+    §2.7); always hashed into the network id."""
     seed_encoders: tuple[bytes, ...] = ()
     """Encoder keys that start with full influence (``network.seed_encoders``, an array of hex
     keys; docs/PROTOCOL.md §2.6 "Earned influence"); ascending. Hashed into the network id only
@@ -142,6 +146,7 @@ _TABLES: dict[str, type[Any]] = {
     "dataset": DatasetRef,
     "scoring": ScoringParams,
     "consensus": ConsensusParams,
+    "registration": RegistrationParams,
 }
 """`NetworkConfig` fields that are TOML tables of their own (``validators`` is an array)."""
 _NETWORK_SKIP = frozenset({*_TABLES, "validators", "seed_encoders"})
@@ -368,6 +373,18 @@ def config_problems(cfg: NetworkConfig) -> list[tuple[str, str]]:
         out.append(("network.seed_encoders", "every key must be 32 bytes — write 64 hex digits"))
     elif list(seeds) != sorted(set(seeds)):
         out.append(("network.seed_encoders", "not sorted or listed twice — list each key once"))
+    elif (
+        type(cfg.registration) is RegistrationParams
+        and type(cfg.registration.max_encoders) is int
+        and len(seeds) > cfg.registration.max_encoders
+    ):
+        out.append(
+            (
+                "network.seed_encoders",
+                f"{len(seeds)} seeds but registration.max_encoders is "
+                f"{cfg.registration.max_encoders} — name fewer seeds or raise max_encoders",
+            )
+        )
     for i, v in enumerate(cfg.validators):
         if typed[f"validators[{i}].pubkey"] and len(v.pubkey) != HASH_BYTES:
             bad(f"validators[{i}].pubkey", "must be 32 bytes — write the raw Ed25519 key as hex")
@@ -380,7 +397,7 @@ def config_problems(cfg: NetworkConfig) -> list[tuple[str, str]]:
             elif v.pubkey < prev:
                 bad("validators", "not sorted by pubkey — sort them (parse_config does)")
 
-    for section in ("scoring", "consensus"):
+    for section in ("scoring", "consensus", "registration"):
         obj = getattr(cfg, section)
         if type(obj) is _TABLES[section] and all(
             typed[f"{section}.{f.name}"] for f in dataclasses.fields(obj)
@@ -508,6 +525,7 @@ def default_config(
         "validators": tuple(sorted(validators, key=lambda v: v.pubkey)),
         "scoring": ScoringParams(),
         "consensus": ConsensusParams(),
+        "registration": RegistrationParams(),
         "seed_encoders": (),
     }
     unknown = set(overrides) - set(fields) - {"dataset"}

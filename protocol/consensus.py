@@ -21,7 +21,6 @@ from dlnet.protocol.canonical import sha256
 from dlnet.protocol.result import U16_MAX, RoundResult, result_digest
 from dlnet.protocol.scoring import round_embeddings
 from dlnet.protocol.wire import (
-    MAX_ENCODERS,
     PRECOMMIT,
     PREVOTE,
     Attestation,
@@ -31,6 +30,7 @@ from dlnet.protocol.wire import (
     Reject,
     decode,
     encode,
+    listed_limit,
     message_id,
     signature_valid,
 )
@@ -206,7 +206,7 @@ def supported_encoders(
 ) -> tuple[bytes, ...]:
     """The encoders of the result, ascending: those listed by validators holding at least κ of
     the total stake (one validator below κ can neither add nor pad). Should more than
-    MAX_ENCODERS qualify, the MAX_ENCODERS with the most listing stake, ties by smaller key.
+    `listed_limit` qualify, the `listed_limit` with the most listing stake, ties by smaller key.
 
     ``attestations``: at most one per validator (what `usable_attestations` returns)."""
     kappa = cfg.consensus.kappa_fraction
@@ -220,7 +220,7 @@ def supported_encoders(
         if stake * kappa.denominator >= kappa.numerator * cfg.total_stake
     ]
     ok.sort(key=lambda e: (-support[e], e))
-    return tuple(sorted(ok[:MAX_ENCODERS]))
+    return tuple(sorted(ok[: listed_limit(cfg)]))
 
 
 def _columns(a: Attestation, col: Mapping[bytes, int]) -> tuple[list[int], list[int]]:

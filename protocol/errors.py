@@ -48,6 +48,9 @@ class RejectReason(StrEnum):
     """An attestation, finality vote or certificate signer that is not in the validator set."""
     BAD_FIELD = "bad_field"
     """A well-typed field whose value is out of range (shard, slot, flag, order of a list)."""
+    BAD_REGISTRATION = "bad_registration"
+    """A Commit whose registration nonce is not a proof of work for its encoder key and this
+    network at the config's difficulty (checked by the node's admission, not by `decode`)."""
 
 
 class Reject(Exception):

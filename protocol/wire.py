@@ -50,6 +50,7 @@ __all__ = [
     "Signed",
     "decode",
     "encode",
+    "listed_limit",
     "make_embedding",
     "max_message_bytes",
     "message_id",
@@ -91,13 +92,15 @@ DOMAINS: dict[Kind, bytes] = {
 @dataclass(frozen=True)
 class Commit:
     """An encoder's commitments for a round: one `Embedding.commitment` per reveal it will make,
-    at index ``shard * slots_per_shard + slot``."""
+    at index ``shard * slots_per_shard + slot``; ``registration`` is the nonce of the
+    encoder's registration proof of work (protocol/registration.py), carried by every commit."""
 
     network_id: bytes
     round: int
     encoder: bytes
     hashes: tuple[bytes, ...]
     signature: bytes
+    registration: int = 0
 
 
 @dataclass(frozen=True)
@@ -203,7 +206,7 @@ def _body(msg: Message) -> list[Any]:
     """The wire array of ``msg`` without the signature."""
     head: list[Any] = [int(_KIND_OF[type(msg)]), WIRE_VERSION, msg.network_id, msg.round]
     if isinstance(msg, Commit):
-        return [*head, msg.encoder, list(msg.hashes)]
+        return [*head, msg.encoder, msg.registration, list(msg.hashes)]
     if isinstance(msg, Embedding):
         return [*head, msg.encoder, msg.shard, msg.slot, msg.salt, msg.vector]
     if isinstance(msg, Attestation):
@@ -260,9 +263,13 @@ def _signature(key: SigningKey, unsigned: Signed) -> bytes:
 
 
 def sign_commit(
-    key: SigningKey, network_id: bytes, round: int, hashes: tuple[bytes, ...]
+    key: SigningKey,
+    network_id: bytes,
+    round: int,
+    hashes: tuple[bytes, ...],
+    registration: int = 0,
 ) -> Commit:
-    unsigned = Commit(network_id, round, key.public_key, tuple(hashes), b"")
+    unsigned = Commit(network_id, round, key.public_key, tuple(hashes), b"", registration)
     return replace(unsigned, signature=_signature(key, unsigned))
 
 
@@ -321,7 +328,7 @@ def sign_vote(
 # --- strict decoding --------------------------------------------------------------------------
 
 _ARITY = {
-    Kind.COMMIT: 7,
+    Kind.COMMIT: 8,
     Kind.EMBEDDING: 10,
     Kind.ATTESTATION: 10,
     Kind.VOTE: 9,
@@ -370,12 +377,14 @@ def _validator(cfg: NetworkConfig, key: bytes) -> bytes:
 
 def _commit(f: list[Any], cfg: NetworkConfig) -> Commit:
     encoder = _bin(f[4], KEY_BYTES, "encoder")
-    hashes = _array(f[5], "hashes")
+    registration = _uint(f[5], 2**64 - 1, "registration")
+    hashes = _array(f[6], "hashes")
     expected = cfg.shards_per_round * cfg.slots_per_shard
     if len(hashes) != expected:
         raise Reject(RejectReason.WRONG_LENGTH, f"hashes: {len(hashes)}, expected {expected}")
     listed = tuple(_bin(h, HASH_BYTES, "hashes") for h in hashes)
-    return Commit(f[2], f[3], encoder, listed, _bin(f[6], SIGNATURE_BYTES, "signature"))
+    signature = _bin(f[7], SIGNATURE_BYTES, "signature")
+    return Commit(f[2], f[3], encoder, listed, signature, registration)
 
 
 def _embedding(f: list[Any], cfg: NetworkConfig) -> Embedding:
@@ -394,7 +403,7 @@ def _embedding(f: list[Any], cfg: NetworkConfig) -> Embedding:
 
 def _attestation(f: list[Any], cfg: NetworkConfig) -> Attestation:
     validator = _bin(f[4], KEY_BYTES, "validator")
-    encoders = _keys(f[5], "encoders", MAX_ENCODERS)
+    encoders = _keys(f[5], "encoders", listed_limit(cfg))
     cells = cfg.shards_per_round * len(encoders)
     scores = _bin(f[6], 2 * cells, "scores")
     outliers = _bin(f[7], cells, "outliers")
@@ -442,7 +451,7 @@ def _certificate(f: list[Any], cfg: NetworkConfig) -> Certificate:
         raise Reject(
             RejectReason.BAD_FIELD, "result: network id or round differs from the certificate's"
         )
-    if len(result.encoders) > MAX_ENCODERS or len(result.weighted) != cfg.shards_per_round:
+    if len(result.encoders) > listed_limit(cfg) or len(result.weighted) != cfg.shards_per_round:
         raise Reject(RejectReason.BAD_FIELD, "result: encoder or shard count out of range")
     if any(len(w) != 4 * cfg.dim for w in result.weighted):
         raise Reject(RejectReason.WRONG_DIMENSION, "result: a weighted embedding of another dim")
@@ -458,31 +467,40 @@ _PARSERS: dict[Kind, Callable[[list[Any], NetworkConfig], Message]] = {
 }
 
 
-def _max_result_bytes(dim: int, shards: int, validators: int) -> int:
+def listed_limit(cfg: NetworkConfig) -> int:
+    """Most encoders an attestation or a round result may name under ``cfg``: the registered
+    set's bound plus as many newcomers (``2 * registration.max_encoders``, at most
+    MAX_ENCODERS)."""
+    return min(MAX_ENCODERS, cfg.registration.listed_limit)
+
+
+def _max_result_bytes(dim: int, shards: int, validators: int, encoders: int) -> int:
     """An upper bound on an encoded `RoundResult`: per shard its weighted embedding, per
     encoder its key, score, rank and per-shard cells, per validator its agreement."""
-    return 1024 + shards * (4 * dim + 8) + MAX_ENCODERS * (40 + 4 * shards) + 48 * validators
+    return 1024 + shards * (4 * dim + 8) + encoders * (40 + 4 * shards) + 48 * validators
 
 
 @lru_cache(maxsize=64)
-def _max_bytes(kind: Kind, dim: int, shards: int, slots: int, validators: int) -> int:
+def _max_bytes(
+    kind: Kind, dim: int, shards: int, slots: int, validators: int, encoders: int
+) -> int:
     """The encoded size of the largest valid message of ``kind`` (every field at its maximum)."""
     h, sig = bytes(HASH_BYTES), bytes(SIGNATURE_BYTES)
     head = [int(kind), WIRE_VERSION, h, 2**64 - 1]  # any 9-byte integer slot, as in v1
     bodies: dict[Kind, list[Any]] = {
-        Kind.COMMIT: [h, [h] * (shards * slots), sig],
+        Kind.COMMIT: [h, 2**64 - 1, [h] * (shards * slots), sig],
         Kind.EMBEDDING: [h, shards - 1, slots - 1, bytes(SALT_BYTES), bytes(4 * dim), sig],
         Kind.ATTESTATION: [
             h,
-            [h] * MAX_ENCODERS,
-            bytes(2 * shards * MAX_ENCODERS),
-            bytes(shards * MAX_ENCODERS),
+            [h] * encoders,
+            bytes(2 * shards * encoders),
+            bytes(shards * encoders),
             h,
             sig,
         ],
         Kind.VOTE: [h, PRECOMMIT, [h] * validators, h, sig],
         Kind.CERTIFICATE: [
-            bytes(_max_result_bytes(dim, shards, validators)),
+            bytes(_max_result_bytes(dim, shards, validators, encoders)),
             [[h, sig]] * validators,
         ],
     }
@@ -491,7 +509,14 @@ def _max_bytes(kind: Kind, dim: int, shards: int, slots: int, validators: int) -
 
 def max_message_bytes(cfg: NetworkConfig, kind: Kind) -> int:
     """The largest valid encoded message of ``kind`` under ``cfg``; longer input is oversize."""
-    return _max_bytes(kind, cfg.dim, cfg.shards_per_round, cfg.slots_per_shard, len(cfg.validators))
+    return _max_bytes(
+        kind,
+        cfg.dim,
+        cfg.shards_per_round,
+        cfg.slots_per_shard,
+        len(cfg.validators),
+        listed_limit(cfg),
+    )
 
 
 def decode(data: bytes, cfg: NetworkConfig, kind: Kind | None = None) -> Message:

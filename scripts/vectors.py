@@ -26,6 +26,7 @@ from dlnet.protocol.influence import apply as apply_influence
 from dlnet.protocol.influence import genesis_state
 from dlnet.protocol.masks import Drbg, golden_vectors
 from dlnet.protocol.projection import projection_matrix
+from dlnet.protocol.registration import RegistrationParams, records, solve, work
 from dlnet.protocol.result import encode_result, result_digest
 from dlnet.protocol.scoring import ScoringParams, score_round
 from dlnet.protocol.wire import (
@@ -70,7 +71,10 @@ def compute() -> dict[str, Any]:
     hashes = tuple(
         sha256(b"slot", bytes([i])) for i in range(cfg.shards_per_round * cfg.slots_per_shard)
     )
-    commit = sign_commit(enc, net, rnd, hashes)
+    # Registration proof of the example encoder at a small difficulty (the default is 6).
+    pow_difficulty = 3
+    nonce = solve(net, enc.public_key, pow_difficulty)
+    commit = sign_commit(enc, net, rnd, hashes, nonce)
 
     # A small scored round: 5 encoders, one an outlier, 2 shards of 1 mask, dim 8.
     dim, slots = 8, 3
@@ -128,6 +132,25 @@ def compute() -> dict[str, Any]:
         ScoringParams(), shards, [(6, 3, 3), (6, 3, 3)], encoders, influence=record
     )
     weighed_q = [[quantise(float(x)) for x in row] for row in weighed.scores]
+
+    # Registered set: seed enc_keys[0], at most 2 members, immunity 1 round; the example result
+    # (round 5) admits the better of two newcomers, a round-7 result with a newcomer above the
+    # lowest member's influence replaces it.
+    reg_params = RegistrationParams(max_encoders=2, difficulty=pow_difficulty, immunity_rounds=1)
+    newcomer = _key(40).public_key
+    score7 = dict(zip([*enc_keys, newcomer], [60000, 50000, 0, 65000], strict=True))
+    keys7 = tuple(sorted(score7))
+    row7 = np.array([[score7[k] for k in keys7]] * 4, dtype="<u2")
+    atts7 = [
+        sign_attestation(k, net, 7, keys7, row7.tobytes(), bytes(16), sha256(b"used"))
+        for k in validators
+    ]
+    round7 = compute_result(
+        cfg, 7, atts7, {(s, e): _vector(e + bytes([s]), cfg.dim) for s in range(4) for e in keys7}
+    )
+    chain = [result, round7]
+    reg_after5 = records([enc_keys[0]], chain, 5, reg_params)
+    reg_after7 = records([enc_keys[0]], chain, 7, reg_params)
     return {
         "identity": {
             "seed": (bytes([1]) * 32).hex(),
@@ -175,6 +198,27 @@ def compute() -> dict[str, Any]:
                 "outliers": [int(bool(o)) for row in weighed.outliers for o in row],
             },
         },
+        "registration": {
+            "network_id": net.hex(),
+            "key": enc.public_key.hex(),
+            "difficulty": pow_difficulty,
+            "nonce": nonce,
+            "work": work(net, enc.public_key, nonce).hex(),
+            "work_of_nonce_0": work(net, enc.public_key, 0).hex(),
+            "params": dataclasses.asdict(reg_params),
+            "seeds": [enc_keys[0].hex()],
+            "results": [encode_result(r).hex() for r in chain],
+            "after_round_5": {
+                "members": [[k.hex(), since] for k, since in reg_after5[1].members],
+                "influence": [[k.hex(), w] for k, w in reg_after5[0].weights],
+                "digest": reg_after5[1].digest().hex(),
+            },
+            "after_round_7": {
+                "members": [[k.hex(), since] for k, since in reg_after7[1].members],
+                "influence": [[k.hex(), w] for k, w in reg_after7[0].weights],
+                "digest": reg_after7[1].digest().hex(),
+            },
+        },
         "consensus": {
             "kappa_median": [
                 {
@@ -212,6 +256,10 @@ def _summary(v: dict[str, Any]) -> str:
         f"| example Commit message id | `{m['commit']['id']}` |",
         f"| example round result digest | `{v['consensus']['result_digest']}` |",
         f"| influence after the example result | `{v['influence']['digest_after_result']}` |",
+        f"| registration nonce of key `{v['registration']['key'][:8]}…` at difficulty "
+        f"{v['registration']['difficulty']} | {v['registration']['nonce']} |",
+        f"| registered set after the example chain | "
+        f"`{v['registration']['after_round_7']['digest']}` |",
         "",
         "Every input and output, byte for byte, is in `docs/vectors.json`.",
         "",

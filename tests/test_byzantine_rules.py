@@ -40,6 +40,7 @@ from dlnet.protocol.consensus import (
     verify_certificate,
 )
 from dlnet.protocol.identity import SigningKey
+from dlnet.protocol.registration import RegistrationParams
 from dlnet.protocol.result import RoundResult, result_digest
 from dlnet.protocol.wire import (
     MAX_ENCODERS,
@@ -72,6 +73,7 @@ def config(
         [ValidatorEntry(k.public_key, s) for k, s in zip(validators, stakes, strict=True)],
         1_900_000_000,
         dataset_sha256=bytes(32),
+        registration=RegistrationParams(difficulty=0),  # any nonce: no proof to compute
         dim=16,
         consensus=ConsensusParams(finality_num=num, finality_den=den),
     )

@@ -23,6 +23,7 @@ from dlnet.node.store import Store
 from dlnet.node.sync import BadRequest, answer, parse_answer
 from dlnet.protocol.config import NetworkConfig, ValidatorEntry, default_config
 from dlnet.protocol.identity import SigningKey
+from dlnet.protocol.registration import RegistrationParams
 from dlnet.protocol.result import RoundResult, decode_result, encode_result
 from dlnet.protocol.rounds import round_times
 from dlnet.protocol.wire import (
@@ -62,7 +63,11 @@ ODD_VALUES: list[Any] = [
 @pytest.fixture(scope="module")
 def cfg() -> NetworkConfig:
     return default_config(
-        [ValidatorEntry(VALIDATOR.public_key, 1)], GENESIS, dataset_sha256=bytes(32), dim=16
+        [ValidatorEntry(VALIDATOR.public_key, 1)],
+        GENESIS,
+        dataset_sha256=bytes(32),
+        dim=16,
+        registration=RegistrationParams(difficulty=0),  # any nonce: no proof to compute
     )
 
 

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import trio
 
+from dlnet.node.ingest import Ingest
 from dlnet.node.store import Store
 from dlnet.node.validator import ValidatorRole
 from dlnet.protocol.config import ValidatorEntry, default_config
@@ -75,6 +76,46 @@ def test_influence_comes_from_verified_certificates_up_to_two_rounds_back(tmp_pa
     store.close()
 
 
+def test_the_validator_scores_only_registered_encoders_and_newcomers_with_room(
+    tmp_path: Path,
+) -> None:
+    from dlnet.node.ingest import Ingest
+    from dlnet.node.validator import RoundView
+    from dlnet.protocol.registration import RegistrationParams
+    from dlnet.protocol.wire import sign_commit
+
+    validators = [SigningKey.from_seed(bytes([i + 1]) * 32) for i in range(3)]
+    keys = [SigningKey.from_seed(bytes([60 + i]) * 32) for i in range(4)]
+    seeds = tuple(sorted(k.public_key for k in keys[:2]))
+    cfg = default_config(
+        [ValidatorEntry(k.public_key, 100) for k in validators],
+        1_800_000_000,
+        dataset_sha256=bytes(32),
+        seed_encoders=seeds,
+        registration=RegistrationParams(max_encoders=3, difficulty=1, immunity_rounds=8),
+    )
+    store = Store.open(tmp_path / "node.sqlite")
+    ingest = Ingest(cfg, store, lambda: 0.0)
+    n = cfg.shards_per_round * cfg.slots_per_shard
+    commits = {
+        k.public_key: sign_commit(k, cfg.network_id, 3, (bytes(32),) * n, registration=i)
+        for i, k in enumerate(keys)
+    }
+    role = ValidatorRole(SimpleNamespace(cfg=cfg, store=store, ingest=ingest), validators[0])  # type: ignore[arg-type]
+    influence, registry = role.records(3)
+    assert registry.keys() == set(seeds) and influence.of(seeds[0]) == 65535
+    view = RoundView(commits, {}, frozenset(), ())
+    chosen = role.scored_encoders(3, view, registry)
+    # Two seeds and one free place: of the two newcomers, the one whose proof did more work
+    # (the smaller scrypt output) is scored; the other is counted, not listed.
+    newcomers = sorted(
+        (ingest.proofs.work(k.public_key, i), k.public_key) for i, k in enumerate(keys[2:], 2)
+    )
+    assert chosen == tuple(sorted([*seeds, newcomers[0][1]]))
+    assert dict(store.counters()) == {"validator:unregistered": 1}
+    store.close()
+
+
 def test_scoring_reads_the_store_only_from_the_trio_thread(tmp_path: Path) -> None:
     """Issue 12: the store's connection is used only from the trio thread; only the pure
     scoring crosses to a worker thread (before, the whole of ``score`` ran there, reading
@@ -101,7 +142,9 @@ def test_scoring_reads_the_store_only_from_the_trio_thread(tmp_path: Path) -> No
             return call
 
     items = tuple(f"text number {i}" for i in range(64))
-    ctx = SimpleNamespace(cfg=cfg, store=Watched(), items=items)
+    ctx = SimpleNamespace(
+        cfg=cfg, store=Watched(), items=items, ingest=Ingest(cfg, store, lambda: 0.0)
+    )
     role = ValidatorRole(ctx, validators[0])  # type: ignore[arg-type]
 
     async def main() -> int:

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from dlnet.node import ingest as ingest_module
 from dlnet.node.host import Verdict
 from dlnet.node.ingest import COMMIT_GRACE, Ingest, Outcome
 from dlnet.node.store import Store
 from dlnet.protocol.config import NetworkConfig, ValidatorEntry, default_config
 from dlnet.protocol.identity import SigningKey
+from dlnet.protocol.registration import RegistrationParams, solve, valid
 from dlnet.protocol.rounds import round_times
 from dlnet.protocol.wire import Commit, Embedding, Kind, encode, make_embedding, sign_commit
 
@@ -31,8 +35,19 @@ class Clock:
 def cfg() -> NetworkConfig:
     validator = SigningKey.from_seed(b"\x01" * 32)
     return default_config(
-        [ValidatorEntry(validator.public_key, 1)], 1_800_000_000, dataset_sha256=bytes(32)
+        [ValidatorEntry(validator.public_key, 1)],
+        1_800_000_000,
+        dataset_sha256=bytes(32),
+        registration=RegistrationParams(difficulty=DIFFICULTY),
     )
+
+
+DIFFICULTY = 3  # 8 scrypt evaluations on average: a real proof, quick to find
+
+
+@functools.cache
+def proof(network_id: bytes, key: bytes) -> int:
+    return solve(network_id, key, DIFFICULTY)
 
 
 @pytest.fixture
@@ -42,9 +57,12 @@ def node(cfg: NetworkConfig, tmp_path: Path) -> tuple[Ingest, Store, Clock]:
     return Ingest(cfg, store, clock), store, clock
 
 
-def commit(cfg: NetworkConfig, rnd: int, fill: int = 0) -> Commit:
+def commit(cfg: NetworkConfig, rnd: int, fill: int = 0, nonce: int | None = None) -> Commit:
     n = cfg.shards_per_round * cfg.slots_per_shard
-    return sign_commit(ENCODER, cfg.network_id, rnd, tuple(bytes([fill, i]) * 16 for i in range(n)))
+    hashes = tuple(bytes([fill, i]) * 16 for i in range(n))
+    if nonce is None:
+        nonce = proof(cfg.network_id, ENCODER.public_key)
+    return sign_commit(ENCODER, cfg.network_id, rnd, hashes, nonce)
 
 
 def reveal(cfg: NetworkConfig, rnd: int, value: float = 1.0) -> Embedding:
@@ -148,3 +166,30 @@ def test_malformed_bytes_are_rejected_and_counted_by_reason(
         "rejected:wrong_kind": 1,
         "rejected:oversize": 1,
     }
+
+
+def test_a_commit_without_a_valid_registration_proof_is_rejected_and_counted(
+    cfg: NetworkConfig, node: tuple[Ingest, Store, Clock], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ingest, store, _ = node
+    good = proof(cfg.network_id, ENCODER.public_key)
+    bad = next(
+        n
+        for n in range(good + 1, good + 100)
+        if not valid(cfg.network_id, ENCODER.public_key, n, DIFFICULTY)
+    )
+    assert ingest.check(Kind.COMMIT, encode(commit(cfg, 5, nonce=bad))) is Verdict.REJECT
+    assert ingest.admit(encode(commit(cfg, 5, fill=3, nonce=bad)), Kind.COMMIT) is Outcome.REJECTED
+    assert store.messages(Kind.COMMIT, 5) == []
+    assert counters(store) == {"rejected:bad_registration": 2}
+    # A valid proof is computed once per (key, nonce), then remembered: no scrypt per commit.
+    calls: list[int] = []
+    real = ingest_module.work
+    monkeypatch.setattr(ingest_module, "work", lambda *a: calls.append(1) or real(*a))
+    assert ingest.check(Kind.COMMIT, encode(commit(cfg, 5, nonce=good))) is Verdict.ACCEPT
+    assert ingest.check(Kind.COMMIT, encode(commit(cfg, 6, nonce=good))) is Verdict.ACCEPT
+    assert len(calls) == 1
+    # Difficulty 0 (a private test network): every nonce registers, nothing is computed.
+    free = dataclasses.replace(cfg, registration=RegistrationParams(difficulty=0))
+    assert Ingest(free, store, node[2]).proofs.valid(commit(free, 5, nonce=bad))
+    assert len(calls) == 1

@@ -29,6 +29,7 @@ from dlnet.node.sync import (
 )
 from dlnet.protocol.config import NetworkConfig, ValidatorEntry, default_config
 from dlnet.protocol.identity import SigningKey
+from dlnet.protocol.registration import RegistrationParams
 from dlnet.protocol.result import RoundResult
 from dlnet.protocol.rounds import round_times
 from dlnet.protocol.wire import Certificate, Kind, encode, make_embedding, sign_commit
@@ -50,7 +51,10 @@ def unpack(data: bytes) -> list[bytes]:
 def cfg() -> NetworkConfig:
     validator = SigningKey.from_seed(b"\x01" * 32)
     return default_config(
-        [ValidatorEntry(validator.public_key, 1)], GENESIS, dataset_sha256=bytes(32)
+        [ValidatorEntry(validator.public_key, 1)],
+        GENESIS,
+        dataset_sha256=bytes(32),
+        registration=RegistrationParams(difficulty=0),  # any nonce: no proof to compute
     )
 
 
@@ -155,6 +159,7 @@ def test_arbitrary_request_bytes_answer_or_raise_bad_request_only(data: bytes) -
         [ValidatorEntry(SigningKey.from_seed(b"\x01" * 32).public_key, 1)],
         GENESIS,
         dataset_sha256=bytes(32),
+        registration=RegistrationParams(difficulty=0),
     )
     store = Store.open(Path(":memory:"))
     try:

@@ -121,7 +121,7 @@ def test_round_trip_default() -> None:
 def test_round_trip_non_default_tables() -> None:
     cfg = base()
     doc = toml_doc(cfg)
-    for table in ("scoring", "consensus"):
+    for table in ("scoring", "consensus", "registration"):
         for key, value in doc[table].items():
             if type(value) is int:
                 doc[table][key] = value + 1
@@ -201,7 +201,7 @@ def test_every_field_unknown_neighbour() -> None:
 def test_required_and_optional_keys() -> None:
     cfg = base()
     doc = toml_doc(cfg)
-    optional = {"scoring", "consensus"}
+    optional = {"scoring", "consensus", "registration"}
     for table, where, key in leaves(doc):
         short = toml_doc(cfg)
         del slot(short, table, where)[key]
@@ -368,13 +368,21 @@ def other_value(hint: Any, value: Any) -> Any:
 
 def perturbations(cfg: NetworkConfig) -> list[tuple[str, NetworkConfig]]:
     out: list[tuple[str, NetworkConfig]] = []
-    nested = {"timing", "dataset", "scoring", "consensus", "validators", "seed_encoders"}
+    nested = {
+        "timing",
+        "dataset",
+        "scoring",
+        "consensus",
+        "registration",
+        "validators",
+        "seed_encoders",
+    }
     hints = get_type_hints(NetworkConfig)
     for f in dataclasses.fields(cfg):
         if f.name not in nested:
             new = other_value(hints[f.name], getattr(cfg, f.name))
             out.append((f"network.{f.name}", dataclasses.replace(cfg, **{f.name: new})))
-    for table in ("timing", "dataset", "scoring", "consensus"):
+    for table in ("timing", "dataset", "scoring", "consensus", "registration"):
         obj = getattr(cfg, table)
         sub = get_type_hints(type(obj))
         for f in dataclasses.fields(obj):
@@ -456,3 +464,22 @@ def test_network_id_stable() -> None:
     for table, key in integral:
         doc[table][key] = int(doc[table][key])
     assert parse_doc(doc).network_id == cfg.network_id
+
+
+def test_registration_table_is_checked_and_in_the_network_id() -> None:
+    doc = toml_doc(base())
+    assert doc["registration"] == {"max_encoders": 256, "difficulty": 6, "immunity_rounds": 8}
+    del doc["registration"]
+    assert parse_doc(doc) == base(), "the table may be left out: defaults"
+    for key, bad in (("max_encoders", 0), ("max_encoders", 513), ("difficulty", 65)):
+        changed = toml_doc(base())
+        changed["registration"][key] = bad
+        assert error_field(changed) == f"registration.{key}"
+    changed = toml_doc(base())
+    changed["registration"]["difficulty"] = 7
+    assert parse_doc(changed).network_id != base().network_id
+    seeds = [sha256(b"s%d" % i).hex() for i in range(3)]
+    changed = toml_doc(base())
+    changed["network"]["seed_encoders"] = seeds
+    changed["registration"]["max_encoders"] = 2
+    assert error_field(changed) == "network.seed_encoders"

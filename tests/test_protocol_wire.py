@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dlnet.protocol.canonical import MAX_ROUND, pack, sha256
+from dlnet.protocol.canonical import MAX_ROUND, pack, sha256, unpack_strict
 from dlnet.protocol.config import NetworkConfig, ValidatorEntry, default_config
 from dlnet.protocol.consensus import CertificateError, verify_certificate
 from dlnet.protocol.identity import SigningKey, verify
@@ -33,6 +33,7 @@ from dlnet.protocol.wire import (
     Signed,
     decode,
     encode,
+    listed_limit,
     make_embedding,
     max_message_bytes,
     message_id,
@@ -177,16 +178,43 @@ def test_embedding_size_at_dim_1024() -> None:
 
 
 def test_max_sizes_admit_largest_valid_messages() -> None:
-    enc = tuple(sorted(sha256(b"%d" % i) for i in range(MAX_ENCODERS)))
-    cells = SMALL.shards_per_round * MAX_ENCODERS
+    limit = listed_limit(SMALL)
+    assert limit == min(MAX_ENCODERS, 2 * SMALL.registration.max_encoders)
+    enc = tuple(sorted(sha256(b"%d" % i) for i in range(limit)))
+    cells = SMALL.shards_per_round * limit
     att = sign_attestation(
         VALIDATORS[0], NET, MAX_ROUND, enc, bytes(2 * cells), bytes(cells), bytes(32)
     )
     # The size bound keeps v1's 9-byte round slot; MAX_ROUND encodes in 5 bytes.
     assert len(encode(att)) + 4 == max_message_bytes(SMALL, Kind.ATTESTATION)
     assert decode(encode(att), SMALL) == att
-    big_commit = commit(SMALL, MAX_ROUND)
+    big_commit = dataclasses.replace(commit(SMALL, MAX_ROUND), registration=2**64 - 1)
     assert len(encode(big_commit)) + 4 == max_message_bytes(SMALL, Kind.COMMIT)
+    one_more = sign_attestation(
+        VALIDATORS[0],
+        NET,
+        1,
+        tuple(sorted(sha256(b"%d" % i) for i in range(limit + 1))),
+        bytes(2 * (cells + SMALL.shards_per_round)),
+        bytes(cells + SMALL.shards_per_round),
+        bytes(32),
+    )
+    with pytest.raises(Reject) as err:
+        decode(encode(one_more), SMALL)
+    assert err.value.reason in (RejectReason.OVERSIZE, RejectReason.BAD_FIELD)
+
+
+def test_commit_carries_its_registration_nonce_under_the_signature() -> None:
+    n = SMALL.shards_per_round * SMALL.slots_per_shard
+    hashes = tuple(sha256(b"%d" % i) for i in range(n))
+    msg = sign_commit(ENCODER, NET, 7, hashes, registration=12345)
+    assert decode(encode(msg), SMALL) == msg and msg.registration == 12345
+    forged = dataclasses.replace(msg, registration=12346)  # the same signature over another nonce
+    with pytest.raises(Reject) as err:
+        decode(encode(forged), SMALL)
+    assert err.value.reason is RejectReason.BAD_SIGNATURE
+    body = unpack_strict(encode(msg), 10_000)
+    assert isinstance(body, list) and body[5] == 12345 and len(body) == 8
     assert len(encode(embedding(SMALL, MAX_ROUND))) <= max_message_bytes(SMALL, Kind.EMBEDDING)
 
 
@@ -361,16 +389,18 @@ def test_malformed_structure() -> None:
     assert reason(reencoded(v, 3, True)) is RejectReason.MALFORMED  # bool is no integer
     assert reason(reencoded(v, 3, 1.0)) is RejectReason.MALFORMED
     assert reason(reencoded(v, 4, "k" * 32)) is RejectReason.MALFORMED  # str, not bin
-    assert reason(reencoded(commit(), 5, b"".join(commit().hashes))) is RejectReason.MALFORMED
+    assert reason(reencoded(commit(), 6, b"".join(commit().hashes))) is RejectReason.MALFORMED
+    assert reason(reencoded(commit(), 5, True)) is RejectReason.MALFORMED  # the nonce
+    assert reason(reencoded(commit(), 5, b"\x00" * 8)) is RejectReason.MALFORMED
 
 
 def test_wrong_lengths() -> None:
     c = commit()
-    assert reason(reencoded(c, 5, list(c.hashes[:-1]))) is RejectReason.WRONG_LENGTH
-    assert reason(reencoded(c, 5, [*c.hashes, c.hashes[0]])) is RejectReason.OVERSIZE
-    assert reason(reencoded(c, 5, [h[:31] for h in c.hashes])) is RejectReason.WRONG_LENGTH
+    assert reason(reencoded(c, 6, list(c.hashes[:-1]))) is RejectReason.WRONG_LENGTH
+    assert reason(reencoded(c, 6, [*c.hashes, c.hashes[0]])) is RejectReason.OVERSIZE
+    assert reason(reencoded(c, 6, [h[:31] for h in c.hashes])) is RejectReason.WRONG_LENGTH
     assert reason(reencoded(c, 4, c.encoder[:31])) is RejectReason.WRONG_LENGTH
-    assert reason(reencoded(c, 6, c.signature[:63])) is RejectReason.WRONG_LENGTH
+    assert reason(reencoded(c, 7, c.signature[:63])) is RejectReason.WRONG_LENGTH
     assert reason(reencoded(c, 2, NET + b"\x00")) is RejectReason.WRONG_LENGTH
     assert reason(reencoded(embedding(), 7, bytes(15))) is RejectReason.WRONG_LENGTH
     a = attestation()
@@ -380,6 +410,7 @@ def test_wrong_lengths() -> None:
 
 
 def test_bad_fields() -> None:
+    assert reason(reencoded(commit(), 5, -1)) is RejectReason.BAD_FIELD
     e = embedding()
     assert reason(reencoded(e, 5, SMALL.shards_per_round)) is RejectReason.BAD_FIELD
     assert reason(reencoded(e, 6, SMALL.slots_per_shard)) is RejectReason.BAD_FIELD

@@ -191,17 +191,19 @@ def test_new_spec_errors_are_one_line(spec: str, message: str) -> None:
 
 
 def test_late_groups_and_seeds_make_the_plan(tmp_path: Path) -> None:
-    from dlnet.node.runtime import first_round
+    from dlnet.node.runtime import encoder_first_round
     from dlnet.node.testnet import (
         TestnetPlan,
         encoder_names,
         encoder_start_rounds,
+        late_due,
         late_start_time,
         parse_seeds,
         plan_encoders,
         testnet_config,
     )
     from dlnet.protocol.identity import SigningKey
+    from dlnet.protocol.rounds import round_times
 
     encoders, starts = plan_encoders(parse_encoder_groups("honest:3,cheapcopy:2@3,noise:1"))
     assert encoders == (("honest", 3), ("cheapcopy", 2), ("noise", 1))
@@ -218,13 +220,25 @@ def test_late_groups_and_seeds_make_the_plan(tmp_path: Path) -> None:
     keys = [SigningKey.generate().public_key for _ in range(2)]
     cfg = testnet_config(plan, [SigningKey.generate()], 1_000_000, tmp_path, keys[::-1])
     assert cfg.seed_encoders == tuple(sorted(keys))
-    # Started at late_start_time, 8 encoders up 15 + 3 * 8 s later or up to a round after that
-    # miss round 2 and join round 3.
+    # Started at late_start_time with --first-round 3, 8 encoders commit first in round 3
+    # whenever they come up between their start and round 3's commit deadline (less the join
+    # margin): never in round 2, however fast they load (the earlier note: `@3` joined 4).
     t = late_start_time(cfg, 3, 8)
-    assert first_round(cfg, t + 15 + 3 * 8 + 0.5) == 3
-    assert first_round(cfg, t + 15 + 3 * 8 + cfg.timing.round_seconds - 0.5) == 3
-    assert first_round(cfg, t + 15 + 3 * 8 - 0.5) == 2
+    times = round_times(cfg, 3)
+    assert t < round_times(cfg, 2).start
+    for up in (t, t + 1, round_times(cfg, 2).commit_deadline, times.commit_deadline - 5.5):
+        assert encoder_first_round(cfg, up, 3) == 3
+    # Budget for loading 8 models and 8 registration proofs at once: over 2 rounds at 60 s.
+    assert times.commit_deadline - 5.5 - t > 2 * cfg.timing.round_seconds
+    assert encoder_first_round(cfg, times.commit_deadline - 4.5, 3) == 4  # too late: the next
+    assert encoder_first_round(cfg, t, None) < 3  # without the flag: an earlier round
     assert late_start_time(cfg, 3, 1) > t  # fewer at once: later
+    # They wait until the encoders started before them are up, at most half a round.
+    assert not late_due(cfg, t, t - 1, True)
+    assert late_due(cfg, t, t, True) and not late_due(cfg, t, t + 29, False)
+    assert late_due(cfg, t, t + 30, False)
+    # Even started half a round late they have 1.5 rounds to load before round 3's commit.
+    assert times.commit_deadline - 5.5 - (t + 30) > 1.5 * cfg.timing.round_seconds
 
 
 def test_emit_compose_names_the_seed_kinds_keys_in_the_genesis(tmp_path: Path) -> None:
