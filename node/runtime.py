@@ -42,6 +42,19 @@ from dlnet.protocol.wire import Certificate, Kind, Reject, decode, message_id, t
 
 ROLES = ("encoder", "validator")
 GOSSIPED = (Kind.COMMIT, Kind.EMBEDDING, Kind.ATTESTATION, Kind.VOTE)
+
+
+def subscribed_kinds(roles: frozenset[str], behaviour: str) -> tuple[Kind, ...]:
+    """The topics a node joins. An encoder-only node stays out of the embedding topic: it
+    never reads others' reveals, and relaying them made the reveal burst cost every encoder
+    CPU (deliveries grew as encoders x validators); it publishes its own by gossipsub fanout
+    to peers that did subscribe (validators and relays), and repair fetches what fanout
+    missed. The copycat adversary listens to reveals to copy them, so it joins."""
+    if roles == {"encoder"} and behaviour.partition("@")[0] != "copycat":
+        return tuple(k for k in GOSSIPED if k is not Kind.EMBEDDING)
+    return GOSSIPED
+
+
 TRANSPORT_FILE = "transport.json"
 TRANSPORT_EVERY = 5.0
 LOCK_FILE = "LOCK"
@@ -174,13 +187,17 @@ def _validator(ingest: Ingest, kind: Kind) -> Callable[[str, bytes, str], Verdic
 
 
 async def _subscribe_all(
-    host: Host, ingest: Ingest, cfg: NetworkConfig, watch: Callable[[bytes, str], None]
+    host: Host,
+    ingest: Ingest,
+    cfg: NetworkConfig,
+    watch: Callable[[bytes, str], None],
+    kinds: tuple[Kind, ...],
 ) -> None:
     async def handler(data: bytes, peer: str) -> None:
         ingest.admit_checked(data)
         watch(data, peer)
 
-    for kind in GOSSIPED:
+    for kind in kinds:
         await host.subscribe(topic(cfg.network_id, kind), _validator(ingest, kind), handler)
 
 
@@ -337,7 +354,9 @@ async def _run_locked(
                     if public_key is not None
                     else lambda _data, _peer: None
                 )
-                await _subscribe_all(host, ingest, cfg, watch)
+                await _subscribe_all(
+                    host, ingest, cfg, watch, subscribed_kinds(opts.roles, opts.behaviour)
+                )
                 nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
                 if api_sock is not None:
                     view = NodeView(cfg, store, host, opts.roles, public_key)

@@ -8,61 +8,92 @@ and validators use them to fetch what they know they lack:
 * ``["certificates", first_round, last_round]`` — finalized certificates in a range.
 
 The answer is a msgpack array of raw message bytes. The requester trusts nothing it fetches:
-each answer goes through the same strict admission as a gossiped message.
+each answer goes through the same strict admission as a gossiped message, and each item must be
+what was asked for (kind and round, commitment, round range), else it is rejected as
+``unrequested`` and charged to the peer that sent it.
+
+The client asks usable peers with a bounded number of asks in flight (FETCH_PARALLEL for
+wanted items, ROUND_PARALLEL for a round's messages), asking the next peer as soon as an answer
+leaves something wanted or HEDGE seconds pass without one; each ask is bounded by
+min(REQUEST_TIMEOUT, the caller's deadline), and the search stops as soon as everything wanted
+has arrived. A peer that timed out is skipped for STALL_SKIP seconds (unless every peer is).
 """
 
 from __future__ import annotations
 
+import math
 import random
+import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import msgpack
 import trio
 
-from dlnet.node.host import Host
+from dlnet.node.host import Host, RequestTimeout
 from dlnet.node.ingest import Ingest, Outcome
 from dlnet.node.store import Store
+from dlnet.protocol.canonical import MAX_DEPTH, nesting_depth
 from dlnet.protocol.config import NetworkConfig
 from dlnet.protocol.rounds import round_at, round_times
-from dlnet.protocol.wire import Embedding, Kind, Reject, decode
+from dlnet.protocol.wire import MAX_ROUND, Embedding, Kind, Message, Reject, decode
 
 MAX_ITEMS = 256
 MAX_REQUEST_BYTES = 64 * 1024
+"""A sync request body above this is refused from its frame header, before it is read."""
 # An answer carries at most this many bytes of messages, well inside the transport's 4 MiB
 # frame: a larger answer would be refused whole. A requester asks again for what it still lacks.
 MAX_ANSWER_BYTES = 3 * 1024 * 1024
 REQUEST_TIMEOUT = 5.0
+STALL_SKIP = 30.0
+"""Seconds a peer that let a request time out is left out of further asks."""
+HEDGE = 1.0
+"""Seconds without an answer after which the next peer is asked as well."""
+FETCH_PARALLEL = 2
+"""Asks in flight for wanted items (reveals by commitment, certificates)."""
+ROUND_PARALLEL = 4
+"""Asks in flight when every peer is asked for a round's messages."""
 
 
 class BadRequest(ValueError):
-    pass
+    """A malformed sync request; ``str(e)`` is the reason (``oversize``, ``malformed``,
+    ``unknown_op``)."""
 
 
 def protocol_id(network_id: bytes) -> str:
     return f"/dlnet/{network_id.hex()[:16]}/sync/1"
 
 
+def _unpack(data: bytes) -> Any:
+    """One msgpack value nested at most MAX_DEPTH deep; None for anything else."""
+    try:
+        obj = msgpack.unpackb(data, raw=False, strict_map_key=True, ext_hook=_no_ext, timestamp=0)
+    except Exception:  # msgpack raises several unrelated types on garbage
+        return None
+    return obj if nesting_depth(obj) <= MAX_DEPTH else None
+
+
+def _no_ext(code: int, data: bytes) -> Any:
+    raise ValueError("no extension types")
+
+
 def _parse_request(data: bytes) -> tuple[str, list[Any]]:
     if len(data) > MAX_REQUEST_BYTES:
         raise BadRequest("oversize")
-    try:
-        req = msgpack.unpackb(data, raw=False, strict_map_key=True)
-    except Exception as exc:  # msgpack raises several unrelated types on garbage
-        raise BadRequest("malformed") from exc
+    req = _unpack(data)
     if not isinstance(req, list) or not req or not isinstance(req[0], str):
         raise BadRequest("malformed")
     return req[0], req[1:]
 
 
 def _ints(args: Sequence[Any], n: int) -> list[int]:
-    if len(args) != n or not all(type(a) is int and a >= 0 for a in args):
+    if len(args) != n or not all(type(a) is int and 0 <= a <= MAX_ROUND for a in args):
         raise BadRequest("malformed")
     return list(args)
 
 
 def answer(store: Store, cfg: NetworkConfig, now: float, data: bytes) -> bytes:
-    """The sync server: lookups in the store; raises BadRequest on anything malformed.
+    """The sync server: lookups in the store; raises BadRequest (only) on any bad request.
 
     Reveals of a round are served only once its commit deadline has passed: an encoder
     holds its own reveals from the start of the round, and serving them early would let a
@@ -108,90 +139,192 @@ def _bounded(items: list[bytes]) -> list[bytes]:
     return items
 
 
-def _parse_answer(data: bytes) -> list[bytes]:
-    try:
-        items = msgpack.unpackb(data, raw=False)
-    except Exception:
-        return []
-    if not isinstance(items, list):
-        return []
-    return [i for i in items if isinstance(i, bytes)]
+def parse_answer(data: bytes) -> list[bytes] | None:
+    """The items of a sync answer, or None if it is not an array of byte strings."""
+    items = _unpack(data)
+    if not isinstance(items, list) or not all(type(i) is bytes for i in items):
+        return None
+    return items
 
 
 class SyncClient:
-    """Asks connected peers, in random order, until what is wanted has arrived."""
+    """Asks connected peers in parallel until what is wanted has arrived or the deadline."""
 
     def __init__(self, host: Host, ingest: Ingest, network_id: bytes) -> None:
         self.host = host
         self.ingest = ingest
         self.pid = protocol_id(network_id)
-
-    async def _ask(self, peer: str, request: list[Any]) -> list[bytes]:
-        payload = bytes(msgpack.packb(request, use_bin_type=True))
-        try:
-            with trio.fail_after(REQUEST_TIMEOUT):
-                return _parse_answer(
-                    await self.host.request(peer, self.pid, payload, REQUEST_TIMEOUT)
-                )
-        except Exception:  # a peer's timeout or broken stream must not take the node down
-            self.ingest.count("sync", "request_failed")
-            return []
+        self._stalled: dict[str, float] = {}  # peer -> time.time() until which it is skipped
 
     def _peers(self) -> list[str]:
+        now = time.time()
         peers = list(self.host.connected_peers())
+        fresh = [p for p in peers if self._stalled.get(p, 0.0) <= now]
+        peers = fresh or peers  # if every peer stalled, trying them beats giving up
         random.shuffle(peers)
         return peers
 
-    async def fetch_commitments(self, wanted: Iterable[bytes]) -> int:
-        """Fetch reveals by commitment hash; returns how many new ones were admitted."""
-        missing = set(wanted)
-        got = 0
-        for peer in self._peers():
-            if not missing:
-                break
-            batch = sorted(missing)[:MAX_ITEMS]
-            for data in await self._ask(peer, ["commitments", batch]):
+    async def _ask(self, peer: str, request: list[Any], deadline: float) -> list[bytes]:
+        timeout = min(REQUEST_TIMEOUT, deadline - time.time())
+        if timeout <= 0:
+            self.ingest.count("sync", "deadline_passed")
+            return []
+        payload = bytes(msgpack.packb(request, use_bin_type=True))
+        try:
+            with trio.fail_after(timeout + 0.5):  # host.request has its own, this is a backstop
+                data = await self.host.request(peer, self.pid, payload, timeout)
+        except (RequestTimeout, trio.TooSlowError):
+            self.ingest.count("sync", "peer_timeout")
+            self._stalled[peer] = time.time() + STALL_SKIP
+            return []
+        except Exception:  # a peer's broken stream or error frame must not take the node down
+            self.ingest.count("sync", "request_failed")
+            return []
+        items = parse_answer(data)
+        if items is None:
+            self.ingest.count("rejected", "sync_bad_answer")
+            self.host.penalize(peer, "sync_bad_answer")
+            return []
+        return items
+
+    async def _gather(
+        self,
+        request: Callable[[], list[Any] | None],
+        handle: Callable[[str, list[bytes]], None],
+        deadline: float,
+        *,
+        parallel: int,
+        hedge: float,
+    ) -> None:
+        """Ask usable peers ``request()`` (None: nothing left to ask) and pass each answer to
+        ``handle``, at most ``parallel`` asks in flight; the next peer is asked when an answer
+        came back and something is still wanted, or when ``hedge`` seconds passed without one
+        (a stalled peer delays the search by ``hedge``, not by a whole timeout). Returns once
+        every peer was asked and answered, or ``request()`` says nothing is left, or the
+        deadline passed.
+
+        Asking every peer at once for the same missing reveals made each answer travel once
+        per peer: the duplicate megabytes clogged a 13-encoder testnet (docs/RELIABILITY.md)."""
+        if request() is None:
+            return
+        finished_send, finished = trio.open_memory_channel[None](math.inf)
+        in_flight = 0
+        async with trio.open_nursery() as nursery:
+
+            async def one(peer: str, wanted: list[Any]) -> None:
+                nonlocal in_flight
                 try:
-                    msg = decode(data, self.ingest.cfg, Kind.EMBEDDING)
+                    handle(peer, await self._ask(peer, wanted, deadline))
+                finally:
+                    in_flight -= 1
+                    finished_send.send_nowait(None)
+                if request() is None:
+                    nursery.cancel_scope.cancel()
+
+            for peer in self._peers():
+                while in_flight >= parallel:
+                    await finished.receive()
+                wanted = request()
+                if wanted is None or time.time() >= deadline:
+                    break
+                in_flight += 1
+                nursery.start_soon(one, peer, wanted)
+                with trio.move_on_after(max(0.0, min(hedge, deadline - time.time()))):
+                    await finished.receive()
+
+    def _admit(
+        self, peer: str, items: list[bytes], kind: Kind, requested: Callable[[Message], bool]
+    ) -> int:
+        got = 0
+        for data in items:
+            outcome = self.ingest.admit_fetched(data, kind, requested)
+            if outcome is Outcome.REJECTED:
+                self.host.penalize(peer, "sync_bad_item")
+            got += outcome is Outcome.NEW
+        return got
+
+    async def fetch_commitments(self, wanted: Iterable[bytes], *, deadline: float) -> int:
+        """Fetch reveals by commitment hash until all arrived or ``deadline`` (time.time());
+        returns how many new ones were admitted."""
+        missing = set(wanted)
+        asked = frozenset(missing)
+        got = 0
+
+        def request() -> list[Any] | None:
+            return ["commitments", sorted(missing)[:MAX_ITEMS]] if missing else None
+
+        def requested(msg: Message) -> bool:
+            if not (isinstance(msg, Embedding) and msg.commitment() in asked):
+                return False
+            missing.discard(msg.commitment())  # a valid, signed reveal: admitted next
+            return True
+
+        def handle(peer: str, items: list[bytes]) -> None:
+            nonlocal got
+            got += self._admit(peer, items, Kind.EMBEDDING, requested)
+
+        await self._gather(request, handle, deadline, parallel=FETCH_PARALLEL, hedge=HEDGE)
+        return got
+
+    async def fetch_round(self, kind: Kind, rnd: int, *, deadline: float) -> int:
+        """Fetch every message of a kind for a round from every usable peer, in parallel,
+        until ``deadline`` (time.time()); returns new admissions."""
+        got = 0
+
+        def requested(msg: Message) -> bool:
+            return msg.round == rnd
+
+        def handle(peer: str, items: list[bytes]) -> None:
+            nonlocal got
+            got += self._admit(peer, items, kind, requested)
+
+        await self._gather(
+            lambda: ["round", int(kind), rnd], handle, deadline, parallel=ROUND_PARALLEL, hedge=0.0
+        )
+        return got
+
+    async def fetch_certificates(
+        self, lo: int, hi: int, keep: Callable[[bytes], bool], *, deadline: float
+    ) -> int:
+        """Certificates for rounds lo..hi: asked of every usable peer in parallel, stopping at
+        the first answer of which ``keep`` (the caller's verification) takes any; a certificate
+        outside [lo, hi] is rejected as unrequested. Returns how many were kept."""
+        kept = 0
+
+        def request() -> list[Any] | None:
+            return None if kept else ["certificates", lo, hi]
+
+        def handle(peer: str, items: list[bytes]) -> None:
+            nonlocal kept
+            for data in items:
+                try:
+                    cert = decode(data, self.ingest.cfg, Kind.CERTIFICATE)
                 except Reject as exc:
                     self.ingest.count("rejected", exc.reason.value)
+                    self.host.penalize(peer, "sync_bad_item")
                     continue
-                assert isinstance(msg, Embedding)
-                if msg.commitment() not in missing:
+                if not lo <= cert.round <= hi:
                     self.ingest.count("rejected", "unrequested")
+                    self.host.penalize(peer, "sync_bad_item")
                     continue
-                if self.ingest.admit(data, Kind.EMBEDDING, window=False) is Outcome.NEW:
-                    got += 1
-                missing.discard(msg.commitment())
-        return got
+                kept += keep(data)
 
-    async def fetch_round(self, kind: Kind, rnd: int) -> int:
-        """Fetch every message of a kind for a round from every connected peer (a node keeps a
-        handful: ``max_peers``); returns new admissions."""
-        got = 0
-        for peer in self._peers():
-            for data in await self._ask(peer, ["round", int(kind), rnd]):
-                if self.ingest.admit(data, kind, window=False) is Outcome.NEW:
-                    got += 1
-        return got
-
-    async def fetch_certificates(self, lo: int, hi: int, keep: Callable[[bytes], bool]) -> int:
-        """Certificates for rounds lo..hi, from the first peer that sends any that ``keep`` (the
-        caller's verification) takes; a peer that sends only junk does not end the search.
-        Returns how many were kept."""
-        for peer in self._peers():
-            kept = sum(keep(data) for data in await self._ask(peer, ["certificates", lo, hi]))
-            if kept:
-                return kept
-        return 0
+        await self._gather(request, handle, deadline, parallel=FETCH_PARALLEL, hedge=HEDGE)
+        return kept
 
 
 def install_server(host: Host, store: Store, ingest: Ingest, now: Callable[[], float]) -> None:
+    """Serve sync requests: a bad one is counted (``rejected:sync_<reason>``), charged to the
+    peer and answered with an empty array."""
+
     async def handler(data: bytes, peer: str) -> bytes:
         try:
             return answer(store, ingest.cfg, now(), data)
         except BadRequest as exc:
             ingest.count("rejected", f"sync_{exc}")
+            host.penalize(peer, f"sync_{exc}")
             return bytes(msgpack.packb([], use_bin_type=True))
 
-    host.set_request_handler(protocol_id(ingest.cfg.network_id), handler)
+    host.set_request_handler(
+        protocol_id(ingest.cfg.network_id), handler, max_request_bytes=MAX_REQUEST_BYTES
+    )
