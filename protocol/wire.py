@@ -389,8 +389,8 @@ _ARITY = {
     Kind.ATTESTATION: 10,
     Kind.VOTE: 9,
     Kind.CERTIFICATE: 6,
-    Kind.SUBMISSION: 6,
-    Kind.SCHEDULE: 6,
+    Kind.SUBMISSION: 7,
+    Kind.SCHEDULE: 7,
 }
 
 

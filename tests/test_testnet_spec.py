@@ -133,4 +133,3 @@ def test_an_empty_or_unfinalized_or_padded_round_fails_the_testnet() -> None:
         "summary: 1 of 4 rounds finalized with a non-empty result of real encoders; "
         "FAILED rounds: 2, 3, 4"
     )
-
