@@ -331,3 +331,66 @@ def test_lookup_states(tmp_path: Path) -> None:
     )
     assert [p.shard for p in proven] == [0, 1]
     assert isinstance(decode(answer and bytes.fromhex(answer["schedule"][0]), CFG), Schedule)
+
+
+# --- the API ------------------------------------------------------------------------------------
+
+
+def test_api_post_and_get(tmp_path: Path) -> None:
+    import httpx
+    import trio
+
+    from dlnet.node.api import NodeView, build_app
+
+    store = Store.open(tmp_path / "node.sqlite")
+    now = round_times(CFG, 8).start + 1
+    ingest = Ingest(CFG, store, lambda: now)
+    published: list[bytes] = []
+
+    async def submit(data: bytes) -> Outcome:
+        outcome = ingest.admit(data, Kind.SUBMISSION)
+        if outcome is Outcome.NEW:
+            published.append(data)
+        return outcome
+
+    class Host:
+        def __init__(self) -> None:
+            self.peer_id = "12D3KooWStub"
+            self.addrs: list[str] = []
+            self.counters: dict[str, int] = {}
+
+        def connected_peers(self) -> list[str]:
+            return []
+
+    view = NodeView(CFG, store, Host(), frozenset(), None, clock=lambda: now, submit=submit)
+
+    async def main() -> None:
+        transport = httpx.ASGITransport(app=build_app(view))
+        async with httpx.AsyncClient(transport=transport, base_url="http://node") as client:
+            signed = submission()
+            r = await client.post("/v1/submissions", json={"message": signed.hex()})
+            assert r.status_code == 202, r.text
+            sid = r.json()["id"]
+            assert sid == message_id(signed).hex() and r.json()["round"] == 9
+            again = await client.post("/v1/submissions", json={"message": signed.hex()})
+            assert again.status_code == 200 and again.json()["state"] == "duplicate"
+            quota = await client.post(
+                "/v1/submissions", json={"message": submission(("other words",)).hex()}
+            )
+            assert quota.status_code == 409 and "over_quota" in quota.json()["error"]
+            many = await client.post("/v1/submissions", json={"texts": ["a b", "c d", "e f"]})
+            assert many.status_code == 400 and "too_many_texts" in many.json()["error"]
+            old = await client.post("/v1/submissions", json={"texts": ["a b"], "round": 2})
+            assert old.status_code == 400 and "outside" in old.json()["error"]
+            signed_here = await client.post("/v1/submissions", json={"texts": ["hello there"]})
+            assert signed_here.status_code == 202
+            assert signed_here.json()["round"] >= 9
+            bad = await client.post("/v1/submissions", content=b"{not json")
+            assert bad.status_code == 400
+            got = await client.get(f"/v1/submissions/{sid}")
+            assert got.status_code == 200 and got.json()["state"] == "pending"
+            assert (await client.get("/v1/submissions/zz")).status_code == 400
+            assert (await client.get("/v1/submissions/" + "0" * 64)).status_code == 404
+
+    trio.run(main)
+    assert len(published) == 2
