@@ -33,25 +33,39 @@ TEXTS = [
 
 
 def test_submit_texts_and_get_certified_consensus_embeddings(tmp_path: Path, nodes: Nodes) -> None:
-    names = [f"v{i}" for i in range(3)] + [f"e{i}" for i in range(ENCODERS)]
+    """The full network (8 processes): under the machine-wide lock."""
+    run_network(tmp_path, nodes, validators=3, encoders=ENCODERS, bootstrap=True)
+
+
+def test_small_network_one_validator(tmp_path: Path, nodes: Nodes) -> None:
+    """The same with 4 processes (a validator that is the bootstrap, 3 encoders)."""
+    run_network(tmp_path, nodes, validators=1, encoders=3, bootstrap=False)
+
+
+def run_network(
+    tmp_path: Path, nodes: Nodes, *, validators: int, encoders: int, bootstrap: bool
+) -> None:
+    names = [f"v{i}" for i in range(validators)] + [f"e{i}" for i in range(encoders)]
     for name in names:
         dlnet("keygen", "--out", f"{name}.key", cwd=tmp_path)
     dlnet(
         "init",
-        *(a for i in range(3) for a in ("--validator", f"@v{i}.key:100")),
+        *(a for i in range(validators) for a in ("--validator", f"@v{i}.key:100")),
         *("--out", "network.toml", "--genesis-in", str(GENESIS_IN)),
         *("--round-seconds", str(ROUND_SECONDS)),
         cwd=tmp_path,
     )
     cfg = parse_config((tmp_path / "network.toml").read_text())
-    boot = nodes.start("boot", "--api", "127.0.0.1:0")["addrs"][0]
-    for i in range(3):
-        nodes.start(
+    boot = nodes.start("boot", "--api", "127.0.0.1:0")["addrs"][0] if bootstrap else None
+    for i in range(validators):
+        info = nodes.start(
             f"v{i}",
-            *("--key", f"v{i}.key", "--role", "validator", "--bootstrap", boot),
-            *("--api", "127.0.0.1:0"),
+            *("--key", f"v{i}.key", "--role", "validator", "--api", "127.0.0.1:0"),
+            *(("--bootstrap", boot) if boot else ()),
         )
-    for i in range(ENCODERS):
+        boot = boot or info["addrs"][0]
+    assert boot is not None
+    for i in range(encoders):
         nodes.start(
             f"e{i}",
             *("--key", f"e{i}.key", "--role", "encoder", "--bootstrap", boot),
