@@ -122,19 +122,29 @@ class PeerTable:
         return sorted(ids, key=lambda p: self.degree.get(p, 0))
 
     def eviction_victims(
-        self, connected: set[str], max_peers: int, now: float, grace: float
+        self,
+        connected: set[str],
+        max_peers: int,
+        now: float,
+        grace: float,
+        keep: frozenset[str] = frozenset(),
     ) -> list[str]:
         """Connections to close so that at most ``max_peers`` remain.
 
         Only connections older than ``grace`` are closed (a newcomer first gets its PX
-        answer). The peer with the highest reported degree goes first (it stays best
-        connected without us); unknown degree counts as 255 (a peer that never spoke PX);
-        ties close the newest connection first.
+        answer), never one in ``keep`` (the peers that carry what this node publishes into a
+        topic it does not join). The peer with the highest reported degree goes first (it
+        stays best connected without us); unknown degree counts as 255 (a peer that never
+        spoke PX); ties close the newest connection first.
         """
         excess = len(connected) - max_peers
         if excess <= 0:
             return []
-        settled = [p for p in connected if now - self.connected_since.get(p, now) >= grace]
+        settled = [
+            p
+            for p in connected
+            if p not in keep and now - self.connected_since.get(p, now) >= grace
+        ]
         settled.sort(key=lambda p: (-self.degree.get(p, 255), -self.connected_since.get(p, now)))
         return settled[:excess]
 

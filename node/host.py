@@ -71,6 +71,8 @@ RECONNECT_MAX = 60.0
 """Longest pause between two attempts to reach any seed peer while none is connected,
 and cap of the per-peer exponential dial back-off."""
 SAVED_PEERS_MAX = 64
+OUTLET_REDIAL = 5.0
+"""Seconds between two rounds of seed dials while a topic published outside has no peer."""
 
 
 # The swarm's own connection manager would fight the degree bound: its auto-connector dials
@@ -411,6 +413,8 @@ class Host:
         self._network_id = network_id
         self._status_ok: set[str] = set()
         self._dial_failures: dict[str, int] = {}
+        self._outlets: set[str] = set()
+        """Topics this node publishes into without joining them (see ``publish_outside``)."""
         self.on_wrong_network: Callable[[str, bytes], None] | None = None
         """Called with (peer id, its network id) when a peer of another network is refused."""
         pubsub.deliver = self._deliver
@@ -425,8 +429,12 @@ class Host:
         return sorted(p.to_base58() for p in self._lp.get_connected_peers())
 
     def topic_peers(self, topic: str) -> list[str]:
-        """Connected peers known to be subscribed to ``topic``."""
-        return sorted(p.to_base58() for p in self._pubsub.peer_topics.get(topic, ()))
+        """Connected peers known to be subscribed to ``topic`` (pubsub may list a peer whose
+        connection just closed until it notices)."""
+        connected = set(self._lp.get_connected_peers())
+        return sorted(
+            p.to_base58() for p in self._pubsub.peer_topics.get(topic, ()) if p in connected
+        )
 
     def mesh_peers(self, topic: str) -> list[str]:
         """Peers in our gossipsub mesh for ``topic`` (full messages go to these)."""
@@ -447,17 +455,37 @@ class Host:
         self._nursery.start_soon(self._dispatch, recv, handler)
         await self._pubsub.subscribe(topic)
 
+    def publish_outside(self, topic: str) -> None:
+        """Declare that this node publishes into ``topic`` without joining it: gossipsub then
+        sends each message to up to D connected peers that joined it (fanout). Peer upkeep
+        keeps such peers: they are never evicted, and while none is connected the seed peers
+        are dialled again (``outlet_dials``) — a relay joins every topic."""
+        self._outlets.add(topic)
+
     async def publish(self, topic: str, data: bytes) -> None:
         """Publish ``data``: paced by the token bucket, in call order, and only once every
         outbound peer queue has room (a queue stuck past ``backpressure_timeout`` is
-        sent to anyway and any resulting drop is counted)."""
+        sent to anyway and any resulting drop is counted). Into a topic it publishes outside,
+        it first waits up to ``backpressure_timeout`` for a connected peer that joined it;
+        with none, the message reaches nobody by gossip (``publish.no_peers``: it is stored,
+        and validators fetch it by pull repair)."""
         if len(data) > self._params.max_message_bytes:
             raise ValueError(f"message of {len(data)} bytes exceeds max_message_bytes")
         async with self._publish_lock:
             await self._bucket.take()
             await self._wait_outbound_room()
+            if topic in self._outlets and not await self._wait_topic_peer(topic):
+                self._counters.add("publish.no_peers")
             await self._pubsub.publish(topic, data)
             self._counters.add("published")
+
+    async def _wait_topic_peer(self, topic: str) -> bool:
+        deadline = trio.current_time() + self._params.backpressure_timeout
+        while not self.topic_peers(topic):
+            if trio.current_time() >= deadline:
+                return False
+            await trio.sleep(0.05)
+        return True
 
     async def _wait_outbound_room(self) -> None:
         deadline = trio.current_time() + self._params.backpressure_timeout
@@ -772,6 +800,7 @@ class Host:
             self._table.learn(addr)
         next_refresh = 0.0
         next_reseed, reseed_pause = 0.0, 1.0
+        next_outlet_dial = 0.0
         while True:
             now = trio.current_time()
             connected = set(self.connected_peers())
@@ -790,8 +819,16 @@ class Host:
             elif seeds and now >= next_reseed:
                 self._reseed(seeds, now)
                 next_reseed, reseed_pause = now + reseed_pause, min(2 * reseed_pause, RECONNECT_MAX)
+            outlet_peers = frozenset(p for t in self._outlets for p in self.topic_peers(t))
+            if (
+                seeds
+                and now >= next_outlet_dial
+                and any(not self.topic_peers(t) for t in self._outlets)
+            ):
+                next_outlet_dial = now + OUTLET_REDIAL
+                await self._dial_seeds(seeds, connected, now)
             for victim in self._table.eviction_victims(
-                connected, self._params.max_peers, now, self._params.eviction_grace
+                connected, self._params.max_peers, now, self._params.eviction_grace, outlet_peers
             ):
                 self._counters.add("evicted")
                 self._table.back_off(victim, now + 30.0)
@@ -808,6 +845,17 @@ class Host:
                 await self._dial(peer)
             jitter = self._rng.uniform(0.75, 1.25)
             await trio.sleep(self._params.discovery_interval * jitter)
+
+    async def _dial_seeds(self, seeds: Sequence[str], connected: set[str], now: float) -> None:
+        """No connected peer carries a topic this node publishes outside: dial the seed peers
+        not connected (their back-off lifted; a relay joins every topic)."""
+        self._counters.add("px.outlet_dials")
+        refused = self._refused()
+        for addr in seeds:
+            peer = self._table.learn(addr)
+            if peer is not None and peer not in connected and peer not in refused:
+                self._table.backoff_until.pop(peer, None)
+                await self._dial(peer)
 
     def _reseed(self, seeds: Sequence[str], now: float) -> None:
         """No peer left: make every seed peer dialable again (unless it is on another network)."""

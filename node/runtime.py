@@ -205,6 +205,9 @@ async def _subscribe_all(
         ingest.admit_checked(data)
         watch(data, peer)
 
+    for kind in GOSSIPED:
+        if kind not in kinds:
+            host.publish_outside(topic(cfg.network_id, kind))
     for kind in kinds:
         await host.subscribe(topic(cfg.network_id, kind), _validator(ingest, kind), handler)
 
