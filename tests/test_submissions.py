@@ -394,3 +394,50 @@ def test_api_post_and_get(tmp_path: Path) -> None:
 
     trio.run(main)
     assert len(published) == 2
+
+
+# --- the commands' operator mistakes ------------------------------------------------------------
+
+
+def test_submit_and_embeddings_mistakes_are_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from dlnet.node.cli import main
+    from dlnet.protocol.config import dump_config
+
+    def run(*args: str) -> tuple[int, str]:
+        capsys.readouterr()
+        try:
+            main(list(args))
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+        return code, capsys.readouterr().err
+
+    (tmp_path / "network.toml").write_text(dump_config(CFG))
+    cfg = str(tmp_path / "network.toml")
+    (tmp_path / "bad.jsonl").write_text('{"text": "fine text"}\n{"nope": 1}\n')
+    (tmp_path / "one.txt").write_text("oneword\n")
+    (tmp_path / "ok.txt").write_text("two words\n")
+    free = "http://127.0.0.1:9"  # discard port: nothing listens there
+    cases = [
+        (("submit", "--file", str(tmp_path / "missing.txt")), "cannot read it"),
+        (
+            ("submit", "--file", str(tmp_path / "bad.jsonl")),
+            'bad.jsonl:2: expected a string or an object with "text"',
+        ),
+        (
+            ("submit", "--file", str(tmp_path / "one.txt")),
+            "one.txt:1: a text needs 2 or more words",
+        ),
+        (("submit", "--file", str(tmp_path / "ok.txt")), "no answer"),
+    ]
+    for args, message in cases:
+        key = str(tmp_path / "s.key")
+        code, err = run(*args, "--api", free, "--config", cfg, "--key", key)
+        assert code == 2 and message in err, (args, err)
+        assert len(err.strip().splitlines()) == 1
+    code, err = run("embeddings", "--config", cfg)
+    assert code == 2 and "--submission ID" in err
+    code, err = run("embeddings", "--config", cfg, "--submission", "ab" * 32, "--api", free)
+    assert code == 2 and "no answer" in err and len(err.strip().splitlines()) == 1
