@@ -39,7 +39,15 @@ from dlnet.protocol.consensus import CertificateError, verify_certificate
 from dlnet.protocol.identity import SigningKey
 from dlnet.protocol.result import result_digest
 from dlnet.protocol.rounds import round_at, round_times
-from dlnet.protocol.wire import Certificate, Kind, Reject, decode, message_id, topic
+from dlnet.protocol.wire import (
+    Certificate,
+    Kind,
+    Reject,
+    Submission,
+    decode,
+    message_id,
+    topic,
+)
 
 ROLES = ("encoder", "validator")
 GOSSIPED = (
@@ -177,6 +185,8 @@ class Doppelganger:
             return
         if slot_of(msg).signer != self.public_key or self.ctx.store.signed_here(message_id(data)):
             return
+        if isinstance(msg, Submission):
+            return  # texts submitted with the node's key elsewhere: no consensus signature
         self.ctx.halted = (
             f"--key: a {type(msg).__name__} for round {msg.round} signed by this node's key "
             f"{self.public_key.hex()[:16]} arrived from peer {peer}, and this data dir never "
