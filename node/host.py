@@ -72,7 +72,7 @@ RECONNECT_MAX = 60.0
 and cap of the per-peer exponential dial back-off."""
 SAVED_PEERS_MAX = 64
 OUTLET_REDIAL = 5.0
-"""Seconds between two rounds of seed dials while a topic published outside has no peer."""
+"""Seconds between two rounds of seed dials while a topic of this node has no carrier."""
 
 
 # The swarm's own connection manager would fight the degree bound: its auto-connector dials
@@ -458,8 +458,9 @@ class Host:
     def publish_outside(self, topic: str) -> None:
         """Declare that this node publishes into ``topic`` without joining it: gossipsub then
         sends each message to up to D connected peers that joined it (fanout). Peer upkeep
-        keeps such peers: they are never evicted, and while none is connected the seed peers
-        are dialled again (``outlet_dials``) — a relay joins every topic."""
+        treats it like a joined topic: its last D carriers are never evicted, and while none
+        is connected the seed peers are dialled again (``px.outlet_dials``) — a relay joins
+        every topic."""
         self._outlets.add(topic)
 
     async def publish(self, topic: str, data: bytes) -> None:
@@ -819,16 +820,17 @@ class Host:
             elif seeds and now >= next_reseed:
                 self._reseed(seeds, now)
                 next_reseed, reseed_pause = now + reseed_pause, min(2 * reseed_pause, RECONNECT_MAX)
-            outlet_peers = frozenset(p for t in self._outlets for p in self.topic_peers(t))
-            if (
-                seeds
-                and now >= next_outlet_dial
-                and any(not self.topic_peers(t) for t in self._outlets)
-            ):
+            carriers = {t: self.topic_peers(t) for t in (*self._sinks, *self._outlets)}
+            if seeds and now >= next_outlet_dial and not all(carriers.values()):
                 next_outlet_dial = now + OUTLET_REDIAL
                 await self._dial_seeds(seeds, connected, now)
+            # A topic's last D carriers are never evicted (the best-connected peer, first to
+            # go otherwise, is typically the relay that carries a sparse topic).
+            keep = frozenset(
+                p for peers in carriers.values() if len(peers) <= self._params.degree for p in peers
+            )
             for victim in self._table.eviction_victims(
-                connected, self._params.max_peers, now, self._params.eviction_grace, outlet_peers
+                connected, self._params.max_peers, now, self._params.eviction_grace, keep
             ):
                 self._counters.add("evicted")
                 self._table.back_off(victim, now + 30.0)
@@ -847,8 +849,8 @@ class Host:
             await trio.sleep(self._params.discovery_interval * jitter)
 
     async def _dial_seeds(self, seeds: Sequence[str], connected: set[str], now: float) -> None:
-        """No connected peer carries a topic this node publishes outside: dial the seed peers
-        not connected (their back-off lifted; a relay joins every topic)."""
+        """No connected peer carries a topic this node joins or publishes into: dial the seed
+        peers not connected (their back-off lifted; a relay joins every topic)."""
         self._counters.add("px.outlet_dials")
         refused = self._refused()
         for addr in seeds:
