@@ -60,16 +60,11 @@ def held_submissions(cfg: NetworkConfig, store: Store, rnd: int) -> dict[bytes, 
 
 def scheduled_tasks(ctx: NodeContext, rnd: int) -> tuple[ShardTask, ...]:
     """Round ``rnd``'s shard tasks with its scheduled submitted texts (none without a fixed
-    schedule). A scheduled submission this node does not hold leaves its shards on the corpus
-    (counted ``submissions:missing``): this node's embeddings or scores of those shards will
-    differ from the network's."""
+    schedule; the schedule votes carry the texts)."""
     fixed = held_schedule(ctx.cfg, ctx.store, rnd)
     if fixed is None:
         return round_tasks(ctx.cfg, ctx.items, rnd)
-    texts = round_texts(ctx.cfg, fixed.entries, held_submissions(ctx.cfg, ctx.store, rnd))
-    if any(t is None for t in texts):
-        ctx.ingest.count("submissions", "missing")
-    return round_tasks(ctx.cfg, ctx.items, rnd, texts)
+    return round_tasks(ctx.cfg, ctx.items, rnd, round_texts(ctx.cfg, fixed.entries))
 
 
 async def vote_schedule(ctx: NodeContext, key: SigningKey, rnd: int) -> None:

@@ -16,7 +16,7 @@ round result's weighted embedding of the text's shard (`verify_answer`).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -25,6 +25,7 @@ from dlnet.protocol.consensus import CertificateError, finality_reached, verify_
 from dlnet.protocol.masks import round_seed, split_units
 from dlnet.protocol.rounds import round_times
 from dlnet.protocol.wire import (
+    MAX_SUBMISSION_TEXTS,
     Certificate,
     Kind,
     Reject,
@@ -41,14 +42,14 @@ ORDER_TAG = b"dlnet/v1/submission-order"
 SUBMIT_AHEAD = 16
 """A Submission may target a round at most this many rounds after the current one."""
 
-Entries = tuple[tuple[bytes, int], ...]
+Entries = tuple[tuple[bytes, tuple[str, ...]], ...]
 
 
 def capacity(cfg: NetworkConfig) -> int:
     """Texts one round takes from submissions: ``shards_per_round // 2`` (the other half of the
     shards stays on the genesis corpus, data no submitter chose). Also the most texts one
     Submission may carry and, since a key has one Submission per round, one key's quota."""
-    return min(cfg.shards_per_round // 2, 128)
+    return min(cfg.shards_per_round // 2, MAX_SUBMISSION_TEXTS)
 
 
 def schedule_lead(cfg: NetworkConfig) -> int:
@@ -80,7 +81,8 @@ def select(cfg: NetworkConfig, r: int, held: Iterable[tuple[bytes, Submission]])
     """The entries a validator signs for round r from the submissions it holds (``(message
     id, Submission)`` pairs): submissions of this network and round, one per submitter (the
     smallest id if it holds several: an over-quota key), in `order_key` order, each taken
-    whole while the texts taken stay within `capacity`; returned in ascending id order."""
+    whole while the texts taken stay within `capacity`; returned as (id, texts) in ascending id
+    order."""
     per_key: dict[bytes, tuple[bytes, Submission]] = {}
     for mid, sub in held:
         if sub.round != r or sub.network_id != cfg.network_id:
@@ -89,10 +91,10 @@ def select(cfg: NetworkConfig, r: int, held: Iterable[tuple[bytes, Submission]])
         if best is None or mid < best[0]:
             per_key[sub.submitter] = (mid, sub)
     room = capacity(cfg)
-    taken: list[tuple[bytes, int]] = []
+    taken: list[tuple[bytes, tuple[str, ...]]] = []
     for mid, sub in sorted(per_key.values(), key=lambda p: order_key(cfg.network_id, r, p[0])):
         if len(sub.texts) <= room:
-            taken.append((mid, len(sub.texts)))
+            taken.append((mid, sub.texts))
             room -= len(sub.texts)
     return tuple(sorted(taken))
 
@@ -101,9 +103,9 @@ def placement(entries: Entries) -> dict[bytes, range]:
     """The shards each scheduled submission's texts take, in entry order from shard 0."""
     out: dict[bytes, range] = {}
     at = 0
-    for mid, n in entries:
-        out[mid] = range(at, at + n)
-        at += n
+    for mid, texts in entries:
+        out[mid] = range(at, at + len(texts))
+        at += len(texts)
     return out
 
 
@@ -132,19 +134,10 @@ def fixed_schedule(cfg: NetworkConfig, r: int, votes: Iterable[Schedule]) -> Fix
     return None
 
 
-def round_texts(
-    cfg: NetworkConfig, entries: Entries, submissions: Mapping[bytes, Submission]
-) -> list[str | None]:
-    """The submitted texts of a round, one per shard from shard 0 (whitespace-normalised as a
-    corpus item); None for the texts of a scheduled submission not held."""
-    out: list[str | None] = []
-    for mid, n in entries:
-        sub = submissions.get(mid)
-        if sub is None or len(sub.texts) != n:
-            out += [None] * n
-        else:
-            out += [" ".join(split_units(t)) for t in sub.texts]
-    return out[: capacity(cfg)]
+def round_texts(cfg: NetworkConfig, entries: Entries) -> list[str]:
+    """The submitted texts of a round, one per shard from shard 0, whitespace-normalised as a
+    corpus item (the schedule carries them)."""
+    return [" ".join(split_units(t)) for _, texts in entries for t in texts][: capacity(cfg)]
 
 
 class ProofError(Exception):
@@ -186,7 +179,7 @@ def verify_answer(
         raise ProofError(f"the schedule votes do not fix round {sub.round}'s schedule")
     mid = message_id(submission)
     where = placement(fixed.entries).get(mid)
-    if where is None or len(where) != len(sub.texts):
+    if where is None or dict(fixed.entries)[mid] != sub.texts:
         raise ProofError(f"round {sub.round}'s schedule does not list the submission")
     if cert.round != sub.round:
         raise ProofError(f"certificate of round {cert.round}, the submission is of {sub.round}")

@@ -197,8 +197,9 @@ class Certificate:
 
 MAX_TEXT_BYTES = 2048
 """Longest submitted text, in UTF-8 bytes."""
-MAX_SUBMISSION_TEXTS = 128
-"""Bound on the texts of one Submission whatever the config (``submissions.capacity`` is the
+MAX_SUBMISSION_TEXTS = 24
+"""Bound on the texts of one Submission or Schedule whatever the config, so that a Schedule
+of 24 texts of MAX_TEXT_BYTES fits the 64 KiB gossip bound (``submissions.capacity`` is the
 real limit, at most shards_per_round // 2)."""
 
 
@@ -218,13 +219,15 @@ class Submission:
 @dataclass(frozen=True)
 class Schedule:
     """A validator's vote on the submissions round ``round`` embeds: ``entries`` are
-    ``(submission message id, number of texts)`` pairs, ids strictly ascending. Validators with
-    more than the finality fraction of the stake signing the same entries fix them."""
+    ``(submission message id, its texts)`` pairs, ids strictly ascending. The texts travel in
+    the schedule so that every node holding the schedule holds what the round embeds.
+    Validators with more than the finality fraction of the stake signing the same entries fix
+    them."""
 
     network_id: bytes
     round: int
     validator: bytes
-    entries: tuple[tuple[bytes, int], ...]
+    entries: tuple[tuple[bytes, tuple[str, ...]], ...]
     signature: bytes
 
 
@@ -263,7 +266,7 @@ def _body(msg: Message) -> list[Any]:
     if isinstance(msg, Submission):
         return [*head, msg.submitter, list(msg.texts)]
     if isinstance(msg, Schedule):
-        return [*head, msg.validator, [[i, n] for i, n in msg.entries]]
+        return [*head, msg.validator, [[i, list(t)] for i, t in msg.entries]]
     return [*head, encode_result(msg.result), [list(v) for v in msg.votes]]
 
 
@@ -355,7 +358,10 @@ def sign_submission(
 
 
 def sign_schedule(
-    key: SigningKey, network_id: bytes, round: int, entries: tuple[tuple[bytes, int], ...]
+    key: SigningKey,
+    network_id: bytes,
+    round: int,
+    entries: tuple[tuple[bytes, tuple[str, ...]], ...],
 ) -> Schedule:
     unsigned = Schedule(network_id, round, key.public_key, tuple(entries), b"")
     return replace(unsigned, signature=_signature(key, unsigned))
@@ -487,9 +493,8 @@ def _text_capacity(cfg: NetworkConfig) -> int:
     return min(cfg.shards_per_round // 2, MAX_SUBMISSION_TEXTS)
 
 
-def _submission(f: list[Any], cfg: NetworkConfig) -> Submission:
-    submitter = _bin(f[4], KEY_BYTES, "submitter")
-    texts = _array(f[5], "texts")
+def _texts(value: Any, cfg: NetworkConfig) -> tuple[str, ...]:
+    texts = _array(value, "texts")
     if not texts:
         raise Reject(RejectReason.BAD_FIELD, "texts: none")
     if len(texts) > _text_capacity(cfg):
@@ -504,8 +509,14 @@ def _submission(f: list[Any], cfg: NetworkConfig) -> Submission:
             raise Reject(RejectReason.OVERSIZE, f"a text over {MAX_TEXT_BYTES} bytes")
         if len(text.split()) < 2:
             raise Reject(RejectReason.BAD_FIELD, "a text with fewer than 2 words")
+    return tuple(texts)
+
+
+def _submission(f: list[Any], cfg: NetworkConfig) -> Submission:
+    submitter = _bin(f[4], KEY_BYTES, "submitter")
+    texts = _texts(f[5], cfg)
     signature = _bin(f[6], SIGNATURE_BYTES, "signature")
-    return Submission(f[2], f[3], submitter, tuple(texts), signature)
+    return Submission(f[2], f[3], submitter, texts, signature)
 
 
 def _schedule(f: list[Any], cfg: NetworkConfig) -> Schedule:
@@ -514,16 +525,16 @@ def _schedule(f: list[Any], cfg: NetworkConfig) -> Schedule:
     raw = _array(f[5], "entries")
     if len(raw) > cap:
         raise Reject(RejectReason.BAD_FIELD, f"entries: {len(raw)} > {cap}")
-    entries: list[tuple[bytes, int]] = []
+    entries: list[tuple[bytes, tuple[str, ...]]] = []
     for item in raw:
         pair = _array(item, "entries[i]")
         if len(pair) != 2:
-            raise Reject(RejectReason.MALFORMED, "entries[i]: expected [id, count]")
-        entries.append((_bin(pair[0], HASH_BYTES, "entry id"), _uint(pair[1], cap, "count")))
+            raise Reject(RejectReason.MALFORMED, "entries[i]: expected [id, texts]")
+        entries.append((_bin(pair[0], HASH_BYTES, "entry id"), _texts(pair[1], cfg)))
     if any(a[0] >= b[0] for a, b in pairwise(entries)):
         raise Reject(RejectReason.BAD_FIELD, "entries: ids not strictly ascending")
-    if any(n == 0 for _, n in entries) or sum(n for _, n in entries) > cap:
-        raise Reject(RejectReason.BAD_FIELD, f"entries: counts must be >= 1 and sum to <= {cap}")
+    if sum(len(t) for _, t in entries) > cap:
+        raise Reject(RejectReason.BAD_FIELD, f"entries: more than {cap} texts in all")
     signature = _bin(f[6], SIGNATURE_BYTES, "signature")
     _validator(cfg, validator)
     return Schedule(f[2], f[3], validator, tuple(entries), signature)
@@ -600,8 +611,16 @@ def _max_bytes(kind: Kind, dim: int, shards: int, slots: int, validators: int) -
             bytes(_max_result_bytes(dim, shards, validators)),
             [[h, sig]] * validators,
         ],
-        Kind.SUBMISSION: [h, ["x" * MAX_TEXT_BYTES] * max(1, min(shards // 2, 128)), sig],
-        Kind.SCHEDULE: [h, [[h, 2**16]] * max(1, shards // 2), sig],
+        Kind.SUBMISSION: [
+            h,
+            ["x" * MAX_TEXT_BYTES] * max(1, min(shards // 2, MAX_SUBMISSION_TEXTS)),
+            sig,
+        ],
+        Kind.SCHEDULE: [
+            h,
+            [[h, ["x" * MAX_TEXT_BYTES]]] * max(1, min(shards // 2, MAX_SUBMISSION_TEXTS)),
+            sig,
+        ],
     }
     return len(pack([*head, *bodies[kind]]))
 

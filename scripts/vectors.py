@@ -193,7 +193,6 @@ def _submissions(cfg: NetworkConfig, validators: list[SigningKey]) -> dict[str, 
     held = [(message_id(encode(m)), m) for m in made]
     entries = select(cfg, rnd, held)
     schedule = sign_schedule(validators[0], net, rnd, entries)
-    by_id = dict(held)
     return {
         "round": rnd,
         "capacity": capacity(cfg),
@@ -206,9 +205,9 @@ def _submissions(cfg: NetworkConfig, validators: list[SigningKey]) -> dict[str, 
             }
             for mid, m in held
         ],
-        "entries": [[mid.hex(), n] for mid, n in entries],
+        "entries": [[mid.hex(), list(texts)] for mid, texts in entries],
         "placement": {mid.hex(): list(r) for mid, r in placement(entries).items()},
-        "round_texts": round_texts(cfg, entries, by_id),
+        "round_texts": round_texts(cfg, entries),
         "schedule_hex": encode(schedule).hex(),
     }
 

@@ -81,7 +81,7 @@ def test_submission_and_schedule_round_trip() -> None:
     data = submission()
     sub = decode(data, CFG, Kind.SUBMISSION)
     assert isinstance(sub, Submission) and sub.texts == ("a cat sat", "dogs bark loud")
-    sched = sign_schedule(VALIDATORS[0], CFG.network_id, 9, ((message_id(data), 2),))
+    sched = sign_schedule(VALIDATORS[0], CFG.network_id, 9, ((message_id(data), sub.texts),))
     assert decode(encode(sched), CFG, Kind.SCHEDULE) == sched
 
 
@@ -100,14 +100,18 @@ def test_submission_typed_rejects() -> None:
 
 def test_schedule_typed_rejects() -> None:
     ids = sorted(bytes([i]) * 32 for i in (1, 2, 3))
-    # Three entries are more than a round of capacity 2 takes: longer than any valid schedule.
-    three = sign_schedule(VALIDATORS[0], CFG.network_id, 9, tuple((i, 1) for i in ids))
-    assert reason(encode(three)) is RejectReason.OVERSIZE
-    over = sign_schedule(VALIDATORS[0], CFG.network_id, 9, ((ids[0], 1), (ids[1], 2)))
+    # Three entries are more than a round of capacity 2 takes.
+    three = sign_schedule(VALIDATORS[0], CFG.network_id, 9, tuple((i, ("a b",)) for i in ids))
+    assert reason(encode(three)) is RejectReason.BAD_FIELD
+    over = sign_schedule(
+        VALIDATORS[0], CFG.network_id, 9, ((ids[0], ("a b",)), (ids[1], ("c d", "e f")))
+    )
     assert reason(encode(over)) is RejectReason.BAD_FIELD
-    unsorted = sign_schedule(VALIDATORS[0], CFG.network_id, 9, ((ids[1], 1), (ids[0], 1)))
+    unsorted = sign_schedule(
+        VALIDATORS[0], CFG.network_id, 9, ((ids[1], ("a b",)), (ids[0], ("a b",)))
+    )
     assert reason(encode(unsorted)) is RejectReason.BAD_FIELD
-    stranger = sign_schedule(SUBMITTER, CFG.network_id, 9, ((ids[0], 1),))
+    stranger = sign_schedule(SUBMITTER, CFG.network_id, 9, ((ids[0], ("a b",)),))
     assert reason(encode(stranger)) is RejectReason.NOT_VALIDATOR
 
 
@@ -170,12 +174,12 @@ def test_select_is_bounded_fair_and_order_free(
     by_id = dict(held)
     ids = [mid for mid, _ in entries]
     assert ids == sorted(set(ids))
-    assert sum(n for _, n in entries) <= capacity(cfg)
-    assert all(by_id[mid].round == rnd and len(by_id[mid].texts) == n for mid, n in entries)
+    assert sum(len(t) for _, t in entries) <= capacity(cfg)
+    assert all(by_id[mid].round == rnd and by_id[mid].texts == t for mid, t in entries)
     submitters = [by_id[mid].submitter for mid in ids]
     assert len(submitters) == len(set(submitters))  # one per key and round
     # Nothing left out would still have fitted ahead of a submission taken after it.
-    room = capacity(cfg) - sum(n for _, n in entries)
+    room = capacity(cfg) - sum(len(t) for _, t in entries)
     firsts = {}
     for mid, sub in held:
         if sub.round == rnd and (sub.submitter not in firsts or mid < firsts[sub.submitter][0]):
@@ -183,7 +187,8 @@ def test_select_is_bounded_fair_and_order_free(
     left = [(m, s) for m, s in firsts.values() if m not in ids]
     assert all(len(s.texts) > room for _, s in left)
     shards = placement(entries)
-    assert [s for mid in ids for s in shards[mid]] == list(range(sum(n for _, n in entries)))
+    total = sum(len(t) for _, t in entries)
+    assert [s for mid in ids for s in shards[mid]] == list(range(total))
 
 
 def test_order_key_decides_who_fits() -> None:
@@ -194,13 +199,17 @@ def test_order_key_decides_who_fits() -> None:
     ]
     held = [(message_id(encode(s)), s) for s in subs]
     winner = min(held, key=lambda p: order_key(cfg.network_id, rnd, p[0]))
-    assert select(cfg, rnd, held) == ((winner[0], 2),)
+    assert select(cfg, rnd, held) == ((winner[0], ("a b", "c d")),)
 
 
 @settings(max_examples=40, deadline=None)
 @given(st.lists(st.integers(0, 2), min_size=0, max_size=3), st.permutations([0, 1, 2]))
 def test_fixed_schedule_needs_more_than_two_thirds(choice: list[int], order: list[int]) -> None:
-    sets = [(), ((b"\x01" * 32, 1),), ((b"\x02" * 32, 2),)]
+    sets: list[tuple[tuple[bytes, tuple[str, ...]], ...]] = [
+        (),
+        ((b"\x01" * 32, ("a b",)),),
+        ((b"\x02" * 32, ("c d", "e f")),),
+    ]
     votes = [
         sign_schedule(VALIDATORS[v], CFG.network_id, 9, sets[c])
         for v, c in zip(order, choice, strict=False)
@@ -216,16 +225,15 @@ def test_fixed_schedule_needs_more_than_two_thirds(choice: list[int], order: lis
 def test_scheduled_texts_take_the_first_shards() -> None:
     sub = decode(submission(("a  cat\tsat", "dogs bark loud")), CFG, Kind.SUBMISSION)
     assert isinstance(sub, Submission)
-    entries = ((message_id(encode(sub)), 2),)
-    texts = round_texts(CFG, entries, {entries[0][0]: sub})
+    entries = ((message_id(encode(sub)), sub.texts),)
+    texts = round_texts(CFG, entries)
     assert texts == ["a cat sat", "dogs bark loud"]
     plain = round_tasks(CFG, ITEMS, 9)
     tasks = round_tasks(CFG, ITEMS, 9, texts)
     assert [t.texts[0] for t in tasks[:2]] == texts and tasks[0].item == -1
     assert tasks[2:] == plain[2:]  # the corpus half is the round's own
     assert tasks[0].unit_counts[0] == 3
-    # A scheduled submission not held leaves its shards on the corpus.
-    assert round_tasks(CFG, ITEMS, 9, round_texts(CFG, entries, {})) == plain
+    assert round_tasks(CFG, ITEMS, 9, []) == plain
 
 
 def test_target_round_leaves_the_margin() -> None:
@@ -240,7 +248,9 @@ def test_target_round_leaves_the_margin() -> None:
 def certified_round(rnd: int, sub_data: bytes) -> tuple[list[bytes], bytes]:
     """Schedule votes of all three validators listing ``sub_data`` and a certificate of round
     ``rnd`` whose weighted embeddings are per-shard vectors."""
-    entries = ((message_id(sub_data), 2),)
+    sub = decode(sub_data, CFG, Kind.SUBMISSION)
+    assert isinstance(sub, Submission)
+    entries = ((message_id(sub_data), sub.texts),)
     votes = [encode(sign_schedule(k, CFG.network_id, rnd, entries)) for k in VALIDATORS]
     enc = sorted(SigningKey.from_seed(bytes([60 + i]) * 32).public_key for i in range(3))
     scores = np.full((CFG.shards_per_round, 3), 60000, dtype="<u2").tobytes()
