@@ -16,6 +16,7 @@ from dlnet.node.host import GossipParams, Verdict, open_host
 from dlnet.node.ingest import Ingest
 from dlnet.node.keyfile import KeyFileError, peer_key_seed
 from dlnet.node.runtime import (
+    GOSSIPED,
     Doppelganger,
     NodeError,
     _subscribe_all,
@@ -245,7 +246,7 @@ def test_doppelganger_over_gossip_halts_the_node(cfg: NetworkConfig, tmp_path: P
             ctx, _ = _ctx(cfg, store)
             with trio.CancelScope() as scope:
                 guard = Doppelganger(ctx, VALIDATOR.public_key, scope)
-                await _subscribe_all(me, ctx.ingest, cfg, guard.check)
+                await _subscribe_all(me, ctx.ingest, cfg, guard.check, GOSSIPED)
                 await twin.subscribe(vote_topic, lambda *_: Verdict.ACCEPT, ignore)
                 with trio.fail_after(20):
                     while me.peer_id not in twin.mesh_peers(vote_topic):
