@@ -23,8 +23,8 @@ import trio
 from dlnet.node.context import NodeContext, sleep_until, wall_clock
 from dlnet.node.models import Model, one_line
 from dlnet.node.models.kinds import fabricate_inverse, jitter_option
+from dlnet.node.submissions import scheduled_tasks
 from dlnet.protocol.identity import SigningKey
-from dlnet.protocol.masks import round_tasks
 from dlnet.protocol.rounds import round_times
 from dlnet.protocol.wire import (
     Commit,
@@ -82,7 +82,7 @@ class EncoderRole:
             rnd += 1
 
     def _texts(self, rnd: int) -> list[str]:
-        tasks = round_tasks(self.ctx.cfg, self.ctx.items, rnd)
+        tasks = scheduled_tasks(self.ctx, rnd)
         return [text for task in tasks for text in task.texts]
 
     async def _embed(self, texts: list[str]) -> np.ndarray:

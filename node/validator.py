@@ -17,6 +17,7 @@ from dlnet.node.byzantine import Byzantine
 from dlnet.node.context import NodeContext, sleep_until, wall_clock
 from dlnet.node.ingest import COMMIT_GRACE
 from dlnet.node.report import verified_certificate
+from dlnet.node.submissions import scheduled_tasks, vote_schedule
 from dlnet.protocol.consensus import (
     MissingCommits,
     MissingEmbeddings,
@@ -31,7 +32,6 @@ from dlnet.protocol.consensus import (
 )
 from dlnet.protocol.identity import SigningKey
 from dlnet.protocol.influence import InfluenceState, derive, scoring_round
-from dlnet.protocol.masks import round_tasks
 from dlnet.protocol.result import RoundResult, decode_result, encode_result, result_digest
 from dlnet.protocol.rounds import RoundTimes, round_times
 from dlnet.protocol.scoring import score_round
@@ -132,6 +132,7 @@ class ValidatorRole:
             rnd = first_round
             while True:
                 nursery.start_soon(self.run_round, rnd)
+                nursery.start_soon(vote_schedule, self.ctx, self.key, rnd + 1)
                 rnd += 1
                 await sleep_until(round_times(self.ctx.cfg, rnd).start)
 
@@ -207,7 +208,7 @@ class ValidatorRole:
         """Score every committed encoder on every shard from what this validator holds."""
         cfg = self.ctx.cfg
         view = round_view(self.ctx, rnd)
-        tasks = round_tasks(cfg, self.ctx.items, rnd)
+        tasks = scheduled_tasks(self.ctx, rnd)
         encoders = sorted(view.commits)
         slots = cfg.slots_per_shard
         shards: list[dict[bytes, np.ndarray]] = []

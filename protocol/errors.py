@@ -48,6 +48,11 @@ class RejectReason(StrEnum):
     """An attestation, finality vote or certificate signer that is not in the validator set."""
     BAD_FIELD = "bad_field"
     """A well-typed field whose value is out of range (shard, slot, flag, order of a list)."""
+    TOO_MANY_TEXTS = "too_many_texts"
+    """A Submission with more texts than one round can take (``submissions.capacity``)."""
+    OVER_QUOTA = "over_quota"
+    """A second, different Submission from one key for the same round (quota: one per key
+    per round)."""
 
 
 class Reject(Exception):

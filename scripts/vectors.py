@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from dlnet.protocol.canonical import sha256
-from dlnet.protocol.config import ValidatorEntry, default_config, dump_config
+from dlnet.protocol.config import NetworkConfig, ValidatorEntry, default_config, dump_config
 from dlnet.protocol.consensus import attestation_ids, compute_result, kappa_median, quantise
 from dlnet.protocol.identity import SigningKey
 from dlnet.protocol.influence import apply as apply_influence
@@ -28,6 +28,14 @@ from dlnet.protocol.masks import Drbg, golden_vectors
 from dlnet.protocol.projection import projection_matrix
 from dlnet.protocol.result import encode_result, result_digest
 from dlnet.protocol.scoring import ScoringParams, score_round
+from dlnet.protocol.submissions import (
+    capacity,
+    order_key,
+    placement,
+    round_texts,
+    schedule_time,
+    select,
+)
 from dlnet.protocol.wire import (
     PREVOTE,
     encode,
@@ -35,6 +43,8 @@ from dlnet.protocol.wire import (
     message_id,
     sign_attestation,
     sign_commit,
+    sign_schedule,
+    sign_submission,
     sign_vote,
 )
 
@@ -128,6 +138,7 @@ def compute() -> dict[str, Any]:
         ScoringParams(), shards, [(6, 3, 3), (6, 3, 3)], encoders, influence=record
     )
     weighed_q = [[quantise(float(x)) for x in row] for row in weighed.scores]
+    submissions = _submissions(cfg, validators)
     return {
         "identity": {
             "seed": (bytes([1]) * 32).hex(),
@@ -175,6 +186,7 @@ def compute() -> dict[str, Any]:
                 "outliers": [int(bool(o)) for row in weighed.outliers for o in row],
             },
         },
+        "submissions": submissions,
         "consensus": {
             "kappa_median": [
                 {
@@ -195,6 +207,38 @@ def compute() -> dict[str, Any]:
     }
 
 
+def _submissions(cfg: NetworkConfig, validators: list[SigningKey]) -> dict[str, Any]:
+    """Round 9 of the example config (capacity 2): three submitters, one of them over its
+    quota, one submission of 2 texts that does not fit beside the one picked first."""
+    net, rnd = cfg.network_id, 9
+    made = [
+        sign_submission(_key(40), net, rnd, ("a cat sat on the mat",)),
+        sign_submission(_key(40), net, rnd, ("the same key again",)),  # over quota
+        sign_submission(_key(41), net, rnd, ("dogs bark at night", "rain falls on roofs")),
+        sign_submission(_key(42), net, rnd, ("one more   text\there",)),
+    ]
+    held = [(message_id(encode(m)), m) for m in made]
+    entries = select(cfg, rnd, held)
+    schedule = sign_schedule(validators[0], net, rnd, entries)
+    return {
+        "round": rnd,
+        "capacity": capacity(cfg),
+        "schedule_time": schedule_time(cfg, rnd),
+        "held": [
+            {
+                "hex": encode(m).hex(),
+                "id": mid.hex(),
+                "order_key": order_key(net, rnd, mid).hex(),
+            }
+            for mid, m in held
+        ],
+        "entries": [[mid.hex(), list(texts)] for mid, texts in entries],
+        "placement": {mid.hex(): list(r) for mid, r in placement(entries).items()},
+        "round_texts": round_texts(cfg, entries),
+        "schedule_hex": encode(schedule).hex(),
+    }
+
+
 def _summary(v: dict[str, Any]) -> str:
     m = v["messages"]
     emb = m["embedding"]
@@ -212,6 +256,8 @@ def _summary(v: dict[str, Any]) -> str:
         f"| example Commit message id | `{m['commit']['id']}` |",
         f"| example round result digest | `{v['consensus']['result_digest']}` |",
         f"| influence after the example result | `{v['influence']['digest_after_result']}` |",
+        f"| example schedule of round 9 (submission ids) | "
+        f"{', '.join('`' + e[0][:16] + '…`' for e in v['submissions']['entries'])} |",
         "",
         "Every input and output, byte for byte, is in `docs/vectors.json`.",
         "",

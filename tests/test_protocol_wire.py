@@ -320,7 +320,7 @@ def test_wrong_kind() -> None:
     assert reason(encode(vote()), kind=Kind.COMMIT) is RejectReason.WRONG_KIND
     # Longer than any message of the expected kind: caught by the size check first.
     assert reason(encode(commit()), kind=Kind.VOTE) is RejectReason.OVERSIZE
-    for bad in (0, 6, 99, -1, "commit", None):
+    for bad in (0, 8, 99, -1, "commit", None):
         assert reason(reencoded(commit(), 0, bad)) is RejectReason.WRONG_KIND
 
 
