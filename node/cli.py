@@ -522,16 +522,28 @@ def embeddings(
     done = []
     pending = 0
     for answer in answers:
-        if answer.get("state") != "final":
+        if "certificate" not in answer:
             pending += 1
             click.echo(f"{answer.get('id')}: {answer.get('state')}", err=True)
             done.append(answer)
             continue
         try:
-            done.append(client.checked(cfg, answer))
+            proven = client.checked(cfg, answer)
         except ProofError as exc:
             click.echo(f"dlnet: the answer for {answer.get('id')} does not verify: {exc}", err=True)
             sys.exit(1)
+        done.append(proven)
+        gaps = [e for e in proven["embeddings"] if e["empty"]]
+        if gaps:
+            # A zero vector is the network saying it has no embedding, never a result.
+            pending += 1
+            click.echo(
+                f"{answer['id']}: round {answer['round']} is final, but the network certified no "
+                f"embedding of {len(gaps)} of its {len(proven['embeddings'])} texts (the zero "
+                "vector: too few checked encoders on their shards); submit them again",
+                err=True,
+            )
+            continue
         click.echo(
             f"{answer['id']}: final in round {answer['round']}, {len(answer['embeddings'])} "
             "embeddings, certificate verified",

@@ -18,7 +18,7 @@ from dlnet.protocol.submissions import ProofError, capacity, target_round, verif
 from dlnet.protocol.wire import MAX_TEXT_BYTES, encode, message_id, sign_submission
 
 HTTP_TIMEOUT = 30.0
-FINISHED = ("final", "not_scheduled", "not_finalized")
+FINISHED = ("final", "no_embedding", "not_scheduled", "not_finalized")
 
 
 class ClientError(Exception):
@@ -119,16 +119,18 @@ def wait_for(api: str, submission_id: str, wait: float, every: float = 5.0) -> d
 
 
 def checked(cfg: NetworkConfig, answer: dict[str, Any]) -> dict[str, Any]:
-    """A node's final answer verified offline against the network config: the same answer with
-    ``verified: true`` and each embedding as a float list; `ProofError` if it does not prove
-    what it claims."""
+    """A node's answer with a certificate verified offline against the network config: the
+    same answer with ``verified: true`` and each embedding as a float list (None where the
+    certified vector is zero, ``empty: true``: no embedding); `ProofError` if it does not prove
+    what it claims. The certificate alone is the proof (the schedule votes are not needed)."""
     try:
         vectors = [bytes.fromhex(e["float32_le_hex"]) for e in answer["embeddings"]]
+        shards = [int(e["shard"]) for e in answer["embeddings"]]
         proven = verify_answer(
             cfg,
             bytes.fromhex(answer["submission"]),
-            [bytes.fromhex(v) for v in answer["schedule"]],
             bytes.fromhex(answer["certificate"]),
+            shards,
             vectors,
         )
     except (KeyError, TypeError, ValueError) as exc:
@@ -137,13 +139,15 @@ def checked(cfg: NetworkConfig, answer: dict[str, Any]) -> dict[str, Any]:
 
     return {
         **answer,
+        "state": "no_embedding" if any(p.empty for p in proven) else "final",
         "verified": True,
         "embeddings": [
             {
                 "text": p.text,
                 "shard": p.shard,
                 "float32_le_hex": p.vector.hex(),
-                "embedding": np.frombuffer(p.vector, dtype="<f4").tolist(),
+                "empty": p.empty,
+                "embedding": None if p.empty else np.frombuffer(p.vector, dtype="<f4").tolist(),
             }
             for p in proven
         ],

@@ -23,7 +23,7 @@ import trio
 from dlnet.node.context import NodeContext, sleep_until, wall_clock
 from dlnet.node.models import Model, one_line
 from dlnet.node.models.kinds import fabricate_inverse, jitter_option
-from dlnet.node.submissions import scheduled_tasks
+from dlnet.node.submissions import SCHEDULE_PULL, pull_schedule, scheduled_tasks
 from dlnet.protocol.identity import SigningKey
 from dlnet.protocol.rounds import round_times
 from dlnet.protocol.wire import (
@@ -151,6 +151,8 @@ class EncoderRole:
         if stored is not None:
             commit, reveals = stored
         else:
+            # The round's texts follow its Schedule votes: pull them if gossip missed some.
+            await pull_schedule(self.ctx, rnd, times.start + SCHEDULE_PULL)
             vecs = await self._vectors(rnd)
             reveals = self._sign_reveals(rnd, vecs)
             commit = sign_commit(

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from dlnet.protocol.canonical import sha256, u64be
+from dlnet.protocol.result import text_digest
 
 if TYPE_CHECKING:
     from dlnet.protocol.config import NetworkConfig
@@ -244,3 +245,8 @@ def golden_vectors() -> dict[str, object]:
             ],
         },
     }
+
+
+def text_digests(tasks: Sequence[ShardTask]) -> tuple[bytes, ...]:
+    """Per shard, `result.text_digest` of its full text: what a round result names."""
+    return tuple(text_digest(task.texts[0]) for task in tasks)

@@ -3,15 +3,16 @@ consensus embeddings. Pure and deterministic (docs/PROTOCOL.md §5, "Submissions
 
 A Submission names its target round r. Shortly before r starts (``schedule_time``) every
 validator signs a Schedule for r: the submissions it holds for r, picked by `select` (a pure
-function of the held set). When validators holding more than the finality fraction of the stake
-sign the same entries (`fixed_schedule`), those entries are r's schedule: its texts take shards
-0, 1, ... of round r in entry order (`placement`), the other shards keep the genesis corpus.
-Otherwise round r embeds the corpus only and the submissions of r are not embedded (their
-submitters submit again for a later round). At most one schedule can gather that stake unless
-more than a third of the stake signs twice.
+function of the held set, up to `vote_budget` texts). A submission listed (with the same
+texts) by validators holding more than the finality fraction of the stake is supported; the
+supported ones, taken in `order_key` order while they fit `capacity`, are r's schedule
+(`fixed_schedule`): their texts take shards 0, 1, ... of round r (`placement`), the other shards
+keep the genesis corpus. A submission that some validators missed, or a submitter's two
+different submissions sent to different validators, lack that support and are left out alone;
+they cannot keep the others out. Two nodes holding the same votes compute the same schedule.
 
-The round's certificate then proves each submitted text's consensus embedding: it is the
-round result's weighted embedding of the text's shard (`verify_answer`).
+The round result names the text of every shard (`result.texts`, `text_digest`), so the round's
+certificate alone proves each submitted text's consensus embedding (`verify_answer`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING
 from dlnet.protocol.canonical import sha256
 from dlnet.protocol.consensus import CertificateError, finality_reached, verify_certificate
 from dlnet.protocol.masks import round_seed, split_units
+from dlnet.protocol.result import text_digest
 from dlnet.protocol.rounds import round_times
 from dlnet.protocol.wire import (
     MAX_SUBMISSION_TEXTS,
@@ -32,7 +34,6 @@ from dlnet.protocol.wire import (
     Schedule,
     Submission,
     decode,
-    message_id,
 )
 
 if TYPE_CHECKING:
@@ -50,6 +51,13 @@ def capacity(cfg: NetworkConfig) -> int:
     shards stays on the genesis corpus, data no submitter chose). Also the most texts one
     Submission may carry and, since a key has one Submission per round, one key's quota."""
     return min(cfg.shards_per_round // 2, MAX_SUBMISSION_TEXTS)
+
+
+def vote_budget(cfg: NetworkConfig) -> int:
+    """Texts one validator's Schedule may list: twice `capacity`, so that one submitter's
+    conflicting submissions (each at most `capacity` texts) cannot crowd every other submission
+    out of a vote."""
+    return 2 * capacity(cfg)
 
 
 def schedule_lead(cfg: NetworkConfig) -> int:
@@ -77,12 +85,17 @@ def order_key(network_id: bytes, r: int, submission_id: bytes) -> bytes:
     return sha256(ORDER_TAG, round_seed(network_id, r), submission_id)
 
 
-def select(cfg: NetworkConfig, r: int, held: Iterable[tuple[bytes, Submission]]) -> Entries:
+def select(
+    cfg: NetworkConfig,
+    r: int,
+    held: Iterable[tuple[bytes, Submission]],
+    budget: int | None = None,
+) -> Entries:
     """The entries a validator signs for round r from the submissions it holds (``(message
     id, Submission)`` pairs): submissions of this network and round, one per submitter (the
     smallest id if it holds several: an over-quota key), in `order_key` order, each taken
-    whole while the texts taken stay within `capacity`; returned as (id, texts) in ascending id
-    order."""
+    whole while the texts taken stay within ``budget`` (default `vote_budget`); returned as
+    (id, texts) in ascending id order."""
     per_key: dict[bytes, tuple[bytes, Submission]] = {}
     for mid, sub in held:
         if sub.round != r or sub.network_id != cfg.network_id:
@@ -90,12 +103,20 @@ def select(cfg: NetworkConfig, r: int, held: Iterable[tuple[bytes, Submission]])
         best = per_key.get(sub.submitter)
         if best is None or mid < best[0]:
             per_key[sub.submitter] = (mid, sub)
-    room = capacity(cfg)
+    return _take(cfg, r, [(mid, sub.texts) for mid, sub in per_key.values()], budget)
+
+
+def _take(
+    cfg: NetworkConfig, r: int, entries: Iterable[tuple[bytes, tuple[str, ...]]], budget: int | None
+) -> Entries:
+    """Entries in `order_key` order, each whole while the texts stay within ``budget``
+    (default `vote_budget`), skipping one that does not fit; ascending id."""
+    room = vote_budget(cfg) if budget is None else budget
     taken: list[tuple[bytes, tuple[str, ...]]] = []
-    for mid, sub in sorted(per_key.values(), key=lambda p: order_key(cfg.network_id, r, p[0])):
-        if len(sub.texts) <= room:
-            taken.append((mid, sub.texts))
-            room -= len(sub.texts)
+    for mid, texts in sorted(entries, key=lambda p: (order_key(cfg.network_id, r, p[0]), p)):
+        if len(texts) <= room:
+            taken.append((mid, texts))
+            room -= len(texts)
     return tuple(sorted(taken))
 
 
@@ -113,25 +134,29 @@ def placement(entries: Entries) -> dict[bytes, range]:
 class FixedSchedule:
     entries: Entries
     signers: tuple[bytes, ...]
-    """Validators (ascending) that signed these entries."""
+    """Validators (ascending) whose votes were counted."""
 
 
 def fixed_schedule(cfg: NetworkConfig, r: int, votes: Iterable[Schedule]) -> FixedSchedule | None:
-    """Round r's schedule from Schedule votes: the entries signed by validators holding more
-    than the finality fraction of the stake (the first vote per validator counts; votes of other
-    rounds or networks and non-validators are ignored), or None."""
+    """Round r's schedule from Schedule votes (the first vote per validator counts; votes of
+    other rounds or networks and non-validators are ignored). None unless the voters hold more
+    than the finality fraction of the stake (the node cannot know the schedule yet). Else an
+    entry ``(id, texts)`` is supported when the validators listing exactly it hold more than
+    that fraction; the supported entries, taken by `_take` within `capacity`, are the schedule
+    (possibly empty)."""
     first: dict[bytes, Schedule] = {}
     for vote in votes:
         ours = vote.round == r and vote.network_id == cfg.network_id
         if ours and cfg.is_validator(vote.validator):
             first.setdefault(vote.validator, vote)
-    groups: dict[Entries, list[bytes]] = {}
+    if not finality_reached(cfg, sum(cfg.stake_of(v) for v in first)):
+        return None
+    support: dict[tuple[bytes, tuple[str, ...]], int] = {}
     for vote in first.values():
-        groups.setdefault(vote.entries, []).append(vote.validator)
-    for entries, signers in sorted(groups.items()):
-        if finality_reached(cfg, sum(cfg.stake_of(s) for s in signers)):
-            return FixedSchedule(entries, tuple(sorted(signers)))
-    return None
+        for entry in vote.entries:
+            support[entry] = support.get(entry, 0) + cfg.stake_of(vote.validator)
+    supported = [entry for entry, stake in support.items() if finality_reached(cfg, stake)]
+    return FixedSchedule(_take(cfg, r, supported, capacity(cfg)), tuple(sorted(first)))
 
 
 def round_texts(cfg: NetworkConfig, entries: Entries) -> list[str]:
@@ -152,45 +177,48 @@ class ProvenEmbedding:
     vector: bytes
     """dim little-endian float32: the round result's weighted embedding of ``shard``."""
 
+    @property
+    def empty(self) -> bool:
+        """The certified vector is all zeros: no encoder's embedding of the shard carried
+        weight (e.g. fewer than min_encoders_for_lof checked voices); not an embedding."""
+        return not any(self.vector)
+
 
 def verify_answer(
     cfg: NetworkConfig,
     submission: bytes,
-    schedule: Sequence[bytes],
     certificate: bytes,
+    shards: Sequence[int],
     vectors: Sequence[bytes] | None = None,
 ) -> list[ProvenEmbedding]:
     """Check, from the network config alone, that ``certificate`` proves the consensus
-    embeddings of ``submission``'s texts; returns them in text order. Steps: the submission and
-    every schedule vote decode and verify (signatures, validator set); the votes fix round r's
-    schedule (`fixed_schedule`) and it lists the submission with its text count; the certificate
-    decodes and verifies for round r; each text's vector is the result's weighted embedding of
-    its shard (`placement`). Given ``vectors`` (an answer's claimed embeddings), each must be
-    that embedding byte for byte. Raises ProofError naming the first failed step."""
+    embeddings of ``submission``'s texts, text i in shard ``shards[i]``; returns them in text
+    order. Steps: the submission decodes and verifies (signature); the certificate decodes and
+    verifies (`verify_certificate`) for the submission's round; for each text, the result's
+    ``texts[shard]`` is `text_digest` of the text (whitespace-normalised), and its vector is
+    ``weighted[shard]``. Given ``vectors`` (an answer's claimed embeddings), each must be that
+    embedding byte for byte. Raises ProofError naming the first failed step."""
     try:
         sub = decode(submission, cfg, Kind.SUBMISSION)
-        votes = [decode(v, cfg, Kind.SCHEDULE) for v in schedule]
         cert = decode(certificate, cfg, Kind.CERTIFICATE)
     except Reject as exc:
         raise ProofError(f"a message does not decode: {exc}") from None
     assert isinstance(sub, Submission) and isinstance(cert, Certificate)
-    fixed = fixed_schedule(cfg, sub.round, [v for v in votes if isinstance(v, Schedule)])
-    if fixed is None:
-        raise ProofError(f"the schedule votes do not fix round {sub.round}'s schedule")
-    mid = message_id(submission)
-    where = placement(fixed.entries).get(mid)
-    if where is None or dict(fixed.entries)[mid] != sub.texts:
-        raise ProofError(f"round {sub.round}'s schedule does not list the submission")
     if cert.round != sub.round:
         raise ProofError(f"certificate of round {cert.round}, the submission is of {sub.round}")
     try:
         verify_certificate(cfg, cert)
     except CertificateError as exc:
         raise ProofError(f"certificate: {exc}") from None
-    out = [
-        ProvenEmbedding(" ".join(split_units(text)), shard, cert.result.weighted[shard])
-        for text, shard in zip(sub.texts, where, strict=True)
-    ]
+    if len(shards) != len(sub.texts):
+        raise ProofError(f"{len(shards)} shards named for {len(sub.texts)} texts")
+    result = cert.result
+    out = []
+    for i, (text, shard) in enumerate(zip(sub.texts, shards, strict=True)):
+        norm = " ".join(split_units(text))
+        if not 0 <= shard < result.shards or result.texts[shard] != text_digest(norm):
+            raise ProofError(f"the certified result does not name text {i} in shard {shard}")
+        out.append(ProvenEmbedding(norm, shard, result.weighted[shard]))
     if vectors is not None and [p.vector for p in out] != list(vectors):
         raise ProofError("an embedding differs from the certified one")
     return out

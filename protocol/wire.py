@@ -197,10 +197,10 @@ class Certificate:
 
 MAX_TEXT_BYTES = 2048
 """Longest submitted text, in UTF-8 bytes."""
-MAX_SUBMISSION_TEXTS = 24
-"""Bound on the texts of one Submission or Schedule whatever the config, so that a Schedule
-of 24 texts of MAX_TEXT_BYTES fits the 64 KiB gossip bound (``submissions.capacity`` is the
-real limit, at most shards_per_round // 2)."""
+MAX_SUBMISSION_TEXTS = 12
+"""Bound on a round's submitted texts whatever the config (``submissions.capacity`` is
+min(shards_per_round // 2, this)). A Schedule lists up to twice that (its vote budget), and 24
+texts of MAX_TEXT_BYTES fit the 64 KiB gossip bound."""
 
 
 @dataclass(frozen=True)
@@ -493,6 +493,11 @@ def _text_capacity(cfg: NetworkConfig) -> int:
     return min(cfg.shards_per_round // 2, MAX_SUBMISSION_TEXTS)
 
 
+def _vote_budget(cfg: NetworkConfig) -> int:
+    """Texts one Schedule may list: twice the round's capacity (submissions.vote_budget)."""
+    return 2 * _text_capacity(cfg)
+
+
 def _texts(value: Any, cfg: NetworkConfig) -> tuple[str, ...]:
     texts = _array(value, "texts")
     if not texts:
@@ -521,7 +526,7 @@ def _submission(f: list[Any], cfg: NetworkConfig) -> Submission:
 
 def _schedule(f: list[Any], cfg: NetworkConfig) -> Schedule:
     validator = _bin(f[4], KEY_BYTES, "validator")
-    cap = _text_capacity(cfg)
+    cap = _vote_budget(cfg)
     raw = _array(f[5], "entries")
     if len(raw) > cap:
         raise Reject(RejectReason.BAD_FIELD, f"entries: {len(raw)} > {cap}")
@@ -586,8 +591,9 @@ _PARSERS: dict[Kind, Callable[[list[Any], NetworkConfig], Message]] = {
 
 def _max_result_bytes(dim: int, shards: int, validators: int) -> int:
     """An upper bound on an encoded `RoundResult`: per shard its weighted embedding, per
-    encoder its key, score, rank and per-shard cells, per validator its agreement."""
-    return 1024 + shards * (4 * dim + 8) + MAX_ENCODERS * (40 + 4 * shards) + 48 * validators
+    encoder its key, score, rank and per-shard cells, per validator its agreement; per shard also
+    its text digest."""
+    return 1024 + shards * (4 * dim + 42) + MAX_ENCODERS * (40 + 4 * shards) + 48 * validators
 
 
 @lru_cache(maxsize=64)
@@ -618,7 +624,7 @@ def _max_bytes(kind: Kind, dim: int, shards: int, slots: int, validators: int) -
         ],
         Kind.SCHEDULE: [
             h,
-            [[h, ["x" * MAX_TEXT_BYTES]]] * max(1, min(shards // 2, MAX_SUBMISSION_TEXTS)),
+            [[h, ["x" * MAX_TEXT_BYTES]]] * max(1, 2 * min(shards // 2, MAX_SUBMISSION_TEXTS)),
             sig,
         ],
     }

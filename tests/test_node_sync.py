@@ -297,7 +297,19 @@ def test_a_stalled_peer_delays_the_search_by_the_hedge_not_the_timeout(
 def test_certificates_outside_the_range_asked_are_unrequested(held: Held, tmp_path: Path) -> None:
     def cert(rnd: int) -> bytes:
         weighted = tuple(bytes(4 * held.cfg.dim) for _ in range(held.cfg.shards_per_round))
-        result = RoundResult(held.cfg.network_id, rnd, (), (), (), (), (), weighted, (), bytes(32))
+        result = RoundResult(
+            held.cfg.network_id,
+            rnd,
+            (),
+            (),
+            (),
+            (),
+            (),
+            weighted,
+            (),
+            bytes(32),
+            (bytes(32),) * len(weighted),
+        )
         return encode(Certificate(held.cfg.network_id, rnd, result, ()))
 
     def fetch(answers: dict[str, list[bytes] | None]) -> tuple[int, list[bytes], FakeHost]:

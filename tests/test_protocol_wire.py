@@ -436,6 +436,7 @@ def certificate(cfg: NetworkConfig = SMALL, signers: int = 3) -> Certificate:
         weighted=tuple(vec(cfg, s).tobytes() for s in range(cfg.shards_per_round)),
         agreement=tuple(sorted((k.public_key, 65535) for k in VALIDATORS)),
         attestations_digest=sha256(b"attestations"),
+        texts=(bytes(32),) * cfg.shards_per_round,
     )
     digest = result_digest(result)
     votes = sorted(
@@ -490,6 +491,7 @@ def test_certificate_reasons() -> None:
         weighted=cert.result.weighted[:1],
         consensus=cert.result.consensus[:2],
         outliers=cert.result.outliers[:2],
+        texts=cert.result.texts[:1],
     )
     assert reason(reencoded(cert, 4, encode_result(one_shard))) is RejectReason.BAD_FIELD
     assert reason(encode(cert), make_cfg(name="x")) is RejectReason.WRONG_NETWORK
