@@ -146,13 +146,14 @@ class EncoderRole:
     async def run_round(self, rnd: int) -> None:
         cfg = self.ctx.cfg
         times = round_times(cfg, rnd)
+        # The round's texts follow its Schedule votes: pull them if gossip missed some.
+        await sleep_until(times.start - SCHEDULE_PULL)
+        await pull_schedule(self.ctx, rnd, times.start)
         await sleep_until(times.start)
         stored = self._stored_round(rnd)
         if stored is not None:
             commit, reveals = stored
         else:
-            # The round's texts follow its Schedule votes: pull them if gossip missed some.
-            await pull_schedule(self.ctx, rnd, times.start + SCHEDULE_PULL)
             vecs = await self._vectors(rnd)
             reveals = self._sign_reveals(rnd, vecs)
             commit = sign_commit(

@@ -153,8 +153,10 @@ class ValidatorRole:
             await sleep_until(at)
             await ctx.sync.fetch_round(Kind.COMMIT, rnd, deadline=until)
         await sleep_until(times.reveal_deadline)
-        await pull_schedule(ctx, rnd, times.reveal_deadline + SCHEDULE_PULL)
-        await self.repair(rnd, times.repair_deadline)
+        async with trio.open_nursery() as pulls:
+            # The round's texts (scoring, the result's `texts`) follow its Schedule votes.
+            pulls.start_soon(pull_schedule, ctx, rnd, times.reveal_deadline + SCHEDULE_PULL)
+            await self.repair(rnd, times.repair_deadline)
         view = round_view(ctx, rnd)
         ctx.log.info(
             "round %d: %d commits, %d reveals missing after repair",
