@@ -12,10 +12,11 @@ a handler that fails gets a JSON 500 and a log line, and the node goes on.
 from __future__ import annotations
 
 import base64
+import json
 import logging
 import re
 import socket
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
@@ -46,6 +47,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from dlnet.node.context import wall_clock
+from dlnet.node.ingest import Outcome
 from dlnet.node.report import (
     certificate_summary,
     outcome_rows,
@@ -53,10 +55,22 @@ from dlnet.node.report import (
     verified_certificate,
 )
 from dlnet.node.store import MAX_ROUND, Store
+from dlnet.node.submissions import SUBMIT_MARGIN, lookup
 from dlnet.protocol.config import NetworkConfig
+from dlnet.protocol.identity import SigningKey
 from dlnet.protocol.result import result_digest
 from dlnet.protocol.rounds import round_at, round_times
-from dlnet.protocol.wire import Certificate, encode
+from dlnet.protocol.submissions import SUBMIT_AHEAD, schedule_time, target_round
+from dlnet.protocol.wire import (
+    Certificate,
+    Kind,
+    Reject,
+    Submission,
+    decode,
+    encode,
+    message_id,
+    sign_submission,
+)
 
 log = logging.getLogger("dlnet.api")
 
@@ -94,6 +108,8 @@ class NodeView:
     roles: frozenset[str]
     public_key: bytes | None
     clock: Callable[[], float] = wall_clock
+    submit: Callable[[bytes], Awaitable[Outcome]] | None = None
+    """Admits and gossips a signed Submission (runtime: node.submissions.submitter)."""
 
 
 class ApiError(Exception):
@@ -275,6 +291,76 @@ def weighted_embedding(view: NodeView, request: Request) -> dict[str, Any]:
     }
 
 
+# --- submissions ------------------------------------------------------------------------------
+
+MAX_SUBMIT_BODY = 256 * 1024
+
+
+async def submit_texts(view: NodeView, request: Request) -> tuple[int, dict[str, Any]]:
+    """``POST /v1/submissions``: a JSON body ``{"message": "<hex of a signed Submission>"}``, or
+    ``{"texts": [...]}`` (optionally ``"round"``) that the node signs with a fresh key."""
+    if view.submit is None:
+        raise ApiError(503, "this node does not take submissions")
+    body = await request.body()
+    if len(body) > MAX_SUBMIT_BODY:
+        raise ApiError(413, f"body over {MAX_SUBMIT_BODY} bytes")
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        raise ApiError(400, 'body must be JSON: {"texts": [...]} or {"message": hex}') from None
+    if not isinstance(doc, dict) or not ({"texts", "message"} & set(doc)):
+        raise ApiError(400, 'body must be a JSON object with "texts" or "message"')
+    cfg = view.cfg
+    if "message" in doc:
+        try:
+            data = bytes.fromhex(str(doc["message"]))
+        except ValueError:
+            raise ApiError(400, "message must be hex") from None
+    else:
+        texts = doc["texts"]
+        if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+            raise ApiError(400, "texts must be a list of strings")
+        rnd = doc.get("round")
+        if rnd is None:
+            rnd = target_round(cfg, view.clock(), SUBMIT_MARGIN)
+        if type(rnd) is not int or not 0 <= rnd <= MAX_ROUND:
+            raise ApiError(400, f"round must be a whole number from 0 to {MAX_ROUND}")
+        msg = sign_submission(SigningKey.generate(), cfg.network_id, rnd, tuple(texts))
+        data = encode(msg)
+    try:
+        sub = decode(data, cfg, Kind.SUBMISSION)
+    except Reject as exc:
+        raise ApiError(400, f"submission rejected: {exc}") from None
+    assert isinstance(sub, Submission)
+    outcome = await view.submit(data)
+    if outcome is Outcome.REJECTED:
+        raise ApiError(409, "submission rejected: over_quota (one submission per key and round)")
+    if outcome is Outcome.IGNORED:
+        now_round = max(0, round_at(cfg, view.clock()))
+        raise ApiError(
+            400,
+            f"round {sub.round} is outside the rounds taking submissions now "
+            f"({now_round} to {now_round + SUBMIT_AHEAD})",
+        )
+    return (200 if outcome is Outcome.DUPLICATE else 202), {
+        "id": message_id(data).hex(),
+        "round": sub.round,
+        "texts": len(sub.texts),
+        "schedule_at": schedule_time(cfg, sub.round),
+        "state": "duplicate" if outcome is Outcome.DUPLICATE else "pending",
+    }
+
+
+def submission(view: NodeView, request: Request) -> dict[str, Any]:
+    text = request.path_params["id"]
+    if not re.fullmatch(r"[0-9a-f]{64}", text):
+        raise ApiError(400, f"a submission id is 64 lowercase hex digits, got {text!r}")
+    out = lookup(view.cfg, view.store, bytes.fromhex(text), view.clock())
+    if out is None:
+        raise ApiError(404, f"this node holds no submission {text}")
+    return out
+
+
 # --- metrics ----------------------------------------------------------------------------------
 
 
@@ -395,6 +481,18 @@ def build_app(view: NodeView) -> Starlette:
 
         return Route(path, endpoint, methods=["GET"], name=name)
 
+    async def post_submission(request: Request) -> Response:
+        try:
+            code, body = await submit_texts(view, request)
+            response: Response = JSONResponse(body, status_code=code)
+        except ApiError as exc:
+            response = _error(exc.status, exc.message)
+        except Exception:
+            log.exception("API POST /v1/submissions failed")
+            response = _error(500, "internal error; the node's log has the details")
+        requests.labels("submit", str(response.status_code)).inc()
+        return response
+
     def cert_bytes(request: Request) -> Response:
         # Decoding is strict and canonical, so this is the byte string the node stored.
         return Response(encode(_certificate(view, request)), media_type="application/octet-stream")
@@ -422,6 +520,12 @@ def build_app(view: NodeView) -> Starlette:
                 lambda r: JSONResponse(certificate_summary(view.cfg, _certificate(view, r))),
             ),
             route("/v1/rounds/{round}/certificate", "certificate", cert_bytes),
+            Route("/v1/submissions", post_submission, methods=["POST"], name="submit"),
+            route(
+                "/v1/submissions/{id}",
+                "submission",
+                lambda r: JSONResponse(submission(view, r)),
+            ),
             route(
                 "/v1/rounds/{round}/shards/{shard}/embedding",
                 "embedding",

@@ -14,10 +14,11 @@ import click
 import trio
 
 from dlnet.node import align as alignment
-from dlnet.node import report
+from dlnet.node import client, report
 from dlnet.node import testnet as tn
 from dlnet.node.addresses import AddressError, check_bootstrap, check_listen
 from dlnet.node.byzantine import MODES as BYZANTINE_MODES
+from dlnet.node.client import ClientError
 from dlnet.node.dataset_io import DatasetError, load_items, resolve_dataset_path
 from dlnet.node.encoder import parse_behaviour
 from dlnet.node.host import GossipParams
@@ -32,9 +33,11 @@ from dlnet.node.testnet import SpecError
 from dlnet.protocol.config import DatasetRef, ValidatorEntry, default_config, dump_config
 from dlnet.protocol.errors import ConfigError
 from dlnet.protocol.identity import SigningKey
+from dlnet.protocol.submissions import ProofError
 
 OPERATOR_ERRORS = (
     AddressError,
+    ClientError,
     ConfigError,
     DatasetError,
     KeyFileError,
@@ -501,6 +504,134 @@ def testnet(
         )
     )
     sys.exit(code)
+
+
+@cli.command()
+@click.option(
+    "--file",
+    "path",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Texts: .jsonl (a JSON string or an object with --field a line) or one text a line.",
+)
+@click.option("--api", required=True, help="A node's HTTP API, e.g. http://127.0.0.1:8000.")
+@click.option("--config", "config_path", type=click.Path(path_type=Path), required=True)
+@click.option(
+    "--key",
+    "key_path",
+    type=click.Path(path_type=Path),
+    default=Path("dlnet-submitter.key"),
+    show_default=True,
+    help="Signing key file; created (a fresh key) if it does not exist.",
+)
+@click.option("--field", default="text", show_default=True, help="JSON field of a .jsonl text.")
+@click.option("--round", "first_round", type=int, default=None, help="First target round.")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Receipt JSON file.")
+def submit(
+    path: Path,
+    api: str,
+    config_path: Path,
+    key_path: Path,
+    field: str,
+    first_round: int | None,
+    out: Path | None,
+) -> None:
+    """Submit texts for embedding by the network; prints one submission id a line."""
+    cfg = load_config(config_path)
+    texts = client.read_texts(path, field)
+    if key_path.exists():
+        key = read_key(key_path)
+    else:
+        key = SigningKey.generate()
+        write_key(key_path, key)
+    receipts = client.submit(cfg, api, key, texts, first_round)
+    doc = {"submitter": key.public_key.hex(), "api": api, "submissions": receipts}
+    if out is not None:
+        out.write_text(json.dumps(doc, indent=1) + "\n")
+    for r in receipts:
+        click.echo(f"{r['id']} round {r['round']} ({r['texts']} texts)")
+
+
+@cli.command()
+@click.option("--submission", "ids", multiple=True, help="Submission id (repeatable).")
+@click.option(
+    "--receipt",
+    type=click.Path(path_type=Path, exists=True),
+    default=None,
+    help="A receipt of `dlnet submit --out`: every submission in it.",
+)
+@click.option("--api", default=None, help="A node's HTTP API (default: the receipt's).")
+@click.option("--config", "config_path", type=click.Path(path_type=Path), required=True)
+@click.option(
+    "--wait", type=float, default=0.0, show_default=True, help="Seconds to wait for finality."
+)
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Answer JSON file.")
+@click.option(
+    "--verify",
+    "answer_path",
+    type=click.Path(path_type=Path, exists=True),
+    default=None,
+    help="Ask no node: verify a saved answer (--out of an earlier call) offline.",
+)
+def embeddings(
+    ids: tuple[str, ...],
+    receipt: Path | None,
+    api: str | None,
+    config_path: Path,
+    wait: float,
+    out: Path | None,
+    answer_path: Path | None,
+) -> None:
+    """The network's consensus embeddings of submitted texts, each checked offline against the
+    genesis config (certificate, schedule votes, submission). Exit 1 if one is not final."""
+    cfg = load_config(config_path)
+    if answer_path is not None:
+        answers = json.loads(answer_path.read_text())
+    else:
+        wanted = list(ids)
+        if receipt is not None:
+            doc = json.loads(receipt.read_text())
+            wanted += [r["id"] for r in doc["submissions"]]
+            api = api or doc.get("api")
+        if not wanted or api is None:
+            fail("name --submission ID (or --receipt FILE) and --api URL")
+        answers = [client.wait_for(api, sid, wait) for sid in wanted]
+    done = []
+    pending = 0
+    for answer in answers:
+        if "certificate" not in answer:
+            pending += 1
+            click.echo(f"{answer.get('id')}: {answer.get('state')}", err=True)
+            done.append(answer)
+            continue
+        try:
+            proven = client.checked(cfg, answer)
+        except ProofError as exc:
+            click.echo(f"dlnet: the answer for {answer.get('id')} does not verify: {exc}", err=True)
+            sys.exit(1)
+        done.append(proven)
+        gaps = [e for e in proven["embeddings"] if e["empty"]]
+        if gaps:
+            # A zero vector is the network saying it has no embedding, never a result.
+            pending += 1
+            click.echo(
+                f"{answer['id']}: round {answer['round']} is final, but the network certified no "
+                f"embedding of {len(gaps)} of its {len(proven['embeddings'])} texts (the zero "
+                "vector: too few checked encoders on their shards); submit them again",
+                err=True,
+            )
+            continue
+        click.echo(
+            f"{answer['id']}: final in round {answer['round']}, {len(answer['embeddings'])} "
+            "embeddings, certificate verified",
+            err=True,
+        )
+    text = json.dumps(done, indent=1)
+    if out is not None:
+        out.write_text(text + "\n")
+    elif answer_path is None:
+        click.echo(text)
+    sys.exit(1 if pending else 0)
 
 
 def main(argv: list[str] | None = None) -> None:

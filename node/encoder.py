@@ -23,8 +23,8 @@ import trio
 from dlnet.node.context import NodeContext, sleep_until, wall_clock
 from dlnet.node.models import Model, one_line
 from dlnet.node.models.kinds import fabricate_inverse, jitter_option
+from dlnet.node.submissions import SCHEDULE_PULL, pull_schedule, scheduled_tasks
 from dlnet.protocol.identity import SigningKey
-from dlnet.protocol.masks import round_tasks
 from dlnet.protocol.rounds import round_times
 from dlnet.protocol.wire import (
     Commit,
@@ -88,7 +88,7 @@ class EncoderRole:
             rnd += 1
 
     def _texts(self, rnd: int) -> list[str]:
-        tasks = round_tasks(self.ctx.cfg, self.ctx.items, rnd)
+        tasks = scheduled_tasks(self.ctx, rnd)
         return [text for task in tasks for text in task.texts]
 
     async def _embed(self, texts: list[str]) -> np.ndarray:
@@ -152,6 +152,9 @@ class EncoderRole:
     async def run_round(self, rnd: int) -> None:
         cfg = self.ctx.cfg
         times = round_times(cfg, rnd)
+        # The round's texts follow its Schedule votes: pull them if gossip missed some.
+        await sleep_until(times.start - SCHEDULE_PULL)
+        await pull_schedule(self.ctx, rnd, times.start)
         await sleep_until(times.start)
         stored = self._stored_round(rnd)
         if stored is not None:

@@ -18,7 +18,8 @@ from dlnet.node.host import Verdict
 from dlnet.node.store import PutStatus, Store
 from dlnet.protocol.config import NetworkConfig
 from dlnet.protocol.registration import leading_zero_bits, work
-from dlnet.protocol.rounds import accepted_rounds, round_times
+from dlnet.protocol.rounds import accepted_rounds, round_at, round_times
+from dlnet.protocol.submissions import SUBMIT_AHEAD
 from dlnet.protocol.wire import (
     Attestation,
     Commit,
@@ -28,7 +29,10 @@ from dlnet.protocol.wire import (
     Message,
     Reject,
     RejectReason,
+    Schedule,
+    Submission,
     decode,
+    encode,
     message_id,
 )
 
@@ -102,6 +106,11 @@ def slot_of(msg: Message) -> Slot:
     if isinstance(msg, FinalityVote):
         # A prevote and a precommit sit in two slots: a re-vote is not equivocation.
         return Slot(Kind.VOTE, msg.round, msg.validator, None, msg.phase, None)
+    if isinstance(msg, Submission):
+        # One submission per key and round: a second, different one is over its quota.
+        return Slot(Kind.SUBMISSION, msg.round, msg.submitter, None, None, None)
+    if isinstance(msg, Schedule):
+        return Slot(Kind.SCHEDULE, msg.round, msg.validator, None, None, None)
     raise TypeError(f"{type(msg).__name__} is not a gossiped message")
 
 
@@ -134,7 +143,12 @@ class Ingest:
         return msg
 
     def _in_window(self, msg: Message) -> bool:
-        window = accepted_rounds(self.cfg, self.now())
+        if isinstance(msg, Submission):
+            # A submission targets an upcoming round: from the current one up to SUBMIT_AHEAD.
+            now_round = max(0, round_at(self.cfg, self.now()))
+            window = range(now_round, now_round + SUBMIT_AHEAD + 1)
+        else:
+            window = accepted_rounds(self.cfg, self.now())
         if msg.round not in window:
             self.count("ignored", "old_round" if msg.round < window.start else "future_round")
             return False
@@ -161,8 +175,20 @@ class Ingest:
             return Verdict.REJECT
         if not self._in_window(msg):
             return Verdict.IGNORE
+        if isinstance(msg, Submission) and self._over_quota(msg):
+            return Verdict.REJECT
         self._checked[mid] = msg
         return Verdict.ACCEPT
+
+    def _over_quota(self, msg: Submission) -> bool:
+        """A second, different submission of the same key for the same round: rejected (not
+        relayed, not stored), counted ``rejected:over_quota``."""
+        where = slot_of(msg)
+        held = self.store.message_at(int(Kind.SUBMISSION), where.round, where.signer)
+        if held is not None and held != encode(msg):
+            self.count("rejected", "over_quota")
+            return True
+        return False
 
     def admit_checked(self, data: bytes) -> Outcome:
         """Drain-task half for a message that `check` accepted."""
@@ -220,6 +246,9 @@ class Ingest:
         if put.status is PutStatus.DUPLICATE:
             self.count(duplicates, "duplicate")
             return Outcome.DUPLICATE
+        if put.status is PutStatus.CONFLICT and where.kind is Kind.SUBMISSION:
+            self.count("rejected", "over_quota")
+            return Outcome.REJECTED
         if put.status is PutStatus.CONFLICT:
             assert put.existing is not None
             self.store.put_equivocation(

@@ -32,6 +32,7 @@ from dlnet.node.models.aligned import AlignedModel, load_map
 from dlnet.node.progress import genesis_countdown, keep_live_info, write_json
 from dlnet.node.report import INFO_FILE, STORE_FILE
 from dlnet.node.store import Store
+from dlnet.node.submissions import submitter
 from dlnet.node.sync import REQUEST_TIMEOUT, SyncClient, install_server
 from dlnet.node.validator import ValidatorRole
 from dlnet.protocol.config import NetworkConfig, parse_config
@@ -40,10 +41,25 @@ from dlnet.protocol.identity import SigningKey
 from dlnet.protocol.registration import solve, valid
 from dlnet.protocol.result import result_digest
 from dlnet.protocol.rounds import round_at, round_times
-from dlnet.protocol.wire import Certificate, Kind, Reject, decode, message_id, topic
+from dlnet.protocol.wire import (
+    Certificate,
+    Kind,
+    Reject,
+    Submission,
+    decode,
+    message_id,
+    topic,
+)
 
 ROLES = ("encoder", "validator")
-GOSSIPED = (Kind.COMMIT, Kind.EMBEDDING, Kind.ATTESTATION, Kind.VOTE)
+GOSSIPED = (
+    Kind.COMMIT,
+    Kind.EMBEDDING,
+    Kind.ATTESTATION,
+    Kind.VOTE,
+    Kind.SUBMISSION,
+    Kind.SCHEDULE,
+)
 
 
 def subscribed_kinds(roles: frozenset[str], behaviour: str) -> tuple[Kind, ...]:
@@ -177,6 +193,8 @@ class Doppelganger:
             return
         if slot_of(msg).signer != self.public_key or self.ctx.store.signed_here(message_id(data)):
             return
+        if isinstance(msg, Submission):
+            return  # texts submitted with the node's key elsewhere: no consensus signature
         self.ctx.halted = (
             f"--key: a {type(msg).__name__} for round {msg.round} signed by this node's key "
             f"{self.public_key.hex()[:16]} arrived from peer {peer}, and this data dir never "
@@ -441,7 +459,7 @@ async def _run_locked(
                 )
                 nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
                 if api_sock is not None:
-                    view = NodeView(cfg, store, host, opts.roles, public_key)
+                    view = NodeView(cfg, store, host, opts.roles, public_key, submit=submitter(ctx))
                     nursery.start_soon(serve_api, build_app(view), api_sock)
                 info = write_info(opts.data_dir, host, opts, public_key, api_url, cfg)
                 nursery.start_soon(

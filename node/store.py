@@ -209,6 +209,15 @@ class Store:
         )
         return PutResult(PutStatus.NEW)
 
+    def message_at(self, kind: int, round: int, signer: bytes) -> bytes | None:
+        """The message of this kind, round and signer with no shard or slot, if held."""
+        row = self._db.execute(
+            "SELECT data FROM messages"
+            " WHERE kind=? AND round=? AND signer=? AND shard=? AND slot=?",
+            (kind, round, signer, _slot(None), _slot(None)),
+        ).fetchone()
+        return None if row is None else bytes(row[0])
+
     def get_by_id(self, msg_id: bytes) -> bytes | None:
         row = self._db.execute("SELECT data FROM messages WHERE id=?", (msg_id,)).fetchone()
         return None if row is None else bytes(row[0])

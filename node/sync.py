@@ -52,6 +52,15 @@ HEDGE = 1.0
 FETCH_PARALLEL = 2
 """Asks in flight for wanted items (reveals by commitment, certificates)."""
 ROUND_PARALLEL = 4
+ROUND_KINDS = (
+    Kind.COMMIT,
+    Kind.EMBEDDING,
+    Kind.ATTESTATION,
+    Kind.VOTE,
+    Kind.SUBMISSION,
+    Kind.SCHEDULE,
+)
+"""Kinds a ``round`` request may name (a certificate is fetched by round range)."""
 """Asks in flight when every peer is asked for a round's messages."""
 
 
@@ -114,7 +123,7 @@ def answer(store: Store, cfg: NetworkConfig, now: float, data: bytes) -> bytes:
         items = [d for d in found if d is not None]
     elif op == "round":
         kind, rnd = _ints(args, 2)
-        if kind not in (Kind.COMMIT, Kind.EMBEDDING, Kind.ATTESTATION, Kind.VOTE):
+        if kind not in ROUND_KINDS:
             raise BadRequest("malformed")
         items = (
             [] if kind == Kind.EMBEDDING and rnd not in open_rounds else store.messages(kind, rnd)

@@ -80,6 +80,8 @@ REGISTRATION_SECONDS_PER_ENCODER: Final = 2.5
 # The testnet's round unless --round-seconds: 17 processes on 2 cores overran the 6 s repair
 # and attest phases of 40 s rounds (9 s each at 60 s).
 TESTNET_ROUND_SECONDS: Final = 60
+# Seconds the nodes keep answering once every round is settled (clients poll every 5 s).
+SERVE_GRACE: Final = 6.0
 # The least start-up time of an encoder that starts late (`late_start_time`).
 LATE_LOAD_SECONDS: Final = 15.0
 # A node shuts libp2p down cleanly in ~2 s alone; with 17 stopping at once on 2 cores, more.
@@ -528,6 +530,8 @@ def run_testnet(plan: TestnetPlan, *, echo: Any = print) -> int:
                     p.exit_code = p.popen.returncode
                     echo(f"testnet: {p.name} exited with {p.exit_code}; the network goes on")
             if report.all_settled([p.data_dir for p in validators], range(1, plan.rounds + 1)):
+                # A `dlnet embeddings` polling every 5 s still gets the last round's answers.
+                time.sleep(SERVE_GRACE)
                 break
             time.sleep(1.0)
     finally:

@@ -18,6 +18,7 @@ from dlnet.node.byzantine import Byzantine
 from dlnet.node.context import NodeContext, sleep_until, wall_clock
 from dlnet.node.ingest import COMMIT_GRACE
 from dlnet.node.report import verified_certificate
+from dlnet.node.submissions import SCHEDULE_PULL, pull_schedule, scheduled_tasks, vote_schedule
 from dlnet.protocol.consensus import (
     MissingCommits,
     MissingEmbeddings,
@@ -32,7 +33,7 @@ from dlnet.protocol.consensus import (
 )
 from dlnet.protocol.identity import SigningKey
 from dlnet.protocol.influence import InfluenceState, scoring_round
-from dlnet.protocol.masks import round_tasks
+from dlnet.protocol.masks import text_digests
 from dlnet.protocol.registration import Registry, counted, records
 from dlnet.protocol.result import RoundResult, decode_result, encode_result, result_digest
 from dlnet.protocol.rounds import RoundTimes, round_times
@@ -134,6 +135,9 @@ class ValidatorRole:
             rnd = first_round
             while True:
                 nursery.start_soon(self.run_round, rnd)
+                if rnd == first_round:  # the first round's schedule is due before it starts
+                    nursery.start_soon(vote_schedule, self.ctx, self.key, rnd)
+                nursery.start_soon(vote_schedule, self.ctx, self.key, rnd + 1)
                 rnd += 1
                 await sleep_until(round_times(self.ctx.cfg, rnd).start)
 
@@ -151,7 +155,10 @@ class ValidatorRole:
             await sleep_until(at)
             await ctx.sync.fetch_round(Kind.COMMIT, rnd, deadline=until)
         await sleep_until(times.reveal_deadline)
-        await self.repair(rnd, times.repair_deadline)
+        async with trio.open_nursery() as pulls:
+            # The round's texts (scoring, the result's `texts`) follow its Schedule votes.
+            pulls.start_soon(pull_schedule, ctx, rnd, times.reveal_deadline + SCHEDULE_PULL)
+            await self.repair(rnd, times.repair_deadline)
         view = round_view(ctx, rnd)
         ctx.log.info(
             "round %d: %d commits, %d reveals missing after repair",
@@ -235,7 +242,7 @@ class ValidatorRole:
         thread, on plain arrays."""
         cfg = self.ctx.cfg
         view = round_view(self.ctx, rnd)
-        tasks = round_tasks(cfg, self.ctx.items, rnd)
+        tasks = scheduled_tasks(self.ctx, rnd)
         influence, registry = self.records(rnd)
         encoders = list(self.scored_encoders(rnd, view, registry))
         slots = cfg.slots_per_shard
@@ -373,7 +380,9 @@ class ValidatorRole:
             # names it whenever attestations of κ of the stake list it.
             committed = set(view.commits)
             try:
-                return compute_result(ctx.cfg, rnd, atts, self._fulls(rnd), committed)
+                texts = text_digests(scheduled_tasks(ctx, rnd))
+                fulls = self._fulls(rnd)
+                return compute_result(ctx.cfg, rnd, atts, fulls, committed, texts=texts)
             except MissingCommits:
                 # A commit first held after its grace never counts (ingest): abstain.
                 ctx.ingest.count("validator", "no_result_missing_commit")

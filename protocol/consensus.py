@@ -277,8 +277,13 @@ def compute_result(
     attestations: Sequence[Attestation],
     fulls: Mapping[tuple[int, bytes], NDArray[np.float32]],
     committed: Collection[bytes] | None = None,
+    *,
+    texts: Sequence[bytes],
 ) -> RoundResult:
     """The round result from the attestations held and the revealed full embeddings.
+
+    ``texts``: per shard, `result.text_digest` of the shard's full text as scored (the
+    round's tasks, submitted texts included); the result carries them.
 
     ``fulls[(shard, encoder)]`` is the encoder's full embedding of that shard. The weighted
     embedding of a shard is `scoring.round_embeddings` of its non-outlier encoders weighted by
@@ -293,6 +298,8 @@ def compute_result(
         if absent:
             raise MissingCommits(absent)
     shards, n = cfg.shards_per_round, len(view.encoders)
+    if len(texts) != shards or any(len(t) != 32 for t in texts):
+        raise ValueError(f"texts: expected {shards} digests of 32 bytes")
     weights = np.where(view.outliers, 0, view.consensus)
     missing = [
         (s, view.encoders[e])
@@ -334,6 +341,7 @@ def compute_result(
         weighted=tuple(weighted),
         agreement=tuple(agreement),
         attestations_digest=attestations_digest(used),
+        texts=tuple(texts),
     )
 
 

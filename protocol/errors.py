@@ -51,6 +51,11 @@ class RejectReason(StrEnum):
     BAD_REGISTRATION = "bad_registration"
     """A Commit whose registration nonce is not a proof of work for its encoder key and this
     network at the config's difficulty (checked by the node's admission, not by `decode`)."""
+    TOO_MANY_TEXTS = "too_many_texts"
+    """A Submission with more texts than one round can take (``submissions.capacity``)."""
+    OVER_QUOTA = "over_quota"
+    """A second, different Submission from one key for the same round (quota: one per key
+    per round)."""
 
 
 class Reject(Exception):

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from dlnet.protocol.canonical import sha256, u64be
+from dlnet.protocol.result import text_digest
 
 if TYPE_CHECKING:
     from dlnet.protocol.config import NetworkConfig
@@ -127,8 +128,12 @@ def derive_tasks(
     shards_per_round: int,
     masks_per_shard: int,
     mask_fraction: float,
+    submitted: Sequence[str | None] = (),
 ) -> tuple[ShardTask, ...]:
     """The shard tasks of round r (see ``round_tasks``), from explicit parameters.
+
+    ``submitted[s]``, when given and not None, replaces shard s's corpus item (its ``item`` is
+    then -1); its masks are derived exactly as a corpus item's (protocol/submissions.py).
 
     Eligible items are those with >= 2 units, by ascending index. Shard s takes the s-th value of
     ``Drbg(seed, b"dlnet/v1/shards").sample(len(eligible), shards_per_round)``. Mask m of shard s
@@ -148,6 +153,9 @@ def derive_tasks(
     for shard, pick in enumerate(picks):
         item = eligible[pick]
         words = units[item]
+        own = submitted[shard] if shard < len(submitted) else None
+        if own is not None and len(split_units(own)) >= 2:
+            item, words = -1, split_units(own)
         n = len(words)
         k = hidden_count(n, mask_fraction)
         texts = [" ".join(words)]
@@ -165,8 +173,11 @@ def derive_tasks(
     return tuple(tasks)
 
 
-def round_tasks(cfg: NetworkConfig, items: Sequence[str], r: int) -> tuple[ShardTask, ...]:
-    """The ``cfg.shards_per_round`` shard tasks of round r for the network ``cfg``."""
+def round_tasks(
+    cfg: NetworkConfig, items: Sequence[str], r: int, submitted: Sequence[str | None] = ()
+) -> tuple[ShardTask, ...]:
+    """The ``cfg.shards_per_round`` shard tasks of round r for the network ``cfg``; the
+    round's scheduled submitted texts, if any, take shards 0, 1, ... (submissions.round_texts)."""
     return derive_tasks(
         cfg.network_id,
         r,
@@ -174,6 +185,7 @@ def round_tasks(cfg: NetworkConfig, items: Sequence[str], r: int) -> tuple[Shard
         shards_per_round=cfg.shards_per_round,
         masks_per_shard=cfg.masks_per_shard,
         mask_fraction=cfg.mask_fraction,
+        submitted=submitted,
     )
 
 
@@ -233,3 +245,8 @@ def golden_vectors() -> dict[str, object]:
             ],
         },
     }
+
+
+def text_digests(tasks: Sequence[ShardTask]) -> tuple[bytes, ...]:
+    """Per shard, `result.text_digest` of its full text: what a round result names."""
+    return tuple(text_digest(task.texts[0]) for task in tasks)

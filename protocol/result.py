@@ -3,13 +3,15 @@
 Canonical encoding (msgpack array, see canonical.py)::
 
     [version, network_id, round, encoders, consensus, outliers, encoder_scores, ranking,
-     weighted, agreement, attestations_digest]
+     weighted, agreement, attestations_digest, texts]
 
 ``encoders``: array of 32-byte keys, strictly ascending. ``consensus``: bin, u16
 little-endian, row-major shards x encoders. ``outliers``: bin, one byte (0 or 1) per cell, same
 order. ``encoder_scores``: bin, u16 little-endian per encoder. ``ranking``: array of encoder
 indices, best first (a permutation). ``weighted``: array, one bin per shard (dim little-endian
 float32). ``agreement``: array of ``[validator key, u16]``, validators strictly ascending.
+``texts``: array, one 32-byte `text_digest` per shard: the shard's full text (slot 0) as the
+validators scored it, so a certificate binds each weighted embedding to the text it embeds.
 The digest is ``SHA-256(b"dlnet/v1/result" || encoding)``.
 """
 
@@ -26,6 +28,7 @@ from dlnet.protocol.errors import Reject
 
 RESULT_VERSION = 1
 RESULT_TAG = b"dlnet/v1/result"
+TEXT_TAG = b"dlnet/v1/shard-text"
 KEY_BYTES = 32
 U16_MAX = 0xFFFF
 MAX_RESULT_BYTES = 64 * 1024 * 1024
@@ -49,10 +52,18 @@ class RoundResult:
     agreement: tuple[tuple[bytes, int], ...]
     """(validator, u16) for every validator whose attestation was used, ascending."""
     attestations_digest: bytes
+    texts: tuple[bytes, ...]
+    """Per shard, `text_digest` of the shard's full text (slot 0) that was embedded."""
 
     @property
     def shards(self) -> int:
         return len(self.weighted)
+
+
+def text_digest(text: str) -> bytes:
+    """``SHA-256(b"dlnet/v1/shard-text" || UTF-8 of text)``: how a result names a shard's
+    text (the whitespace-normalised full text, `masks.ShardTask.texts[0]`)."""
+    return sha256(TEXT_TAG, text.encode())
 
 
 def _u16s(values: tuple[int, ...]) -> bytes:
@@ -73,6 +84,7 @@ def encode_result(r: RoundResult) -> bytes:
             list(r.weighted),
             [[v, a] for v, a in r.agreement],
             r.attestations_digest,
+            list(r.texts),
         ]
     )
 
@@ -111,7 +123,7 @@ def decode_result(data: bytes) -> RoundResult:
         f = unpack_strict(data, MAX_RESULT_BYTES)
     except Reject as exc:
         raise ValueError(f"result: {exc.detail}") from None
-    _need(type(f) is list and len(f) == 11, "result: not an 11-field array")
+    _need(type(f) is list and len(f) == 12, "result: not a 12-field array")
     _need(f[0] == RESULT_VERSION and type(f[0]) is int, "result: unknown version")
     network_id = _bin(f[1], "network_id", KEY_BYTES)
     rnd = _uint(f[2], MAX_ROUND, "round")
@@ -145,6 +157,8 @@ def decode_result(data: bytes) -> RoundResult:
     keys = [k for k, _ in agreement]
     _need(all(a < b for a, b in itertools.pairwise(keys)), "agreement: not ascending")
     digest = _bin(f[10], "attestations_digest", 32)
+    _need(type(f[11]) is list and len(f[11]) == shards, "texts: not one digest per shard")
+    texts = tuple(_bin(t, "texts", 32) for t in f[11])
     return RoundResult(
         network_id,
         rnd,
@@ -156,4 +170,5 @@ def decode_result(data: bytes) -> RoundResult:
         weighted,
         tuple(agreement),
         digest,
+        texts,
     )

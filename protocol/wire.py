@@ -1,4 +1,4 @@
-"""The five message kinds, their one canonical msgpack layout each, signing and strict decoding.
+"""The message kinds, their one canonical msgpack layout each, signing and strict decoding.
 
 Every message encodes as one msgpack array ``[kind, version, field..., signature]`` (the
 certificate has no signature of its own: ``[kind, version, network_id, round, result, votes]``).
@@ -47,7 +47,9 @@ __all__ = [
     "Message",
     "Reject",
     "RejectReason",
+    "Schedule",
     "Signed",
+    "Submission",
     "decode",
     "encode",
     "listed_limit",
@@ -56,6 +58,8 @@ __all__ = [
     "message_id",
     "sign_attestation",
     "sign_commit",
+    "sign_schedule",
+    "sign_submission",
     "sign_vote",
     "signature_valid",
     "signed_payload",
@@ -78,6 +82,8 @@ class Kind(IntEnum):
     ATTESTATION = 3
     VOTE = 4
     CERTIFICATE = 5
+    SUBMISSION = 6
+    SCHEDULE = 7
 
 
 DOMAINS: dict[Kind, bytes] = {
@@ -85,6 +91,8 @@ DOMAINS: dict[Kind, bytes] = {
     Kind.EMBEDDING: b"dlnet/v1/embedding",
     Kind.ATTESTATION: b"dlnet/v1/attestation",
     Kind.VOTE: b"dlnet/v1/vote",
+    Kind.SUBMISSION: b"dlnet/v1/submission",
+    Kind.SCHEDULE: b"dlnet/v1/schedule",
 }
 """Signature domain tag per signed kind (the certificate carries votes, signed as VOTE)."""
 
@@ -190,8 +198,44 @@ class Certificate:
     votes: tuple[tuple[bytes, bytes], ...]
 
 
-Message = Commit | Embedding | Attestation | FinalityVote | Certificate
-Signed = Commit | Embedding | Attestation | FinalityVote
+MAX_TEXT_BYTES = 2048
+"""Longest submitted text, in UTF-8 bytes."""
+MAX_SUBMISSION_TEXTS = 12
+"""Bound on a round's submitted texts whatever the config (``submissions.capacity`` is
+min(shards_per_round // 2, this)). A Schedule lists up to twice that (its vote budget), and 24
+texts of MAX_TEXT_BYTES fit the 64 KiB gossip bound."""
+
+
+@dataclass(frozen=True)
+class Submission:
+    """Texts anyone submits for embedding in round ``round`` (the target round), signed by
+    ``submitter`` (any Ed25519 key). Each text is at most MAX_TEXT_BYTES of UTF-8 and has at
+    least 2 words; see protocol/submissions.py for which round and shards it enters."""
+
+    network_id: bytes
+    round: int
+    submitter: bytes
+    texts: tuple[str, ...]
+    signature: bytes
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A validator's vote on the submissions round ``round`` embeds: ``entries`` are
+    ``(submission message id, its texts)`` pairs, ids strictly ascending. The texts travel in
+    the schedule so that every node holding the schedule holds what the round embeds.
+    Validators with more than the finality fraction of the stake signing the same entries fix
+    them."""
+
+    network_id: bytes
+    round: int
+    validator: bytes
+    entries: tuple[tuple[bytes, tuple[str, ...]], ...]
+    signature: bytes
+
+
+Message = Commit | Embedding | Attestation | FinalityVote | Certificate | Submission | Schedule
+Signed = Commit | Embedding | Attestation | FinalityVote | Submission | Schedule
 
 _KIND_OF: dict[type[Any], Kind] = {
     Commit: Kind.COMMIT,
@@ -199,6 +243,8 @@ _KIND_OF: dict[type[Any], Kind] = {
     Attestation: Kind.ATTESTATION,
     FinalityVote: Kind.VOTE,
     Certificate: Kind.CERTIFICATE,
+    Submission: Kind.SUBMISSION,
+    Schedule: Kind.SCHEDULE,
 }
 
 
@@ -220,6 +266,10 @@ def _body(msg: Message) -> list[Any]:
         ]
     if isinstance(msg, FinalityVote):
         return [*head, msg.validator, msg.phase, list(msg.attestations), msg.result_digest]
+    if isinstance(msg, Submission):
+        return [*head, msg.submitter, list(msg.texts)]
+    if isinstance(msg, Schedule):
+        return [*head, msg.validator, [[i, list(t)] for i, t in msg.entries]]
     return [*head, encode_result(msg.result), [list(v) for v in msg.votes]]
 
 
@@ -229,6 +279,8 @@ def signed_payload(msg: Signed) -> bytes:
 
 
 def _signer(msg: Signed) -> bytes:
+    if isinstance(msg, Submission):
+        return msg.submitter
     return msg.encoder if isinstance(msg, Commit | Embedding) else msg.validator
 
 
@@ -305,6 +357,23 @@ def sign_attestation(
     return replace(unsigned, signature=_signature(key, unsigned))
 
 
+def sign_submission(
+    key: SigningKey, network_id: bytes, round: int, texts: tuple[str, ...]
+) -> Submission:
+    unsigned = Submission(network_id, round, key.public_key, tuple(texts), b"")
+    return replace(unsigned, signature=_signature(key, unsigned))
+
+
+def sign_schedule(
+    key: SigningKey,
+    network_id: bytes,
+    round: int,
+    entries: tuple[tuple[bytes, tuple[str, ...]], ...],
+) -> Schedule:
+    unsigned = Schedule(network_id, round, key.public_key, tuple(entries), b"")
+    return replace(unsigned, signature=_signature(key, unsigned))
+
+
 PREVOTE: Final = 0
 PRECOMMIT: Final = 1
 
@@ -333,6 +402,8 @@ _ARITY = {
     Kind.ATTESTATION: 10,
     Kind.VOTE: 9,
     Kind.CERTIFICATE: 6,
+    Kind.SUBMISSION: 7,
+    Kind.SCHEDULE: 7,
 }
 
 
@@ -425,6 +496,64 @@ def _vote(f: list[Any], cfg: NetworkConfig) -> FinalityVote:
     return FinalityVote(f[2], f[3], validator, phase, attestations, digest, signature)
 
 
+def _text_capacity(cfg: NetworkConfig) -> int:
+    """Texts one round takes from submissions: half its shards, rounded down (the other half
+    stays on the genesis corpus). Mirrored as submissions.capacity."""
+    return min(cfg.shards_per_round // 2, MAX_SUBMISSION_TEXTS)
+
+
+def _vote_budget(cfg: NetworkConfig) -> int:
+    """Texts one Schedule may list: twice the round's capacity (submissions.vote_budget)."""
+    return 2 * _text_capacity(cfg)
+
+
+def _texts(value: Any, cfg: NetworkConfig) -> tuple[str, ...]:
+    texts = _array(value, "texts")
+    if not texts:
+        raise Reject(RejectReason.BAD_FIELD, "texts: none")
+    if len(texts) > _text_capacity(cfg):
+        raise Reject(
+            RejectReason.TOO_MANY_TEXTS,
+            f"{len(texts)} texts, a round takes at most {_text_capacity(cfg)}",
+        )
+    for text in texts:
+        if type(text) is not str:
+            raise Reject(RejectReason.MALFORMED, "texts: expected str")
+        if len(text.encode()) > MAX_TEXT_BYTES:
+            raise Reject(RejectReason.OVERSIZE, f"a text over {MAX_TEXT_BYTES} bytes")
+        if len(text.split()) < 2:
+            raise Reject(RejectReason.BAD_FIELD, "a text with fewer than 2 words")
+    return tuple(texts)
+
+
+def _submission(f: list[Any], cfg: NetworkConfig) -> Submission:
+    submitter = _bin(f[4], KEY_BYTES, "submitter")
+    texts = _texts(f[5], cfg)
+    signature = _bin(f[6], SIGNATURE_BYTES, "signature")
+    return Submission(f[2], f[3], submitter, texts, signature)
+
+
+def _schedule(f: list[Any], cfg: NetworkConfig) -> Schedule:
+    validator = _bin(f[4], KEY_BYTES, "validator")
+    cap = _vote_budget(cfg)
+    raw = _array(f[5], "entries")
+    if len(raw) > cap:
+        raise Reject(RejectReason.BAD_FIELD, f"entries: {len(raw)} > {cap}")
+    entries: list[tuple[bytes, tuple[str, ...]]] = []
+    for item in raw:
+        pair = _array(item, "entries[i]")
+        if len(pair) != 2:
+            raise Reject(RejectReason.MALFORMED, "entries[i]: expected [id, texts]")
+        entries.append((_bin(pair[0], HASH_BYTES, "entry id"), _texts(pair[1], cfg)))
+    if any(a[0] >= b[0] for a, b in pairwise(entries)):
+        raise Reject(RejectReason.BAD_FIELD, "entries: ids not strictly ascending")
+    if sum(len(t) for _, t in entries) > cap:
+        raise Reject(RejectReason.BAD_FIELD, f"entries: more than {cap} texts in all")
+    signature = _bin(f[6], SIGNATURE_BYTES, "signature")
+    _validator(cfg, validator)
+    return Schedule(f[2], f[3], validator, tuple(entries), signature)
+
+
 def _certificate(f: list[Any], cfg: NetworkConfig) -> Certificate:
     result_bytes = _bin(f[4], None, "result")
     votes: list[tuple[bytes, bytes]] = []
@@ -464,6 +593,8 @@ _PARSERS: dict[Kind, Callable[[list[Any], NetworkConfig], Message]] = {
     Kind.ATTESTATION: _attestation,
     Kind.VOTE: _vote,
     Kind.CERTIFICATE: _certificate,
+    Kind.SUBMISSION: _submission,
+    Kind.SCHEDULE: _schedule,
 }
 
 
@@ -476,8 +607,9 @@ def listed_limit(cfg: NetworkConfig) -> int:
 
 def _max_result_bytes(dim: int, shards: int, validators: int, encoders: int) -> int:
     """An upper bound on an encoded `RoundResult`: per shard its weighted embedding, per
-    encoder its key, score, rank and per-shard cells, per validator its agreement."""
-    return 1024 + shards * (4 * dim + 8) + encoders * (40 + 4 * shards) + 48 * validators
+    encoder its key, score, rank and per-shard cells, per validator its agreement; per shard also
+    its text digest."""
+    return 1024 + shards * (4 * dim + 42) + encoders * (40 + 4 * shards) + 48 * validators
 
 
 @lru_cache(maxsize=64)
@@ -502,6 +634,16 @@ def _max_bytes(
         Kind.CERTIFICATE: [
             bytes(_max_result_bytes(dim, shards, validators, encoders)),
             [[h, sig]] * validators,
+        ],
+        Kind.SUBMISSION: [
+            h,
+            ["x" * MAX_TEXT_BYTES] * max(1, min(shards // 2, MAX_SUBMISSION_TEXTS)),
+            sig,
+        ],
+        Kind.SCHEDULE: [
+            h,
+            [[h, ["x" * MAX_TEXT_BYTES]]] * max(1, 2 * min(shards // 2, MAX_SUBMISSION_TEXTS)),
+            sig,
         ],
     }
     return len(pack([*head, *bodies[kind]]))

@@ -19,16 +19,26 @@ from typing import Any
 import numpy as np
 
 from dlnet.protocol.canonical import sha256
-from dlnet.protocol.config import ValidatorEntry, default_config, dump_config
+from dlnet.protocol.config import NetworkConfig, ValidatorEntry, default_config, dump_config
 from dlnet.protocol.consensus import attestation_ids, compute_result, kappa_median, quantise
 from dlnet.protocol.identity import SigningKey
 from dlnet.protocol.influence import apply as apply_influence
 from dlnet.protocol.influence import genesis_state
-from dlnet.protocol.masks import Drbg, golden_vectors
+from dlnet.protocol.masks import Drbg, golden_vectors, round_tasks, text_digests
 from dlnet.protocol.projection import projection_matrix
 from dlnet.protocol.registration import RegistrationParams, records, solve, work
 from dlnet.protocol.result import encode_result, result_digest
 from dlnet.protocol.scoring import ScoringParams, score_round
+from dlnet.protocol.submissions import (
+    capacity,
+    fixed_schedule,
+    order_key,
+    placement,
+    round_texts,
+    schedule_time,
+    select,
+    vote_budget,
+)
 from dlnet.protocol.wire import (
     PREVOTE,
     encode,
@@ -36,6 +46,8 @@ from dlnet.protocol.wire import (
     message_id,
     sign_attestation,
     sign_commit,
+    sign_schedule,
+    sign_submission,
     sign_vote,
 )
 
@@ -115,7 +127,10 @@ def compute() -> dict[str, Any]:
         for k, g in zip(validators, grid, strict=True)
     ]
     fulls = {(s, e): _vector(e + bytes([s]), cfg.dim) for s in range(4) for e in enc_keys}
-    result = compute_result(cfg, rnd, atts, fulls)
+    # The texts a result names: round 5's shard texts of a small example corpus.
+    items = [f"example item {i} of the corpus" for i in range(8)]
+    texts = text_digests(round_tasks(cfg, items, rnd))
+    result = compute_result(cfg, rnd, atts, fulls, texts=texts)
     digest = result_digest(result)
     vote = sign_vote(validators[0], net, rnd, digest)
     prevote = sign_vote(
@@ -146,11 +161,16 @@ def compute() -> dict[str, Any]:
         for k in validators
     ]
     round7 = compute_result(
-        cfg, 7, atts7, {(s, e): _vector(e + bytes([s]), cfg.dim) for s in range(4) for e in keys7}
+        cfg,
+        7,
+        atts7,
+        {(s, e): _vector(e + bytes([s]), cfg.dim) for s in range(4) for e in keys7},
+        texts=text_digests(round_tasks(cfg, items, 7)),
     )
     chain = [result, round7]
     reg_after5 = records([enc_keys[0]], chain, 5, reg_params)
     reg_after7 = records([enc_keys[0]], chain, 7, reg_params)
+    submissions = _submissions(cfg, validators)
     return {
         "identity": {
             "seed": (bytes([1]) * 32).hex(),
@@ -219,6 +239,7 @@ def compute() -> dict[str, Any]:
                 "digest": reg_after7[1].digest().hex(),
             },
         },
+        "submissions": submissions,
         "consensus": {
             "kappa_median": [
                 {
@@ -233,9 +254,68 @@ def compute() -> dict[str, Any]:
                     ([5, 5, 9], [1, 1, 1], 10),
                 )
             ],
+            "result_items": items,
+            "result_texts": [t.hex() for t in texts],
             "result_hex": encode_result(result).hex(),
             "result_digest": digest.hex(),
         },
+    }
+
+
+def _submissions(cfg: NetworkConfig, validators: list[SigningKey]) -> dict[str, Any]:
+    """Round 9 of the example config (capacity 2, vote budget 4): four submitters, one of them
+    over its quota (held everywhere: the smaller id counts), one that sends two different
+    submissions to different validators, one missed by validator 2; each validator's vote,
+    the fixed schedule (only what all three list) and the round's shard texts."""
+    net, rnd = cfg.network_id, 9
+    made = [
+        sign_submission(_key(40), net, rnd, ("a cat sat on the mat",)),
+        sign_submission(_key(40), net, rnd, ("the same key again",)),  # over quota
+        sign_submission(_key(41), net, rnd, ("dogs bark at night",)),
+        sign_submission(_key(42), net, rnd, ("one more   text\there",)),
+        sign_submission(_key(43), net, rnd, ("an equivocating key", "sends this version")),
+        sign_submission(_key(43), net, rnd, ("an equivocating key", "sends another one")),
+    ]
+    held = [(message_id(encode(m)), m) for m in made]
+    # What each validator holds: one twin each; validator 2 missed submission 3.
+    views = [[0, 1, 2, 3, 4], [0, 1, 2, 3, 5], [0, 1, 2, 4]]
+    votes = [
+        sign_schedule(k, net, rnd, select(cfg, rnd, [held[i] for i in view]))
+        for k, view in zip(validators, views, strict=True)
+    ]
+    fixed = fixed_schedule(cfg, rnd, votes)
+    assert fixed is not None
+    items = [f"example item {i} of the corpus" for i in range(8)]
+    placed = round_texts(cfg, fixed.entries)
+    tasks = round_tasks(cfg, items, rnd, placed)
+    return {
+        "round": rnd,
+        "capacity": capacity(cfg),
+        "vote_budget": vote_budget(cfg),
+        "schedule_time": schedule_time(cfg, rnd),
+        "held": [
+            {
+                "hex": encode(m).hex(),
+                "id": mid.hex(),
+                "order_key": order_key(net, rnd, mid).hex(),
+            }
+            for mid, m in held
+        ],
+        "validator_holds": views,
+        "votes": [
+            {
+                "validator": v.validator.hex(),
+                "entries": [[mid.hex(), list(texts)] for mid, texts in v.entries],
+                "hex": encode(v).hex(),
+            }
+            for v in votes
+        ],
+        "entries": [[mid.hex(), list(texts)] for mid, texts in fixed.entries],
+        "placement": {mid.hex(): list(r) for mid, r in placement(fixed.entries).items()},
+        "round_texts": placed,
+        "items": items,
+        "shard_texts": [t.texts[0] for t in tasks],
+        "text_digests": [d.hex() for d in text_digests(tasks)],
     }
 
 
@@ -260,6 +340,8 @@ def _summary(v: dict[str, Any]) -> str:
         f"{v['registration']['difficulty']} | {v['registration']['nonce']} |",
         f"| registered set after the example chain | "
         f"`{v['registration']['after_round_7']['digest']}` |",
+        f"| example schedule of round 9 (submission ids) | "
+        f"{', '.join('`' + e[0][:16] + '…`' for e in v['submissions']['entries'])} |",
         "",
         "Every input and output, byte for byte, is in `docs/vectors.json`.",
         "",

@@ -64,7 +64,9 @@ def finish(driver: subprocess.Popen[bytes], out: Path, timeout: float) -> int:
             kill_pid(pid)
 
 
-def dlnet(*args: str, cwd: Path, expect: int = 0) -> subprocess.CompletedProcess[str]:
+def dlnet(
+    *args: str, cwd: Path, expect: int = 0, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
     """One `dlnet` command run to its end, as an operator at a shell would; its exit code must
     be ``expect``."""
     done = subprocess.run(
@@ -72,7 +74,7 @@ def dlnet(*args: str, cwd: Path, expect: int = 0) -> subprocess.CompletedProcess
         cwd=cwd,
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=timeout,
     )
     assert done.returncode == expect, (args, done.returncode, done.stderr)
     return done

@@ -120,7 +120,14 @@ def test_one_validator_listing_made_up_encoders_neither_voids_nor_pads(fakes: in
         listed = sorted([*real, *fake_keys(RND, fakes)])
         liar = attest(cfg, vals[3], listed, 65000)
     assert len(liar.encoders) == len(real) + fakes or fakes == MAX_ENCODERS
-    result = compute_result(cfg, RND, [*atts, liar], fulls(cfg, real), committed=set(real))
+    result = compute_result(
+        cfg,
+        RND,
+        [*atts, liar],
+        fulls(cfg, real),
+        committed=set(real),
+        texts=(bytes(32),) * cfg.shards_per_round,
+    )
     assert result.encoders == tuple(real)
     assert round_trips(cfg, result)
     assert result_problem(cfg, result) is None
@@ -135,10 +142,19 @@ def test_encoders_listed_by_kappa_of_the_stake_stay_and_need_a_held_commit() -> 
     real = sorted(k.public_key for k in keys(3, base=60))
     # Two of four (exactly κ = 1/2) list the third encoder: it stays.
     atts = [attest(cfg, k, real if i < 2 else real[:2], 60000) for i, k in enumerate(vals)]
-    result = compute_result(cfg, RND, atts, fulls(cfg, real))
+    result = compute_result(
+        cfg, RND, atts, fulls(cfg, real), texts=(bytes(32),) * cfg.shards_per_round
+    )
     assert result.encoders == tuple(real)
     with pytest.raises(MissingCommits) as missing:
-        compute_result(cfg, RND, atts, fulls(cfg, real), committed=set(real[:2]))
+        compute_result(
+            cfg,
+            RND,
+            atts,
+            fulls(cfg, real),
+            committed=set(real[:2]),
+            texts=(bytes(32),) * cfg.shards_per_round,
+        )
     assert missing.value.encoders == (real[2],)
 
 
@@ -148,8 +164,16 @@ def test_inverted_scores_from_a_minority_do_not_move_the_result() -> None:
     real = sorted(k.public_key for k in keys(3, base=60))
     honest = [attest(cfg, k, real, 60000) for k in vals[:3]]
     inverted = Byzantine("inverted").attestation(cfg, vals[3], attest(cfg, vals[3], real, 60000))
-    base = compute_result(cfg, RND, [*honest, attest(cfg, vals[3], real, 60000)], fulls(cfg, real))
-    bent = compute_result(cfg, RND, [*honest, inverted], fulls(cfg, real))
+    base = compute_result(
+        cfg,
+        RND,
+        [*honest, attest(cfg, vals[3], real, 60000)],
+        fulls(cfg, real),
+        texts=(bytes(32),) * cfg.shards_per_round,
+    )
+    bent = compute_result(
+        cfg, RND, [*honest, inverted], fulls(cfg, real), texts=(bytes(32),) * cfg.shards_per_round
+    )
     assert bent.consensus == base.consensus and bent.weighted == base.weighted
     agree = dict(bent.agreement)
     assert agree[vals[3].public_key] < DISAGREEMENT_FLOOR <= agree[vals[0].public_key]
@@ -197,7 +221,7 @@ def role(cfg: NetworkConfig, key: SigningKey, path: Path, pool: list[bytes]) -> 
     ingest = Ingest(cfg, store, lambda: float(cfg.genesis_time))
     ctx = NodeContext(
         cfg,
-        (),
+        tuple(f"item {i} of the corpus" for i in range(8)),  # the result names shard texts
         store,
         ingest,
         cast(Host, FakeHost(pool)),
@@ -217,7 +241,13 @@ def test_a_validator_never_stores_a_certificate_its_verifier_rejects(tmp_path: P
     cfg = config(vals, num=3, den=4)  # final needs MORE than 3/4: 3 of 4 equal is not enough
     assert not finality_reached(cfg, 300) and finality_reached(cfg, 301)
     real = sorted(k.public_key for k in keys(2, base=60))
-    result = compute_result(cfg, RND, [attest(cfg, k, real, 60000) for k in vals], fulls(cfg, real))
+    result = compute_result(
+        cfg,
+        RND,
+        [attest(cfg, k, real, 60000) for k in vals],
+        fulls(cfg, real),
+        texts=(bytes(32),) * cfg.shards_per_round,
+    )
     v = role(cfg, vals[0], tmp_path / "v.sqlite", [])
     digest = result_digest(result)
     for signers in (vals[:3], vals):
@@ -241,20 +271,34 @@ def test_empty_and_under_attested_results_are_not_final() -> None:
     vals = keys(4)
     cfg = config(vals)
     real = sorted(k.public_key for k in keys(2, base=60))
-    empty = compute_result(cfg, RND, [attest(cfg, k, [], 0) for k in vals], {})
+    empty = compute_result(
+        cfg,
+        RND,
+        [attest(cfg, k, [], 0) for k in vals],
+        {},
+        texts=(bytes(32),) * cfg.shards_per_round,
+    )
     assert empty.encoders == ()
     with pytest.raises(CertificateError) as err:
         verify_certificate(cfg, certify(cfg, empty, vals))
     assert err.value.reason is CertificateReason.EMPTY_RESULT
     # Attestations from two of four validators (1/2 of the stake): not enough, however signed.
     half = compute_result(
-        cfg, RND, [attest(cfg, k, real, 60000) for k in vals[:2]], fulls(cfg, real)
+        cfg,
+        RND,
+        [attest(cfg, k, real, 60000) for k in vals[:2]],
+        fulls(cfg, real),
+        texts=(bytes(32),) * cfg.shards_per_round,
     )
     with pytest.raises(CertificateError) as err:
         verify_certificate(cfg, certify(cfg, half, vals))
     assert err.value.reason is CertificateReason.INSUFFICIENT_ATTESTATIONS
     three = compute_result(
-        cfg, RND, [attest(cfg, k, real, 60000) for k in vals[:3]], fulls(cfg, real)
+        cfg,
+        RND,
+        [attest(cfg, k, real, 60000) for k in vals[:3]],
+        fulls(cfg, real),
+        texts=(bytes(32),) * cfg.shards_per_round,
     )
     verify_certificate(cfg, certify(cfg, three, vals))
 

@@ -112,8 +112,14 @@ def test_compute_result_is_deterministic_and_excludes_outliers() -> None:
         for s in range(cfg.shards_per_round)
         for e in encoders
     }
-    a = compute_result(cfg, 3, atts, fulls)
-    b = compute_result(cfg, 3, list(reversed(atts)), dict(reversed(list(fulls.items()))))
+    a = compute_result(cfg, 3, atts, fulls, texts=(bytes(32),) * cfg.shards_per_round)
+    b = compute_result(
+        cfg,
+        3,
+        list(reversed(atts)),
+        dict(reversed(list(fulls.items()))),
+        texts=(bytes(32),) * cfg.shards_per_round,
+    )
     assert encode_result(a) == encode_result(b)
     assert result_digest(a) == result_digest(b)
     assert a.ranking == (0, 1, 2)
@@ -128,9 +134,17 @@ def test_compute_result_is_deterministic_and_excludes_outliers() -> None:
     assert all(agree == 65535 for _, agree in a.agreement)
     # Without the outlier's embeddings the result is the same: it carries no weight.
     trimmed = {k: v for k, v in fulls.items() if k[1] != encoders[2]}
-    assert encode_result(compute_result(cfg, 3, atts, trimmed)) == encode_result(a)
+    assert encode_result(
+        compute_result(cfg, 3, atts, trimmed, texts=(bytes(32),) * cfg.shards_per_round)
+    ) == encode_result(a)
     with pytest.raises(MissingEmbeddings) as missing:
-        compute_result(cfg, 3, atts, {k: v for k, v in fulls.items() if k != (1, encoders[0])})
+        compute_result(
+            cfg,
+            3,
+            atts,
+            {k: v for k, v in fulls.items() if k != (1, encoders[0])},
+            texts=(bytes(32),) * cfg.shards_per_round,
+        )
     assert missing.value.missing == ((1, encoders[0]),)
 
 
@@ -144,7 +158,7 @@ def _result(cfg: NetworkConfig) -> RoundResult:
         for s in range(cfg.shards_per_round)
         for e in encoders
     }
-    return compute_result(cfg, 3, atts, fulls)
+    return compute_result(cfg, 3, atts, fulls, texts=(bytes(32),) * cfg.shards_per_round)
 
 
 def _cert(cfg: NetworkConfig, result: RoundResult, signers: list[SigningKey]) -> Certificate:

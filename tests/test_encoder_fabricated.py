@@ -4,6 +4,8 @@ and mask embeddings, exactly (``fabricated``) or off by a relative jitter (``fab
 from __future__ import annotations
 
 import hashlib
+import tempfile
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -12,6 +14,7 @@ import pytest
 import trio
 
 from dlnet.node.encoder import EncoderRole
+from dlnet.node.store import Store
 from dlnet.protocol.config import ValidatorEntry, default_config
 
 ITEMS = tuple(
@@ -36,7 +39,8 @@ class HashModel:
 
 def vectors(behaviour: str) -> tuple[Any, np.ndarray]:
     cfg = default_config((ValidatorEntry(bytes(32), 1),), 0, dataset_sha256=bytes(32))
-    ctx = SimpleNamespace(cfg=cfg, items=ITEMS)
+    store = Store.open(Path(tempfile.mkdtemp()) / "node.sqlite")  # no schedule held: corpus only
+    ctx = SimpleNamespace(cfg=cfg, items=ITEMS, store=store)
     role = EncoderRole(ctx, None, HashModel(cfg.dim), behaviour)  # type: ignore[arg-type]
     return cfg, trio.run(role._vectors, 1)
 

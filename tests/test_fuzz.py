@@ -82,7 +82,9 @@ def valid_messages(cfg: NetworkConfig) -> list[tuple[Kind, bytes]]:
         VALIDATOR, net, rnd, (ENCODER.public_key,), bytes(2 * cells), bytes(cells), bytes(32)
     )
     weighted = tuple(vec.tobytes() for _ in range(cfg.shards_per_round))
-    result = RoundResult(net, rnd, (), (), (), (), (), weighted, (), bytes(32))
+    result = RoundResult(
+        net, rnd, (), (), (), (), (), weighted, (), bytes(32), (bytes(32),) * len(weighted)
+    )
     return [
         (
             Kind.COMMIT,

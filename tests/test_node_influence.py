@@ -56,7 +56,7 @@ def test_influence_comes_from_verified_certificates_up_to_two_rounds_back(tmp_pa
             )
             for k in validators
         ]
-        return compute_result(cfg, rnd, atts, fulls)
+        return compute_result(cfg, rnd, atts, fulls, texts=(bytes(32),) * cfg.shards_per_round)
 
     store = Store.open(tmp_path / "node.sqlite")
     r3, r4 = result(3), result(4)

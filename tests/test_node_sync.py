@@ -32,7 +32,16 @@ from dlnet.protocol.identity import SigningKey
 from dlnet.protocol.registration import RegistrationParams
 from dlnet.protocol.result import RoundResult
 from dlnet.protocol.rounds import round_times
-from dlnet.protocol.wire import Certificate, Kind, encode, make_embedding, sign_commit
+from dlnet.protocol.wire import (
+    Certificate,
+    Kind,
+    encode,
+    make_embedding,
+    message_id,
+    sign_commit,
+    sign_schedule,
+    sign_submission,
+)
 
 GENESIS = 1_800_000_000
 
@@ -115,6 +124,26 @@ def test_unknown_commitments_and_empty_ranges_answer_nothing(held: Held) -> None
     assert held.ask(["round", int(Kind.VOTE), 1], later) == []
     assert held.ask(["round", int(Kind.COMMIT), 5], later) == []
     assert held.ask(["certificates", 0, 10], later) == []
+
+
+def test_submissions_and_schedule_votes_are_served_by_round(held: Held) -> None:
+    """What gossip missed of a round's submissions and schedule votes can be pulled (a
+    validator before it votes the schedule, encoders and validators before they use it)."""
+    cfg = held.cfg
+    now = round_times(cfg, 1).start + 1
+    ingest = Ingest(cfg, held.store, lambda: now)
+    sub = sign_submission(SigningKey.from_seed(b"\x07" * 32), cfg.network_id, 2, ("a b c",))
+    vote = sign_schedule(
+        SigningKey.from_seed(b"\x01" * 32),
+        cfg.network_id,
+        2,
+        ((message_id(encode(sub)), ("a b c",)),),
+    )
+    for msg in (sub, vote):
+        assert ingest.admit(encode(msg), None) is Outcome.NEW
+    assert held.ask(["round", int(Kind.SUBMISSION), 2], now) == [encode(sub)]
+    assert held.ask(["round", int(Kind.SCHEDULE), 2], now) == [encode(vote)]
+    assert held.ask(["round", int(Kind.SCHEDULE), 3], now) == []
 
 
 def test_certificates_are_served_by_round_range(held: Held) -> None:
@@ -302,7 +331,19 @@ def test_a_stalled_peer_delays_the_search_by_the_hedge_not_the_timeout(
 def test_certificates_outside_the_range_asked_are_unrequested(held: Held, tmp_path: Path) -> None:
     def cert(rnd: int) -> bytes:
         weighted = tuple(bytes(4 * held.cfg.dim) for _ in range(held.cfg.shards_per_round))
-        result = RoundResult(held.cfg.network_id, rnd, (), (), (), (), (), weighted, (), bytes(32))
+        result = RoundResult(
+            held.cfg.network_id,
+            rnd,
+            (),
+            (),
+            (),
+            (),
+            (),
+            weighted,
+            (),
+            bytes(32),
+            (bytes(32),) * len(weighted),
+        )
         return encode(Certificate(held.cfg.network_id, rnd, result, ()))
 
     def fetch(answers: dict[str, list[bytes] | None]) -> tuple[int, list[bytes], FakeHost]:

@@ -211,13 +211,16 @@ class FlakyModel:
 
 
 def test_model_error_at_run_time_is_counted_and_the_encoder_goes_on(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, tmp_path: Path
 ) -> None:
     cfg = default_config((ValidatorEntry(bytes(32), 1),), 0, dataset_sha256=bytes(32))
     counted: list[str] = []
     ingest = SimpleNamespace(count=lambda outcome, reason: counted.append(f"{outcome}:{reason}"))
     items = tuple(f"text number {i}" for i in range(20))
-    ctx = SimpleNamespace(cfg=cfg, items=items, ingest=ingest, log=logging.getLogger("dlnet"))
+    store = Store.open(tmp_path / "node.sqlite")  # no schedule held: corpus texts only
+    ctx = SimpleNamespace(
+        cfg=cfg, items=items, ingest=ingest, store=store, log=logging.getLogger("dlnet")
+    )
     role = EncoderRole(ctx, None, FlakyModel(cfg.dim))  # type: ignore[arg-type]
     done: list[int] = []
 

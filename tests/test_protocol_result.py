@@ -21,6 +21,7 @@ from dlnet.protocol.result import (
     decode_result,
     encode_result,
     result_digest,
+    text_digest,
 )
 
 KEY = st.binary(min_size=32, max_size=32)
@@ -51,6 +52,7 @@ def results(draw: st.DrawFn) -> RoundResult:
         weighted=weighted,
         agreement=tuple((v, draw(U16)) for v in validators),
         attestations_digest=draw(st.binary(min_size=32, max_size=32)),
+        texts=tuple(draw(st.binary(min_size=32, max_size=32)) for _ in range(shards)),
     )
 
 
@@ -67,6 +69,7 @@ def example() -> RoundResult:
         weighted=(np.arange(4, dtype="<f4").tobytes(), np.ones(4, dtype="<f4").tobytes()),
         agreement=((b"\x10" * 32, 65535), (b"\x11" * 32, 12)),
         attestations_digest=sha256(b"attestations"),
+        texts=(text_digest("a b"), text_digest("c d")),
     )
 
 
@@ -88,7 +91,7 @@ def test_round_trip(r: RoundResult) -> None:
 def test_layout_follows_the_spec() -> None:
     r = example()
     f = fields_of(r)
-    assert len(f) == 11 and f[0] == RESULT_VERSION == 1
+    assert len(f) == 12 and f[0] == RESULT_VERSION == 1
     assert f[1] == r.network_id and f[2] == r.round and f[3] == list(r.encoders)
     assert f[4] == struct.pack("<6H", *r.consensus)  # u16 little-endian, row-major
     assert f[5] == bytes([0, 1, 0, 0, 0, 1])
@@ -97,6 +100,7 @@ def test_layout_follows_the_spec() -> None:
     assert f[8] == list(r.weighted)
     assert f[9] == [[k, a] for k, a in r.agreement]
     assert f[10] == r.attestations_digest
+    assert f[11] == list(r.texts) == [text_digest("a b"), text_digest("c d")]
     assert pack(f) == encode_result(r)
 
 
@@ -123,6 +127,7 @@ CHANGES: dict[str, Callable[[RoundResult], Any]] = {
     "weighted": lambda r: (_flip_first(r.weighted[0]), *r.weighted[1:]),
     "agreement": lambda r: ((r.agreement[0][0], r.agreement[0][1] - 1), *r.agreement[1:]),
     "attestations_digest": lambda r: _flip_first(r.attestations_digest),
+    "texts": lambda r: (r.texts[1], r.texts[0]),
 }
 
 
@@ -163,9 +168,11 @@ BAD: dict[str, tuple[bytes, str]] = {
     "empty": (b"", "msgpack"),
     "trailing byte": (encode_result(example()) + b"\x00", "msgpack"),
     "truncated": (encode_result(example())[:-1], "msgpack"),
-    "not an array": (pack({"a": 1}), "11-field"),
-    "10 fields": (pack(good()[:10]), "11-field"),
-    "12 fields": (pack([*good(), 0]), "11-field"),
+    "not an array": (pack({"a": 1}), "12-field"),
+    "11 fields": (pack(good()[:11]), "12-field"),
+    "13 fields": (pack([*good(), 0]), "12-field"),
+    "one text digest short": (rebuilt(11, good()[11][:1]), "texts"),
+    "text digest of 31 bytes": (rebuilt(11, [good()[11][0], bytes(31)]), "texts"),
     "version 2": (rebuilt(0, 2), "version"),
     "version true": (rebuilt(0, True), "version"),
     "network id of 31 bytes": (rebuilt(1, b"\xaa" * 31), "network_id"),

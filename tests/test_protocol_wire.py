@@ -348,7 +348,7 @@ def test_wrong_kind() -> None:
     assert reason(encode(vote()), kind=Kind.COMMIT) is RejectReason.WRONG_KIND
     # Longer than any message of the expected kind: caught by the size check first.
     assert reason(encode(commit()), kind=Kind.VOTE) is RejectReason.OVERSIZE
-    for bad in (0, 6, 99, -1, "commit", None):
+    for bad in (0, 8, 99, -1, "commit", None):
         assert reason(reencoded(commit(), 0, bad)) is RejectReason.WRONG_KIND
 
 
@@ -467,6 +467,7 @@ def certificate(cfg: NetworkConfig = SMALL, signers: int = 3) -> Certificate:
         weighted=tuple(vec(cfg, s).tobytes() for s in range(cfg.shards_per_round)),
         agreement=tuple(sorted((k.public_key, 65535) for k in VALIDATORS)),
         attestations_digest=sha256(b"attestations"),
+        texts=(bytes(32),) * cfg.shards_per_round,
     )
     digest = result_digest(result)
     votes = sorted(
@@ -521,6 +522,7 @@ def test_certificate_reasons() -> None:
         weighted=cert.result.weighted[:1],
         consensus=cert.result.consensus[:2],
         outliers=cert.result.outliers[:2],
+        texts=cert.result.texts[:1],
     )
     assert reason(reencoded(cert, 4, encode_result(one_shard))) is RejectReason.BAD_FIELD
     assert reason(encode(cert), make_cfg(name="x")) is RejectReason.WRONG_NETWORK
