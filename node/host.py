@@ -431,8 +431,6 @@ class Host:
         """Peers with a request whose caller gave up and whose stream work is stuck."""
         self._queue_over_since: dict[ID, float] = {}
         """Since when each peer's outbound gossip queue is over half full (trio clock)."""
-        self._in_flight: dict[str, int] = {}
-        """Peers with request stream work running (severed at shutdown: it may be wedged)."""
         """Topics this node publishes into without joining them (see ``publish_outside``)."""
         self.on_wrong_network: Callable[[str, bytes], None] | None = None
         """Called with (peer id, its network id) when a peer of another network is refused."""
@@ -687,7 +685,6 @@ class Host:
             answered.set()
 
         async def exchange() -> None:
-            self._in_flight[peer_id] = self._in_flight.get(peer_id, 0) + 1
             try:
                 with scope:
                     await self._roundtrip(peer_id, protocol_id, data, deliver)
@@ -696,7 +693,6 @@ class Host:
             finally:
                 answered.set()
                 finished.set()
-                _decrement(self._in_flight, peer_id)
 
         self._nursery.start_soon(exchange)
         try:
@@ -1068,8 +1064,12 @@ async def open_host(
                 yield host
             finally:
                 nursery.cancel_scope.cancel()
-                with trio.CancelScope(shield=True):  # else a wedged stream holds the nursery
-                    for peer in list(host._in_flight):
+                # Close every connection before the pubsub and router services stop: a
+                # message read after pubsub's task group closed raised out of py-libp2p's
+                # stream handler ("Nursery is closed to new arrivals": exit code 1 at
+                # SIGTERM), and a wedged stream would hold our task group open.
+                with trio.CancelScope(shield=True):
+                    for peer in host.connected_peers():
                         await host._sever(peer)
     finally:
         pubsub.seen_messages.stop()  # joins the seen-cache sweeper thread libp2p started
