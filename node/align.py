@@ -28,6 +28,7 @@ from dlnet.node.report import STORE_FILE, checked_certificate, verified_certific
 from dlnet.node.store import MAX_ROUND, Store
 from dlnet.protocol.config import NetworkConfig
 from dlnet.protocol.masks import round_tasks
+from dlnet.protocol.result import text_digest
 from dlnet.protocol.wire import Certificate
 
 API_PAGE = 1000
@@ -122,15 +123,21 @@ def certificates(cfg: NetworkConfig, source: str) -> tuple[list[Certificate], in
 def certified_pairs(
     cfg: NetworkConfig, items: Sequence[str], certs: Sequence[Certificate], refused: int = 0
 ) -> Certified:
-    """Each certified shard's full text and weighted embedding (zero vectors left out)."""
+    """Each certified shard's full text and weighted embedding (zero vectors left out).
+
+    A shard counts only if the result names the digest of the corpus text derived here: a
+    shard that carried submitted texts names another (docs/PROTOCOL.md §4), and is left out."""
     texts: list[str] = []
     targets: list[NDArray[np.float32]] = []
     rounds: list[int] = []
     for cert in sorted(certs, key=lambda c: c.round):
         tasks = round_tasks(cfg, items, cert.round)
-        for task, raw in zip(tasks, cert.result.weighted, strict=False):
+        named = cert.result.texts
+        for task, raw, digest in zip(tasks, cert.result.weighted, named, strict=False):
             vec = np.frombuffer(raw, dtype="<f4").astype(np.float32)
             if vec.shape != (cfg.dim,) or not np.any(vec) or not np.all(np.isfinite(vec)):
+                continue
+            if digest != text_digest(task.texts[0]):
                 continue
             texts.append(task.texts[0])
             targets.append(vec)

@@ -152,8 +152,13 @@ def _corpus_config(validators: list[SigningKey]) -> NetworkConfig:
 
 
 def _certificate(
-    cfg: NetworkConfig, rnd: int, weighted: list[NDArray[np.float32]], signers: list[SigningKey]
+    cfg: NetworkConfig,
+    rnd: int,
+    weighted: list[NDArray[np.float32]],
+    signers: list[SigningKey],
+    named: tuple[bytes, ...] = (),
 ) -> bytes:
+    """A certificate over ``weighted``; ``named``: the shard text digests the result names."""
     encoders = sorted(SigningKey.from_seed(bytes([50 + i]) * 32).public_key for i in range(3))
     grid = np.array([[60000, 30000, 20000]] * cfg.shards_per_round, dtype="<u2")
     flags = np.zeros((cfg.shards_per_round, 3), dtype=np.uint8)
@@ -168,7 +173,8 @@ def _certificate(
         for s in range(cfg.shards_per_round)
         for e in encoders
     }
-    result: RoundResult = compute_result(cfg, rnd, atts, fulls)
+    named = named or (bytes(32),) * cfg.shards_per_round
+    result: RoundResult = compute_result(cfg, rnd, atts, fulls, texts=named)
     result = dataclasses.replace(
         result, weighted=tuple(w.astype("<f4").tobytes() for w in weighted)
     )
@@ -182,7 +188,7 @@ def _certificate(
 @pytest.fixture
 def certified_dir(tmp_path: Path) -> tuple[NetworkConfig, Path, tuple[str, ...]]:
     from dlnet.protocol.dataset import parse_dataset
-    from dlnet.protocol.masks import round_tasks
+    from dlnet.protocol.masks import round_tasks, text_digests
 
     validators = [SigningKey.from_seed(bytes([i + 1]) * 32) for i in range(3)]
     cfg = _corpus_config(validators)
@@ -192,11 +198,15 @@ def certified_dir(tmp_path: Path) -> tuple[NetworkConfig, Path, tuple[str, ...]]
     data_dir.mkdir()
     store = Store.open(data_dir / "node.sqlite")
     for rnd in range(12):
-        texts = [t.texts[0] for t in round_tasks(cfg, items, rnd)]
+        tasks = round_tasks(cfg, items, rnd)
+        texts = [t.texts[0] for t in tasks]
         weighted = list((native.embed_native(texts).astype(np.float64) @ w).astype(np.float32))
         if rnd == 5:
             weighted[1] = np.zeros(cfg.dim, dtype=np.float32)  # nothing certified there
-        data = _certificate(cfg, rnd, weighted, validators)
+        named = text_digests(tasks)
+        if rnd == 7:  # a shard that carried submitted texts names another text: left out
+            named = (bytes(32), *named[1:])
+        data = _certificate(cfg, rnd, weighted, validators, named)
         store.put_certificate(rnd, data)
         store.put_round_outcome(rnd, True, hashlib.sha256(data).digest())
     junk = [np.full(cfg.dim, 9.0, dtype=np.float32)] * cfg.shards_per_round
@@ -214,7 +224,8 @@ def test_certified_pairs_from_a_data_dir(
     certs, refused = certificates(cfg, str(data_dir))
     assert refused == 1 and [c.round for c in certs] == list(range(12))
     pairs = certified_pairs(cfg, items, certs, refused)
-    assert len(pairs.texts) == 12 * cfg.shards_per_round - 1  # the zero shard is left out
+    # The zero shard and the shard that named another text (round 7) are left out.
+    assert len(pairs.texts) == 12 * cfg.shards_per_round - 2
     fitted = fit_alignment(cfg, ProjectedModel(WordSum(), cfg.dim, bytes(32)), pairs)
     assert fitted.pairs == len(pairs.texts) and fitted.rounds == tuple(range(12))
     assert max(fitted.heldout_cos.values()) > 0.99

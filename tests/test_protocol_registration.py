@@ -77,6 +77,7 @@ def result(rnd: int, scores: dict[bytes, int]) -> RoundResult:
         (bytes(4),),
         (),
         bytes(32),
+        (bytes(32),),
     )
 
 
