@@ -33,7 +33,7 @@ from dlnet.node.progress import genesis_countdown, keep_live_info, write_json
 from dlnet.node.report import INFO_FILE, STORE_FILE
 from dlnet.node.store import Store
 from dlnet.node.submissions import submitter
-from dlnet.node.sync import REQUEST_TIMEOUT, SyncClient, install_server
+from dlnet.node.sync import REQUEST_TIMEOUT, ROUND_KINDS, SyncClient, install_server
 from dlnet.node.validator import ValidatorRole
 from dlnet.protocol.config import NetworkConfig, parse_config
 from dlnet.protocol.consensus import CertificateError, verify_certificate
@@ -52,14 +52,8 @@ from dlnet.protocol.wire import (
 )
 
 ROLES = ("encoder", "validator")
-GOSSIPED = (
-    Kind.COMMIT,
-    Kind.EMBEDDING,
-    Kind.ATTESTATION,
-    Kind.VOTE,
-    Kind.SUBMISSION,
-    Kind.SCHEDULE,
-)
+GOSSIPED = ROUND_KINDS
+"""Every kind fetchable by round is gossiped, and the other way round."""
 
 
 def subscribed_kinds(roles: frozenset[str], behaviour: str) -> tuple[Kind, ...]:

@@ -52,6 +52,7 @@ HEDGE = 1.0
 FETCH_PARALLEL = 2
 """Asks in flight for wanted items (reveals by commitment, certificates)."""
 ROUND_PARALLEL = 4
+"""Asks in flight when every peer is asked for a round's messages."""
 ROUND_KINDS = (
     Kind.COMMIT,
     Kind.EMBEDDING,
@@ -60,8 +61,8 @@ ROUND_KINDS = (
     Kind.SUBMISSION,
     Kind.SCHEDULE,
 )
-"""Kinds a ``round`` request may name (a certificate is fetched by round range)."""
-"""Asks in flight when every peer is asked for a round's messages."""
+"""Kinds a ``round`` request may name: every gossiped kind (a certificate is fetched by
+round range)."""
 
 
 class BadRequest(ValueError):
