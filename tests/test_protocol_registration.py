@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 
 import pytest
+from test_protocol_influence import result
 
 from dlnet.protocol.registration import (
     RegistrationParams,
@@ -19,7 +20,6 @@ from dlnet.protocol.registration import (
     valid,
     work,
 )
-from dlnet.protocol.result import RoundResult
 
 NET, OTHER = bytes(32), bytes([1]) * 32
 KEY = bytes([7]) * 32
@@ -62,23 +62,6 @@ def test_a_solved_nonce_is_valid_only_for_its_key_and_network() -> None:
 
 def key(i: int) -> bytes:
     return bytes([i]) * 32
-
-
-def result(rnd: int, scores: dict[bytes, int]) -> RoundResult:
-    keys = tuple(sorted(scores))
-    return RoundResult(
-        bytes(32),
-        rnd,
-        keys,
-        tuple(scores[k] for k in keys),
-        (False,) * len(keys),
-        tuple(scores[k] for k in keys),
-        tuple(range(len(keys))),
-        (bytes(4),),
-        (),
-        bytes(32),
-        (bytes(32),),
-    )
 
 
 PARAMS = RegistrationParams(max_encoders=3, difficulty=0, immunity_rounds=2)
