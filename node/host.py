@@ -378,14 +378,6 @@ class _DeliveringPubsub(Pubsub):
                 self.deliver(topic, publish_message.data, forwarder)
 
 
-def _decrement(counts: dict[str, int], key: str) -> None:
-    left = counts.get(key, 1) - 1
-    if left > 0:
-        counts[key] = left
-    else:
-        counts.pop(key, None)
-
-
 def _content_id(msg: rpc_pb2.Message) -> bytes:
     """Message id = SHA-256 of the payload (DESIGN: ids are content hashes)."""
     return sha256(msg.data).digest()
@@ -773,7 +765,11 @@ class Host:
                 with trio.move_on_after(WEDGE_GRACE):
                     await finished.wait()
         finally:
-            _decrement(self._wedged, peer_id)
+            left = self._wedged[peer_id] - 1
+            if left:
+                self._wedged[peer_id] = left
+            else:
+                del self._wedged[peer_id]
 
     async def _sever(self, peer_id: str) -> None:
         """Close the peer's connections at the socket, under the muxer: a clean libp2p close
