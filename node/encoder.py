@@ -23,9 +23,10 @@ import trio
 from dlnet.node.context import NodeContext, sleep_until, wall_clock
 from dlnet.node.models import Model, one_line
 from dlnet.node.models.kinds import fabricate_inverse, jitter_option
+from dlnet.node.reveals import RETRY, REVEAL_DELAY, push_reveals
 from dlnet.node.submissions import SCHEDULE_PULL, pull_schedule, scheduled_tasks
 from dlnet.protocol.identity import SigningKey
-from dlnet.protocol.rounds import round_times
+from dlnet.protocol.rounds import RoundTimes, round_times
 from dlnet.protocol.wire import (
     Commit,
     Embedding,
@@ -38,9 +39,6 @@ from dlnet.protocol.wire import (
 )
 
 BEHAVIOURS: Final = ("honest", "fabricated", "copycat", "replay", "equivocator")
-# Reveals go out this long after the commit deadline (longer than ingest.COMMIT_GRACE), so
-# every validator has closed the commit window on its own clock before an embedding is public.
-REVEAL_DELAY: Final = 2.0
 # How long a copycat listens to other encoders' reveals before copying them.
 COPY_WAIT: Final = 3.0
 
@@ -181,10 +179,12 @@ class EncoderRole:
         if self.behaviour == "copycat":
             await trio.sleep(COPY_WAIT)
             reveals = self._copied(rnd)
-        for emb in reveals:
-            await self.ctx.host.publish(topic(cfg.network_id, Kind.EMBEDDING), encode(emb))
-        self.ctx.log.info("round %d: revealed %d embeddings", rnd, len(reveals))
+        acked = await self._reveal([encode(e) for e in reveals], times)
+        self.ctx.log.info(
+            "round %d: revealed %d embeddings, held by %d peers", rnd, len(reveals), acked
+        )
         if self.behaviour == "equivocator":
+            twins: list[bytes] = []
             for emb in reveals:
                 twin = np.array(emb.array(), dtype=np.float32) * np.float32(1.01)
                 bad = make_embedding(
@@ -192,9 +192,26 @@ class EncoderRole:
                 )
                 # Deliberately past the slashing protection of ctx.publish.
                 self.ctx.ingest.admit_own(bad, encode(bad))
-                await self.ctx.host.publish(topic(cfg.network_id, Kind.EMBEDDING), encode(bad))
+                twins.append(encode(bad))
+            await self._reveal(twins, times)
         if self.behaviour == "replay":
             await self._resend_earlier(rnd)
+
+    async def _reveal(self, items: list[bytes], times: RoundTimes) -> int:
+        """Push the reveals to the connected peers that keep them (node/reveals.py); while
+        none acknowledged them all, gossip them once (fanout, the fallback) and push again
+        every RETRY seconds until the reveal deadline. Returns how many peers hold them."""
+        ctx = self.ctx
+        acked = await push_reveals(ctx.host, ctx.ingest, items, times.reveal_deadline)
+        if acked:
+            return acked
+        ctx.ingest.count("encoder", "reveal_push_unacked")
+        for data in items:
+            await ctx.host.publish(topic(ctx.cfg.network_id, Kind.EMBEDDING), data)
+        while not acked and wall_clock() + RETRY < times.reveal_deadline:
+            await trio.sleep(RETRY)
+            acked = await push_reveals(ctx.host, ctx.ingest, items, times.reveal_deadline)
+        return acked
 
     def _copied(self, rnd: int) -> list[Embedding]:
         """For each slot, another encoder's reveal of this round re-signed as this encoder's."""

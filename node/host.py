@@ -445,6 +445,12 @@ class Host:
             p.to_base58() for p in self._pubsub.peer_topics.get(topic, ()) if p in connected
         )
 
+    def carriers(self, topic: str) -> list[str]:
+        """Connected peers subscribed to ``topic`` whose outbound queue is not stuck (a
+        peer that reads nothing is no outlet, see ``_stuck_peers``)."""
+        stuck = {p.to_base58() for p in self._stuck_peers()}
+        return [p for p in self.topic_peers(topic) if p not in stuck]
+
     def mesh_peers(self, topic: str) -> list[str]:
         """Peers in our gossipsub mesh for ``topic`` (full messages go to these)."""
         return sorted(p.to_base58() for p in self._router.mesh.get(topic, ()))
@@ -942,10 +948,7 @@ class Host:
                 self._reseed(seeds, now)
                 next_reseed, reseed_pause = now + reseed_pause, min(2 * reseed_pause, RECONNECT_MAX)
             stuck = {p.to_base58() for p in self._stuck_peers()}
-            carriers = {
-                t: [p for p in self.topic_peers(t) if p not in stuck]
-                for t in (*self._sinks, *self._outlets)
-            }
+            carriers = {t: self.carriers(t) for t in (*self._sinks, *self._outlets)}
             if seeds and now >= next_outlet_dial and not all(carriers.values()):
                 next_outlet_dial = now + OUTLET_REDIAL
                 await self._dial_seeds(seeds, connected)

@@ -226,6 +226,15 @@ class Ingest:
             return Outcome.IGNORED
         return self._store(msg, data, "sync")
 
+    def admit_pushed(self, data: bytes) -> Outcome:
+        """Admission for one item of a reveal push (node/reveals.py): an Embedding already
+        held is acknowledged without being decoded or verified again (``push:duplicate``);
+        anything else takes the full admission of `admit`, round window included."""
+        if self.store.get_by_id(message_id(data)) is not None:
+            self.count("push", "duplicate")
+            return Outcome.DUPLICATE
+        return self.admit(data, Kind.EMBEDDING)
+
     def admit_own(self, msg: Message, data: bytes) -> None:
         """A message this node made: stored before it is published (the host skips a
         node's own topic validators and does not hand it its own messages)."""

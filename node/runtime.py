@@ -31,6 +31,7 @@ from dlnet.node.models import Model, load_model
 from dlnet.node.models.aligned import AlignedModel, load_map
 from dlnet.node.progress import genesis_countdown, keep_live_info, write_json
 from dlnet.node.report import INFO_FILE, STORE_FILE
+from dlnet.node.reveals import install_server as install_reveal_server
 from dlnet.node.store import Store
 from dlnet.node.submissions import submitter
 from dlnet.node.sync import REQUEST_TIMEOUT, ROUND_KINDS, SyncClient, install_server
@@ -59,9 +60,9 @@ GOSSIPED = ROUND_KINDS
 def subscribed_kinds(roles: frozenset[str], behaviour: str) -> tuple[Kind, ...]:
     """The topics a node joins. An encoder-only node stays out of the embedding topic: it
     never reads others' reveals, and relaying them made the reveal burst cost every encoder
-    CPU (deliveries grew as encoders x validators); it publishes its own by gossipsub fanout
-    to peers that did subscribe (validators and relays), and repair fetches what fanout
-    missed. The copycat adversary listens to reveals to copy them, so it joins."""
+    CPU (deliveries grew as encoders x validators). The nodes that join it keep every reveal
+    and take reveal pushes (node/reveals.py): an encoder pushes its own to them. The copycat
+    adversary listens to reveals to copy them, so it joins."""
     if roles == {"encoder"} and behaviour.partition("@")[0] != "copycat":
         return tuple(k for k in GOSSIPED if k is not Kind.EMBEDDING)
     return GOSSIPED
@@ -448,9 +449,10 @@ async def _run_locked(
                     if public_key is not None
                     else lambda _data, _peer: None
                 )
-                await _subscribe_all(
-                    host, ingest, cfg, watch, subscribed_kinds(opts.roles, opts.behaviour)
-                )
+                kinds = subscribed_kinds(opts.roles, opts.behaviour)
+                await _subscribe_all(host, ingest, cfg, watch, kinds)
+                if Kind.EMBEDDING in kinds:  # a node that keeps reveals takes pushes of them
+                    install_reveal_server(host, ingest)
                 nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
                 if api_sock is not None:
                     view = NodeView(cfg, store, host, opts.roles, public_key, submit=submitter(ctx))

@@ -36,7 +36,7 @@ from dlnet.node.store import Store
 from dlnet.protocol.canonical import MAX_DEPTH, nesting_depth
 from dlnet.protocol.config import NetworkConfig
 from dlnet.protocol.rounds import round_at, round_times
-from dlnet.protocol.wire import MAX_ROUND, Embedding, Kind, Message, Reject, decode
+from dlnet.protocol.wire import MAX_ROUND, Embedding, Kind, Message, Reject, decode, topic
 
 MAX_ITEMS = 256
 MAX_REQUEST_BYTES = 64 * 1024
@@ -74,7 +74,7 @@ def protocol_id(network_id: bytes) -> str:
     return f"/dlnet/{network_id.hex()[:16]}/sync/1"
 
 
-def _unpack(data: bytes) -> Any:
+def unpack_bounded(data: bytes) -> Any:
     """One msgpack value nested at most MAX_DEPTH deep; None for anything else."""
     try:
         obj = msgpack.unpackb(data, raw=False, strict_map_key=True, ext_hook=_no_ext, timestamp=0)
@@ -90,7 +90,7 @@ def _no_ext(code: int, data: bytes) -> Any:
 def _parse_request(data: bytes) -> tuple[str, list[Any]]:
     if len(data) > MAX_REQUEST_BYTES:
         raise BadRequest("oversize")
-    req = _unpack(data)
+    req = unpack_bounded(data)
     if not isinstance(req, list) or not req or not isinstance(req[0], str):
         raise BadRequest("malformed")
     return req[0], req[1:]
@@ -149,9 +149,10 @@ def _bounded(items: list[bytes]) -> list[bytes]:
     return items
 
 
-def parse_answer(data: bytes) -> list[bytes] | None:
-    """The items of a sync answer, or None if it is not an array of byte strings."""
-    items = _unpack(data)
+def parse_items(data: bytes) -> list[bytes] | None:
+    """The items of a sync answer (or of a reveal push, node/reveals.py), or None if it is
+    not an array of byte strings."""
+    items = unpack_bounded(data)
     if not isinstance(items, list) or not all(type(i) is bytes for i in items):
         return None
     return items
@@ -164,14 +165,19 @@ class SyncClient:
         self.host = host
         self.ingest = ingest
         self.pid = protocol_id(network_id)
+        self._reveal_topic = topic(network_id, Kind.EMBEDDING)
         self._stalled: dict[str, float] = {}  # peer -> time.time() until which it is skipped
 
     def _peers(self) -> list[str]:
+        """Usable connected peers in random order, the ones that keep every reveal first
+        (they join the embedding topic: validators, relays); an encoder holds its own only."""
         now = time.time()
         peers = list(self.host.connected_peers())
         fresh = [p for p in peers if self._stalled.get(p, 0.0) <= now]
         peers = fresh or peers  # if every peer stalled, trying them beats giving up
         random.shuffle(peers)
+        keepers = set(self.host.carriers(self._reveal_topic))
+        peers.sort(key=lambda p: p not in keepers)
         return peers
 
     async def _ask(self, peer: str, request: list[Any], deadline: float) -> list[bytes]:
@@ -191,7 +197,7 @@ class SyncClient:
         except Exception:  # a peer's broken stream or error frame must not take the node down
             self.ingest.count("sync", "request_failed")
             return []
-        items = parse_answer(data)
+        items = parse_items(data)
         if items is None:
             self.ingest.count("rejected", "sync_bad_answer")
             self.host.penalize(peer, "sync_bad_answer")

@@ -18,6 +18,7 @@ from dlnet.node.byzantine import Byzantine
 from dlnet.node.context import NodeContext, sleep_until, wall_clock
 from dlnet.node.ingest import COMMIT_GRACE
 from dlnet.node.report import verified_certificate
+from dlnet.node.reveals import PUSH_SETTLE, REVEAL_DELAY
 from dlnet.node.submissions import SCHEDULE_PULL, pull_schedule, scheduled_tasks, vote_schedule
 from dlnet.protocol.consensus import (
     MissingCommits,
@@ -154,10 +155,18 @@ class ValidatorRole:
         ):
             await sleep_until(at)
             await ctx.sync.fetch_round(Kind.COMMIT, rnd, deadline=until)
-        await sleep_until(times.reveal_deadline)
+        # Encoders push their reveals to validators and relays (node/reveals.py), each to the
+        # ones it is connected to: fetch the rest from them by commitment as soon as the
+        # pushes are in, so that the reveals are all held by the reveal deadline.
+        await sleep_until(
+            min(times.reveal_deadline, times.commit_deadline + REVEAL_DELAY + PUSH_SETTLE)
+        )
         async with trio.open_nursery() as pulls:
             # The round's texts (scoring, the result's `texts`) follow its Schedule votes.
             pulls.start_soon(pull_schedule, ctx, rnd, times.reveal_deadline + SCHEDULE_PULL)
+            await self.repair(rnd, times.reveal_deadline)
+            # Never attest before the reveal deadline: a reveal may be published until then.
+            await sleep_until(times.reveal_deadline)
             await self.repair(rnd, times.repair_deadline)
         view = round_view(ctx, rnd)
         ctx.log.info(

@@ -20,7 +20,7 @@ import pytest
 from dlnet.node.discovery import PeerExchange, decode_px, encode_px
 from dlnet.node.ingest import Ingest, Outcome
 from dlnet.node.store import Store
-from dlnet.node.sync import BadRequest, answer, parse_answer
+from dlnet.node.sync import BadRequest, answer, parse_items
 from dlnet.protocol.config import NetworkConfig, ValidatorEntry, default_config
 from dlnet.protocol.identity import SigningKey
 from dlnet.protocol.registration import RegistrationParams
@@ -147,8 +147,8 @@ def drive(cfg: NetworkConfig, store: Store, ingest: Ingest, now: float, data: by
     with contextlib.suppress(ValueError):
         assert encode_px(decode_px(data)) == data
     with contextlib.suppress(BadRequest):
-        assert parse_answer(answer(store, cfg, now, data)) is not None
-    parsed = parse_answer(data)
+        assert parse_items(answer(store, cfg, now, data)) is not None
+    parsed = parse_items(data)
     assert parsed is None or all(type(i) is bytes for i in parsed)
     for k in (Kind.COMMIT, Kind.EMBEDDING, Kind.ATTESTATION, Kind.VOTE):
         ingest.check(k, data)

@@ -216,9 +216,13 @@ class FakeHost:
         self.answers = answers
         self.asked: list[str] = []
         self.penalties: list[tuple[str, str]] = []
+        self.keepers: set[str] = set()  # peers that join the embedding topic
 
     def connected_peers(self) -> list[str]:
         return sorted(self.answers)
+
+    def carriers(self, topic: str) -> list[str]:
+        return sorted(self.keepers)
 
     async def request(self, peer: str, pid: str, data: bytes, timeout: float) -> bytes:
         self.asked.append(peer)
@@ -363,3 +367,21 @@ def test_certificates_outside_the_range_asked_are_unrequested(held: Held, tmp_pa
     assert host.penalties == [("junk", "sync_bad_item")] * 2
     n, kept, host = fetch({"junk": [b"bad", cert(40)], "good": [cert(3)]})
     assert n == 1 and kept == [cert(3)]
+
+
+def test_peers_that_keep_every_reveal_are_asked_before_encoders(held: Held, tmp_path: Path) -> None:
+    """An encoder holds only its own reveals: repair asks the embedding topic's carriers
+    (validators, relays) first, whatever the random order of the rest."""
+    wanted = [e.commitment() for e in held.reveals]
+    everything = [encode(e) for e in held.reveals]
+    for attempt in range(8):
+        answers: dict[str, list[bytes] | None] = {f"encoder{i}": [] for i in range(4)}
+        answers["keeper"] = everything
+        (tmp_path / str(attempt)).mkdir()
+        client, host, _ = client_for(held, tmp_path / str(attempt), answers)
+        host.keepers = {"keeper"}
+        got = trio.run(
+            lambda c=client: c.fetch_commitments(wanted, deadline=time.time() + 5)  # type: ignore[misc]
+        )
+        assert got == len(wanted)
+        assert host.asked == ["keeper"]

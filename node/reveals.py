@@ -1,0 +1,157 @@
+"""Reveal push: an encoder hands its round's reveals to the nodes that keep them, as one
+acknowledged request per peer, instead of flooding them over gossip (docs/PROTOCOL.md §5,
+"Reveal push").
+
+Only validators need reveals (relays keep them to serve repairs). Gossiping each 4 KB
+embedding cost every node a libp2p delivery per copy — read, decrypt, parse, duplicate
+check — and a round made E x slots x (N - 1) of them: at 24 encoders the validators' repair
+overran and rounds came out empty (issue 11). A push is one stream per (encoder, peer) that
+carries every reveal of the round, so the transport cost is paid once per batch, and it is
+acknowledged item by item, so an encoder knows its reveals are held instead of hoping
+gossip reached someone. Validators then fetch what they still lack from each other by
+commitment (node/sync.py), in batches too.
+
+The receivers are the encoder's connected peers that join the embedding topic (validators,
+relays): gossipsub already tells who they are, and the outlet rule of peer upkeep keeps an
+encoder connected to at least one of them (node/host.py). A push is not relayed onward.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Final
+
+import msgpack
+import trio
+
+from dlnet.node.host import Host, RequestError, RequestTimeout
+from dlnet.node.ingest import Ingest, Outcome
+from dlnet.node.sync import parse_items, unpack_bounded
+from dlnet.protocol.wire import Kind, topic
+
+REVEAL_DELAY: Final = 2.0
+"""Reveals go out this long after the commit deadline (longer than ingest.COMMIT_GRACE), so
+every validator has closed the commit window on its own clock before an embedding is public."""
+PUSH_SETTLE: Final = 1.0
+"""Validators start fetching what pushes did not bring them this long after pushes begin."""
+PUSH_TIMEOUT: Final = 5.0
+"""Longest wait for one peer's acknowledgement (the reveal deadline may cut it shorter)."""
+MAX_PUSH_ITEMS: Final = 256
+"""Most embeddings in one push; an encoder's round (shards x slots) is far below it."""
+MAX_PUSH_BYTES: Final = 2 * 1024 * 1024
+"""A push body above this is refused from its frame header, before it is read."""
+RETRY: Final = 1.0
+"""Seconds between two pushes of an encoder while no peer has acknowledged every reveal."""
+
+
+def protocol_id(network_id: bytes) -> str:
+    return f"/dlnet/{network_id.hex()[:16]}/reveal/1"
+
+
+def _pack(obj: object) -> bytes:
+    return bytes(msgpack.packb(obj, use_bin_type=True))
+
+
+def batches(items: Sequence[bytes]) -> list[list[bytes]]:
+    """``items`` cut, in order, into pushes of at most MAX_PUSH_ITEMS items and
+    MAX_PUSH_BYTES of msgpack body."""
+    out: list[list[bytes]] = []
+    size = 0
+    for item in items:
+        # msgpack frames an array of n <= 65535 items in <= 3 bytes and each bin in <= 5.
+        cost = len(item) + 5
+        if not out or len(out[-1]) >= MAX_PUSH_ITEMS or size + cost > MAX_PUSH_BYTES - 3:
+            out.append([])
+            size = 0
+        out[-1].append(item)
+        size += cost
+    return out
+
+
+def parse_ack(data: bytes, n: int) -> list[bool] | None:
+    """The per-item answer to a push of ``n`` items, or None if it is not n booleans."""
+    held = unpack_bounded(data)
+    if not isinstance(held, list) or len(held) != n or not all(type(h) is bool for h in held):
+        return None
+    return held
+
+
+def receive(ingest: Ingest, data: bytes) -> list[Outcome] | str:
+    """The receiving side of one push: each item goes through full admission as an
+    Embedding (a copy already held is acknowledged without being decoded again); the answer
+    says, per item, whether this node now holds it. A body that is not an array of at most
+    MAX_PUSH_ITEMS byte strings returns its reject reason instead."""
+    items = parse_items(data)
+    if items is None:
+        return "malformed"
+    if len(items) > MAX_PUSH_ITEMS:
+        return "too_many"
+    return [ingest.admit_pushed(item) for item in items]
+
+
+def install_server(host: Host, ingest: Ingest) -> None:
+    """Accept reveal pushes. A malformed push is counted (``rejected:push_<reason>``),
+    charged to the peer and answered with an empty array; each item rejected by admission
+    costs the peer a penalty point, as in sync."""
+
+    async def handler(data: bytes, peer: str) -> bytes:
+        outcome = receive(ingest, data)
+        if isinstance(outcome, str):
+            ingest.count("rejected", f"push_{outcome}")
+            host.penalize(peer, f"push_{outcome}")
+            return _pack([])
+        for result in outcome:
+            if result is Outcome.REJECTED:
+                host.penalize(peer, "push_bad_item")
+        ingest.count("push", "received")
+        return _pack([result in (Outcome.NEW, Outcome.DUPLICATE) for result in outcome])
+
+    host.set_request_handler(
+        protocol_id(ingest.cfg.network_id), handler, max_request_bytes=MAX_PUSH_BYTES
+    )
+
+
+async def _push_one(host: Host, ingest: Ingest, peer: str, items: list[bytes], end: float) -> bool:
+    """Push ``items`` to ``peer`` (in as many requests as `batches` makes); whether it
+    acknowledged holding every one of them."""
+    pid = protocol_id(ingest.cfg.network_id)
+    for batch in batches(items):
+        timeout = min(PUSH_TIMEOUT, end - time.time())
+        if timeout <= 0:
+            return False
+        try:
+            with trio.fail_after(timeout + 0.5):  # host.request has its own, this is a backstop
+                answer = await host.request(peer, pid, _pack(batch), timeout)
+        except (RequestTimeout, trio.TooSlowError):
+            ingest.count("push", "peer_timeout")
+            return False
+        except RequestError:  # no such protocol, a broken stream, an error frame
+            ingest.count("push", "request_failed")
+            return False
+        held = parse_ack(answer, len(batch))
+        if held is None:
+            ingest.count("push", "bad_ack")
+            host.penalize(peer, "push_bad_ack")
+            return False
+        if not all(held):
+            ingest.count("push", "partly_held")
+            return False
+    return True
+
+
+async def push_reveals(host: Host, ingest: Ingest, items: list[bytes], deadline: float) -> int:
+    """Push ``items`` (encoded Embeddings) to every connected peer that keeps reveals, all
+    at once, each ask bounded by min(PUSH_TIMEOUT, ``deadline`` - now) (time.time()).
+    Returns how many peers acknowledged holding every item."""
+    acked = 0
+
+    async def one(peer: str) -> None:
+        nonlocal acked
+        held = await _push_one(host, ingest, peer, items, deadline)
+        acked += held  # never `acked += await ...`: that reads acked before the await
+
+    async with trio.open_nursery() as nursery:
+        for peer in host.carriers(topic(ingest.cfg.network_id, Kind.EMBEDDING)):
+            nursery.start_soon(one, peer)
+    return acked

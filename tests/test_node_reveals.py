@@ -1,0 +1,289 @@
+"""Reveal push (node/reveals.py): batching, admission on the receiving side, acknowledgements,
+and the pusher's view of stalled, lying and partial peers — in process, over a transport that
+routes each request to the receiving node's handler. The real libp2p path runs in
+test_testnet_e2e (every reveal is pushed there)."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import msgpack
+import numpy as np
+import pytest
+import trio
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from trio.testing import MockClock
+
+from dlnet.node.context import NodeContext
+from dlnet.node.encoder import EncoderRole
+from dlnet.node.host import RequestTimeout
+from dlnet.node.ingest import Ingest, Outcome
+from dlnet.node.reveals import (
+    MAX_PUSH_BYTES,
+    MAX_PUSH_ITEMS,
+    PUSH_TIMEOUT,
+    RETRY,
+    batches,
+    install_server,
+    parse_ack,
+    push_reveals,
+    receive,
+)
+from dlnet.node.store import Store
+from dlnet.protocol.config import NetworkConfig, ValidatorEntry, default_config
+from dlnet.protocol.identity import SigningKey
+from dlnet.protocol.registration import RegistrationParams
+from dlnet.protocol.rounds import RoundTimes, round_times
+from dlnet.protocol.wire import Embedding, Kind, encode, make_embedding
+
+GENESIS = 1_800_000_000
+Handler = Callable[[bytes, str], Awaitable[bytes]]
+
+
+def pack(obj: object) -> bytes:
+    return bytes(msgpack.packb(obj, use_bin_type=True))
+
+
+@pytest.fixture
+def cfg() -> NetworkConfig:
+    validator = SigningKey.from_seed(b"\x01" * 32)
+    return default_config(
+        [ValidatorEntry(validator.public_key, 1)],
+        GENESIS,
+        dataset_sha256=bytes(32),
+        registration=RegistrationParams(difficulty=0),
+    )
+
+
+def reveals(cfg: NetworkConfig, seed: int = 2) -> list[Embedding]:
+    key = SigningKey.from_seed(bytes([seed]) * 32)
+    rng = np.random.default_rng(seed)
+    n = cfg.shards_per_round * cfg.slots_per_shard
+    return [
+        make_embedding(
+            key,
+            cfg.network_id,
+            1,
+            i // cfg.slots_per_shard,
+            i % cfg.slots_per_shard,
+            os.urandom(16),
+            rng.standard_normal(cfg.dim).astype(np.float32),
+        )
+        for i in range(n)
+    ]
+
+
+def node(cfg: NetworkConfig, path: Path) -> Ingest:
+    """A node's admission, its clock in round 1's reveal phase."""
+    reveal_time = round_times(cfg, 1).commit_deadline + 3
+    return Ingest(cfg, Store.open(path), lambda: reveal_time)
+
+
+class Transport:
+    """Hosts in one process: each peer is a node's request handler, or None (it never
+    answers), or raw bytes it answers with whatever is asked."""
+
+    def __init__(self) -> None:
+        self.handlers: dict[str, Handler | bytes | None] = {}
+        self.penalties: list[tuple[str, str]] = []
+
+    def host(self, name: str) -> PeerHost:
+        return PeerHost(self, name)
+
+
+class PeerHost:
+    """The part of Host that node/reveals.py uses, for the node called ``name``."""
+
+    def __init__(self, net: Transport, name: str) -> None:
+        self.net = net
+        self.name = name
+        self.keepers: list[str] = []
+
+    def set_request_handler(
+        self, protocol_id: str, handler: Handler, *, max_request_bytes: int
+    ) -> None:
+        assert protocol_id.endswith("/reveal/1") and max_request_bytes == MAX_PUSH_BYTES
+        self.net.handlers[self.name] = handler
+
+    def carriers(self, topic: str) -> list[str]:
+        assert topic.endswith("/embedding/1")
+        return self.keepers
+
+    def penalize(self, peer: str, reason: str, points: float = 1.0) -> None:
+        self.net.penalties.append((peer, reason))
+
+    async def request(self, peer: str, pid: str, data: bytes, timeout: float) -> bytes:
+        handler = self.net.handlers[peer]
+        if handler is None:
+            await trio.sleep(timeout)
+            raise RequestTimeout(peer)
+        if isinstance(handler, bytes):
+            return handler
+        return await handler(data, self.name)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(0, 40_000), max_size=400))
+def test_batches_keep_order_and_fit_one_push_each(sizes: list[int]) -> None:
+    items = [b"x" * n for n in sizes]
+    out = batches(items)
+    assert [i for b in out for i in b] == items
+    for batch in out:
+        assert batch and len(batch) <= MAX_PUSH_ITEMS
+        assert len(pack(batch)) <= MAX_PUSH_BYTES
+
+
+def test_a_push_is_admitted_item_by_item_and_a_resend_is_not_verified_again(
+    cfg: NetworkConfig, tmp_path: Path
+) -> None:
+    ingest = node(cfg, tmp_path / "v.sqlite")
+    items = [encode(e) for e in reveals(cfg)]
+    assert receive(ingest, pack(items)) == [Outcome.NEW] * len(items)
+    assert receive(ingest, pack(items)) == [Outcome.DUPLICATE] * len(items)
+    counters = ingest.store.counters()
+    assert counters["accepted:embedding"] == len(items)
+    assert counters["push:duplicate"] == len(items)
+    assert len(ingest.store.messages(Kind.EMBEDDING, 1)) == len(items)
+
+
+def test_malformed_oversized_and_poisoned_pushes_are_refused_and_charged(
+    cfg: NetworkConfig, tmp_path: Path
+) -> None:
+    ingest = node(cfg, tmp_path / "v.sqlite")
+    net = Transport()
+    install_server(net.host("v"), ingest)
+    handler = net.handlers["v"]
+    assert callable(handler)
+    good = [encode(e) for e in reveals(cfg)]
+    poison = [b"\x91" * 500 + b"\xc0", good[0][:-1] + bytes([good[0][-1] ^ 1])]
+
+    async def main() -> None:
+        assert await handler(pack({"not": "a list"}), "hostile") == pack([])
+        assert await handler(pack([b"x"] * (MAX_PUSH_ITEMS + 1)), "hostile") == pack([])
+        ack = parse_ack(await handler(pack([*poison, good[1]]), "hostile"), 3)
+        assert ack == [False, False, True]
+
+    trio.run(main)
+    counters = ingest.store.counters()
+    assert counters["rejected:push_malformed"] == 1
+    assert counters["rejected:push_too_many"] == 1
+    assert net.penalties.count(("hostile", "push_bad_item")) == 2
+    assert ("hostile", "push_malformed") in net.penalties
+    assert ingest.store.messages(Kind.EMBEDDING, 1) == [good[1]]
+
+
+def test_acks_are_exactly_n_booleans() -> None:
+    assert parse_ack(pack([True, False]), 2) == [True, False]
+    assert parse_ack(pack([True, False]), 3) is None
+    assert parse_ack(pack([1, 0]), 2) is None
+    assert parse_ack(b"\xc1", 0) is None
+
+
+def test_every_keeper_gets_the_push_and_a_stalled_or_lying_one_is_not_counted(
+    cfg: NetworkConfig, tmp_path: Path
+) -> None:
+    net = Transport()
+    nodes = {name: node(cfg, tmp_path / f"{name}.sqlite") for name in ("v1", "v2")}
+    for name, ingest in nodes.items():
+        install_server(net.host(name), ingest)
+    net.handlers["stalled"] = None
+    net.handlers["liar"] = pack([True])  # one boolean for a many-item push
+    encoder = node(cfg, tmp_path / "e.sqlite")
+    host = net.host("e")
+    host.keepers = ["liar", "stalled", "v1", "v2"]
+    items = [encode(e) for e in reveals(cfg)]
+
+    async def main() -> tuple[int, float]:
+        acked = await push_reveals(host, encoder, items, time.time() + 60)  # type: ignore[arg-type]
+        return acked, trio.current_time()
+
+    acked, elapsed = trio.run(main, clock=MockClock(autojump_threshold=0))
+    assert acked == 2
+    assert elapsed <= PUSH_TIMEOUT + 1  # the stalled peer costs one timeout, all in parallel
+    for ingest in nodes.values():
+        assert sorted(ingest.store.messages(Kind.EMBEDDING, 1)) == sorted(items)
+    counters = encoder.store.counters()
+    assert counters["push:peer_timeout"] == 1
+    assert counters["push:bad_ack"] == 1
+    assert ("liar", "push_bad_ack") in net.penalties
+
+
+def test_a_peer_that_holds_only_part_of_a_push_does_not_acknowledge_it(
+    cfg: NetworkConfig, tmp_path: Path
+) -> None:
+    """A receiver outside the round window ignores the reveals: no acknowledgement, so the
+    encoder knows they are not held there."""
+    net = Transport()
+    late = Ingest(cfg, Store.open(tmp_path / "late.sqlite"), lambda: round_times(cfg, 9).start)
+    install_server(net.host("late"), late)
+    host = net.host("e")
+    host.keepers = ["late"]
+    encoder = node(cfg, tmp_path / "e.sqlite")
+    items = [encode(e) for e in reveals(cfg)]
+    acked = trio.run(lambda: push_reveals(host, encoder, items, time.time() + 5))  # type: ignore[arg-type]
+    assert acked == 0
+    assert encoder.store.counters()["push:partly_held"] == 1
+
+
+class EncoderHost(PeerHost):
+    """An encoder's host: pushes go through the transport, gossip is recorded."""
+
+    def __init__(self, net: Transport, name: str) -> None:
+        super().__init__(net, name)
+        self.gossiped: list[bytes] = []
+
+    async def publish(self, topic: str, data: bytes) -> None:
+        assert topic.endswith("/embedding/1")
+        self.gossiped.append(data)
+
+
+def encoder_role(cfg: NetworkConfig, ingest: Ingest, host: EncoderHost) -> EncoderRole:
+    ctx = NodeContext(cfg, (), ingest.store, ingest, host, None)  # type: ignore[arg-type]
+    return EncoderRole(ctx, SigningKey.from_seed(b"\x02" * 32), None)  # type: ignore[arg-type]
+
+
+def test_an_unacknowledged_reveal_is_gossiped_once_and_pushed_again_until_held(
+    cfg: NetworkConfig, tmp_path: Path
+) -> None:
+    """No connected peer keeps reveals yet: the encoder gossips them (fanout, the fallback)
+    and keeps pushing; once a validator connects, its push is acknowledged."""
+    net = Transport()
+    install_server(net.host("v"), node(cfg, tmp_path / "v.sqlite"))
+    encoder = node(cfg, tmp_path / "e.sqlite")
+    host = EncoderHost(net, "e")
+    role = encoder_role(cfg, encoder, host)
+    items = [encode(e) for e in reveals(cfg)]
+    now = time.time()
+    times = RoundTimes(now - 10, now - 2, now + 3 * RETRY + 0.5, now + 6, now + 7, now + 8)
+
+    async def main() -> int:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(connect_later)
+            return await role._reveal(items, times)
+
+    async def connect_later() -> None:
+        await trio.sleep(1.5 * RETRY)
+        host.keepers = ["v"]
+
+    assert trio.run(main) == 1
+    assert host.gossiped == items
+    counters = encoder.store.counters()
+    assert counters["encoder:reveal_push_unacked"] == 1
+
+
+def test_an_acknowledged_reveal_is_not_gossiped(cfg: NetworkConfig, tmp_path: Path) -> None:
+    net = Transport()
+    for name in ("v1", "v2"):
+        install_server(net.host(name), node(cfg, tmp_path / f"{name}.sqlite"))
+    encoder = node(cfg, tmp_path / "e.sqlite")
+    host = EncoderHost(net, "e")
+    host.keepers = ["v1", "v2"]
+    items = [encode(e) for e in reveals(cfg)]
+    now = time.time()
+    times = RoundTimes(now - 10, now - 2, now + 5, now + 6, now + 7, now + 8)
+    assert trio.run(lambda: encoder_role(cfg, encoder, host)._reveal(items, times)) == 2
+    assert host.gossiped == []
