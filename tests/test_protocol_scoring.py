@@ -22,6 +22,7 @@ from dlnet.protocol.scoring import (
     ScoringParams,
     composition_agreement,
     differential_loss,
+    distinct_rows,
     duplicate_groups,
     effective_rank,
     round_embeddings,
@@ -671,3 +672,24 @@ def test_duplicate_groups_are_the_same_partition_in_any_order() -> None:
     # One slot far apart is enough to keep two cells apart: near on every slot, not on average.
     units[8, 2] = -units[0, 2]
     assert [0, 4] in duplicate_groups(units, 0.999) and [8] in duplicate_groups(units, 0.999)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.integers(1, 12).flatmap(
+        lambda n: st.lists(
+            st.lists(st.sampled_from([-1.5, -0.0, 0.0, 0.25, 1.0, 3.0]), min_size=n, max_size=n),
+            max_size=10,
+        )
+    )
+)
+def test_distinct_rows_is_np_unique_over_rows(rows: list[list[float]]) -> None:
+    """The scoring's fast distinct rows equal np.unique(axis=0), order and inverse alike
+    (few values per column, so equal rows and ties on leading columns are common)."""
+    x = np.array(rows, dtype=np.float64).reshape(len(rows), -1 if rows else 0)
+    if not rows:
+        x = np.zeros((0, 3))
+    distinct, inverse = distinct_rows(x)
+    want, want_inverse = np.unique(x, axis=0, return_inverse=True)
+    assert np.array_equal(distinct, want)
+    assert np.array_equal(inverse, want_inverse.ravel())
