@@ -130,6 +130,9 @@ class ValidatorRole:
         self.me = key.public_key
         self.byzantine = byzantine  # TEST-ONLY behaviour hooks (node/byzantine.py)
         self._certified: dict[int, RoundResult] = {}  # verified certificates' results, by round
+        # Results computed, by (round, ids of the attestations used): a result is a function
+        # of them and of reveals that no longer change once repair is over.
+        self._results: dict[tuple[int, tuple[bytes, ...]], RoundResult] = {}
 
     async def run(self, first_round: int) -> None:
         async with trio.open_nursery() as nursery:
@@ -367,6 +370,10 @@ class ValidatorRole:
         if ids is not None and used != ids:
             ctx.ingest.count("validator", "unusable_attestations")
             return None
+        # The precommit is most often over the set the prevote used: computed once.
+        cached = self._results.get((rnd, used))
+        if cached is not None:
+            return cached, used
         result = await self._compute(rnd, atts, deadline)
         if result is None:
             return None
@@ -377,6 +384,9 @@ class ValidatorRole:
         if not round_trips(ctx.cfg, result):
             ctx.ingest.count("validator", "no_result_round_trip")
             return None
+        oldest = rnd - ctx.cfg.timing.round_window - 1
+        self._results = {k: v for k, v in self._results.items() if k[0] >= oldest}
+        self._results[(rnd, used)] = result
         return result, used
 
     async def _compute(

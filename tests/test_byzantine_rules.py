@@ -450,3 +450,48 @@ def test_a_validator_holding_equivocation_evidence_still_votes(tmp_path: Path) -
     assert trio.run(prevote)
     assert v.ctx.store.counters().get("validator:no_result_missing_commit", 0) == 0
     v.ctx.store.close()
+
+
+def test_a_result_is_computed_once_per_attestation_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The precommit over the set the prevote used reuses its result; a validator that
+    precommits over another set (it missed an attestation) computes that one too."""
+    import dlnet.node.validator as validator_module
+
+    vals = keys(4)
+    cfg = config(vals)
+    enc_keys = keys(3, base=60)
+    real = sorted(k.public_key for k in enc_keys)
+    pool: list[bytes] = []
+    honest = [role(cfg, k, tmp_path / f"v{i}.sqlite", pool) for i, k in enumerate(vals[:3])]
+    base = _round_messages(cfg, enc_keys)
+    atts = [attest(cfg, k, real, 60000 - 7 * i) for i, k in enumerate(vals)]
+    pool.extend(encode(m) for m in [*base, *atts])
+    for i, v in enumerate(honest):
+        hold(v, base)
+        hold(v, atts[:3] if i == 2 else atts)
+    computed: dict[bytes, int] = {}
+    real_compute = validator_module.compute_result
+
+    def counting(cfg: NetworkConfig, rnd: int, atts: Any, *args: Any, **kw: Any) -> Any:
+        me = current[0]
+        computed[me] = computed.get(me, 0) + 1
+        return real_compute(cfg, rnd, atts, *args, **kw)
+
+    current = [b""]
+    monkeypatch.setattr(validator_module, "compute_result", counting)
+
+    async def phases() -> None:
+        for v in honest:
+            current[0] = v.me
+            assert await v._vote(RND, PREVOTE, None)
+        for v in honest:
+            current[0] = v.me
+            await v.ctx.sync.fetch_round(Kind.VOTE, RND)
+            await v.precommit(RND)
+
+    trio.run(phases)
+    assert computed == {honest[0].me: 1, honest[1].me: 1, honest[2].me: 2}
+    for v in honest:
+        v.ctx.store.close()
