@@ -87,7 +87,8 @@ def receive(ingest: Ingest, data: bytes) -> list[Outcome] | str:
         return "malformed"
     if len(items) > MAX_PUSH_ITEMS:
         return "too_many"
-    return [ingest.admit_pushed(item) for item in items]
+    with ingest.store.batch():  # acknowledged only once stored: one commit for the push
+        return [ingest.admit_pushed(item) for item in items]
 
 
 def install_server(host: Host, ingest: Ingest) -> None:

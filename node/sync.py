@@ -253,11 +253,12 @@ class SyncClient:
         self, peer: str, items: list[bytes], kind: Kind, requested: Callable[[Message], bool]
     ) -> int:
         got = 0
-        for data in items:
-            outcome = self.ingest.admit_fetched(data, kind, requested)
-            if outcome is Outcome.REJECTED:
-                self.host.penalize(peer, "sync_bad_item")
-            got += outcome is Outcome.NEW
+        with self.ingest.store.batch():  # one commit per answer, not per message
+            for data in items:
+                outcome = self.ingest.admit_fetched(data, kind, requested)
+                if outcome is Outcome.REJECTED:
+                    self.host.penalize(peer, "sync_bad_item")
+                got += outcome is Outcome.NEW
         return got
 
     async def fetch_commitments(self, wanted: Iterable[bytes], *, deadline: float) -> int:

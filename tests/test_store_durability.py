@@ -47,6 +47,25 @@ def test_put_message_places_one_message_per_slot(tmp_path: Path) -> None:
     store.close()
 
 
+def test_a_batch_commits_its_writes_together_or_none(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "s.sqlite")
+    with pytest.raises(RuntimeError), store.batch():
+        store.put_message(2, b"a" * 32, 1, b"k" * 32, 0, 0, b"c" * 32, b"lost")
+        store.bump_counter("accepted:embedding")
+        raise RuntimeError("the node dies mid-push")
+    assert store.messages(2, 1) == [] and store.counters() == {}
+    with store.batch():
+        store.put_message(2, b"a" * 32, 1, b"k" * 32, 0, 0, b"c" * 32, b"kept")
+        with store.batch():  # joins the outer one
+            store.bump_counter("accepted:embedding")
+        # Not visible to another connection before the outer batch ends.
+        other = Store.open(tmp_path / "s.sqlite")
+        assert other.messages(2, 1) == []
+    assert other.messages(2, 1) == [b"kept"] and other.counters() == {"accepted:embedding": 1}
+    store.close()
+    other.close()
+
+
 def test_newer_schema_or_foreign_file_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "s.sqlite"
     Store.open(path).close()
