@@ -70,7 +70,7 @@ FINALITY_GRACE: Final = 4.0
 # validator's prevote precommits with what it holds (PROTOCOL.md §5).
 PRECOMMIT_AT: Final = 0.5
 # How often a validator waiting for prevotes or precommits looks at the votes it holds (s).
-PREVOTE_POLL: Final = 0.25
+PREVOTE_POLL: Final = 0.1
 # Share of the finality phase the attestation pull before the prevote may take.
 ATTESTATION_PULL: Final = 0.25
 # How often a validator that attested looks for the others' attestations before the deadline.
@@ -133,6 +133,9 @@ class ValidatorRole:
         # Results computed, by (round, ids of the attestations used): a result is a function
         # of them and of reveals that no longer change once repair is over.
         self._results: dict[tuple[int, tuple[bytes, ...]], RoundResult] = {}
+        # The attestation scored per round, with the inputs it was scored from: scoring ahead
+        # of the reveal deadline (every reveal held) is reused if nothing changed by then.
+        self._scored: dict[int, tuple[tuple[object, ...], Attestation]] = {}
 
     async def run(self, first_round: int) -> None:
         async with trio.open_nursery() as nursery:
@@ -168,6 +171,10 @@ class ValidatorRole:
             # The round's texts (scoring, the result's `texts`) follow its Schedule votes.
             pulls.start_soon(pull_schedule, ctx, rnd, times.reveal_deadline + SCHEDULE_PULL)
             await self.repair(rnd, times.reveal_deadline)
+            if wall_clock() < times.reveal_deadline and not round_view(ctx, rnd).missing():
+                # Every reveal is held: score now, so that the attestation can leave at the
+                # deadline (it is scored again only if something arrives until then).
+                await self.score(rnd)
             # Never attest before the reveal deadline: a reveal may be published until then.
             await sleep_until(times.reveal_deadline)
             await self.repair(rnd, times.repair_deadline)
@@ -231,8 +238,8 @@ class ValidatorRole:
 
     def scored_encoders(self, rnd: int, view: RoundView, registry: Registry) -> tuple[bytes, ...]:
         """The committed encoders this round scores: the registered ones and as many
-        newcomers as the set has room for (`registration.counted`); the others are counted
-        as ``validator:unregistered`` and left out of the attestation."""
+        newcomers as the set has room for (`registration.counted`); the others are left out
+        of the attestation (`score` counts them as ``validator:unregistered``)."""
         proofs = self.ctx.ingest.proofs
         members = registry.keys()
         work = {
@@ -241,10 +248,7 @@ class ValidatorRole:
             else bytes(32)
             for enc, c in view.commits.items()
         }
-        chosen = counted(registry, rnd, work, self.ctx.cfg.registration)
-        for _ in range(len(view.commits) - len(chosen)):
-            self.ctx.ingest.count("validator", "unregistered")
-        return chosen
+        return counted(registry, rnd, work, self.ctx.cfg.registration)
 
     async def score(self, rnd: int) -> Attestation:
         """Score every committed encoder on every shard from what this validator holds.
@@ -257,6 +261,18 @@ class ValidatorRole:
         tasks = scheduled_tasks(self.ctx, rnd)
         influence, registry = self.records(rnd)
         encoders = list(self.scored_encoders(rnd, view, registry))
+        inputs = (
+            view.used_ids,
+            view.equivocators,
+            tuple(encoders),
+            tuple(sorted(influence.as_dict().items())),
+            text_digests(tasks),
+        )
+        cached = self._scored.get(rnd)
+        if cached is not None and cached[0] == inputs:
+            return cached[1]
+        for _ in range(len(view.commits) - len(encoders)):
+            self.ctx.ingest.count("validator", "unregistered")
         slots = cfg.slots_per_shard
         shards: list[dict[bytes, np.ndarray]] = []
         for shard in range(cfg.shards_per_round):
@@ -280,7 +296,7 @@ class ValidatorRole:
         )
         matrix = np.array([[quantise(float(s)) for s in row] for row in scores.scores], dtype="<u2")
         self._record_reveals(rnd, view)
-        return sign_attestation(
+        att = sign_attestation(
             self.key,
             cfg.network_id,
             rnd,
@@ -289,6 +305,10 @@ class ValidatorRole:
             bytes(int(bool(o)) for row in scores.outliers for o in row),
             hashlib.sha256(b"".join(view.used_ids)).digest(),
         )
+        oldest = rnd - cfg.timing.round_window - 1
+        self._scored = {r: v for r, v in self._scored.items() if r >= oldest}
+        self._scored[rnd] = (inputs, att)
+        return att
 
     def _record_reveals(self, rnd: int, view: RoundView) -> None:
         """Per encoder: reveals its commit listed, and how many this validator held."""

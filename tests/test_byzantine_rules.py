@@ -48,6 +48,7 @@ from dlnet.protocol.wire import (
     PREVOTE,
     Attestation,
     Certificate,
+    Embedding,
     FinalityVote,
     Kind,
     decode,
@@ -495,3 +496,31 @@ def test_a_result_is_computed_once_per_attestation_set(
     assert computed == {honest[0].me: 1, honest[1].me: 1, honest[2].me: 2}
     for v in honest:
         v.ctx.store.close()
+
+
+def test_scoring_ahead_is_reused_until_something_arrives(tmp_path: Path) -> None:
+    """A validator scores as soon as it holds every reveal; at the deadline that attestation
+    is reused as long as its inputs are unchanged, and scored again once they changed (here
+    the evidence of an equivocating encoder arrives)."""
+    vals = keys(3)
+    cfg = config(vals)
+    enc_keys = keys(3, base=60)
+    v = role(cfg, vals[0], tmp_path / "v.sqlite", [])
+    messages = _round_messages(cfg, enc_keys)
+    hold(v, messages)
+
+    async def twice() -> tuple[Attestation, Attestation]:
+        return await v.score(RND), await v.score(RND)
+
+    early, at_deadline = trio.run(twice)
+    assert at_deadline is early
+    first = next(m for m in messages if isinstance(m, Embedding))
+    twin = make_embedding(
+        enc_keys[0], cfg.network_id, RND, first.shard, first.slot, bytes([1]) * 16, first.array()
+    )
+    hold(v, [twin])
+    rescored = trio.run(v.score, RND)
+    assert rescored is not early
+    column = rescored.encoders.index(enc_keys[0].public_key)
+    assert not rescored.score_matrix(cfg.shards_per_round)[:, column].any()
+    v.ctx.store.close()
