@@ -91,6 +91,10 @@ class PeerTable:
     degree: dict[str, int] = field(default_factory=dict)
     backoff_until: dict[str, float] = field(default_factory=dict)
     connected_since: dict[str, float] = field(default_factory=dict)
+    carried: dict[str, set[str]] = field(default_factory=dict)
+    """Topic -> peers seen joined to it while connected (dialled first when it runs thin)."""
+    met: set[str] = field(default_factory=set)
+    """Every peer this node was ever connected to."""
 
     def learn(self, addr: str) -> str | None:
         """Record a dialable address; returns its peer id (``None`` if unusable or ours)."""
@@ -107,6 +111,7 @@ class PeerTable:
 
     def note_connected(self, connected: set[str], now: float) -> None:
         """Remember when each current connection was first seen; forget closed ones."""
+        self.met |= connected
         for peer_id in connected:
             self.connected_since.setdefault(peer_id, now)
         for peer_id in set(self.connected_since) - connected:
@@ -121,6 +126,24 @@ class PeerTable:
         ]
         rng.shuffle(ids)
         return sorted(ids, key=lambda p: self.degree.get(p, 0))
+
+    def note_carriers(self, carriers: Mapping[str, Collection[str]]) -> None:
+        """Remember which connected peers joined which topic (``carriers``: topic -> peers)."""
+        for topic, peers in carriers.items():
+            self.carried.setdefault(topic, set()).update(peers)
+
+    def outlet_candidates(
+        self, thin: Collection[str], connected: set[str], now: float, rng: random.Random
+    ) -> list[str]:
+        """Whom to dial for the ``thin`` topics (fewer connected carriers than wanted): of
+        `dial_candidates`, the peers seen carrying one of them first, then peers never
+        connected to (one may carry it: trying is how a node finds out); a peer met before
+        that carried none of them is not tried again for them."""
+        candidates = self.dial_candidates(connected, now, rng)
+        seen = set().union(*(self.carried.get(t, set()) for t in thin))
+        return [p for p in candidates if p in seen] + [
+            p for p in candidates if p not in seen and p not in self.met
+        ]
 
     def eviction_victims(
         self,

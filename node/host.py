@@ -974,8 +974,25 @@ class Host:
             missing = self._params.target_peers - len(connected)
             for peer in self._table.dial_candidates(connected, now, self._rng)[: max(missing, 0)]:
                 await self._dial(peer)
+            await self._thicken(carriers, set(self.connected_peers()), now)
             jitter = self._rng.uniform(0.75, 1.25)
             await trio.sleep(self._params.discovery_interval * jitter)
+
+    async def _thicken(
+        self, carriers: Mapping[str, list[str]], connected: set[str], now: float
+    ) -> None:
+        """A topic this node joins or publishes into with fewer than D_low live carriers:
+        dial one more peer (known carriers of it first), even one over ``max_peers`` — the
+        eviction that follows closes a peer that carries nothing thin. An encoder whose only
+        route to the validators was one relay lost its reveals when that relay stopped
+        (docs/RELIABILITY.md, run G): two outlets keep one."""
+        self._table.note_carriers(carriers)
+        thin = [t for t, peers in carriers.items() if len(peers) < self._params.degree_low]
+        if not thin or len(connected) > self._params.max_peers:
+            return
+        for peer in self._table.outlet_candidates(thin, connected, now, self._rng)[:1]:
+            self._counters.add("px.thin_dials")
+            await self._dial(peer)
 
     async def _dial_seeds(self, seeds: Sequence[str], connected: set[str]) -> None:
         """No connected peer carries a topic this node joins or publishes into: dial the seed

@@ -3,6 +3,8 @@ the nodes inside it (gossipsub fanout over real libp2p hosts on 127.0.0.1)."""
 
 from __future__ import annotations
 
+import random
+
 import pytest
 import trio
 from libp2p.peer.id import ID
@@ -82,6 +84,51 @@ def test_eviction_keeps_a_topic_its_last_carriers_but_still_honours_max_peers() 
         "d",
         "b",
     ]
+
+
+def test_a_thin_topic_dials_known_carriers_first_then_peers_never_met() -> None:
+    table = PeerTable("me")
+    for p in "abcdef":
+        table.learn(f"/ip4/127.0.0.1/tcp/1/p2p/{p}")
+    table.note_connected(set("abcd"), 0.0)
+    table.note_carriers({"t": {"a"}, "u": {"a", "b", "c", "d"}})
+    table.note_connected({"b"}, 1.0)  # a, c and d went away; e and f were never connected
+    table.back_off("f", 100.0)
+    rng = random.Random(0)
+    # "a" carried t before: first. "c" and "d" were met and carried no t: not tried again.
+    assert table.outlet_candidates(["t"], {"b"}, 10.0, rng) == ["a", "e"]
+    for_u = table.outlet_candidates(["u"], {"b"}, 10.0, rng)
+    assert set(for_u[:3]) == {"a", "c", "d"} and for_u[3:] == ["e"]
+    later = table.outlet_candidates(["t"], {"b"}, 200.0, rng)  # f's back-off is over
+    assert later[0] == "a" and set(later[1:]) == {"e", "f"}
+
+
+@pytest.mark.network
+@pytest.mark.timeout(90)
+def test_a_publisher_with_one_outlet_dials_a_second_carrier() -> None:
+    """An encoder that reaches the reveal keepers through one relay only (its target of
+    peers met) dials another carrier it learned of: one stopped relay no longer cuts it off."""
+
+    async def main() -> None:
+        async def handler(data: bytes, peer: str) -> None:
+            pass
+
+        # Nobody dials beyond one peer of its own accord: only the thin rule makes a second.
+        small = GossipParams(target_peers=1, max_peers=2)
+        relay = GossipParams(target_peers=1, max_peers=8)
+        async with open_host(listen=LOOPBACK, bootstrap=[], params=relay) as first:
+            await first.subscribe("reveals", lambda t, d, p: Verdict.ACCEPT, handler)
+            async with open_host(listen=LOOPBACK, bootstrap=first.addrs, params=relay) as second:
+                await second.subscribe("reveals", lambda t, d, p: Verdict.ACCEPT, handler)
+                async with open_host(listen=LOOPBACK, bootstrap=first.addrs, params=small) as enc:
+                    enc.publish_outside("reveals")
+                    with trio.fail_after(30):
+                        while len(enc.carriers("reveals")) < 2:
+                            await trio.sleep(0.05)
+                    assert set(enc.carriers("reveals")) == {first.peer_id, second.peer_id}
+                    assert enc.counters.get("px.thin_dials", 0) >= 1
+
+    trio.run(main)
 
 
 @pytest.mark.network
