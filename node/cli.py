@@ -27,6 +27,7 @@ from dlnet.node.logs import LOG_FORMATS, setup_logging
 from dlnet.node.models import ModelLoadError, load_model
 from dlnet.node.models.aligned import Method, save_map
 from dlnet.node.report import ReportError
+from dlnet.node.reveals import KEEPER_MAX_PEERS
 from dlnet.node.runtime import ROLES, NodeError, NodeOptions, load_config, run_node
 from dlnet.node.store import StoreError
 from dlnet.node.testnet import SpecError
@@ -225,7 +226,13 @@ def init(
     help="Multiaddr of a peer, ending in /p2p/<peer id>; repeat for several.",
 )
 @click.option("--data-dir", type=click.Path(path_type=Path), required=True)
-@click.option("--max-peers", type=int, default=None, help="Bound on connections.")
+@click.option(
+    "--max-peers",
+    type=int,
+    default=None,
+    help=f"Bound on connections (default {GossipParams().max_peers} for an encoder, "
+    f"{KEEPER_MAX_PEERS} for a validator or relay: encoders push their reveals to them).",
+)
 @click.option(
     "--gossip",
     "gossip_params",
@@ -267,6 +274,8 @@ def run(
         parse_behaviour(behaviour)
     except ValueError as exc:
         fail(f"--behaviour {behaviour}: {exc}")
+    if max_peers is None and set(roles) != {"encoder"}:
+        max_peers = KEEPER_MAX_PEERS
     gossip = _gossip_params(gossip_params, max_peers)
     check_listen(listen)
     for addr in bootstrap:

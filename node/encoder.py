@@ -198,19 +198,20 @@ class EncoderRole:
             await self._resend_earlier(rnd)
 
     async def _reveal(self, items: list[bytes], times: RoundTimes) -> int:
-        """Push the reveals to the connected peers that keep them (node/reveals.py); while
-        none acknowledged them all, gossip them once (fanout, the fallback) and push again
-        every RETRY seconds until the reveal deadline. Returns how many peers hold them."""
+        """Push the reveals to the connected peers that keep them (node/reveals.py), and
+        again every RETRY seconds while none acknowledged them all, until shortly before the
+        repair deadline (validators fetch what they lack until then; meanwhile peer upkeep
+        dials other keepers). Gossip would reach no one a push cannot: its fanout goes to
+        the same peers. Returns how many peers hold them."""
         ctx = self.ctx
-        acked = await push_reveals(ctx.host, ctx.ingest, items, times.reveal_deadline)
-        if acked:
-            return acked
-        ctx.ingest.count("encoder", "reveal_push_unacked")
-        for data in items:
-            await ctx.host.publish(topic(ctx.cfg.network_id, Kind.EMBEDDING), data)
-        while not acked and wall_clock() + RETRY < times.reveal_deadline:
+        end = times.repair_deadline - RETRY
+        acked = await push_reveals(ctx.host, ctx.ingest, items, end)
+        while not acked and wall_clock() + RETRY < end:
+            ctx.ingest.count("encoder", "reveal_push_retried")
             await trio.sleep(RETRY)
-            acked = await push_reveals(ctx.host, ctx.ingest, items, times.reveal_deadline)
+            acked = await push_reveals(ctx.host, ctx.ingest, items, end)
+        if not acked:
+            ctx.ingest.count("encoder", "reveal_push_unacked")
         return acked
 
     def _copied(self, rnd: int) -> list[Embedding]:

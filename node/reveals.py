@@ -41,6 +41,10 @@ MAX_PUSH_ITEMS: Final = 256
 """Most embeddings in one push; an encoder's round (shards x slots) is far below it."""
 MAX_PUSH_BYTES: Final = 2 * 1024 * 1024
 """A push body above this is refused from its frame header, before it is read."""
+KEEPER_MAX_PEERS: Final = 64
+"""Default connection bound of a node that keeps reveals (validator, relay): every encoder
+keeps two of them as outlets for its pushes (node/host.py, thin topics), so they need room
+for their share of the encoders, beyond the 4 peers an encoder keeps."""
 RETRY: Final = 1.0
 """Seconds between two pushes of an encoder while no peer has acknowledged every reveal."""
 

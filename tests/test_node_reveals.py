@@ -230,15 +230,10 @@ def test_a_peer_that_holds_only_part_of_a_push_does_not_acknowledge_it(
 
 
 class EncoderHost(PeerHost):
-    """An encoder's host: pushes go through the transport, gossip is recorded."""
-
-    def __init__(self, net: Transport, name: str) -> None:
-        super().__init__(net, name)
-        self.gossiped: list[bytes] = []
+    """An encoder's host: pushes go through the transport; gossip must not be used."""
 
     async def publish(self, topic: str, data: bytes) -> None:
-        assert topic.endswith("/embedding/1")
-        self.gossiped.append(data)
+        raise AssertionError("reveals are pushed, never gossiped")
 
 
 def encoder_role(cfg: NetworkConfig, ingest: Ingest, host: EncoderHost) -> EncoderRole:
@@ -246,19 +241,20 @@ def encoder_role(cfg: NetworkConfig, ingest: Ingest, host: EncoderHost) -> Encod
     return EncoderRole(ctx, SigningKey.from_seed(b"\x02" * 32), None)  # type: ignore[arg-type]
 
 
-def test_an_unacknowledged_reveal_is_gossiped_once_and_pushed_again_until_held(
+def test_an_unacknowledged_reveal_is_pushed_again_until_a_keeper_holds_it(
     cfg: NetworkConfig, tmp_path: Path
 ) -> None:
-    """No connected peer keeps reveals yet: the encoder gossips them (fanout, the fallback)
-    and keeps pushing; once a validator connects, its push is acknowledged."""
+    """No connected peer keeps reveals yet: the encoder pushes again every RETRY seconds;
+    once a validator is connected, its push is acknowledged."""
     net = Transport()
-    install_server(net.host("v"), node(cfg, tmp_path / "v.sqlite"))
+    validator = node(cfg, tmp_path / "v.sqlite")
+    install_server(net.host("v"), validator)
     encoder = node(cfg, tmp_path / "e.sqlite")
     host = EncoderHost(net, "e")
     role = encoder_role(cfg, encoder, host)
     items = [encode(e) for e in reveals(cfg)]
     now = time.time()
-    times = RoundTimes(now - 10, now - 2, now + 3 * RETRY + 0.5, now + 6, now + 7, now + 8)
+    times = RoundTimes(now - 10, now - 2, now + 1, now + 4 * RETRY, now + 7, now + 8)
 
     async def main() -> int:
         async with trio.open_nursery() as nursery:
@@ -270,20 +266,22 @@ def test_an_unacknowledged_reveal_is_gossiped_once_and_pushed_again_until_held(
         host.keepers = ["v"]
 
     assert trio.run(main) == 1
-    assert host.gossiped == items
+    assert sorted(validator.store.messages(Kind.EMBEDDING, 1)) == sorted(items)
     counters = encoder.store.counters()
-    assert counters["encoder:reveal_push_unacked"] == 1
+    assert counters["encoder:reveal_push_retried"] >= 1
+    assert "encoder:reveal_push_unacked" not in counters
 
 
-def test_an_acknowledged_reveal_is_not_gossiped(cfg: NetworkConfig, tmp_path: Path) -> None:
+def test_a_reveal_no_keeper_takes_is_counted_unacknowledged(
+    cfg: NetworkConfig, tmp_path: Path
+) -> None:
     net = Transport()
-    for name in ("v1", "v2"):
-        install_server(net.host(name), node(cfg, tmp_path / f"{name}.sqlite"))
+    net.handlers["stalled"] = None
     encoder = node(cfg, tmp_path / "e.sqlite")
     host = EncoderHost(net, "e")
-    host.keepers = ["v1", "v2"]
+    host.keepers = ["stalled"]
     items = [encode(e) for e in reveals(cfg)]
     now = time.time()
-    times = RoundTimes(now - 10, now - 2, now + 5, now + 6, now + 7, now + 8)
-    assert trio.run(lambda: encoder_role(cfg, encoder, host)._reveal(items, times)) == 2
-    assert host.gossiped == []
+    times = RoundTimes(now - 10, now - 2, now + 1, now + 3 * RETRY, now + 7, now + 8)
+    assert trio.run(lambda: encoder_role(cfg, encoder, host)._reveal(items, times)) == 0
+    assert encoder.store.counters()["encoder:reveal_push_unacked"] == 1

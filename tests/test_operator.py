@@ -315,3 +315,29 @@ def test_status_shows_network_peers_round_and_last_finalized(tmp_path: Path) -> 
     assert "finalized last round 2" in text
     assert "rounds    2✓6.4s 3✗" in text  # round 2's finality latency, after its reveal deadline
     assert "is the node running?" in report.format_status(st, now=now + 300)
+
+
+@pytest.mark.parametrize(
+    ("roles", "flag", "expected"),
+    [
+        (["encoder"], [], 4),
+        (["validator"], [], 64),
+        ([], [], 64),  # a relay
+        (["encoder", "validator"], [], 64),
+        (["validator"], ["--max-peers", "12"], 12),
+    ],
+)
+def test_nodes_that_keep_reveals_get_room_for_the_encoders_pushing_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, roles: list[str], flag: list[str], expected: int
+) -> None:
+    """Every encoder keeps two validators or relays as outlets for its reveal pushes: their
+    default connection bound leaves room for them; an encoder keeps the small one."""
+    seen: list[Any] = []
+    monkeypatch.setattr("dlnet.node.cli.trio.run", lambda fn, opts: seen.append(opts))
+    config = tmp_path / "network.toml"
+    config.write_text("")
+    args = ["run", "--config", str(config), "--data-dir", str(tmp_path / "d"), *flag]
+    args += [x for role in roles for x in ("--role", role)]
+    done = CliRunner().invoke(cli, args)
+    assert done.exit_code == 0, done.output
+    assert seen[0].gossip.max_peers == expected
