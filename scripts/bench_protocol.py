@@ -3,23 +3,32 @@
     python scripts/bench_protocol.py [--seconds 1.0]
 
 Floors: a raw Ed25519 verify (`cryptography`), a raw msgpack unpack of the same bytes. Rows:
-strict decode of an Embedding (decode + canonical check + finiteness + signature), signing an
-Embedding, and scoring one round of the default testnet shape (13 encoders, 4 shards, 5 slots,
-dim 1024). Prints a markdown table with operations/s and the ratio to the floor.
+strict decode of an Embedding (decode + canonical check + finiteness + signature), receiving
+one Embedding of a reveal push (a validator's whole per-embedding cost: parse, admission, store,
+in pushes of 20), signing an Embedding, and scoring one round of the testnet shape (4 shards,
+5 slots, dim 1024) at 13 and 100 encoders. Prints a markdown table with operations/s and the
+ratio to the floor.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import msgpack
 import numpy as np
 
-from dlnet.protocol.config import ValidatorEntry, default_config
+from dlnet.node.ingest import Ingest
+from dlnet.node.reveals import receive
+from dlnet.node.store import Store
+from dlnet.protocol.config import NetworkConfig, ValidatorEntry, default_config
 from dlnet.protocol.identity import SigningKey, verify
+from dlnet.protocol.registration import RegistrationParams
+from dlnet.protocol.rounds import round_times
 from dlnet.protocol.scoring import ScoringParams, score_round
 from dlnet.protocol.wire import DOMAINS, Kind, decode, encode, make_embedding, signed_payload
 
@@ -30,6 +39,43 @@ def rate(fn: Callable[[], object], seconds: float) -> float:
         fn()
         n += 1
     return n / elapsed
+
+
+def push_rate(cfg: NetworkConfig, seconds: float) -> float:
+    """Embeddings per second a validator takes in by reveal push (20 per push, each new)."""
+    rng = np.random.default_rng(2)
+    pushes: list[bytes] = []
+    for _ in range(max(10, int(seconds * 150))):
+        key = SigningKey.generate()
+        batch = [
+            encode(make_embedding(key, cfg.network_id, 1, i // 5, i % 5, os.urandom(16), v))
+            for i, v in enumerate(rng.standard_normal((20, cfg.dim)).astype(np.float32))
+        ]
+        pushes.append(msgpack.packb(batch, use_bin_type=True))
+    with tempfile.TemporaryDirectory() as tmp:
+        store = Store.open(Path(tmp) / "node.sqlite")
+        at = round_times(cfg, 1).commit_deadline + 3
+        ingest = Ingest(cfg, store, lambda: at)
+        start = time.perf_counter()
+        for body in pushes:
+            receive(ingest, body)
+        elapsed = time.perf_counter() - start
+        store.close()
+    return 20 * len(pushes) / elapsed
+
+
+def round_shards(cfg: NetworkConfig, n: int) -> tuple[list[dict[bytes, np.ndarray]], list[bytes]]:
+    rng = np.random.default_rng(1)
+    encoders = sorted(os.urandom(32) for _ in range(n))
+    base = rng.standard_normal((4, cfg.slots_per_shard, cfg.dim))
+    shards = [
+        {
+            e: (base[s] + 0.1 * rng.standard_normal(base[s].shape)).astype(np.float32)
+            for e in encoders
+        }
+        for s in range(4)
+    ]
+    return shards, encoders
 
 
 def main() -> None:
@@ -44,17 +90,15 @@ def main() -> None:
     payload = signed_payload(emb)
     domain = DOMAINS[Kind.EMBEDDING]
 
-    rng = np.random.default_rng(1)
-    encoders = sorted(os.urandom(32) for _ in range(13))
-    base = rng.standard_normal((4, cfg.slots_per_shard, cfg.dim))
-    shards = [
-        {
-            e: (base[s] + 0.1 * rng.standard_normal(base[s].shape)).astype(np.float32)
-            for e in encoders
-        }
-        for s in range(4)
-    ]
     counts = [(20, 10, 10, 10, 10)] * 4
+    pushed = default_config(
+        [ValidatorEntry(key.public_key, 1)],
+        0,
+        dataset_sha256=bytes(32),
+        registration=RegistrationParams(difficulty=0),
+    )
+    small, small_keys = round_shards(cfg, 13)
+    large, large_keys = round_shards(cfg, 100)
 
     verify_rate = rate(lambda: verify(key.public_key, domain, payload, emb.signature), args.seconds)
     unpack_rate = rate(lambda: msgpack.unpackb(data), args.seconds)
@@ -65,6 +109,7 @@ def main() -> None:
             rate(lambda: decode(data, cfg), args.seconds),
             verify_rate,
         ),
+        ("receive an Embedding by reveal push", push_rate(pushed, args.seconds), verify_rate),
         (
             "sign an Embedding",
             rate(
@@ -75,7 +120,12 @@ def main() -> None:
         ("raw msgpack unpack of an Embedding (floor)", unpack_rate, unpack_rate),
         (
             "score one testnet round (13 enc, 4 shards)",
-            rate(lambda: score_round(ScoringParams(), shards, counts, encoders), args.seconds),
+            rate(lambda: score_round(ScoringParams(), small, counts, small_keys), args.seconds),
+            verify_rate,
+        ),
+        (
+            "score one round of 100 encoders (4 shards)",
+            rate(lambda: score_round(ScoringParams(), large, counts, large_keys), args.seconds),
             verify_rate,
         ),
     ]
