@@ -328,7 +328,11 @@ def test_status_shows_network_peers_round_and_last_finalized(tmp_path: Path) -> 
     ],
 )
 def test_nodes_that_keep_reveals_get_room_for_the_encoders_pushing_them(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, roles: list[str], flag: list[str], expected: int
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    roles: list[str],
+    flag: list[str],
+    expected: int,
 ) -> None:
     """Every encoder keeps two validators or relays as outlets for its reveal pushes: their
     default connection bound leaves room for them; an encoder keeps the small one."""
