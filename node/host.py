@@ -75,6 +75,8 @@ OUTLET_REDIAL = 5.0
 """Seconds between two rounds of seed dials while a topic of this node has no carrier."""
 STUCK_AFTER = 1.0
 """Seconds after which a cancelled request still running counts as stuck (see request)."""
+STALL_SKIP = 30.0
+"""Seconds a peer that let a request time out is asked last and counts as no carrier."""
 WEDGE_GRACE = 5.0
 """Seconds an abandoned request may take to end before the peer's connection is severed."""
 """Seconds between two rounds of seed dials while a topic of this node has no carrier."""
@@ -421,6 +423,7 @@ class Host:
         self._outlets: set[str] = set()
         self._wedged: dict[str, int] = {}
         """Peers with a request whose caller gave up and whose stream work is stuck."""
+        self._stalled_until: dict[str, float] = {}  # peer -> trio time until it counts as stalled
         self._queue_over_since: dict[ID, float] = {}
         """Since when each peer's outbound gossip queue is over half full (trio clock)."""
         """Topics this node publishes into without joining them (see ``publish_outside``)."""
@@ -446,10 +449,21 @@ class Host:
         )
 
     def carriers(self, topic: str) -> list[str]:
-        """Connected peers subscribed to ``topic`` whose outbound queue is not stuck (a
-        peer that reads nothing is no outlet, see ``_stuck_peers``)."""
+        """Connected peers subscribed to ``topic`` that are neither stuck (their outbound
+        queue stays full: they read nothing, see ``_stuck_peers``) nor stalled (they let a
+        request time out, `note_stalled`): a peer that does not answer is no outlet."""
         stuck = {p.to_base58() for p in self._stuck_peers()}
-        return [p for p in self.topic_peers(topic) if p not in stuck]
+        return [p for p in self.topic_peers(topic) if p not in stuck and not self.stalled(p)]
+
+    def note_stalled(self, peer: str) -> None:
+        """``peer`` let a request time out: for STALL_SKIP seconds sync leaves it out and it
+        is no carrier of any topic, so peer upkeep dials another one if a topic runs thin (two
+        of four validators stopped kept their encoders' reveals from the live ones)."""
+        self._stalled_until[peer] = trio.current_time() + STALL_SKIP
+        self._counters.add("peers.stalled")
+
+    def stalled(self, peer: str) -> bool:
+        return self._stalled_until.get(peer, -math.inf) > trio.current_time()
 
     def mesh_peers(self, topic: str) -> list[str]:
         """Peers in our gossipsub mesh for ``topic`` (full messages go to these)."""
@@ -983,12 +997,16 @@ class Host:
     ) -> None:
         """A topic this node joins or publishes into with fewer than D_low live carriers:
         dial one more peer (known carriers of it first), even one over ``max_peers`` — the
-        eviction that follows closes a peer that carries nothing thin. An encoder whose only
+        eviction that follows closes a peer that carries nothing thin — once every connection
+        is older than the eviction grace (a new one may not have told its topics yet). An encoder whose only
         route to the validators was one relay lost its reveals when that relay stopped
         (docs/RELIABILITY.md, run G): two outlets keep one."""
         self._table.note_carriers(carriers)
         thin = [t for t, peers in carriers.items() if len(peers) < self._params.degree_low]
-        if not thin or len(connected) > self._params.max_peers:
+        # A connection younger than the eviction grace may not have told its topics yet.
+        since = self._table.connected_since
+        settling = any(now - since.get(p, now) < self._params.eviction_grace for p in connected)
+        if not thin or settling or len(connected) > self._params.max_peers:
             return
         for peer in self._table.outlet_candidates(thin, connected, now, self._rng)[:1]:
             self._counters.add("px.thin_dials")

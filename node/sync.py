@@ -16,7 +16,8 @@ The client asks usable peers with a bounded number of asks in flight (FETCH_PARA
 wanted items, ROUND_PARALLEL for a round's messages), asking the next peer as soon as an answer
 leaves something wanted or HEDGE seconds pass without one; each ask is bounded by
 min(REQUEST_TIMEOUT, the caller's deadline), and the search stops as soon as everything wanted
-has arrived. A peer that timed out is skipped for STALL_SKIP seconds (unless every peer is).
+has arrived. A peer that timed out is skipped for host.STALL_SKIP seconds (unless every peer is;
+`Host.note_stalled`).
 """
 
 from __future__ import annotations
@@ -45,8 +46,6 @@ MAX_REQUEST_BYTES = 64 * 1024
 # frame: a larger answer would be refused whole. A requester asks again for what it still lacks.
 MAX_ANSWER_BYTES = 3 * 1024 * 1024
 REQUEST_TIMEOUT = 5.0
-STALL_SKIP = 30.0
-"""Seconds a peer that let a request time out is left out of further asks."""
 HEDGE = 1.0
 """Seconds without an answer after which the next peer is asked as well."""
 FETCH_PARALLEL = 2
@@ -166,14 +165,12 @@ class SyncClient:
         self.ingest = ingest
         self.pid = protocol_id(network_id)
         self._reveal_topic = topic(network_id, Kind.EMBEDDING)
-        self._stalled: dict[str, float] = {}  # peer -> time.time() until which it is skipped
 
     def _peers(self) -> list[str]:
         """Usable connected peers in random order, the ones that keep every reveal first
         (they join the embedding topic: validators, relays); an encoder holds its own only."""
-        now = time.time()
         peers = list(self.host.connected_peers())
-        fresh = [p for p in peers if self._stalled.get(p, 0.0) <= now]
+        fresh = [p for p in peers if not self.host.stalled(p)]
         peers = fresh or peers  # if every peer stalled, trying them beats giving up
         random.shuffle(peers)
         keepers = set(self.host.carriers(self._reveal_topic))
@@ -192,7 +189,7 @@ class SyncClient:
         except (RequestTimeout, trio.TooSlowError):
             self.ingest.count("sync", "peer_timeout")
             if timeout >= REQUEST_TIMEOUT:  # not just the caller's deadline running out
-                self._stalled[peer] = time.time() + STALL_SKIP
+                self.host.note_stalled(peer)
             return []
         except Exception:  # a peer's broken stream or error frame must not take the node down
             self.ingest.count("sync", "request_failed")

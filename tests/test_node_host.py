@@ -288,7 +288,15 @@ def test_spam_limit_pacing_and_validator_on_a_line(spawn: Callable[..., Peer]) -
     on and pacing at 8 msg/s: all 40 reach C through B. B's validator rejects "bad" ones:
     not relayed to C, counted by reason; A's own validator (same rule) does not stop
     A's publish, and A's handler never sees its own messages."""
-    p = params(spam_limit=10.0, publish_rate=8.0, publish_burst=1, target_peers=1, max_peers=2)
+    # D_low 1: one carrier of the topic is enough, so C does not dial A for a second one.
+    p = params(
+        spam_limit=10.0,
+        publish_rate=8.0,
+        publish_burst=1,
+        target_peers=1,
+        max_peers=2,
+        degree_low=1,
+    )
     a = spawn("--params", p, "--reject-prefix", "bad")
     b = spawn("--params", p, "--reject-prefix", "bad", "--bootstrap", a.addr)
     c = spawn("--params", p, "--bootstrap", b.addr)

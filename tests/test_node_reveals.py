@@ -90,6 +90,7 @@ class Transport:
     def __init__(self) -> None:
         self.handlers: dict[str, Handler | bytes | None] = {}
         self.penalties: list[tuple[str, str]] = []
+        self.stalled: list[str] = []
 
     def host(self, name: str) -> PeerHost:
         return PeerHost(self, name)
@@ -115,6 +116,9 @@ class PeerHost:
 
     def penalize(self, peer: str, reason: str, points: float = 1.0) -> None:
         self.net.penalties.append((peer, reason))
+
+    def note_stalled(self, peer: str) -> None:
+        self.net.stalled.append(peer)
 
     async def request(self, peer: str, pid: str, data: bytes, timeout: float) -> bytes:
         handler = self.net.handlers[peer]
@@ -208,6 +212,7 @@ def test_every_keeper_gets_the_push_and_a_stalled_or_lying_one_is_not_counted(
         assert sorted(ingest.store.messages(Kind.EMBEDDING, 1)) == sorted(items)
     counters = encoder.store.counters()
     assert counters["push:peer_timeout"] == 1
+    assert net.stalled == ["stalled"]  # no outlet for a while: upkeep dials another
     assert counters["push:bad_ack"] == 1
     assert ("liar", "push_bad_ack") in net.penalties
 

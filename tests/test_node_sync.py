@@ -217,12 +217,19 @@ class FakeHost:
         self.asked: list[str] = []
         self.penalties: list[tuple[str, str]] = []
         self.keepers: set[str] = set()  # peers that join the embedding topic
+        self.stalled_until: dict[str, float] = {}
 
     def connected_peers(self) -> list[str]:
         return sorted(self.answers)
 
     def carriers(self, topic: str) -> list[str]:
         return sorted(self.keepers)
+
+    def note_stalled(self, peer: str) -> None:
+        self.stalled_until[peer] = time.time() + 30
+
+    def stalled(self, peer: str) -> bool:
+        return self.stalled_until.get(peer, 0.0) > time.time()
 
     async def request(self, peer: str, pid: str, data: bytes, timeout: float) -> bytes:
         self.asked.append(peer)
