@@ -998,9 +998,9 @@ class Host:
         """A topic this node joins or publishes into with fewer than D_low live carriers:
         dial one more peer (known carriers of it first), even one over ``max_peers`` — the
         eviction that follows closes a peer that carries nothing thin — once every connection
-        is older than the eviction grace (a new one may not have told its topics yet). An encoder whose only
-        route to the validators was one relay lost its reveals when that relay stopped
-        (docs/RELIABILITY.md, run G): two outlets keep one."""
+        is older than the eviction grace (a new one may not have told its topics yet). An
+        encoder whose only route to the validators was one relay lost its reveals when that
+        relay stopped (docs/RELIABILITY.md, run G): two outlets keep one."""
         self._table.note_carriers(carriers)
         thin = [t for t, peers in carriers.items() if len(peers) < self._params.degree_low]
         # A connection younger than the eviction grace may not have told its topics yet.
