@@ -77,6 +77,9 @@ STUCK_AFTER = 1.0
 """Seconds after which a cancelled request still running counts as stuck (see request)."""
 STALL_SKIP = 30.0
 """Seconds a peer that let a request time out is asked last and counts as no carrier."""
+STALL_AFTER = 2.0
+"""A request unanswered this long, when it was given at least that long, notes its peer
+stalled: a live peer answers a sync ask or takes a reveal push in well under that."""
 WEDGE_GRACE = 5.0
 """Seconds an abandoned request may take to end before the peer's connection is severed."""
 """Seconds between two rounds of seed dials while a topic of this node has no carrier."""
@@ -717,6 +720,8 @@ class Host:
         if not answer:
             if not failure:
                 self._counters.add("requests.timeout")
+                if timeout >= STALL_AFTER:  # not just the caller's deadline running out
+                    self.note_stalled(peer_id)
                 raise RequestTimeout(f"no answer from {peer_id} on {protocol_id} in {timeout}s")
             self._counters.add("requests.failed")
             if isinstance(failure[0], RequestError):

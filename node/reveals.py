@@ -45,9 +45,6 @@ KEEPER_MAX_PEERS: Final = 64
 """Default connection bound of a node that keeps reveals (validator, relay): every encoder
 keeps two of them as outlets for its pushes (node/host.py, thin topics), so they need room
 for their share of the encoders, beyond the 4 peers an encoder keeps."""
-PUSH_STALL: Final = 2.0
-"""A peer that leaves a push this long unanswered is noted stalled (`Host.note_stalled`): a
-live keeper takes one in well under a second."""
 RETRY: Final = 1.0
 """Seconds between two pushes of an encoder while no peer has acknowledged every reveal."""
 
@@ -131,10 +128,8 @@ async def _push_one(host: Host, ingest: Ingest, peer: str, items: list[bytes], e
         try:
             with trio.fail_after(timeout + 0.5):  # host.request has its own, this is a backstop
                 answer = await host.request(peer, pid, _pack(batch), timeout)
-        except (RequestTimeout, trio.TooSlowError):
+        except (RequestTimeout, trio.TooSlowError):  # the host noted the peer stalled
             ingest.count("push", "peer_timeout")
-            if timeout >= PUSH_STALL:  # not just the deadline running out
-                host.note_stalled(peer)
             return False
         except RequestError:  # no such protocol, a broken stream, an error frame
             ingest.count("push", "request_failed")

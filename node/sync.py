@@ -50,6 +50,8 @@ HEDGE = 1.0
 """Seconds without an answer after which the next peer is asked as well."""
 FETCH_PARALLEL = 2
 """Asks in flight for wanted items (reveals by commitment, certificates)."""
+STALE_ASK = 2.0
+"""Seconds after which an ask still unanswered stops counting against the asks in flight."""
 ROUND_PARALLEL = 4
 """Asks in flight when every peer is asked for a round's messages."""
 ROUND_KINDS = (
@@ -186,10 +188,8 @@ class SyncClient:
         try:
             with trio.fail_after(timeout + 0.5):  # host.request has its own, this is a backstop
                 data = await self.host.request(peer, self.pid, payload, timeout)
-        except (RequestTimeout, trio.TooSlowError):
+        except (RequestTimeout, trio.TooSlowError):  # the host noted the peer stalled
             self.ingest.count("sync", "peer_timeout")
-            if timeout >= REQUEST_TIMEOUT:  # not just the caller's deadline running out
-                self.host.note_stalled(peer)
             return []
         except Exception:  # a peer's broken stream or error frame must not take the node down
             self.ingest.count("sync", "request_failed")
@@ -222,29 +222,37 @@ class SyncClient:
         if request() is None:
             return
         finished_send, finished = trio.open_memory_channel[None](math.inf)
-        in_flight = 0
+        started: dict[str, float] = {}  # peer -> trio time its ask in flight started
         async with trio.open_nursery() as nursery:
 
             async def one(peer: str, wanted: list[Any]) -> None:
-                nonlocal in_flight
                 try:
                     handle(peer, await self._ask(peer, wanted, deadline))
                 finally:
-                    in_flight -= 1
+                    del started[peer]
                     finished_send.send_nowait(None)
                 if request() is None:
                     nursery.cancel_scope.cancel()
 
             for peer in self._peers():
-                while in_flight >= parallel:
-                    await finished.receive()
+                # An ask unanswered for STALE_ASK no longer holds one of the `parallel`
+                # places: two stopped peers asked first blocked a repair for its whole window.
+                while len(fresh := self._fresh(started)) >= parallel:
+                    with trio.move_on_after(min(fresh) + STALE_ASK - trio.current_time()):
+                        await finished.receive()
                 wanted = request()
                 if wanted is None or time.time() >= deadline:
                     break
-                in_flight += 1
+                started[peer] = trio.current_time()
                 nursery.start_soon(one, peer, wanted)
                 with trio.move_on_after(max(0.0, min(hedge, deadline - time.time()))):
                     await finished.receive()
+
+    @staticmethod
+    def _fresh(started: dict[str, float]) -> list[float]:
+        """Start times of the asks in flight for less than STALE_ASK seconds."""
+        now = trio.current_time()
+        return [t for t in started.values() if now - t < STALE_ASK]
 
     def _admit(
         self, peer: str, items: list[bytes], kind: Kind, requested: Callable[[Message], bool]

@@ -23,6 +23,7 @@ from libp2p.peer.id import ID
 
 from dlnet.node.discovery import PX_MAX_ADDRS, PeerExchange, PeerTable, decode_px, encode_px
 from dlnet.node.host import (
+    STALL_AFTER,
     GossipParams,
     RequestError,
     RequestTimeout,
@@ -369,6 +370,40 @@ def test_six_nodes_discover_beyond_the_star_with_bounded_degree(
         s = p.status()
         assert len(s["peers"]) <= 4
         assert s["counters"]["dropped"] == 0
+
+
+@pytest.mark.network
+@pytest.mark.timeout(60)
+def test_a_peer_that_lets_a_request_time_out_is_no_carrier_for_a_while(
+    spawn: Callable[..., Peer],
+) -> None:
+    """A stopped peer with nothing queued towards it (no stuck gossip queue to show it): a
+    request it leaves unanswered for STALL_AFTER marks it stalled, so it stops counting as a
+    carrier of its topics and peer upkeep looks for another."""
+    peer = spawn()
+
+    async def main() -> None:
+        async def ignore(data: bytes, sender: str) -> None:
+            pass
+
+        async with open_host(listen=LOOPBACK, bootstrap=[peer.addr], params=GossipParams()) as a:
+            await a.subscribe("t", lambda t, d, p: Verdict.ACCEPT, ignore)
+            await _wait_connected(peer.peer_id, a.connected_peers)
+            with trio.fail_after(15):
+                while peer.peer_id not in a.carriers("t"):
+                    await trio.sleep(0.1)
+            os.kill(peer.proc.pid, signal.SIGSTOP)
+            try:
+                assert not a.stalled(peer.peer_id)
+                with pytest.raises(RequestTimeout):
+                    await a.request(peer.peer_id, "/test/echo/1", b"hi", STALL_AFTER + 0.1)
+                assert a.stalled(peer.peer_id)
+                assert peer.peer_id in a.topic_peers("t")
+                assert peer.peer_id not in a.carriers("t")
+            finally:
+                os.kill(peer.proc.pid, signal.SIGCONT)
+
+    trio.run(main)
 
 
 @pytest.mark.network

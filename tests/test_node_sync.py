@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from trio.testing import MockClock
 
-from dlnet.node.host import RequestTimeout
+from dlnet.node.host import STALL_AFTER, RequestTimeout
 from dlnet.node.ingest import Ingest, Outcome
 from dlnet.node.store import Store
 from dlnet.node.sync import (
@@ -236,6 +236,8 @@ class FakeHost:
         items = self.answers[peer]
         if items is None:
             await trio.sleep(timeout)
+            if timeout >= STALL_AFTER:  # as the real host does
+                self.note_stalled(peer)
             raise RequestTimeout(peer)
         return pack(items)
 
@@ -392,3 +394,27 @@ def test_peers_that_keep_every_reveal_are_asked_before_encoders(held: Held, tmp_
         )
         assert got == len(wanted)
         assert host.asked == ["keeper"]
+
+
+def test_two_stalled_keepers_asked_first_do_not_hold_the_repair_until_they_time_out(
+    held: Held, tmp_path: Path
+) -> None:
+    """Two stopped validators fill both places for asks in flight: once their asks are
+    STALE_ASK old, the next peer is asked (before, the search waited out their timeouts)."""
+    wanted = [e.commitment() for e in held.reveals]
+    answers: dict[str, list[bytes] | None] = {
+        "stopped1": None,
+        "stopped2": None,
+        "good": [encode(e) for e in held.reveals],
+    }
+    client, host, _ = client_for(held, tmp_path, answers)
+    host.keepers = {"stopped1", "stopped2"}  # asked first; "good" (say a relay) after them
+
+    async def fetch() -> tuple[int, float]:
+        got = await client.fetch_commitments(wanted, deadline=time.time() + 60)
+        return got, trio.current_time()
+
+    got, virtual_elapsed = trio.run(fetch, clock=MockClock(autojump_threshold=0))
+    assert got == len(wanted)
+    assert host.asked[2] == "good"
+    assert virtual_elapsed < REQUEST_TIMEOUT  # not waiting out the stalled asks
