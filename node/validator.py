@@ -84,7 +84,10 @@ def round_view(ctx: NodeContext, rnd: int) -> RoundView:
     """The round's view (`protocol.round.round_view`) from the verified messages the store
     holds in memory: nothing is decoded or verified again."""
     return view_of(
-        ctx.store.held(Commit, rnd), ctx.store.held(Embedding, rnd), ctx.store.equivocators(rnd)
+        ctx.store.held(Commit, rnd),
+        ctx.store.held(Embedding, rnd),
+        ctx.store.equivocators(rnd),
+        ctx.cfg.slots_per_shard,
     )
 
 

@@ -59,24 +59,33 @@ class RoundView:
             if h not in self.reveals
         ]
 
+    def reveal_of(self, encoder: bytes, h: bytes) -> Embedding | None:
+        """The held reveal with commitment ``h`` if ``encoder`` signed it (a commit may list
+        another encoder's commitments: they are never its reveals)."""
+        r = self.reveals.get(h)
+        return r if r is not None and r.encoder == encoder else None
+
     def held(self, encoder: bytes) -> int:
         """How many of ``encoder``'s listed reveals are held."""
         c = self.commits.get(encoder)
-        return 0 if c is None else sum(h in self.reveals for h in c.hashes)
+        return 0 if c is None else sum(self.reveal_of(encoder, h) is not None for h in c.hashes)
 
 
 def round_view(
     commits: Iterable[Verified[Commit]],
     reveals: Iterable[Verified[Embedding]],
     equivocators: Iterable[bytes],
+    slots: int,
 ) -> RoundView:
-    """The round view from the round's verified commits and reveals, each in the order held.
+    """The round view from the round's verified commits and reveals, each in the order held
+    (``slots`` = the config's ``slots_per_shard``).
 
     - An encoder's first held commit is its commit (a second one is equivocation evidence and
       is never stored beside it).
-    - A reveal counts iff its commitment is listed by the commit of the reveal's own encoder
-      (so a copier's reveal of someone else's embedding, under its own key, matches nothing),
-      and it is the first held with that commitment.
+    - A reveal counts iff its commitment is what the commit of the reveal's own encoder lists
+      at the reveal's (shard, slot) (so a copier's reveal of someone else's embedding, under
+      its own key, matches nothing, and a commit listing another encoder's commitments takes
+      nothing from that encoder), and it is the first held with that commitment.
     - ``equivocators`` (signers with evidence of equivocation this round) stay in ``commits``
       (the result names them when attested) but `missing` never asks for their reveals and
       `scoring_inputs` gives them nothing: they score 0.
@@ -84,11 +93,11 @@ def round_view(
     chosen: dict[bytes, Verified[Commit]] = {}
     for v in commits:
         chosen.setdefault(v.msg.encoder, v)
-    wanted = {h: enc for enc, v in chosen.items() for h in v.msg.hashes}
     matched: dict[bytes, Verified[Embedding]] = {}
     for r in reveals:
         h = r.commitment if r.commitment is not None else r.msg.commitment()
-        if wanted.get(h) == r.msg.encoder and h not in matched:
+        held = chosen.get(r.msg.encoder)
+        if h not in matched and listed_at(held and held.msg, r.msg, slots) == h:
             matched[h] = r
     used = [v.id for v in chosen.values()] + [r.id for r in matched.values()]
     return RoundView(
@@ -97,6 +106,15 @@ def round_view(
         frozenset(equivocators),
         tuple(sorted(used)),
     )
+
+
+def listed_at(commit: Commit | None, reveal: Embedding, slots: int) -> bytes | None:
+    """The commitment ``commit`` lists at ``reveal``'s (shard, slot) (index
+    ``shard * slots + slot``), if any."""
+    if commit is None or not 0 <= reveal.slot < slots:
+        return None
+    i = reveal.shard * slots + reveal.slot
+    return commit.hashes[i] if 0 <= i < len(commit.hashes) else None
 
 
 def messages_digest(view: RoundView) -> bytes:
@@ -118,9 +136,9 @@ def scoring_inputs(
             c = view.commits.get(enc)
             if c is None or enc in view.equivocators:
                 continue
-            hashes = c.hashes[shard * slots : (shard + 1) * slots]
-            if all(h in view.reveals for h in hashes):
-                held[enc] = np.stack([view.reveals[h].array() for h in hashes])
+            got = [view.reveal_of(enc, h) for h in c.hashes[shard * slots : (shard + 1) * slots]]
+            if all(r is not None for r in got):
+                held[enc] = np.stack([r.array() for r in got if r is not None])
         out.append(held)
     return out
 
@@ -134,9 +152,9 @@ def full_embeddings(
     out: dict[tuple[int, bytes], NDArray[np.float32]] = {}
     for enc, c in view.commits.items():
         for shard in range(shards):
-            h = c.hashes[shard * slots]
-            if h in view.reveals:
-                out[(shard, enc)] = view.reveals[h].array()
+            r = view.reveal_of(enc, c.hashes[shard * slots])
+            if r is not None:
+                out[(shard, enc)] = r.array()
     return out
 
 
