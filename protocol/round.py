@@ -97,7 +97,7 @@ def round_view(
     for r in reveals:
         h = r.commitment if r.commitment is not None else r.msg.commitment()
         held = chosen.get(r.msg.encoder)
-        if h not in matched and listed_at(held and held.msg, r.msg, slots) == h:
+        if h not in matched and listed_at(None if held is None else held.msg, r.msg, slots) == h:
             matched[h] = r
     used = [v.id for v in chosen.values()] + [r.id for r in matched.values()]
     return RoundView(
