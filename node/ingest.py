@@ -246,7 +246,11 @@ class Ingest:
     ) -> tuple[Outcome, Verified[Message] | None]:
         """As `admit`, also returning the verified value (None unless it decoded and
         verified)."""
-        v = self._verified(data, kind)
+        mid = message_id(data)
+        if self.store.get_by_id(mid) is not None:  # held: not decoded nor verified again
+            self.count("ignored" if window else "sync", "duplicate")
+            return Outcome.DUPLICATE, None
+        v = self._verified(data, kind, mid)
         if v is None:
             return Outcome.REJECTED, None
         if not (self._in_window(v.msg) if window else self._in_time(v.msg)):
@@ -265,8 +269,13 @@ class Ingest:
         self, data: bytes, kind: Kind, requested: Callable[[Verified[Message]], bool]
     ) -> Outcome:
         """`admit_fetched` with ``requested`` judging the verified value (its commitment and
-        id are at hand, computed once)."""
-        v = self._verified(data, kind)
+        id are at hand, computed once). Bytes already held are a duplicate, neither decoded
+        nor verified again (a round fetch answers mostly with what the node holds)."""
+        mid = message_id(data)
+        if self.store.get_by_id(mid) is not None:
+            self.count("sync", "duplicate")
+            return Outcome.DUPLICATE
+        v = self._verified(data, kind, mid)
         if v is None:
             return Outcome.REJECTED
         if not requested(v):
