@@ -149,3 +149,27 @@ def test_a_restarted_node_decodes_a_held_round_once(tmp_path: Path) -> None:
         assert [v.msg for v in store.held(Embedding, RND)] == [emb]
     assert ingest.verifies[Kind.EMBEDDING] == 1
     store.close()
+
+
+def test_verified_values_leave_memory_with_their_round(tmp_path: Path) -> None:
+    """The in-memory cache is bounded by the accepted window: admitting a message of a later
+    round drops the verified values of rounds that left the window (SQLite keeps them, and a
+    late read decodes them once again)."""
+    cfg, _, encoders = setup(tmp_path)
+    store = Store.open(tmp_path / "v.sqlite")
+    clock = [round_times(cfg, RND).commit_deadline + 2.0]
+    ingest = Ingest(cfg, store, lambda: clock[0])
+    enc = encoders[0]
+
+    def reveal(rnd: int) -> bytes:
+        return encode(make_embedding(enc, cfg.network_id, rnd, 0, 0, bytes(16), np.ones(cfg.dim)))
+
+    assert ingest.admit(reveal(RND), Kind.EMBEDDING) is Outcome.NEW
+    assert (Kind.EMBEDDING, RND) in store._cache
+    later = RND + cfg.timing.round_window + 1
+    clock[0] = round_times(cfg, later).commit_deadline + 2.0
+    assert ingest.admit(reveal(later), Kind.EMBEDDING) is Outcome.NEW
+    assert RND not in {r for _, r in store._cache}
+    assert len(store.held(Embedding, RND)) == 1  # read again from SQLite
+    assert ingest.verifies[Kind.EMBEDDING] == 3
+    store.close()
