@@ -22,6 +22,12 @@ from dlnet.node.client import ClientError
 from dlnet.node.dataset_io import DatasetError, load_items, resolve_dataset_path
 from dlnet.node.encoder import parse_behaviour
 from dlnet.node.host import GossipParams
+from dlnet.node.identities import (
+    EncoderIdentity,
+    IdentityError,
+    check_identities,
+    read_encoders_file,
+)
 from dlnet.node.keyfile import KeyFileError, read_key, write_key
 from dlnet.node.logs import LOG_FORMATS, setup_logging
 from dlnet.node.models import ModelLoadError, load_model
@@ -40,6 +46,7 @@ OPERATOR_ERRORS = (
     ClientError,
     ConfigError,
     DatasetError,
+    IdentityError,
     KeyFileError,
     ModelLoadError,
     NodeError,
@@ -171,7 +178,21 @@ def init(
 
 @cli.command()
 @click.option("--config", "config_path", type=click.Path(path_type=Path), required=True)
-@click.option("--key", "key_path", type=click.Path(path_type=Path), default=None)
+@click.option(
+    "--key",
+    "key_paths",
+    type=click.Path(path_type=Path),
+    multiple=True,
+    help="Signing key file. An encoder-only node may repeat it: one encoder identity per key, "
+    "all with the same --model (one libp2p host, one store).",
+)
+@click.option(
+    "--encoders-file",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Run the encoder identities listed in this TOML file ([[encoder]] tables: key, model, "
+    "model_options, behaviour, first_round, align) in this process; see docs/OPERATING.md.",
+)
 @click.option(
     "--role",
     "roles",
@@ -244,7 +265,8 @@ def init(
 )
 def run(
     config_path: Path,
-    key_path: Path | None,
+    key_paths: tuple[Path, ...],
+    encoders_file: Path | None,
     roles: tuple[str, ...],
     model: str | None,
     model_options: tuple[str, ...],
@@ -267,6 +289,16 @@ def run(
         parse_behaviour(behaviour)
     except ValueError as exc:
         fail(f"--behaviour {behaviour}: {exc}")
+    key_path, encoders = _encoder_keys(
+        key_paths,
+        encoders_file,
+        frozenset(roles),
+        model,
+        options,
+        behaviour,
+        first_round,
+        align_path,
+    )
     gossip = _gossip_params(gossip_params, max_peers)
     check_listen(listen)
     for addr in bootstrap:
@@ -286,8 +318,43 @@ def run(
         bootstrap=bootstrap,
         gossip=gossip,
         api=None if api is None else _api_bind(api),
+        encoders=encoders,
     )
     trio.run(run_node, opts)
+
+
+def _encoder_keys(
+    key_paths: tuple[Path, ...],
+    encoders_file: Path | None,
+    roles: frozenset[str],
+    model: str | None,
+    options: dict[str, str],
+    behaviour: str,
+    first_round: int | None,
+    align: Path | None,
+) -> tuple[Path | None, tuple[EncoderIdentity, ...]]:
+    """`dlnet run`'s node key (``--key``, the validator's or the single encoder's) and its
+    encoder identities (several ``--key`` or ``--encoders-file``; empty: the usual one)."""
+    if encoders_file is not None:
+        if "encoder" not in roles:
+            fail("--encoders-file: the identities are encoders — add --role encoder")
+        if len(key_paths) > 1:
+            fail("--encoders-file: give the encoders' keys in the file, at most one --key")
+        if "validator" not in roles and key_paths:
+            fail("--key: with --encoders-file, --key is the validator's key — drop it")
+        return (key_paths[0] if key_paths else None), read_encoders_file(encoders_file)
+    if len(key_paths) <= 1:
+        return (key_paths[0] if key_paths else None), ()
+    if roles != {"encoder"}:
+        fail(
+            "--key: repeat it only on an encoder-only node (--role encoder); a validator signs "
+            "with one key"
+        )
+    identities = tuple(
+        EncoderIdentity(path, model, dict(options), behaviour, first_round, align)
+        for path in key_paths
+    )
+    return None, check_identities(identities, "--key")
 
 
 def _model_options(items: tuple[str, ...]) -> dict[str, str]:
