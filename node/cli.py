@@ -23,6 +23,7 @@ from dlnet.node.dataset_io import DatasetError, load_items, resolve_dataset_path
 from dlnet.node.encoder import parse_behaviour
 from dlnet.node.host import GossipParams
 from dlnet.node.identities import (
+    MAX_IDENTITIES,
     EncoderIdentity,
     IdentityError,
     check_identities,
@@ -511,6 +512,14 @@ def results(data_dir: Path, config_path: Path, rnd: int, as_json: bool) -> None:
     "(genesis config and keys) for `docker compose`; see README.md, Containers.",
 )
 @click.option(
+    "--encoders-per-process",
+    "per_process",
+    type=int,
+    default=None,
+    help="Most encoders one OS process runs (`dlnet run --encoders-file`); default: 1 up to "
+    f"{tn.GROUP_ABOVE} encoders, else {tn.ENCODERS_PER_PROCESS}.",
+)
+@click.option(
     "--genesis-in",
     type=float,
     default=180.0,
@@ -526,6 +535,7 @@ def testnet(
     round_seconds: int | None,
     byzantine_spec: str | None,
     emit_compose: Path | None,
+    per_process: int | None,
     genesis_in: float,
 ) -> None:
     """Start a local network as separate processes on 127.0.0.1, run rounds, report.
@@ -543,6 +553,8 @@ def testnet(
         fail(str(exc))
     if validators < 1 or rounds < 1:
         fail("--validators and --rounds must be at least 1")
+    if per_process is not None and not 1 <= per_process <= MAX_IDENTITIES:
+        fail(f"--encoders-per-process {per_process}: must be in 1..{MAX_IDENTITIES}")
     byzantine: tuple[int, str] = (0, "")
     if byzantine_spec is not None:
         try:
@@ -568,6 +580,7 @@ def testnet(
             byzantine=byzantine,
             start_rounds=starts,
             seeds=seeds,
+            per_process=per_process,
         )
     )
     sys.exit(code)

@@ -276,7 +276,13 @@ def all_settled(data_dirs: Sequence[Path], rounds: Iterable[int]) -> bool:
 
 
 def testnet_report(cfg: NetworkConfig, procs: Sequence[Proc], rounds: range) -> dict[str, Any]:
-    kinds = {p.public_key: p.kind for p in procs if p.role == "encoder" and p.public_key}
+    kinds = {
+        pk: kind
+        for p in procs
+        if p.role == "encoder"
+        for _, kind, pk in (p.identities or [(p.name, p.kind, p.public_key or "")])
+        if pk
+    }
     validators = [p for p in procs if p.role == "validator"]
     rejected: Counter[str] = Counter()
     transport: Counter[str] = Counter()
@@ -359,6 +365,9 @@ def testnet_report(cfg: NetworkConfig, procs: Sequence[Proc], rounds: range) -> 
                 "api": p.api,
                 "exit_code": p.exit_code,
                 "peak_rss_mb": round(p.peak_rss / 2**20, 1),
+                "cpu_seconds": round(p.cpu_seconds, 2),
+                "pid": p.popen.pid if p.popen is not None else None,
+                "encoders": [name for name, _, _ in p.identities],
             }
             for p in procs
         },
