@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from dlnet.node.cli import main
@@ -211,3 +212,21 @@ def test_testnet_identity_matches_a_process_of_its_own(tmp_path: Path) -> None:
     assert (fab.behaviour, fab.first_round) == ("fabricated@0.2", None)
     custom = encoder_identity("py:mod:make", 2, tmp_path / "k", 1)
     assert (custom.model, dict(custom.model_options)) == ("mod:make", {})
+
+
+def test_minilm_kinds_share_one_native_model_per_process() -> None:
+    from dlnet.node.models.kinds import honest, noisy
+
+    a = honest(64, b"\0" * 32, seed=1)
+    b = honest(64, b"\0" * 32, seed=2)
+    c = noisy(64, b"\0" * 32, seed=3)
+    assert a.native is b.native  # one set of weights
+    assert c.native.base is a.native  # type: ignore[attr-defined]
+    texts = ["a red fox", "the quiet river bank"]
+    first = a.native.embed_native(texts)
+    assert np.array_equal(b.native.embed_native(texts), first)  # the same round's texts: once
+    other = a.native.embed_native(["something else entirely"])
+    assert other.shape == (1, first.shape[1]) and not np.allclose(other[0], first[0])
+    fresh = a.native.base.embed_native(texts)  # type: ignore[attr-defined]
+    assert np.allclose(a.native.embed_native(texts), fresh, atol=1e-4)
+    assert not np.allclose(a.embed(texts), b.embed(texts))  # private maps still differ
