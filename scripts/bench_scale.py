@@ -13,10 +13,12 @@ report and the validators' stores:
 * reveals held: at the reveal deadline (read from every validator's store, read-only, at the
   deadline) and after repair (the counts the validator records when it scores), summed over
   validators and rounds, against what the encoders committed to;
-* CPU per delivered embedding: user + system CPU of every node process (psutil, sampled until
-  the processes stop) over the embeddings the validators admitted (their ``accepted:embedding``
-  counters), in ms and as a multiple of one Ed25519 verify measured right after the rung;
-* the share of the machine's cores that CPU is over the run's wall time;
+* CPU per delivered embedding: user + system CPU (``/proc/<pid>/stat``) of every node process
+  from the start of round 1 to its last sample before the processes stop (start-up — torch
+  imports, model loads, registration proofs — left out), over the embeddings the validators
+  admitted in that window (their ``accepted:embedding`` counters), in ms and as a multiple of
+  one Ed25519 verify measured right after the rung;
+* the share of the machine's cores that CPU is over the same window, and its split by role;
 * finality latency (seconds after the reveal deadline) p50 / max over validator-rounds;
 * peak RSS per role (MB).
 
@@ -37,13 +39,13 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from dlnet.node.report import latency_summary
+from dlnet.node.report import HONEST, latency_summary
 from dlnet.protocol.config import NetworkConfig, parse_config
 from dlnet.protocol.rounds import round_times
 from dlnet.protocol.wire import Commit, Kind, Reject, decode
 
 RUNGS = "13x3,24x3,40x3,100x7"
-HONEST = 6
+HONEST_ENCODERS = 6
 
 
 def verify_ms(n: int = 2000) -> float:
@@ -71,11 +73,50 @@ def parse_rungs(text: str) -> list[tuple[int, int]]:
 def encoders_spec(encoders: int) -> list[str]:
     if encoders == 13:
         return []  # the default testnet
-    return ["--encoders", f"honest:{HONEST},noise:{encoders - HONEST}"]
+    return ["--encoders", f"honest:{HONEST_ENCODERS},noise:{encoders - HONEST_ENCODERS}"]
+
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def proc_cpu(pid: int) -> float | None:
+    """User + system CPU seconds of ``pid`` from /proc/<pid>/stat; None if it is gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text.rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / TICK  # utime, stime (fields 14 and 15)
+
+
+def node_pids(out: Path) -> dict[str, int]:
+    """Node name -> pid, from each node's node.json."""
+    pids = {}
+    for info in (out / "nodes").glob("*/node.json"):
+        try:
+            pids[info.parent.name] = int(json.loads(info.read_text())["pid"])
+        except (OSError, ValueError, KeyError):
+            continue
+    return pids
 
 
 def _ro(db: Path) -> sqlite3.Connection:
     return sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+
+
+def admitted(db: Path) -> int:
+    """The validator's ``accepted:embedding`` counter now (0 if unreadable)."""
+    try:
+        con = _ro(db)
+        try:
+            row = con.execute(
+                "SELECT value FROM counters WHERE name = 'accepted:embedding'"
+            ).fetchone()
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return 0
+    return int(row[0]) if row else 0
 
 
 def held_commitments(db: Path, rnd: int) -> set[bytes]:
@@ -94,8 +135,9 @@ def held_commitments(db: Path, rnd: int) -> set[bytes]:
     return {bytes(r[0]) for r in rows if r[0] is not None}
 
 
-def committed(cfg: NetworkConfig, db: Path, rnd: int) -> set[bytes]:
-    """Every commitment listed by the round's commits the validator holds (first per encoder)."""
+def committed(cfg: NetworkConfig, db: Path, rnd: int, kinds: dict[str, str]) -> set[bytes]:
+    """Every commitment listed by the round's commits of honest encoders (kinds in
+    report.HONEST) the validator holds, first commit per encoder."""
     con = _ro(db)
     try:
         rows = con.execute(
@@ -109,7 +151,8 @@ def committed(cfg: NetworkConfig, db: Path, rnd: int) -> set[bytes]:
             msg = decode(bytes(data), cfg, Kind.COMMIT)
         except Reject:
             continue
-        if isinstance(msg, Commit):
+        honest = kinds.get(msg.encoder.hex(), "").partition("@")[0] in HONEST
+        if isinstance(msg, Commit) and honest:
             seen.setdefault(msg.encoder, msg)
     return {h for c in seen.values() for h in c.hashes}
 
@@ -137,17 +180,33 @@ def run_rung(
     log = open(out / "testnet.log", "wb")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     at_deadline: dict[tuple[str, int], set[bytes]] = {}
-    began: float | None = None
     cfg: NetworkConfig | None = None
+    cpu_first: dict[str, float] = {}
+    cpu_last: dict[str, float] = {}
+    window: list[float] = []
+    admitted_before: dict[str, int] = {}
+    next_sample = 0.0
     try:
         while proc.poll() is None:
             time.sleep(0.2)
             if cfg is None and (out / "network.toml").exists():
-                began = time.time()  # the lock is ours: the testnet has begun
                 cfg = parse_config((out / "network.toml").read_text())
             if cfg is None:
                 continue
             now = time.time()
+            if now >= round_times(cfg, 1).start and now >= next_sample:
+                next_sample = now + 1.0
+                for name, pid in node_pids(out).items():
+                    cpu = proc_cpu(pid)
+                    if cpu is not None:
+                        cpu_first.setdefault(name, cpu)
+                        cpu_last[name] = cpu
+                if not window:
+                    admitted_before = {
+                        v.name: admitted(v / "node.sqlite")
+                        for v in (out / "nodes").glob("validator-*")
+                    }
+                window = [window[0] if window else now, now]
             for rnd in range(1, rounds + 1):
                 if now < round_times(cfg, rnd).reveal_deadline:
                     continue
@@ -161,24 +220,37 @@ def run_rung(
         raise
     finally:
         log.close()
-    wall = time.time() - (began or time.time())
     verify = verify_ms()
     rep = json.loads((out / "report.json").read_text())
     assert cfg is not None
-    return summarise(cfg, rep, out, encoders, validators, rounds, at_deadline, wall, verify)
+    wall = window[1] - window[0] if window else 0.0
+    spent = {name: cpu_last[name] - cpu_first[name] for name in cpu_last}
+    return summarise(
+        cfg,
+        rep,
+        out,
+        (encoders, validators, rounds),
+        at_deadline,
+        admitted_before,
+        spent,
+        wall,
+        verify,
+    )
 
 
 def summarise(
     cfg: NetworkConfig,
     rep: dict[str, Any],
     out: Path,
-    encoders: int,
-    validators: int,
-    rounds: int,
+    size: tuple[int, int, int],
     at_deadline: dict[tuple[str, int], set[bytes]],
+    admitted_before: dict[str, int],
+    cpu_by_node: dict[str, float],
     wall: float,
     verify: float,
 ) -> dict[str, Any]:
+    encoders, validators, rounds = size
+    kinds: dict[str, str] = rep["encoders"]
     finalized = sum(
         1 for r in rep["rounds"] if r["finalized"] and not r.get("empty") and r["ranking"]
     )
@@ -187,20 +259,16 @@ def summarise(
     for vdir in sorted((out / "nodes").glob("validator-*")):
         db = vdir / "node.sqlite"
         for rnd in range(1, rounds + 1):
-            wanted = committed(cfg, db, rnd)
+            wanted = committed(cfg, db, rnd, kinds)
             expected += len(wanted)
             held_deadline += len(at_deadline.get((vdir.name, rnd), set()) & wanted)
             held_after += len(held_commitments(db, rnd) & wanted)
-        con = _ro(db)
-        try:
-            row = con.execute(
-                "SELECT value FROM counters WHERE name = 'accepted:embedding'"
-            ).fetchone()
-        finally:
-            con.close()
-        delivered += int(row[0]) if row else 0
-    procs = rep["processes"].values()
-    cpu = sum(p.get("cpu_seconds", 0.0) for p in procs)
+        delivered += admitted(db) - admitted_before.get(vdir.name, 0)
+    cpu = sum(cpu_by_node.values())
+    by_role: dict[str, float] = {}
+    for name, seconds in cpu_by_node.items():
+        role = rep["processes"].get(name, {}).get("role", "?")
+        by_role[role] = by_role.get(role, 0.0) + seconds
     per = cpu * 1000 / delivered if delivered else float("nan")
     lat = latency_summary(v.get("latency") for r in rep["rounds"] for v in r["validators"].values())
     return {
@@ -214,11 +282,12 @@ def summarise(
         "reveals_after_repair": held_after,
         "delivered": delivered,
         "cpu_seconds": round(cpu, 1),
+        "cpu_by_role": {k: round(v, 1) for k, v in sorted(by_role.items())},
         "cpu_ms_per_delivery": round(per, 2),
         "verify_ms": round(verify, 4),
         "x_verify": round(per / verify, 1) if delivered else None,
         "core_share": round(cpu / (wall * (os.cpu_count() or 1)), 2) if wall else None,
-        "wall_seconds": round(wall),
+        "window_seconds": round(wall),
         "latency_p50": lat["p50"],
         "latency_max": lat["max"],
         "peak_rss_mb": rep["peak_rss_mb"],
