@@ -411,16 +411,24 @@ def _stop(procs: Sequence[Proc]) -> None:
 
 
 def _encoder_args(kind: str, index: int) -> list[str]:
+    """`dlnet run` options of testnet encoder ``index`` of ``kind`` in a process of its own
+    (the options of its `encoder_identity`)."""
+    ident = encoder_identity(kind, index, Path(), 1)
+    assert ident.model is not None
     if kind.startswith("py:"):
-        return ["--model", kind[3:]]  # a custom factory gets no testnet options
-    name, at, level = kind.partition("@")
-    model, behaviour, option = KINDS[name]
-    extra: list[str] = []
-    if at and option in BEHAVIOUR_OPTIONS:
-        behaviour = f"{behaviour}@{level}"
-    elif at and option is not None:
-        extra = ["--model-option", f"{option}={level}"]
-    return ["--model", model, "--model-option", f"seed={index}", "--behaviour", behaviour, *extra]
+        return ["--model", ident.model]  # a custom factory gets no testnet options
+    options = dict(ident.model_options)
+    seed = options.pop("seed")
+    extra = [x for k, v in options.items() for x in ("--model-option", f"{k}={v}")]
+    return [
+        "--model",
+        ident.model,
+        "--model-option",
+        f"seed={seed}",
+        "--behaviour",
+        ident.behaviour,
+        *extra,
+    ]
 
 
 def encoder_identity(kind: str, index: int, key: Path, start: int) -> EncoderIdentity:
