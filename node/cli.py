@@ -22,6 +22,13 @@ from dlnet.node.client import ClientError
 from dlnet.node.dataset_io import DatasetError, load_items, resolve_dataset_path
 from dlnet.node.encoder import parse_behaviour
 from dlnet.node.host import GossipParams
+from dlnet.node.identities import (
+    MAX_IDENTITIES,
+    EncoderIdentity,
+    IdentityError,
+    check_identities,
+    read_encoders_file,
+)
 from dlnet.node.keyfile import KeyFileError, read_key, write_key
 from dlnet.node.logs import LOG_FORMATS, setup_logging
 from dlnet.node.models import ModelLoadError, load_model
@@ -41,6 +48,7 @@ OPERATOR_ERRORS = (
     ClientError,
     ConfigError,
     DatasetError,
+    IdentityError,
     KeyFileError,
     ModelLoadError,
     NodeError,
@@ -172,7 +180,21 @@ def init(
 
 @cli.command()
 @click.option("--config", "config_path", type=click.Path(path_type=Path), required=True)
-@click.option("--key", "key_path", type=click.Path(path_type=Path), default=None)
+@click.option(
+    "--key",
+    "key_paths",
+    type=click.Path(path_type=Path),
+    multiple=True,
+    help="Signing key file. An encoder-only node may repeat it: one encoder identity per key, "
+    "all with the same --model (one libp2p host, one store).",
+)
+@click.option(
+    "--encoders-file",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Run the encoder identities listed in this TOML file ([[encoder]] tables: key, model, "
+    "model_options, behaviour, first_round, align) in this process; see docs/OPERATING.md.",
+)
 @click.option(
     "--role",
     "roles",
@@ -251,7 +273,8 @@ def init(
 )
 def run(
     config_path: Path,
-    key_path: Path | None,
+    key_paths: tuple[Path, ...],
+    encoders_file: Path | None,
     roles: tuple[str, ...],
     model: str | None,
     model_options: tuple[str, ...],
@@ -276,6 +299,16 @@ def run(
         fail(f"--behaviour {behaviour}: {exc}")
     if max_peers is None and set(roles) != {"encoder"}:
         max_peers = KEEPER_MAX_PEERS
+    key_path, encoders = _encoder_keys(
+        key_paths,
+        encoders_file,
+        frozenset(roles),
+        model,
+        options,
+        behaviour,
+        first_round,
+        align_path,
+    )
     gossip = _gossip_params(gossip_params, max_peers)
     check_listen(listen)
     for addr in bootstrap:
@@ -295,8 +328,43 @@ def run(
         bootstrap=bootstrap,
         gossip=gossip,
         api=None if api is None else _api_bind(api),
+        encoders=encoders,
     )
     trio.run(run_node, opts)
+
+
+def _encoder_keys(
+    key_paths: tuple[Path, ...],
+    encoders_file: Path | None,
+    roles: frozenset[str],
+    model: str | None,
+    options: dict[str, str],
+    behaviour: str,
+    first_round: int | None,
+    align: Path | None,
+) -> tuple[Path | None, tuple[EncoderIdentity, ...]]:
+    """`dlnet run`'s node key (``--key``, the validator's or the single encoder's) and its
+    encoder identities (several ``--key`` or ``--encoders-file``; empty: the usual one)."""
+    if encoders_file is not None:
+        if "encoder" not in roles:
+            fail("--encoders-file: the identities are encoders — add --role encoder")
+        if len(key_paths) > 1:
+            fail("--encoders-file: give the encoders' keys in the file, at most one --key")
+        if "validator" not in roles and key_paths:
+            fail("--key: with --encoders-file, --key is the validator's key — drop it")
+        return (key_paths[0] if key_paths else None), read_encoders_file(encoders_file)
+    if len(key_paths) <= 1:
+        return (key_paths[0] if key_paths else None), ()
+    if roles != {"encoder"}:
+        fail(
+            "--key: repeat it only on an encoder-only node (--role encoder); a validator signs "
+            "with one key"
+        )
+    identities = tuple(
+        EncoderIdentity(path, model, dict(options), behaviour, first_round, align)
+        for path in key_paths
+    )
+    return None, check_identities(identities, "--key")
 
 
 def _model_options(items: tuple[str, ...]) -> dict[str, str]:
@@ -453,6 +521,14 @@ def results(data_dir: Path, config_path: Path, rnd: int, as_json: bool) -> None:
     "(genesis config and keys) for `docker compose`; see README.md, Containers.",
 )
 @click.option(
+    "--encoders-per-process",
+    "per_process",
+    type=int,
+    default=None,
+    help="Most encoders one OS process runs (`dlnet run --encoders-file`); default: 1 up to "
+    f"{tn.GROUP_ABOVE} encoders, else {tn.ENCODERS_PER_PROCESS}.",
+)
+@click.option(
     "--genesis-in",
     type=float,
     default=180.0,
@@ -468,6 +544,7 @@ def testnet(
     round_seconds: int | None,
     byzantine_spec: str | None,
     emit_compose: Path | None,
+    per_process: int | None,
     genesis_in: float,
 ) -> None:
     """Start a local network as separate processes on 127.0.0.1, run rounds, report.
@@ -485,6 +562,8 @@ def testnet(
         fail(str(exc))
     if validators < 1 or rounds < 1:
         fail("--validators and --rounds must be at least 1")
+    if per_process is not None and not 1 <= per_process <= MAX_IDENTITIES:
+        fail(f"--encoders-per-process {per_process}: must be in 1..{MAX_IDENTITIES}")
     byzantine: tuple[int, str] = (0, "")
     if byzantine_spec is not None:
         try:
@@ -510,6 +589,7 @@ def testnet(
             byzantine=byzantine,
             start_rounds=starts,
             seeds=seeds,
+            per_process=per_process,
         )
     )
     sys.exit(code)

@@ -28,6 +28,7 @@ py-libp2p 0.8.1 is handled here deliberately (each pitfall below was measured):
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import logging
 import math
 import os
@@ -42,6 +43,8 @@ from hashlib import sha256
 from types import MappingProxyType
 from typing import Any
 
+import libp2p.pubsub.gossipsub as _gossipsub_module
+import libp2p.pubsub.pubsub as _pubsub_module
 import multiaddr
 import trio
 from libp2p import new_host
@@ -314,6 +317,29 @@ class PeerPenalties:
             log.info("rejected from %s: %s (%d so far)", peer, reason, n)
 
 
+LIBP2P_VERSION = "0.8.1"
+"""The py-libp2p version the overrides below were written against (checked at import)."""
+if importlib.metadata.version("libp2p") != LIBP2P_VERSION:  # pragma: no cover
+    raise ImportError(
+        f"dlnet.node.host overrides py-libp2p {LIBP2P_VERSION} internals; "
+        f"libp2p {importlib.metadata.version('libp2p')} is installed — pip install "
+        f"libp2p=={LIBP2P_VERSION}"
+    )
+
+
+def _ignore_sender_record(msg: rpc_pb2.RPC, host: IHost, peer_id: ID) -> bool:
+    """dlnet sends no signed peer records and verifies none it receives: py-libp2p 0.8.1
+    otherwise checks the Ed25519 envelope of every RPC that carries one, before anything else
+    (PROTOCOL.md §6 Gossipsub, "libp2p message signing"). The peer is authenticated by the
+    Noise handshake; every dlnet message by dlnet's own signature."""
+    return True
+
+
+# py-libp2p calls it by these module-level names (pubsub's read loop, gossipsub's handle_rpc).
+_pubsub_module.maybe_consume_signed_record = _ignore_sender_record  # type: ignore[attr-defined]
+_gossipsub_module.maybe_consume_signed_record = _ignore_sender_record  # type: ignore[attr-defined]
+
+
 class _CountingGossipSub(GossipSub):
     """GossipSub whose silent drops (spam limit, full outbound queue) are counted."""
 
@@ -328,10 +354,11 @@ class _CountingGossipSub(GossipSub):
         return ok
 
     def _check_equivocation(self, msg: rpc_pb2.Message) -> bool:
-        ok = super()._check_equivocation(msg)
-        if not ok:
-            self._counters.add("dropped.equivocation")
-        return ok
+        """Off: without libp2p message signing the (origin, seqno) pair is not
+        authenticated, so a relay could claim an honest origin's next seqno for another valid
+        message and have the real one dropped from relaying. dlnet detects equivocation by
+        its own signed slots (§5 Admission); the message id is the content hash."""
+        return True
 
     def add_peer(self, peer_id: ID, protocol_id: TProtocol | None) -> None:
         self._forget_origin(peer_id)  # a peer id back after a restart starts afresh
@@ -357,10 +384,21 @@ class _CountingGossipSub(GossipSub):
 
 
 class _DeliveringPubsub(Pubsub):
-    """Pubsub that hands accepted messages to ``deliver`` instead of a 32-slot channel."""
+    """Pubsub that hands accepted messages to ``deliver`` instead of a 32-slot channel, and
+    sends no signed peer record (``senderRecord``) in any RPC."""
 
     deliver: Callable[[str, bytes, ID], None] | None = None
     _validated: tuple[rpc_pb2.Message, ID] | None = None
+
+    def get_hello_packet(self) -> rpc_pb2.RPC:
+        packet = super().get_hello_packet()
+        packet.ClearField("senderRecord")
+        return packet
+
+    async def write_msg(self, stream: INetStream, rpc_msg: rpc_pb2.RPC) -> bool:
+        # Every other RPC (publish, IWANT answers, announcements, control) leaves here.
+        rpc_msg.ClearField("senderRecord")
+        return await super().write_msg(stream, rpc_msg)
 
     async def validate_msg(self, msg_forwarder: ID, msg: rpc_pb2.Message) -> None:
         if msg_forwarder == self.my_id:
@@ -1079,7 +1117,15 @@ async def open_host(
         max_messages_per_topic_per_second=params.spam_limit or 10.0,
         eclipse_protection_enabled=False,
     )
-    pubsub = _DeliveringPubsub(lp, router, seen_ttl=params.seen_ttl, msg_id_constructor=_content_id)
+    # No libp2p message signing (strict_signing=False): dlnet's Ed25519 signature covers
+    # every message's content, and the id is its content hash (PROTOCOL.md §6).
+    pubsub = _DeliveringPubsub(
+        lp,
+        router,
+        seen_ttl=params.seen_ttl,
+        msg_id_constructor=_content_id,
+        strict_signing=False,
+    )
     px_protocol = f"/dlnet/{network_tag}/px/1" if network_tag else "/dlnet/px/1"
     try:
         async with (

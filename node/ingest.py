@@ -9,15 +9,16 @@ subscription's drain task. Nothing is counted as held before the store has commi
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 
 from dlnet.node.host import Verdict
-from dlnet.node.store import PutStatus, Store
+from dlnet.node.store import KIND_OF, PutStatus, Store
 from dlnet.protocol.config import NetworkConfig
 from dlnet.protocol.registration import leading_zero_bits, work
+from dlnet.protocol.round import Verified
 from dlnet.protocol.rounds import accepted_rounds, round_at, round_times
 from dlnet.protocol.submissions import SUBMIT_AHEAD
 from dlnet.protocol.wire import (
@@ -96,11 +97,14 @@ class Slot:
     commitment: bytes | None
 
 
-def slot_of(msg: Message) -> Slot:
+def slot_of(msg: Message, commitment: bytes | None = None) -> Slot:
+    """Where ``msg`` sits; an Embedding's commitment is ``commitment`` when the caller has it
+    (computed once at admission), else computed here."""
     if isinstance(msg, Commit):
         return Slot(Kind.COMMIT, msg.round, msg.encoder, None, None, None)
     if isinstance(msg, Embedding):
-        return Slot(Kind.EMBEDDING, msg.round, msg.encoder, msg.shard, msg.slot, msg.commitment())
+        h = msg.commitment() if commitment is None else commitment
+        return Slot(Kind.EMBEDDING, msg.round, msg.encoder, msg.shard, msg.slot, h)
     if isinstance(msg, Attestation):
         return Slot(Kind.ATTESTATION, msg.round, msg.validator, None, None, None)
     if isinstance(msg, FinalityVote):
@@ -115,32 +119,61 @@ def slot_of(msg: Message) -> Slot:
 
 
 class Ingest:
-    """Checks and stores messages; counts every reject and ignore by reason."""
+    """Checks and stores messages; counts every reject and ignore by reason.
+
+    Every message is decoded and its signature verified once per node: admission turns the
+    bytes into a `Verified` value (message, bytes, id, commitment) that the store carries in
+    memory for the round (`Store.held`), so no reader decodes or verifies it again. Each
+    signature verify is counted in ``verifies`` (in memory, by kind)."""
 
     def __init__(self, cfg: NetworkConfig, store: Store, now: Callable[[], float]) -> None:
         self.cfg = cfg
         self.store = store
         self.now = now
-        # Decoded messages between the topic validator and the drain task, by message id,
-        # so the signature is checked once per message.
-        self._checked: dict[bytes, Message] = {}
+        # Verified messages between the topic validator and the drain task, by their bytes
+        # (the same bytes object reaches both: no second hash of the message).
+        self._checked: dict[bytes, Verified[Message]] = {}
         self.proofs = Proofs(cfg)
+        self.verifies: Counter[Kind] = Counter()
+        """dlnet Ed25519 signature verifies run by this node, by kind (kept in memory)."""
+        store.set_decoder(self._reload)
 
     def count(self, outcome: str, reason: str) -> None:
         self.store.bump_counter(f"{outcome}:{reason}")
 
-    def _decode(self, data: bytes, kind: Kind | None) -> Message | None:
-        """Strict decode, and for a Commit its registration proof (after the signature, so a
-        forged commit costs no scrypt)."""
+    def _verified(
+        self, data: bytes, kind: Kind | None, mid: bytes | None = None
+    ) -> Verified[Message] | None:
+        """Strict decode and signature check, and for a Commit its registration proof (after
+        the signature, so a forged commit costs no scrypt); the id and an Embedding's
+        commitment are computed here, once."""
         try:
             msg = decode(data, self.cfg, kind)
         except Reject as exc:
+            if exc.reason is RejectReason.BAD_SIGNATURE and kind is not None:
+                self.verifies[kind] += 1
             self.count("rejected", exc.reason.value)
             return None
+        signed = KIND_OF.get(type(msg))  # a certificate carries no signature of its own
+        if signed is not None:
+            self.verifies[signed] += 1
         if isinstance(msg, Commit) and not self.proofs.valid(msg):
             self.count("rejected", RejectReason.BAD_REGISTRATION.value)
             return None
-        return msg
+        return Verified(
+            msg,
+            data,
+            message_id(data) if mid is None else mid,
+            msg.commitment() if isinstance(msg, Embedding) else None,
+        )
+
+    def _reload(self, data: bytes, kind: Kind) -> Verified[Message] | None:
+        """Decode again bytes the store held from before this process (`Store.held`)."""
+        return self._verified(data, kind)
+
+    def _decode(self, data: bytes, kind: Kind | None) -> Message | None:
+        v = self._verified(data, kind)
+        return None if v is None else v.msg
 
     def _in_window(self, msg: Message) -> bool:
         if isinstance(msg, Submission):
@@ -166,18 +199,21 @@ class Ingest:
 
     def check(self, kind: Kind, data: bytes) -> Verdict:
         """Topic-validator half: strict decode, signature, round window, duplicate."""
-        mid = message_id(data)
-        if mid in self._checked or self.store.get_by_id(mid) is not None:
+        if data in self._checked:
             self.count("ignored", "duplicate")
             return Verdict.IGNORE
-        msg = self._decode(data, kind)
-        if msg is None:
-            return Verdict.REJECT
-        if not self._in_window(msg):
+        mid = message_id(data)
+        if self.store.get_by_id(mid) is not None:
+            self.count("ignored", "duplicate")
             return Verdict.IGNORE
-        if isinstance(msg, Submission) and self._over_quota(msg):
+        v = self._verified(data, kind, mid)
+        if v is None:
             return Verdict.REJECT
-        self._checked[mid] = msg
+        if not self._in_window(v.msg):
+            return Verdict.IGNORE
+        if isinstance(v.msg, Submission) and self._over_quota(v.msg):
+            return Verdict.REJECT
+        self._checked[data] = v
         return Verdict.ACCEPT
 
     def _over_quota(self, msg: Submission) -> bool:
@@ -192,10 +228,10 @@ class Ingest:
 
     def admit_checked(self, data: bytes) -> Outcome:
         """Drain-task half for a message that `check` accepted."""
-        msg = self._checked.pop(message_id(data), None)
-        if msg is None:
+        v = self._checked.pop(data, None)
+        if v is None:
             return self.admit(data, None)
-        return self._store(msg, data)
+        return self._store(v)
 
     def admit(self, data: bytes, kind: Kind | None, *, window: bool = True) -> Outcome:
         """Full admission for bytes from sync fetches (window=False for catch-up of old rounds;
@@ -203,12 +239,23 @@ class Ingest:
 
         Fetched bytes already held are counted as ``sync:duplicate``, apart from gossip's
         ``ignored:duplicate`` (which counts re-sent messages)."""
-        msg = self._decode(data, kind)
-        if msg is None:
-            return Outcome.REJECTED
-        if not (self._in_window(msg) if window else self._in_time(msg)):
-            return Outcome.IGNORED
-        return self._store(msg, data, "ignored" if window else "sync")
+        return self.accept(data, kind, window=window)[0]
+
+    def accept(
+        self, data: bytes, kind: Kind | None, *, window: bool = True
+    ) -> tuple[Outcome, Verified[Message] | None]:
+        """As `admit`, also returning the verified value (None unless it decoded and
+        verified)."""
+        mid = message_id(data)
+        if self.store.get_by_id(mid) is not None:  # held: not decoded nor verified again
+            self.count("ignored" if window else "sync", "duplicate")
+            return Outcome.DUPLICATE, None
+        v = self._verified(data, kind, mid)
+        if v is None:
+            return Outcome.REJECTED, None
+        if not (self._in_window(v.msg) if window else self._in_time(v.msg)):
+            return Outcome.IGNORED, v
+        return self._store(v, "ignored" if window else "sync"), v
 
     def admit_fetched(
         self, data: bytes, kind: Kind, requested: Callable[[Message], bool]
@@ -216,15 +263,27 @@ class Ingest:
         """Admission for one item of a sync answer: as ``admit(data, kind, window=False)``, and
         a valid message that is not what was asked for (``requested`` says no) is rejected
         and counted as ``rejected:unrequested``."""
-        msg = self._decode(data, kind)
-        if msg is None:
+        return self.admit_requested(data, kind, lambda v: requested(v.msg))
+
+    def admit_requested(
+        self, data: bytes, kind: Kind, requested: Callable[[Verified[Message]], bool]
+    ) -> Outcome:
+        """`admit_fetched` with ``requested`` judging the verified value (its commitment and
+        id are at hand, computed once). Bytes already held are a duplicate, neither decoded
+        nor verified again (a round fetch answers mostly with what the node holds)."""
+        mid = message_id(data)
+        if self.store.get_by_id(mid) is not None:
+            self.count("sync", "duplicate")
+            return Outcome.DUPLICATE
+        v = self._verified(data, kind, mid)
+        if v is None:
             return Outcome.REJECTED
-        if not requested(msg):
+        if not requested(v):
             self.count("rejected", "unrequested")
             return Outcome.REJECTED
-        if not self._in_time(msg):
+        if not self._in_time(v.msg):
             return Outcome.IGNORED
-        return self._store(msg, data, "sync")
+        return self._store(v, "sync")
 
     def admit_pushed(self, data: bytes) -> Outcome:
         """Admission for one item of a reveal push (node/reveals.py): an Embedding already
@@ -237,20 +296,28 @@ class Ingest:
 
     def admit_own(self, msg: Message, data: bytes) -> None:
         """A message this node made: stored before it is published (the host skips a
-        node's own topic validators and does not hand it its own messages)."""
-        self._store(msg, data)
+        node's own topic validators and does not hand it its own messages). Not verified:
+        this node signed it."""
+        self._store(
+            Verified(
+                msg,
+                data,
+                message_id(data),
+                msg.commitment() if isinstance(msg, Embedding) else None,
+            )
+        )
 
-    def _store(self, msg: Message, data: bytes, duplicates: str = "ignored") -> Outcome:
-        where = slot_of(msg)
+    def _store(self, v: Verified[Message], duplicates: str = "ignored") -> Outcome:
+        where = slot_of(v.msg, v.commitment)
         put = self.store.put_message(
             int(where.kind),
-            message_id(data),
+            v.id,
             where.round,
             where.signer,
             where.shard,
             where.slot,
             where.commitment,
-            data,
+            v.data,
         )
         if put.status is PutStatus.DUPLICATE:
             self.count(duplicates, "duplicate")
@@ -261,9 +328,13 @@ class Ingest:
         if put.status is PutStatus.CONFLICT:
             assert put.existing is not None
             self.store.put_equivocation(
-                where.round, where.signer, where.shard, where.slot, put.existing, data
+                where.round, where.signer, where.shard, where.slot, put.existing, v.data
             )
             self.count("evidence", f"equivocation_{where.kind.name.lower()}")
             return Outcome.EQUIVOCATION
+        self.store.remember(where.kind, where.round, v)
+        # Rounds that left the accepted window are read no more but by a late finalization
+        # or a report: their verified values leave memory (SQLite keeps the bytes).
+        self.store.forget_before(accepted_rounds(self.cfg, self.now()).start)
         self.count("accepted", where.kind.name.lower())
         return Outcome.NEW

@@ -163,13 +163,25 @@ def verified_certificate(store: Store, cfg: NetworkConfig, rnd: int) -> Certific
 def checked_certificate(cfg: NetworkConfig, data: bytes) -> Certificate | None:
     """The certificate encoded in ``data`` if it decodes strictly and verifies against
     ``cfg`` (`consensus.verify_certificate`), else None."""
+    cert, _ = certificate_verdict(cfg, data)
+    return cert
+
+
+def certificate_verdict(cfg: NetworkConfig, data: bytes) -> tuple[Certificate | None, str | None]:
+    """(the certificate, None) if ``data`` decodes strictly and verifies against ``cfg``, else
+    (None, why not): ``malformed``, or a `CertificateReason` value such as ``empty_result`` or
+    ``insufficient_attestations`` (a result that names no encoder or did not use attestations
+    of more than the finality fraction of the stake is never final)."""
     try:
         cert = decode(data, cfg, Kind.CERTIFICATE)
         assert isinstance(cert, Certificate)
+    except Reject:
+        return None, "malformed"
+    try:
         verify_certificate(cfg, cert)
-    except (Reject, CertificateError):
-        return None
-    return cert
+    except CertificateError as exc:
+        return None, exc.reason.value
+    return cert, None
 
 
 def validator_agreement(store: Store, cfg: NetworkConfig) -> dict[str, dict[str, Any]]:
@@ -276,7 +288,13 @@ def all_settled(data_dirs: Sequence[Path], rounds: Iterable[int]) -> bool:
 
 
 def testnet_report(cfg: NetworkConfig, procs: Sequence[Proc], rounds: range) -> dict[str, Any]:
-    kinds = {p.public_key: p.kind for p in procs if p.role == "encoder" and p.public_key}
+    kinds = {
+        pk: kind
+        for p in procs
+        if p.role == "encoder"
+        for _, kind, pk in (p.identities or [(p.name, p.kind, p.public_key or "")])
+        if pk
+    }
     validators = [p for p in procs if p.role == "validator"]
     rejected: Counter[str] = Counter()
     transport: Counter[str] = Counter()
@@ -307,7 +325,16 @@ def testnet_report(cfg: NetworkConfig, procs: Sequence[Proc], rounds: range) -> 
             vals: dict[str, Any] = {}
             cert: Certificate | None = None
             committed: set[str] = set()
+            refused: Counter[str] = Counter()
             for vkey, st in views.items():
+                certified = False
+                for r, data in st.certificates(rnd, rnd):
+                    held, why = certificate_verdict(cfg, data) if r == rnd else (None, None)
+                    if held is not None:
+                        certified = True
+                        cert = cert or held
+                    elif why is not None:
+                        refused[why] += 1
                 settled = {r: fin for r, fin, _ in st.round_outcomes()}
                 raw = st.get_round_state(rnd, "result")
                 own = result_digest(decode_result(raw)).hex() if raw is not None else None
@@ -316,13 +343,15 @@ def testnet_report(cfg: NetworkConfig, procs: Sequence[Proc], rounds: range) -> 
                 honest = [e for e in reveals if kinds.get(e, "").partition("@")[0] in HONEST]
                 vals[vkey] = {
                     "result_digest": own,
+                    # What the validator recorded; the round counts as finalized only with a
+                    # certificate that verifies ("certified").
                     "finalized": settled.get(rnd, False),
+                    "certified": certified,
                     "latency": finality_latency(st, rnd) if settled.get(rnd) else None,
                     "reveals_expected": sum(reveals[e]["expected"] for e in honest),
                     "reveals_held": sum(reveals[e]["held"] for e in honest),
                     "reveals": {e: {**v, "kind": kinds.get(e, "?")} for e, v in reveals.items()},
                 }
-                cert = cert or verified_certificate(st, cfg, rnd)
             named = [e.hex() for e in cert.result.encoders] if cert else []
             per_round.append(
                 {
@@ -333,6 +362,9 @@ def testnet_report(cfg: NetworkConfig, procs: Sequence[Proc], rounds: range) -> 
                     # a validator held (no made-up keys).
                     "only_real_encoders": all(e in kinds and e in committed for e in named),
                     "result_digest": result_digest(cert.result).hex() if cert else None,
+                    # Certificates held that do not verify, by reason (empty_result,
+                    # insufficient_attestations, ...): such a round is never finalized.
+                    "refused_certificates": dict(refused),
                     "validators": vals,
                     "latency": latency_summary(v["latency"] for v in vals.values()),
                     "ranking": ranking(cert.result, kinds) if cert else [],
@@ -359,6 +391,9 @@ def testnet_report(cfg: NetworkConfig, procs: Sequence[Proc], rounds: range) -> 
                 "api": p.api,
                 "exit_code": p.exit_code,
                 "peak_rss_mb": round(p.peak_rss / 2**20, 1),
+                "cpu_seconds": round(p.cpu_seconds, 2),
+                "pid": p.popen.pid if p.popen is not None else None,
+                "encoders": [name for name, _, _ in p.identities],
             }
             for p in procs
         },
@@ -366,7 +401,9 @@ def testnet_report(cfg: NetworkConfig, procs: Sequence[Proc], rounds: range) -> 
 
 
 def round_ok(r: dict[str, Any]) -> bool:
-    """A testnet round counts as a success: finalized, non-empty, only real encoders."""
+    """A testnet round counts as a success: finalized (a certificate that verifies, hence a
+    result naming encoders, over attestations of more than the finality fraction of the
+    stake), non-empty, only real encoders."""
     return bool(r["finalized"] and not r.get("empty") and r.get("only_real_encoders", True))
 
 
@@ -382,6 +419,24 @@ def format_testnet(rep: dict[str, Any]) -> str:
             f"  validators agree: {'yes' if len(digests) == 1 and None not in digests else 'no'}"
             f"  only real encoders: {'yes' if r.get('only_real_encoders', True) else 'NO'}"
         )
+        refused = r.get("refused_certificates") or {}
+        claims = [
+            k[:8]
+            for k, v in r["validators"].items()
+            if v.get("finalized") and not v.get("certified", True)
+        ]
+        if refused or (claims and not r["finalized"]):
+            lines.append(
+                "  NOT counted as finalized: "
+                + ", ".join(
+                    [f"certificate refused ({k}) x{n}" for k, n in sorted(refused.items())]
+                    + (
+                        [f"recorded finalized without a valid certificate: {' '.join(claims)}"]
+                        if claims
+                        else []
+                    )
+                )
+            )
         lat = r.get("latency")
         if lat and lat["n"]:
             each = ", ".join(

@@ -4,6 +4,7 @@ one trio nursery. SIGINT/SIGTERM cancel the nursery; the store is closed on the 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import json
 import logging
@@ -12,7 +13,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from dlnet.node.context import NodeContext, wall_clock
 from dlnet.node.dataset_io import load_items
 from dlnet.node.encoder import EncoderRole
 from dlnet.node.host import GossipParams, Host, Verdict, open_host
+from dlnet.node.identities import EncoderIdentity, IdentityError, check_identities
 from dlnet.node.ingest import Ingest, slot_of
 from dlnet.node.keyfile import peer_key_seed, read_key
 from dlnet.node.models import Model, load_model
@@ -103,6 +105,50 @@ class NodeOptions:
     gossip: GossipParams = field(default_factory=GossipParams)
     api: tuple[str, int] | None = None
     """(host, port) of the local HTTP API; None = no API."""
+    encoders: tuple[EncoderIdentity, ...] = ()
+    """Encoder identities this process runs (`--encoders-file`, repeated `--key`); empty: the
+    one of ``key_path``, ``model``, ``behaviour``, ... when ``roles`` has ``encoder``."""
+
+
+def encoder_identities(opts: NodeOptions) -> tuple[EncoderIdentity, ...]:
+    """The encoder identities of ``opts``: ``opts.encoders``, else one from its single-encoder
+    fields when it has the encoder role (and a key), else none."""
+    if opts.encoders:
+        return opts.encoders
+    if "encoder" not in opts.roles or opts.key_path is None:
+        return ()
+    return (
+        EncoderIdentity(
+            opts.key_path,
+            opts.model,
+            dict(opts.model_options),
+            opts.behaviour,
+            opts.first_round,
+            opts.align,
+        ),
+    )
+
+
+def scaled_gossip(params: GossipParams, identities: int) -> GossipParams:
+    """The transport of a process running ``identities`` encoders: its publish budget (a token
+    bucket per host) grows with them, so each identity keeps the rate one encoder has alone."""
+    if identities <= 1:
+        return params
+    return dataclasses.replace(
+        params,
+        publish_rate=params.publish_rate * identities,
+        publish_burst=params.publish_burst * identities,
+    )
+
+
+@dataclass
+class Identity:
+    """A running encoder identity: its key, its proof's nonce and its (possibly shared) model."""
+
+    spec: EncoderIdentity
+    key: SigningKey
+    registration: int = 0
+    model: Model | None = None
 
 
 def load_config(path: Path) -> NetworkConfig:
@@ -174,10 +220,18 @@ class Doppelganger:
     recorded signing: the key is live in another process. Then the node stops signing and
     exits with one line (Lighthouse's doppelganger protection, kept on for the whole run)."""
 
-    def __init__(self, ctx: NodeContext, public_key: bytes, stop: trio.CancelScope) -> None:
+    def __init__(
+        self,
+        ctx: NodeContext,
+        public_key: bytes,
+        stop: trio.CancelScope,
+        also: Sequence[NodeContext] = (),
+    ) -> None:
         self.ctx = ctx
         self.public_key = public_key
         self.stop = stop
+        self.also = also
+        """Other views of the node's context (its encoder identities') halted with it."""
 
     def check(self, data: bytes, peer: str) -> None:
         if self.public_key not in data or self.ctx.halted is not None:
@@ -195,6 +249,8 @@ class Doppelganger:
             f"{self.public_key.hex()[:16]} arrived from peer {peer}, and this data dir never "
             "signed it: the key is in use by another live process — stop that one first"
         )
+        for view in self.also:
+            view.halted = self.ctx.halted
         self.ctx.ingest.count("evidence", "doppelganger")
         self.ctx.log.error("%s; stopping", self.ctx.halted)
         self.stop.cancel()
@@ -278,6 +334,7 @@ def write_info(
     public_key: bytes | None,
     api: str | None,
     cfg: NetworkConfig,
+    identities: Sequence[Identity] = (),
 ) -> dict[str, object]:
     """node.json: how to reach this node, its HTTP API included (read by the testnet driver,
     `dlnet status` and tools). Returns what it wrote; ``keep_live_info`` adds ``live``."""
@@ -293,6 +350,14 @@ def write_info(
         "behaviour": opts.behaviour,
         "model": opts.model,
         "api": api,
+        "encoders": [
+            {
+                "public_key": i.key.public_key.hex(),
+                "behaviour": i.spec.behaviour,
+                "model": i.spec.model,
+            }
+            for i in identities
+        ],
     }
     write_json(data_dir / INFO_FILE, info)
     return info
@@ -301,36 +366,41 @@ def write_info(
 async def run_node(opts: NodeOptions) -> None:
     cfg = load_config(opts.config_path)
     items = load_items(cfg.dataset, opts.config_path.resolve().parent)
+    specs = encoder_identities(opts)
     key = read_key(opts.key_path) if opts.key_path is not None else None
-    if opts.roles and key is None:
+    if opts.roles and key is None and not specs:
         raise NodeError("--key: a node with a role signs its messages — pass --key KEYFILE")
+    if "validator" in opts.roles and key is None:
+        raise NodeError("--key: a validator signs with its own key — pass --key KEYFILE")
     if "validator" in opts.roles and key is not None and not cfg.is_validator(key.public_key):
         raise NodeError(
             f"--key: {key.public_key.hex()} is not in the network config's validator set — "
             "run without --role validator, or use a validator key"
         )
+    try:
+        check_identities(specs, "--key")
+    except IdentityError as exc:
+        raise NodeError(str(exc)) from None
     log = logging.getLogger("dlnet")
     check_port_free(opts.listen)
-    model = None
-    registration = 0
-    if "encoder" in opts.roles and key is not None:
-        registration = await trio.to_thread.run_sync(
-            registration_nonce, cfg, key.public_key, opts.data_dir
+    identities = [Identity(spec, read_key(spec.key_path)) for spec in specs]
+    for ident in identities:
+        registration_file = (
+            REGISTRATION_FILE
+            if len(identities) == 1
+            else f"registration-{ident.key.public_key.hex()[:16]}.json"
         )
-    if "encoder" in opts.roles:
-        log.info("loading model %s ...", opts.model or "(default)")
-        began = time.monotonic()
-        model = load_model(opts.model, cfg, opts.model_options)
-        if opts.align is not None:
-            fitted = load_map(opts.align, cfg.network_id, cfg.dim)
-            model = AlignedModel(model, fitted)
-            log.info(
-                "aligned by %s (%s, held-out cosine %s)",
-                opts.align,
-                fitted.method,
-                ", ".join(f"{k} {v:.3f}" for k, v in sorted(fitted.heldout_cos.items())),
-            )
-        log.info("model loaded in %.1f s", time.monotonic() - began)
+        ident.registration = await trio.to_thread.run_sync(
+            registration_nonce, cfg, ident.key.public_key, opts.data_dir, registration_file
+        )
+    models: dict[object, Model] = {}
+    for ident in identities:
+        loaded = models.get(ident.spec.model_spec())
+        if loaded is None:
+            loaded = models[ident.spec.model_spec()] = _load_encoder_model(cfg, ident.spec)
+        ident.model = loaded
+    if len(identities) > 1:
+        log.info("running %d encoder identities with %d models", len(identities), len(models))
     api_sock, api_url = None, None
     if opts.api is not None:
         host_name, port = opts.api
@@ -345,20 +415,40 @@ async def run_node(opts: NodeOptions) -> None:
     except OSError as exc:
         raise NodeError(f"--data-dir {opts.data_dir}: cannot create ({exc.strerror})") from exc
     with data_dir_lock(opts.data_dir):
-        await _run_locked(opts, cfg, items, key, model, api_sock, api_url, registration)
+        await _run_locked(opts, cfg, items, key, identities, api_sock, api_url)
+
+
+def _load_encoder_model(cfg: NetworkConfig, spec: EncoderIdentity) -> Model:
+    log = logging.getLogger("dlnet")
+    log.info("loading model %s ...", spec.model or "(default)")
+    began = time.monotonic()
+    model = load_model(spec.model, cfg, spec.model_options)
+    if spec.align is not None:
+        fitted = load_map(spec.align, cfg.network_id, cfg.dim)
+        model = AlignedModel(model, fitted)
+        log.info(
+            "aligned by %s (%s, held-out cosine %s)",
+            spec.align,
+            fitted.method,
+            ", ".join(f"{k} {v:.3f}" for k, v in sorted(fitted.heldout_cos.items())),
+        )
+    log.info("model loaded in %.1f s", time.monotonic() - began)
+    return model
 
 
 # How often a node solving its registration proof logs its progress (s).
 PROGRESS_EVERY = 2.0
 
 
-def registration_nonce(cfg: NetworkConfig, key: bytes, data_dir: Path) -> int:
+def registration_nonce(
+    cfg: NetworkConfig, key: bytes, data_dir: Path, file: str = REGISTRATION_FILE
+) -> int:
     """The nonce of this encoder's registration proof (docs/PROTOCOL.md §2.7): the one saved in
-    ``<data-dir>/registration.json`` if it is still valid for this key, network and difficulty
-    (one evaluation), else solved here (2^difficulty evaluations on average, progress logged
-    every 2 s) and saved."""
+    ``<data-dir>/<file>`` (``registration.json``; one file per key when a process runs several
+    encoders) if it is still valid for this key, network and difficulty (one evaluation), else
+    solved here (2^difficulty evaluations on average, progress logged every 2 s) and saved."""
     log = logging.getLogger("dlnet")
-    path = data_dir / REGISTRATION_FILE
+    path = data_dir / file
     difficulty = cfg.registration.difficulty
     try:
         saved = json.loads(path.read_text())
@@ -403,10 +493,9 @@ async def _run_locked(
     cfg: NetworkConfig,
     items: tuple[str, ...],
     key: SigningKey | None,
-    model: Model | None,
+    identities: list[Identity],
     api_sock: socket.socket | None,
     api_url: str | None,
-    registration: int = 0,
 ) -> None:
     store = Store.open(opts.data_dir / STORE_FILE)
     log = logging.getLogger("dlnet")
@@ -429,7 +518,19 @@ async def _run_locked(
             ctx = NodeContext(
                 cfg, items, store, ingest, host, SyncClient(host, ingest, cfg.network_id)
             )
-            public_key = key.public_key if key else None
+            public_key = (
+                key.public_key if key else identities[0].key.public_key if identities else None
+            )
+            # Each encoder identity logs as dlnet.encoder.<key prefix> through its own view of
+            # the context (store, host, ingest shared).
+            enc_ctxs = [
+                dataclasses.replace(
+                    ctx, log=logging.getLogger(f"dlnet.encoder.{i.key.public_key.hex()[:8]}")
+                )
+                if len(identities) > 1
+                else ctx
+                for i in identities
+            ]
             if not host.addrs:
                 raise NodeError(
                     f"--listen {opts.listen}: libp2p is listening on no address — pick another "
@@ -444,12 +545,20 @@ async def _run_locked(
                 " ".join(host.addrs),
             )
             async with trio.open_nursery() as nursery:
-                watch = (
-                    Doppelganger(ctx, public_key, nursery.cancel_scope).check
-                    if public_key is not None
-                    else lambda _data, _peer: None
+                signers = {i.key.public_key for i in identities} | (
+                    {key.public_key} if key is not None else set()
                 )
-                kinds = subscribed_kinds(opts.roles, opts.behaviour)
+                guards = [
+                    Doppelganger(ctx, pk, nursery.cancel_scope, also=enc_ctxs).check
+                    for pk in sorted(signers)
+                ]
+
+                def watch(data: bytes, peer: str) -> None:
+                    for guard in guards:
+                        guard(data, peer)
+
+                copycat = any(i.spec.behaviour.startswith("copycat") for i in identities)
+                kinds = subscribed_kinds(opts.roles, "copycat" if copycat else "honest")
                 await _subscribe_all(host, ingest, cfg, watch, kinds)
                 if Kind.EMBEDDING in kinds:  # a node that keeps reveals takes pushes of them
                     install_reveal_server(host, ingest)
@@ -457,7 +566,7 @@ async def _run_locked(
                 if api_sock is not None:
                     view = NodeView(cfg, store, host, opts.roles, public_key, submit=submitter(ctx))
                     nursery.start_soon(serve_api, build_app(view), api_sock)
-                info = write_info(opts.data_dir, host, opts, public_key, api_url, cfg)
+                info = write_info(opts.data_dir, host, opts, public_key, api_url, cfg, identities)
                 nursery.start_soon(
                     keep_live_info, opts.data_dir, info, cfg, store, host, wall_clock
                 )
@@ -465,11 +574,14 @@ async def _run_locked(
                 nursery.start_soon(_keep_transport_counters, host, opts.data_dir)
                 nursery.start_soon(_keep_saved_peers, host, opts.data_dir)
                 start = first_round(cfg, wall_clock())
-                if key is not None and model is not None:
-                    enc = EncoderRole(ctx, key, model, opts.behaviour, registration)
-                    first = encoder_first_round(cfg, wall_clock(), opts.first_round)
+                for ident, enc_ctx in zip(identities, enc_ctxs, strict=True):
+                    assert ident.model is not None
+                    enc = EncoderRole(
+                        enc_ctx, ident.key, ident.model, ident.spec.behaviour, ident.registration
+                    )
+                    first = encoder_first_round(cfg, wall_clock(), ident.spec.first_round)
                     if first > start:
-                        log.info("encoder: first commit in round %d (--first-round)", first)
+                        enc_ctx.log.info("encoder: first commit in round %d (--first-round)", first)
                     nursery.start_soon(enc.run, first)
                 if key is not None and "validator" in opts.roles:
                     nursery.start_soon(catch_up, ctx)

@@ -13,14 +13,39 @@ from __future__ import annotations
 import json
 import math
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
+from dlnet.protocol.round import Verified
 from dlnet.protocol.rounds import RoundTimes
+from dlnet.protocol.wire import (
+    Attestation,
+    Commit,
+    Embedding,
+    FinalityVote,
+    Kind,
+    Message,
+    Schedule,
+    Submission,
+)
+
+M = TypeVar("M", bound=Message)
+KIND_OF: dict[type[Any], Kind] = {
+    Commit: Kind.COMMIT,
+    Embedding: Kind.EMBEDDING,
+    Attestation: Kind.ATTESTATION,
+    FinalityVote: Kind.VOTE,
+    Submission: Kind.SUBMISSION,
+    Schedule: Kind.SCHEDULE,
+}
+"""The stored kind of each gossiped message class."""
+Decoder = Callable[[bytes, Kind], "Verified[Message] | None"]
+"""Decodes stored bytes of a kind again (only for rounds held from before this process, or
+dropped from the in-memory cache): the admission's verify, counted the same way."""
 
 SCHEMA_VERSION = 1
 NO_SLOT = -1  # shard/slot of messages that have none (SQLite UNIQUE treats NULLs as distinct)
@@ -106,6 +131,15 @@ class Store:
     def __init__(self, db: sqlite3.Connection) -> None:
         self._db = db
         self._seq = int(db.execute("SELECT COALESCE(MAX(seq), 0) FROM messages").fetchone()[0])
+        # Verified messages by (kind, round), in the order stored: filled at admission
+        # (`remember`), read by `held`. A (kind, round) with rows in SQLite that this process
+        # did not admit (held before a restart, or dropped by `forget_before`) is "on disk"
+        # until its first read decodes the rows once (`_decoder`).
+        self._cache: dict[tuple[int, int], dict[bytes, Verified[Message]]] = {}
+        self._on_disk: set[tuple[int, int]] = {
+            (int(k), int(r)) for k, r in db.execute("SELECT DISTINCT kind, round FROM messages")
+        }
+        self._decoder: Decoder | None = None
 
     @classmethod
     def open(cls, path: Path, *, durable: bool = False) -> Store:
@@ -227,6 +261,42 @@ class Store:
             (msg_id, kind, round, signer, _slot(shard), _slot(slot), commitment, data, self._seq),
         )
         return PutResult(PutStatus.NEW)
+
+    # --- verified messages (in memory, per round) ---------------------------------------
+
+    def set_decoder(self, decoder: Decoder) -> None:
+        """How `held` decodes stored rows it has not seen admitted (set by `Ingest`)."""
+        self._decoder = decoder
+
+    def remember(self, kind: Kind, round: int, verified: Verified[Message]) -> None:
+        """Carry a message just stored as NEW (`put_message`) as its verified value."""
+        self._cache.setdefault((int(kind), round), {})[verified.id] = verified
+
+    def held(self, cls: type[M], round: int) -> list[Verified[M]]:
+        """Every held message of ``cls``'s kind and round as its verified value, in the order
+        stored; decoded again only when held from before this process (once per round)."""
+        key = (int(KIND_OF[cls]), round)
+        cached = self._cache.setdefault(key, {})
+        if key in self._on_disk:
+            self._on_disk.discard(key)
+            if self._decoder is None:
+                raise RuntimeError("Store.held: no decoder set (construct an Ingest first)")
+            loaded: dict[bytes, Verified[Message]] = {}
+            for mid, data in self._db.execute(
+                "SELECT id, data FROM messages WHERE kind=? AND round=? ORDER BY seq", key
+            ):
+                v = cached.get(bytes(mid)) or self._decoder(bytes(data), KIND_OF[cls])
+                if v is not None:
+                    loaded[v.id] = v
+            cached = self._cache[key] = loaded
+        return [cast("Verified[M]", v) for v in cached.values() if isinstance(v.msg, cls)]
+
+    def forget_before(self, round: int) -> None:
+        """Drop the verified messages of rounds before ``round`` from memory (they stay in
+        SQLite: a later `held` of such a round decodes them again)."""
+        for key in [k for k in self._cache if k[1] < round]:
+            if self._cache.pop(key):
+                self._on_disk.add(key)
 
     def message_at(self, kind: int, round: int, signer: bytes) -> bytes | None:
         """The message of this kind, round and signer with no shard or slot, if held."""
@@ -373,6 +443,8 @@ class Store:
         and outcomes are kept forever)."""
         for table in ("messages", "equivocations", "round_state", "signed"):
             self._db.execute(f"DELETE FROM {table} WHERE round < ?", (before_round,))
+        self.forget_before(before_round)
+        self._on_disk = {k for k in self._on_disk if k[1] >= before_round}
 
     # --- counters -----------------------------------------------------------------------
 

@@ -36,8 +36,9 @@ from dlnet.node.ingest import Ingest, Outcome
 from dlnet.node.store import Store
 from dlnet.protocol.canonical import MAX_DEPTH, nesting_depth
 from dlnet.protocol.config import NetworkConfig
+from dlnet.protocol.round import Verified
 from dlnet.protocol.rounds import round_at, round_times
-from dlnet.protocol.wire import MAX_ROUND, Embedding, Kind, Message, Reject, decode, topic
+from dlnet.protocol.wire import MAX_ROUND, Kind, Message, Reject, decode, topic
 
 MAX_ITEMS = 256
 MAX_REQUEST_BYTES = 64 * 1024
@@ -255,12 +256,17 @@ class SyncClient:
         return [t for t in started.values() if now - t < STALE_ASK]
 
     def _admit(
-        self, peer: str, items: list[bytes], kind: Kind, requested: Callable[[Message], bool]
+        self,
+        peer: str,
+        items: list[bytes],
+        kind: Kind,
+        requested: Callable[[Verified[Message]], bool],
     ) -> int:
+        """Admit each item once (decode, verify, store) as what ``requested`` expects."""
         got = 0
         with self.ingest.store.batch():  # one commit per answer, not per message
             for data in items:
-                outcome = self.ingest.admit_fetched(data, kind, requested)
+                outcome = self.ingest.admit_requested(data, kind, requested)
                 if outcome is Outcome.REJECTED:
                     self.host.penalize(peer, "sync_bad_item")
                 got += outcome is Outcome.NEW
@@ -276,10 +282,11 @@ class SyncClient:
         def request() -> list[Any] | None:
             return ["commitments", sorted(missing)[:MAX_ITEMS]] if missing else None
 
-        def requested(msg: Message) -> bool:
-            if not (isinstance(msg, Embedding) and msg.commitment() in asked):
+        def requested(v: Verified[Message]) -> bool:
+            # The commitment was computed once, at admission.
+            if v.commitment is None or v.commitment not in asked:
                 return False
-            missing.discard(msg.commitment())  # a valid, signed reveal: admitted next
+            missing.discard(v.commitment)  # a valid, signed reveal: admitted next
             return True
 
         def handle(peer: str, items: list[bytes]) -> None:
@@ -294,8 +301,8 @@ class SyncClient:
         until ``deadline`` (time.time()); returns new admissions."""
         got = 0
 
-        def requested(msg: Message) -> bool:
-            return msg.round == rnd
+        def requested(v: Verified[Message]) -> bool:
+            return v.msg.round == rnd
 
         def handle(peer: str, items: list[bytes]) -> None:
             nonlocal got

@@ -22,6 +22,7 @@ import psutil
 from dlnet.node import compose, report
 from dlnet.node.byzantine import MODES as BYZANTINE_MODES
 from dlnet.node.dataset_io import resolve_dataset_path
+from dlnet.node.identities import EncoderIdentity, render_encoders_file
 from dlnet.node.keyfile import write_key
 from dlnet.node.models.kinds import LEVEL_OPTIONS
 from dlnet.protocol.config import (
@@ -32,6 +33,7 @@ from dlnet.protocol.config import (
     dump_config,
 )
 from dlnet.protocol.identity import SigningKey
+from dlnet.protocol.registration import DEFAULT_DIFFICULTY, RegistrationParams
 from dlnet.protocol.rounds import round_at, round_times
 
 ADVERSARIES: Final = ("noise", "zero", "additive", "fabricated", "copycat", "replay", "equivocator")
@@ -77,6 +79,8 @@ STARTUP_SECONDS_PER_ENCODER: Final = 3.0
 # encoder missed round 1 by 7 s with 10 s here).
 REGISTRATION_SECONDS: Final = 20.0
 REGISTRATION_SECONDS_PER_ENCODER: Final = 2.5
+ENCODERS_FILE: Final = "encoders.toml"
+"""The encoders file (`dlnet run --encoders-file`) of a process running several encoders."""
 # The testnet's round unless --round-seconds: 17 processes on 2 cores overran the 6 s repair
 # and attest phases of 40 s rounds (9 s each at 60 s).
 TESTNET_ROUND_SECONDS: Final = 60
@@ -93,8 +97,21 @@ BOOTSTRAP_MAX_PEERS: Final = 24
 # 4 peers they evicted the bootstrap first (the highest degree), kept two other validators and
 # two encoders, and so lost the reveals of every encoder connected to neither (encoders do not
 # relay reveals): with 11 encoders all three validators lacked 6 encoders' reveals after repair,
-# though the bootstrap held all of them (docs/SYBIL.md).
-VALIDATOR_MAX_PEERS: Final = BOOTSTRAP_MAX_PEERS
+# though the bootstrap held all of them (docs/SYBIL.md). Both get `TestnetPlan.hub_max_peers`.
+# Hubs (bootstrap, validators) keep room for every other node process and a few spare slots
+# (a reconnect is counted before the old connection is gone): every encoder process must keep
+# one connection to a validator or relay, its outlet for commits and reveals.
+HUB_SPARE_PEERS: Final = 4
+# Many encoders share an OS process (`dlnet run --encoders-file`) once there are more than
+# GROUP_ABOVE: at most ENCODERS_PER_PROCESS each (an encoder process costs ~200 MB before any
+# model, a torch one ~600 MB; 100 encoders one a process do not fit 2 cores and 8 GB).
+GROUP_ABOVE: Final = 16
+ENCODERS_PER_PROCESS: Final = 8
+# The registration proof costs 2^difficulty evaluations (~70 ms each) per identity. A testnet of
+# more than GROUP_ABOVE encoders lowers the genesis' difficulty so that all its proofs together
+# cost about what GROUP_ABOVE encoders at the default difficulty do (100 encoders: difficulty 3,
+# ~0.6 s each); the production default (protocol/registration.py) is unchanged.
+REGISTRATION_BUDGET: Final = GROUP_ABOVE * 2**DEFAULT_DIFFICULTY
 
 
 class SpecError(ValueError):
@@ -195,6 +212,32 @@ class TestnetPlan:
     """Per term of ``encoders``: the round its encoders start in (empty: all round 1)."""
     seeds: tuple[str, ...] = ()
     """Kinds of ``encoders`` whose encoders the genesis names as seed encoders."""
+    per_process: int | None = None
+    """Most encoders in one OS process (None: 1 up to GROUP_ABOVE encoders, else
+    ENCODERS_PER_PROCESS)."""
+
+    @property
+    def encoder_count(self) -> int:
+        return sum(n for _, n in self.encoders)
+
+    def encoders_per_process(self) -> int:
+        if self.per_process is not None:
+            return self.per_process
+        return 1 if self.encoder_count <= GROUP_ABOVE else ENCODERS_PER_PROCESS
+
+    def registration_difficulty(self) -> int:
+        """The genesis' registration difficulty: the default, lowered for a big testnet so that
+        every proof together costs about REGISTRATION_BUDGET evaluations."""
+        n = self.encoder_count
+        if n <= GROUP_ABOVE:
+            return DEFAULT_DIFFICULTY
+        return max(0, min(DEFAULT_DIFFICULTY, (REGISTRATION_BUDGET // n).bit_length() - 1))
+
+    def hub_max_peers(self, encoder_processes: int) -> int:
+        """max_peers of the bootstrap and the validators: every other node process plus spare
+        slots, never below BOOTSTRAP_MAX_PEERS."""
+        others = self.validators + encoder_processes
+        return max(BOOTSTRAP_MAX_PEERS, others + HUB_SPARE_PEERS)
 
 
 def plan_encoders(
@@ -226,6 +269,44 @@ class Proc:
     exit_code: int | None = None
     api: str | None = None  # the node's HTTP API URL, once its node.json names it
     log: Any = field(default=None, repr=False)
+    identities: list[tuple[str, str, str]] = field(default_factory=list)
+    """(encoder name, kind, public key hex) of every encoder identity the process runs."""
+    cpu_seconds: float = 0.0
+    """User + system CPU time of the process, last sampled while it ran."""
+
+
+@dataclass(frozen=True)
+class EncoderProcess:
+    """One encoder OS process of a testnet: ``members`` (name, index) of `encoder_names`, all of
+    one ``kind`` and start round."""
+
+    name: str
+    kind: str
+    start_round: int
+    members: tuple[tuple[str, int], ...]
+
+
+def encoder_processes(plan: TestnetPlan) -> list[EncoderProcess]:
+    """The plan's encoders grouped into processes: consecutive encoders of one kind and start
+    round, at most `TestnetPlan.encoders_per_process` each. One encoder a process keeps its
+    encoder's name; a group is ``encoders-<kind>-<n>``."""
+    per = plan.encoders_per_process()
+    out: list[EncoderProcess] = []
+    runs: dict[tuple[str, int], list[tuple[str, int]]] = {}
+    for (name, kind, index), start in zip(
+        encoder_names(plan), encoder_start_rounds(plan), strict=True
+    ):
+        runs.setdefault((kind, start), []).append((name, index))
+    for (kind, start), members in runs.items():
+        for lo in range(0, len(members), per):
+            chunk = tuple(members[lo : lo + per])
+            name = (
+                chunk[0][0]
+                if per == 1
+                else f"encoders-{kind.replace(':', '_').replace('@', '_')}-{len(out)}"
+            )
+            out.append(EncoderProcess(name, kind, start, chunk))
+    return out
 
 
 def _node_cmd(config: Path, data_dir: Path, extra: Sequence[str]) -> list[str]:
@@ -281,15 +362,39 @@ def _note_apis(procs: Sequence[Proc], echo: Any) -> None:
 
 
 def _sample_rss(procs: Sequence[Proc]) -> None:
+    """Each running process's peak RSS so far and its CPU time (user + system) now."""
     for p in procs:
         if p.popen.poll() is not None:
             continue
         with contextlib.suppress(psutil.Error):
-            p.peak_rss = max(p.peak_rss, psutil.Process(p.popen.pid).memory_info().rss)
+            ps = psutil.Process(p.popen.pid)
+            p.peak_rss = max(p.peak_rss, ps.memory_info().rss)
+            cpu = ps.cpu_times()
+            p.cpu_seconds = max(p.cpu_seconds, cpu.user + cpu.system)
+
+
+def startup_seconds(plan: TestnetPlan) -> float:
+    """Seconds from launch until round 1 starts: STARTUP_SECONDS, STARTUP_SECONDS_PER_ENCODER
+    per encoder process of round 1 and per validator beyond 3 (model loads and libp2p start-ups
+    share 2 cores), REGISTRATION_SECONDS and REGISTRATION_SECONDS_PER_ENCODER per identity of
+    round 1 at the default difficulty, halved for each step the testnet lowered it."""
+    groups = [g for g in encoder_processes(plan) if g.start_round == 1]
+    identities = sum(len(g.members) for g in groups)
+    lowered = DEFAULT_DIFFICULTY - plan.registration_difficulty()
+    per_proof = REGISTRATION_SECONDS_PER_ENCODER / 2.0**lowered
+    processes = len(groups) + max(0, plan.validators - 3)
+    return (
+        STARTUP_SECONDS
+        + STARTUP_SECONDS_PER_ENCODER * processes
+        + REGISTRATION_SECONDS
+        + per_proof * identities
+    )
 
 
 def _stop(procs: Sequence[Proc]) -> None:
-    """SIGTERM every process by PID, then SIGKILL what is still there after a grace period."""
+    """SIGTERM every process by PID, then SIGKILL what is still there after a grace period
+    (their CPU time and RSS are sampled a last time first)."""
+    _sample_rss(procs)
     for p in procs:
         if p.popen.poll() is None:
             p.popen.send_signal(signal.SIGTERM)
@@ -306,16 +411,40 @@ def _stop(procs: Sequence[Proc]) -> None:
 
 
 def _encoder_args(kind: str, index: int) -> list[str]:
+    """`dlnet run` options of testnet encoder ``index`` of ``kind`` in a process of its own
+    (the options of its `encoder_identity`)."""
+    ident = encoder_identity(kind, index, Path(), 1)
+    assert ident.model is not None
     if kind.startswith("py:"):
-        return ["--model", kind[3:]]  # a custom factory gets no testnet options
+        return ["--model", ident.model]  # a custom factory gets no testnet options
+    options = dict(ident.model_options)
+    seed = options.pop("seed")
+    extra = [x for k, v in options.items() for x in ("--model-option", f"{k}={v}")]
+    return [
+        "--model",
+        ident.model,
+        "--model-option",
+        f"seed={seed}",
+        "--behaviour",
+        ident.behaviour,
+        *extra,
+    ]
+
+
+def encoder_identity(kind: str, index: int, key: Path, start: int) -> EncoderIdentity:
+    """The encoders-file entry of testnet encoder ``index`` of ``kind`` (what `_encoder_args`
+    gives a process of its own)."""
+    first = start if start > 1 else None
+    if kind.startswith("py:"):
+        return EncoderIdentity(key, kind[3:], first_round=first)
     name, at, level = kind.partition("@")
     model, behaviour, option = KINDS[name]
-    extra: list[str] = []
+    options = {"seed": str(index)}
     if at and option in BEHAVIOUR_OPTIONS:
         behaviour = f"{behaviour}@{level}"
     elif at and option is not None:
-        extra = ["--model-option", f"{option}={level}"]
-    return ["--model", model, "--model-option", f"seed={index}", "--behaviour", behaviour, *extra]
+        options[option] = level
+    return EncoderIdentity(key, model, options, behaviour, first)
 
 
 def testnet_config(
@@ -333,6 +462,7 @@ def testnet_config(
     overrides: dict[str, Any] = {"name": "dlnet-testnet", "dataset": ref}
     overrides["round_seconds"] = plan.round_seconds or TESTNET_ROUND_SECONDS
     overrides["seed_encoders"] = tuple(sorted(set(seeds)))
+    overrides["registration"] = RegistrationParams(difficulty=plan.registration_difficulty())
     entries = tuple(ValidatorEntry(k.public_key, 100) for k in validators)
     return default_config(entries, genesis, **overrides)
 
@@ -421,17 +551,17 @@ def run_testnet(plan: TestnetPlan, *, echo: Any = print) -> int:
     probe = testnet_config(plan, [k for _, k in vkeys], 0, out)
     # Round 1 starts once every process of round 1 is up; round 0 lies before it (replay
     # copies it). Encoders of a later round start later (`late_start_time`).
-    first = sum(1 for start in encoder_start_rounds(plan) if start == 1)
-    per_encoder = STARTUP_SECONDS_PER_ENCODER + REGISTRATION_SECONDS_PER_ENCODER
-    startup = STARTUP_SECONDS + REGISTRATION_SECONDS + per_encoder * first
-    genesis = int(time.time() + startup) - probe.timing.round_seconds
+    groups = encoder_processes(plan)
+    genesis = int(time.time() + startup_seconds(plan)) - probe.timing.round_seconds
     cfg = testnet_config(plan, [k for _, k in vkeys], genesis, out, seeds)
     config_path = out / "network.toml"
     config_path.write_text(dump_config(cfg))
     echo(
         f"testnet: network {cfg.network_id.hex()[:16]}, {plan.validators} validators, "
-        f"{sum(n for _, n in plan.encoders)} encoders, rounds 1..{plan.rounds}, out {out}"
+        f"{plan.encoder_count} encoders in {len(groups)} processes, rounds 1..{plan.rounds}, "
+        f"registration difficulty {cfg.registration.difficulty}, out {out}"
     )
+    hub_peers = str(plan.hub_max_peers(len(groups)))
 
     procs: list[Proc] = []
     try:
@@ -443,7 +573,7 @@ def run_testnet(plan: TestnetPlan, *, echo: Any = print) -> int:
             _node_cmd(
                 config_path,
                 out / "nodes" / "bootstrap",
-                ["--max-peers", str(BOOTSTRAP_MAX_PEERS)],
+                ["--max-peers", hub_peers],
             ),
         )
         procs.append(boot)
@@ -467,7 +597,7 @@ def run_testnet(plan: TestnetPlan, *, echo: Any = print) -> int:
                         "--bootstrap",
                         boot_addr,
                         "--max-peers",
-                        str(VALIDATOR_MAX_PEERS),
+                        hub_peers,
                         *(["--byzantine", plan.byzantine[1]] if byzantine else []),
                     ],
                 ),
@@ -475,41 +605,50 @@ def run_testnet(plan: TestnetPlan, *, echo: Any = print) -> int:
             p.public_key = key.public_key.hex()
             procs.append(p)
 
-        def start_encoder(name: str, kind: str, index: int, start: int) -> None:
-            path, key = ekeys[name]
+        def start_encoder(group: EncoderProcess) -> None:
+            data_dir = out / "nodes" / group.name
+            if len(group.members) == 1:
+                name, index = group.members[0]
+                path = ekeys[name][0]
+                extra = [
+                    "--key",
+                    str(path),
+                    *_encoder_args(group.kind, index),
+                    *(["--first-round", str(group.start_round)] if group.start_round > 1 else []),
+                ]
+            else:
+                data_dir.mkdir(parents=True, exist_ok=True)
+                listed = [
+                    encoder_identity(group.kind, index, ekeys[name][0].resolve(), group.start_round)
+                    for name, index in group.members
+                ]
+                (data_dir / ENCODERS_FILE).write_text(render_encoders_file(listed))
+                extra = ["--encoders-file", str(data_dir / ENCODERS_FILE)]
             p = _start(
-                name,
+                group.name,
                 "encoder",
-                kind,
+                group.kind,
                 out,
                 _node_cmd(
                     config_path,
-                    out / "nodes" / name,
-                    [
-                        "--role",
-                        "encoder",
-                        "--key",
-                        str(path),
-                        "--bootstrap",
-                        boot_addr,
-                        *_encoder_args(kind, index),
-                        *(["--first-round", str(start)] if start > 1 else []),
-                    ],
+                    data_dir,
+                    ["--role", "encoder", "--bootstrap", boot_addr, *extra],
                 ),
             )
-            p.public_key = key.public_key.hex()
+            p.identities = [
+                (name, group.kind, ekeys[name][1].public_key.hex()) for name, _ in group.members
+            ]
+            if len(group.members) == 1:
+                p.public_key = p.identities[0][2]
             procs.append(p)
 
-        pending: list[tuple[float, str, str, int, int]] = []
-        for (name, kind, index), start in zip(
-            encoder_names(plan), encoder_start_rounds(plan), strict=True
-        ):
-            if start > 1:
-                starting = encoder_start_rounds(plan).count(start)
-                at = late_start_time(cfg, start, starting)
-                pending.append((at, name, kind, index, start))
+        pending: list[tuple[float, EncoderProcess]] = []
+        for group in groups:
+            if group.start_round > 1:
+                starting = encoder_start_rounds(plan).count(group.start_round)
+                pending.append((late_start_time(cfg, group.start_round, starting), group))
                 continue
-            start_encoder(name, kind, index, start)
+            start_encoder(group)
         last = round_times(cfg, plan.rounds)
         end = last.finality_deadline + 8.0
         validators = [p for p in procs if p.role == "validator" and p.kind == "validator"]
@@ -517,12 +656,12 @@ def run_testnet(plan: TestnetPlan, *, echo: Any = print) -> int:
             up = all(p.api is not None for p in procs if p.role == "encoder")
             for item in [x for x in pending if late_due(cfg, x[0], time.time(), up)]:
                 pending.remove(item)
-                _, name, kind, index, start = item
+                group = item[1]
                 echo(
-                    f"testnet: starting {name} late (now round {round_at(cfg, time.time())}), "
-                    f"first commit in round {start}"
+                    f"testnet: starting {group.name} late (now round "
+                    f"{round_at(cfg, time.time())}), first commit in round {group.start_round}"
                 )
-                start_encoder(name, kind, index, start)
+                start_encoder(group)
             _sample_rss(procs)
             _note_apis(procs, echo)
             for p in procs:

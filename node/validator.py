@@ -6,9 +6,7 @@ moment picks a round up where it stands and never signs two different things for
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
-from dataclasses import dataclass
 from typing import Final
 
 import numpy as np
@@ -37,6 +35,14 @@ from dlnet.protocol.influence import InfluenceState, scoring_round
 from dlnet.protocol.masks import text_digests
 from dlnet.protocol.registration import Registry, counted, records
 from dlnet.protocol.result import RoundResult, decode_result, encode_result, result_digest
+from dlnet.protocol.round import (
+    RoundView,
+    full_commitments,
+    full_embeddings,
+    messages_digest,
+    scoring_inputs,
+)
+from dlnet.protocol.round import round_view as view_of
 from dlnet.protocol.rounds import RoundTimes, round_times
 from dlnet.protocol.scoring import score_round
 from dlnet.protocol.wire import (
@@ -49,9 +55,7 @@ from dlnet.protocol.wire import (
     FinalityVote,
     Kind,
     Message,
-    decode,
     encode,
-    message_id,
     sign_attestation,
     sign_vote,
 )
@@ -77,48 +81,15 @@ ATTESTATION_PULL: Final = 0.25
 ATTESTATION_POLL: Final = 0.1
 
 
-@dataclass(frozen=True)
-class RoundView:
-    """What a validator holds for a round, restricted to what counts."""
-
-    commits: dict[bytes, Commit]  # encoder -> its one commit
-    reveals: dict[bytes, Embedding]  # commitment -> reveal matching it
-    equivocators: frozenset[bytes]
-    used_ids: tuple[bytes, ...]  # message ids of the commits and reveals used, sorted
-
-    def missing(self) -> list[bytes]:
-        return [
-            h
-            for enc, c in sorted(self.commits.items())
-            if enc not in self.equivocators
-            for h in c.hashes
-            if h not in self.reveals
-        ]
-
-
-def _decoded(ctx: NodeContext, kind: Kind, rnd: int) -> list[tuple[bytes, Message]]:
-    return [(message_id(d), decode(d, ctx.cfg, kind)) for d in ctx.store.messages(kind, rnd)]
-
-
 def round_view(ctx: NodeContext, rnd: int) -> RoundView:
-    commits: dict[bytes, Commit] = {}
-    ids: dict[bytes, bytes] = {}
-    for mid, msg in _decoded(ctx, Kind.COMMIT, rnd):
-        assert isinstance(msg, Commit)
-        if msg.encoder not in commits:  # a second commit is equivocation evidence
-            commits[msg.encoder] = msg
-            ids[msg.encoder] = mid
-    wanted = {h: enc for enc, c in commits.items() for h in c.hashes}
-    reveals: dict[bytes, Embedding] = {}
-    used = list(ids.values())
-    for mid, msg in _decoded(ctx, Kind.EMBEDDING, rnd):
-        assert isinstance(msg, Embedding)
-        h = msg.commitment()
-        if wanted.get(h) == msg.encoder and h not in reveals:
-            reveals[h] = msg
-            used.append(mid)
-    equivocators = frozenset(ctx.store.equivocators(rnd))
-    return RoundView(commits, reveals, equivocators, tuple(sorted(used)))
+    """The round's view (`protocol.round.round_view`) from the verified messages the store
+    holds in memory: nothing is decoded or verified again."""
+    return view_of(
+        ctx.store.held(Commit, rnd),
+        ctx.store.held(Embedding, rnd),
+        ctx.store.equivocators(rnd),
+        ctx.cfg.slots_per_shard,
+    )
 
 
 class ValidatorRole:
@@ -212,9 +183,13 @@ class ValidatorRole:
             await trio.sleep(max(0.0, min(REPAIR_INTERVAL, deadline - wall_clock())))
 
     def _own(self, kind: Kind, rnd: int, phase: int | None = None) -> Message | None:
-        for _, msg in _decoded(self.ctx, kind, rnd):
-            signer = msg.validator if isinstance(msg, Attestation | FinalityVote) else None
-            if signer == self.me and (
+        held: list[Attestation | FinalityVote] = (
+            [v.msg for v in self.ctx.store.held(Attestation, rnd)]
+            if kind is Kind.ATTESTATION
+            else [v.msg for v in self.ctx.store.held(FinalityVote, rnd)]
+        )
+        for msg in held:
+            if msg.validator == self.me and (
                 phase is None or (isinstance(msg, FinalityVote) and msg.phase == phase)
             ):
                 return msg
@@ -273,17 +248,7 @@ class ValidatorRole:
             return cached[1]
         for _ in range(len(view.commits) - len(encoders)):
             self.ctx.ingest.count("validator", "unregistered")
-        slots = cfg.slots_per_shard
-        shards: list[dict[bytes, np.ndarray]] = []
-        for shard in range(cfg.shards_per_round):
-            held: dict[bytes, np.ndarray] = {}
-            for enc in encoders:
-                if enc in view.equivocators:
-                    continue
-                hashes = view.commits[enc].hashes[shard * slots : (shard + 1) * slots]
-                if all(h in view.reveals for h in hashes):
-                    held[enc] = np.stack([view.reveals[h].array() for h in hashes])
-            shards.append(held)
+        shards = scoring_inputs(view, encoders, cfg.shards_per_round, cfg.slots_per_shard)
         scores = await trio.to_thread.run_sync(
             functools.partial(
                 score_round,
@@ -303,7 +268,7 @@ class ValidatorRole:
             tuple(encoders),
             matrix.tobytes(),
             bytes(int(bool(o)) for row in scores.outliers for o in row),
-            hashlib.sha256(b"".join(view.used_ids)).digest(),
+            messages_digest(view),
         )
         oldest = rnd - cfg.timing.round_window - 1
         self._scored = {r: v for r, v in self._scored.items() if r >= oldest}
@@ -315,7 +280,7 @@ class ValidatorRole:
         counts = {
             enc.hex(): {
                 "expected": len(c.hashes),
-                "held": sum(h in view.reveals for h in c.hashes),
+                "held": view.held(enc),
                 "equivocated": enc in view.equivocators,
             }
             for enc, c in view.commits.items()
@@ -351,22 +316,10 @@ class ValidatorRole:
         equivocators = self.ctx.store.equivocators(rnd)
         seen: set[bytes] = set()
         out: dict[bytes, Attestation] = {}
-        for mid, msg in _decoded(self.ctx, Kind.ATTESTATION, rnd):
-            assert isinstance(msg, Attestation)
-            if msg.validator not in equivocators and msg.validator not in seen:
-                seen.add(msg.validator)
-                out[mid] = msg
-        return out
-
-    def _fulls(self, rnd: int) -> dict[tuple[int, bytes], np.ndarray]:
-        view = round_view(self.ctx, rnd)
-        slots = self.ctx.cfg.slots_per_shard
-        out: dict[tuple[int, bytes], np.ndarray] = {}
-        for enc, c in view.commits.items():
-            for shard in range(self.ctx.cfg.shards_per_round):
-                h = c.hashes[shard * slots]
-                if h in view.reveals:
-                    out[(shard, enc)] = view.reveals[h].array()
+        for v in self.ctx.store.held(Attestation, rnd):
+            if v.msg.validator not in equivocators and v.msg.validator not in seen:
+                seen.add(v.msg.validator)
+                out[v.id] = v.msg
         return out
 
     async def result(
@@ -420,19 +373,14 @@ class ValidatorRole:
             committed = set(view.commits)
             try:
                 texts = text_digests(scheduled_tasks(ctx, rnd))
-                fulls = self._fulls(rnd)
+                fulls = full_embeddings(view, ctx.cfg.shards_per_round, ctx.cfg.slots_per_shard)
                 return compute_result(ctx.cfg, rnd, atts, fulls, committed, texts=texts)
             except MissingCommits:
                 # A commit first held after its grace never counts (ingest): abstain.
                 ctx.ingest.count("validator", "no_result_missing_commit")
                 return None
             except MissingEmbeddings as exc:
-                slots = ctx.cfg.slots_per_shard
-                wanted = [
-                    view.commits[enc].hashes[shard * slots]
-                    for shard, enc in exc.missing
-                    if enc in view.commits
-                ]
+                wanted = full_commitments(view, exc.missing, ctx.cfg.slots_per_shard)
                 await ctx.sync.fetch_commitments(wanted, deadline=deadline)
                 if wall_clock() >= deadline:
                     break
@@ -479,10 +427,9 @@ class ValidatorRole:
         """One vote of ``phase`` per validator (the first held), none from an equivocator."""
         equivocators = self.ctx.store.equivocators(rnd)
         votes: dict[bytes, FinalityVote] = {}
-        for _, msg in _decoded(self.ctx, Kind.VOTE, rnd):
-            assert isinstance(msg, FinalityVote)
-            if msg.phase == phase and msg.validator not in equivocators:
-                votes.setdefault(msg.validator, msg)
+        for v in self.ctx.store.held(FinalityVote, rnd):
+            if v.msg.phase == phase and v.msg.validator not in equivocators:
+                votes.setdefault(v.msg.validator, v.msg)
         return [votes[v] for v in sorted(votes)]
 
     async def precommit(self, rnd: int) -> None:

@@ -17,6 +17,10 @@ from dlnet.protocol.errors import Reject, RejectReason
 MAX_ROUND = 2**32 - 1
 """Largest round number any message, result or request may carry (at 1 s rounds, 136 years).
 Well inside the store's signed 64-bit integers and the u64 of the reveal commitment."""
+HASH_BYTES = 32
+"""Bytes of every SHA-256 digest the protocol carries (ids, commitments, network id)."""
+KEY_BYTES = 32
+"""Bytes of an Ed25519 public key."""
 MAX_DEPTH = 8
 """Deepest nesting of arrays and maps a decoded value may have (a message is at most 3 deep)."""
 

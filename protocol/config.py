@@ -17,8 +17,9 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 import tomli_w
 
-from dlnet.protocol.canonical import pack, sha256
+from dlnet.protocol.canonical import HASH_BYTES, pack, sha256
 from dlnet.protocol.consensus import ConsensusParams
+from dlnet.protocol.dataset import DatasetFormat
 from dlnet.protocol.errors import ConfigError
 from dlnet.protocol.registration import RegistrationParams
 from dlnet.protocol.scoring import ScoringParams
@@ -29,7 +30,6 @@ DEFAULT_PROJECTION_SEED = sha256(b"dlnet/v1/projection/default")
 DEFAULT_DATASET_PATH = "builtin:corpus.txt"
 DEFAULT_ROUND_SECONDS = 40
 
-HASH_BYTES = 32
 MAX_NAME_CHARS = 64
 MAX_DIM = 16384
 MAX_SHARDS_PER_ROUND = 256
@@ -37,8 +37,6 @@ MAX_MASKS_PER_SHARD = 16
 MAX_ROUND_WINDOW = 64
 MAX_GENESIS_TIME = 2**40
 """Seconds since the Unix epoch: far beyond any real date, small enough for exact float math."""
-
-DatasetFormat = Literal["lines", "jsonl"]
 
 
 @dataclass(frozen=True)

@@ -147,10 +147,6 @@ def quantise(score: float) -> int:
     return math.floor(min(score, 1.0) * U16_MAX + 0.5)
 
 
-def dequantise(q: int) -> float:
-    return q / U16_MAX
-
-
 def kappa_median(
     values: Sequence[int], stakes: Sequence[int], kappa: Fraction, total_stake: int
 ) -> int:

@@ -18,8 +18,9 @@ from cryptography.hazmat.primitives.serialization import (
     PublicFormat,
 )
 
+from dlnet.protocol.canonical import KEY_BYTES
+
 SEED_BYTES = 32
-PUBLIC_KEY_BYTES = 32
 SIGNATURE_BYTES = 64
 KEY_FILE_HEADER = "dlnet-ed25519-key v1"
 
@@ -80,7 +81,7 @@ def verify(public_key: bytes, domain: bytes, payload: bytes, signature: bytes) -
 
     False (never an exception) for a key or signature of the wrong length or encoding.
     """
-    if len(public_key) != PUBLIC_KEY_BYTES or len(signature) != SIGNATURE_BYTES:
+    if len(public_key) != KEY_BYTES or len(signature) != SIGNATURE_BYTES:
         return False
     try:
         Ed25519PublicKey.from_public_bytes(public_key).verify(

@@ -23,13 +23,12 @@ from typing import Any
 
 import numpy as np
 
-from dlnet.protocol.canonical import MAX_ROUND, pack, sha256, unpack_strict
-from dlnet.protocol.errors import Reject
+from dlnet.protocol.canonical import KEY_BYTES, MAX_ROUND, pack, sha256, unpack_strict
+from dlnet.protocol.errors import Reject, RejectReason
 
 RESULT_VERSION = 1
 RESULT_TAG = b"dlnet/v1/result"
 TEXT_TAG = b"dlnet/v1/shard-text"
-KEY_BYTES = 32
 U16_MAX = 0xFFFF
 MAX_RESULT_BYTES = 64 * 1024 * 1024
 
@@ -93,9 +92,20 @@ def result_digest(r: RoundResult) -> bytes:
     return sha256(RESULT_TAG, encode_result(r))
 
 
+class BadResult(ValueError):
+    """A round result that does not strictly decode: ``reason`` is the reject reason a
+    certificate carrying it gets (``non_canonical``, ``oversize``, ``malformed``), ``detail``
+    names the bad field."""
+
+    def __init__(self, reason: RejectReason, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
 def _need(ok: bool, what: str) -> None:
     if not ok:
-        raise ValueError(what)
+        raise BadResult(RejectReason.MALFORMED, what)
 
 
 def _bin(v: Any, what: str, length: int | None = None) -> bytes:
@@ -118,13 +128,14 @@ def _ascending_keys(v: Any, what: str) -> tuple[bytes, ...]:
 
 
 def decode_result(data: bytes) -> RoundResult:
-    """Strict decode; raises ValueError naming the bad field (wire maps it to a reject)."""
+    """Strict decode; raises `BadResult` (a ValueError) naming the bad field, with the reject
+    reason the wire gives a certificate carrying these bytes (§4 "Round result")."""
     try:
         f = unpack_strict(data, MAX_RESULT_BYTES)
     except Reject as exc:
-        raise ValueError(f"result: {exc.detail}") from None
-    _need(type(f) is list and len(f) == 12, "result: not a 12-field array")
-    _need(f[0] == RESULT_VERSION and type(f[0]) is int, "result: unknown version")
+        raise BadResult(exc.reason, exc.detail) from None
+    _need(type(f) is list and len(f) == 12, "not a 12-field array")
+    _need(f[0] == RESULT_VERSION and type(f[0]) is int, "unknown version")
     network_id = _bin(f[1], "network_id", KEY_BYTES)
     rnd = _uint(f[2], MAX_ROUND, "round")
     encoders = _ascending_keys(f[3], "encoders")

@@ -21,10 +21,19 @@ from typing import TYPE_CHECKING, Any, Final
 import numpy as np
 from numpy.typing import NDArray
 
-from dlnet.protocol.canonical import MAX_ROUND, pack, sha256, u16be, u64be, unpack_strict
+from dlnet.protocol.canonical import (
+    HASH_BYTES,
+    KEY_BYTES,
+    MAX_ROUND,
+    pack,
+    sha256,
+    u16be,
+    u64be,
+    unpack_strict,
+)
 from dlnet.protocol.errors import Reject, RejectReason
 from dlnet.protocol.identity import SIGNATURE_BYTES, SigningKey, verify
-from dlnet.protocol.result import RoundResult, decode_result, encode_result
+from dlnet.protocol.result import BadResult, RoundResult, decode_result, encode_result
 
 if TYPE_CHECKING:  # config imports consensus, which imports this module
     from dlnet.protocol.config import NetworkConfig
@@ -67,13 +76,10 @@ __all__ = [
 ]
 
 WIRE_VERSION = 1
-HASH_BYTES = 32
-KEY_BYTES = 32
 SALT_BYTES = 16
 MAX_ENCODERS = 1024
 """Most encoders one attestation (and so one round result) may list."""
 REVEAL_TAG = b"dlnet/v1/reveal"
-_MAX_U16 = 2**16 - 1
 
 
 class Kind(IntEnum):
@@ -570,10 +576,8 @@ def _certificate(f: list[Any], cfg: NetworkConfig) -> Certificate:
         _validator(cfg, signer)
     try:
         result = decode_result(result_bytes)
-    except Reject:
-        raise
-    except ValueError as exc:
-        raise Reject(RejectReason.MALFORMED, f"result: {exc}") from None
+    except BadResult as exc:
+        raise Reject(exc.reason, f"result: {exc.detail}") from None
     if encode_result(result) != result_bytes:
         raise Reject(RejectReason.NON_CANONICAL, "result: re-encoding gives other bytes")
     if result.network_id != f[2] or result.round != f[3]:

@@ -28,6 +28,7 @@ from dlnet.protocol.masks import Drbg, golden_vectors, round_tasks, text_digests
 from dlnet.protocol.projection import projection_matrix
 from dlnet.protocol.registration import RegistrationParams, records, solve, work
 from dlnet.protocol.result import encode_result, result_digest
+from dlnet.protocol.round import Verified, messages_digest, round_view
 from dlnet.protocol.scoring import ScoringParams, score_round
 from dlnet.protocol.submissions import (
     capacity,
@@ -41,6 +42,7 @@ from dlnet.protocol.submissions import (
 )
 from dlnet.protocol.wire import (
     PREVOTE,
+    Embedding,
     encode,
     make_embedding,
     message_id,
@@ -172,6 +174,7 @@ def compute() -> dict[str, Any]:
     reg_after7 = records([enc_keys[0]], chain, 7, reg_params)
     submissions = _submissions(cfg, validators)
     return {
+        "round": _round_view(cfg),
         "identity": {
             "seed": (bytes([1]) * 32).hex(),
             "public_key": validators[0].public_key.hex(),
@@ -262,6 +265,58 @@ def compute() -> dict[str, Any]:
     }
 
 
+def _round_view(cfg: NetworkConfig) -> dict[str, Any]:
+    """Round 5 of the example config as a validator holds it (protocol/round.py): encoder A
+    honest but for one reveal not held; encoder B's commit lists A's commitments for shard 0
+    (a copier) and its reveals of shard 0 copy A's vectors under B's key; encoder C
+    equivocated. Inputs in the order held; outputs: the reveals that count, what is missing,
+    the message ids used and the messages digest."""
+    net, rnd, slots = cfg.network_id, 5, cfg.slots_per_shard
+    a, b, c = _key(50), _key(51), _key(52)
+
+    def reveals(key: SigningKey, source: SigningKey) -> list[Embedding]:
+        return [
+            make_embedding(
+                key,
+                net,
+                rnd,
+                s,
+                k,
+                sha256(b"salt", source.public_key, bytes([s, k]))[:16],
+                _vector(source.public_key + bytes([s, k]), cfg.dim),
+            )
+            for s in range(cfg.shards_per_round)
+            for k in range(slots)
+        ]
+
+    ra, rb, rc = reveals(a, a), reveals(b, a), reveals(c, c)
+    hashes_b = tuple(e.commitment() for e in ra[:slots]) + tuple(e.commitment() for e in rb[slots:])
+    commits = [
+        sign_commit(a, net, rnd, tuple(e.commitment() for e in ra)),
+        sign_commit(b, net, rnd, hashes_b),
+        sign_commit(c, net, rnd, tuple(e.commitment() for e in rc)),
+    ]
+    held = [*ra[1:], *rb, *rc[:2]]
+
+    view = round_view(
+        [Verified(m, encode(m), message_id(encode(m))) for m in commits],
+        [Verified(e, encode(e), message_id(encode(e)), e.commitment()) for e in held],
+        [c.public_key],
+        slots,
+    )
+    return {
+        "round": rnd,
+        "slots_per_shard": slots,
+        "commits": [encode(m).hex() for m in commits],
+        "reveals_held": [encode(m).hex() for m in held],
+        "equivocators": [c.public_key.hex()],
+        "counted": sorted(h.hex() for h in view.reveals),
+        "missing": [h.hex() for h in view.missing()],
+        "used_ids": [i.hex() for i in view.used_ids],
+        "messages_digest": messages_digest(view).hex(),
+    }
+
+
 def _submissions(cfg: NetworkConfig, validators: list[SigningKey]) -> dict[str, Any]:
     """Round 9 of the example config (capacity 2, vote budget 4): four submitters, one of them
     over its quota (held everywhere: the smaller id counts), one that sends two different
@@ -340,6 +395,7 @@ def _summary(v: dict[str, Any]) -> str:
         f"{v['registration']['difficulty']} | {v['registration']['nonce']} |",
         f"| registered set after the example chain | "
         f"`{v['registration']['after_round_7']['digest']}` |",
+        f"| messages digest of the example round view | `{v['round']['messages_digest']}` |",
         f"| example schedule of round 9 (submission ids) | "
         f"{', '.join('`' + e[0][:16] + '…`' for e in v['submissions']['entries'])} |",
         "",

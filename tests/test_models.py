@@ -23,7 +23,8 @@ from dlnet.node.models import (
     kinds,
     load_model,
 )
-from dlnet.node.models.minilm import FINETUNED_FILE, MiniLM
+from dlnet.node.models.kinds import SharedNative
+from dlnet.node.models.minilm import FINETUNED_FILE
 from dlnet.protocol.dataset import parse_dataset
 from dlnet.protocol.masks import split_units
 from dlnet.protocol.projection import projection_matrix
@@ -185,8 +186,8 @@ def test_honest_kind_close_but_distinct(default_model: Loaded) -> None:
 def test_truncated_kind() -> None:
     model = load_model("dlnet.node.models.kinds:truncated", Network(), {"seed": "0", "layers": "4"})
     assert isinstance(model, ProjectedModel)
-    assert isinstance(model.native, MiniLM)
-    assert model.native.layers == 4
+    assert isinstance(model.native, SharedNative)
+    assert model.native.base.layers == 4
     texts = masked_triples(10)
     assert mean_dl(check_contract(model, texts)) < 0.7
 
@@ -206,11 +207,11 @@ def test_finetuned_kind_ships_its_biases_and_loads_offline(default_model: Loaded
     with network_refused() as attempts:
         model = load_model("dlnet.node.models.kinds:finetuned", Network(), {"seed": "0"})
     assert attempts == []
-    assert isinstance(model, ProjectedModel) and isinstance(model.native, MiniLM)
+    assert isinstance(model, ProjectedModel) and isinstance(model.native, SharedNative)
     check_contract(model, TEXTS)
     import torch
 
-    tuned = model.native.model.state_dict()
+    tuned = model.native.base.model.state_dict()
     base = default_model.model.native.model.state_dict()
     for name, value in base.items():  # the shipped biases replace the pretrained ones, only
         assert torch.equal(tuned[name], shipped.get(name, value)), name
@@ -231,9 +232,9 @@ def test_random_init_kind_is_seeded_and_offline(default_model: Loaded) -> None:
     out = check_contract(a, TEXTS)
     assert np.array_equal(out, kinds.random_init(DIM, SEED, init_seed=3).embed(TEXTS))
     assert not np.allclose(out, kinds.random_init(DIM, SEED, init_seed=4).embed(TEXTS))
-    assert isinstance(a, ProjectedModel) and isinstance(a.native, MiniLM)
+    assert isinstance(a, ProjectedModel) and isinstance(a.native, SharedNative)
     layer = "encoder.layer.0.attention.self.query.weight"
-    random_w = a.native.model.state_dict()[layer].numpy()
+    random_w = a.native.base.model.state_dict()[layer].numpy()
     assert not np.allclose(random_w, default_model.model.native.model.state_dict()[layer].numpy())
 
 

@@ -541,3 +541,85 @@ def test_a_stuck_outbound_queue_delays_one_publish_not_every_one() -> None:
             assert a.counters["publish.backpressure_timeout"] == 2
 
     trio.run(main)
+
+
+@pytest.mark.network
+@pytest.mark.timeout(60)
+def test_no_libp2p_signing_and_a_forged_origin_is_judged_by_the_dlnet_signature() -> None:
+    """PROTOCOL.md §6: py-libp2p neither signs messages nor sends or verifies signed peer
+    records; two hosts still exchange messages, and a message whose libp2p ``from`` is
+    forged (no libp2p signature) is accepted or rejected by dlnet's own signature alone."""
+    import libp2p.pubsub.pubsub as pubsub_module
+    from libp2p.pubsub.pb import rpc_pb2
+
+    from dlnet.protocol.canonical import sha256
+    from dlnet.protocol.config import ValidatorEntry, default_config
+    from dlnet.protocol.identity import SigningKey
+    from dlnet.protocol.wire import Kind, Reject, decode, encode, make_embedding
+
+    key = SigningKey.from_seed(sha256(b"encoder"))
+    cfg = default_config(
+        [ValidatorEntry(sha256(b"v"), 1)], 1_700_000_000, dataset_sha256=sha256(b"d"), dim=8
+    )
+    good = encode(make_embedding(key, cfg.network_id, 1, 0, 0, bytes(16), [1.0] * 8))
+    tampered = good[:-70] + bytes([good[-70] ^ 1]) + good[-69:]
+    records: list[bool] = []
+    read_loop = pubsub_module.maybe_consume_signed_record
+
+    def spy(msg: rpc_pb2.RPC, host: Any, peer_id: ID) -> bool:
+        records.append(msg.HasField("senderRecord"))
+        return read_loop(msg, host, peer_id)
+
+    def dlnet_verdict(_topic: str, data: bytes, _peer: str) -> Verdict:
+        try:
+            decode(data, cfg, Kind.EMBEDDING)
+        except Reject:
+            return Verdict.REJECT
+        return Verdict.ACCEPT
+
+    async def main() -> None:
+        got: list[bytes] = []
+
+        async def handler(data: bytes, peer: str) -> None:
+            got.append(data)
+
+        params = GossipParams()
+        pubsub_module.maybe_consume_signed_record = spy  # type: ignore[attr-defined]
+        try:
+            async with (
+                open_host(listen=LOOPBACK, bootstrap=[], params=params) as a,
+                open_host(listen=LOOPBACK, bootstrap=a.addrs, params=params) as b,
+            ):
+                for h in (a, b):
+                    await h.subscribe("t", dlnet_verdict, handler)
+                with trio.fail_after(15):
+                    while a.peer_id not in b.mesh_peers("t") or b.peer_id not in a.mesh_peers("t"):
+                        await trio.sleep(0.1)
+                assert not a._pubsub.strict_signing and a._pubsub.sign_key is None
+                await a.publish("t", good)
+                with trio.fail_after(10):
+                    while good not in got:
+                        await trio.sleep(0.05)
+                # The same message id twice is one delivery (content hash).
+                # Forged origins, no libp2p signature: only the dlnet signature decides.
+                stranger = ID.from_pubkey(create_new_key_pair().public_key).to_bytes()
+                for n, data in enumerate((tampered, good + b"")):
+                    forged = rpc_pb2.Message(
+                        from_id=stranger, data=data, seqno=n.to_bytes(8, "big"), topicIDs=["t"]
+                    )
+                    await b._pubsub.push_msg(ID.from_base58(a.peer_id), forged)
+                other = encode(make_embedding(key, cfg.network_id, 1, 0, 1, bytes(16), [2.0] * 8))
+                forged = rpc_pb2.Message(
+                    from_id=stranger, data=other, seqno=(9).to_bytes(8, "big"), topicIDs=["t"]
+                )
+                await b._pubsub.push_msg(ID.from_base58(a.peer_id), forged)
+                await trio.sleep(0.5)
+                assert tampered not in got
+                assert got.count(good) == 1
+                assert other in got
+                assert b.counters.get("rejected", 0) >= 1
+        finally:
+            pubsub_module.maybe_consume_signed_record = read_loop  # type: ignore[attr-defined]
+        assert records and not any(records)  # RPCs were read, none carried a peer record
+
+    trio.run(main)

@@ -528,6 +528,24 @@ def test_certificate_reasons() -> None:
     assert reason(encode(cert), make_cfg(name="x")) is RejectReason.WRONG_NETWORK
 
 
+def test_certificate_with_a_non_canonical_result_is_non_canonical() -> None:
+    """PROTOCOL.md §1 decoding step: result bytes that re-encode differently are
+    ``non_canonical`` (not ``malformed``), and the detail names the result once."""
+    cert = certificate()
+    good = encode_result(cert.result)
+    # The round 7 as a uint64 (0xcf) header: valid msgpack, not the canonical encoding.
+    bad = good.replace(b"\x07", b"\xcf" + (7).to_bytes(8), 1)
+    assert msgpack.unpackb(bad) == msgpack.unpackb(good)
+    with pytest.raises(Reject) as info:
+        decode(reencoded(cert, 4, bad), SMALL, Kind.CERTIFICATE)
+    assert info.value.reason is RejectReason.NON_CANONICAL
+    assert info.value.detail.startswith("result: ")
+    assert "result: result:" not in str(info.value)
+    with pytest.raises(Reject) as info:
+        decode(reencoded(cert, 4, good + b"\x00"), SMALL, Kind.CERTIFICATE)
+    assert info.value.reason is RejectReason.MALFORMED
+
+
 def test_certificate_vote_is_a_finality_vote_signature() -> None:
     cert = certificate()
     validator, sig = cert.votes[0]

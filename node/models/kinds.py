@@ -28,8 +28,9 @@ the role; ``fabricate_inverse`` is the vector half of ``fabricated``, ``jitter_o
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
-from typing import cast
+from typing import Any, cast
 
 import numpy as np
 from numpy.typing import NDArray
@@ -59,6 +60,42 @@ CHEAPCOPY_MAP_SEED = "cheapcopy"
 ADDITIVE_WORD_NORM = 22.0
 """Expected norm of an ``additive`` word vector: a sum of n words has norm about 22 * sqrt(n),
 about 100 for a 20-word corpus item, like the honest model."""
+
+
+class SharedNative:
+    """One loaded native model shared by every encoder identity of a process that asks for the
+    same variant (`shared_minilm`; `dlnet run --encoders-file`): its weights are loaded once,
+    its calls run one at a time (a tokenizer is not safe across threads), and the last call's
+    output is kept, so identities embedding the same round's texts pay one forward pass."""
+
+    def __init__(self, base: MiniLM) -> None:
+        self.base = base
+        self._lock = threading.Lock()
+        self._last: tuple[tuple[str, ...], NDArray[np.float32]] | None = None
+
+    @property
+    def native_dim(self) -> int:
+        return self.base.native_dim
+
+    def embed_native(self, texts: list[str]) -> NDArray[np.float32]:
+        key = tuple(texts)
+        with self._lock:
+            if self._last is None or self._last[0] != key:
+                self._last = (key, self.base.embed_native(texts))
+            return self._last[1].copy()
+
+
+_SHARED: dict[tuple[tuple[str, Any], ...], SharedNative] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def shared_minilm(**options: Any) -> SharedNative:
+    """The process's `SharedNative` of ``MiniLM(**options)`` (loaded on first use)."""
+    key = tuple(sorted(options.items()))
+    with _SHARED_LOCK:
+        if key not in _SHARED:
+            _SHARED[key] = SharedNative(MiniLM(**options))
+        return _SHARED[key]
 
 
 def generator(tag: bytes, seed: int | str, data: bytes = b"") -> np.random.Generator:
@@ -92,7 +129,7 @@ def honest(
     threads: int | str = 1,
 ) -> ProjectedModel:
     """The default model seen through a private near-identity map (a diverse honest pool)."""
-    native = MiniLM(threads=int_option("threads", threads, 1))
+    native = shared_minilm(threads=int_option("threads", threads, 1))
     return _minilm_kind(dim, projection_seed, seed, strength, native)
 
 
@@ -105,7 +142,7 @@ def finetuned(
     threads: int | str = 1,
 ) -> ProjectedModel:
     """An honest, genuinely different model: MiniLM with the shipped BitFit fine-tune."""
-    native = MiniLM(weights="finetuned", threads=int_option("threads", threads, 1))
+    native = shared_minilm(weights="finetuned", threads=int_option("threads", threads, 1))
     return _minilm_kind(dim, projection_seed, seed, strength, native)
 
 
@@ -119,7 +156,7 @@ def truncated(
     threads: int | str = 1,
 ) -> ProjectedModel:
     """An honest but weaker model: the first ``layers`` transformer layers of MiniLM only."""
-    native = MiniLM(layers=layers_option(layers), threads=int_option("threads", threads, 1))
+    native = shared_minilm(layers=layers_option(layers), threads=int_option("threads", threads, 1))
     return _minilm_kind(dim, projection_seed, seed, strength, native)
 
 
@@ -133,7 +170,7 @@ def random_init(
     threads: int | str = 1,
 ) -> ProjectedModel:
     """The MiniLM architecture and tokenizer with random weights (``torch.manual_seed``)."""
-    native = MiniLM(
+    native = shared_minilm(
         weights="random",
         init_seed=int_option("init_seed", init_seed, 0),
         threads=int_option("threads", threads, 1),
@@ -152,7 +189,7 @@ def static(
 ) -> ProjectedModel:
     """Static word vectors: MiniLM's input word-piece table, summed or averaged over the
     content tokens (no context; summed, it is additive: DL = 0 up to rounding)."""
-    native = MiniLM(
+    native = shared_minilm(
         static=True, pooling=pooling_option(pooling), threads=int_option("threads", threads, 1)
     )
     return _minilm_kind(dim, projection_seed, seed, strength, native)
@@ -187,7 +224,7 @@ def noisy(
     threads: int | str = 1,
 ) -> ProjectedModel:
     """The honest output with Gaussian noise of ``level`` times its per-coordinate scale."""
-    base = MiniLM(threads=int_option("threads", threads, 1))
+    base = shared_minilm(threads=int_option("threads", threads, 1))
     native = NoisyNative(base, level_option(level), seed)
     return _minilm_kind(dim, projection_seed, seed, strength, native)
 
@@ -233,7 +270,7 @@ def cheapcopy(
     private map of seed ``cheapcopy`` (shared by every copy), plus Gaussian noise of ``level``
     times its per-coordinate scale drawn from (``seed``, text): copies are near-identical, not
     byte-identical (a sybil's cheapest way to dodge exact-duplicate detection)."""
-    base = MiniLM(static=True, pooling="mean", threads=int_option("threads", threads, 1))
+    base = shared_minilm(static=True, pooling="mean", threads=int_option("threads", threads, 1))
     native = NoisyNative(base, level_option(level), seed)
     return _minilm_kind(dim, projection_seed, CHEAPCOPY_MAP_SEED, strength, native)
 

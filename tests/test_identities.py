@@ -1,0 +1,232 @@
+"""Several encoder identities in one process: the encoders file, `dlnet run`'s key options and
+their one-line errors, and how `dlnet testnet` groups encoders into processes."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dlnet.node.cli import main
+from dlnet.node.host import GossipParams
+from dlnet.node.identities import (
+    MAX_IDENTITIES,
+    EncoderIdentity,
+    IdentityError,
+    read_encoders_file,
+    render_encoders_file,
+)
+from dlnet.node.runtime import NodeOptions, encoder_identities, scaled_gossip
+from dlnet.node.testnet import (
+    BOOTSTRAP_MAX_PEERS,
+    ENCODERS_PER_PROCESS,
+    GROUP_ABOVE,
+    REGISTRATION_SECONDS,
+    REGISTRATION_SECONDS_PER_ENCODER,
+    STARTUP_SECONDS,
+    STARTUP_SECONDS_PER_ENCODER,
+    TestnetPlan,
+    encoder_identity,
+    encoder_names,
+    encoder_processes,
+    startup_seconds,
+)
+from dlnet.protocol.registration import DEFAULT_DIFFICULTY, RegistrationParams
+
+GOOD = """
+[[encoder]]
+key = "keys/a.key"
+model = "dlnet.node.models.kinds:honest"
+model_options = { seed = "3" }
+
+[[encoder]]
+key = "keys/b.key"
+behaviour = "fabricated@0.2"
+first_round = 4
+"""
+
+
+def test_encoders_file_is_read_relative_to_itself(tmp_path: Path) -> None:
+    path = tmp_path / "enc.toml"
+    path.write_text(GOOD)
+    a, b = read_encoders_file(path)
+    assert a.key_path == tmp_path.resolve() / "keys" / "a.key"
+    assert (a.model, dict(a.model_options), a.behaviour, a.first_round) == (
+        "dlnet.node.models.kinds:honest",
+        {"seed": "3"},
+        "honest",
+        None,
+    )
+    assert (b.model, b.behaviour, b.first_round) == (None, "fabricated@0.2", 4)
+    # Written back and read again, the same identities.
+    again = tmp_path / "again.toml"
+    again.write_text(render_encoders_file([a, b]))
+    assert read_encoders_file(again) == (a, b)
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("", "[[encoder]]"),
+        ("not toml [", "not valid TOML"),
+        ('[[encoder]]\nmodel = "m:f"\n', "no key"),
+        ('[[encoder]]\nkey = "a"\ncolour = "red"\n', "unknown field 'colour'"),
+        ('[[encoder]]\nkey = "a"\nbehaviour = "sneaky"\n', "unknown encoder behaviour"),
+        ('[[encoder]]\nkey = "a"\nfirst_round = 0\n', "first_round"),
+        ('[[encoder]]\nkey = "a"\nmodel_options = { seed = 3 }\n', "model_options"),
+        ('[[encoder]]\nkey = "a"\n[[encoder]]\nkey = "./a"\n', "named twice"),
+        ('key = "a"\n', "[[encoder]]"),
+    ],
+)
+def test_bad_encoders_files(tmp_path: Path, text: str, needle: str) -> None:
+    path = tmp_path / "enc.toml"
+    path.write_text(text)
+    with pytest.raises(IdentityError) as err:
+        read_encoders_file(path)
+    assert needle in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_too_many_identities_for_one_process(tmp_path: Path) -> None:
+    path = tmp_path / "enc.toml"
+    many = [EncoderIdentity(Path(f"k{i}.key")) for i in range(MAX_IDENTITIES + 1)]
+    path.write_text(render_encoders_file(many))
+    with pytest.raises(IdentityError, match="at most"):
+        read_encoders_file(path)
+
+
+def test_single_encoder_options_make_one_identity(tmp_path: Path) -> None:
+    opts = NodeOptions(
+        tmp_path / "n.toml",
+        tmp_path,
+        frozenset({"encoder"}),
+        key_path=tmp_path / "k",
+        model="m:f",
+        behaviour="replay",
+        first_round=2,
+    )
+    (only,) = encoder_identities(opts)
+    assert (only.key_path, only.model, only.behaviour, only.first_round) == (
+        tmp_path / "k",
+        "m:f",
+        "replay",
+        2,
+    )
+    relay = NodeOptions(tmp_path / "n.toml", tmp_path)
+    assert encoder_identities(relay) == ()
+
+
+def test_publish_budget_grows_with_the_identities() -> None:
+    base = GossipParams()
+    assert scaled_gossip(base, 1) is base
+    eight = scaled_gossip(base, 8)
+    assert eight.publish_rate == 8 * base.publish_rate
+    assert eight.publish_burst == 8 * base.publish_burst
+
+
+def _cli_error(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
+    with pytest.raises(SystemExit) as done:
+        main(list(argv))
+    assert done.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("dlnet: error: "), lines
+    return lines[0]
+
+
+def test_run_key_mistakes_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg, data = str(tmp_path / "n.toml"), str(tmp_path / "d")
+    base = ("run", "--config", cfg, "--data-dir", data)
+    line = _cli_error(capsys, *base, "--role", "validator", "--key", "a", "--key", "b")
+    assert "--key" in line and "encoder-only" in line
+    line = _cli_error(capsys, *base, "--role", "encoder", "--key", "a", "--key", "a")
+    assert "named twice" in line
+    enc = tmp_path / "enc.toml"
+    enc.write_text(GOOD)
+    line = _cli_error(capsys, *base, "--encoders-file", str(enc))
+    assert "--role encoder" in line
+    line = _cli_error(capsys, *base, "--role", "encoder", "--encoders-file", str(enc), "--key", "a")
+    assert "validator's key" in line
+    missing = str(tmp_path / "nope.toml")
+    line = _cli_error(capsys, *base, "--role", "encoder", "--encoders-file", missing)
+    assert "cannot read" in line
+
+
+def test_testnet_per_process_mistake(capsys: pytest.CaptureFixture[str]) -> None:
+    line = _cli_error(capsys, "testnet", "--encoders-per-process", "0")
+    assert "--encoders-per-process 0" in line
+
+
+def _plan(encoders: tuple[tuple[str, int], ...], **kw: object) -> TestnetPlan:
+    return TestnetPlan(3, encoders, 2, Path("out"), **kw)  # type: ignore[arg-type]
+
+
+def test_small_testnets_keep_one_encoder_per_process() -> None:
+    plan = _plan((("honest", 6), ("noise", 1), ("copycat", 1)))
+    groups = encoder_processes(plan)
+    assert [g.name for g in groups] == [name for name, _, _ in encoder_names(plan)]
+    assert all(len(g.members) == 1 for g in groups)
+    assert plan.registration_difficulty() == DEFAULT_DIFFICULTY
+    assert plan.hub_max_peers(len(groups)) == BOOTSTRAP_MAX_PEERS
+    # The default testnet's start-up allowance is what it was before grouping.
+    per_encoder = STARTUP_SECONDS_PER_ENCODER + REGISTRATION_SECONDS_PER_ENCODER
+    assert startup_seconds(plan) == STARTUP_SECONDS + REGISTRATION_SECONDS + per_encoder * 8
+
+
+def test_big_testnets_group_encoders_by_kind() -> None:
+    plan = _plan((("honest", 6), ("noise", 94)))
+    groups = encoder_processes(plan)
+    assert len(groups) == 1 + math.ceil(94 / ENCODERS_PER_PROCESS)
+    members = [m for g in groups for m in g.members]
+    assert sorted(members) == sorted((name, i) for name, _, i in encoder_names(plan))
+    assert all(1 <= len(g.members) <= ENCODERS_PER_PROCESS for g in groups)
+    names = dict(((name, i), kind) for name, kind, i in encoder_names(plan))
+    assert all(names[m] == g.kind for g in groups for m in g.members)
+    assert len({g.name for g in groups}) == len(groups)
+    # Every proof together costs about what GROUP_ABOVE encoders at the default cost.
+    d = plan.registration_difficulty()
+    assert 0 < d < DEFAULT_DIFFICULTY
+    assert 100 * 2**d <= GROUP_ABOVE * 2**DEFAULT_DIFFICULTY < 100 * 2 ** (d + 1)
+    RegistrationParams(difficulty=d)  # a valid genesis value
+    assert plan.hub_max_peers(len(groups)) >= 3 + len(groups)
+    assert startup_seconds(plan) < 200  # not 100 x 5.5 s: processes and cheap proofs
+    one_each = _plan((("noise", 30),), per_process=1)
+    assert len(encoder_processes(one_each)) == 30
+    assert one_each.hub_max_peers(30) >= 33
+
+
+def test_late_groups_stay_apart_and_keep_their_round() -> None:
+    plan = _plan((("noise", 10), ("noise", 10)), start_rounds=(1, 3))
+    groups = encoder_processes(plan)
+    assert {g.start_round for g in groups} == {1, 3}
+    assert sum(len(g.members) for g in groups if g.start_round == 3) == 10
+
+
+def test_testnet_identity_matches_a_process_of_its_own(tmp_path: Path) -> None:
+    ident = encoder_identity("noisy@0.5", 7, tmp_path / "k", 3)
+    assert ident.model == "dlnet.node.models.kinds:noisy"
+    assert dict(ident.model_options) == {"seed": "7", "level": "0.5"}
+    assert (ident.behaviour, ident.first_round) == ("honest", 3)
+    fab = encoder_identity("fabricated@0.2", 1, tmp_path / "k", 1)
+    assert (fab.behaviour, fab.first_round) == ("fabricated@0.2", None)
+    custom = encoder_identity("py:mod:make", 2, tmp_path / "k", 1)
+    assert (custom.model, dict(custom.model_options)) == ("mod:make", {})
+
+
+def test_minilm_kinds_share_one_native_model_per_process() -> None:
+    from dlnet.node.models.kinds import honest, noisy
+
+    a = honest(64, b"\0" * 32, seed=1)
+    b = honest(64, b"\0" * 32, seed=2)
+    c = noisy(64, b"\0" * 32, seed=3)
+    assert a.native is b.native  # one set of weights
+    assert c.native.base is a.native  # type: ignore[attr-defined]
+    texts = ["a red fox", "the quiet river bank"]
+    first = a.native.embed_native(texts)
+    assert np.array_equal(b.native.embed_native(texts), first)  # the same round's texts: once
+    other = a.native.embed_native(["something else entirely"])
+    assert other.shape == (1, first.shape[1]) and not np.allclose(other[0], first[0])
+    fresh = a.native.base.embed_native(texts)  # type: ignore[attr-defined]
+    assert np.allclose(a.native.embed_native(texts), fresh, atol=1e-4)
+    assert not np.allclose(a.embed(texts), b.embed(texts))  # private maps still differ
