@@ -112,8 +112,8 @@ def answer(store: Store, cfg: NetworkConfig, now: float, data: bytes) -> bytes:
     copier commit to someone else's embeddings.
     """
     op, args = _parse_request(data)
-    open_rounds = range(round_at(cfg, now) + 1)
-    if now < round_times(cfg, open_rounds.stop - 1).commit_deadline:
+    open_rounds = range(round_at(cfg, now) + 1)  # empty before genesis
+    if open_rounds and now < round_times(cfg, open_rounds.stop - 1).commit_deadline:
         open_rounds = range(open_rounds.stop - 1)
     items: list[bytes]
     if op == "commitments":

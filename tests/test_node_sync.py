@@ -418,3 +418,11 @@ def test_two_stalled_keepers_asked_first_do_not_hold_the_repair_until_they_time_
     assert got == len(wanted)
     assert host.asked[2] == "good"
     assert virtual_elapsed < REQUEST_TIMEOUT  # not waiting out the stalled asks
+
+
+def test_requests_before_genesis_are_answered_not_crashed(held: Held) -> None:
+    """Before round 0 starts no round is open: a peer asking for reveals (a 100-encoder
+    testnet's nodes repair as soon as they are up) gets an empty answer, not a traceback."""
+    before = held.cfg.genesis_time - 10.0
+    assert held.ask(["commitments", [e.commitment() for e in held.reveals]], before) == []
+    assert held.ask(["round", int(Kind.EMBEDDING), 1], before) == []
