@@ -322,9 +322,12 @@ def _round_messages(cfg: NetworkConfig, encoders: list[SigningKey]) -> list[Any]
     return out
 
 
-def test_a_late_attestation_from_a_minority_cannot_split_the_votes(tmp_path: Path) -> None:
-    """Finding 4: of 4 equal validators one attests late and never votes; two honest ones hold
-    its attestation when they compute, one does not. All three precommit one result."""
+def _three_of_four_holding(
+    tmp_path: Path, last_score: int
+) -> tuple[NetworkConfig, list[ValidatorRole]]:
+    """4 equal validators, the last one not running: the three others hold the round's
+    commits, reveals and all four attestations (the last scoring ``last_score``), except
+    validator 2, which misses the last attestation."""
     vals = keys(4)
     cfg = config(vals)
     enc_keys = keys(3, base=60)
@@ -332,13 +335,20 @@ def test_a_late_attestation_from_a_minority_cannot_split_the_votes(tmp_path: Pat
     pool: list[bytes] = []
     honest = [role(cfg, k, tmp_path / f"v{i}.sqlite", pool) for i, k in enumerate(vals[:3])]
     base = _round_messages(cfg, enc_keys)
-    atts = [attest(cfg, k, real, 60000 - 7 * i) for i, k in enumerate(vals)]
-    late = attest(cfg, vals[3], real, 20000)  # differs: with it the result differs
-    atts[3] = late
+    atts = [attest(cfg, k, real, 60000 - 7 * i) for i, k in enumerate(vals[:3])]
+    atts.append(attest(cfg, vals[3], real, last_score))
     pool.extend(encode(m) for m in [*base, *atts])
     for i, v in enumerate(honest):
         hold(v, base)
-        hold(v, atts[:3] if i == 2 else atts)  # validator 2 misses the late attestation
+        hold(v, atts[:3] if i == 2 else atts)
+    return cfg, honest
+
+
+def test_a_late_attestation_from_a_minority_cannot_split_the_votes(tmp_path: Path) -> None:
+    """Finding 4: of 4 equal validators one attests late and never votes; two honest ones hold
+    its attestation when they compute, one does not. All three precommit one result."""
+    # The late attestation differs: with it the result differs; validator 2 misses it.
+    cfg, honest = _three_of_four_holding(tmp_path, 20000)
 
     async def phases() -> None:
         for v in honest:
@@ -460,18 +470,7 @@ def test_a_result_is_computed_once_per_attestation_set(
     precommits over another set (it missed an attestation) computes that one too."""
     import dlnet.node.validator as validator_module
 
-    vals = keys(4)
-    cfg = config(vals)
-    enc_keys = keys(3, base=60)
-    real = sorted(k.public_key for k in enc_keys)
-    pool: list[bytes] = []
-    honest = [role(cfg, k, tmp_path / f"v{i}.sqlite", pool) for i, k in enumerate(vals[:3])]
-    base = _round_messages(cfg, enc_keys)
-    atts = [attest(cfg, k, real, 60000 - 7 * i) for i, k in enumerate(vals)]
-    pool.extend(encode(m) for m in [*base, *atts])
-    for i, v in enumerate(honest):
-        hold(v, base)
-        hold(v, atts[:3] if i == 2 else atts)
+    _, honest = _three_of_four_holding(tmp_path, 60000 - 21)
     computed: dict[bytes, int] = {}
     real_compute = validator_module.compute_result
 
