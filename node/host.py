@@ -614,6 +614,7 @@ class Host:
         ``reject_ban_threshold`` points it is disconnected and banned for ``ban_seconds``."""
         self._counters.add(f"penalty.{reason}")
         if self.penalties.penalize(peer, reason, points, trio.current_time()):
+            self._counters.add("banned")  # here, not in `_ban`: the ban holds from this moment
             self._nursery.start_soon(self._ban, ID.from_base58(peer))
 
     def is_banned(self, peer: str) -> bool:
@@ -636,7 +637,6 @@ class Host:
                 self._counters.add("handler_errors")
 
     async def _ban(self, peer: ID) -> None:
-        self._counters.add("banned")
         self._table.back_off(peer.to_base58(), trio.current_time() + self._params.ban_seconds)
         self._pubsub.add_to_blacklist(peer)
         with contextlib.suppress(Exception):
