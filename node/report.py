@@ -367,7 +367,15 @@ def testnet_report(cfg: NetworkConfig, procs: Sequence[Proc], rounds: range) -> 
                     "refused_certificates": dict(refused),
                     "validators": vals,
                     "latency": latency_summary(v["latency"] for v in vals.values()),
-                    "ranking": ranking(cert.result, kinds) if cert else [],
+                    "ranking": [
+                        {
+                            **row,
+                            "counted_by": sum(
+                                row["encoder"] in v["reveals"] for v in vals.values()
+                            ),
+                        }
+                        for row in (ranking(cert.result, kinds) if cert else [])
+                    ],
                 }
             )
     finally:
@@ -448,9 +456,15 @@ def format_testnet(rep: dict[str, Any]) -> str:
                 f" validators: {each})"
             )
         for i, row in enumerate(r["ranking"], 1):
+            counted = row.get("counted_by", len(r["validators"]))
             lines.append(
                 f"  {i:>2}. {row['kind']:<12} {row['score']:.4f}"
                 f"{'  outlier' if row['outlier'] else ''}  {row['encoder'][:12]}"
+                + (
+                    f"  (commit counted by {counted} of {len(r['validators'])} validators)"
+                    if counted < len(r["validators"])
+                    else ""
+                )
             )
     if rep["rejected"]:
         lines.append(

@@ -58,7 +58,7 @@ def _certificate(rnd: int, result: RoundResult) -> bytes:
     return encode(Certificate(CFG.network_id, rnd, result, tuple(votes)))
 
 
-def _validator(tmp_path: Path, i: int) -> Proc:
+def _validator(tmp_path: Path, i: int, missed: bytes | None = None) -> Proc:
     d = tmp_path / f"v{i}"
     d.mkdir()
     store = Store.open(d / STORE_FILE)
@@ -71,7 +71,9 @@ def _validator(tmp_path: Path, i: int) -> Proc:
         store.put_certificate(rnd, _certificate(rnd, res))
         store.put_round_outcome(rnd, True, result_digest(res))
     store.put_round_outcome(CLAIMED, True, bytes(32))  # a recorded outcome, no certificate
-    held = {e.hex(): {"expected": 20, "held": 20, "equivocated": False} for e in ENCODERS}
+    held = {
+        e.hex(): {"expected": 20, "held": 20, "equivocated": False} for e in ENCODERS if e != missed
+    }
     for rnd in range(GOOD, CLAIMED + 1):
         store.put_round_state(rnd, "reveals", json.dumps(held).encode())
     store.close()
@@ -112,3 +114,15 @@ def test_only_verifying_certificates_finalize_a_round(tmp_path: Path) -> None:
     assert any("certificate refused (insufficient_attestations) x3" in line for line in lines)
     assert any("without a valid certificate" in line for line in lines)
     assert lines[-1].endswith(f"FAILED rounds: {EMPTY}, {UNATTESTED}, {CLAIMED}")
+
+
+def test_a_commit_some_validators_did_not_count_is_marked(tmp_path: Path) -> None:
+    """An encoder whose commit reached only some validators in time: the report says how many
+    counted it, so a low score is not read as the scoring's verdict on its model."""
+    late = ENCODERS[0]
+    procs = [_validator(tmp_path, i, late if i == 2 else None) for i in range(3)]
+    rep = report.testnet_report(CFG, [*procs, _encoders(tmp_path)], range(GOOD, GOOD + 1))
+    counted = {row["encoder"]: row["counted_by"] for row in rep["rounds"][0]["ranking"]}
+    assert counted == {e.hex(): 2 if e == late else 3 for e in ENCODERS}
+    marked = [line for line in format_testnet(rep).splitlines() if "commit counted by" in line]
+    assert len(marked) == 1 and late.hex()[:12] in marked[0] and "2 of 3" in marked[0]

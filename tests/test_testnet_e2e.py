@@ -59,18 +59,28 @@ def test_every_round_finalizes_with_one_digest(run: tuple[dict[str, Any], dict[s
 def test_honest_encoders_rank_above_every_adversary(
     run: tuple[dict[str, Any], dict[str, Any]],
 ) -> None:
+    """Over the encoders whose commit every validator counted. One that reached only some in
+    time (on a loaded machine an encoder that came up late commits near the deadline) is
+    scored by what those saw; the report marks it (``counted_by``), and every honest encoder
+    must be counted by every validator in some round."""
     report, _ = run
+    everywhere: set[str] = set()
     for rnd in report["rounds"]:
-        kinds = [row["kind"] for row in rnd["ranking"]]
-        assert {row["encoder"] for row in rnd["ranking"]} == set(report["encoders"])
+        rows = rnd["ranking"]
+        assert {row["encoder"] for row in rows} == set(report["encoders"])
+        full = [row for row in rows if row["counted_by"] == len(rnd["validators"])]
+        everywhere |= {row["encoder"] for row in full}
+        kinds = [row["kind"] for row in full]
         honest_last = max(i for i, k in enumerate(kinds) if k in HONEST)
         adversary_first = min(i for i, k in enumerate(kinds) if k not in HONEST)
-        assert honest_last < adversary_first, (rnd["round"], kinds)
-        scores = {row["kind"]: row["score"] for row in rnd["ranking"] if row["kind"] not in HONEST}
+        assert honest_last < adversary_first, (rnd["round"], rows)
+        scores = {row["kind"]: row["score"] for row in rows if row["kind"] not in HONEST}
         assert scores.get("copycat", 0.0) == 0.0
         assert scores.get("equivocator", 0.0) == 0.0
-        worst_honest = min(row["score"] for row in rnd["ranking"] if row["kind"] in HONEST)
+        worst_honest = min(row["score"] for row in full if row["kind"] in HONEST)
         assert worst_honest > 0.0
+    honest = {enc for enc, kind in report["encoders"].items() if kind in HONEST}
+    assert honest <= everywhere, honest - everywhere
 
 
 def test_no_reveal_of_an_honest_encoder_is_lost(
