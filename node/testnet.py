@@ -33,7 +33,7 @@ from dlnet.protocol.config import (
     dump_config,
 )
 from dlnet.protocol.identity import SigningKey
-from dlnet.protocol.registration import DEFAULT_DIFFICULTY, RegistrationParams
+from dlnet.protocol.params import DEFAULT_DIFFICULTY, RegistrationParams
 from dlnet.protocol.rounds import round_at, round_times
 
 ADVERSARIES: Final = ("noise", "zero", "additive", "fabricated", "copycat", "replay", "equivocator")

@@ -18,11 +18,9 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 import tomli_w
 
 from dlnet.protocol.canonical import HASH_BYTES, pack, sha256
-from dlnet.protocol.consensus import ConsensusParams
 from dlnet.protocol.dataset import DatasetFormat
 from dlnet.protocol.errors import ConfigError
-from dlnet.protocol.registration import RegistrationParams
-from dlnet.protocol.scoring import ScoringParams
+from dlnet.protocol.params import ConsensusParams, RegistrationParams, ScoringParams
 
 NETWORK_ID_TAG = b"dlnet/v1/network-id"
 DEFAULT_PROJECTION_SEED = sha256(b"dlnet/v1/projection/default")

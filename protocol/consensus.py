@@ -12,12 +12,13 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from fractions import Fraction
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 import numpy as np
 from numpy.typing import NDArray
 
 from dlnet.protocol.canonical import sha256
+from dlnet.protocol.config import NetworkConfig
 from dlnet.protocol.result import U16_MAX, RoundResult, result_digest
 from dlnet.protocol.scoring import round_embeddings
 from dlnet.protocol.wire import (
@@ -35,48 +36,7 @@ from dlnet.protocol.wire import (
     signature_valid,
 )
 
-if TYPE_CHECKING:  # config imports this module for ConsensusParams
-    from dlnet.protocol.config import NetworkConfig
-
 ATTESTATIONS_TAG = b"dlnet/v1/attestations"
-
-
-@dataclass(frozen=True)
-class ConsensusParams:
-    """The ``[consensus]`` table of the network config."""
-
-    kappa: float = 0.5
-    """The κ of the κ-median: a consensus value needs the support of this share of the stake.
-    At 0.5, validators holding less than half the stake cannot move it."""
-    finality_num: int = 2
-    finality_den: int = 3
-    """A result is final once validators holding MORE than num/den of the stake signed it."""
-
-    def problems(self) -> list[tuple[str, str]]:
-        """Return ``(field, "what is wrong — how to fix")`` for every invalid value."""
-        out: list[tuple[str, str]] = []
-        if not (math.isfinite(self.kappa) and 0.0 < self.kappa < 1.0):
-            out.append(("kappa", f"must be in (0, 1), got {self.kappa!r} — use 0.5"))
-        if self.finality_num < 1:
-            out.append(("finality_num", f"must be >= 1, got {self.finality_num} — use 2"))
-        if self.finality_den < 1:
-            out.append(("finality_den", f"must be >= 1, got {self.finality_den} — use 3"))
-        elif self.finality_num >= 1 and not (
-            Fraction(1, 2) <= Fraction(self.finality_num, self.finality_den) < 1
-        ):
-            out.append(
-                (
-                    "finality_num",
-                    f"finality_num/finality_den = {self.finality_num}/{self.finality_den} must be "
-                    "in [1/2, 1) so that two final results always share a signer — use 2 and 3",
-                )
-            )
-        return out
-
-    @property
-    def kappa_fraction(self) -> Fraction:
-        """κ as the exact fraction of its shortest decimal spelling (0.5 -> 1/2)."""
-        return Fraction(repr(self.kappa))
 
 
 class MissingEmbeddings(Exception):

@@ -11,13 +11,10 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from dlnet.protocol.canonical import sha256, u64be
+from dlnet.protocol.config import NetworkConfig
 from dlnet.protocol.result import text_digest
-
-if TYPE_CHECKING:
-    from dlnet.protocol.config import NetworkConfig
 
 SEED_TAG = b"dlnet/v1/seed"
 SHARDS_TAG = b"dlnet/v1/shards"

@@ -44,6 +44,9 @@ from dlnet.protocol.influence import (
     genesis_state,
     scoring_round,
 )
+from dlnet.protocol.params import (
+    RegistrationParams,
+)
 from dlnet.protocol.result import RoundResult
 
 REGISTRATION_TAG: Final = b"dlnet/v1/registration"
@@ -52,53 +55,6 @@ SCRYPT_N: Final = 2**14
 SCRYPT_R: Final = 8
 SCRYPT_P: Final = 1
 MAX_NONCE: Final = 2**64 - 1
-MAX_DIFFICULTY: Final = 64
-MAX_REGISTERED: Final = 512
-"""Largest ``max_encoders``: members plus newcomers (2 x 512) fit the wire's 1,024 encoders."""
-DEFAULT_DIFFICULTY: Final = 6
-"""Calibrated in docs/BENCHMARKS.md ("Registration work"): about 5 s of one core per identity on
-the reference machine (a 13-encoder testnet pays it once at start), 1.3 CPU-hours per 1,000."""
-
-
-@dataclass(frozen=True)
-class RegistrationParams:
-    """``[registration]`` table of the network config."""
-
-    max_encoders: int = 256
-    """Most registered encoders (1 .. 512)."""
-    difficulty: int = DEFAULT_DIFFICULTY
-    """Leading zero bits the proof's work must have (0 = any nonce; 0 .. 64)."""
-    immunity_rounds: int = 8
-    """Rounds after entering during which a member cannot be replaced (0 .. 2^16)."""
-
-    def problems(self) -> list[tuple[str, str]]:
-        """``(field, "what is wrong — how to fix")`` for every invalid value."""
-        out: list[tuple[str, str]] = []
-        if not 1 <= self.max_encoders <= MAX_REGISTERED:
-            out.append(
-                (
-                    "max_encoders",
-                    f"must be in [1, {MAX_REGISTERED}], got {self.max_encoders} — use 256",
-                )
-            )
-        if not 0 <= self.difficulty <= MAX_DIFFICULTY:
-            out.append(
-                (
-                    "difficulty",
-                    f"must be in [0, {MAX_DIFFICULTY}], got {self.difficulty} — "
-                    f"use {DEFAULT_DIFFICULTY}",
-                )
-            )
-        if not 0 <= self.immunity_rounds <= 2**16:
-            out.append(
-                ("immunity_rounds", f"must be in [0, 65536], got {self.immunity_rounds} — use 8")
-            )
-        return out
-
-    @property
-    def listed_limit(self) -> int:
-        """Most encoders an attestation or a round result may name: members + newcomers."""
-        return 2 * self.max_encoders
 
 
 # --- proof of work ----------------------------------------------------------------------------

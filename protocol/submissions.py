@@ -19,9 +19,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from dlnet.protocol.canonical import sha256
+from dlnet.protocol.config import NetworkConfig
 from dlnet.protocol.consensus import CertificateError, finality_reached, verify_certificate
 from dlnet.protocol.masks import round_seed, split_units
 from dlnet.protocol.result import text_digest
@@ -35,9 +35,6 @@ from dlnet.protocol.wire import (
     Submission,
     decode,
 )
-
-if TYPE_CHECKING:
-    from dlnet.protocol.config import NetworkConfig
 
 ORDER_TAG = b"dlnet/v1/submission-order"
 SUBMIT_AHEAD = 16

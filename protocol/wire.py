@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from enum import IntEnum
 from functools import lru_cache
 from itertools import pairwise
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 import numpy as np
 from numpy.typing import NDArray
@@ -31,12 +31,10 @@ from dlnet.protocol.canonical import (
     u64be,
     unpack_strict,
 )
+from dlnet.protocol.config import NetworkConfig
 from dlnet.protocol.errors import Reject, RejectReason
 from dlnet.protocol.identity import SIGNATURE_BYTES, SigningKey, verify
 from dlnet.protocol.result import BadResult, RoundResult, decode_result, encode_result
-
-if TYPE_CHECKING:  # config imports consensus, which imports this module
-    from dlnet.protocol.config import NetworkConfig
 
 __all__ = [
     "DOMAINS",

@@ -27,9 +27,9 @@ from dlnet.node.reveals import receive
 from dlnet.node.store import Store
 from dlnet.protocol.config import NetworkConfig, ValidatorEntry, default_config
 from dlnet.protocol.identity import SigningKey, verify
-from dlnet.protocol.registration import RegistrationParams
+from dlnet.protocol.params import RegistrationParams, ScoringParams
 from dlnet.protocol.rounds import round_times
-from dlnet.protocol.scoring import ScoringParams, score_round
+from dlnet.protocol.scoring import score_round
 from dlnet.protocol.wire import DOMAINS, Kind, decode, encode, make_embedding, signed_payload
 
 

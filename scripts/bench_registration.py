@@ -14,7 +14,8 @@ import argparse
 import os
 import time
 
-from dlnet.protocol.registration import DEFAULT_DIFFICULTY, solve, work
+from dlnet.protocol.params import DEFAULT_DIFFICULTY
+from dlnet.protocol.registration import solve, work
 
 
 def main() -> int:

@@ -21,7 +21,8 @@ from numpy.typing import NDArray
 from dlnet.data import shipped_path
 from dlnet.node.models.kinds import honest, scaled
 from dlnet.protocol.config import DEFAULT_PROJECTION_SEED
-from dlnet.protocol.scoring import ScoringParams, weighted_embedding
+from dlnet.protocol.params import ScoringParams
+from dlnet.protocol.scoring import weighted_embedding
 
 DIM = 1024
 

@@ -150,7 +150,8 @@ def measure_scoring() -> tuple[float, float]:
     """Fit ``a * E + b * E^2`` to score_round's CPU at E = 100 and 200 on this machine."""
     import numpy as np
 
-    from dlnet.protocol.scoring import ScoringParams, score_round
+    from dlnet.protocol.params import ScoringParams
+    from dlnet.protocol.scoring import score_round
 
     rng = np.random.default_rng(1)
     times = {}

@@ -70,7 +70,8 @@ from dlnet.protocol.config import DEFAULT_PROJECTION_SEED
 from dlnet.protocol.consensus import quantise
 from dlnet.protocol.dataset import parse_dataset
 from dlnet.protocol.masks import derive_tasks
-from dlnet.protocol.scoring import ScoringParams, round_embeddings, score_round
+from dlnet.protocol.params import ScoringParams
+from dlnet.protocol.scoring import round_embeddings, score_round
 
 DIM = 1024
 NETWORK_ID = hashlib.sha256(b"dlnet validity study").digest()

@@ -25,11 +25,12 @@ from dlnet.protocol.identity import SigningKey
 from dlnet.protocol.influence import apply as apply_influence
 from dlnet.protocol.influence import genesis_state
 from dlnet.protocol.masks import Drbg, golden_vectors, round_tasks, text_digests
+from dlnet.protocol.params import RegistrationParams, ScoringParams
 from dlnet.protocol.projection import projection_matrix
-from dlnet.protocol.registration import RegistrationParams, records, solve, work
+from dlnet.protocol.registration import records, solve, work
 from dlnet.protocol.result import encode_result, result_digest
 from dlnet.protocol.round import Verified, messages_digest, round_view
-from dlnet.protocol.scoring import ScoringParams, score_round
+from dlnet.protocol.scoring import score_round
 from dlnet.protocol.submissions import (
     capacity,
     fixed_schedule,

@@ -28,7 +28,6 @@ from dlnet.protocol.consensus import (
     DISAGREEMENT_FLOOR,
     CertificateError,
     CertificateReason,
-    ConsensusParams,
     MissingCommits,
     attestation_ids,
     compute_result,
@@ -40,7 +39,7 @@ from dlnet.protocol.consensus import (
     verify_certificate,
 )
 from dlnet.protocol.identity import SigningKey
-from dlnet.protocol.registration import RegistrationParams
+from dlnet.protocol.params import ConsensusParams, RegistrationParams
 from dlnet.protocol.result import RoundResult, result_digest
 from dlnet.protocol.wire import (
     MAX_ENCODERS,

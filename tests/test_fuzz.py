@@ -23,7 +23,7 @@ from dlnet.node.store import Store
 from dlnet.node.sync import BadRequest, answer, parse_items
 from dlnet.protocol.config import NetworkConfig, ValidatorEntry, default_config
 from dlnet.protocol.identity import SigningKey
-from dlnet.protocol.registration import RegistrationParams
+from dlnet.protocol.params import RegistrationParams
 from dlnet.protocol.result import RoundResult, decode_result, encode_result
 from dlnet.protocol.rounds import round_times
 from dlnet.protocol.wire import (

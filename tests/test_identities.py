@@ -33,7 +33,7 @@ from dlnet.node.testnet import (
     encoder_processes,
     startup_seconds,
 )
-from dlnet.protocol.registration import DEFAULT_DIFFICULTY, RegistrationParams
+from dlnet.protocol.params import DEFAULT_DIFFICULTY, RegistrationParams
 
 GOOD = """
 [[encoder]]

@@ -8,7 +8,7 @@ from numpy.typing import NDArray
 
 from dlnet.node.models.kinds import cheapcopy, honest, scaled
 from dlnet.protocol.config import DEFAULT_PROJECTION_SEED
-from dlnet.protocol.scoring import ScoringParams
+from dlnet.protocol.params import ScoringParams
 
 TEXTS = [
     "the cat sat on the mat",

@@ -81,7 +81,7 @@ def test_the_validator_scores_only_registered_encoders_and_newcomers_with_room(
 ) -> None:
     from dlnet.node.ingest import Ingest
     from dlnet.node.validator import RoundView
-    from dlnet.protocol.registration import RegistrationParams
+    from dlnet.protocol.params import RegistrationParams
     from dlnet.protocol.wire import sign_commit
 
     validators = [SigningKey.from_seed(bytes([i + 1]) * 32) for i in range(3)]

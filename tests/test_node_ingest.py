@@ -16,7 +16,8 @@ from dlnet.node.ingest import COMMIT_GRACE, Ingest, Outcome
 from dlnet.node.store import Store
 from dlnet.protocol.config import NetworkConfig, ValidatorEntry, default_config
 from dlnet.protocol.identity import SigningKey
-from dlnet.protocol.registration import RegistrationParams, solve, valid
+from dlnet.protocol.params import RegistrationParams
+from dlnet.protocol.registration import solve, valid
 from dlnet.protocol.rounds import round_times
 from dlnet.protocol.wire import Commit, Embedding, Kind, encode, make_embedding, sign_commit
 

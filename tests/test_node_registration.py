@@ -12,7 +12,8 @@ import pytest
 from dlnet.node import runtime
 from dlnet.node.runtime import REGISTRATION_FILE, registration_nonce
 from dlnet.protocol.config import NetworkConfig, ValidatorEntry, default_config
-from dlnet.protocol.registration import RegistrationParams, valid
+from dlnet.protocol.params import RegistrationParams
+from dlnet.protocol.registration import valid
 
 KEY = bytes([5]) * 32
 

@@ -36,7 +36,7 @@ from dlnet.node.reveals import (
 from dlnet.node.store import Store
 from dlnet.protocol.config import NetworkConfig, ValidatorEntry, default_config
 from dlnet.protocol.identity import SigningKey
-from dlnet.protocol.registration import RegistrationParams
+from dlnet.protocol.params import RegistrationParams
 from dlnet.protocol.rounds import RoundTimes, round_times
 from dlnet.protocol.wire import Embedding, Kind, encode, make_embedding
 

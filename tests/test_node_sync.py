@@ -29,7 +29,7 @@ from dlnet.node.sync import (
 )
 from dlnet.protocol.config import NetworkConfig, ValidatorEntry, default_config
 from dlnet.protocol.identity import SigningKey
-from dlnet.protocol.registration import RegistrationParams
+from dlnet.protocol.params import RegistrationParams
 from dlnet.protocol.result import RoundResult
 from dlnet.protocol.rounds import round_times
 from dlnet.protocol.wire import (

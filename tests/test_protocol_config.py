@@ -2,6 +2,8 @@
 
 import dataclasses
 import math
+import subprocess
+import sys
 import tomllib
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
@@ -483,3 +485,14 @@ def test_registration_table_is_checked_and_in_the_network_id() -> None:
     changed["network"]["seed_encoders"] = seeds
     changed["registration"]["max_encoders"] = 2
     assert error_field(changed) == "network.seed_encoders"
+
+
+def test_reading_a_config_needs_no_numerical_stack() -> None:
+    """`dlnet.protocol.config` (and the parameter tables) load without numpy or scikit-learn:
+    a CLI that only reads a config, or a tool that only checks one, pays nothing for them."""
+    probe = (
+        "import sys, dlnet.protocol.config, dlnet.protocol.params; "
+        "print(sorted(m for m in ('numpy', 'sklearn', 'scipy', 'torch') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, check=True, text=True)
+    assert out.stdout.strip() == "[]"

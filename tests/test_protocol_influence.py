@@ -28,8 +28,9 @@ from dlnet.protocol.influence import (
     scoring_round,
     voice_influence,
 )
+from dlnet.protocol.params import ScoringParams
 from dlnet.protocol.result import U16_MAX, RoundResult
-from dlnet.protocol.scoring import ScoringParams, score_round, voice_weights, weighted_median
+from dlnet.protocol.scoring import score_round, voice_weights, weighted_median
 
 A, B, C, D = (bytes([i]) * 32 for i in range(1, 5))
 

@@ -7,8 +7,8 @@ import hashlib
 import pytest
 from test_protocol_influence import result
 
+from dlnet.protocol.params import RegistrationParams
 from dlnet.protocol.registration import (
-    RegistrationParams,
     Registry,
     admit,
     counted,

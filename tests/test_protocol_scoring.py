@@ -17,9 +17,9 @@ from hypothesis import strategies as st
 from numpy.typing import NDArray
 
 from dlnet.protocol.consensus import quantise
+from dlnet.protocol.params import ScoringParams
 from dlnet.protocol.scoring import (
     RoundScores,
-    ScoringParams,
     composition_agreement,
     differential_loss,
     distinct_rows,

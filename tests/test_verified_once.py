@@ -20,7 +20,7 @@ from dlnet.node.sync import SyncClient
 from dlnet.node.validator import ValidatorRole, round_view
 from dlnet.protocol.config import NetworkConfig, ValidatorEntry, default_config
 from dlnet.protocol.identity import SigningKey
-from dlnet.protocol.registration import RegistrationParams
+from dlnet.protocol.params import RegistrationParams
 from dlnet.protocol.rounds import round_times
 from dlnet.protocol.wire import Embedding, Kind, encode, make_embedding, sign_commit
 
