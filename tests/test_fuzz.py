@@ -1,5 +1,6 @@
 """Fuzz harness: seeded random inputs (random bytes, mutated valid messages, deep nesting, huge
-integers, wrong types) through every decoder and through the node's own intake functions.
+integers, wrong types) through every decoder and through the node's own intake functions
+(gossip, sync answers and requests, reveal pushes and their acks).
 
 Asserts 0 untyped exceptions (decoders raise only `Reject`, result/px decoding only
 `ValueError`, the sync server only `BadRequest`) and 0 invalid messages accepted (anything a
@@ -19,6 +20,7 @@ import pytest
 
 from dlnet.node.discovery import PeerExchange, decode_px, encode_px
 from dlnet.node.ingest import Ingest, Outcome
+from dlnet.node.reveals import parse_ack, receive
 from dlnet.node.store import Store
 from dlnet.node.sync import BadRequest, answer, parse_items
 from dlnet.protocol.config import NetworkConfig, ValidatorEntry, default_config
@@ -150,6 +152,14 @@ def drive(cfg: NetworkConfig, store: Store, ingest: Ingest, now: float, data: by
         assert parse_items(answer(store, cfg, now, data)) is not None
     parsed = parse_items(data)
     assert parsed is None or all(type(i) is bytes for i in parsed)
+    pushed = receive(ingest, data)  # a reveal push's body
+    assert isinstance(pushed, str) or (parsed is not None and len(pushed) == len(parsed))
+    for item, outcome in zip(parsed or [], [] if isinstance(pushed, str) else pushed, strict=True):
+        if outcome is Outcome.NEW:
+            accepted_is_valid(decode(item, cfg, Kind.EMBEDDING), item)
+    for n in (0, 1, 2):
+        ack = parse_ack(data, n)
+        assert ack is None or (len(ack) == n and all(type(h) is bool for h in ack))
     for k in (Kind.COMMIT, Kind.EMBEDDING, Kind.ATTESTATION, Kind.VOTE):
         ingest.check(k, data)
         if ingest.admit_fetched(data, k, lambda m: True) is Outcome.NEW:
@@ -167,9 +177,10 @@ def test_fuzz_decoders_and_intake(cfg: NetworkConfig, tmp_path: Path) -> None:
     seeds = valid_messages(cfg)
     px = encode_px(PeerExchange(2, False, ("/ip4/127.0.0.1/tcp/1/p2p/QmPeer",)))
     sync_req = bytes(msgpack.packb(["round", 1, 3], use_bin_type=True))
+    push = bytes(msgpack.packb([seeds[1][1], seeds[1][1]], use_bin_type=True))  # two reveals
     result_bytes = encode_result(decode(seeds[-1][1], cfg, Kind.CERTIFICATE).result)  # type: ignore[union-attr]
 
-    for _kind, seed in [*seeds, (None, px), (None, sync_req), (None, result_bytes)]:
+    for _kind, seed in [*seeds, (None, px), (None, sync_req), (None, push), (None, result_bytes)]:
         for data in mutations(rng, seed):
             inputs += 1
             drive(cfg, store, ingest, now, data)
