@@ -15,6 +15,7 @@ import pytest
 import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from signed import signed_round
 
 from dlnet.node.byzantine import Byzantine, fake_keys
 from dlnet.node.context import NodeContext
@@ -54,7 +55,6 @@ from dlnet.protocol.wire import (
     encode,
     make_embedding,
     sign_attestation,
-    sign_commit,
     sign_vote,
 )
 
@@ -311,13 +311,8 @@ def _round_messages(cfg: NetworkConfig, encoders: list[SigningKey]) -> list[Any]
     out: list[Any] = []
     rng = np.random.default_rng(7)
     for k in encoders:
-        reveals = [
-            make_embedding(k, cfg.network_id, RND, s, slot, bytes(16), rng.standard_normal(cfg.dim))
-            for s in range(cfg.shards_per_round)
-            for slot in range(cfg.slots_per_shard)
-        ]
-        out.append(sign_commit(k, cfg.network_id, RND, tuple(e.commitment() for e in reveals)))
-        out.extend(reveals)
+        commit, reveals = signed_round(cfg, k, RND, rng)
+        out.extend([commit, *reveals])
     return out
 
 

@@ -5,7 +5,6 @@ test_testnet_e2e (every reveal is pushed there)."""
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -16,6 +15,7 @@ import pytest
 import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from signed import signed_round
 from trio.testing import MockClock
 
 from dlnet.node.context import NodeContext
@@ -38,7 +38,7 @@ from dlnet.protocol.config import NetworkConfig, ValidatorEntry, default_config
 from dlnet.protocol.identity import SigningKey
 from dlnet.protocol.params import RegistrationParams
 from dlnet.protocol.rounds import RoundTimes, round_times
-from dlnet.protocol.wire import Embedding, Kind, encode, make_embedding
+from dlnet.protocol.wire import Embedding, Kind, encode
 
 GENESIS = 1_800_000_000
 Handler = Callable[[bytes, str], Awaitable[bytes]]
@@ -61,20 +61,7 @@ def cfg() -> NetworkConfig:
 
 def reveals(cfg: NetworkConfig, seed: int = 2) -> list[Embedding]:
     key = SigningKey.from_seed(bytes([seed]) * 32)
-    rng = np.random.default_rng(seed)
-    n = cfg.shards_per_round * cfg.slots_per_shard
-    return [
-        make_embedding(
-            key,
-            cfg.network_id,
-            1,
-            i // cfg.slots_per_shard,
-            i % cfg.slots_per_shard,
-            os.urandom(16),
-            rng.standard_normal(cfg.dim).astype(np.float32),
-        )
-        for i in range(n)
-    ]
+    return signed_round(cfg, key, 1, np.random.default_rng())[1]
 
 
 def node(cfg: NetworkConfig, path: Path) -> Ingest:

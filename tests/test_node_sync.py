@@ -3,7 +3,6 @@ refuses malformed requests. The network side is exercised end to end in test_tes
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import pytest
 import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from signed import signed_round
 from trio.testing import MockClock
 
 from dlnet.node.host import STALL_AFTER, RequestTimeout
@@ -36,7 +36,6 @@ from dlnet.protocol.wire import (
     Certificate,
     Kind,
     encode,
-    make_embedding,
     message_id,
     sign_commit,
     sign_schedule,
@@ -76,23 +75,7 @@ class Held:
         start = round_times(cfg, 1).start
         ingest = Ingest(cfg, self.store, lambda: start + 1)
         key = SigningKey.from_seed(b"\x02" * 32)
-        rng = np.random.default_rng(0)
-        n = cfg.shards_per_round * cfg.slots_per_shard
-        self.reveals = [
-            make_embedding(
-                key,
-                cfg.network_id,
-                1,
-                i // cfg.slots_per_shard,
-                i % cfg.slots_per_shard,
-                os.urandom(16),
-                rng.standard_normal(cfg.dim).astype(np.float32),
-            )
-            for i in range(n)
-        ]
-        self.commit = sign_commit(
-            key, cfg.network_id, 1, tuple(e.commitment() for e in self.reveals)
-        )
+        self.commit, self.reveals = signed_round(cfg, key, 1, np.random.default_rng(0))
         for msg in (self.commit, *self.reveals):
             assert ingest.admit(encode(msg), None) is Outcome.NEW
 
