@@ -46,7 +46,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from dlnet.node.context import wall_clock
+from dlnet.node.context import WALL
 from dlnet.node.ingest import Outcome
 from dlnet.node.report import (
     certificate_summary,
@@ -107,7 +107,7 @@ class NodeView:
     host: PeerSource
     roles: frozenset[str]
     public_key: bytes | None
-    clock: Callable[[], float] = wall_clock
+    clock: Callable[[], float] = WALL.now
     submit: Callable[[bytes], Awaitable[Outcome]] | None = None
     """Admits and gossips a signed Submission (runtime: node.submissions.submitter)."""
 

@@ -4,27 +4,60 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Final, Protocol, TypeVar
 
 import trio
 
-from dlnet.node.host import Host
 from dlnet.node.ingest import Ingest, slot_of
 from dlnet.node.store import Store
 from dlnet.node.sync import SyncClient
+from dlnet.node.transport import Transport
 from dlnet.protocol.config import NetworkConfig
 from dlnet.protocol.wire import Kind, Message, encode, message_id, topic
 
-
-def wall_clock() -> float:
-    return time.time()
+T = TypeVar("T")
 
 
-async def sleep_until(t: float) -> None:
-    """Sleep until wall-clock time t (round deadlines are wall-clock times from genesis)."""
-    delay = t - wall_clock()
-    if delay > 0:
-        await trio.sleep(delay)
+class Clock(Protocol):
+    """A node's time: round deadlines are wall-clock seconds from genesis. Roles read time
+    and wait only through their context's clock, so that a test can run them in trio's
+    virtual time (`TrioClock` under `trio.testing.MockClock`)."""
+
+    def now(self) -> float: ...
+
+    async def sleep_until(self, t: float) -> None: ...
+
+
+class WallClock:
+    """The clock of a running node: ``time.time()``."""
+
+    def now(self) -> float:
+        return time.time()
+
+    async def sleep_until(self, t: float) -> None:
+        delay = t - self.now()
+        if delay > 0:
+            await trio.sleep(delay)
+
+
+WALL: Final = WallClock()
+
+
+@dataclass(frozen=True)
+class TrioClock:
+    """Wall time read off trio's clock: ``epoch + trio.current_time()``. Under a
+    ``MockClock(autojump_threshold=0)`` a round's deadlines pass as soon as every task
+    waits, so whole rounds of in-process nodes run in a blink."""
+
+    epoch: float
+
+    def now(self) -> float:
+        return self.epoch + trio.current_time()
+
+    async def sleep_until(self, t: float) -> None:
+        await trio.sleep_until(t - self.epoch)
 
 
 @dataclass
@@ -33,11 +66,21 @@ class NodeContext:
     items: tuple[str, ...]
     store: Store
     ingest: Ingest
-    host: Host
+    host: Transport
     sync: SyncClient
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("dlnet"))
     halted: str | None = None
     """Why this node must not sign any more (its key is live elsewhere); None = may sign."""
+    clock: Clock = WALL
+    threads: bool = True
+    """Whether CPU-heavy work (scoring, embedding) runs on a worker thread: False in tests under
+    a mock clock, where a thread's time would read as idle and jump the clock past deadlines."""
+
+    async def offload(self, work: Callable[[], T]) -> T:
+        """Run ``work`` (pure: it touches no store or host) off the trio thread."""
+        if not self.threads:
+            return work()
+        return await trio.to_thread.run_sync(work)
 
     async def publish(self, kind: Kind, msg: Message) -> bytes | None:
         """Record the signature (slashing protection), store the message, then gossip it.

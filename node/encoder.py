@@ -14,13 +14,14 @@ the protocol must defeat (see docs/PROTOCOL.md, "Cheats"):
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Final
 
 import numpy as np
 import trio
 
-from dlnet.node.context import NodeContext, sleep_until, wall_clock
+from dlnet.node.context import NodeContext
 from dlnet.node.models import Model, one_line
 from dlnet.node.models.kinds import fabricate_inverse, jitter_option
 from dlnet.node.reveals import RETRY, REVEAL_DELAY, push_reveals
@@ -92,7 +93,7 @@ class EncoderRole:
     async def _embed(self, texts: list[str]) -> np.ndarray:
         # A model call takes seconds: run it in a worker thread so gossip keeps flowing.
         try:
-            vecs = await trio.to_thread.run_sync(self.model.embed, texts)
+            vecs = await self.ctx.offload(functools.partial(self.model.embed, texts))
         except Exception as exc:  # the operator's model failed: skip the round, keep running
             raise ModelError(f"embed() raised {one_line(exc)}") from exc
         dim = self.ctx.cfg.dim
@@ -151,9 +152,9 @@ class EncoderRole:
         cfg = self.ctx.cfg
         times = round_times(cfg, rnd)
         # The round's texts follow its Schedule votes: pull them if gossip missed some.
-        await sleep_until(times.start - SCHEDULE_PULL)
+        await self.ctx.clock.sleep_until(times.start - SCHEDULE_PULL)
         await pull_schedule(self.ctx, rnd, times.start)
-        await sleep_until(times.start)
+        await self.ctx.clock.sleep_until(times.start)
         stored = self._stored_round(rnd)
         if stored is not None:
             commit, reveals = stored
@@ -167,7 +168,7 @@ class EncoderRole:
                 tuple(e.commitment() for e in reveals),
                 self.registration,
             )
-            if wall_clock() >= times.commit_deadline:
+            if self.ctx.clock.now() >= times.commit_deadline:
                 self.ctx.log.warning("round %d: embedding finished after the commit deadline", rnd)
                 self.ctx.ingest.count("encoder", "missed_commit_deadline")
                 return
@@ -175,7 +176,7 @@ class EncoderRole:
                 self.ctx.hold_own(Kind.EMBEDDING, emb)
             await self.ctx.publish(Kind.COMMIT, commit)
             self.ctx.log.info("round %d: committed to %d embeddings", rnd, len(commit.hashes))
-        await sleep_until(times.commit_deadline + REVEAL_DELAY)
+        await self.ctx.clock.sleep_until(times.commit_deadline + REVEAL_DELAY)
         if self.behaviour == "copycat":
             await trio.sleep(COPY_WAIT)
             reveals = self._copied(rnd)
@@ -206,7 +207,7 @@ class EncoderRole:
         ctx = self.ctx
         end = times.repair_deadline - RETRY
         acked = await push_reveals(ctx.host, ctx.ingest, items, end)
-        while not acked and wall_clock() + RETRY < end:
+        while not acked and self.ctx.clock.now() + RETRY < end:
             ctx.ingest.count("encoder", "reveal_push_retried")
             await trio.sleep(RETRY)
             acked = await push_reveals(ctx.host, ctx.ingest, items, end)

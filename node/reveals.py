@@ -18,16 +18,16 @@ encoder connected to at least one of them (node/host.py). A push is not relayed 
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from typing import Final
 
 import msgpack
 import trio
 
-from dlnet.node.host import Host, RequestError, RequestTimeout
+from dlnet.node.host import RequestError, RequestTimeout
 from dlnet.node.ingest import Ingest, Outcome
 from dlnet.node.sync import parse_items, unpack_bounded
+from dlnet.node.transport import Transport
 from dlnet.protocol.wire import Kind, topic
 
 REVEAL_DELAY: Final = 2.0
@@ -95,7 +95,7 @@ def receive(ingest: Ingest, data: bytes) -> list[Outcome] | str:
         return [ingest.admit_pushed(item) for item in items]
 
 
-def install_server(host: Host, ingest: Ingest) -> None:
+def install_server(host: Transport, ingest: Ingest) -> None:
     """Accept reveal pushes. A malformed push is counted (``rejected:push_<reason>``),
     charged to the peer and answered with an empty array; each item rejected by admission
     costs the peer a penalty point, as in sync."""
@@ -117,12 +117,14 @@ def install_server(host: Host, ingest: Ingest) -> None:
     )
 
 
-async def _push_one(host: Host, ingest: Ingest, peer: str, items: list[bytes], end: float) -> bool:
+async def _push_one(
+    host: Transport, ingest: Ingest, peer: str, items: list[bytes], end: float
+) -> bool:
     """Push ``items`` to ``peer`` (in as many requests as `batches` makes); whether it
     acknowledged holding every one of them."""
     pid = protocol_id(ingest.cfg.network_id)
     for batch in batches(items):
-        timeout = min(PUSH_TIMEOUT, end - time.time())
+        timeout = min(PUSH_TIMEOUT, end - ingest.now())
         if timeout <= 0:
             return False
         try:
@@ -145,9 +147,9 @@ async def _push_one(host: Host, ingest: Ingest, peer: str, items: list[bytes], e
     return True
 
 
-async def push_reveals(host: Host, ingest: Ingest, items: list[bytes], deadline: float) -> int:
+async def push_reveals(host: Transport, ingest: Ingest, items: list[bytes], deadline: float) -> int:
     """Push ``items`` (encoded Embeddings) to every connected peer that keeps reveals, all
-    at once, each ask bounded by min(PUSH_TIMEOUT, ``deadline`` - now) (time.time()).
+    at once, each ask bounded by min(PUSH_TIMEOUT, ``deadline`` - now) (the node's clock).
     Returns how many peers acknowledged holding every item."""
     acked = 0
 

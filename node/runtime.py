@@ -22,7 +22,7 @@ import trio
 from dlnet.node.addresses import check_port_free
 from dlnet.node.api import NodeView, build_app, open_listener, serve_api
 from dlnet.node.byzantine import Byzantine
-from dlnet.node.context import NodeContext, wall_clock
+from dlnet.node.context import WALL, NodeContext
 from dlnet.node.dataset_io import load_items
 from dlnet.node.encoder import EncoderRole
 from dlnet.node.host import GossipParams, Host, Verdict, open_host
@@ -37,6 +37,7 @@ from dlnet.node.reveals import install_server as install_reveal_server
 from dlnet.node.store import Store
 from dlnet.node.submissions import submitter
 from dlnet.node.sync import REQUEST_TIMEOUT, ROUND_KINDS, SyncClient, install_server
+from dlnet.node.transport import Transport
 from dlnet.node.validator import ValidatorRole
 from dlnet.protocol.config import NetworkConfig, parse_config
 from dlnet.protocol.consensus import CertificateError, verify_certificate
@@ -264,7 +265,7 @@ def _validator(ingest: Ingest, kind: Kind) -> Callable[[str, bytes, str], Verdic
 
 
 async def _subscribe_all(
-    host: Host,
+    host: Transport,
     ingest: Ingest,
     cfg: NetworkConfig,
     watch: Callable[[bytes, str], None],
@@ -281,10 +282,49 @@ async def _subscribe_all(
         await host.subscribe(topic(cfg.network_id, kind), _validator(ingest, kind), handler)
 
 
+async def join_topics(
+    ctx: NodeContext, roles: frozenset[str], watch: Callable[[bytes, str], None], *, copycat: bool
+) -> None:
+    """Everything a node offers the network before its roles start: it answers sync requests,
+    joins its topics (`subscribed_kinds`), each gossiped message going to admission and then
+    to ``watch``, and takes reveal pushes if it keeps reveals."""
+    install_server(ctx.host, ctx.store, ctx.ingest, ctx.clock.now)
+    kinds = subscribed_kinds(roles, "copycat" if copycat else "honest")
+    await _subscribe_all(ctx.host, ctx.ingest, ctx.cfg, watch, kinds)
+    if Kind.EMBEDDING in kinds:  # a node that keeps reveals takes pushes of them
+        install_reveal_server(ctx.host, ctx.ingest)
+
+
+def start_roles(
+    nursery: trio.Nursery,
+    ctx: NodeContext,
+    encoders: Sequence[tuple[Identity, NodeContext]],
+    validator: SigningKey | None,
+    byzantine: Byzantine | None = None,
+) -> None:
+    """Start an encoder role per identity (each on its own view of the context) and, given a
+    validator key, the validator role with certificate catch-up. Encoders commit from the
+    first round they can still make (or their ``first_round``); a validator also finishes
+    the rounds still under way when it (re)starts."""
+    cfg = ctx.cfg
+    start = first_round(cfg, ctx.clock.now())
+    for ident, enc_ctx in encoders:
+        assert ident.model is not None
+        enc = EncoderRole(enc_ctx, ident.key, ident.model, ident.spec.behaviour, ident.registration)
+        first = encoder_first_round(cfg, ctx.clock.now(), ident.spec.first_round)
+        if first > start:
+            enc_ctx.log.info("encoder: first commit in round %d (--first-round)", first)
+        nursery.start_soon(enc.run, first)
+    if validator is not None:
+        nursery.start_soon(catch_up, ctx)
+        resume = max(0, round_at(cfg, ctx.clock.now()) - cfg.timing.round_window)
+        nursery.start_soon(ValidatorRole(ctx, validator, byzantine).run, min(start, resume))
+
+
 async def catch_up(ctx: NodeContext) -> None:
     """Fetch and verify the certificates of recent rounds; store those of rounds this node has
     not finalized (a round it recorded as not finalized, cut off from the others, is upgraded)."""
-    now_round = round_at(ctx.cfg, wall_clock())
+    now_round = round_at(ctx.cfg, ctx.clock.now())
     lo = max(0, now_round - CATCH_UP_ROUNDS)
     if now_round <= lo:
         return
@@ -301,11 +341,11 @@ async def catch_up(ctx: NodeContext) -> None:
         if cert.round not in final:
             ctx.store.put_certificate(cert.round, data)
             ctx.store.put_round_outcome(cert.round, True, result_digest(cert.result))
-            ctx.store.put_finalized_at(cert.round, wall_clock(), None)
+            ctx.store.put_finalized_at(cert.round, ctx.clock.now(), None)
         return True
 
     await ctx.sync.fetch_certificates(
-        lo, now_round - 1, keep, deadline=wall_clock() + 2 * REQUEST_TIMEOUT
+        lo, now_round - 1, keep, deadline=ctx.clock.now() + 2 * REQUEST_TIMEOUT
     )
 
 
@@ -503,7 +543,7 @@ async def _run_locked(
     try:
         store.bind_network(cfg.network_id, opts.data_dir)
         seed = peer_key_seed(opts.data_dir / PEER_KEY_FILE)
-        ingest = Ingest(cfg, store, wall_clock)
+        ingest = Ingest(cfg, store, WALL.now)
         seeds = list(dict.fromkeys([*opts.bootstrap, *read_saved_peers(opts.data_dir)]))
         async with open_host(
             listen=opts.listen,
@@ -514,7 +554,6 @@ async def _run_locked(
             network_id=cfg.network_id,
         ) as host:
             host.on_wrong_network = lambda _peer, _theirs: ingest.count("rejected", "wrong_network")
-            install_server(host, store, ingest, wall_clock)
             ctx = NodeContext(
                 cfg, items, store, ingest, host, SyncClient(host, ingest, cfg.network_id)
             )
@@ -558,38 +597,21 @@ async def _run_locked(
                         guard(data, peer)
 
                 copycat = any(i.spec.behaviour.startswith("copycat") for i in identities)
-                kinds = subscribed_kinds(opts.roles, "copycat" if copycat else "honest")
-                await _subscribe_all(host, ingest, cfg, watch, kinds)
-                if Kind.EMBEDDING in kinds:  # a node that keeps reveals takes pushes of them
-                    install_reveal_server(host, ingest)
+                await join_topics(ctx, opts.roles, watch, copycat=copycat)
                 nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
                 if api_sock is not None:
                     view = NodeView(cfg, store, host, opts.roles, public_key, submit=submitter(ctx))
                     nursery.start_soon(serve_api, build_app(view), api_sock)
                 info = write_info(opts.data_dir, host, opts, public_key, api_url, cfg, identities)
-                nursery.start_soon(
-                    keep_live_info, opts.data_dir, info, cfg, store, host, wall_clock
-                )
-                nursery.start_soon(genesis_countdown, cfg, wall_clock)
+                nursery.start_soon(keep_live_info, opts.data_dir, info, cfg, store, host, WALL.now)
+                nursery.start_soon(genesis_countdown, cfg, WALL.now)
                 nursery.start_soon(_keep_transport_counters, host, opts.data_dir)
                 nursery.start_soon(_keep_saved_peers, host, opts.data_dir)
-                start = first_round(cfg, wall_clock())
-                for ident, enc_ctx in zip(identities, enc_ctxs, strict=True):
-                    assert ident.model is not None
-                    enc = EncoderRole(
-                        enc_ctx, ident.key, ident.model, ident.spec.behaviour, ident.registration
-                    )
-                    first = encoder_first_round(cfg, wall_clock(), ident.spec.first_round)
-                    if first > start:
-                        enc_ctx.log.info("encoder: first commit in round %d (--first-round)", first)
-                    nursery.start_soon(enc.run, first)
-                if key is not None and "validator" in opts.roles:
-                    nursery.start_soon(catch_up, ctx)
-                    byz = None if opts.byzantine is None else Byzantine(opts.byzantine)
-                    val = ValidatorRole(ctx, key, byz)
-                    # A validator also finishes rounds already under way when it (re)starts.
-                    resume = max(0, round_at(cfg, wall_clock()) - cfg.timing.round_window)
-                    nursery.start_soon(val.run, min(start, resume))
+                validator = key if "validator" in opts.roles else None
+                byz = None if opts.byzantine is None else Byzantine(opts.byzantine)
+                start_roles(
+                    nursery, ctx, list(zip(identities, enc_ctxs, strict=True)), validator, byz
+                )
             write_transport_counters(host, opts.data_dir)
             write_saved_peers(opts.data_dir, host)
     finally:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from dlnet.node.context import NodeContext, sleep_until, wall_clock
+from dlnet.node.context import NodeContext
 from dlnet.node.ingest import Outcome
 from dlnet.node.report import verified_certificate
 from dlnet.node.store import Store
@@ -85,12 +85,12 @@ def scheduled_tasks(ctx: NodeContext, rnd: int) -> tuple[ShardTask, ...]:
 async def vote_schedule(ctx: NodeContext, key: SigningKey, rnd: int) -> None:
     """At round ``rnd``'s schedule time, sign and publish this validator's Schedule for it."""
     at = schedule_time(ctx.cfg, rnd)
-    if wall_clock() > at + 1.0:
+    if ctx.clock.now() > at + 1.0:
         return  # too late to vote on it (a restart): the others' votes decide
-    await sleep_until(at - SUBMISSION_PULL)
+    await ctx.clock.sleep_until(at - SUBMISSION_PULL)
     # Submissions travel by gossip: pull those of the round that peers hold and this node not.
     await ctx.sync.fetch_round(Kind.SUBMISSION, rnd, deadline=at)
-    await sleep_until(at)
+    await ctx.clock.sleep_until(at)
     held = held_submissions(ctx.cfg, ctx.store, rnd)
     entries = select(ctx.cfg, rnd, held.items())
     vote = sign_schedule(key, ctx.cfg.network_id, rnd, entries)

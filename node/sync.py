@@ -24,16 +24,16 @@ from __future__ import annotations
 
 import math
 import random
-import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import msgpack
 import trio
 
-from dlnet.node.host import Host, RequestTimeout
+from dlnet.node.host import RequestTimeout
 from dlnet.node.ingest import Ingest, Outcome
 from dlnet.node.store import Store
+from dlnet.node.transport import Transport
 from dlnet.protocol.canonical import MAX_DEPTH, nesting_depth
 from dlnet.protocol.config import NetworkConfig
 from dlnet.protocol.round import Verified
@@ -163,7 +163,7 @@ def parse_items(data: bytes) -> list[bytes] | None:
 class SyncClient:
     """Asks connected peers in parallel until what is wanted has arrived or the deadline."""
 
-    def __init__(self, host: Host, ingest: Ingest, network_id: bytes) -> None:
+    def __init__(self, host: Transport, ingest: Ingest, network_id: bytes) -> None:
         self.host = host
         self.ingest = ingest
         self.pid = protocol_id(network_id)
@@ -181,7 +181,7 @@ class SyncClient:
         return peers
 
     async def _ask(self, peer: str, request: list[Any], deadline: float) -> list[bytes]:
-        timeout = min(REQUEST_TIMEOUT, deadline - time.time())
+        timeout = min(REQUEST_TIMEOUT, deadline - self.ingest.now())
         if timeout <= 0:
             self.ingest.count("sync", "deadline_passed")
             return []
@@ -242,11 +242,11 @@ class SyncClient:
                     with trio.move_on_after(min(fresh) + STALE_ASK - trio.current_time()):
                         await finished.receive()
                 wanted = request()
-                if wanted is None or time.time() >= deadline:
+                if wanted is None or self.ingest.now() >= deadline:
                     break
                 started[peer] = trio.current_time()
                 nursery.start_soon(one, peer, wanted)
-                with trio.move_on_after(max(0.0, min(hedge, deadline - time.time()))):
+                with trio.move_on_after(max(0.0, min(hedge, deadline - self.ingest.now()))):
                     await finished.receive()
 
     @staticmethod
@@ -273,7 +273,7 @@ class SyncClient:
         return got
 
     async def fetch_commitments(self, wanted: Iterable[bytes], *, deadline: float) -> int:
-        """Fetch reveals by commitment hash until all arrived or ``deadline`` (time.time());
+        """Fetch reveals by commitment hash until all arrived or ``deadline`` (the node's clock);
         returns how many new ones were admitted."""
         missing = set(wanted)
         asked = frozenset(missing)
@@ -298,7 +298,7 @@ class SyncClient:
 
     async def fetch_round(self, kind: Kind, rnd: int, *, deadline: float) -> int:
         """Fetch every message of a kind for a round from every usable peer, in parallel,
-        until ``deadline`` (time.time()); returns new admissions."""
+        until ``deadline`` (the node's clock); returns new admissions."""
         got = 0
 
         def requested(v: Verified[Message]) -> bool:
@@ -343,7 +343,7 @@ class SyncClient:
         return kept
 
 
-def install_server(host: Host, store: Store, ingest: Ingest, now: Callable[[], float]) -> None:
+def install_server(host: Transport, store: Store, ingest: Ingest, now: Callable[[], float]) -> None:
     """Serve sync requests: a bad one is counted (``rejected:sync_<reason>``), charged to the
     peer and answered with an empty array."""
 

@@ -13,7 +13,7 @@ import numpy as np
 import trio
 
 from dlnet.node.byzantine import Byzantine
-from dlnet.node.context import NodeContext, sleep_until, wall_clock
+from dlnet.node.context import NodeContext
 from dlnet.node.ingest import COMMIT_GRACE
 from dlnet.node.report import verified_certificate
 from dlnet.node.reveals import PUSH_SETTLE, REVEAL_DELAY
@@ -117,7 +117,7 @@ class ValidatorRole:
                     nursery.start_soon(vote_schedule, self.ctx, self.key, rnd)
                 nursery.start_soon(vote_schedule, self.ctx, self.key, rnd + 1)
                 rnd += 1
-                await sleep_until(round_times(self.ctx.cfg, rnd).start)
+                await self.ctx.clock.sleep_until(round_times(self.ctx.cfg, rnd).start)
 
     async def run_round(self, rnd: int) -> None:
         ctx = self.ctx
@@ -130,24 +130,24 @@ class ValidatorRole:
             (times.commit_deadline - COMMIT_PULL_LEAD, times.commit_deadline),
             (times.commit_deadline, times.commit_deadline + COMMIT_GRACE),
         ):
-            await sleep_until(at)
+            await ctx.clock.sleep_until(at)
             await ctx.sync.fetch_round(Kind.COMMIT, rnd, deadline=until)
         # Encoders push their reveals to validators and relays (node/reveals.py), each to the
         # ones it is connected to: fetch the rest from them by commitment as soon as the
         # pushes are in, so that the reveals are all held by the reveal deadline.
-        await sleep_until(
+        await ctx.clock.sleep_until(
             min(times.reveal_deadline, times.commit_deadline + REVEAL_DELAY + PUSH_SETTLE)
         )
         async with trio.open_nursery() as pulls:
             # The round's texts (scoring, the result's `texts`) follow its Schedule votes.
             pulls.start_soon(pull_schedule, ctx, rnd, times.reveal_deadline + SCHEDULE_PULL)
             await self.repair(rnd, times.reveal_deadline)
-            if wall_clock() < times.reveal_deadline and not round_view(ctx, rnd).missing():
+            if ctx.clock.now() < times.reveal_deadline and not round_view(ctx, rnd).missing():
                 # Every reveal is held: score now, so that the attestation can leave at the
                 # deadline (it is scored again only if something arrives until then).
                 await self.score(rnd)
             # Never attest before the reveal deadline: a reveal may be published until then.
-            await sleep_until(times.reveal_deadline)
+            await ctx.clock.sleep_until(times.reveal_deadline)
             await self.repair(rnd, times.repair_deadline)
         view = round_view(ctx, rnd)
         ctx.log.info(
@@ -162,8 +162,10 @@ class ValidatorRole:
             return
         # Prevote as soon as every validator's attestation is held (no later one can change
         # the set), else at the attest deadline after one more pull.
-        while not self._all_attested(rnd) and wall_clock() < times.attest_deadline:
-            await trio.sleep(min(ATTESTATION_POLL, max(0.0, times.attest_deadline - wall_clock())))
+        while not self._all_attested(rnd) and ctx.clock.now() < times.attest_deadline:
+            await trio.sleep(
+                min(ATTESTATION_POLL, max(0.0, times.attest_deadline - ctx.clock.now()))
+            )
         if not self._all_attested(rnd):
             phase = times.finality_deadline - times.attest_deadline
             await ctx.sync.fetch_round(
@@ -175,12 +177,12 @@ class ValidatorRole:
     async def repair(self, rnd: int, deadline: float) -> None:
         """Fetch by commitment every listed reveal still missing, until none is or time is up;
         never past ``deadline``."""
-        while wall_clock() < deadline:
+        while self.ctx.clock.now() < deadline:
             missing = round_view(self.ctx, rnd).missing()
             if not missing:
                 return
             await self.ctx.sync.fetch_commitments(missing, deadline=deadline)
-            await trio.sleep(max(0.0, min(REPAIR_INTERVAL, deadline - wall_clock())))
+            await trio.sleep(max(0.0, min(REPAIR_INTERVAL, deadline - self.ctx.clock.now())))
 
     def _own(self, kind: Kind, rnd: int, phase: int | None = None) -> Message | None:
         held: list[Attestation | FinalityVote] = (
@@ -249,7 +251,7 @@ class ValidatorRole:
         for _ in range(len(view.commits) - len(encoders)):
             self.ctx.ingest.count("validator", "unregistered")
         shards = scoring_inputs(view, encoders, cfg.shards_per_round, cfg.slots_per_shard)
-        scores = await trio.to_thread.run_sync(
+        scores = await self.ctx.offload(
             functools.partial(
                 score_round,
                 cfg.scoring,
@@ -293,7 +295,7 @@ class ValidatorRole:
         if own is not None:  # restarted after attesting: re-send, never re-score
             await ctx.republish(Kind.ATTESTATION, own)
             return
-        if wall_clock() > times.attest_deadline - ATTEST_MARGIN:
+        if ctx.clock.now() > times.attest_deadline - ATTEST_MARGIN:
             ctx.ingest.count("validator", "missed_attest_deadline")
             return
         att = await self.score(rnd)
@@ -301,7 +303,7 @@ class ValidatorRole:
             att = self.byzantine.attestation(ctx.cfg, self.key, att)
             at = self.byzantine.attest_at(times)
             if at is not None:
-                await sleep_until(at)
+                await ctx.clock.sleep_until(at)
         await ctx.publish(Kind.ATTESTATION, att)
         ctx.log.info("round %d: attested %d encoders", rnd, len(att.encoders))
 
@@ -382,7 +384,7 @@ class ValidatorRole:
             except MissingEmbeddings as exc:
                 wanted = full_commitments(view, exc.missing, ctx.cfg.slots_per_shard)
                 await ctx.sync.fetch_commitments(wanted, deadline=deadline)
-                if wall_clock() >= deadline:
+                if ctx.clock.now() >= deadline:
                     break
         ctx.ingest.count("validator", "no_result_missing_embeddings")
         return None
@@ -392,7 +394,7 @@ class ValidatorRole:
         whether it voted."""
         ctx = self.ctx
         times = round_times(ctx.cfg, rnd)
-        if wall_clock() >= times.finality_deadline:
+        if ctx.clock.now() >= times.finality_deadline:
             # The others have stopped counting votes: a late one could only finalize, at
             # some nodes, a round the rest recorded as not finalized.
             ctx.ingest.count("validator", "missed_vote_deadline")
@@ -462,10 +464,10 @@ class ValidatorRole:
         end = times.finality_deadline + FINALITY_GRACE
         precommitted = False
         # Gossip brings the votes first; a validator that could not prevote retries sooner.
-        next_pull = wall_clock() + (REPAIR_INTERVAL if prevoted else PREVOTE_POLL)
+        next_pull = ctx.clock.now() + (REPAIR_INTERVAL if prevoted else PREVOTE_POLL)
         while True:
             if not precommitted and (
-                wall_clock() >= precommit_at
+                ctx.clock.now() >= precommit_at
                 or {v.validator for v in self._votes(rnd, PREVOTE)}
                 >= {v.pubkey for v in ctx.cfg.validators}
             ):
@@ -478,10 +480,10 @@ class ValidatorRole:
                 if cert is not None:
                     ctx.store.put_certificate(rnd, encode(cert))
                     ctx.store.put_round_outcome(rnd, True, result_digest(result))
-                    ctx.store.put_finalized_at(rnd, wall_clock(), times)
+                    ctx.store.put_finalized_at(rnd, ctx.clock.now(), times)
                     ctx.log.info("round %d: finalized, %d votes", rnd, len(cert.votes))
                     return
-            now = wall_clock()
+            now = ctx.clock.now()
             if now >= end:
                 break
             # Look again soon (the precommit never past its time), and pull the votes from
@@ -495,8 +497,8 @@ class ValidatorRole:
                     await ctx.sync.fetch_round(Kind.ATTESTATION, rnd, deadline=pull_until)
                     prevoted = await self.prevote(rnd, times)
                 await ctx.sync.fetch_round(Kind.VOTE, rnd, deadline=pull_until)
-                next_pull = wall_clock() + (REPAIR_INTERVAL if prevoted else 2 * PREVOTE_POLL)
-            await sleep_until(wake)
+                next_pull = ctx.clock.now() + (REPAIR_INTERVAL if prevoted else 2 * PREVOTE_POLL)
+            await ctx.clock.sleep_until(wake)
         ctx.store.put_round_outcome(rnd, False, None if result is None else result_digest(result))
         ctx.log.warning("round %d: not finalized (no 2/3 of the stake on one result)", rnd)
 

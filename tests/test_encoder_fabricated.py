@@ -6,13 +6,13 @@ from __future__ import annotations
 import hashlib
 import tempfile
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import pytest
 import trio
 
+from dlnet.node.context import NodeContext
 from dlnet.node.encoder import EncoderRole
 from dlnet.node.store import Store
 from dlnet.protocol.config import ValidatorEntry, default_config
@@ -40,7 +40,7 @@ class HashModel:
 def vectors(behaviour: str) -> tuple[Any, np.ndarray]:
     cfg = default_config((ValidatorEntry(bytes(32), 1),), 0, dataset_sha256=bytes(32))
     store = Store.open(Path(tempfile.mkdtemp()) / "node.sqlite")  # no schedule held: corpus only
-    ctx = SimpleNamespace(cfg=cfg, items=ITEMS, store=store)
+    ctx = NodeContext(cfg, ITEMS, store, None, None, None, threads=False)  # type: ignore[arg-type]
     role = EncoderRole(ctx, None, HashModel(cfg.dim), behaviour)  # type: ignore[arg-type]
     return cfg, trio.run(role._vectors, 1)
 

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import trio
 
+from dlnet.node.context import NodeContext
 from dlnet.node.ingest import Ingest
 from dlnet.node.store import Store
 from dlnet.node.validator import ValidatorRole
@@ -141,10 +142,9 @@ def test_scoring_reads_the_store_only_from_the_trio_thread(tmp_path: Path) -> No
             return call
 
     items = tuple(f"text number {i}" for i in range(64))
-    ctx = SimpleNamespace(
-        cfg=cfg, store=Watched(), items=items, ingest=Ingest(cfg, store, lambda: 0.0)
-    )
-    role = ValidatorRole(ctx, validators[0])  # type: ignore[arg-type]
+    ingest = Ingest(cfg, store, lambda: 0.0)
+    ctx = NodeContext(cfg, items, Watched(), ingest, None, None)  # type: ignore[arg-type]
+    role = ValidatorRole(ctx, validators[0])
 
     async def main() -> int:
         att = await role.score(3)

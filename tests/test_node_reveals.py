@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from signed import signed_round
 from trio.testing import MockClock
 
-from dlnet.node.context import NodeContext
+from dlnet.node.context import WALL, NodeContext
 from dlnet.node.encoder import EncoderRole
 from dlnet.node.host import RequestTimeout
 from dlnet.node.ingest import Ingest, Outcome
@@ -185,7 +185,7 @@ def test_every_keeper_gets_the_push_and_a_stalled_or_lying_one_is_not_counted(
     items = [encode(e) for e in reveals(cfg)]
 
     async def main() -> tuple[int, float]:
-        acked = await push_reveals(host, encoder, items, time.time() + 60)  # type: ignore[arg-type]
+        acked = await push_reveals(host, encoder, items, encoder.now() + 60)  # type: ignore[arg-type]
         return acked, trio.current_time()
 
     acked, elapsed = trio.run(main, clock=MockClock(autojump_threshold=0))
@@ -211,7 +211,7 @@ def test_a_peer_that_holds_only_part_of_a_push_does_not_acknowledge_it(
     host.keepers = ["late"]
     encoder = node(cfg, tmp_path / "e.sqlite")
     items = [encode(e) for e in reveals(cfg)]
-    acked = trio.run(lambda: push_reveals(host, encoder, items, time.time() + 5))  # type: ignore[arg-type]
+    acked = trio.run(lambda: push_reveals(host, encoder, items, encoder.now() + 5))  # type: ignore[arg-type]
     assert acked == 0
     assert encoder.store.counters()["push:partly_held"] == 1
 
@@ -236,7 +236,7 @@ def test_an_unacknowledged_reveal_is_pushed_again_until_a_keeper_holds_it(
     net = Transport()
     validator = node(cfg, tmp_path / "v.sqlite")
     install_server(net.host("v"), validator)
-    encoder = node(cfg, tmp_path / "e.sqlite")
+    encoder = Ingest(cfg, Store.open(tmp_path / "e.sqlite"), WALL.now)  # the role's clock
     host = EncoderHost(net, "e")
     role = encoder_role(cfg, encoder, host)
     items = [encode(e) for e in reveals(cfg)]
@@ -264,7 +264,7 @@ def test_a_reveal_no_keeper_takes_is_counted_unacknowledged(
 ) -> None:
     net = Transport()
     net.handlers["stalled"] = None
-    encoder = node(cfg, tmp_path / "e.sqlite")
+    encoder = Ingest(cfg, Store.open(tmp_path / "e.sqlite"), WALL.now)  # the role's clock
     host = EncoderHost(net, "e")
     host.keepers = ["stalled"]
     items = [encode(e) for e in reveals(cfg)]

@@ -4,6 +4,7 @@ refuses malformed requests. The network side is exercised end to end in test_tes
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import msgpack
@@ -228,11 +229,24 @@ class FakeHost:
         self.penalties.append((peer, reason))
 
 
+def moving(start: float) -> Callable[[], float]:
+    """A node clock that reads ``start`` at its first reading in a trio run and then goes
+    with trio's clock (virtual under MockClock): sync deadlines pass as time goes by."""
+    zero: list[float] = []
+
+    def now() -> float:
+        t = trio.current_time()
+        zero.append(t) if not zero else None
+        return start + t - zero[0]
+
+    return now
+
+
 def client_for(
     held: Held, tmp: Path, answers: dict[str, list[bytes] | None]
 ) -> tuple[SyncClient, FakeHost, Store]:
     store = Store.open(tmp / "client.sqlite")
-    ingest = Ingest(held.cfg, store, lambda: round_times(held.cfg, 1).start + 1)
+    ingest = Ingest(held.cfg, store, moving(round_times(held.cfg, 1).start + 1))
     host = FakeHost(answers)
     return SyncClient(host, ingest, held.cfg.network_id), host, store  # type: ignore[arg-type]
 
@@ -251,7 +265,7 @@ def test_poisoned_and_unrequested_items_are_rejected_and_charged(
     client, host, store = client_for(
         held, tmp_path, {"poison": poison, "good": [encode(held.commit)]}
     )
-    got = trio.run(lambda: client.fetch_round(Kind.COMMIT, 1, deadline=time.time() + 5))
+    got = trio.run(lambda: client.fetch_round(Kind.COMMIT, 1, deadline=client.ingest.now() + 5))
     assert got == 1
     assert store.messages(Kind.COMMIT, 1) == [encode(held.commit)]
     assert store.messages(Kind.COMMIT, 51) == []
@@ -269,7 +283,9 @@ def test_a_stalled_peer_costs_at_most_the_deadline_and_is_skipped_after(
     answers: dict[str, list[bytes] | None] = {"stalled": None, "slow_but_none": []}
     client, host, store = client_for(held, tmp_path, answers)
     got = trio.run(
-        lambda: client.fetch_commitments(wanted, deadline=time.time() + 2 * REQUEST_TIMEOUT),
+        lambda: client.fetch_commitments(
+            wanted, deadline=client.ingest.now() + 2 * REQUEST_TIMEOUT
+        ),
         clock=MockClock(autojump_threshold=0),
     )
     assert got == 0
@@ -277,15 +293,15 @@ def test_a_stalled_peer_costs_at_most_the_deadline_and_is_skipped_after(
     assert sorted(host.asked) == ["slow_but_none", "stalled"]
     host.answers["good"] = [encode(e) for e in held.reveals]
     host.asked.clear()
-    got = trio.run(lambda: client.fetch_commitments(wanted, deadline=time.time() + 5))
+    got = trio.run(lambda: client.fetch_commitments(wanted, deadline=client.ingest.now() + 5))
     assert got == len(wanted)
     assert "stalled" not in host.asked
     # A timeout of the caller's own short deadline is no sign of a stalled peer.
     client, host, _ = client_for(held, tmp_path, {"late": None, "other": []})
-    trio.run(lambda: client.fetch_commitments(wanted, deadline=time.time() + 0.1))
+    trio.run(lambda: client.fetch_commitments(wanted, deadline=client.ingest.now() + 0.1))
     assert "late" in host.asked
     host.asked.clear()
-    trio.run(lambda: client.fetch_commitments(wanted, deadline=time.time() + 0.1))
+    trio.run(lambda: client.fetch_commitments(wanted, deadline=client.ingest.now() + 0.1))
     assert "late" in host.asked  # not skipped as stalled
 
 
@@ -295,7 +311,7 @@ def test_a_peer_that_answers_everything_is_the_only_one_asked(held: Held, tmp_pa
     wanted = [e.commitment() for e in held.reveals]
     everything = [encode(e) for e in held.reveals]
     client, host, _ = client_for(held, tmp_path, {p: everything for p in "abcdef"})
-    got = trio.run(lambda: client.fetch_commitments(wanted, deadline=time.time() + 5))
+    got = trio.run(lambda: client.fetch_commitments(wanted, deadline=client.ingest.now() + 5))
     assert got == len(wanted)
     assert len(host.asked) == 1
 
@@ -313,7 +329,7 @@ def test_a_stalled_peer_delays_the_search_by_the_hedge_not_the_timeout(
     client, host, _ = client_for(held, tmp_path, answers)
 
     async def fetch() -> tuple[int, float]:
-        got = await client.fetch_commitments(wanted, deadline=time.time() + 60)
+        got = await client.fetch_commitments(wanted, deadline=client.ingest.now() + 60)
         return got, trio.current_time()
 
     got, virtual_elapsed = trio.run(fetch, clock=MockClock(autojump_threshold=0))
@@ -347,7 +363,7 @@ def test_certificates_outside_the_range_asked_are_unrequested(held: Held, tmp_pa
         kept: list[bytes] = []
         n = trio.run(
             lambda: client.fetch_certificates(
-                0, 9, lambda d: kept.append(d) is None, deadline=time.time() + 5
+                0, 9, lambda d: kept.append(d) is None, deadline=client.ingest.now() + 5
             )
         )
         return n, kept, host
@@ -373,7 +389,7 @@ def test_peers_that_keep_every_reveal_are_asked_before_encoders(held: Held, tmp_
         client, host, _ = client_for(held, tmp_path / str(attempt), answers)
         host.keepers = {"keeper"}
         got = trio.run(
-            lambda c=client: c.fetch_commitments(wanted, deadline=time.time() + 5)  # type: ignore[misc]
+            lambda c=client: c.fetch_commitments(wanted, deadline=c.ingest.now() + 5)  # type: ignore[misc]
         )
         assert got == len(wanted)
         assert host.asked == ["keeper"]
@@ -394,7 +410,7 @@ def test_two_stalled_keepers_asked_first_do_not_hold_the_repair_until_they_time_
     host.keepers = {"stopped1", "stopped2"}  # asked first; "good" (say a relay) after them
 
     async def fetch() -> tuple[int, float]:
-        got = await client.fetch_commitments(wanted, deadline=time.time() + 60)
+        got = await client.fetch_commitments(wanted, deadline=client.ingest.now() + 60)
         return got, trio.current_time()
 
     got, virtual_elapsed = trio.run(fetch, clock=MockClock(autojump_threshold=0))

@@ -22,6 +22,7 @@ from test_cli import dlnet, one_line_error
 from dlnet.node import report
 from dlnet.node.addresses import AddressError, check_bootstrap, check_listen, check_port_free
 from dlnet.node.cli import cli, main
+from dlnet.node.context import NodeContext
 from dlnet.node.encoder import EncoderRole
 from dlnet.node.logs import setup_logging
 from dlnet.node.progress import countdown_marks, duration, live_info
@@ -218,9 +219,7 @@ def test_model_error_at_run_time_is_counted_and_the_encoder_goes_on(
     ingest = SimpleNamespace(count=lambda outcome, reason: counted.append(f"{outcome}:{reason}"))
     items = tuple(f"text number {i}" for i in range(20))
     store = Store.open(tmp_path / "node.sqlite")  # no schedule held: corpus texts only
-    ctx = SimpleNamespace(
-        cfg=cfg, items=items, ingest=ingest, store=store, log=logging.getLogger("dlnet")
-    )
+    ctx = NodeContext(cfg, items, store, ingest, None, None, logging.getLogger("dlnet"))  # type: ignore[arg-type]
     role = EncoderRole(ctx, None, FlakyModel(cfg.dim))  # type: ignore[arg-type]
     done: list[int] = []
 

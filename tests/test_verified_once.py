@@ -12,7 +12,7 @@ from typing import cast
 import numpy as np
 import trio
 
-from dlnet.node.context import NodeContext, wall_clock
+from dlnet.node.context import WALL, NodeContext
 from dlnet.node.host import Host, Verdict
 from dlnet.node.ingest import Ingest, Outcome
 from dlnet.node.store import Store
@@ -112,13 +112,13 @@ def test_one_verify_per_distinct_embedding(tmp_path: Path) -> None:
 
     async def validator_work() -> None:
         # Repair fetches the rest (the pool answers with everything, held or not).
-        await role.repair(RND, wall_clock() + 5.0)
+        await role.repair(RND, WALL.now() + 5.0)
         for _ in range(3):  # the repair loop, scoring and the result read the round again
             assert round_view(ctx, RND).missing() == []
         att = await role.score(RND)
         assert att.encoders == tuple(sorted(e.public_key for e in encoders))
         ingest.admit_own(att, encode(att))
-        computed = await role.result(RND, None, wall_clock() + 5.0)
+        computed = await role.result(RND, None, WALL.now() + 5.0)
         assert computed is not None
         result, _ = computed
         assert result.encoders == att.encoders
