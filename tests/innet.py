@@ -44,6 +44,8 @@ class Node:
     scope: trio.CancelScope
     validator: SigningKey | None = None
     encoders: Sequence[Encoder] = field(default_factory=list)
+    byzantine: str | None = None
+    stopped: trio.Event = field(default_factory=trio.Event)
 
     @property
     def store(self) -> Store:
@@ -107,7 +109,7 @@ class InNet:
             )
             for e in encoders
         ]
-        node = Node(name, host, ctx, trio.CancelScope(), validator, encoders)
+        node = Node(name, host, ctx, trio.CancelScope(), validator, encoders, byzantine)
         joined = trio.Event()
 
         async def run() -> None:
@@ -122,6 +124,7 @@ class InNet:
                 finally:
                     host.kill()
                     store.close()
+                    node.stopped.set()
 
         self.nursery.start_soon(run)
         await joined.wait()
@@ -137,4 +140,7 @@ class InNet:
     async def restart(self, name: str) -> Node:
         """Start a killed node again on its data dir, with the same keys and models."""
         old = self.nodes[name]
-        return await self.start(name, validator=old.validator, encoders=old.encoders)
+        await old.stopped.wait()
+        return await self.start(
+            name, validator=old.validator, encoders=old.encoders, byzantine=old.byzantine
+        )

@@ -118,6 +118,7 @@ class MemoryHost:
         pass
 
     async def publish(self, topic: str, data: bytes) -> None:
+        await self.resumed.wait()  # a stopped node sends nothing
         if self.killed:
             return
         self.seen.add(message_id(data))
@@ -152,6 +153,7 @@ class MemoryHost:
         if peer is None or peer.killed or self.killed or not self.net.linked(self.peer_id, peer_id):
             raise RequestError(f"{peer_id} is not connected")
         self.counters["requests.sent"] += 1
+        await self.resumed.wait()
         with trio.move_on_after(timeout):
             await trio.sleep(self.net.latency)
             await peer.resumed.wait()

@@ -1,5 +1,7 @@
 """Whole networks in one process (tests/innet.py): the roles of `dlnet run`, their stores and
-admission, over an in-memory transport in trio's virtual time."""
+admission, over an in-memory transport in trio's virtual time. The consensus scenarios of
+issue 9 (finality threshold, byzantine validators, small pools, a validator killed or stopped
+mid-round) run here in seconds; scripts/chaos.py runs them on real processes."""
 
 from __future__ import annotations
 
@@ -7,10 +9,12 @@ import hashlib
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import pytest
 import trio
-from innet import Encoder, InNet
+from innet import Encoder, InNet, Node
 from trio.testing import MockClock
 
+from dlnet.node.byzantine import MODES
 from dlnet.node.context import TrioClock
 from dlnet.node.dataset_io import load_items, resolve_dataset_path
 from dlnet.node.models.kinds import honest, noise
@@ -23,6 +27,7 @@ from dlnet.protocol.rounds import round_times
 from dlnet.protocol.wire import Certificate, Kind, decode
 
 GENESIS = 1_900_000_000
+ROUND_SECONDS = 40
 
 
 def keys(n: int, base: int) -> list[SigningKey]:
@@ -30,7 +35,9 @@ def keys(n: int, base: int) -> list[SigningKey]:
 
 
 def network(
-    tmp: Path, validators: list[SigningKey], seeds: list[SigningKey]
+    tmp: Path,
+    validators: list[SigningKey],
+    seeds: list[SigningKey] = (),  # type: ignore[assignment]
 ) -> tuple[NetworkConfig, tuple[str, ...]]:
     ref = DatasetRef("builtin:corpus.txt", b"", "lines")
     data = resolve_dataset_path(ref, tmp).read_bytes()
@@ -39,7 +46,7 @@ def network(
         [ValidatorEntry(k.public_key, 100) for k in validators],
         GENESIS,
         dataset=ref,
-        round_seconds=40,
+        round_seconds=ROUND_SECONDS,
         registration=RegistrationParams(difficulty=0),
         seed_encoders=tuple(sorted(k.public_key for k in seeds)),
     )
@@ -51,65 +58,183 @@ def run(
     items: tuple[str, ...],
     tmp: Path,
     scenario: Callable[[InNet], Awaitable[None]],
-    until_round: int,
 ) -> None:
-    """Run ``scenario`` (it starts the nodes) from 5 s before genesis, then the network until
-    round ``until_round``'s finality deadline has passed, all in virtual time."""
+    """Run ``scenario`` (it starts the nodes, waits on ``net.clock`` and asserts) from 5 s
+    before genesis, in virtual time; every node stops when it returns."""
 
     async def main() -> None:
         clock = TrioClock(GENESIS - 5 - trio.current_time())
         async with trio.open_nursery() as nursery:
-            net = InNet(nursery, cfg, items, tmp, clock)
-            await scenario(net)
-            await clock.sleep_until(round_times(cfg, until_round).finality_deadline + 2)
+            await scenario(InNet(nursery, cfg, items, tmp, clock))
             nursery.cancel_scope.cancel()
 
     trio.run(main, clock=MockClock(autojump_threshold=0))
 
 
-def certificate(net_dir: Path, cfg: NetworkConfig, name: str, rnd: int) -> Certificate | None:
-    from dlnet.node.report import STORE_FILE
-    from dlnet.node.store import Store
+async def settled(net: InNet, rnd: int) -> None:
+    """Until round ``rnd``'s finality deadline and the finalize loop's grace have passed."""
+    await net.clock.sleep_until(round_times(net.cfg, rnd).finality_deadline + 8)
 
-    store = Store.open(net_dir / name / STORE_FILE)
-    try:
-        held = store.certificates(rnd, rnd)
-    finally:
-        store.close()
+
+def outcome(node: Node, rnd: int) -> tuple[bool, bytes | None] | None:
+    """(finalized, result digest) as the node recorded round ``rnd``; None: not settled."""
+    held = {r: (fin, digest) for r, fin, digest in node.store.round_outcomes()}
+    return held.get(rnd)
+
+
+def certificate(node: Node, rnd: int) -> Certificate | None:
+    held = node.store.certificates(rnd, rnd)
     if not held:
         return None
-    cert = decode(held[0][1], cfg, Kind.CERTIFICATE)
+    cert = decode(held[0][1], node.ctx.cfg, Kind.CERTIFICATE)
     assert isinstance(cert, Certificate)
-    verify_certificate(cfg, cert)
+    verify_certificate(node.ctx.cfg, cert)
     return cert
 
 
+def agreed(nodes: list[Node], rnd: int) -> Certificate:
+    """The one certificate every node holds for ``rnd`` (each verifies)."""
+    certs = [certificate(n, rnd) for n in nodes]
+    assert all(c is not None for c in certs), (
+        rnd,
+        [n.name for n, c in zip(nodes, certs, strict=True) if not c],
+    )
+    assert len({c.result for c in certs if c is not None}) == 1, rnd
+    cert = certs[0]
+    assert cert is not None
+    return cert
+
+
+async def encoders(net: InNet, kind: str, ks: list[SigningKey]) -> None:
+    cfg = net.cfg
+    factory = {"honest": honest, "noise": noise}[kind]
+    for i, k in enumerate(ks):
+        model = factory(cfg.dim, cfg.projection_seed, seed=i)
+        await net.start(f"{kind}-{i}", encoders=[Encoder(k, model)])
+
+
 def test_three_validators_finalize_every_round_and_rank_honest_first(tmp_path: Path) -> None:
-    vals = keys(3, 1)
-    good = keys(4, 20)
-    bad = keys(2, 40)
+    vals, good, bad = keys(3, 1), keys(4, 20), keys(2, 40)
     cfg, items = network(tmp_path, vals, good)
+    kinds = {k.public_key.hex(): "honest" for k in good} | {
+        k.public_key.hex(): "noise" for k in bad
+    }
 
     async def scenario(net: InNet) -> None:
-        for i, k in enumerate(vals):
-            await net.start(f"validator-{i}", validator=k)
+        validators = [await net.start(f"v{i}", validator=k) for i, k in enumerate(vals)]
         await net.start("relay")
-        for i, k in enumerate(good):
-            model = honest(cfg.dim, cfg.projection_seed, seed=i)
-            await net.start(f"honest-{i}", encoders=[Encoder(k, model)])
-        for i, k in enumerate(bad):
-            model = noise(cfg.dim, cfg.projection_seed, seed=i)
-            await net.start(f"noise-{i}", encoders=[Encoder(k, model)])
+        await encoders(net, "honest", good)
+        await encoders(net, "noise", bad)
+        await settled(net, 3)
+        for rnd in (1, 2, 3):
+            cert = agreed(validators, rnd)
+            ranked = [row["kind"] for row in ranking(cert.result, kinds)]
+            assert ranked == ["honest"] * 4 + ["noise"] * 2, (rnd, ranked)
 
-    run(cfg, items, tmp_path, scenario, until_round=3)
-    for rnd in (1, 2, 3):
-        certs = [certificate(tmp_path, cfg, f"validator-{i}", rnd) for i in range(3)]
-        assert all(c is not None for c in certs), rnd
-        assert len({c.result for c in certs if c is not None}) == 1, rnd
-        cert = certs[0]
-        assert cert is not None
-        kinds = {k.public_key.hex(): "honest" for k in good} | {
-            k.public_key.hex(): "noise" for k in bad
-        }
-        ranked = [row["kind"] for row in ranking(cert.result, kinds)]
-        assert ranked == ["honest"] * 4 + ["noise"] * 2, (rnd, ranked)
+    run(cfg, items, tmp_path, scenario)
+
+
+def test_two_thirds_is_not_final_and_a_late_validator_cannot_change_that(
+    tmp_path: Path,
+) -> None:
+    """Finality needs MORE than 2/3 of the stake: two of three equal validators record their
+    rounds as not finalized (no result, no certificate); the third, started later, does not
+    finalize them after the fact, and the first round it takes part in from the start is
+    final with all three signatures."""
+    vals, encs = keys(3, 1), keys(2, 40)
+    cfg, items = network(tmp_path, vals)
+
+    async def scenario(net: InNet) -> None:
+        v0 = await net.start("v0", validator=vals[0])
+        v1 = await net.start("v1", validator=vals[1])
+        await encoders(net, "noise", encs)
+        await settled(net, 1)
+        assert outcome(v0, 1) == outcome(v1, 1) == (False, None)
+        assert certificate(v0, 1) is None
+        await net.clock.sleep_until(round_times(cfg, 2).start + 1)
+        v2 = await net.start("v2", validator=vals[2])
+        await settled(net, 3)
+        for v in (v0, v1, v2):
+            assert outcome(v, 1) in (None, (False, None)), v.name
+            assert certificate(v, 1) is None, v.name
+        cert = agreed([v0, v1, v2], 3)
+        assert sorted(s for s, _ in cert.votes) == sorted(k.public_key for k in vals)
+        assert set(cert.result.encoders) == {k.public_key for k in encs}
+
+    run(cfg, items, tmp_path, scenario)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_one_byzantine_validator_of_four_neither_voids_pads_nor_stalls_a_round(
+    tmp_path: Path, mode: str
+) -> None:
+    vals, encs = keys(4, 1), keys(3, 40)
+    cfg, items = network(tmp_path, vals)
+
+    async def scenario(net: InNet) -> None:
+        await net.start("byzantine", validator=vals[0], byzantine=mode)
+        honest_vals = [await net.start(f"v{i}", validator=k) for i, k in enumerate(vals[1:])]
+        await encoders(net, "noise", encs)
+        await settled(net, 2)
+        for rnd in (1, 2):
+            cert = agreed(honest_vals, rnd)
+            assert set(cert.result.encoders) == {k.public_key for k in encs}, (mode, rnd)
+
+    run(cfg, items, tmp_path, scenario)
+
+
+@pytest.mark.parametrize("count", [1, 2])
+def test_a_pool_too_small_to_check_certifies_no_output(tmp_path: Path, count: int) -> None:
+    """Fewer voices than `min_encoders_for_lof`: the round certifies scores of 0 and an
+    all-zero weighted embedding, never one unchecked encoder's output."""
+    vals, encs = keys(1, 1), keys(count, 20)
+    cfg, items = network(tmp_path, vals, encs)
+
+    async def scenario(net: InNet) -> None:
+        v0 = await net.start("v0", validator=vals[0])
+        await encoders(net, "honest", encs)
+        await settled(net, 2)
+        for rnd in (1, 2):
+            result = agreed([v0], rnd).result
+            assert len(result.encoders) == count, rnd
+            assert set(result.encoder_scores) == {0}, (rnd, result.encoder_scores)
+            assert all(w == bytes(4 * cfg.dim) for w in result.weighted), rnd
+
+    run(cfg, items, tmp_path, scenario)
+
+
+@pytest.mark.parametrize("fault", ["kill-restart", "stop-40s"])
+def test_a_validator_killed_or_stopped_mid_round_comes_back_and_agrees(
+    tmp_path: Path, fault: str
+) -> None:
+    """kill -9 one of four validators 1 s after round 2's commit deadline and restart it 3 s
+    later on its data dir, or SIGSTOP it 5 s into round 2 for 40 s: the other three finalize
+    every round; once back, it holds the same certificates and never a conflicting one."""
+    vals, encs = keys(4, 1), keys(3, 40)
+    cfg, items = network(tmp_path, vals)
+
+    async def scenario(net: InNet) -> None:
+        nodes = [await net.start(f"v{i}", validator=k) for i, k in enumerate(vals)]
+        await encoders(net, "noise", encs)
+        victim = nodes[1]
+        if fault == "kill-restart":
+            await net.clock.sleep_until(round_times(cfg, 2).commit_deadline + 1)
+            net.kill(victim.name)
+            await net.clock.sleep_until(net.clock.now() + 3)
+            nodes[1] = await net.restart(victim.name)
+        else:
+            await net.clock.sleep_until(round_times(cfg, 2).start + 5)
+            victim.host.pause()
+            await net.clock.sleep_until(net.clock.now() + 40)
+            victim.host.resume()
+        await settled(net, 4)
+        others = [n for n in nodes if n is not nodes[1]]
+        for rnd in (1, 2, 3, 4):
+            agreed(others, rnd)
+        for rnd in (3, 4):  # back for the whole round: it finalized them as well
+            agreed(nodes, rnd)
+        for rnd in (1, 2):  # whatever it holds of the rounds it missed is the same
+            mine = certificate(nodes[1], rnd)
+            assert mine is None or mine.result == agreed(others, rnd).result
+
+    run(cfg, items, tmp_path, scenario)
