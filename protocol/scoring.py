@@ -48,7 +48,6 @@ from typing import Literal
 
 import numpy as np
 from numpy.typing import NDArray
-from sklearn.neighbors import LocalOutlierFactor
 
 from dlnet.protocol.influence import voice_influence
 from dlnet.protocol.params import DlForm, ScoringParams
@@ -482,6 +481,10 @@ def _peer_stats(
         dist = np.stack([_norms(distinct - row) for row in distinct])
         k = min(params.lof_k, distinct.shape[0] - 1)
         outside = len(ref) < len(groups)
+        # Imported here: scikit-learn takes ~2 s to import, and every `dlnet` command, node
+        # start and config read would pay it; only scoring a round needs it.
+        from sklearn.neighbors import LocalOutlierFactor
+
         model = LocalOutlierFactor(
             n_neighbors=k, metric="precomputed", algorithm="brute", novelty=outside
         )
