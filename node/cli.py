@@ -21,7 +21,6 @@ from dlnet.node.byzantine import MODES as BYZANTINE_MODES
 from dlnet.node.client import ClientError
 from dlnet.node.dataset_io import DatasetError, load_items, resolve_dataset_path
 from dlnet.node.encoder import parse_behaviour
-from dlnet.node.host import GossipParams
 from dlnet.node.identities import (
     MAX_IDENTITIES,
     EncoderIdentity,
@@ -38,6 +37,7 @@ from dlnet.node.reveals import KEEPER_MAX_PEERS
 from dlnet.node.runtime import ROLES, NodeError, NodeOptions, load_config, run_node
 from dlnet.node.store import StoreError
 from dlnet.node.testnet import SpecError
+from dlnet.node.transport import GossipParams
 from dlnet.protocol.config import DatasetRef, ValidatorEntry, default_config, dump_config
 from dlnet.protocol.errors import ConfigError
 from dlnet.protocol.identity import SigningKey

@@ -14,8 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 
-from dlnet.node.host import Verdict
 from dlnet.node.store import KIND_OF, PutStatus, Store
+from dlnet.node.transport import Verdict
 from dlnet.protocol.config import NetworkConfig
 from dlnet.protocol.registration import leading_zero_bits, work
 from dlnet.protocol.round import Verified

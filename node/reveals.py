@@ -24,10 +24,9 @@ from typing import Final
 import msgpack
 import trio
 
-from dlnet.node.host import RequestError, RequestTimeout
 from dlnet.node.ingest import Ingest, Outcome
 from dlnet.node.sync import parse_items, unpack_bounded
-from dlnet.node.transport import Transport
+from dlnet.node.transport import RequestError, RequestTimeout, Transport
 from dlnet.protocol.wire import Kind, topic
 
 REVEAL_DELAY: Final = 2.0

@@ -25,7 +25,7 @@ from dlnet.node.byzantine import Byzantine
 from dlnet.node.context import WALL, NodeContext
 from dlnet.node.dataset_io import load_items
 from dlnet.node.encoder import EncoderRole
-from dlnet.node.host import GossipParams, Host, Verdict, open_host
+from dlnet.node.host import Host, open_host
 from dlnet.node.identities import EncoderIdentity, IdentityError, check_identities
 from dlnet.node.ingest import Ingest, slot_of
 from dlnet.node.keyfile import peer_key_seed, read_key
@@ -37,7 +37,7 @@ from dlnet.node.reveals import install_server as install_reveal_server
 from dlnet.node.store import Store
 from dlnet.node.submissions import submitter
 from dlnet.node.sync import REQUEST_TIMEOUT, ROUND_KINDS, SyncClient, install_server
-from dlnet.node.transport import Transport
+from dlnet.node.transport import GossipParams, Transport, Verdict
 from dlnet.node.validator import ValidatorRole
 from dlnet.protocol.config import NetworkConfig, parse_config
 from dlnet.protocol.consensus import CertificateError, verify_certificate

@@ -30,10 +30,9 @@ from typing import Any
 import msgpack
 import trio
 
-from dlnet.node.host import RequestTimeout
 from dlnet.node.ingest import Ingest, Outcome
 from dlnet.node.store import Store
-from dlnet.node.transport import Transport
+from dlnet.node.transport import RequestTimeout, Transport
 from dlnet.protocol.canonical import MAX_DEPTH, nesting_depth
 from dlnet.protocol.config import NetworkConfig
 from dlnet.protocol.round import Verified

@@ -16,17 +16,8 @@ relative to F. LOF and the cosine to the consensus embedding direction are hard 
 Every peer statistic is taken over *voices*: cells whose directions are near-identical on every
 slot (cosine > duplicate_cos) are one voice, so copies of one model do not add up.
 
-Why this shape (measured in docs/VALIDITY.md): DL alone ranks real encoders with the wrong
-sign (FINDINGS.md), and so does any reward for a small residual: an encoder can forge an inverse
-close to F - A. What a model cannot forge without computing like its peers is *how* its
-composition fails: honest models of one family fail the same way, noise, truncation, static word
-vectors and forgeries each fail their own way, in that order of agreement. The grade is an
-absolute cosine, so neither the pool's make-up nor an adversary's extra identities move its
-scale; so is the consensus cut. Where embeddings lie only cuts: it tells an encoder that is not
-in the network's space, but grades badly (added noise keeps the direction better than a
-truncated model, which is the better model; LOF, a local density ratio, penalises a good encoder
-next to a dense honest cluster more than a worse one in sparse surroundings, which is why its
-cut is loose).
+Why this shape, and every threshold: docs/PROTOCOL.md §2.5 "Scoring", measured in
+docs/VALIDITY.md.
 
 Reproducibility: encoders are processed in canonical (sorted pubkey) order whatever the input
 order; everything is float64; reductions are numpy pairwise sums over fixed-length contiguous

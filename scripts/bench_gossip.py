@@ -92,7 +92,8 @@ def _check_signature(data: bytes) -> bool:
 async def _child_main(args: argparse.Namespace) -> None:
     import trio
 
-    from dlnet.node.host import GossipParams, Host, ValidatorResult, Verdict, open_host
+    from dlnet.node.host import Host, open_host
+    from dlnet.node.transport import GossipParams, ValidatorResult, Verdict
 
     params = GossipParams(**json.loads(args.params))
     key = Ed25519PrivateKey.generate() if args.verify else None

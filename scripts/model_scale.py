@@ -11,11 +11,11 @@ reveals it lacks from other validators by commitment, in batches of at most 3 Mi
 as much as it fetches (on average). Pure arithmetic over per-operation costs:
 
 * ``verify_ms``: one Ed25519 verify (from ``--bench-json``, scripts/bench_scale.py, else
-  FINDINGS' 0.18 ms); every embedding is verified once by each validator;
+  docs/FINDINGS.md's 0.18 ms); every embedding is verified once by each validator;
 * ``decode_ms``: strict decode beyond the verify (docs/BENCHMARKS.md: 0.15 of a verify);
 * ``stream_ms``: CPU of one libp2p request/response stream (open, negotiate, close), each end;
 * ``kb_ms``: transport CPU per KB moved in a batch (noise + yamux + copies), each end;
-* ``gossip_ms``: CPU of one gossip delivery (py-libp2p today, FINDINGS: ~5.5 ms);
+* ``gossip_ms``: CPU of one gossip delivery (py-libp2p today, docs/FINDINGS.md: ~5.5 ms);
 * ``store_ms``: one SQLite row written (batched);
 * scoring: ``score_a * E + score_b * E^2`` seconds per round (LOF over every slot is
   quadratic in the encoders), fitted on this machine (``--measure-scoring`` refits it).

@@ -17,7 +17,8 @@ from typing import Any
 
 import trio
 
-from dlnet.node.host import GossipParams, Host, ValidatorResult, Verdict, open_host
+from dlnet.node.host import Host, open_host
+from dlnet.node.transport import GossipParams, ValidatorResult, Verdict
 
 
 def emit(event: dict[str, Any]) -> None:

@@ -33,8 +33,9 @@ import msgpack
 import numpy as np
 import trio
 
-from dlnet.node.host import GossipParams, Host, RequestError, open_host
+from dlnet.node.host import Host, open_host
 from dlnet.node.sync import protocol_id
+from dlnet.node.transport import GossipParams, RequestError
 from dlnet.protocol.config import NetworkConfig, parse_config
 from dlnet.protocol.identity import SigningKey
 from dlnet.protocol.rounds import round_at

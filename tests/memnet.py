@@ -14,7 +14,7 @@ from collections import Counter
 
 import trio
 
-from dlnet.node.host import (
+from dlnet.node.transport import (
     MessageHandler,
     RequestError,
     RequestHandler,

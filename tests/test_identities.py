@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from dlnet.node.cli import main
-from dlnet.node.host import GossipParams
 from dlnet.node.identities import (
     MAX_IDENTITIES,
     EncoderIdentity,
@@ -33,6 +32,7 @@ from dlnet.node.testnet import (
     encoder_processes,
     startup_seconds,
 )
+from dlnet.node.transport import GossipParams
 from dlnet.protocol.params import DEFAULT_DIFFICULTY, RegistrationParams
 
 GOOD = """

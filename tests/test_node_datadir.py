@@ -12,7 +12,7 @@ import pytest
 import trio
 
 from dlnet.node.context import NodeContext
-from dlnet.node.host import GossipParams, Verdict, open_host
+from dlnet.node.host import open_host
 from dlnet.node.ingest import Ingest
 from dlnet.node.keyfile import KeyFileError, peer_key_seed
 from dlnet.node.runtime import (
@@ -24,6 +24,7 @@ from dlnet.node.runtime import (
     read_saved_peers,
 )
 from dlnet.node.store import Store, StoreError
+from dlnet.node.transport import GossipParams, Verdict
 from dlnet.protocol.config import NetworkConfig, ValidatorEntry, default_config
 from dlnet.protocol.identity import SigningKey
 from dlnet.protocol.rounds import round_times

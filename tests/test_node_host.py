@@ -22,14 +22,8 @@ from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.peer.id import ID
 
 from dlnet.node.discovery import PX_MAX_ADDRS, PeerExchange, PeerTable, decode_px, encode_px
-from dlnet.node.host import (
-    STALL_AFTER,
-    GossipParams,
-    RequestError,
-    RequestTimeout,
-    Verdict,
-    open_host,
-)
+from dlnet.node.host import STALL_AFTER, open_host
+from dlnet.node.transport import GossipParams, RequestError, RequestTimeout, Verdict
 
 HOST_PEER = Path(__file__).with_name("host_peer.py")
 LOOPBACK = "/ip4/127.0.0.1/tcp/0"

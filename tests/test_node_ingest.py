@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from dlnet.node import ingest as ingest_module
-from dlnet.node.host import Verdict
 from dlnet.node.ingest import COMMIT_GRACE, Ingest, Outcome
 from dlnet.node.store import Store
+from dlnet.node.transport import Verdict
 from dlnet.protocol.config import NetworkConfig, ValidatorEntry, default_config
 from dlnet.protocol.identity import SigningKey
 from dlnet.protocol.params import RegistrationParams

@@ -20,7 +20,6 @@ from trio.testing import MockClock
 
 from dlnet.node.context import WALL, NodeContext
 from dlnet.node.encoder import EncoderRole
-from dlnet.node.host import RequestTimeout
 from dlnet.node.ingest import Ingest, Outcome
 from dlnet.node.reveals import (
     MAX_PUSH_BYTES,
@@ -34,6 +33,7 @@ from dlnet.node.reveals import (
     receive,
 )
 from dlnet.node.store import Store
+from dlnet.node.transport import RequestTimeout
 from dlnet.protocol.config import NetworkConfig, ValidatorEntry, default_config
 from dlnet.protocol.identity import SigningKey
 from dlnet.protocol.params import RegistrationParams

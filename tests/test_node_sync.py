@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from signed import signed_round
 from trio.testing import MockClock
 
-from dlnet.node.host import STALL_AFTER, RequestTimeout
+from dlnet.node.host import STALL_AFTER
 from dlnet.node.ingest import Ingest, Outcome
 from dlnet.node.store import Store
 from dlnet.node.sync import (
@@ -28,6 +28,7 @@ from dlnet.node.sync import (
     SyncClient,
     answer,
 )
+from dlnet.node.transport import RequestTimeout
 from dlnet.protocol.config import NetworkConfig, ValidatorEntry, default_config
 from dlnet.protocol.identity import SigningKey
 from dlnet.protocol.params import RegistrationParams

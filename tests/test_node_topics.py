@@ -10,8 +10,9 @@ import trio
 from libp2p.peer.id import ID
 
 from dlnet.node.discovery import PeerTable
-from dlnet.node.host import GossipParams, Verdict, open_host
+from dlnet.node.host import open_host
 from dlnet.node.runtime import GOSSIPED, subscribed_kinds
+from dlnet.node.transport import GossipParams, Verdict
 from dlnet.protocol.wire import Kind
 
 LOOPBACK = "/ip4/127.0.0.1/tcp/0"

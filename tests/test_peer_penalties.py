@@ -8,7 +8,8 @@ import logging
 import pytest
 import trio
 
-from dlnet.node.host import GossipParams, PeerPenalties, RequestError, open_host
+from dlnet.node.host import PeerPenalties, open_host
+from dlnet.node.transport import GossipParams, RequestError
 
 
 def params(**kw: float) -> GossipParams:

