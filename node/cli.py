@@ -17,10 +17,10 @@ from dlnet.node import align as alignment
 from dlnet.node import client, report
 from dlnet.node import testnet as tn
 from dlnet.node.addresses import AddressError, check_bootstrap, check_listen
+from dlnet.node.adversaries import parse_behaviour
 from dlnet.node.byzantine import MODES as BYZANTINE_MODES
 from dlnet.node.client import ClientError
 from dlnet.node.dataset_io import DatasetError, load_items, resolve_dataset_path
-from dlnet.node.encoder import parse_behaviour
 from dlnet.node.identities import (
     MAX_IDENTITIES,
     EncoderIdentity,

@@ -1,29 +1,17 @@
-"""The encoder role: embed the round's shards, commit, then reveal.
-
-Besides the honest behaviour this module holds the adversaries a testnet runs, each of which
-the protocol must defeat (see docs/PROTOCOL.md, "Cheats"):
-
-* ``fabricated`` — honest full and mask embeddings, inverse forged as full - mask (DL = 0);
-  ``fabricated@JITTER`` adds a random vector of norm JITTER x ||full|| (DL about JITTER), so
-  the inverse is no longer too exact;
-* ``copycat`` — commits to junk, then reveals other encoders' embeddings re-signed as its own;
-* ``replay`` — reveals, re-signed for this round, embeddings made for the previous round's
-  shards, and re-sends its earlier rounds' messages verbatim;
-* ``equivocator`` — reveals two different signed embeddings for every slot.
-"""
+"""The encoder role: embed the round's shards, commit, then reveal. The adversaries a
+testnet runs hook into it from node/adversaries.py (`Behaviour`)."""
 
 from __future__ import annotations
 
 import functools
 import os
-from typing import Final
 
 import numpy as np
 import trio
 
+from dlnet.node import adversaries
 from dlnet.node.context import NodeContext
 from dlnet.node.models import Model, one_line
-from dlnet.node.models.kinds import fabricate_inverse, jitter_option
 from dlnet.node.reveals import RETRY, REVEAL_DELAY, push_reveals
 from dlnet.node.submissions import SCHEDULE_PULL, pull_schedule, scheduled_tasks
 from dlnet.protocol.identity import SigningKey
@@ -36,29 +24,11 @@ from dlnet.protocol.wire import (
     encode,
     make_embedding,
     sign_commit,
-    topic,
 )
-
-BEHAVIOURS: Final = ("honest", "fabricated", "copycat", "replay", "equivocator")
-# How long a copycat listens to other encoders' reveals before copying them.
-COPY_WAIT: Final = 3.0
 
 
 class ModelError(Exception):
     """The encoder's model raised, or returned something that is not (n, dim) finite float32."""
-
-
-def parse_behaviour(text: str) -> tuple[str, float]:
-    """``NAME`` (one of BEHAVIOURS) or ``fabricated@JITTER``: the behaviour and the jitter of
-    its fabricated inverses (0 unless given). ValueError, one line, on anything else."""
-    name, at, level = text.partition("@")
-    if name not in BEHAVIOURS:
-        raise ValueError(f"unknown encoder behaviour {name!r}; behaviours: {', '.join(BEHAVIOURS)}")
-    if not at:
-        return name, 0.0
-    if name != "fabricated":
-        raise ValueError(f"behaviour {name} takes no @level")
-    return name, jitter_option(level)
 
 
 class EncoderRole:
@@ -74,7 +44,7 @@ class EncoderRole:
         self.key = key
         self.registration = registration  # nonce of the key's registration proof
         self.model = model
-        self.behaviour, self.jitter = parse_behaviour(behaviour)
+        self.behaviour = adversaries.behaviour(behaviour)
 
     async def run(self, first_round: int) -> None:
         rnd = first_round
@@ -107,20 +77,8 @@ class EncoderRole:
 
     async def _vectors(self, rnd: int) -> np.ndarray:
         """One row per (shard, slot) in commit order."""
-        source_round = rnd - 1 if self.behaviour == "replay" and rnd > 0 else rnd
-        vecs = await self._embed(self._texts(source_round))
-        if self.behaviour == "copycat":
-            # What it commits to is junk: it means to reveal other encoders' embeddings.
-            vecs = np.random.default_rng().standard_normal(vecs.shape).astype(np.float32)
-        if self.behaviour == "fabricated":
-            rng = np.random.default_rng()
-            slots = self.ctx.cfg.slots_per_shard
-            for base in range(0, len(vecs), slots):
-                full = vecs[base]
-                for m in range(self.ctx.cfg.masks_per_shard):
-                    mask = vecs[base + 2 * m + 1]
-                    vecs[base + 2 * m + 2] = fabricate_inverse(full, mask, self.jitter, rng)
-        return vecs
+        vecs = await self._embed(self._texts(self.behaviour.source_round(rnd)))
+        return self.behaviour.committed(self, vecs)
 
     def _sign_reveals(self, rnd: int, vecs: np.ndarray) -> list[Embedding]:
         slots = self.ctx.cfg.slots_per_shard
@@ -177,26 +135,14 @@ class EncoderRole:
             await self.ctx.publish(Kind.COMMIT, commit)
             self.ctx.log.info("round %d: committed to %d embeddings", rnd, len(commit.hashes))
         await self.ctx.clock.sleep_until(times.commit_deadline + REVEAL_DELAY)
-        if self.behaviour == "copycat":
-            await trio.sleep(COPY_WAIT)
-            reveals = self._copied(rnd)
+        reveals = await self.behaviour.revealed(self, rnd, reveals)
         acked = await self._reveal([encode(e) for e in reveals], times)
         self.ctx.log.info(
             "round %d: revealed %d embeddings, held by %d peers", rnd, len(reveals), acked
         )
-        if self.behaviour == "equivocator":
-            twins: list[bytes] = []
-            for emb in reveals:
-                twin = np.array(emb.array(), dtype=np.float32) * np.float32(1.01)
-                bad = make_embedding(
-                    self.key, cfg.network_id, rnd, emb.shard, emb.slot, os.urandom(16), twin
-                )
-                # Deliberately past the slashing protection of ctx.publish.
-                self.ctx.ingest.admit_own(bad, encode(bad))
-                twins.append(encode(bad))
-            await self._reveal(twins, times)
-        if self.behaviour == "replay":
-            await self._resend_earlier(rnd)
+        await self.behaviour.after_reveal(
+            self, rnd, reveals, functools.partial(self._reveal, times=times)
+        )
 
     async def _reveal(self, items: list[bytes], times: RoundTimes) -> int:
         """Push the reveals to the connected peers that keep them (node/reveals.py), and
@@ -214,30 +160,3 @@ class EncoderRole:
         if not acked:
             ctx.ingest.count("encoder", "reveal_push_unacked")
         return acked
-
-    def _copied(self, rnd: int) -> list[Embedding]:
-        """For each slot, another encoder's reveal of this round re-signed as this encoder's."""
-        me = self.key.public_key
-        picked: dict[tuple[int, int], Embedding] = {}
-        for data in self.ctx.store.messages(Kind.EMBEDDING, rnd):
-            emb = decode(data, self.ctx.cfg, Kind.EMBEDDING)
-            if isinstance(emb, Embedding) and emb.encoder != me:
-                picked.setdefault((emb.shard, emb.slot), emb)
-        return [
-            make_embedding(
-                self.key, self.ctx.cfg.network_id, rnd, e.shard, e.slot, e.salt, e.array()
-            )
-            for _, e in sorted(picked.items())
-        ]
-
-    async def _resend_earlier(self, rnd: int) -> None:
-        """Re-send, byte for byte, this encoder's own messages of the two previous rounds."""
-        cfg = self.ctx.cfg
-        for old in (rnd - 1, rnd - 2):
-            if old < 0:
-                continue
-            for kind in (Kind.COMMIT, Kind.EMBEDDING):
-                for data in self.ctx.store.messages(kind, old):
-                    msg = decode(data, cfg, kind)
-                    if isinstance(msg, Commit | Embedding) and msg.encoder == self.key.public_key:
-                        await self.ctx.host.publish(topic(cfg.network_id, kind), data)

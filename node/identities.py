@@ -23,7 +23,7 @@ from typing import Any, Final
 
 import tomli_w
 
-from dlnet.node.encoder import parse_behaviour
+from dlnet.node.adversaries import parse_behaviour
 
 MAX_IDENTITIES: Final = 64
 """Most encoder identities one process runs (each adds its embedding work and its reveals)."""

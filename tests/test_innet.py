@@ -134,6 +134,35 @@ def test_three_validators_finalize_every_round_and_rank_honest_first(tmp_path: P
     run(cfg, items, tmp_path, scenario)
 
 
+def test_every_adversary_behaviour_ranks_below_every_honest_encoder(tmp_path: Path) -> None:
+    """The encoder adversaries of node/adversaries.py against four honest encoders: each
+    ranks below all of them; a copycat (others' reveals re-signed) and an equivocator (two
+    embeddings per slot) score 0."""
+    vals, good = keys(3, 1), keys(4, 20)
+    cheats = dict(zip(("fabricated", "copycat", "replay", "equivocator"), keys(4, 60), strict=True))
+    cfg, items = network(tmp_path, vals, good)
+
+    async def scenario(net: InNet) -> None:
+        validators = [await net.start(f"v{i}", validator=k) for i, k in enumerate(vals)]
+        await encoders(net, "honest", good)
+        for i, (name, k) in enumerate(cheats.items()):
+            factory = noise if name == "copycat" else honest
+            model = factory(cfg.dim, cfg.projection_seed, seed=10 + i)
+            await net.start(name, encoders=[Encoder(k, model, behaviour=name)])
+        await settled(net, 3)
+        kinds = {k.public_key.hex(): "honest" for k in good} | {
+            k.public_key.hex(): name for name, k in cheats.items()
+        }
+        for rnd in (2, 3):  # replay re-signs the previous round's embeddings from round 2 on
+            rows = ranking(agreed(validators, rnd).result, kinds)
+            ranked = [row["kind"] for row in rows]
+            assert ranked[:4] == ["honest"] * 4, (rnd, rows)
+            scores = {row["kind"]: row["score"] for row in rows}
+            assert scores.get("copycat", 0.0) == scores.get("equivocator", 0.0) == 0.0, rows
+
+    run(cfg, items, tmp_path, scenario)
+
+
 def test_two_thirds_is_not_final_and_a_late_validator_cannot_change_that(
     tmp_path: Path,
 ) -> None:
