@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -25,7 +26,6 @@ from dlnet.node.byzantine import Byzantine
 from dlnet.node.context import WALL, NodeContext
 from dlnet.node.dataset_io import load_items
 from dlnet.node.encoder import EncoderRole
-from dlnet.node.host import Host, open_host
 from dlnet.node.identities import EncoderIdentity, IdentityError, check_identities
 from dlnet.node.ingest import Ingest, slot_of
 from dlnet.node.keyfile import peer_key_seed, read_key
@@ -54,6 +54,9 @@ from dlnet.protocol.wire import (
     message_id,
     topic,
 )
+
+if TYPE_CHECKING:  # libp2p loads only when a node starts (`_run_locked`)
+    from dlnet.node.host import Host
 
 ROLES = ("encoder", "validator")
 GOSSIPED = ROUND_KINDS
@@ -545,6 +548,8 @@ async def _run_locked(
         seed = peer_key_seed(opts.data_dir / PEER_KEY_FILE)
         ingest = Ingest(cfg, store, WALL.now)
         seeds = list(dict.fromkeys([*opts.bootstrap, *read_saved_peers(opts.data_dir)]))
+        from dlnet.node.host import open_host  # here: libp2p takes ~1.5 s to import
+
         async with open_host(
             listen=opts.listen,
             bootstrap=seeds,
