@@ -138,3 +138,14 @@ def test_api_address_mistakes(tmp_path: Path) -> None:
             f"--api 127.0.0.1:{port}",
             "cannot listen",
         )
+
+
+def test_the_cli_loads_without_libp2p_sklearn_or_torch() -> None:
+    """`dlnet --help`, `keygen`, `init`, `status` and the other commands that run no node do
+    not pay for libp2p (~1.5 s), scikit-learn (~2 s) or torch: they load where used."""
+    probe = (
+        "import sys, dlnet.node.cli; "
+        "print(sorted(m for m in ('libp2p', 'sklearn', 'torch') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, check=True, text=True)
+    assert out.stdout.strip() == "[]"
