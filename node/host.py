@@ -37,7 +37,6 @@ import struct
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from hashlib import sha256
 from types import MappingProxyType
 from typing import Any
 
@@ -68,6 +67,7 @@ from dlnet.node.transport import (
     Validator,
     Verdict,
 )
+from dlnet.protocol.wire import message_id
 
 log = logging.getLogger(__name__)
 
@@ -333,8 +333,8 @@ class _DeliveringPubsub(Pubsub):
 
 
 def _content_id(msg: rpc_pb2.Message) -> bytes:
-    """Message id = SHA-256 of the payload (DESIGN: ids are content hashes)."""
-    return sha256(msg.data).digest()
+    """gossipsub's message id: dlnet's own `message_id`, the content hash (docs/PROTOCOL.md §1)."""
+    return message_id(msg.data)
 
 
 class Host:
