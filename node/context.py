@@ -92,15 +92,18 @@ class NodeContext:
             await self.host.publish(topic(self.cfg.network_id, kind), data)
         return data
 
-    def hold_own(self, kind: Kind, msg: Message) -> bytes | None:
+    def hold_own(
+        self, kind: Kind, msg: Message, data: bytes | None = None, commitment: bytes | None = None
+    ) -> bytes | None:
         """Record the signature (slashing protection) and store a message this node made,
-        without publishing it yet (an encoder's reveals until the commit deadline). Returns
-        its bytes, or None when refused (see :meth:`publish`)."""
-        data = encode(msg)
+        without publishing it yet (an encoder's reveals until the commit deadline); ``data``
+        and an Embedding's ``commitment`` when the caller has them. Returns its bytes, or None
+        when refused (see :meth:`publish`)."""
+        data = encode(msg) if data is None else data
         if self.halted is not None:
             self.ingest.count("refused", "halted")
             return None
-        where = slot_of(msg)
+        where = slot_of(msg, commitment)
         earlier = self.store.record_signing(
             where.signer, int(kind), where.round, where.shard, where.slot, message_id(data)
         )
@@ -116,7 +119,7 @@ class NodeContext:
                 earlier.hex()[:16],
             )
             return None
-        self.ingest.admit_own(msg, data)
+        self.ingest.admit_own(msg, data, where.commitment)
         return data
 
     async def republish(self, kind: Kind, msg: Message) -> None:

@@ -20,7 +20,6 @@ from dlnet.protocol.wire import (
     Commit,
     Embedding,
     Kind,
-    decode,
     encode,
     make_embedding,
     sign_commit,
@@ -89,22 +88,16 @@ class EncoderRole:
             for i, v in enumerate(vecs)
         ]
 
-    def _stored_round(self, rnd: int) -> tuple[Commit, list[Embedding]] | None:
-        """After a restart: this round's commit and reveals as first made (never re-made,
-        which would be equivocation)."""
-        cfg = self.ctx.cfg
+    def _stored_round(self, rnd: int) -> tuple[Commit, list[Embedding], list[bytes]] | None:
+        """After a restart: this round's commit and reveals (with their bytes) as first made
+        (never re-made, which would be equivocation)."""
         me = self.key.public_key
-        commits = [decode(d, cfg, Kind.COMMIT) for d in self.ctx.store.messages(Kind.COMMIT, rnd)]
-        mine = [c for c in commits if isinstance(c, Commit) and c.encoder == me]
-        if not mine:
+        commits = [v.msg for v in self.ctx.store.held(Commit, rnd) if v.msg.encoder == me]
+        if not commits:
             return None
-        commit = mine[0]
-        held: dict[bytes, Embedding] = {}
-        for data in self.ctx.store.messages(Kind.EMBEDDING, rnd):
-            emb = decode(data, cfg, Kind.EMBEDDING)
-            if isinstance(emb, Embedding) and emb.encoder == me:
-                held.setdefault(emb.commitment(), emb)
-        return commit, [held[h] for h in commit.hashes if h in held]
+        held = {v.commitment: v for v in self.ctx.store.held(Embedding, rnd) if v.msg.encoder == me}
+        mine = [held[h] for h in commits[0].hashes if h in held]
+        return commits[0], [v.msg for v in mine], [v.data for v in mine]
 
     async def run_round(self, rnd: int) -> None:
         cfg = self.ctx.cfg
@@ -115,33 +108,32 @@ class EncoderRole:
         await self.ctx.clock.sleep_until(times.start)
         stored = self._stored_round(rnd)
         if stored is not None:
-            commit, reveals = stored
+            commit, reveals, items = stored
         else:
             vecs = await self._vectors(rnd)
             reveals = self._sign_reveals(rnd, vecs)
-            commit = sign_commit(
-                self.key,
-                cfg.network_id,
-                rnd,
-                tuple(e.commitment() for e in reveals),
-                self.registration,
-            )
+            items = [encode(e) for e in reveals]
+            hashes = tuple(e.commitment() for e in reveals)
+            commit = sign_commit(self.key, cfg.network_id, rnd, hashes, self.registration)
             if self.ctx.clock.now() >= times.commit_deadline:
                 self.ctx.log.warning("round %d: embedding finished after the commit deadline", rnd)
                 self.ctx.ingest.count("encoder", "missed_commit_deadline")
                 return
-            for emb in reveals:  # held (and served to repairers) only after the deadline
-                self.ctx.hold_own(Kind.EMBEDDING, emb)
+            for emb, data, h in zip(reveals, items, hashes, strict=True):
+                # held (and served to repairers) only after the commit deadline
+                self.ctx.hold_own(Kind.EMBEDDING, emb, data, h)
             await self.ctx.publish(Kind.COMMIT, commit)
             self.ctx.log.info("round %d: committed to %d embeddings", rnd, len(commit.hashes))
         await self.ctx.clock.sleep_until(times.commit_deadline + REVEAL_DELAY)
-        reveals = await self.behaviour.revealed(self, rnd, reveals)
-        acked = await self._reveal([encode(e) for e in reveals], times)
+        shown = await self.behaviour.revealed(self, rnd, reveals)
+        if shown is not reveals:
+            items = [encode(e) for e in shown]
+        acked = await self._reveal(items, times)
         self.ctx.log.info(
-            "round %d: revealed %d embeddings, held by %d peers", rnd, len(reveals), acked
+            "round %d: revealed %d embeddings, held by %d peers", rnd, len(shown), acked
         )
         await self.behaviour.after_reveal(
-            self, rnd, reveals, functools.partial(self._reveal, times=times)
+            self, rnd, shown, functools.partial(self._reveal, times=times)
         )
 
     async def _reveal(self, items: list[bytes], times: RoundTimes) -> int:

@@ -294,18 +294,14 @@ class Ingest:
             return Outcome.DUPLICATE
         return self.admit(data, Kind.EMBEDDING)
 
-    def admit_own(self, msg: Message, data: bytes) -> None:
-        """A message this node made: stored before it is published (the host skips a
-        node's own topic validators and does not hand it its own messages). Not verified:
-        this node signed it."""
-        self._store(
-            Verified(
-                msg,
-                data,
-                message_id(data),
-                msg.commitment() if isinstance(msg, Embedding) else None,
-            )
-        )
+    def admit_own(self, msg: Message, data: bytes, commitment: bytes | None = None) -> None:
+        """A message this node made (``data`` its encoding, ``commitment`` an Embedding's if
+        the caller has it): stored before it is published (the host skips a node's own
+        topic validators and does not hand it its own messages). Not verified: this node
+        signed it."""
+        if isinstance(msg, Embedding) and commitment is None:
+            commitment = msg.commitment()
+        self._store(Verified(msg, data, message_id(data), commitment))
 
     def _store(self, v: Verified[Message], duplicates: str = "ignored") -> Outcome:
         where = slot_of(v.msg, v.commitment)

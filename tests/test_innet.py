@@ -24,7 +24,7 @@ from dlnet.protocol.consensus import verify_certificate
 from dlnet.protocol.identity import SigningKey
 from dlnet.protocol.params import RegistrationParams
 from dlnet.protocol.rounds import round_times
-from dlnet.protocol.wire import Certificate, Kind, decode
+from dlnet.protocol.wire import Certificate, Commit, Kind, decode
 
 GENESIS = 1_900_000_000
 ROUND_SECONDS = 40
@@ -159,6 +159,35 @@ def test_every_adversary_behaviour_ranks_below_every_honest_encoder(tmp_path: Pa
             assert ranked[:4] == ["honest"] * 4, (rnd, rows)
             scores = {row["kind"]: row["score"] for row in rows}
             assert scores.get("copycat", 0.0) == scores.get("equivocator", 0.0) == 0.0, rows
+
+    run(cfg, items, tmp_path, scenario)
+
+
+def test_an_encoder_restarted_after_its_commit_reveals_what_it_committed_to(
+    tmp_path: Path,
+) -> None:
+    """kill -9 an encoder after it committed in round 2, restart it on its data dir before the
+    commit deadline: it reveals the embeddings it committed to, from its store (making new
+    ones would be equivocation), and is scored like the others."""
+    vals, good = keys(3, 1), keys(4, 20)
+    cfg, items = network(tmp_path, vals, good)
+    victim = good[0].public_key
+
+    async def scenario(net: InNet) -> None:
+        validators = [await net.start(f"v{i}", validator=k) for i, k in enumerate(vals)]
+        await encoders(net, "honest", good)
+        times = round_times(cfg, 2)
+        await net.clock.sleep_until(times.start + 5)
+        assert any(v.msg.encoder == victim for v in validators[0].store.held(Commit, 2))
+        net.kill("honest-0")
+        await net.clock.sleep_until(times.start + 8)
+        await net.restart("honest-0")
+        await settled(net, 2)
+        result = agreed(validators, 2).result
+        assert victim in result.encoders
+        assert result.encoder_scores[result.encoders.index(victim)] > 0
+        for v in validators:
+            assert v.store.equivocators(2) == set(), v.name
 
     run(cfg, items, tmp_path, scenario)
 
