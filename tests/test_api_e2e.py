@@ -23,11 +23,14 @@ from dlnet.protocol.consensus import verify_certificate
 from dlnet.protocol.result import result_digest
 from dlnet.protocol.wire import Certificate, Kind, decode
 
-pytestmark = [pytest.mark.network, pytest.mark.slow, pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.network, pytest.mark.slow, pytest.mark.timeout(420)]
 
 ROUND_SECONDS = 30
 GENESIS_IN = 40  # three processes load torch and their models on 2 cores before round 0
-FINAL_BY = 150.0  # seconds from init: round 1 (if the encoders missed round 0) is final by ~110
+# Seconds from when every node is up (each writes its node.json after its registration proof
+# and model load: 30-60 s on a loaded machine) until a round with all three encoders is final:
+# the next round starts within one, and it is final ~0.6 rounds after its start.
+FINAL_WITHIN = 3 * ROUND_SECONDS + 20.0
 
 
 def wait_final_round(api: str, encoders: set[str], deadline: float) -> dict[str, Any]:
@@ -46,7 +49,6 @@ def wait_final_round(api: str, encoders: set[str], deadline: float) -> dict[str,
 
 
 def test_operator_runs_nodes_and_reads_them_over_http(tmp_path: Path, nodes: Nodes) -> None:
-    start = time.time()
     pubkeys = {k: dlnet("keygen", "--out", f"{k}.key", cwd=tmp_path).stdout.strip() for k in "vbc"}
     dlnet(
         "init",
@@ -78,7 +80,7 @@ def test_operator_runs_nodes_and_reads_them_over_http(tmp_path: Path, nodes: Nod
     urls = {n: wait_json(tmp_path / n / "node.json", 5)["api"] for n in "abc"}
     assert all(u.startswith("http://127.0.0.1:") for u in urls.values()), urls
     try:
-        result = wait_final_round(urls["a"], set(pubkeys.values()), start + FINAL_BY)
+        result = wait_final_round(urls["a"], set(pubkeys.values()), time.time() + FINAL_WITHIN)
     except AssertionError as exc:
         raise AssertionError(f"{exc}\n{nodes.logs()}") from None
     rnd = result["round"]
