@@ -1,7 +1,10 @@
-"""Generic libp2p transport for dlnet: gossipsub topics and framed request/response streams.
+"""Generic libp2p transport for dlnet: gossipsub topics and framed request/response streams
+(`dlnet.node.transport.Transport` over py-libp2p; frames in node/framing.py, per-peer
+penalties in node/penalties.py, every override of py-libp2p internals in
+node/libp2p_compat.py).
 
 It knows bytes, topics and peers, never dlnet message semantics. Every known pitfall of
-py-libp2p 0.8.1 is handled here deliberately (each pitfall below was measured):
+py-libp2p 0.8.1 is handled deliberately (each pitfall below was measured):
 
 * spam protection counts messages per *forwarder* and topic, so a relay of many
   publishers trips it: it is off by default (``spam_limit=None``) and publishing is paced
@@ -28,36 +31,44 @@ py-libp2p 0.8.1 is handled here deliberately (each pitfall below was measured):
 from __future__ import annotations
 
 import contextlib
-import importlib.metadata
 import logging
 import math
 import os
 import random
-import struct
-import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from types import MappingProxyType
-from typing import Any
 
-import libp2p.pubsub.gossipsub as _gossipsub_module
-import libp2p.pubsub.pubsub as _pubsub_module
 import multiaddr
 import trio
 from libp2p import new_host
 from libp2p.abc import IHost, INetStream
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.custom_types import TProtocol
-from libp2p.network.config import ConnectionConfig
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
-from libp2p.pubsub.gossipsub import GossipSub
 from libp2p.pubsub.pb import rpc_pb2
-from libp2p.pubsub.pubsub import Pubsub
 from libp2p.pubsub.rpc_queue import OutBoundQueueSize
 from libp2p.tools.anyio_service import background_trio_service
 
 from dlnet.node.discovery import PeerExchange, PeerTable, decode_px, encode_px
+from dlnet.node.framing import (
+    FRAME_ERROR,
+    FRAME_HEADER,
+    FRAME_REQUEST,
+    FRAME_RESPONSE,
+    MAX_ERROR_BYTES,
+    encode_frame,
+    read_frame,
+)
+from dlnet.node.libp2p_compat import (
+    CountingGossipSub,
+    DeliveringPubsub,
+    connection_config,
+    content_id,
+    start_seqnos_fresh,
+)
+from dlnet.node.penalties import PeerPenalties, TokenBucket
 from dlnet.node.transport import (
     GossipParams,
     MessageHandler,
@@ -67,7 +78,6 @@ from dlnet.node.transport import (
     Validator,
     Verdict,
 )
-from dlnet.protocol.wire import message_id
 
 log = logging.getLogger(__name__)
 
@@ -94,46 +104,6 @@ WEDGE_GRACE = 5.0
 """Seconds an abandoned request may take to end before the peer's connection is severed."""
 
 
-# The swarm's own connection manager would fight the degree bound: its auto-connector dials
-# peerstore peers up to (low + high watermark) / 2 and its pruner trims above the high
-# watermark. Watermarks 0 make the dial target 0; an effectively infinite grace period
-# keeps the pruner from closing anything. Peer exchange alone manages connections.
-def _connection_config() -> ConnectionConfig:
-    return ConnectionConfig(min_connections=0, low_watermark=0, high_watermark=0, grace_period=1e12)
-
-
-# Request/response frames: u8 kind || u32be length || body.
-FRAME_REQUEST = 1
-FRAME_RESPONSE = 2
-FRAME_ERROR = 3
-MAX_ERROR_BYTES = 1024
-_FRAME_HEADER = struct.Struct(">BI")
-
-
-def encode_frame(kind: int, body: bytes) -> bytes:
-    return _FRAME_HEADER.pack(kind, len(body)) + body
-
-
-async def _read_exact(stream: INetStream, n: int) -> bytes:
-    buf = bytearray()
-    while len(buf) < n:
-        chunk = await stream.read(n - len(buf))
-        if not chunk:
-            raise RequestError(f"stream ended after {len(buf)} of {n} bytes")
-        buf += chunk
-    return bytes(buf)
-
-
-async def read_frame(stream: INetStream, max_bytes: int) -> tuple[int, bytes]:
-    """Read one frame; a length above ``max_bytes`` or an unknown kind is an error."""
-    kind, length = _FRAME_HEADER.unpack(await _read_exact(stream, _FRAME_HEADER.size))
-    if kind not in (FRAME_REQUEST, FRAME_RESPONSE, FRAME_ERROR):
-        raise RequestError(f"unknown frame kind {kind}")
-    if length > max_bytes:
-        raise RequestError(f"frame of {length} bytes exceeds the bound of {max_bytes}")
-    return kind, await _read_exact(stream, length)
-
-
 class _Counters:
     def __init__(self) -> None:
         self.values: dict[str, int] = {"published": 0, "delivered": 0, "dropped": 0}
@@ -144,207 +114,14 @@ class _Counters:
             self.values["dropped"] += n
 
 
-class _TokenBucket:
-    def __init__(self, rate: float, burst: int, now: float | None = None) -> None:
-        self.rate = rate
-        self.burst = float(burst)
-        self.tokens = float(burst)
-        self.stamp = trio.current_time() if now is None else now
-
-    def try_take(self, now: float) -> bool:
-        """Take one token if there is one (no waiting)."""
-        self.tokens = min(self.burst, self.tokens + max(now - self.stamp, 0.0) * self.rate)
-        self.stamp = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
-            return True
-        return False
-
-    async def take(self) -> None:
-        while not self.try_take(trio.current_time()):
-            await trio.sleep((1.0 - self.tokens) / self.rate)
-
-
-class PeerPenalties:
-    """One penalty score per peer, shared by every kind of misbehaviour, with linear decay,
-    per-peer request token buckets, bans, and a log bounded under a flood (pure bookkeeping;
-    the host acts on `penalize`'s answer). Times are ``trio.current_time()`` seconds."""
-
-    def __init__(self, params: GossipParams) -> None:
-        self.params = params
-        self._score: dict[str, tuple[float, float]] = {}  # peer -> (points, at)
-        self._buckets: dict[str, _TokenBucket] = {}
-        self._banned: dict[str, float] = {}  # peer -> ban end
-        self._logged: dict[tuple[str, str], int] = {}
-
-    def score(self, peer: str, now: float) -> float:
-        points, at = self._score.get(peer, (0.0, now))
-        return max(0.0, points - (now - at) * self.params.penalty_decay)
-
-    def penalize(self, peer: str, reason: str, points: float, now: float) -> bool:
-        """Charge ``peer``; True exactly when this charge starts a ban."""
-        self.note(peer, reason)
-        if self.banned(peer, now):
-            return False
-        total = self.score(peer, now) + points
-        if total >= self.params.reject_ban_threshold:
-            self._score.pop(peer, None)
-            self._banned[peer] = now + self.params.ban_seconds
-            log.warning(
-                "peer %s banned for %.0fs (last: %s)", peer, self.params.ban_seconds, reason
-            )
-            return True
-        self._score[peer] = (total, now)
-        return False
-
-    def banned(self, peer: str, now: float) -> bool:
-        end = self._banned.get(peer)
-        if end is None:
-            return False
-        if now >= end:
-            del self._banned[peer]
-            return False
-        return True
-
-    def allow_request(self, peer: str, now: float) -> bool:
-        bucket = self._buckets.get(peer)
-        if bucket is None:
-            if len(self._buckets) > 4096:  # peers come and go: forget idle buckets
-                self._buckets.clear()
-            bucket = self._buckets[peer] = _TokenBucket(
-                self.params.request_rate, self.params.request_burst, now
-            )
-        return bucket.try_take(now)
-
-    def note(self, peer: str, reason: str) -> None:
-        """One log line per (peer, reason) at the 1st, 2nd, 4th, 8th, ... occurrence: the
-        log grows with the logarithm of a flood, never a traceback."""
-        key = (peer, reason)
-        n = self._logged.get(key, 0) + 1
-        if len(self._logged) > 4096:
-            self._logged.clear()
-        self._logged[key] = n
-        if n & (n - 1) == 0:
-            log.info("rejected from %s: %s (%d so far)", peer, reason, n)
-
-
-LIBP2P_VERSION = "0.8.1"
-"""The py-libp2p version the overrides below were written against (checked at import)."""
-if importlib.metadata.version("libp2p") != LIBP2P_VERSION:  # pragma: no cover
-    raise ImportError(
-        f"dlnet.node.host overrides py-libp2p {LIBP2P_VERSION} internals; "
-        f"libp2p {importlib.metadata.version('libp2p')} is installed — pip install "
-        f"libp2p=={LIBP2P_VERSION}"
-    )
-
-
-def _ignore_sender_record(msg: rpc_pb2.RPC, host: IHost, peer_id: ID) -> bool:
-    """dlnet sends no signed peer records and verifies none it receives: py-libp2p 0.8.1
-    otherwise checks the Ed25519 envelope of every RPC that carries one, before anything else
-    (PROTOCOL.md §6 Gossipsub, "libp2p message signing"). The peer is authenticated by the
-    Noise handshake; every dlnet message by dlnet's own signature."""
-    return True
-
-
-# py-libp2p calls it by these module-level names (pubsub's read loop, gossipsub's handle_rpc).
-_pubsub_module.maybe_consume_signed_record = _ignore_sender_record  # type: ignore[attr-defined]
-_gossipsub_module.maybe_consume_signed_record = _ignore_sender_record  # type: ignore[attr-defined]
-
-
-class _CountingGossipSub(GossipSub):
-    """GossipSub whose silent drops (spam limit, full outbound queue) are counted."""
-
-    def __init__(self, counters: _Counters, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._counters = counters
-
-    def _check_spam_protection(self, peer_id: ID, msg: rpc_pb2.Message) -> bool:
-        ok = super()._check_spam_protection(peer_id, msg)
-        if not ok:
-            self._counters.add("dropped.spam")
-        return ok
-
-    def _check_equivocation(self, msg: rpc_pb2.Message) -> bool:
-        """Off: without libp2p message signing the (origin, seqno) pair is not
-        authenticated, so a relay could claim an honest origin's next seqno for another valid
-        message and have the real one dropped from relaying. dlnet detects equivocation by
-        its own signed slots (§5 Admission); the message id is the content hash."""
-        return True
-
-    def add_peer(self, peer_id: ID, protocol_id: TProtocol | None) -> None:
-        self._forget_origin(peer_id)  # a peer id back after a restart starts afresh
-        super().add_peer(peer_id, protocol_id)
-
-    def remove_peer(self, peer_id: ID) -> None:
-        super().remove_peer(peer_id)
-        self._forget_origin(peer_id)
-
-    def _forget_origin(self, peer_id: ID) -> None:
-        """Drop the (origin, seqno) equivocation entries of messages ``peer_id`` published:
-        a restarted process may reuse those seqnos for new messages. (Prune back-offs are
-        kept across reconnects, as the gossipsub spec asks.)"""
-        origin = peer_id.to_bytes()
-        stale = [k for k, m in self.equivocation_detection.items() if m.from_id == origin]
-        for key in stale:
-            del self.equivocation_detection[key]
-
-    def _handle_dropped_rpc(self, peer_id: ID, rpc: rpc_pb2.RPC, reason: str) -> None:
-        if rpc.publish:
-            self._counters.add(f"dropped.outbound_{reason}", len(rpc.publish))
-        super()._handle_dropped_rpc(peer_id, rpc, reason)
-
-
-class _DeliveringPubsub(Pubsub):
-    """Pubsub that hands accepted messages to ``deliver`` instead of a 32-slot channel, and
-    sends no signed peer record (``senderRecord``) in any RPC."""
-
-    deliver: Callable[[str, bytes, ID], None] | None = None
-    _validated: tuple[rpc_pb2.Message, ID] | None = None
-
-    def get_hello_packet(self) -> rpc_pb2.RPC:
-        packet = super().get_hello_packet()
-        packet.ClearField("senderRecord")
-        return packet
-
-    async def write_msg(self, stream: INetStream, rpc_msg: rpc_pb2.RPC) -> bool:
-        # Every other RPC (publish, IWANT answers, announcements, control) leaves here.
-        rpc_msg.ClearField("senderRecord")
-        return await super().write_msg(stream, rpc_msg)
-
-    async def validate_msg(self, msg_forwarder: ID, msg: rpc_pb2.Message) -> None:
-        if msg_forwarder == self.my_id:
-            return  # our own publish: built locally, topic validators judge remote input
-        await super().validate_msg(msg_forwarder, msg)
-        # push_msg calls notify_subscriptions without awaiting in between, so this
-        # remembers the forwarder for exactly that call.
-        self._validated = (msg, msg_forwarder)
-
-    def notify_subscriptions(self, publish_message: rpc_pb2.Message) -> None:
-        validated, self._validated = self._validated, None
-        if publish_message.from_id == self.my_id.to_bytes() or self.deliver is None:
-            return
-        if validated is not None and validated[0] is publish_message:
-            forwarder = validated[1]
-        else:
-            forwarder = ID(publish_message.from_id)
-        for topic in publish_message.topicIDs:
-            if topic in self.topic_ids:
-                self.deliver(topic, publish_message.data, forwarder)
-
-
-def _content_id(msg: rpc_pb2.Message) -> bytes:
-    """gossipsub's message id: dlnet's own `message_id`, the content hash (docs/PROTOCOL.md §1)."""
-    return message_id(msg.data)
-
-
 class Host:
     """A running libp2p node; obtain one with :func:`open_host`."""
 
     def __init__(
         self,
         lp: IHost,
-        pubsub: _DeliveringPubsub,
-        router: _CountingGossipSub,
+        pubsub: DeliveringPubsub,
+        router: CountingGossipSub,
         params: GossipParams,
         counters: _Counters,
         nursery: trio.Nursery,
@@ -359,7 +136,7 @@ class Host:
         self._nursery = nursery
         self._px_protocol = px_protocol
         self._rng = random.Random(os.urandom(16))
-        self._bucket = _TokenBucket(params.publish_rate, params.publish_burst)
+        self._bucket = TokenBucket(params.publish_rate, params.publish_burst)
         self._publish_lock = trio.Lock()
         self._sinks: dict[str, trio.MemorySendChannel[tuple[bytes, str]]] = {}
         self.penalties = PeerPenalties(params)
@@ -602,7 +379,7 @@ class Host:
                     raise RequestError(f"expected a request frame, got kind {kind}")
                 try:
                     answer = encode_frame(FRAME_RESPONSE, await handler(body, peer))
-                    if len(answer) - _FRAME_HEADER.size > max_bytes:
+                    if len(answer) - FRAME_HEADER.size > max_bytes:
                         raise RequestError("response exceeds max_frame_bytes")
                 except RequestError as exc:
                     answer = encode_frame(FRAME_ERROR, str(exc).encode()[:MAX_ERROR_BYTES])
@@ -1011,9 +788,9 @@ async def open_host(
     lp = new_host(
         key_pair=create_new_key_pair(identity_seed),
         listen_addrs=[listen_addr],
-        connection_config=_connection_config(),
+        connection_config=connection_config(),
     )
-    router = _CountingGossipSub(
+    router = CountingGossipSub(
         counters,
         protocols=[GOSSIP_PROTOCOL],
         degree=params.degree,
@@ -1030,11 +807,11 @@ async def open_host(
     )
     # No libp2p message signing (strict_signing=False): dlnet's Ed25519 signature covers
     # every message's content, and the id is its content hash (PROTOCOL.md §6).
-    pubsub = _DeliveringPubsub(
+    pubsub = DeliveringPubsub(
         lp,
         router,
         seen_ttl=params.seen_ttl,
-        msg_id_constructor=_content_id,
+        msg_id_constructor=content_id,
         strict_signing=False,
     )
     px_protocol = f"/dlnet/{network_tag}/px/1" if network_tag else "/dlnet/px/1"
@@ -1046,12 +823,7 @@ async def open_host(
             trio.open_nursery() as nursery,
         ):
             await pubsub.wait_until_ready()
-            # py-libp2p starts seqnos at int(time.time()) and counts one per publish, so a
-            # node restarted with the same key soon after publishing k messages reuses the
-            # last k seqnos; gossipsub's (origin, seqno) equivocation check at every peer
-            # then drops its new messages. Nanoseconds (as go-libp2p) stay ahead of any
-            # earlier run of this key unless it published more than 1e9 messages a second.
-            pubsub.counter = time.time_ns()
+            start_seqnos_fresh(pubsub)
             host = Host(lp, pubsub, router, params, counters, nursery, px_protocol, network_id)
             host.set_request_handler(px_protocol, host._serve_px)
             host.set_request_handler(STATUS_PROTOCOL, host._serve_status)

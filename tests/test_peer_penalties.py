@@ -1,4 +1,4 @@
-"""PeerPenalties (node/host.py): one score per peer shared by every misbehaviour, with decay,
+"""PeerPenalties (node/penalties.py): one score per peer shared by every misbehaviour, with decay,
 per-peer request token buckets, bans, and a log that grows with the logarithm of a flood."""
 
 from __future__ import annotations
@@ -8,7 +8,8 @@ import logging
 import pytest
 import trio
 
-from dlnet.node.host import PeerPenalties, open_host
+from dlnet.node.host import open_host
+from dlnet.node.penalties import PeerPenalties
 from dlnet.node.transport import GossipParams, RequestError
 
 
@@ -50,7 +51,7 @@ def test_request_bucket_allows_the_burst_then_the_rate() -> None:
 
 def test_flood_logs_logarithmically(caplog: pytest.LogCaptureFixture) -> None:
     p = PeerPenalties(params(reject_ban_threshold=10**9))
-    with caplog.at_level(logging.INFO, logger="dlnet.node.host"):
+    with caplog.at_level(logging.INFO, logger="dlnet.node.penalties"):
         for _ in range(10_000):
             p.penalize("a", "sync_malformed", 1.0, 0.0)
     lines = [r for r in caplog.records if "sync_malformed" in r.getMessage()]

@@ -1,0 +1,164 @@
+"""Every override of py-libp2p internals dlnet relies on, in one place, checked against the
+library version they were written for (an ImportError names the version to install).
+
+* no signed peer records are sent or verified (`ignore_sender_record`), and no libp2p message
+  signing: dlnet's Ed25519 signature covers every message, the message id is its content hash
+  (`content_id`);
+* gossipsub counts its silent drops (spam limit, full outbound queues) and forgets a peer's
+  (origin, seqno) entries when it connects or disconnects (`CountingGossipSub`);
+* pubsub hands accepted messages to an unbounded channel instead of a 32-slot queue and does
+  not run our own validators on our own publishes (`DeliveringPubsub`);
+* the swarm's connection manager is neutralised: peer exchange alone manages connections
+  (`connection_config`).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import libp2p.pubsub.gossipsub as _gossipsub_module
+import libp2p.pubsub.pubsub as _pubsub_module
+from libp2p.abc import IHost, INetStream
+from libp2p.custom_types import TProtocol
+from libp2p.network.config import ConnectionConfig
+from libp2p.peer.id import ID
+from libp2p.pubsub.gossipsub import GossipSub
+from libp2p.pubsub.pb import rpc_pb2
+from libp2p.pubsub.pubsub import Pubsub
+
+from dlnet.protocol.wire import message_id
+
+
+class Counting(Protocol):
+    def add(self, name: str, n: int = 1) -> None: ...
+
+
+# The swarm's own connection manager would fight the degree bound: its auto-connector dials
+# peerstore peers up to (low + high watermark) / 2 and its pruner trims above the high
+# watermark. Watermarks 0 make the dial target 0; an effectively infinite grace period
+# keeps the pruner from closing anything. Peer exchange alone manages connections.
+def connection_config() -> ConnectionConfig:
+    return ConnectionConfig(min_connections=0, low_watermark=0, high_watermark=0, grace_period=1e12)
+
+
+LIBP2P_VERSION = "0.8.1"
+"""The py-libp2p version the overrides below were written against (checked at import)."""
+
+if importlib.metadata.version("libp2p") != LIBP2P_VERSION:  # pragma: no cover
+    raise ImportError(
+        f"dlnet.node.libp2p_compat overrides py-libp2p {LIBP2P_VERSION} internals; "
+        f"libp2p {importlib.metadata.version('libp2p')} is installed — pip install "
+        f"libp2p=={LIBP2P_VERSION}"
+    )
+
+
+def ignore_sender_record(msg: rpc_pb2.RPC, host: IHost, peer_id: ID) -> bool:
+    """dlnet sends no signed peer records and verifies none it receives: py-libp2p 0.8.1
+    otherwise checks the Ed25519 envelope of every RPC that carries one, before anything else
+    (PROTOCOL.md §6 Gossipsub, "libp2p message signing"). The peer is authenticated by the
+    Noise handshake; every dlnet message by dlnet's own signature."""
+    return True
+
+
+# py-libp2p calls it by these module-level names (pubsub's read loop, gossipsub's handle_rpc).
+_pubsub_module.maybe_consume_signed_record = ignore_sender_record  # type: ignore[attr-defined]
+
+_gossipsub_module.maybe_consume_signed_record = ignore_sender_record  # type: ignore[attr-defined]
+
+
+class CountingGossipSub(GossipSub):
+    """GossipSub whose silent drops (spam limit, full outbound queue) are counted."""
+
+    def __init__(self, counters: Counting, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._counters = counters
+
+    def _check_spam_protection(self, peer_id: ID, msg: rpc_pb2.Message) -> bool:
+        ok = super()._check_spam_protection(peer_id, msg)
+        if not ok:
+            self._counters.add("dropped.spam")
+        return ok
+
+    def _check_equivocation(self, msg: rpc_pb2.Message) -> bool:
+        """Off: without libp2p message signing the (origin, seqno) pair is not
+        authenticated, so a relay could claim an honest origin's next seqno for another valid
+        message and have the real one dropped from relaying. dlnet detects equivocation by
+        its own signed slots (§5 Admission); the message id is the content hash."""
+        return True
+
+    def add_peer(self, peer_id: ID, protocol_id: TProtocol | None) -> None:
+        self._forget_origin(peer_id)  # a peer id back after a restart starts afresh
+        super().add_peer(peer_id, protocol_id)
+
+    def remove_peer(self, peer_id: ID) -> None:
+        super().remove_peer(peer_id)
+        self._forget_origin(peer_id)
+
+    def _forget_origin(self, peer_id: ID) -> None:
+        """Drop the (origin, seqno) equivocation entries of messages ``peer_id`` published:
+        a restarted process may reuse those seqnos for new messages. (Prune back-offs are
+        kept across reconnects, as the gossipsub spec asks.)"""
+        origin = peer_id.to_bytes()
+        stale = [k for k, m in self.equivocation_detection.items() if m.from_id == origin]
+        for key in stale:
+            del self.equivocation_detection[key]
+
+    def _handle_dropped_rpc(self, peer_id: ID, rpc: rpc_pb2.RPC, reason: str) -> None:
+        if rpc.publish:
+            self._counters.add(f"dropped.outbound_{reason}", len(rpc.publish))
+        super()._handle_dropped_rpc(peer_id, rpc, reason)
+
+
+class DeliveringPubsub(Pubsub):
+    """Pubsub that hands accepted messages to ``deliver`` instead of a 32-slot channel, and
+    sends no signed peer record (``senderRecord``) in any RPC."""
+
+    deliver: Callable[[str, bytes, ID], None] | None = None
+    _validated: tuple[rpc_pb2.Message, ID] | None = None
+
+    def get_hello_packet(self) -> rpc_pb2.RPC:
+        packet = super().get_hello_packet()
+        packet.ClearField("senderRecord")
+        return packet
+
+    async def write_msg(self, stream: INetStream, rpc_msg: rpc_pb2.RPC) -> bool:
+        # Every other RPC (publish, IWANT answers, announcements, control) leaves here.
+        rpc_msg.ClearField("senderRecord")
+        return await super().write_msg(stream, rpc_msg)
+
+    async def validate_msg(self, msg_forwarder: ID, msg: rpc_pb2.Message) -> None:
+        if msg_forwarder == self.my_id:
+            return  # our own publish: built locally, topic validators judge remote input
+        await super().validate_msg(msg_forwarder, msg)
+        # push_msg calls notify_subscriptions without awaiting in between, so this
+        # remembers the forwarder for exactly that call.
+        self._validated = (msg, msg_forwarder)
+
+    def notify_subscriptions(self, publish_message: rpc_pb2.Message) -> None:
+        validated, self._validated = self._validated, None
+        if publish_message.from_id == self.my_id.to_bytes() or self.deliver is None:
+            return
+        if validated is not None and validated[0] is publish_message:
+            forwarder = validated[1]
+        else:
+            forwarder = ID(publish_message.from_id)
+        for topic in publish_message.topicIDs:
+            if topic in self.topic_ids:
+                self.deliver(topic, publish_message.data, forwarder)
+
+
+def content_id(msg: rpc_pb2.Message) -> bytes:
+    """gossipsub's message id: dlnet's own `message_id`, the content hash (docs/PROTOCOL.md §1)."""
+    return message_id(msg.data)
+
+
+def start_seqnos_fresh(pubsub: Pubsub) -> None:
+    """py-libp2p starts seqnos at ``int(time.time())`` and counts one per publish, so a node
+    restarted with the same key soon after publishing k messages reuses the last k seqnos,
+    and gossipsub's (origin, seqno) equivocation check at every peer then drops its new
+    messages. Nanoseconds (as go-libp2p) stay ahead of any earlier run of this key unless it
+    published more than 1e9 messages a second."""
+    pubsub.counter = time.time_ns()
