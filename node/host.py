@@ -92,6 +92,12 @@ WEDGE_GRACE = 5.0
 # peerstore peers up to (low + high watermark) / 2 and its pruner trims above the high
 # watermark. Watermarks 0 make the dial target 0; an effectively infinite grace period
 # keeps the pruner from closing anything. Peer exchange alone manages connections.
+# The event-loop watch (`Host._watch_loop`): wake every LOOP_TICK s, count a wake-up more
+# than LOOP_STALL s late as a stall.
+LOOP_TICK = 0.1
+LOOP_STALL = 1.0
+
+
 def _connection_config() -> ConnectionConfig:
     return ConnectionConfig(min_connections=0, low_watermark=0, high_watermark=0, grace_period=1e12)
 
@@ -608,6 +614,23 @@ class Host:
         else:  # duplicates, old or future rounds: cheap each, a flood of them bans
             self.penalize(peer, f"ignored_{reason}", self._params.ignore_penalty)
         return False
+
+    async def _watch_loop(self) -> None:
+        """Measure how long the event loop goes without running this task: one blocking
+        call (a scrypt, a decode, a long batch of tasks) holds up every stream of the node.
+        Each wake-up over LOOP_STALL seconds late is counted (``loop.stalls``, the lateness
+        summed in ``loop.stalled_ms``, the worst in ``loop.max_stall_ms``) and logged."""
+        while True:
+            before = trio.current_time()
+            await trio.sleep(LOOP_TICK)
+            late = trio.current_time() - before - LOOP_TICK
+            if late > LOOP_STALL:
+                ms = round(late * 1000)
+                self._counters.add("loop.stalls")
+                self._counters.add("loop.stalled_ms", ms)
+                worst = self._counters.values.get("loop.max_stall_ms", 0)
+                self._counters.values["loop.max_stall_ms"] = max(worst, ms)
+                log.warning("event loop blocked for %.1f s", late)
 
     def penalize(self, peer: str, reason: str, points: float = 1.0) -> None:
         """Charge ``peer`` for misbehaviour (counted as ``penalty.<reason>``); at
@@ -1145,6 +1168,7 @@ async def open_host(
             host.set_request_handler(px_protocol, host._serve_px)
             host.set_request_handler(STATUS_PROTOCOL, host._serve_status)
             nursery.start_soon(host._maintain_peers, list(bootstrap))
+            nursery.start_soon(host._watch_loop)
             try:
                 yield host
             finally:

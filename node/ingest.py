@@ -52,6 +52,8 @@ class Proofs:
         self.cfg = cfg
         self._work: OrderedDict[tuple[bytes, int], bytes] = OrderedDict()
         self._lock = threading.Lock()  # the validator reads it from its scoring thread
+        self.evaluations = 0
+        """scrypt evaluations this node ran (cache misses)."""
 
     def work(self, key: bytes, nonce: int) -> bytes:
         """The proof's work (computed once per key and nonce)."""
@@ -63,6 +65,7 @@ class Proofs:
                 return got
         got = work(self.cfg.network_id, key, nonce)
         with self._lock:
+            self.evaluations += 1
             self._work[entry] = got
             if len(self._work) > self.LIMIT:
                 self._work.popitem(last=False)
@@ -157,7 +160,7 @@ class Ingest:
         signed = KIND_OF.get(type(msg))  # a certificate carries no signature of its own
         if signed is not None:
             self.verifies[signed] += 1
-        if isinstance(msg, Commit) and not self.proofs.valid(msg):
+        if isinstance(msg, Commit) and not self._proof_valid(msg):
             self.count("rejected", RejectReason.BAD_REGISTRATION.value)
             return None
         return Verified(
@@ -166,6 +169,14 @@ class Ingest:
             message_id(data) if mid is None else mid,
             msg.commitment() if isinstance(msg, Embedding) else None,
         )
+
+    def _proof_valid(self, commit: Commit) -> bool:
+        """`Proofs.valid`; a scrypt evaluation it ran is counted ``proof:evaluated``."""
+        before = self.proofs.evaluations
+        ok = self.proofs.valid(commit)
+        if self.proofs.evaluations != before:
+            self.count("proof", "evaluated")
+        return ok
 
     def _reload(self, data: bytes, kind: Kind) -> Verified[Message] | None:
         """Decode again bytes the store held from before this process (`Store.held`)."""

@@ -83,7 +83,12 @@ def test_gossip_path_accepts_then_ignores_the_same_bytes(
     assert ingest.admit_checked(data) is Outcome.NEW
     assert store.messages(Kind.COMMIT, 5) == [data]
     assert ingest.check(Kind.COMMIT, data) is Verdict.IGNORE
-    assert counters(store) == {"accepted:commit": 1, "ignored:duplicate": 1}
+    # The proof is evaluated once, at the first check; the duplicate is not decoded again.
+    assert counters(store) == {
+        "proof:evaluated": 1,
+        "accepted:commit": 1,
+        "ignored:duplicate": 1,
+    }
 
 
 def test_sync_duplicates_are_counted_apart_from_gossip_resends(
@@ -181,7 +186,8 @@ def test_a_commit_without_a_valid_registration_proof_is_rejected_and_counted(
     assert ingest.check(Kind.COMMIT, encode(commit(cfg, 5, nonce=bad))) is Verdict.REJECT
     assert ingest.admit(encode(commit(cfg, 5, fill=3, nonce=bad)), Kind.COMMIT) is Outcome.REJECTED
     assert store.messages(Kind.COMMIT, 5) == []
-    assert counters(store) == {"rejected:bad_registration": 2}
+    # One scrypt evaluation for the (key, nonce): the second commit with it hits the cache.
+    assert counters(store) == {"rejected:bad_registration": 2, "proof:evaluated": 1}
     # A valid proof is computed once per (key, nonce), then remembered: no scrypt per commit.
     calls: list[int] = []
     real = ingest_module.work
