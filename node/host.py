@@ -146,6 +146,10 @@ class GossipParams:
     request_burst: int = 40
     backpressure_timeout: float = 5.0
     """Longest ``publish`` waits for a full outbound queue before sending anyway."""
+    validation_timeout: float = 30.0
+    """Bound on a topic's slow (async) validator. py-libp2p records a message that timed out
+    as invalid for 5 minutes and drops every later copy unseen, so it must exceed the
+    longest honest wait: 100 new encoder keys queue ~7 s of registration proofs at a node."""
 
     def __post_init__(self) -> None:
         def need(ok: bool, what: str) -> None:
@@ -183,6 +187,9 @@ ValidatorResult = Verdict | tuple[Verdict, str]
 """A bare verdict, or a verdict with a reason used in the counter name."""
 Validator = Callable[[str, bytes, str], ValidatorResult]
 """(topic, data, forwarding peer id) -> verdict; synchronous and cheap, runs before relay."""
+AsyncValidator = Callable[[str, bytes, str], Awaitable[ValidatorResult]]
+"""As Validator, for a topic whose check may wait (work in a thread): the event loop runs
+meanwhile, and the message is relayed once the verdict is ACCEPT."""
 MessageHandler = Callable[[bytes, str], Awaitable[None]]
 RequestHandler = Callable[[bytes, str], Awaitable[bytes]]
 
@@ -518,16 +525,30 @@ class Host:
 
     # ----- gossip ---------------------------------------------------------------------
 
-    async def subscribe(self, topic: str, validator: Validator, handler: MessageHandler) -> None:
+    async def subscribe(
+        self,
+        topic: str,
+        validator: Validator,
+        handler: MessageHandler,
+        *,
+        slow: AsyncValidator | None = None,
+    ) -> None:
         """Join ``topic``: ``validator`` runs before relaying; accepted messages from other
-        peers reach ``handler(data, forwarding peer id)`` one at a time, in arrival order."""
+        peers reach ``handler(data, forwarding peer id)`` one at a time, in arrival order.
+        With ``slow``, that one is awaited instead (``validator`` unused): py-libp2p runs it
+        in the message's own task, so other messages are relayed meanwhile."""
         if topic in self._sinks:
             raise ValueError(f"already subscribed to {topic}")
         send, recv = trio.open_memory_channel[tuple[bytes, str]](math.inf)
         self._sinks[topic] = send
-        self._pubsub.set_topic_validator(
-            topic, lambda fwd, msg: self._validate(topic, validator, fwd, msg), False
-        )
+        if slow is None:
+            self._pubsub.set_topic_validator(
+                topic, lambda fwd, msg: self._validate(topic, validator, fwd, msg), False
+            )
+        else:
+            self._pubsub.set_topic_validator(
+                topic, lambda fwd, msg: self._validate_async(topic, slow, fwd, msg), True
+            )
         self._nursery.start_soon(self._dispatch, recv, handler)
         await self._pubsub.subscribe(topic)
 
@@ -595,14 +616,31 @@ class Host:
     def _validate(self, topic: str, validator: Validator, fwd: ID, msg: rpc_pb2.Message) -> bool:
         peer = fwd.to_base58()
         if len(msg.data) > self._params.max_message_bytes:
-            verdict, reason = Verdict.REJECT, "oversize"
-        else:
-            try:
-                result = validator(topic, msg.data, peer)
-            except Exception:
-                log.exception("topic validator for %s raised", topic)
-                result = (Verdict.REJECT, "validator_error")
-            verdict, reason = (result, "validator") if isinstance(result, Verdict) else result
+            return self._verdict(peer, (Verdict.REJECT, "oversize"))
+        try:
+            result = validator(topic, msg.data, peer)
+        except Exception:
+            log.exception("topic validator for %s raised", topic)
+            result = (Verdict.REJECT, "validator_error")
+        return self._verdict(peer, result)
+
+    async def _validate_async(
+        self, topic: str, validator: AsyncValidator, fwd: ID, msg: rpc_pb2.Message
+    ) -> bool:
+        peer = fwd.to_base58()
+        if len(msg.data) > self._params.max_message_bytes:
+            return self._verdict(peer, (Verdict.REJECT, "oversize"))
+        try:
+            result = await validator(topic, msg.data, peer)
+        except Exception:
+            log.exception("topic validator for %s raised", topic)
+            result = (Verdict.REJECT, "validator_error")
+        return self._verdict(peer, result)
+
+    def _verdict(self, peer: str, result: ValidatorResult) -> bool:
+        """Count a topic validator's verdict, charge ``peer`` for anything not accepted;
+        whether to relay and deliver."""
+        verdict, reason = (result, "validator") if isinstance(result, Verdict) else result
         if verdict is Verdict.ACCEPT:
             self._counters.add("accepted")
             return True
@@ -1146,6 +1184,7 @@ async def open_host(
         lp,
         router,
         seen_ttl=params.seen_ttl,
+        validation_timeout=params.validation_timeout,
         msg_id_constructor=_content_id,
         strict_signing=False,
     )

@@ -13,7 +13,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -263,6 +263,17 @@ def _validator(ingest: Ingest, kind: Kind) -> Callable[[str, bytes, str], Verdic
     return check
 
 
+def _proof_checker(ingest: Ingest) -> Callable[[str, bytes, str], Awaitable[Verdict]]:
+    """The commit topic's validator: a new key's registration proof (one scrypt, ~0.07 s)
+    is evaluated off the event loop, so a burst of new keys no longer holds every stream of
+    the node (docs/PROTOCOL.md §5 Admission)."""
+
+    async def check(_topic: str, data: bytes, _peer: str) -> Verdict:
+        return await ingest.check_async(Kind.COMMIT, data)
+
+    return check
+
+
 async def _subscribe_all(
     host: Host,
     ingest: Ingest,
@@ -278,7 +289,12 @@ async def _subscribe_all(
         if kind not in kinds:
             host.publish_outside(topic(cfg.network_id, kind))
     for kind in kinds:
-        await host.subscribe(topic(cfg.network_id, kind), _validator(ingest, kind), handler)
+        await host.subscribe(
+            topic(cfg.network_id, kind),
+            _validator(ingest, kind),
+            handler,
+            slow=_proof_checker(ingest) if kind is Kind.COMMIT else None,
+        )
 
 
 async def catch_up(ctx: NodeContext) -> None:
