@@ -98,6 +98,26 @@ LOOP_TICK = 0.1
 LOOP_STALL = 1.0
 
 
+# Diagnostics: with DLNET_SLOW_STEPS=SECONDS in the environment, every task step (the code a
+# task runs between two awaits) longer than that is logged with its task, wall and CPU time.
+SLOW_STEPS_ENV = "DLNET_SLOW_STEPS"
+
+
+class _SlowSteps(trio.abc.Instrument):
+    def __init__(self, threshold: float) -> None:
+        self.threshold = threshold
+        self._began = (0.0, 0.0)
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        self._began = (time.perf_counter(), time.thread_time())
+
+    def after_task_step(self, task: trio.lowlevel.Task) -> None:
+        wall = time.perf_counter() - self._began[0]
+        if wall > self.threshold:
+            cpu = time.thread_time() - self._began[1]
+            log.warning("slow task step: %s, %.2f s wall, %.2f s CPU", task.name, wall, cpu)
+
+
 def _connection_config() -> ConnectionConfig:
     return ConnectionConfig(min_connections=0, low_watermark=0, high_watermark=0, grace_period=1e12)
 
@@ -654,6 +674,12 @@ class Host:
         return False
 
     async def _watch_loop(self) -> None:
+        slow = os.environ.get(SLOW_STEPS_ENV)
+        if slow:
+            trio.lowlevel.add_instrument(_SlowSteps(float(slow)))
+        await self._watch_lag()
+
+    async def _watch_lag(self) -> None:
         """Measure how long the event loop goes without running this task: one blocking
         call (a scrypt, a decode, a long batch of tasks) holds up every stream of the node.
         Each wake-up over LOOP_STALL seconds late is counted (``loop.stalls``, the lateness

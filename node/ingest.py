@@ -92,18 +92,17 @@ class Proofs:
         with self._lock:
             return (commit.encoder, commit.registration) in self._work
 
-    async def valid_async(self, commit: Commit) -> bool:
+    async def valid_async(self, commit: Commit) -> tuple[bool, bool]:
         """`valid`, with a scrypt evaluation it needs run in a worker thread (hashlib's scrypt
         releases the GIL), at most PROOF_THREADS at once per node, so that the event loop
         keeps relaying and answering meanwhile. Concurrent checks of one (key, nonce) share
-        one evaluation."""
-        if self.known(commit):
-            return self.valid(commit)
+        one evaluation. Returns (valid, whether this call ran the evaluation)."""
         entry = (commit.encoder, commit.registration)
         running = self._running.get(entry)
         if running is not None:
-            await running.wait()
-            return self.valid(commit)  # cached now (unless evicted at once: computed again)
+            await running.wait()  # cached now (unless evicted at once: computed again)
+        if self.known(commit):
+            return self.valid(commit), False
         done = self._running[entry] = trio.Event()
         try:
             async with self._limiter:
@@ -111,7 +110,7 @@ class Proofs:
         finally:
             del self._running[entry]
             done.set()
-        return self.valid(commit)
+        return self.valid(commit), True
 
 
 class Outcome(Enum):
@@ -209,12 +208,9 @@ class Ingest:
         """`Proofs.valid`; a scrypt evaluation it ran is counted ``proof:evaluated``."""
         before = self.proofs.evaluations
         ok = self.proofs.valid(commit)
-        self._count_evaluations(before)
-        return ok
-
-    def _count_evaluations(self, before: int) -> None:
         if self.proofs.evaluations != before:
             self.count("proof", "evaluated")
+        return ok
 
     async def _verified_async(
         self, data: bytes, kind: Kind | None, mid: bytes
@@ -224,9 +220,9 @@ class Ingest:
         v = self._verified(data, kind, mid, proof=False)
         if v is None or not isinstance(v.msg, Commit):
             return v
-        before = self.proofs.evaluations
-        ok = await self.proofs.valid_async(v.msg)
-        self._count_evaluations(before)
+        ok, evaluated = await self.proofs.valid_async(v.msg)
+        if evaluated:
+            self.count("proof", "evaluated")
         if not ok:
             self.count("rejected", RejectReason.BAD_REGISTRATION.value)
             return None
