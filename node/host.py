@@ -106,7 +106,7 @@ SLOW_STEPS_ENV = "DLNET_SLOW_STEPS"
 class _SlowSteps(trio.abc.Instrument):
     def __init__(self, threshold: float) -> None:
         self.threshold = threshold
-        self._began = (0.0, 0.0)
+        self._began = (time.perf_counter(), time.thread_time())
 
     def before_task_step(self, task: trio.lowlevel.Task) -> None:
         self._began = (time.perf_counter(), time.thread_time())
