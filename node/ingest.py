@@ -41,8 +41,9 @@ from dlnet.protocol.wire import (
 
 # Clock skew and propagation allowed for a commit arriving after its deadline.
 COMMIT_GRACE = 1.0
-# Registration proofs (scrypt, ~0.07 s each) a node evaluates at once, off its event loop.
-PROOF_THREADS = 1
+# Registration proofs (scrypt, ~0.07 s and 16 MiB each) a node evaluates at once, off its
+# event loop: a keeper that first sees 100 keys has ~7 s of them to do.
+PROOF_THREADS = 2
 
 
 class Proofs:
