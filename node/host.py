@@ -35,6 +35,7 @@ import logging
 import math
 import os
 import random
+import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from types import MappingProxyType
@@ -70,12 +71,14 @@ from dlnet.node.libp2p_compat import (
 )
 from dlnet.node.penalties import PeerPenalties, TokenBucket
 from dlnet.node.transport import (
+    AsyncValidator,
     GossipParams,
     MessageHandler,
     RequestError,
     RequestHandler,
     RequestTimeout,
     Validator,
+    ValidatorResult,
     Verdict,
 )
 
@@ -102,6 +105,30 @@ STALL_AFTER = 2.0
 stalled: a live peer answers a sync ask or takes a reveal push in well under that."""
 WEDGE_GRACE = 5.0
 """Seconds an abandoned request may take to end before the peer's connection is severed."""
+# The event-loop watch (`Host._watch_loop`): wake every LOOP_TICK s, count a wake-up more
+# than LOOP_STALL s late as a stall.
+LOOP_TICK = 0.1
+LOOP_STALL = 1.0
+
+
+# Diagnostics: with DLNET_SLOW_STEPS=SECONDS in the environment, every task step (the code a
+# task runs between two awaits) longer than that is logged with its task, wall and CPU time.
+SLOW_STEPS_ENV = "DLNET_SLOW_STEPS"
+
+
+class _SlowSteps(trio.abc.Instrument):
+    def __init__(self, threshold: float) -> None:
+        self.threshold = threshold
+        self._began = (time.perf_counter(), time.thread_time())
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        self._began = (time.perf_counter(), time.thread_time())
+
+    def after_task_step(self, task: trio.lowlevel.Task) -> None:
+        wall = time.perf_counter() - self._began[0]
+        if wall > self.threshold:
+            cpu = time.thread_time() - self._began[1]
+            log.warning("slow task step: %s, %.2f s wall, %.2f s CPU", task.name, wall, cpu)
 
 
 class _Counters:
@@ -200,16 +227,30 @@ class Host:
 
     # ----- gossip ---------------------------------------------------------------------
 
-    async def subscribe(self, topic: str, validator: Validator, handler: MessageHandler) -> None:
+    async def subscribe(
+        self,
+        topic: str,
+        validator: Validator,
+        handler: MessageHandler,
+        *,
+        slow: AsyncValidator | None = None,
+    ) -> None:
         """Join ``topic``: ``validator`` runs before relaying; accepted messages from other
-        peers reach ``handler(data, forwarding peer id)`` one at a time, in arrival order."""
+        peers reach ``handler(data, forwarding peer id)`` one at a time, in arrival order.
+        With ``slow``, that one is awaited instead (``validator`` unused): py-libp2p runs it
+        in the message's own task, so other messages are relayed meanwhile."""
         if topic in self._sinks:
             raise ValueError(f"already subscribed to {topic}")
         send, recv = trio.open_memory_channel[tuple[bytes, str]](math.inf)
         self._sinks[topic] = send
-        self._pubsub.set_topic_validator(
-            topic, lambda fwd, msg: self._validate(topic, validator, fwd, msg), False
-        )
+        if slow is None:
+            self._pubsub.set_topic_validator(
+                topic, lambda fwd, msg: self._validate(topic, validator, fwd, msg), False
+            )
+        else:
+            self._pubsub.set_topic_validator(
+                topic, lambda fwd, msg: self._validate_async(topic, slow, fwd, msg), True
+            )
         self._nursery.start_soon(self._dispatch, recv, handler)
         await self._pubsub.subscribe(topic)
 
@@ -277,14 +318,31 @@ class Host:
     def _validate(self, topic: str, validator: Validator, fwd: ID, msg: rpc_pb2.Message) -> bool:
         peer = fwd.to_base58()
         if len(msg.data) > self._params.max_message_bytes:
-            verdict, reason = Verdict.REJECT, "oversize"
-        else:
-            try:
-                result = validator(topic, msg.data, peer)
-            except Exception:
-                log.exception("topic validator for %s raised", topic)
-                result = (Verdict.REJECT, "validator_error")
-            verdict, reason = (result, "validator") if isinstance(result, Verdict) else result
+            return self._verdict(peer, (Verdict.REJECT, "oversize"))
+        try:
+            result = validator(topic, msg.data, peer)
+        except Exception:
+            log.exception("topic validator for %s raised", topic)
+            result = (Verdict.REJECT, "validator_error")
+        return self._verdict(peer, result)
+
+    async def _validate_async(
+        self, topic: str, validator: AsyncValidator, fwd: ID, msg: rpc_pb2.Message
+    ) -> bool:
+        peer = fwd.to_base58()
+        if len(msg.data) > self._params.max_message_bytes:
+            return self._verdict(peer, (Verdict.REJECT, "oversize"))
+        try:
+            result = await validator(topic, msg.data, peer)
+        except Exception:
+            log.exception("topic validator for %s raised", topic)
+            result = (Verdict.REJECT, "validator_error")
+        return self._verdict(peer, result)
+
+    def _verdict(self, peer: str, result: ValidatorResult) -> bool:
+        """Count a topic validator's verdict, charge ``peer`` for anything not accepted;
+        whether to relay and deliver."""
+        verdict, reason = (result, "validator") if isinstance(result, Verdict) else result
         if verdict is Verdict.ACCEPT:
             self._counters.add("accepted")
             return True
@@ -296,6 +354,29 @@ class Host:
         else:  # duplicates, old or future rounds: cheap each, a flood of them bans
             self.penalize(peer, f"ignored_{reason}", self._params.ignore_penalty)
         return False
+
+    async def _watch_loop(self) -> None:
+        slow = os.environ.get(SLOW_STEPS_ENV)
+        if slow:
+            trio.lowlevel.add_instrument(_SlowSteps(float(slow)))
+        await self._watch_lag()
+
+    async def _watch_lag(self) -> None:
+        """Measure how long the event loop goes without running this task: one blocking
+        call (a scrypt, a decode, a long batch of tasks) holds up every stream of the node.
+        Each wake-up over LOOP_STALL seconds late is counted (``loop.stalls``, the lateness
+        summed in ``loop.stalled_ms``, the worst in ``loop.max_stall_ms``) and logged."""
+        while True:
+            before = trio.current_time()
+            await trio.sleep(LOOP_TICK)
+            late = trio.current_time() - before - LOOP_TICK
+            if late > LOOP_STALL:
+                ms = round(late * 1000)
+                self._counters.add("loop.stalls")
+                self._counters.add("loop.stalled_ms", ms)
+                worst = self._counters.values.get("loop.max_stall_ms", 0)
+                self._counters.values["loop.max_stall_ms"] = max(worst, ms)
+                log.warning("event loop blocked for %.1f s", late)
 
     def penalize(self, peer: str, reason: str, points: float = 1.0) -> None:
         """Charge ``peer`` for misbehaviour (counted as ``penalty.<reason>``); at
@@ -811,6 +892,7 @@ async def open_host(
         lp,
         router,
         seen_ttl=params.seen_ttl,
+        validation_timeout=params.validation_timeout,
         msg_id_constructor=content_id,
         strict_signing=False,
     )
@@ -828,6 +910,7 @@ async def open_host(
             host.set_request_handler(px_protocol, host._serve_px)
             host.set_request_handler(STATUS_PROTOCOL, host._serve_status)
             nursery.start_soon(host._maintain_peers, list(bootstrap))
+            nursery.start_soon(host._watch_loop)
             try:
                 yield host
             finally:

@@ -14,6 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 
+import trio
+
 from dlnet.node.store import KIND_OF, PutStatus, Store
 from dlnet.node.transport import Verdict
 from dlnet.protocol.config import NetworkConfig
@@ -39,6 +41,9 @@ from dlnet.protocol.wire import (
 
 # Clock skew and propagation allowed for a commit arriving after its deadline.
 COMMIT_GRACE = 1.0
+# Registration proofs (scrypt, ~0.07 s and 16 MiB each) a node evaluates at once, off its
+# event loop: a keeper that first sees 100 keys has ~7 s of them to do.
+PROOF_THREADS = 2
 
 
 class Proofs:
@@ -52,6 +57,10 @@ class Proofs:
         self.cfg = cfg
         self._work: OrderedDict[tuple[bytes, int], bytes] = OrderedDict()
         self._lock = threading.Lock()  # the validator reads it from its scoring thread
+        self.evaluations = 0
+        """scrypt evaluations this node ran (cache misses)."""
+        self._running: dict[tuple[bytes, int], trio.Event] = {}
+        self._limiter = trio.CapacityLimiter(PROOF_THREADS)
 
     def work(self, key: bytes, nonce: int) -> bytes:
         """The proof's work (computed once per key and nonce)."""
@@ -63,6 +72,7 @@ class Proofs:
                 return got
         got = work(self.cfg.network_id, key, nonce)
         with self._lock:
+            self.evaluations += 1
             self._work[entry] = got
             if len(self._work) > self.LIMIT:
                 self._work.popitem(last=False)
@@ -75,6 +85,33 @@ class Proofs:
         if difficulty <= 0:
             return True
         return leading_zero_bits(self.work(commit.encoder, commit.registration)) >= difficulty
+
+    def known(self, commit: Commit) -> bool:
+        """Whether `valid` answers without an evaluation (difficulty 0, or cached)."""
+        if self.cfg.registration.difficulty <= 0:
+            return True
+        with self._lock:
+            return (commit.encoder, commit.registration) in self._work
+
+    async def valid_async(self, commit: Commit) -> tuple[bool, bool]:
+        """`valid`, with a scrypt evaluation it needs run in a worker thread (hashlib's scrypt
+        releases the GIL), at most PROOF_THREADS at once per node, so that the event loop
+        keeps relaying and answering meanwhile. Concurrent checks of one (key, nonce) share
+        one evaluation. Returns (valid, whether this call ran the evaluation)."""
+        entry = (commit.encoder, commit.registration)
+        running = self._running.get(entry)
+        if running is not None:
+            await running.wait()  # cached now (unless evicted at once: computed again)
+        if self.known(commit):
+            return self.valid(commit), False
+        done = self._running[entry] = trio.Event()
+        try:
+            async with self._limiter:
+                await trio.to_thread.run_sync(self.work, *entry)
+        finally:
+            del self._running[entry]
+            done.set()
+        return self.valid(commit), True
 
 
 class Outcome(Enum):
@@ -133,6 +170,7 @@ class Ingest:
         # Verified messages between the topic validator and the drain task, by their bytes
         # (the same bytes object reaches both: no second hash of the message).
         self._checked: dict[bytes, Verified[Message]] = {}
+        self._checking: set[bytes] = set()  # bytes whose proof check is under way
         self.proofs = Proofs(cfg)
         self.verifies: Counter[Kind] = Counter()
         """dlnet Ed25519 signature verifies run by this node, by kind (kept in memory)."""
@@ -142,11 +180,11 @@ class Ingest:
         self.store.bump_counter(f"{outcome}:{reason}")
 
     def _verified(
-        self, data: bytes, kind: Kind | None, mid: bytes | None = None
+        self, data: bytes, kind: Kind | None, mid: bytes | None = None, *, proof: bool = True
     ) -> Verified[Message] | None:
         """Strict decode and signature check, and for a Commit its registration proof (after
-        the signature, so a forged commit costs no scrypt); the id and an Embedding's
-        commitment are computed here, once."""
+        the signature, so a forged commit costs no scrypt; ``proof=False`` leaves it to the
+        caller); the id and an Embedding's commitment are computed here, once."""
         try:
             msg = decode(data, self.cfg, kind)
         except Reject as exc:
@@ -157,7 +195,7 @@ class Ingest:
         signed = KIND_OF.get(type(msg))  # a certificate carries no signature of its own
         if signed is not None:
             self.verifies[signed] += 1
-        if isinstance(msg, Commit) and not self.proofs.valid(msg):
+        if proof and isinstance(msg, Commit) and not self._proof_valid(msg):
             self.count("rejected", RejectReason.BAD_REGISTRATION.value)
             return None
         return Verified(
@@ -166,6 +204,30 @@ class Ingest:
             message_id(data) if mid is None else mid,
             msg.commitment() if isinstance(msg, Embedding) else None,
         )
+
+    def _proof_valid(self, commit: Commit) -> bool:
+        """`Proofs.valid`; a scrypt evaluation it ran is counted ``proof:evaluated``."""
+        before = self.proofs.evaluations
+        ok = self.proofs.valid(commit)
+        if self.proofs.evaluations != before:
+            self.count("proof", "evaluated")
+        return ok
+
+    async def _verified_async(
+        self, data: bytes, kind: Kind | None, mid: bytes
+    ) -> Verified[Message] | None:
+        """`_verified`, the registration proof's scrypt (if not cached) run off the event
+        loop (`Proofs.valid_async`)."""
+        v = self._verified(data, kind, mid, proof=False)
+        if v is None or not isinstance(v.msg, Commit):
+            return v
+        ok, evaluated = await self.proofs.valid_async(v.msg)
+        if evaluated:
+            self.count("proof", "evaluated")
+        if not ok:
+            self.count("rejected", RejectReason.BAD_REGISTRATION.value)
+            return None
+        return v
 
     def _reload(self, data: bytes, kind: Kind) -> Verified[Message] | None:
         """Decode again bytes the store held from before this process (`Store.held`)."""
@@ -199,21 +261,47 @@ class Ingest:
 
     def check(self, kind: Kind, data: bytes) -> Verdict:
         """Topic-validator half: strict decode, signature, round window, duplicate."""
-        if data in self._checked:
-            self.count("ignored", "duplicate")
+        mid = self._unseen(data)
+        if mid is None:
             return Verdict.IGNORE
+        return self._judge(self._verified(data, kind, mid))
+
+    async def check_async(self, kind: Kind, data: bytes) -> Verdict:
+        """`check` for the commit topic: a registration proof not yet cached is evaluated in
+        a worker thread, so relaying everything else goes on meanwhile; a copy of bytes
+        still being checked is a duplicate (one decode, one verify, one scrypt)."""
+        mid = self._unseen(data)
+        if mid is None:
+            return Verdict.IGNORE
+        self._checking.add(data)
+        try:
+            v = await self._verified_async(data, kind, mid)
+        finally:
+            self._checking.discard(data)
+        return self._judge(v)
+
+    def _unseen(self, data: bytes) -> bytes | None:
+        """The message id of bytes neither checked, being checked, nor held; None (counted
+        ``ignored:duplicate``) otherwise."""
+        if data in self._checked or data in self._checking:
+            self.count("ignored", "duplicate")
+            return None
         mid = message_id(data)
         if self.store.get_by_id(mid) is not None:
             self.count("ignored", "duplicate")
-            return Verdict.IGNORE
-        v = self._verified(data, kind, mid)
+            return None
+        return mid
+
+    def _judge(self, v: Verified[Message] | None) -> Verdict:
+        """The topic-validator verdict on a verified value: window, quota; an accepted one
+        waits in ``_checked`` for the drain task (`admit_checked`)."""
         if v is None:
             return Verdict.REJECT
         if not self._in_window(v.msg):
             return Verdict.IGNORE
         if isinstance(v.msg, Submission) and self._over_quota(v.msg):
             return Verdict.REJECT
-        self._checked[data] = v
+        self._checked[v.data] = v
         return Verdict.ACCEPT
 
     def _over_quota(self, msg: Submission) -> bool:
@@ -271,11 +359,33 @@ class Ingest:
         """`admit_fetched` with ``requested`` judging the verified value (its commitment and
         id are at hand, computed once). Bytes already held are a duplicate, neither decoded
         nor verified again (a round fetch answers mostly with what the node holds)."""
+        mid = self._unheld(data)
+        if mid is None:
+            return Outcome.DUPLICATE
+        return self.admit_verified(self._verified(data, kind, mid), requested)
+
+    def _unheld(self, data: bytes) -> bytes | None:
+        """The message id of fetched bytes not held; None (``sync:duplicate``) if held."""
         mid = message_id(data)
         if self.store.get_by_id(mid) is not None:
             self.count("sync", "duplicate")
+            return None
+        return mid
+
+    async def verify_fetched(self, data: bytes, kind: Kind) -> Verified[Message] | Outcome:
+        """First half of `admit_requested` for a sync answer, a registration proof's scrypt
+        run off the event loop: the verified value for `admit_verified`, or the outcome
+        (held: DUPLICATE; failed a check: REJECTED)."""
+        mid = self._unheld(data)
+        if mid is None:
             return Outcome.DUPLICATE
-        v = self._verified(data, kind, mid)
+        v = await self._verified_async(data, kind, mid)
+        return Outcome.REJECTED if v is None else v
+
+    def admit_verified(
+        self, v: Verified[Message] | None, requested: Callable[[Verified[Message]], bool]
+    ) -> Outcome:
+        """Second half of `admit_requested`: what was asked for, in time, then stored."""
         if v is None:
             return Outcome.REJECTED
         if not requested(v):

@@ -13,7 +13,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -63,14 +63,22 @@ GOSSIPED = ROUND_KINDS
 """Every kind fetchable by round is gossiped, and the other way round."""
 
 
+KEEPER_ONLY = (Kind.COMMIT, Kind.EMBEDDING)
+"""The topics an encoder-only node stays out of: it publishes its own commit into the commit
+topic from outside (fanout to the connected keepers) and pushes its reveals to them."""
+
+
 def subscribed_kinds(roles: frozenset[str], behaviour: str) -> tuple[Kind, ...]:
-    """The topics a node joins. An encoder-only node stays out of the embedding topic: it
-    never reads others' reveals, and relaying them made the reveal burst cost every encoder
-    CPU (deliveries grew as encoders x validators). The nodes that join it keep every reveal
-    and take reveal pushes (node/reveals.py): an encoder pushes its own to them. The copycat
-    adversary listens to reveals to copy them, so it joins."""
+    """The topics a node joins. An encoder-only node stays out of the commit and embedding
+    topics (KEEPER_ONLY): it never reads others' commits or reveals. Relaying reveals made
+    the reveal burst cost every encoder CPU (deliveries grew as encoders x validators); in
+    the commit topic, 100 encoders made every encoder process check 100 registration
+    proofs (one scrypt each) and relay 100 commits at every round start, on the same cores
+    as the validators (docs/BENCHMARKS.md, 100 x 7). The nodes that join them (validators,
+    relays) keep every commit and reveal, serve them to pulls and take reveal pushes
+    (node/reveals.py). The copycat adversary listens to reveals to copy them, so it joins."""
     if roles == {"encoder"} and behaviour.partition("@")[0] != "copycat":
-        return tuple(k for k in GOSSIPED if k is not Kind.EMBEDDING)
+        return tuple(k for k in GOSSIPED if k not in KEEPER_ONLY)
     return GOSSIPED
 
 
@@ -267,6 +275,17 @@ def _validator(ingest: Ingest, kind: Kind) -> Callable[[str, bytes, str], Verdic
     return check
 
 
+def _proof_checker(ingest: Ingest) -> Callable[[str, bytes, str], Awaitable[Verdict]]:
+    """The commit topic's validator: a new key's registration proof (one scrypt, ~0.07 s)
+    is evaluated off the event loop, so a burst of new keys no longer holds every stream of
+    the node (docs/PROTOCOL.md §5 Admission)."""
+
+    async def check(_topic: str, data: bytes, _peer: str) -> Verdict:
+        return await ingest.check_async(Kind.COMMIT, data)
+
+    return check
+
+
 async def _subscribe_all(
     host: Transport,
     ingest: Ingest,
@@ -282,7 +301,12 @@ async def _subscribe_all(
         if kind not in kinds:
             host.publish_outside(topic(cfg.network_id, kind))
     for kind in kinds:
-        await host.subscribe(topic(cfg.network_id, kind), _validator(ingest, kind), handler)
+        await host.subscribe(
+            topic(cfg.network_id, kind),
+            _validator(ingest, kind),
+            handler,
+            slow=_proof_checker(ingest) if kind is Kind.COMMIT else None,
+        )
 
 
 async def join_topics(

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 import msgpack
@@ -204,7 +204,7 @@ class SyncClient:
     async def _gather(
         self,
         request: Callable[[], list[Any] | None],
-        handle: Callable[[str, list[bytes]], None],
+        handle: Callable[[str, list[bytes]], Awaitable[None]],
         deadline: float,
         *,
         parallel: int,
@@ -227,7 +227,7 @@ class SyncClient:
 
             async def one(peer: str, wanted: list[Any]) -> None:
                 try:
-                    handle(peer, await self._ask(peer, wanted, deadline))
+                    await handle(peer, await self._ask(peer, wanted, deadline))
                 finally:
                     del started[peer]
                     finished_send.send_nowait(None)
@@ -254,18 +254,25 @@ class SyncClient:
         now = trio.current_time()
         return [t for t in started.values() if now - t < STALE_ASK]
 
-    def _admit(
+    async def _admit(
         self,
         peer: str,
         items: list[bytes],
         kind: Kind,
         requested: Callable[[Verified[Message]], bool],
     ) -> int:
-        """Admit each item once (decode, verify, store) as what ``requested`` expects."""
+        """Admit each item once (decode, verify, store) as what ``requested`` expects. The
+        items are verified first (a commit's registration proof off the event loop), then
+        stored in one transaction."""
+        checked = [await self.ingest.verify_fetched(data, kind) for data in items]
         got = 0
         with self.ingest.store.batch():  # one commit per answer, not per message
-            for data in items:
-                outcome = self.ingest.admit_requested(data, kind, requested)
+            for item in checked:
+                outcome = (
+                    item
+                    if isinstance(item, Outcome)
+                    else self.ingest.admit_verified(item, requested)
+                )
                 if outcome is Outcome.REJECTED:
                     self.host.penalize(peer, "sync_bad_item")
                 got += outcome is Outcome.NEW
@@ -288,9 +295,9 @@ class SyncClient:
             missing.discard(v.commitment)  # a valid, signed reveal: admitted next
             return True
 
-        def handle(peer: str, items: list[bytes]) -> None:
+        async def handle(peer: str, items: list[bytes]) -> None:
             nonlocal got
-            got += self._admit(peer, items, Kind.EMBEDDING, requested)
+            got += await self._admit(peer, items, Kind.EMBEDDING, requested)
 
         await self._gather(request, handle, deadline, parallel=FETCH_PARALLEL, hedge=HEDGE)
         return got
@@ -303,9 +310,9 @@ class SyncClient:
         def requested(v: Verified[Message]) -> bool:
             return v.msg.round == rnd
 
-        def handle(peer: str, items: list[bytes]) -> None:
+        async def handle(peer: str, items: list[bytes]) -> None:
             nonlocal got
-            got += self._admit(peer, items, kind, requested)
+            got += await self._admit(peer, items, kind, requested)
 
         await self._gather(
             lambda: ["round", int(kind), rnd], handle, deadline, parallel=ROUND_PARALLEL, hedge=0.0
@@ -323,7 +330,7 @@ class SyncClient:
         def request() -> list[Any] | None:
             return None if kept else ["certificates", lo, hi]
 
-        def handle(peer: str, items: list[bytes]) -> None:
+        async def handle(peer: str, items: list[bytes]) -> None:
             nonlocal kept
             for data in items:
                 try:

@@ -57,6 +57,10 @@ class GossipParams:
     request_burst: int = 40
     backpressure_timeout: float = 5.0
     """Longest ``publish`` waits for a full outbound queue before sending anyway."""
+    validation_timeout: float = 30.0
+    """Bound on a topic's slow (async) validator. py-libp2p records a message that timed out
+    as invalid for 5 minutes and drops every later copy unseen, so it must exceed the
+    longest honest wait: 100 new encoder keys queue ~7 s of registration proofs at a node."""
 
     def __post_init__(self) -> None:
         def need(ok: bool, what: str) -> None:
@@ -96,6 +100,9 @@ ValidatorResult = Verdict | tuple[Verdict, str]
 Validator = Callable[[str, bytes, str], ValidatorResult]
 """(topic, data, forwarding peer id) -> verdict; synchronous and cheap, runs before relay."""
 
+AsyncValidator = Callable[[str, bytes, str], Awaitable[ValidatorResult]]
+"""As Validator, for a topic whose check may wait (work in a thread): the event loop runs
+meanwhile, and the message is relayed once the verdict is ACCEPT."""
 MessageHandler = Callable[[bytes, str], Awaitable[None]]
 
 RequestHandler = Callable[[bytes, str], Awaitable[bytes]]
@@ -129,9 +136,17 @@ class Transport(Protocol):
         """Charge ``peer`` for misbehaviour; enough points ban it."""
         ...
 
-    async def subscribe(self, topic: str, validator: Validator, handler: MessageHandler) -> None:
-        """Join ``topic``: ``validator`` judges each message before it is relayed; accepted
-        messages from other peers reach ``handler`` one at a time, in arrival order."""
+    async def subscribe(
+        self,
+        topic: str,
+        validator: Validator,
+        handler: MessageHandler,
+        *,
+        slow: AsyncValidator | None = None,
+    ) -> None:
+        """Join ``topic``: ``validator`` (or, given, the awaited ``slow`` one) judges each
+        message before it is relayed; accepted messages from other peers reach ``handler``
+        one at a time, in arrival order."""
         ...
 
     def publish_outside(self, topic: str) -> None:

@@ -15,6 +15,7 @@ from collections import Counter
 import trio
 
 from dlnet.node.transport import (
+    AsyncValidator,
     MessageHandler,
     RequestError,
     RequestHandler,
@@ -57,7 +58,10 @@ class MemoryHost:
         self.killed = False
         self.resumed = trio.Event()
         self.resumed.set()
-        self.topics: dict[str, tuple[Validator, trio.MemorySendChannel[tuple[bytes, str]]]] = {}
+        self.topics: dict[
+            str,
+            tuple[Validator, AsyncValidator | None, trio.MemorySendChannel[tuple[bytes, str]]],
+        ] = {}
         self.handlers: dict[str, tuple[RequestHandler, int | None]] = {}
         self.seen: set[bytes] = set()
         self.counters: Counter[str] = Counter()
@@ -101,9 +105,16 @@ class MemoryHost:
     def penalize(self, peer: str, reason: str, points: float = 1.0) -> None:
         self.penalties[reason] += 1
 
-    async def subscribe(self, topic: str, validator: Validator, handler: MessageHandler) -> None:
+    async def subscribe(
+        self,
+        topic: str,
+        validator: Validator,
+        handler: MessageHandler,
+        *,
+        slow: AsyncValidator | None = None,
+    ) -> None:
         send, recv = trio.open_memory_channel[tuple[bytes, str]](float("inf"))
-        self.topics[topic] = (validator, send)
+        self.topics[topic] = (validator, slow, send)
 
         async def dispatch() -> None:
             async for data, peer in recv:
@@ -137,8 +148,10 @@ class MemoryHost:
         if self.killed or mid in self.seen or topic not in self.topics:
             return
         self.seen.add(mid)
-        validator, sink = self.topics[topic]
-        verdict = validator(topic, data, sender)
+        validator, slow, sink = self.topics[topic]
+        verdict = (
+            validator(topic, data, sender) if slow is None else await slow(topic, data, sender)
+        )
         verdict = verdict[0] if isinstance(verdict, tuple) else verdict
         self.counters[f"gossip.{verdict.name.lower()}"] += 1
         if verdict is Verdict.REJECT:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
+import trio
 
 from dlnet.node import ingest as ingest_module
 from dlnet.node.ingest import COMMIT_GRACE, Ingest, Outcome
@@ -84,7 +86,12 @@ def test_gossip_path_accepts_then_ignores_the_same_bytes(
     assert ingest.admit_checked(data) is Outcome.NEW
     assert store.messages(Kind.COMMIT, 5) == [data]
     assert ingest.check(Kind.COMMIT, data) is Verdict.IGNORE
-    assert counters(store) == {"accepted:commit": 1, "ignored:duplicate": 1}
+    # The proof is evaluated once, at the first check; the duplicate is not decoded again.
+    assert counters(store) == {
+        "proof:evaluated": 1,
+        "accepted:commit": 1,
+        "ignored:duplicate": 1,
+    }
 
 
 def test_sync_duplicates_are_counted_apart_from_gossip_resends(
@@ -182,7 +189,8 @@ def test_a_commit_without_a_valid_registration_proof_is_rejected_and_counted(
     assert ingest.check(Kind.COMMIT, encode(commit(cfg, 5, nonce=bad))) is Verdict.REJECT
     assert ingest.admit(encode(commit(cfg, 5, fill=3, nonce=bad)), Kind.COMMIT) is Outcome.REJECTED
     assert store.messages(Kind.COMMIT, 5) == []
-    assert counters(store) == {"rejected:bad_registration": 2}
+    # One scrypt evaluation for the (key, nonce): the second commit with it hits the cache.
+    assert counters(store) == {"rejected:bad_registration": 2, "proof:evaluated": 1}
     # A valid proof is computed once per (key, nonce), then remembered: no scrypt per commit.
     calls: list[int] = []
     real = ingest_module.work
@@ -194,3 +202,99 @@ def test_a_commit_without_a_valid_registration_proof_is_rejected_and_counted(
     free = dataclasses.replace(cfg, registration=RegistrationParams(difficulty=0))
     assert Ingest(free, store, node[2]).proofs.valid(commit(free, 5, nonce=bad))
     assert len(calls) == 1
+
+
+def test_the_commit_topic_checks_a_new_proof_off_the_event_loop(
+    cfg: NetworkConfig, node: tuple[Ingest, Store, Clock], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`check_async` runs the scrypt in a worker thread: the event loop goes on meanwhile
+    (here the evaluation waits for a trio task, which could never run if it blocked the
+    loop), and the commit is accepted once its proof is known."""
+    ingest, store, _ = node
+    data = encode(commit(cfg, 5))
+    ran_meanwhile = threading.Event()
+    real = ingest_module.work
+
+    def slow_work(*args: bytes | int) -> bytes:
+        assert ran_meanwhile.wait(timeout=30), "the event loop was blocked by the proof"
+        return real(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ingest_module, "work", slow_work)
+    verdicts: list[Verdict] = []
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+
+            async def checked() -> None:
+                verdicts.append(await ingest.check_async(Kind.COMMIT, data))
+
+            nursery.start_soon(checked)
+            await trio.sleep(0)  # the check starts and waits on its worker thread
+            await trio.sleep(0)
+            ran_meanwhile.set()
+
+    trio.run(main)
+    assert verdicts == [Verdict.ACCEPT]
+    assert ingest.admit_checked(data) is Outcome.NEW
+    assert counters(store) == {"proof:evaluated": 1, "accepted:commit": 1}
+
+
+def test_concurrent_checks_of_one_key_share_one_evaluation(
+    cfg: NetworkConfig, node: tuple[Ingest, Store, Clock], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Copies of one commit arriving while its proof is evaluated are duplicates (decoded
+    and verified once); another commit of the same key waits for the same evaluation."""
+    ingest, store, _ = node
+    first, other_round = encode(commit(cfg, 5)), encode(commit(cfg, 6))
+    calls: list[int] = []
+    real = ingest_module.work
+    monkeypatch.setattr(ingest_module, "work", lambda *a: calls.append(1) or real(*a))
+    verdicts: dict[str, Verdict] = {}
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            for name, data in (("first", first), ("copy", first), ("other", other_round)):
+
+                async def checked(name: str = name, data: bytes = data) -> None:
+                    verdicts[name] = await ingest.check_async(Kind.COMMIT, data)
+
+                nursery.start_soon(checked)
+
+    trio.run(main)
+    # Trio starts the tasks in any order: one copy is checked, the other is its duplicate.
+    assert {verdicts["first"], verdicts["copy"]} == {Verdict.ACCEPT, Verdict.IGNORE}
+    assert verdicts["other"] is Verdict.ACCEPT
+    assert len(calls) == 1
+    assert ingest.verifies[Kind.COMMIT] == 2  # the copy was not verified again
+    assert counters(store) == {"proof:evaluated": 1, "ignored:duplicate": 1}
+
+
+def test_the_commit_topic_rejects_a_bad_proof_and_a_forged_commit_costs_no_scrypt(
+    cfg: NetworkConfig, node: tuple[Ingest, Store, Clock], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ingest, store, _ = node
+    good = proof(cfg.network_id, ENCODER.public_key)
+    bad = next(
+        n
+        for n in range(good + 1, good + 100)
+        if not valid(cfg.network_id, ENCODER.public_key, n, DIFFICULTY)
+    )
+    signed = encode(commit(cfg, 5))
+    forged = signed[:-1] + bytes([signed[-1] ^ 1])
+    calls: list[int] = []
+    real = ingest_module.work
+    monkeypatch.setattr(ingest_module, "work", lambda *a: calls.append(1) or real(*a))
+
+    async def main() -> list[Verdict]:
+        return [
+            await ingest.check_async(Kind.COMMIT, forged),
+            await ingest.check_async(Kind.COMMIT, encode(commit(cfg, 5, nonce=bad))),
+        ]
+
+    assert trio.run(main) == [Verdict.REJECT, Verdict.REJECT]
+    assert len(calls) == 1  # the forged one failed its signature before any scrypt
+    assert counters(store) == {
+        "rejected:bad_signature": 1,
+        "rejected:bad_registration": 1,
+        "proof:evaluated": 1,
+    }

@@ -18,10 +18,10 @@ from dlnet.protocol.wire import Kind
 LOOPBACK = "/ip4/127.0.0.1/tcp/0"
 
 
-def test_an_encoder_only_node_stays_out_of_the_embedding_topic() -> None:
+def test_an_encoder_only_node_stays_out_of_the_commit_and_embedding_topics() -> None:
     encoder = subscribed_kinds(frozenset({"encoder"}), "honest")
-    assert Kind.EMBEDDING not in encoder
-    assert set(encoder) == set(GOSSIPED) - {Kind.EMBEDDING}
+    assert Kind.EMBEDDING not in encoder and Kind.COMMIT not in encoder
+    assert set(encoder) == set(GOSSIPED) - {Kind.COMMIT, Kind.EMBEDDING}
     assert subscribed_kinds(frozenset({"encoder"}), "fabricated@0.2") == encoder
     # Validators, relays (no role) and nodes that are both read every reveal.
     for roles in ({"validator"}, set(), {"encoder", "validator"}):
