@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from dlnet.node.encoder import parse_behaviour
+from dlnet.node.adversaries import parse_behaviour
 from dlnet.node.testnet import (
     KINDS,
     EncoderGroup,
