@@ -88,10 +88,6 @@ WEDGE_GRACE = 5.0
 """Seconds between two rounds of seed dials while a topic of this node has no carrier."""
 
 
-# The swarm's own connection manager would fight the degree bound: its auto-connector dials
-# peerstore peers up to (low + high watermark) / 2 and its pruner trims above the high
-# watermark. Watermarks 0 make the dial target 0; an effectively infinite grace period
-# keeps the pruner from closing anything. Peer exchange alone manages connections.
 # The event-loop watch (`Host._watch_loop`): wake every LOOP_TICK s, count a wake-up more
 # than LOOP_STALL s late as a stall.
 LOOP_TICK = 0.1
@@ -118,6 +114,10 @@ class _SlowSteps(trio.abc.Instrument):
             log.warning("slow task step: %s, %.2f s wall, %.2f s CPU", task.name, wall, cpu)
 
 
+# The swarm's own connection manager would fight the degree bound: its auto-connector dials
+# peerstore peers up to (low + high watermark) / 2 and its pruner trims above the high
+# watermark. Watermarks 0 make the dial target 0; an effectively infinite grace period
+# keeps the pruner from closing anything. Peer exchange alone manages connections.
 def _connection_config() -> ConnectionConfig:
     return ConnectionConfig(min_connections=0, low_watermark=0, high_watermark=0, grace_period=1e12)
 
