@@ -826,11 +826,23 @@ class Host:
 
     async def _dial_seeds(self, seeds: Sequence[str], connected: set[str]) -> None:
         """No connected peer carries a topic this node joins or publishes into: dial the seed
-        peers not connected (a relay joins every topic)."""
+        peers not connected (a relay joins every topic). A seed connected for longer than the
+        eviction grace that still carries none of this node's topics has no working gossip
+        stream (opening it timed out under load; py-libp2p does not retry, and such a
+        connection carried nothing for a whole run): it is severed (``px.mute_severed``),
+        and the next outlet dial connects afresh."""
         self._counters.add("px.outlet_dials")
+        now = trio.current_time()
+        since = self._table.connected_since
+        topics = (*self._sinks, *self._outlets)
         for peer in self._dialable_seeds(seeds):
             if peer not in connected:
                 await self._dial(peer)
+            elif now - since.get(peer, now) >= self._params.eviction_grace and not any(
+                peer in self.topic_peers(t) for t in topics
+            ):
+                self._counters.add("px.mute_severed")
+                await self._sever(peer)
 
     def _reseed(self, seeds: Sequence[str], now: float) -> None:
         """No peer left: make every seed peer dialable again (unless it is on another network)."""

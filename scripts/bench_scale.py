@@ -158,7 +158,12 @@ def committed(cfg: NetworkConfig, db: Path, rnd: int, kinds: dict[str, str]) -> 
 
 
 def run_rung(
-    encoders: int, validators: int, rounds: int, out: Path, lock: Path | None
+    encoders: int,
+    validators: int,
+    rounds: int,
+    out: Path,
+    lock: Path | None,
+    round_seconds: int | None = None,
 ) -> dict[str, Any]:
     cmd = [
         sys.executable,
@@ -172,6 +177,7 @@ def run_rung(
         "--out",
         str(out),
         *encoders_spec(encoders),
+        *(["--round-seconds", str(round_seconds)] if round_seconds else []),
     ]
     if lock is not None:
         cmd = ["flock", str(lock), *cmd]
@@ -330,6 +336,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rungs", default=RUNGS, help=f"comma list of ExV (default {RUNGS})")
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument(
+        "--round-seconds", type=int, default=None, help="round length (default: the testnet's)"
+    )
     ap.add_argument("--out", type=Path, default=Path("bench-scale-out"))
     ap.add_argument("--lock", type=Path, default=None, help="flock this file around each rung")
     ap.add_argument("--json", type=Path, default=None)
@@ -338,7 +347,7 @@ def main() -> None:
     rows = []
     for e, v in parse_rungs(args.rungs):
         print(f"bench_scale: rung {e}x{v} ...", file=sys.stderr, flush=True)
-        row = run_rung(e, v, args.rounds, args.out / f"{e}x{v}", args.lock)
+        row = run_rung(e, v, args.rounds, args.out / f"{e}x{v}", args.lock, args.round_seconds)
         print(json.dumps(row), file=sys.stderr, flush=True)
         rows.append(row)
         if args.json is not None:

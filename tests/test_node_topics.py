@@ -174,3 +174,41 @@ def test_a_publisher_cut_from_every_subscriber_dials_a_seed_again() -> None:
                     assert enc.counters.get("publish.no_peers", 0) == 0
 
     trio.run(main)
+
+
+@pytest.mark.network
+@pytest.mark.timeout(90)
+def test_a_seed_connection_without_gossip_is_severed_and_dialled_again() -> None:
+    """Opening the gossip streams timed out under load (100 x 7 rung): the connection to the
+    seed stays up but carries nothing. The outlet rule severs it and dials the seed again,
+    and what the encoder publishes next reaches the relay."""
+    got: list[bytes] = []
+
+    async def main() -> None:
+        async def handler(data: bytes, peer: str) -> None:
+            got.append(data)
+
+        small = GossipParams(target_peers=1, max_peers=1, eviction_grace=0.5)
+        async with open_host(listen=LOOPBACK, bootstrap=[], params=GossipParams()) as relay:
+            await relay.subscribe("commits", lambda t, d, p: Verdict.ACCEPT, handler)
+            async with open_host(listen=LOOPBACK, bootstrap=relay.addrs, params=small) as enc:
+                enc.publish_outside("commits")
+                with trio.fail_after(15):
+                    while relay.peer_id not in enc.topic_peers("commits"):
+                        await trio.sleep(0.05)
+                # Both ends lose the gossip stream; the connection stays.
+                await enc._pubsub._teardown_if_connected(ID.from_base58(relay.peer_id))
+                await relay._pubsub._teardown_if_connected(ID.from_base58(enc.peer_id))
+                assert relay.peer_id in enc.connected_peers()
+                assert relay.peer_id not in enc.topic_peers("commits")
+                with trio.fail_after(40):
+                    while relay.peer_id not in enc.topic_peers("commits"):
+                        await trio.sleep(0.05)
+                assert enc.counters.get("px.mute_severed", 0) >= 1
+                await enc.publish("commits", b"after the redial")
+                with trio.fail_after(15):
+                    while not got:
+                        await trio.sleep(0.05)
+                assert got == [b"after the redial"]
+
+    trio.run(main)
