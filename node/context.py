@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import trio
 
+from dlnet.node import counters as C
 from dlnet.node.host import Host
 from dlnet.node.ingest import Ingest, slot_of
 from dlnet.node.store import Store
@@ -55,14 +56,14 @@ class NodeContext:
         its bytes, or None when refused (see :meth:`publish`)."""
         data = encode(msg)
         if self.halted is not None:
-            self.ingest.count("refused", "halted")
+            self.ingest.count(C.REFUSED, "halted")
             return None
         where = slot_of(msg)
         earlier = self.store.record_signing(
             where.signer, int(kind), where.round, where.shard, where.slot, message_id(data)
         )
         if earlier is not None:
-            self.ingest.count("refused", "conflicting_signature")
+            self.ingest.count(C.REFUSED, "conflicting_signature")
             self.log.warning(
                 "refused to sign a second %s for round %d (shard %s, slot %s): this key "
                 "signed message %s there already",

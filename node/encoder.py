@@ -20,6 +20,7 @@ from typing import Final
 import numpy as np
 import trio
 
+from dlnet.node import counters as C
 from dlnet.node.context import NodeContext, sleep_until, wall_clock
 from dlnet.node.models import Model, one_line
 from dlnet.node.models.kinds import fabricate_inverse, jitter_option
@@ -82,7 +83,7 @@ class EncoderRole:
                 await self.run_round(rnd)
             except ModelError as exc:
                 self.ctx.log.error("round %d: model error, no commit: %s", rnd, exc)
-                self.ctx.ingest.count("encoder", "model_error")
+                self.ctx.ingest.count(C.ENCODER, "model_error")
             rnd += 1
 
     def _texts(self, rnd: int) -> list[str]:
@@ -169,7 +170,7 @@ class EncoderRole:
             )
             if wall_clock() >= times.commit_deadline:
                 self.ctx.log.warning("round %d: embedding finished after the commit deadline", rnd)
-                self.ctx.ingest.count("encoder", "missed_commit_deadline")
+                self.ctx.ingest.count(C.ENCODER, "missed_commit_deadline")
                 return
             for emb in reveals:  # held (and served to repairers) only after the deadline
                 self.ctx.hold_own(Kind.EMBEDDING, emb)
@@ -207,11 +208,11 @@ class EncoderRole:
         end = times.repair_deadline - RETRY
         acked = await push_reveals(ctx.host, ctx.ingest, items, end)
         while not acked and wall_clock() + RETRY < end:
-            ctx.ingest.count("encoder", "reveal_push_retried")
+            ctx.ingest.count(C.ENCODER, "reveal_push_retried")
             await trio.sleep(RETRY)
             acked = await push_reveals(ctx.host, ctx.ingest, items, end)
         if not acked:
-            ctx.ingest.count("encoder", "reveal_push_unacked")
+            ctx.ingest.count(C.ENCODER, "reveal_push_unacked")
         return acked
 
     def _copied(self, rnd: int) -> list[Embedding]:

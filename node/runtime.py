@@ -19,10 +19,12 @@ from pathlib import Path
 
 import trio
 
+from dlnet.node import counters as C
 from dlnet.node.addresses import check_port_free
 from dlnet.node.api import NodeView, build_app, open_listener, serve_api
 from dlnet.node.byzantine import Byzantine
 from dlnet.node.context import NodeContext, wall_clock
+from dlnet.node.counters import Counters
 from dlnet.node.dataset_io import load_items
 from dlnet.node.encoder import EncoderRole
 from dlnet.node.host import GossipParams, Host, Verdict, open_host
@@ -251,7 +253,7 @@ class Doppelganger:
         )
         for view in self.also:
             view.halted = self.ctx.halted
-        self.ctx.ingest.count("evidence", "doppelganger")
+        self.ctx.ingest.count(C.EVIDENCE, "doppelganger")
         self.ctx.log.error("%s; stopping", self.ctx.halted)
         self.stop.cancel()
 
@@ -296,7 +298,7 @@ async def catch_up(ctx: NodeContext) -> None:
             assert isinstance(cert, Certificate)
             verify_certificate(ctx.cfg, cert)
         except (Reject, CertificateError):
-            ctx.ingest.count("rejected", "certificate")
+            ctx.ingest.count(C.REJECTED, "certificate")
             return False
         if cert.round not in final:
             ctx.store.put_certificate(cert.round, data)
@@ -503,7 +505,8 @@ async def _run_locked(
     try:
         store.bind_network(cfg.network_id, opts.data_dir)
         seed = peer_key_seed(opts.data_dir / PEER_KEY_FILE)
-        ingest = Ingest(cfg, store, wall_clock)
+        counters = Counters(store)  # one registry: the host's, ingest's and the roles' counts
+        ingest = Ingest(cfg, store, wall_clock, counters)
         seeds = list(dict.fromkeys([*opts.bootstrap, *read_saved_peers(opts.data_dir)]))
         async with open_host(
             listen=opts.listen,
@@ -512,8 +515,9 @@ async def _run_locked(
             identity_seed=seed,
             network_tag=cfg.network_id.hex()[:16],
             network_id=cfg.network_id,
+            counters=counters,
         ) as host:
-            host.on_wrong_network = lambda _peer, _theirs: ingest.count("rejected", "wrong_network")
+            host.on_wrong_network = lambda _peer, _theirs: ingest.count(C.REJECTED, "wrong_network")
             install_server(host, store, ingest, wall_clock)
             ctx = NodeContext(
                 cfg, items, store, ingest, host, SyncClient(host, ingest, cfg.network_id)
