@@ -214,3 +214,9 @@ def test_one_verify_per_delivered_embedding_read_off_metrics(tmp_path: Path) -> 
     assert samples[("dlnet_push_events_total", (("event", "duplicate"),))] == n
     assert ("dlnet_signature_verifies_total", (("kind", "commit"),)) not in samples
     store.close()
+
+
+def test_api_md_lists_every_declared_counter() -> None:
+    doc = (NODE.parent / "docs" / "API.md").read_text()
+    missing = [m for m in C.DECLARED if f"`{m}_total`" not in doc]
+    assert missing == [], "add them to docs/API.md, Counters"
