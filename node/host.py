@@ -471,11 +471,6 @@ class Host:
         (declared in node/counters.py; with the node's ingest also signature_verifies.<kind>)."""
         return MappingProxyType(self._counters.values)
 
-    @property
-    def registry(self) -> Counters:
-        """The counters registry this host counts in (node/counters.py)."""
-        return self._counters
-
     def connected_peers(self) -> list[str]:
         return sorted(p.to_base58() for p in self._lp.get_connected_peers())
 
