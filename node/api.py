@@ -46,6 +46,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
+from dlnet.node import counters
 from dlnet.node.context import WALL
 from dlnet.node.ingest import Outcome
 from dlnet.node.report import (
@@ -365,9 +366,9 @@ def submission(view: NodeView, request: Request) -> dict[str, Any]:
 
 
 class NodeCollector(Collector):
-    """Prometheus metrics read, at each scrape, from the counters the node already keeps: the
-    store's message counters (``outcome:reason``), the host's transport counters, the round
-    outcomes, the round clock and the connected peers."""
+    """Prometheus metrics read, at each scrape, from what the node already keeps: every
+    counter declared in node/counters.py (the store's persistent ones, the in-memory ones of
+    the host's registry), the round outcomes, the round clock and the connected peers."""
 
     def __init__(self, view: NodeView) -> None:
         self.view = view
@@ -385,25 +386,14 @@ class NodeCollector(Collector):
             },
         )
         yield info
-        messages = CounterMetricFamily(
-            "dlnet_messages",
-            "Messages by outcome and reason (the store's counters; accepted:<kind> counts "
-            "the messages of each kind stored).",
-            labels=["outcome", "reason"],
-        )
-        for name, n in sorted(view.store.counters().items()):
-            outcome, _, reason = name.partition(":")
-            messages.add_metric([outcome, reason], n)
-        yield messages
-        transport = CounterMetricFamily(
-            "dlnet_transport_events",
-            "The libp2p host's counters (as in transport.json): published, delivered, "
-            "rejected/ignored/dropped and their .reason breakdowns, px.*, requests.*.",
-            labels=["event"],
-        )
-        for name, n in sorted(view.host.counters.items()):
-            transport.add_metric([name], n)
-        yield transport
+        # Every counter declared in node/counters.py, one family each, reasons as labels.
+        for name, rows in counters.samples(view.host.counters, view.store.counters()):
+            family = CounterMetricFamily(
+                name.metric, name.help, labels=[name.label] if name.label else None
+            )
+            for label, n in sorted(rows, key=lambda row: row[0] or ""):
+                family.add_metric([] if label is None else [label], n)
+            yield family
         summary = view.store.outcome_summary()
         settled = GaugeMetricFamily(
             "dlnet_rounds", "Rounds this node recorded an outcome for.", labels=["outcome"]

@@ -10,6 +10,7 @@ from typing import Final, Protocol, TypeVar
 
 import trio
 
+from dlnet.node import counters as C
 from dlnet.node.ingest import Ingest, slot_of
 from dlnet.node.store import Store
 from dlnet.node.sync import SyncClient
@@ -101,14 +102,14 @@ class NodeContext:
         when refused (see :meth:`publish`)."""
         data = encode(msg) if data is None else data
         if self.halted is not None:
-            self.ingest.count("refused", "halted")
+            self.ingest.count(C.REFUSED, "halted")
             return None
         where = slot_of(msg, commitment)
         earlier = self.store.record_signing(
             where.signer, int(kind), where.round, where.shard, where.slot, message_id(data)
         )
         if earlier is not None:
-            self.ingest.count("refused", "conflicting_signature")
+            self.ingest.count(C.REFUSED, "conflicting_signature")
             self.log.warning(
                 "refused to sign a second %s for round %d (shard %s, slot %s): this key "
                 "signed message %s there already",

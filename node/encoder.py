@@ -10,6 +10,7 @@ import numpy as np
 import trio
 
 from dlnet.node import adversaries
+from dlnet.node import counters as C
 from dlnet.node.context import NodeContext
 from dlnet.node.models import Model, one_line
 from dlnet.node.reveals import RETRY, REVEAL_DELAY, push_reveals
@@ -52,7 +53,7 @@ class EncoderRole:
                 await self.run_round(rnd)
             except ModelError as exc:
                 self.ctx.log.error("round %d: model error, no commit: %s", rnd, exc)
-                self.ctx.ingest.count("encoder", "model_error")
+                self.ctx.ingest.count(C.ENCODER, "model_error")
             rnd += 1
 
     def _texts(self, rnd: int) -> list[str]:
@@ -117,7 +118,7 @@ class EncoderRole:
             commit = sign_commit(self.key, cfg.network_id, rnd, hashes, self.registration)
             if self.ctx.clock.now() >= times.commit_deadline:
                 self.ctx.log.warning("round %d: embedding finished after the commit deadline", rnd)
-                self.ctx.ingest.count("encoder", "missed_commit_deadline")
+                self.ctx.ingest.count(C.ENCODER, "missed_commit_deadline")
                 return
             for emb, data, h in zip(reveals, items, hashes, strict=True):
                 # held (and served to repairers) only after the commit deadline
@@ -146,9 +147,9 @@ class EncoderRole:
         end = times.repair_deadline - RETRY
         acked = await push_reveals(ctx.host, ctx.ingest, items, end)
         while not acked and self.ctx.clock.now() + RETRY < end:
-            ctx.ingest.count("encoder", "reveal_push_retried")
+            ctx.ingest.count(C.ENCODER, "reveal_push_retried")
             await trio.sleep(RETRY)
             acked = await push_reveals(ctx.host, ctx.ingest, items, end)
         if not acked:
-            ctx.ingest.count("encoder", "reveal_push_unacked")
+            ctx.ingest.count(C.ENCODER, "reveal_push_unacked")
         return acked

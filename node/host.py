@@ -52,6 +52,8 @@ from libp2p.pubsub.pb import rpc_pb2
 from libp2p.pubsub.rpc_queue import OutBoundQueueSize
 from libp2p.tools.anyio_service import background_trio_service
 
+from dlnet.node import counters as C
+from dlnet.node.counters import Counters
 from dlnet.node.discovery import PeerExchange, PeerTable, decode_px, encode_px
 from dlnet.node.framing import (
     FRAME_ERROR,
@@ -131,16 +133,6 @@ class _SlowSteps(trio.abc.Instrument):
             log.warning("slow task step: %s, %.2f s wall, %.2f s CPU", task.name, wall, cpu)
 
 
-class _Counters:
-    def __init__(self) -> None:
-        self.values: dict[str, int] = {"published": 0, "delivered": 0, "dropped": 0}
-
-    def add(self, name: str, n: int = 1) -> None:
-        self.values[name] = self.values.get(name, 0) + n
-        if name.startswith("dropped."):
-            self.values["dropped"] += n
-
-
 class Host:
     """A running libp2p node; obtain one with :func:`open_host`."""
 
@@ -150,7 +142,7 @@ class Host:
         pubsub: DeliveringPubsub,
         router: CountingGossipSub,
         params: GossipParams,
-        counters: _Counters,
+        counters: Counters,
         nursery: trio.Nursery,
         px_protocol: str,
         network_id: bytes = b"",
@@ -190,7 +182,8 @@ class Host:
     @property
     def counters(self) -> Mapping[str, int]:
         """Live read-only counters: published, delivered, accepted, rejected[.reason],
-        ignored[.reason], dropped[.reason] (must stay 0), px.*, requests.*, evicted, banned."""
+        ignored[.reason], dropped[.reason] (must stay 0), px.*, requests.*, evicted, banned
+        (declared in node/counters.py; with the node's ingest also signature_verifies.<kind>)."""
         return MappingProxyType(self._counters.values)
 
     def connected_peers(self) -> list[str]:
@@ -216,7 +209,7 @@ class Host:
         is no carrier of any topic, so peer upkeep dials another one if a topic runs thin (two
         of four validators stopped kept their encoders' reveals from the live ones)."""
         self._stalled_until[peer] = trio.current_time() + STALL_SKIP
-        self._counters.add("peers.stalled")
+        self._counters.add(C.PEERS_STALLED)
 
     def stalled(self, peer: str) -> bool:
         return self._stalled_until.get(peer, -math.inf) > trio.current_time()
@@ -275,9 +268,9 @@ class Host:
             await self._bucket.take()
             await self._wait_outbound_room()
             if topic in self._outlets and not await self._wait_topic_peer(topic):
-                self._counters.add("publish.no_peers")
+                self._counters.add(C.PUBLISH_NO_PEERS)
             await self._pubsub.publish(topic, data)
-            self._counters.add("published")
+            self._counters.add(C.PUBLISHED)
 
     async def _wait_topic_peer(self, topic: str) -> bool:
         deadline = trio.current_time() + self._params.backpressure_timeout
@@ -295,7 +288,7 @@ class Host:
         while not self._over_half() <= (stuck := self._stuck_peers()):
             await trio.sleep(0.005)  # bounded: a queue over half is stuck after the timeout
         if stuck - before:
-            self._counters.add("publish.backpressure_timeout")
+            self._counters.add(C.PUBLISH_BACKPRESSURE_TIMEOUT)
 
     def _over_half(self) -> set[ID]:
         half = OutBoundQueueSize // 2
@@ -344,11 +337,10 @@ class Host:
         whether to relay and deliver."""
         verdict, reason = (result, "validator") if isinstance(result, Verdict) else result
         if verdict is Verdict.ACCEPT:
-            self._counters.add("accepted")
+            self._counters.add(C.GOSSIP_ACCEPTED)
             return True
-        kind = "rejected" if verdict is Verdict.REJECT else "ignored"
-        self._counters.add(kind)
-        self._counters.add(f"{kind}.{reason}")
+        kind = C.GOSSIP_REJECTED if verdict is Verdict.REJECT else C.GOSSIP_IGNORED
+        self._counters.add(kind, reason)
         if verdict is Verdict.REJECT:
             self.penalize(peer, reason)
         else:  # duplicates, old or future rounds: cheap each, a flood of them bans
@@ -372,8 +364,8 @@ class Host:
             late = trio.current_time() - before - LOOP_TICK
             if late > LOOP_STALL:
                 ms = round(late * 1000)
-                self._counters.add("loop.stalls")
-                self._counters.add("loop.stalled_ms", ms)
+                self._counters.add(C.LOOP_STALLS)
+                self._counters.add(C.LOOP_STALLED_MS, n=ms)
                 worst = self._counters.values.get("loop.max_stall_ms", 0)
                 self._counters.values["loop.max_stall_ms"] = max(worst, ms)
                 log.warning("event loop blocked for %.1f s", late)
@@ -381,9 +373,9 @@ class Host:
     def penalize(self, peer: str, reason: str, points: float = 1.0) -> None:
         """Charge ``peer`` for misbehaviour (counted as ``penalty.<reason>``); at
         ``reject_ban_threshold`` points it is disconnected and banned for ``ban_seconds``."""
-        self._counters.add(f"penalty.{reason}")
+        self._counters.add(C.PENALTY, reason)
         if self.penalties.penalize(peer, reason, points, trio.current_time()):
-            self._counters.add("banned")  # here, not in `_ban`: the ban holds from this moment
+            self._counters.add(C.BANNED)  # here, not in `_ban`: the ban holds from this moment
             self._nursery.start_soon(self._ban, ID.from_base58(peer))
 
     def is_banned(self, peer: str) -> bool:
@@ -398,12 +390,12 @@ class Host:
         self, recv: trio.MemoryReceiveChannel[tuple[bytes, str]], handler: MessageHandler
     ) -> None:
         async for data, peer in recv:
-            self._counters.add("delivered")
+            self._counters.add(C.DELIVERED)
             try:
                 await handler(data, peer)
             except Exception:
                 log.exception("message handler failed")
-                self._counters.add("handler_errors")
+                self._counters.add(C.HANDLER_ERRORS)
 
     async def _ban(self, peer: ID) -> None:
         self._table.back_off(peer.to_base58(), trio.current_time() + self._params.ban_seconds)
@@ -435,14 +427,14 @@ class Host:
         peer = stream.muxed_conn.peer_id.to_base58()
         max_bytes = self._params.max_frame_bytes
         if self.is_banned(peer):
-            self._counters.add("requests.refused_banned")
+            self._counters.add(C.REQUESTS_REFUSED_BANNED)
             with contextlib.suppress(Exception):
                 await stream.reset()
             with contextlib.suppress(Exception):
                 await self._lp.disconnect(ID.from_base58(peer))
             return
         if not self.penalties.allow_request(peer, trio.current_time()):
-            self._counters.add("requests.rate_limited")
+            self._counters.add(C.REQUESTS_RATE_LIMITED)
             self.penalize(peer, "rate_limited")
             with contextlib.suppress(Exception):
                 with trio.move_on_after(1.0):
@@ -464,17 +456,17 @@ class Host:
                         raise RequestError("response exceeds max_frame_bytes")
                 except RequestError as exc:
                     answer = encode_frame(FRAME_ERROR, str(exc).encode()[:MAX_ERROR_BYTES])
-                    self._counters.add("requests.answered_error")
+                    self._counters.add(C.REQUESTS_ANSWERED_ERROR)
                 except Exception:
                     log.exception("request handler failed")
                     answer = encode_frame(FRAME_ERROR, b"internal error")
-                    self._counters.add("requests.answered_error")
+                    self._counters.add(C.REQUESTS_ANSWERED_ERROR)
                 await stream.write(answer)
-            self._counters.add("requests.served")
+            self._counters.add(C.REQUESTS_SERVED)
             await stream.close()
         except Exception as exc:  # bad frame, timeout, reset: drop this stream only
             log.debug("inbound request from %s failed: %r", peer, exc)
-            self._counters.add("requests.bad_inbound")
+            self._counters.add(C.REQUESTS_BAD_INBOUND)
             with contextlib.suppress(Exception):
                 await stream.reset()
 
@@ -494,9 +486,9 @@ class Host:
         if len(data) > self._params.max_frame_bytes:
             raise ValueError("request exceeds max_frame_bytes")
         if self._wedged.get(peer_id):
-            self._counters.add("requests.skipped_wedged")
+            self._counters.add(C.REQUESTS_SKIPPED_WEDGED)
             raise RequestError(f"{peer_id} is wedged: an abandoned request to it is stuck")
-        self._counters.add("requests.sent")
+        self._counters.add(C.REQUESTS_SENT)
         answered, finished = trio.Event(), trio.Event()
         answer: list[tuple[int, bytes]] = []
         failure: list[Exception] = []
@@ -526,17 +518,17 @@ class Host:
                 self._abandon(peer_id, finished)
         if not answer:
             if not failure:
-                self._counters.add("requests.timeout")
+                self._counters.add(C.REQUESTS_TIMEOUT)
                 if timeout >= STALL_AFTER:  # not just the caller's deadline running out
                     self.note_stalled(peer_id)
                 raise RequestTimeout(f"no answer from {peer_id} on {protocol_id} in {timeout}s")
-            self._counters.add("requests.failed")
+            self._counters.add(C.REQUESTS_FAILED)
             if isinstance(failure[0], RequestError):
                 raise failure[0]
             raise RequestError(f"{protocol_id} to {peer_id} failed: {failure[0]!r}") from failure[0]
         kind, body = answer[0]
         if kind == FRAME_ERROR:
-            self._counters.add("requests.error_frames")
+            self._counters.add(C.REQUESTS_ERROR_FRAMES)
             raise RequestError(body.decode(errors="replace"))
         if kind != FRAME_RESPONSE:
             raise RequestError(f"expected a response frame, got kind {kind}")
@@ -568,7 +560,7 @@ class Host:
             with contextlib.suppress(Exception):
                 await stream.close()
         if closing.cancelled_caught:
-            self._counters.add("peers.wedged_severed")
+            self._counters.add(C.PEERS_WEDGED_SEVERED)
             await self._sever(peer_id)
 
     def _abandon(self, peer_id: str, finished: trio.Event) -> None:
@@ -587,7 +579,7 @@ class Host:
             with trio.move_on_after(WEDGE_GRACE - STUCK_AFTER):
                 await finished.wait()
             if not finished.is_set():
-                self._counters.add("peers.wedged_severed")
+                self._counters.add(C.PEERS_WEDGED_SEVERED)
                 log.info(
                     "peer %s reads nothing (a stream stuck %.0f s): disconnecting",
                     peer_id,
@@ -635,7 +627,7 @@ class Host:
                 peer, STATUS_PROTOCOL, self._network_id, timeout=self._params.dial_timeout
             )
         except RequestError as exc:  # timeouts included: PX decides about silent peers
-            self._counters.add("status.failed")
+            self._counters.add(C.STATUS_FAILED)
             log.debug("status exchange with %s failed: %s", peer, exc)
             return peer in self.connected_peers()  # gone (refused by it?): nothing to ask
         if theirs and theirs != self._network_id:  # empty: a bare transport makes no claim
@@ -651,8 +643,7 @@ class Host:
         now = trio.current_time()
         if self._table.backoff_until.get(peer, 0.0) >= now + WRONG_NETWORK_BACK_OFF / 2:
             return  # refused a moment ago (both sides of the exchange noticed)
-        self._counters.add("rejected")
-        self._counters.add("rejected.wrong_network")
+        self._counters.add(C.GOSSIP_REJECTED, "wrong_network")
         log.warning(
             "peer %s is on network %s, this node on network %s: disconnected",
             peer,
@@ -702,16 +693,16 @@ class Host:
             )
             px = decode_px(answer)
         except RequestTimeout:
-            self._counters.add("px.timeouts")  # a busy peer is not a foreign one
+            self._counters.add(C.PX_TIMEOUTS)  # a busy peer is not a foreign one
             return None
         except (RequestError, ValueError) as exc:
-            self._counters.add("px.failed")
+            self._counters.add(C.PX_FAILED)
             log.debug("peer exchange with %s failed: %s", peer, exc)
             self._table.back_off(peer, trio.current_time() + 30.0)
             with contextlib.suppress(Exception):
                 await self._lp.disconnect(ID.from_base58(peer))
             return None
-        self._counters.add("px.exchanges")
+        self._counters.add(C.PX_EXCHANGES)
         self._table.degree[peer] = px.degree
         for addr in px.addrs:
             self._table.learn(addr)
@@ -728,7 +719,7 @@ class Host:
                 for info in infos[:1]:
                     await self._lp.connect(info)
         except Exception as exc:
-            self._counters.add("px.dial_failures")
+            self._counters.add(C.PX_DIAL_FAILURES)
             log.debug("dial %s failed: %r", peer, exc)
             # Exponential per-peer back-off: 5 s, 10 s, ... up to RECONNECT_MAX.
             failures = self._dial_failures.get(peer, 0)
@@ -736,7 +727,7 @@ class Host:
             self._table.back_off(peer, now + min(5.0 * 2**failures, RECONNECT_MAX))
             return
         self._dial_failures.pop(peer, None)
-        self._counters.add("px.dials")
+        self._counters.add(C.PX_DIALS)
         if not await self._check_status(peer):
             return
         px = await self._exchange(peer)
@@ -760,7 +751,7 @@ class Host:
             connected = set(self.connected_peers())
             for peer in sorted(connected):
                 if self.is_banned(peer):  # it dialled us again during its ban
-                    self._counters.add("refused_banned")
+                    self._counters.add(C.REFUSED_BANNED)
                     with contextlib.suppress(Exception):
                         await self._lp.disconnect(ID.from_base58(peer))
                     connected.discard(peer)
@@ -787,7 +778,7 @@ class Host:
                 self._params.degree_low,
                 frozenset(stuck),
             ):
-                self._counters.add("evicted")
+                self._counters.add(C.EVICTED)
                 self._table.back_off(victim, now + 30.0)
                 with contextlib.suppress(Exception):
                     await self._lp.disconnect(ID.from_base58(victim))
@@ -821,7 +812,7 @@ class Host:
         if not thin or settling or len(connected) > self._params.max_peers:
             return
         for peer in self._table.outlet_candidates(thin, connected, now, self._rng)[:1]:
-            self._counters.add("px.thin_dials")
+            self._counters.add(C.PX_THIN_DIALS)
             await self._dial(peer)
 
     async def _dial_seeds(self, seeds: Sequence[str], connected: set[str]) -> None:
@@ -831,7 +822,7 @@ class Host:
         stream (opening it timed out under load; py-libp2p does not retry, and such a
         connection carried nothing for a whole run): it is severed (``px.mute_severed``),
         and the next outlet dial connects afresh."""
-        self._counters.add("px.outlet_dials")
+        self._counters.add(C.PX_OUTLET_DIALS)
         now = trio.current_time()
         since = self._table.connected_since
         topics = (*self._sinks, *self._outlets)
@@ -841,12 +832,12 @@ class Host:
             elif now - since.get(peer, now) >= self._params.eviction_grace and not any(
                 peer in self.topic_peers(t) for t in topics
             ):
-                self._counters.add("px.mute_severed")
+                self._counters.add(C.PX_MUTE_SEVERED)
                 await self._sever(peer)
 
     def _reseed(self, seeds: Sequence[str], now: float) -> None:
         """No peer left: make every seed peer dialable again (unless it is on another network)."""
-        self._counters.add("px.reseeds")
+        self._counters.add(C.PX_RESEEDS)
         self._dialable_seeds(seeds)
 
     def _dialable_seeds(self, seeds: Sequence[str]) -> list[str]:
@@ -867,6 +858,7 @@ async def open_host(
     identity_seed: bytes | None = None,
     network_tag: str = "",
     network_id: bytes = b"",
+    counters: Counters | None = None,
 ) -> AsyncIterator[Host]:
     """Start a libp2p host with gossipsub and peer exchange; stop it when the block exits.
 
@@ -875,8 +867,9 @@ async def open_host(
     by default every start gets a fresh one. Peers with a different ``network_tag`` do not
     speak our peer-exchange protocol and are disconnected; given ``network_id``, each new
     connection first exchanges network ids on STATUS_PROTOCOL and a peer of another network
-    is refused with one log line and ``rejected.wrong_network``."""
-    counters = _Counters()
+    is refused with one log line and ``rejected.wrong_network``. ``counters``: the node's
+    registry (node/counters.py), shared with its ingest; a fresh one by default."""
+    counters = Counters() if counters is None else counters
     listen_addr = multiaddr.Multiaddr(listen)
     lp = new_host(
         key_pair=create_new_key_pair(identity_seed),

@@ -16,6 +16,8 @@ from enum import Enum
 
 import trio
 
+from dlnet.node import counters as C
+from dlnet.node.counters import Counters
 from dlnet.node.store import KIND_OF, PutStatus, Store
 from dlnet.node.transport import Verdict
 from dlnet.protocol.config import NetworkConfig
@@ -114,6 +116,11 @@ class Proofs:
         return self.valid(commit), True
 
 
+def _kind(kind: Kind) -> str:
+    """A message kind as a counter label: ``commit``, ``embedding``, ..."""
+    return kind.name.lower()
+
+
 class Outcome(Enum):
     NEW = "new"
     DUPLICATE = "duplicate"
@@ -163,21 +170,37 @@ class Ingest:
     memory for the round (`Store.held`), so no reader decodes or verifies it again. Each
     signature verify is counted in ``verifies`` (in memory, by kind)."""
 
-    def __init__(self, cfg: NetworkConfig, store: Store, now: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        cfg: NetworkConfig,
+        store: Store,
+        now: Callable[[], float],
+        counters: Counters | None = None,
+    ) -> None:
         self.cfg = cfg
         self.store = store
         self.now = now
+        self.counters = Counters(store) if counters is None else counters
         # Verified messages between the topic validator and the drain task, by their bytes
         # (the same bytes object reaches both: no second hash of the message).
         self._checked: dict[bytes, Verified[Message]] = {}
         self._checking: set[bytes] = set()  # bytes whose proof check is under way
         self.proofs = Proofs(cfg)
-        self.verifies: Counter[Kind] = Counter()
-        """dlnet Ed25519 signature verifies run by this node, by kind (kept in memory)."""
         store.set_decoder(self._reload)
 
-    def count(self, outcome: str, reason: str) -> None:
-        self.store.bump_counter(f"{outcome}:{reason}")
+    def count(self, name: C.Name, label: str) -> None:
+        """Count ``name`` (declared in node/counters.py) with its reason/kind/event label."""
+        self.counters.add(name, label)
+
+    @property
+    def verifies(self) -> Counter[Kind]:
+        """dlnet Ed25519 signature verifies run by this process, by kind (in memory)."""
+        return Counter(
+            {k: n for k in Kind if (n := self.counters.get(C.SIGNATURE_VERIFIES, _kind(k)))}
+        )
+
+    def _verify_counted(self, kind: Kind) -> None:
+        self.counters.add(C.SIGNATURE_VERIFIES, _kind(kind))
 
     def _verified(
         self, data: bytes, kind: Kind | None, mid: bytes | None = None, *, proof: bool = True
@@ -189,14 +212,14 @@ class Ingest:
             msg = decode(data, self.cfg, kind)
         except Reject as exc:
             if exc.reason is RejectReason.BAD_SIGNATURE and kind is not None:
-                self.verifies[kind] += 1
-            self.count("rejected", exc.reason.value)
+                self._verify_counted(kind)
+            self.count(C.REJECTED, exc.reason.value)
             return None
         signed = KIND_OF.get(type(msg))  # a certificate carries no signature of its own
         if signed is not None:
-            self.verifies[signed] += 1
+            self._verify_counted(signed)
         if proof and isinstance(msg, Commit) and not self._proof_valid(msg):
-            self.count("rejected", RejectReason.BAD_REGISTRATION.value)
+            self.count(C.REJECTED, RejectReason.BAD_REGISTRATION.value)
             return None
         return Verified(
             msg,
@@ -210,7 +233,7 @@ class Ingest:
         before = self.proofs.evaluations
         ok = self.proofs.valid(commit)
         if self.proofs.evaluations != before:
-            self.count("proof", "evaluated")
+            self.count(C.PROOF, "evaluated")
         return ok
 
     async def _verified_async(
@@ -223,9 +246,9 @@ class Ingest:
             return v
         ok, evaluated = await self.proofs.valid_async(v.msg)
         if evaluated:
-            self.count("proof", "evaluated")
+            self.count(C.PROOF, "evaluated")
         if not ok:
-            self.count("rejected", RejectReason.BAD_REGISTRATION.value)
+            self.count(C.REJECTED, RejectReason.BAD_REGISTRATION.value)
             return None
         return v
 
@@ -245,7 +268,7 @@ class Ingest:
         else:
             window = accepted_rounds(self.cfg, self.now())
         if msg.round not in window:
-            self.count("ignored", "old_round" if msg.round < window.start else "future_round")
+            self.count(C.IGNORED, "old_round" if msg.round < window.start else "future_round")
             return False
         return self._in_time(msg)
 
@@ -255,7 +278,7 @@ class Ingest:
         if isinstance(msg, Commit) and self.now() > (
             round_times(self.cfg, msg.round).commit_deadline + COMMIT_GRACE
         ):
-            self.count("ignored", "late_commit")
+            self.count(C.IGNORED, "late_commit")
             return False
         return True
 
@@ -284,11 +307,11 @@ class Ingest:
         """The message id of bytes neither checked, being checked, nor held; None (counted
         ``ignored:duplicate``) otherwise."""
         if data in self._checked or data in self._checking:
-            self.count("ignored", "duplicate")
+            self.count(C.IGNORED, "duplicate")
             return None
         mid = message_id(data)
         if self.store.get_by_id(mid) is not None:
-            self.count("ignored", "duplicate")
+            self.count(C.IGNORED, "duplicate")
             return None
         return mid
 
@@ -310,7 +333,7 @@ class Ingest:
         where = slot_of(msg)
         held = self.store.message_at(int(Kind.SUBMISSION), where.round, where.signer)
         if held is not None and held != encode(msg):
-            self.count("rejected", "over_quota")
+            self.count(C.REJECTED, "over_quota")
             return True
         return False
 
@@ -336,14 +359,14 @@ class Ingest:
         verified)."""
         mid = message_id(data)
         if self.store.get_by_id(mid) is not None:  # held: not decoded nor verified again
-            self.count("ignored" if window else "sync", "duplicate")
+            self.count(C.IGNORED if window else C.SYNC, "duplicate")
             return Outcome.DUPLICATE, None
         v = self._verified(data, kind, mid)
         if v is None:
             return Outcome.REJECTED, None
         if not (self._in_window(v.msg) if window else self._in_time(v.msg)):
             return Outcome.IGNORED, v
-        return self._store(v, "ignored" if window else "sync"), v
+        return self._store(v, C.IGNORED if window else C.SYNC), v
 
     def admit_fetched(
         self, data: bytes, kind: Kind, requested: Callable[[Message], bool]
@@ -368,7 +391,7 @@ class Ingest:
         """The message id of fetched bytes not held; None (``sync:duplicate``) if held."""
         mid = message_id(data)
         if self.store.get_by_id(mid) is not None:
-            self.count("sync", "duplicate")
+            self.count(C.SYNC, "duplicate")
             return None
         return mid
 
@@ -389,18 +412,18 @@ class Ingest:
         if v is None:
             return Outcome.REJECTED
         if not requested(v):
-            self.count("rejected", "unrequested")
+            self.count(C.REJECTED, "unrequested")
             return Outcome.REJECTED
         if not self._in_time(v.msg):
             return Outcome.IGNORED
-        return self._store(v, "sync")
+        return self._store(v, C.SYNC)
 
     def admit_pushed(self, data: bytes) -> Outcome:
         """Admission for one item of a reveal push (node/reveals.py): an Embedding already
         held is acknowledged without being decoded or verified again (``push:duplicate``);
         anything else takes the full admission of `admit`, round window included."""
         if self.store.get_by_id(message_id(data)) is not None:
-            self.count("push", "duplicate")
+            self.count(C.PUSH, "duplicate")
             return Outcome.DUPLICATE
         return self.admit(data, Kind.EMBEDDING)
 
@@ -413,7 +436,7 @@ class Ingest:
             commitment = msg.commitment()
         self._store(Verified(msg, data, message_id(data), commitment))
 
-    def _store(self, v: Verified[Message], duplicates: str = "ignored") -> Outcome:
+    def _store(self, v: Verified[Message], duplicates: C.Name = C.IGNORED) -> Outcome:
         where = slot_of(v.msg, v.commitment)
         put = self.store.put_message(
             int(where.kind),
@@ -429,18 +452,18 @@ class Ingest:
             self.count(duplicates, "duplicate")
             return Outcome.DUPLICATE
         if put.status is PutStatus.CONFLICT and where.kind is Kind.SUBMISSION:
-            self.count("rejected", "over_quota")
+            self.count(C.REJECTED, "over_quota")
             return Outcome.REJECTED
         if put.status is PutStatus.CONFLICT:
             assert put.existing is not None
             self.store.put_equivocation(
                 where.round, where.signer, where.shard, where.slot, put.existing, v.data
             )
-            self.count("evidence", f"equivocation_{where.kind.name.lower()}")
+            self.count(C.EVIDENCE, f"equivocation_{_kind(where.kind)}")
             return Outcome.EQUIVOCATION
         self.store.remember(where.kind, where.round, v)
         # Rounds that left the accepted window are read no more but by a late finalization
         # or a report: their verified values leave memory (SQLite keeps the bytes).
         self.store.forget_before(accepted_rounds(self.cfg, self.now()).start)
-        self.count("accepted", where.kind.name.lower())
+        self.count(C.ACCEPTED, _kind(where.kind))
         return Outcome.NEW

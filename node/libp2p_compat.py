@@ -17,7 +17,7 @@ from __future__ import annotations
 import importlib.metadata
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 import libp2p.pubsub.gossipsub as _gossipsub_module
 import libp2p.pubsub.pubsub as _pubsub_module
@@ -29,11 +29,9 @@ from libp2p.pubsub.gossipsub import GossipSub
 from libp2p.pubsub.pb import rpc_pb2
 from libp2p.pubsub.pubsub import Pubsub
 
+from dlnet.node import counters as C
+from dlnet.node.counters import Counters
 from dlnet.protocol.wire import message_id
-
-
-class Counting(Protocol):
-    def add(self, name: str, n: int = 1) -> None: ...
 
 
 # The swarm's own connection manager would fight the degree bound: its auto-connector dials
@@ -72,14 +70,14 @@ _gossipsub_module.maybe_consume_signed_record = ignore_sender_record  # type: ig
 class CountingGossipSub(GossipSub):
     """GossipSub whose silent drops (spam limit, full outbound queue) are counted."""
 
-    def __init__(self, counters: Counting, **kwargs: Any) -> None:
+    def __init__(self, counters: Counters, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._counters = counters
 
     def _check_spam_protection(self, peer_id: ID, msg: rpc_pb2.Message) -> bool:
         ok = super()._check_spam_protection(peer_id, msg)
         if not ok:
-            self._counters.add("dropped.spam")
+            self._counters.add(C.DROPPED, "spam")
         return ok
 
     def _check_equivocation(self, msg: rpc_pb2.Message) -> bool:
@@ -108,7 +106,7 @@ class CountingGossipSub(GossipSub):
 
     def _handle_dropped_rpc(self, peer_id: ID, rpc: rpc_pb2.RPC, reason: str) -> None:
         if rpc.publish:
-            self._counters.add(f"dropped.outbound_{reason}", len(rpc.publish))
+            self._counters.add(C.DROPPED, f"outbound_{reason}", len(rpc.publish))
         super()._handle_dropped_rpc(peer_id, rpc, reason)
 
 

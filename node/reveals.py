@@ -24,6 +24,7 @@ from typing import Final
 import msgpack
 import trio
 
+from dlnet.node import counters as C
 from dlnet.node.ingest import Ingest, Outcome
 from dlnet.node.sync import parse_items, unpack_bounded
 from dlnet.node.transport import RequestError, RequestTimeout, Transport
@@ -102,13 +103,13 @@ def install_server(host: Transport, ingest: Ingest) -> None:
     async def handler(data: bytes, peer: str) -> bytes:
         outcome = receive(ingest, data)
         if isinstance(outcome, str):
-            ingest.count("rejected", f"push_{outcome}")
+            ingest.count(C.REJECTED, f"push_{outcome}")
             host.penalize(peer, f"push_{outcome}")
             return _pack([])
         for result in outcome:
             if result is Outcome.REJECTED:
                 host.penalize(peer, "push_bad_item")
-        ingest.count("push", "received")
+        ingest.count(C.PUSH, "received")
         return _pack([result in (Outcome.NEW, Outcome.DUPLICATE) for result in outcome])
 
     host.set_request_handler(
@@ -130,18 +131,18 @@ async def _push_one(
             with trio.fail_after(timeout + 0.5):  # host.request has its own, this is a backstop
                 answer = await host.request(peer, pid, _pack(batch), timeout)
         except (RequestTimeout, trio.TooSlowError):  # the host noted the peer stalled
-            ingest.count("push", "peer_timeout")
+            ingest.count(C.PUSH, "peer_timeout")
             return False
         except RequestError:  # no such protocol, a broken stream, an error frame
-            ingest.count("push", "request_failed")
+            ingest.count(C.PUSH, "request_failed")
             return False
         held = parse_ack(answer, len(batch))
         if held is None:
-            ingest.count("push", "bad_ack")
+            ingest.count(C.PUSH, "bad_ack")
             host.penalize(peer, "push_bad_ack")
             return False
         if not all(held):
-            ingest.count("push", "partly_held")
+            ingest.count(C.PUSH, "partly_held")
             return False
     return True
 

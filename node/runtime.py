@@ -20,10 +20,12 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from dlnet.node import counters as C
 from dlnet.node.addresses import check_port_free
 from dlnet.node.api import NodeView, build_app, open_listener, serve_api
 from dlnet.node.byzantine import Byzantine
 from dlnet.node.context import WALL, NodeContext
+from dlnet.node.counters import Counters
 from dlnet.node.dataset_io import load_items
 from dlnet.node.encoder import EncoderRole
 from dlnet.node.identities import EncoderIdentity, IdentityError, check_identities
@@ -263,7 +265,7 @@ class Doppelganger:
         )
         for view in self.also:
             view.halted = self.ctx.halted
-        self.ctx.ingest.count("evidence", "doppelganger")
+        self.ctx.ingest.count(C.EVIDENCE, "doppelganger")
         self.ctx.log.error("%s; stopping", self.ctx.halted)
         self.stop.cancel()
 
@@ -363,7 +365,7 @@ async def catch_up(ctx: NodeContext) -> None:
             assert isinstance(cert, Certificate)
             verify_certificate(ctx.cfg, cert)
         except (Reject, CertificateError):
-            ctx.ingest.count("rejected", "certificate")
+            ctx.ingest.count(C.REJECTED, "certificate")
             return False
         if cert.round not in final:
             ctx.store.put_certificate(cert.round, data)
@@ -570,7 +572,8 @@ async def _run_locked(
     try:
         store.bind_network(cfg.network_id, opts.data_dir)
         seed = peer_key_seed(opts.data_dir / PEER_KEY_FILE)
-        ingest = Ingest(cfg, store, WALL.now)
+        counters = Counters(store)  # one registry: the host's, ingest's and the roles' counts
+        ingest = Ingest(cfg, store, WALL.now, counters)
         seeds = list(dict.fromkeys([*opts.bootstrap, *read_saved_peers(opts.data_dir)]))
         from dlnet.node.host import open_host  # here: libp2p takes ~1.5 s to import
 
@@ -581,8 +584,9 @@ async def _run_locked(
             identity_seed=seed,
             network_tag=cfg.network_id.hex()[:16],
             network_id=cfg.network_id,
+            counters=counters,
         ) as host:
-            host.on_wrong_network = lambda _peer, _theirs: ingest.count("rejected", "wrong_network")
+            host.on_wrong_network = lambda _peer, _theirs: ingest.count(C.REJECTED, "wrong_network")
             ctx = NodeContext(
                 cfg, items, store, ingest, host, SyncClient(host, ingest, cfg.network_id)
             )

@@ -30,6 +30,7 @@ from typing import Any
 import msgpack
 import trio
 
+from dlnet.node import counters as C
 from dlnet.node.ingest import Ingest, Outcome
 from dlnet.node.store import Store
 from dlnet.node.transport import RequestTimeout, Transport
@@ -182,21 +183,21 @@ class SyncClient:
     async def _ask(self, peer: str, request: list[Any], deadline: float) -> list[bytes]:
         timeout = min(REQUEST_TIMEOUT, deadline - self.ingest.now())
         if timeout <= 0:
-            self.ingest.count("sync", "deadline_passed")
+            self.ingest.count(C.SYNC, "deadline_passed")
             return []
         payload = bytes(msgpack.packb(request, use_bin_type=True))
         try:
             with trio.fail_after(timeout + 0.5):  # host.request has its own, this is a backstop
                 data = await self.host.request(peer, self.pid, payload, timeout)
         except (RequestTimeout, trio.TooSlowError):  # the host noted the peer stalled
-            self.ingest.count("sync", "peer_timeout")
+            self.ingest.count(C.SYNC, "peer_timeout")
             return []
         except Exception:  # a peer's broken stream or error frame must not take the node down
-            self.ingest.count("sync", "request_failed")
+            self.ingest.count(C.SYNC, "request_failed")
             return []
         items = parse_items(data)
         if items is None:
-            self.ingest.count("rejected", "sync_bad_answer")
+            self.ingest.count(C.REJECTED, "sync_bad_answer")
             self.host.penalize(peer, "sync_bad_answer")
             return []
         return items
@@ -336,11 +337,11 @@ class SyncClient:
                 try:
                     cert = decode(data, self.ingest.cfg, Kind.CERTIFICATE)
                 except Reject as exc:
-                    self.ingest.count("rejected", exc.reason.value)
+                    self.ingest.count(C.REJECTED, exc.reason.value)
                     self.host.penalize(peer, "sync_bad_item")
                     continue
                 if not lo <= cert.round <= hi:
-                    self.ingest.count("rejected", "unrequested")
+                    self.ingest.count(C.REJECTED, "unrequested")
                     self.host.penalize(peer, "sync_bad_item")
                     continue
                 kept += keep(data)
@@ -357,7 +358,7 @@ def install_server(host: Transport, store: Store, ingest: Ingest, now: Callable[
         try:
             return answer(store, ingest.cfg, now(), data)
         except BadRequest as exc:
-            ingest.count("rejected", f"sync_{exc}")
+            ingest.count(C.REJECTED, f"sync_{exc}")
             host.penalize(peer, f"sync_{exc}")
             return bytes(msgpack.packb([], use_bin_type=True))
 

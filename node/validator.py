@@ -12,6 +12,7 @@ from typing import Final
 import numpy as np
 import trio
 
+from dlnet.node import counters as C
 from dlnet.node.byzantine import Byzantine
 from dlnet.node.context import NodeContext
 from dlnet.node.ingest import COMMIT_GRACE
@@ -255,7 +256,7 @@ class ValidatorRole:
         if cached is not None and cached[0] == inputs:
             return cached[1]
         for _ in range(len(view.commits) - len(encoders)):
-            self.ctx.ingest.count("validator", "unregistered")
+            self.ctx.ingest.count(C.VALIDATOR, "unregistered")
         shards = scoring_inputs(view, encoders, cfg.shards_per_round, cfg.slots_per_shard)
         scores = await self.ctx.offload(
             functools.partial(
@@ -302,7 +303,7 @@ class ValidatorRole:
             await ctx.republish(Kind.ATTESTATION, own)
             return
         if ctx.clock.now() > times.attest_deadline - ATTEST_MARGIN:
-            ctx.ingest.count("validator", "missed_attest_deadline")
+            ctx.ingest.count(C.VALIDATOR, "missed_attest_deadline")
             return
         att = await self.score(rnd)
         if self.byzantine is not None:
@@ -344,12 +345,12 @@ class ValidatorRole:
             await ctx.sync.fetch_round(Kind.ATTESTATION, rnd, deadline=deadline)
             held = self._attestations(rnd)
             if not all(i in held for i in ids):
-                ctx.ingest.count("validator", "missing_attestations")
+                ctx.ingest.count(C.VALIDATOR, "missing_attestations")
                 return None
         atts = list(held.values()) if ids is None else [held[i] for i in ids]
         used = attestation_ids(usable_attestations(ctx.cfg, rnd, atts))
         if ids is not None and used != ids:
-            ctx.ingest.count("validator", "unusable_attestations")
+            ctx.ingest.count(C.VALIDATOR, "unusable_attestations")
             return None
         # The precommit is most often over the set the prevote used: computed once.
         cached = self._results.get((rnd, used))
@@ -360,10 +361,10 @@ class ValidatorRole:
             return None
         problem = result_problem(ctx.cfg, result)
         if problem is not None:
-            ctx.ingest.count("validator", f"no_result_{problem.reason.value}")
+            ctx.ingest.count(C.VALIDATOR, f"no_result_{problem.reason.value}")
             return None
         if not round_trips(ctx.cfg, result):
-            ctx.ingest.count("validator", "no_result_round_trip")
+            ctx.ingest.count(C.VALIDATOR, "no_result_round_trip")
             return None
         oldest = rnd - ctx.cfg.timing.round_window - 1
         self._results = {k: v for k, v in self._results.items() if k[0] >= oldest}
@@ -385,14 +386,14 @@ class ValidatorRole:
                 return compute_result(ctx.cfg, rnd, atts, fulls, committed, texts=texts)
             except MissingCommits:
                 # A commit first held after its grace never counts (ingest): abstain.
-                ctx.ingest.count("validator", "no_result_missing_commit")
+                ctx.ingest.count(C.VALIDATOR, "no_result_missing_commit")
                 return None
             except MissingEmbeddings as exc:
                 wanted = full_commitments(view, exc.missing, ctx.cfg.slots_per_shard)
                 await ctx.sync.fetch_commitments(wanted, deadline=deadline)
                 if ctx.clock.now() >= deadline:
                     break
-        ctx.ingest.count("validator", "no_result_missing_embeddings")
+        ctx.ingest.count(C.VALIDATOR, "no_result_missing_embeddings")
         return None
 
     async def _vote(self, rnd: int, phase: int, ids: tuple[bytes, ...] | None) -> bool:
@@ -403,7 +404,7 @@ class ValidatorRole:
         if ctx.clock.now() >= times.finality_deadline:
             # The others have stopped counting votes: a late one could only finalize, at
             # some nodes, a round the rest recorded as not finalized.
-            ctx.ingest.count("validator", "missed_vote_deadline")
+            ctx.ingest.count(C.VALIDATOR, "missed_vote_deadline")
             return False
         computed = await self.result(rnd, ids, times.finality_deadline)
         if computed is None:
@@ -450,10 +451,10 @@ class ValidatorRole:
         mine = next((v.attestations for v in prevotes if v.validator == self.me), None)
         chosen = precommit_set(self.ctx.cfg, prevotes, mine)
         if chosen is None:
-            self.ctx.ingest.count("validator", "no_precommit_set")
+            self.ctx.ingest.count(C.VALIDATOR, "no_precommit_set")
             return
         if chosen != mine:
-            self.ctx.ingest.count("validator", "precommit_other_set")
+            self.ctx.ingest.count(C.VALIDATOR, "precommit_other_set")
         await self._vote(rnd, PRECOMMIT, chosen)
 
     async def finalize(self, rnd: int, times: RoundTimes, prevoted: bool) -> None:

@@ -16,6 +16,7 @@ import pytest
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
+from dlnet.node import counters
 from dlnet.node.api import NodeView, build_app, open_listener, phase, serve_api
 from dlnet.node.ingest import Ingest
 from dlnet.node.report import certificate_summary
@@ -273,9 +274,13 @@ def test_metrics_parse_and_carry_the_counters(node: Node) -> None:
     def value(name: str, **labels: str) -> float:
         return samples[(name, tuple(sorted(labels.items())))]
 
-    assert value("dlnet_messages_total", outcome="accepted", reason="attestation") == 3
-    assert any(k[0] == "dlnet_messages_total" and ("outcome", "rejected") in k[1] for k in samples)
-    assert value("dlnet_transport_events_total", event="rejected.bad_signature") == 1
+    assert value("dlnet_messages_accepted_total", kind="attestation") == 3
+    assert any(k[0] == "dlnet_messages_rejected_total" for k in samples)
+    assert value("dlnet_transport_rejected_total", reason="bad_signature") == 1
+    assert value("dlnet_transport_published_total") == 5
+    assert value("dlnet_transport_px_dials_total") == 0  # declared, never counted
+    families = {f.name for f in text_string_to_metric_families(r.text)}
+    assert set(counters.DECLARED) <= families  # every declared counter is exported
     assert value("dlnet_rounds", outcome="finalized") == 2
     assert value("dlnet_rounds", outcome="not_finalized") == 1
     assert value("dlnet_last_finalized_round") == ROUND
