@@ -38,10 +38,10 @@ Reveal = Callable[[list[bytes]], Awaitable[int]]
 def parse_behaviour(text: str) -> tuple[str, float]:
     """``NAME`` (one of BEHAVIOURS) or ``fabricated@JITTER``: the behaviour and the jitter of
     its fabricated inverses (0 unless given). ValueError, one line, on anything else."""
-    name, _, level = text.partition("@")
+    name, at, level = text.partition("@")
     if name not in BEHAVIOURS:
         raise ValueError(f"unknown encoder behaviour {name!r}; behaviours: {', '.join(BEHAVIOURS)}")
-    if not level:
+    if not at:
         return name, 0.0
     if name != "fabricated":
         raise ValueError(f"behaviour {name} takes no @level")
