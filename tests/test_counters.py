@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import trio
 from prometheus_client.parser import text_string_to_metric_families
+from test_verified_once import setup
 
 from dlnet.node import counters as C
 from dlnet.node.api import NodeView, build_app
@@ -23,9 +24,7 @@ from dlnet.node.host import Verdict
 from dlnet.node.ingest import Ingest, Outcome
 from dlnet.node.reveals import receive
 from dlnet.node.store import Store
-from dlnet.protocol.config import ValidatorEntry, default_config
 from dlnet.protocol.identity import SigningKey
-from dlnet.protocol.registration import RegistrationParams
 from dlnet.protocol.rounds import round_times
 from dlnet.protocol.wire import Kind, encode, make_embedding
 
@@ -146,14 +145,7 @@ class RegistryHost:
 def test_one_verify_per_delivered_embedding_read_off_metrics(tmp_path: Path) -> None:
     """N distinct embeddings arrive by gossip (topic validator, then drain) and by reveal
     push, each several times over both paths: /metrics shows exactly N verifies."""
-    validator = SigningKey.from_seed(bytes([1]) * 32)
-    cfg = default_config(
-        [ValidatorEntry(validator.public_key, 100)],
-        1_900_000_000,
-        dataset_sha256=bytes(32),
-        registration=RegistrationParams(difficulty=0),
-        dim=16,
-    )
+    cfg, _, _ = setup(tmp_path)  # the one-validator network of test_verified_once
     rnd = 2
     now = round_times(cfg, rnd).commit_deadline + 2.0
     store = Store.open(tmp_path / "v.sqlite")
