@@ -86,7 +86,10 @@ def receive(ingest: Ingest, data: bytes) -> list[Outcome] | str:
     Embedding (a copy already held is acknowledged without being decoded again); the answer
     says, per item, whether this node now holds it. A body that is not an array of at most
     MAX_PUSH_ITEMS byte strings returns its reject reason instead."""
-    items = parse_items(data)
+    return _admit(ingest, parse_items(data))
+
+
+def _admit(ingest: Ingest, items: list[bytes] | None) -> list[Outcome] | str:
     if items is None:
         return "malformed"
     if len(items) > MAX_PUSH_ITEMS:
@@ -95,20 +98,34 @@ def receive(ingest: Ingest, data: bytes) -> list[Outcome] | str:
         return [ingest.admit_pushed(item) for item in items]
 
 
-def install_server(host: Transport, ingest: Ingest) -> None:
+def install_server(host: Transport, ingest: Ingest, nursery: trio.Nursery | None = None) -> None:
     """Accept reveal pushes. A malformed push is counted (``rejected:push_<reason>``),
     charged to the peer and answered with an empty array; each item rejected by admission
-    costs the peer a penalty point, as in sync."""
+    costs the peer a penalty point, as in sync. An item that conflicts with a held reveal of
+    the same slot (equivocation) is gossiped on the embedding topic, from ``nursery`` (else
+    before the answer)."""
+
+    evidence_topic = topic(ingest.cfg.network_id, Kind.EMBEDDING)
 
     async def handler(data: bytes, peer: str) -> bytes:
-        outcome = receive(ingest, data)
+        items = parse_items(data)
+        outcome = _admit(ingest, items)
         if isinstance(outcome, str):
             ingest.count(C.REJECTED, f"push_{outcome}")
             host.penalize(peer, f"push_{outcome}")
             return _pack([])
-        for result in outcome:
+        assert items is not None
+        for item, result in zip(items, outcome, strict=True):
             if result is Outcome.REJECTED:
                 host.penalize(peer, "push_bad_item")
+            elif result is Outcome.EQUIVOCATION:
+                # A second signed reveal for a slot: the evidence goes to every keeper by
+                # gossip, so that each excludes the equivocator (a push reaches only some);
+                # published beside the answer, which gossip's pacing must not delay.
+                if nursery is None:
+                    await host.publish(evidence_topic, item)
+                else:
+                    nursery.start_soon(host.publish, evidence_topic, item)
         ingest.count(C.PUSH, "received")
         return _pack([result in (Outcome.NEW, Outcome.DUPLICATE) for result in outcome])
 

@@ -312,7 +312,12 @@ async def _subscribe_all(
 
 
 async def join_topics(
-    ctx: NodeContext, roles: frozenset[str], watch: Callable[[bytes, str], None], *, copycat: bool
+    ctx: NodeContext,
+    roles: frozenset[str],
+    watch: Callable[[bytes, str], None],
+    nursery: trio.Nursery,
+    *,
+    copycat: bool,
 ) -> None:
     """Everything a node offers the network before its roles start: it answers sync requests,
     joins its topics (`subscribed_kinds`), each gossiped message going to admission and then
@@ -321,7 +326,7 @@ async def join_topics(
     kinds = subscribed_kinds(roles, "copycat" if copycat else "honest")
     await _subscribe_all(ctx.host, ctx.ingest, ctx.cfg, watch, kinds)
     if Kind.EMBEDDING in kinds:  # a node that keeps reveals takes pushes of them
-        install_reveal_server(ctx.host, ctx.ingest)
+        install_reveal_server(ctx.host, ctx.ingest, nursery)
 
 
 def start_roles(
@@ -630,7 +635,7 @@ async def _run_locked(
                         guard(data, peer)
 
                 copycat = any(i.spec.behaviour.startswith("copycat") for i in identities)
-                await join_topics(ctx, opts.roles, watch, copycat=copycat)
+                await join_topics(ctx, opts.roles, watch, nursery, copycat=copycat)
                 nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
                 if api_sock is not None:
                     view = NodeView(cfg, store, host, opts.roles, public_key, submit=submitter(ctx))

@@ -117,7 +117,7 @@ class InNet:
                 try:
                     async with trio.open_nursery() as nursery:
                         copycat = any(e.behaviour.startswith("copycat") for e in encoders)
-                        await join_topics(ctx, roles, lambda _d, _p: None, copycat=copycat)
+                        await join_topics(ctx, roles, lambda _d, _p: None, nursery, copycat=copycat)
                         joined.set()
                         byz = None if byzantine is None else Byzantine(byzantine)
                         start_roles(nursery, ctx, [(i, ctx) for i in identities], validator, byz)

@@ -137,7 +137,7 @@ def test_three_validators_finalize_every_round_and_rank_honest_first(tmp_path: P
 def test_every_adversary_behaviour_ranks_below_every_honest_encoder(tmp_path: Path) -> None:
     """The encoder adversaries of node/adversaries.py against four honest encoders: each
     ranks below all of them; a copycat (others' reveals re-signed) and an equivocator (two
-    embeddings per slot) score 0."""
+    embeddings per slot, pushed to one of the three validators) score 0."""
     vals, good = keys(3, 1), keys(4, 20)
     cheats = dict(zip(("fabricated", "copycat", "replay", "equivocator"), keys(4, 60), strict=True))
     cfg, items = network(tmp_path, vals, good)
@@ -149,6 +149,10 @@ def test_every_adversary_behaviour_ranks_below_every_honest_encoder(tmp_path: Pa
             factory = noise if name == "copycat" else honest
             model = factory(cfg.dim, cfg.projection_seed, seed=10 + i)
             await net.start(name, encoders=[Encoder(k, model, behaviour=name)])
+        # The equivocator reaches one validator only: the others learn of its second reveals
+        # from the evidence that one gossips (its pushes reach only the peers it has).
+        net.net.cut("equivocator", "v1")
+        net.net.cut("equivocator", "v2")
         await settled(net, 3)
         kinds = {k.public_key.hex(): "honest" for k in good} | {
             k.public_key.hex(): name for name, k in cheats.items()
