@@ -216,7 +216,9 @@ def test_model_error_at_run_time_is_counted_and_the_encoder_goes_on(
 ) -> None:
     cfg = default_config((ValidatorEntry(bytes(32), 1),), 0, dataset_sha256=bytes(32))
     counted: list[str] = []
-    ingest = SimpleNamespace(count=lambda outcome, reason: counted.append(f"{outcome.key}:{reason}"))
+    ingest = SimpleNamespace(
+        count=lambda outcome, reason: counted.append(f"{outcome.key}:{reason}")
+    )
     items = tuple(f"text number {i}" for i in range(20))
     store = Store.open(tmp_path / "node.sqlite")  # no schedule held: corpus texts only
     ctx = NodeContext(cfg, items, store, ingest, None, None, logging.getLogger("dlnet"))  # type: ignore[arg-type]
