@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, ClassVar, Final
 
 import numpy as np
 import trio
@@ -51,6 +51,10 @@ def parse_behaviour(text: str) -> tuple[str, float]:
 @dataclass(frozen=True)
 class Behaviour:
     """The honest encoder: every hook leaves the round as the role made it."""
+
+    signs_twice: ClassVar[bool] = False
+    """Signs a second message for a slot by design, past the slashing protection: its own
+    key's other message, come back as evidence, is no doppelganger (node/runtime.py)."""
 
     def source_round(self, rnd: int) -> int:
         """The round whose texts are embedded for round ``rnd``."""
@@ -87,6 +91,8 @@ class Fabricated(Behaviour):
 
 @dataclass(frozen=True)
 class Copycat(Behaviour):
+    signs_twice: ClassVar[bool] = True
+
     def committed(self, role: EncoderRole, vecs: np.ndarray) -> np.ndarray:
         # Junk: it means to reveal other encoders' embeddings.
         return np.random.default_rng().standard_normal(vecs.shape).astype(np.float32)
@@ -128,6 +134,8 @@ class Replay(Behaviour):
 
 @dataclass(frozen=True)
 class Equivocator(Behaviour):
+    signs_twice: ClassVar[bool] = True
+
     async def after_reveal(
         self, role: EncoderRole, rnd: int, reveals: list[Embedding], reveal: Reveal
     ) -> None:

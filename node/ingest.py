@@ -46,6 +46,9 @@ COMMIT_GRACE = 1.0
 # Registration proofs (scrypt, ~0.07 s and 16 MiB each) a node evaluates at once, off its
 # event loop: a keeper that first sees 100 keys has ~7 s of them to do.
 PROOF_THREADS = 2
+# Equivocation evidence ids remembered in memory (the oldest dropped beyond): a round of 1,024
+# encoders x 20 slots fits twice.
+EVIDENCE_IDS_MAX = 65536
 
 
 class Proofs:
@@ -185,6 +188,10 @@ class Ingest:
         # (the same bytes object reaches both: no second hash of the message).
         self._checked: dict[bytes, Verified[Message]] = {}
         self._checking: set[bytes] = set()  # bytes whose proof check is under way
+        # Ids of messages this node holds only as equivocation evidence (the store keeps the
+        # bytes with the evidence, not as messages): a copy pushed or gossiped again is a
+        # duplicate, neither verified nor recorded again (an equivocator retries its pushes).
+        self._evidence: OrderedDict[bytes, None] = OrderedDict()
         self.proofs = Proofs(cfg)
         store.set_decoder(self._reload)
 
@@ -303,6 +310,10 @@ class Ingest:
             self._checking.discard(data)
         return self._judge(v)
 
+    def holds(self, mid: bytes) -> bool:
+        """Whether this node holds the message ``mid``, stored or as equivocation evidence."""
+        return mid in self._evidence or self.store.get_by_id(mid) is not None
+
     def _unseen(self, data: bytes) -> bytes | None:
         """The message id of bytes neither checked, being checked, nor held; None (counted
         ``ignored:duplicate``) otherwise."""
@@ -310,7 +321,7 @@ class Ingest:
             self.count(C.IGNORED, "duplicate")
             return None
         mid = message_id(data)
-        if self.store.get_by_id(mid) is not None:
+        if self.holds(mid):
             self.count(C.IGNORED, "duplicate")
             return None
         return mid
@@ -358,7 +369,7 @@ class Ingest:
         """As `admit`, also returning the verified value (None unless it decoded and
         verified)."""
         mid = message_id(data)
-        if self.store.get_by_id(mid) is not None:  # held: not decoded nor verified again
+        if self.holds(mid):  # held: not decoded nor verified again
             self.count(C.IGNORED if window else C.SYNC, "duplicate")
             return Outcome.DUPLICATE, None
         v = self._verified(data, kind, mid)
@@ -390,7 +401,7 @@ class Ingest:
     def _unheld(self, data: bytes) -> bytes | None:
         """The message id of fetched bytes not held; None (``sync:duplicate``) if held."""
         mid = message_id(data)
-        if self.store.get_by_id(mid) is not None:
+        if self.holds(mid):
             self.count(C.SYNC, "duplicate")
             return None
         return mid
@@ -422,7 +433,7 @@ class Ingest:
         """Admission for one item of a reveal push (node/reveals.py): an Embedding already
         held is acknowledged without being decoded or verified again (``push:duplicate``);
         anything else takes the full admission of `admit`, round window included."""
-        if self.store.get_by_id(message_id(data)) is not None:
+        if self.holds(message_id(data)):
             self.count(C.PUSH, "duplicate")
             return Outcome.DUPLICATE
         return self.admit(data, Kind.EMBEDDING)
@@ -460,6 +471,9 @@ class Ingest:
                 where.round, where.signer, where.shard, where.slot, put.existing, v.data
             )
             self.count(C.EVIDENCE, f"equivocation_{_kind(where.kind)}")
+            self._evidence[v.id] = None
+            if len(self._evidence) > EVIDENCE_IDS_MAX:
+                self._evidence.popitem(last=False)
             return Outcome.EQUIVOCATION
         self.store.remember(where.kind, where.round, v)
         # Rounds that left the accepted window are read no more but by a late finalization

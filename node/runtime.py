@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from dlnet.node import adversaries
 from dlnet.node import counters as C
 from dlnet.node.addresses import check_port_free
 from dlnet.node.api import NodeView, build_app, open_listener, serve_api
@@ -622,9 +623,12 @@ async def _run_locked(
                 " ".join(host.addrs),
             )
             async with trio.open_nursery() as nursery:
-                signers = {i.key.public_key for i in identities} | (
-                    {key.public_key} if key is not None else set()
-                )
+                # A test adversary that signs twice by design is not its own doppelganger.
+                signers = {
+                    i.key.public_key
+                    for i in identities
+                    if not adversaries.behaviour(i.spec.behaviour).signs_twice
+                } | ({key.public_key} if key is not None else set())
                 guards = [
                     Doppelganger(ctx, pk, nursery.cancel_scope, also=enc_ctxs).check
                     for pk in sorted(signers)

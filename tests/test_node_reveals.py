@@ -38,7 +38,7 @@ from dlnet.protocol.config import NetworkConfig, ValidatorEntry, default_config
 from dlnet.protocol.identity import SigningKey
 from dlnet.protocol.params import RegistrationParams
 from dlnet.protocol.rounds import RoundTimes, round_times
-from dlnet.protocol.wire import Embedding, Kind, encode
+from dlnet.protocol.wire import Embedding, Kind, encode, make_embedding
 
 GENESIS = 1_800_000_000
 Handler = Callable[[bytes, str], Awaitable[bytes]]
@@ -161,6 +161,32 @@ def test_malformed_oversized_and_poisoned_pushes_are_refused_and_charged(
     assert net.penalties.count(("hostile", "push_bad_item")) == 2
     assert ("hostile", "push_malformed") in net.penalties
     assert ingest.store.messages(Kind.EMBEDDING, 1) == [good[1]]
+
+
+def test_equivocation_evidence_is_recorded_once_and_a_repeat_push_is_a_duplicate(
+    cfg: NetworkConfig, tmp_path: Path
+) -> None:
+    """An equivocator pushes a second reveal for a slot, and again every second while it is
+    not acknowledged: the first is evidence (verified once, recorded once), every repeat is
+    acknowledged as held, neither verified nor recorded again."""
+    ingest = node(cfg, tmp_path / "v.sqlite")
+    first = reveals(cfg)[0]
+    twin = make_embedding(
+        SigningKey.from_seed(bytes([2]) * 32),
+        cfg.network_id,
+        first.round,
+        first.shard,
+        first.slot,
+        bytes(16),
+        first.array() * 2,
+    )
+    assert receive(ingest, pack([encode(first)])) == [Outcome.NEW]
+    assert receive(ingest, pack([encode(twin)])) == [Outcome.EQUIVOCATION]
+    verifies = ingest.verifies[Kind.EMBEDDING]
+    for _ in range(3):
+        assert receive(ingest, pack([encode(twin)])) == [Outcome.DUPLICATE]
+    assert ingest.verifies[Kind.EMBEDDING] == verifies
+    assert ingest.store.counters()["evidence:equivocation_embedding"] == 1
 
 
 def test_acks_are_exactly_n_booleans() -> None:
