@@ -624,11 +624,15 @@ async def _run_locked(
             )
             async with trio.open_nursery() as nursery:
                 # A test adversary that signs twice by design is not its own doppelganger.
-                signers = {
+                twice = {
                     i.key.public_key
                     for i in identities
-                    if not adversaries.behaviour(i.spec.behaviour).signs_twice
-                } | ({key.public_key} if key is not None else set())
+                    if adversaries.behaviour(i.spec.behaviour).signs_twice
+                }
+                signers = {i.key.public_key for i in identities} | (
+                    {key.public_key} if key is not None else set()
+                )
+                signers -= twice
                 guards = [
                     Doppelganger(ctx, pk, nursery.cancel_scope, also=enc_ctxs).check
                     for pk in sorted(signers)
