@@ -14,6 +14,7 @@ from collections import Counter
 
 import trio
 
+from dlnet.node.host import STALL_SKIP
 from dlnet.node.transport import (
     AsyncValidator,
     MessageHandler,
@@ -24,8 +25,6 @@ from dlnet.node.transport import (
     Verdict,
 )
 from dlnet.protocol.wire import message_id
-
-STALL_SKIP = 30.0  # as dlnet.node.host: a peer that let a request time out is skipped this long
 
 
 class MemoryNetwork:

@@ -176,16 +176,22 @@ def test_malformed_bytes_are_rejected_and_counted_by_reason(
     }
 
 
+def bad_nonce(cfg: NetworkConfig) -> int:
+    """A nonce just past ENCODER's valid one that fails the proof at DIFFICULTY."""
+    good = proof(cfg.network_id, ENCODER.public_key)
+    return next(
+        n
+        for n in range(good + 1, good + 100)
+        if not valid(cfg.network_id, ENCODER.public_key, n, DIFFICULTY)
+    )
+
+
 def test_a_commit_without_a_valid_registration_proof_is_rejected_and_counted(
     cfg: NetworkConfig, node: tuple[Ingest, Store, Clock], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ingest, store, _ = node
     good = proof(cfg.network_id, ENCODER.public_key)
-    bad = next(
-        n
-        for n in range(good + 1, good + 100)
-        if not valid(cfg.network_id, ENCODER.public_key, n, DIFFICULTY)
-    )
+    bad = bad_nonce(cfg)
     assert ingest.check(Kind.COMMIT, encode(commit(cfg, 5, nonce=bad))) is Verdict.REJECT
     assert ingest.admit(encode(commit(cfg, 5, fill=3, nonce=bad)), Kind.COMMIT) is Outcome.REJECTED
     assert store.messages(Kind.COMMIT, 5) == []
@@ -273,12 +279,7 @@ def test_the_commit_topic_rejects_a_bad_proof_and_a_forged_commit_costs_no_scryp
     cfg: NetworkConfig, node: tuple[Ingest, Store, Clock], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ingest, store, _ = node
-    good = proof(cfg.network_id, ENCODER.public_key)
-    bad = next(
-        n
-        for n in range(good + 1, good + 100)
-        if not valid(cfg.network_id, ENCODER.public_key, n, DIFFICULTY)
-    )
+    bad = bad_nonce(cfg)
     signed = encode(commit(cfg, 5))
     forged = signed[:-1] + bytes([signed[-1] ^ 1])
     calls: list[int] = []
