@@ -1,10 +1,10 @@
-"""Rebuild data/corpus.txt and data/labelled/ from the unpacked source packages.
+"""Rebuild src/dlnet/data/corpus.txt and src/dlnet/data/labelled/ from the unpacked source packages.
 
-Not run at build or run time: the outputs are shipped. See data/CORPUS.md for the sources,
+Not run at build or run time: the outputs are shipped. See src/dlnet/data/CORPUS.md for the sources,
 their licences and the commands that fetch and unpack them; this script is the exact recipe.
 
     python scripts/build_corpus.py --wordnet W/usr/share/wordnet \
-        --chatterbot C/chatterbot_corpus/data/english --gensim G/gensim/test/test_data --out data
+        --chatterbot C/chatterbot_corpus/data/english --gensim G/gensim/test/test_data --out src/dlnet/data
 """
 
 from __future__ import annotations

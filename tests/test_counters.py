@@ -28,7 +28,8 @@ from dlnet.protocol.identity import SigningKey
 from dlnet.protocol.rounds import round_times
 from dlnet.protocol.wire import Kind, encode, make_embedding
 
-NODE = Path(__file__).resolve().parent.parent / "node"
+ROOT = Path(__file__).resolve().parent.parent
+NODE = ROOT / "src" / "dlnet" / "node"
 METRIC = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 
 
@@ -209,6 +210,6 @@ def test_one_verify_per_delivered_embedding_read_off_metrics(tmp_path: Path) -> 
 
 
 def test_api_md_lists_every_declared_counter() -> None:
-    doc = (NODE.parent / "docs" / "API.md").read_text()
+    doc = (ROOT / "docs" / "API.md").read_text()
     missing = [m for m in C.DECLARED if f"`{m}_total`" not in doc]
     assert missing == [], "add them to docs/API.md, Counters"
