@@ -183,6 +183,7 @@ def test_one_verify_per_delivered_embedding_read_off_metrics(tmp_path: Path) -> 
     n = len(reveals)
     assert ingest.verifies[Kind.EMBEDDING] == n
 
+    counters.peak(C.LOOP_MAX_STALL_MS, 1500)  # a peak is exported as a gauge, not a total
     view = NodeView(
         cfg, store, RegistryHost(counters.values), frozenset({"validator"}), None, lambda: now
     )
@@ -206,10 +207,27 @@ def test_one_verify_per_delivered_embedding_read_off_metrics(tmp_path: Path) -> 
     assert samples[("dlnet_messages_ignored_total", dup)] == 2 * len(gossiped) + len(pushed)
     assert samples[("dlnet_push_events_total", (("event", "duplicate"),))] == n
     assert ("dlnet_signature_verifies_total", (("kind", "commit"),)) not in samples
+    assert samples[("dlnet_transport_loop_max_stall_ms", ())] == 1500
+    assert "# TYPE dlnet_transport_loop_max_stall_ms gauge" in trio.run(scrape)
     store.close()
 
 
 def test_api_md_lists_every_declared_counter() -> None:
     doc = (ROOT / "docs" / "API.md").read_text()
-    missing = [m for m in C.DECLARED if f"`{m}_total`" not in doc]
+    missing = [m for m, n in C.DECLARED.items() if f"`{m}{'' if n.peak else '_total'}`" not in doc]
     assert missing == [], "add them to docs/API.md, Counters"
+
+
+def test_a_peak_keeps_the_largest_value_and_is_no_counter() -> None:
+    counters = C.Counters()
+    for ms in (1200, 4800, 2500):
+        counters.peak(C.LOOP_MAX_STALL_MS, ms)
+    assert counters.get(C.LOOP_MAX_STALL_MS) == 4800
+    with pytest.raises(C.UndeclaredCounter):
+        counters.add(C.LOOP_MAX_STALL_MS)
+    with pytest.raises(C.UndeclaredCounter):
+        counters.peak(C.LOOP_STALLS, 3)
+    exported = dict(
+        ((name.metric, name.peak), rows) for name, rows in C.samples(counters.values, {})
+    )
+    assert exported[("dlnet_transport_loop_max_stall_ms", True)] == [(None, 4800)]

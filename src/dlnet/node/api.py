@@ -388,9 +388,8 @@ class NodeCollector(Collector):
         yield info
         # Every counter declared in node/counters.py, one family each, reasons as labels.
         for name, rows in counters.samples(view.host.counters, view.store.counters()):
-            family = CounterMetricFamily(
-                name.metric, name.help, labels=[name.label] if name.label else None
-            )
+            kind = GaugeMetricFamily if name.peak else CounterMetricFamily
+            family = kind(name.metric, name.help, labels=[name.label] if name.label else None)
             for label, n in sorted(rows, key=lambda row: row[0] or ""):
                 family.add_metric([] if label is None else [label], n)
             yield family

@@ -15,7 +15,8 @@ Two stores, one registry:
   ``rejected.bad_signature``): the host's ``counters`` mapping, ``transport.json`` and
   ``/v1/status`` ``counters.transport``.
 
-``/metrics`` (node/api.py) exports every declared counter as ``<metric>_total``.
+``/metrics`` (node/api.py) exports every declared counter as ``<metric>_total``, and each
+peak (the largest value seen, `Counters.peak`) as the gauge ``<metric>``.
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ class Name:
     """Kept in the store's SQLite (survives a restart) rather than in memory."""
     total: bool = False
     """A labelled in-memory counter also shown as its bare ``key`` (the sum of its labels)."""
+    peak: bool = False
+    """Not a count but the largest value seen (`Counters.peak`), exported as a gauge."""
 
 
 DECLARED: dict[str, Name] = {}
@@ -57,8 +60,9 @@ def _declare(
     *,
     persistent: bool = False,
     total: bool = False,
+    peak: bool = False,
 ) -> Name:
-    name = Name(key, metric, help, label, persistent, total)
+    name = Name(key, metric, help, label, persistent, total, peak)
     if metric in DECLARED:
         raise UndeclaredCounter(f"counter metric {metric} declared twice")
     DECLARED[metric] = name
@@ -213,6 +217,12 @@ PX_MUTE_SEVERED = _transport(
 )
 LOOP_STALLS = _transport("loop.stalls", "Event-loop wake-ups more than LOOP_STALL s late.")
 LOOP_STALLED_MS = _transport("loop.stalled_ms", "Milliseconds of event-loop lateness, summed.")
+LOOP_MAX_STALL_MS = _declare(
+    "loop.max_stall_ms",
+    "dlnet_transport_loop_max_stall_ms",
+    "The longest event-loop lateness seen, in milliseconds.",
+    peak=True,
+)
 PX_RESEEDS = _transport("px.reseeds", "Seed peers made dialable again (no peer left).")
 
 _ALWAYS_SHOWN = (PUBLISHED, DELIVERED, DROPPED)
@@ -262,9 +272,18 @@ class Counters:
                 raise UndeclaredCounter(f"counter {name.key!r} is persistent: no store given")
             self.store.bump_counter(key, n)
             return
+        if name.peak:
+            raise UndeclaredCounter(f"{name.key!r} is a peak: record it with Counters.peak")
         self.values[key] = self.values.get(key, 0) + n
         if name.total:
             self.values[name.key] = self.values.get(name.key, 0) + n
+
+    def peak(self, name: Name, value: int) -> None:
+        """Keep ``value`` in the in-memory peak ``name`` if it is the largest seen."""
+        key = stored_key(name)
+        if not name.peak:
+            raise UndeclaredCounter(f"{name.key!r} is a counter: count it with Counters.add")
+        self.values[key] = max(self.values.get(key, 0), value)
 
     def get(self, name: Name, label: str | None = None) -> int:
         key = stored_key(name, label)

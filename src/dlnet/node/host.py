@@ -366,8 +366,7 @@ class Host:
                 ms = round(late * 1000)
                 self._counters.add(C.LOOP_STALLS)
                 self._counters.add(C.LOOP_STALLED_MS, n=ms)
-                worst = self._counters.values.get("loop.max_stall_ms", 0)
-                self._counters.values["loop.max_stall_ms"] = max(worst, ms)
+                self._counters.peak(C.LOOP_MAX_STALL_MS, ms)
                 log.warning("event loop blocked for %.1f s", late)
 
     def penalize(self, peer: str, reason: str, points: float = 1.0) -> None:
