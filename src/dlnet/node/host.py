@@ -8,7 +8,7 @@ py-libp2p 0.8.1 is handled deliberately (each pitfall below was measured):
 
 * spam protection counts messages per *forwarder* and topic, so a relay of many
   publishers trips it: it is off by default (``spam_limit=None``) and publishing is paced
-  by a token bucket that must stay below the limit whenever it is on;
+  per topic by a token bucket (node/pacing.py) that must stay below the limit whenever it is on;
 * eclipse protection wants three distinct IPs in a mesh, impossible on a 127.0.0.1
   testnet: off;
 * a subscription queue holds 32 messages and drops silently: accepted messages go
@@ -71,7 +71,8 @@ from dlnet.node.libp2p_compat import (
     content_id,
     start_seqnos_fresh,
 )
-from dlnet.node.penalties import PeerPenalties, TokenBucket
+from dlnet.node.pacing import TopicPacer
+from dlnet.node.penalties import PeerPenalties
 from dlnet.node.transport import (
     AsyncValidator,
     GossipParams,
@@ -155,8 +156,7 @@ class Host:
         self._nursery = nursery
         self._px_protocol = px_protocol
         self._rng = random.Random(os.urandom(16))
-        self._bucket = TokenBucket(params.publish_rate, params.publish_burst)
-        self._publish_lock = trio.Lock()
+        self._pacer = TopicPacer(params.publish_rate, params.publish_burst)
         self._sinks: dict[str, trio.MemorySendChannel[tuple[bytes, str]]] = {}
         self.penalties = PeerPenalties(params)
         self.peer_id: str = lp.get_id().to_base58()
@@ -256,7 +256,7 @@ class Host:
         self._outlets.add(topic)
 
     async def publish(self, topic: str, data: bytes) -> None:
-        """Publish ``data``: paced by the token bucket, in call order, and only once every
+        """Publish ``data``: paced per topic (`TopicPacer`), in call order, and only once every
         outbound peer queue has room (a queue stuck past ``backpressure_timeout`` is
         sent to anyway and any resulting drop is counted). Into a topic it publishes outside,
         it first waits up to ``backpressure_timeout`` for a connected peer that joined it;
@@ -264,8 +264,7 @@ class Host:
         and validators fetch it by pull repair)."""
         if len(data) > self._params.max_message_bytes:
             raise ValueError(f"message of {len(data)} bytes exceeds max_message_bytes")
-        async with self._publish_lock:
-            await self._bucket.take()
+        async with self._pacer.turn(topic):
             await self._wait_outbound_room()
             if topic in self._outlets and not await self._wait_topic_peer(topic):
                 self._counters.add(C.PUBLISH_NO_PEERS)

@@ -6,32 +6,10 @@ from __future__ import annotations
 
 import logging
 
-import trio
-
+from dlnet.node.pacing import TokenBucket
 from dlnet.node.transport import GossipParams
 
 log = logging.getLogger(__name__)
-
-
-class TokenBucket:
-    def __init__(self, rate: float, burst: int, now: float | None = None) -> None:
-        self.rate = rate
-        self.burst = float(burst)
-        self.tokens = float(burst)
-        self.stamp = trio.current_time() if now is None else now
-
-    def try_take(self, now: float) -> bool:
-        """Take one token if there is one (no waiting)."""
-        self.tokens = min(self.burst, self.tokens + max(now - self.stamp, 0.0) * self.rate)
-        self.stamp = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
-            return True
-        return False
-
-    async def take(self) -> None:
-        while not self.try_take(trio.current_time()):
-            await trio.sleep((1.0 - self.tokens) / self.rate)
 
 
 class PeerPenalties:
