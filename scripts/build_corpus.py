@@ -4,7 +4,8 @@ Not run at build or run time: the outputs are shipped. See src/dlnet/data/CORPUS
 their licences and the commands that fetch and unpack them; this script is the exact recipe.
 
     python scripts/build_corpus.py --wordnet W/usr/share/wordnet \
-        --chatterbot C/chatterbot_corpus/data/english --gensim G/gensim/test/test_data --out src/dlnet/data
+        --chatterbot C/chatterbot_corpus/data/english --gensim G/gensim/test/test_data \
+        --out src/dlnet/data
 """
 
 from __future__ import annotations
