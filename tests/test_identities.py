@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from numpy.typing import NDArray
+from test_cli import dlnet, one_line_error
 
-from dlnet.node.cli import main
 from dlnet.node.identities import (
     MAX_IDENTITIES,
     EncoderIdentity,
@@ -129,12 +129,9 @@ def test_publish_budget_grows_with_the_identities() -> None:
 
 
 def _cli_error(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
-    with pytest.raises(SystemExit) as done:
-        main(list(argv))
-    assert done.value.code == 2
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("dlnet: error: "), lines
-    return lines[0]
+    done = dlnet(capsys, *argv)
+    one_line_error(done)
+    return done.err.strip()
 
 
 def test_run_key_mistakes_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
