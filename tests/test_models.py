@@ -29,6 +29,10 @@ from dlnet.protocol.dataset import parse_dataset
 from dlnet.protocol.masks import split_units
 from dlnet.protocol.projection import projection_matrix
 
+# Under pytest-xdist (--dist loadgroup) these tests run on one worker: MiniLM (torch and
+# transformers, ~10 s) loads in one process only.
+pytestmark = pytest.mark.xdist_group("minilm")
+
 DIM = 1024
 SEED = bytes(range(32))
 TEXTS = [

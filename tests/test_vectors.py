@@ -13,6 +13,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "vectors.py"
+# Under pytest-xdist (--dist loadgroup): one worker computes the vectors, once.
+pytestmark = pytest.mark.xdist_group("vectors")
 
 
 @pytest.fixture(scope="module")
