@@ -415,12 +415,12 @@ def _with_block(text: str, block: str) -> str:
     return head + block + tail
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--check", action="store_true")
     ap.add_argument("--vectors", type=Path, default=VECTORS)
     ap.add_argument("--protocol", type=Path, default=PROTOCOL)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     v = compute()
     text = json.dumps(v, indent=1, sort_keys=True) + "\n"
     doc = _with_block(args.protocol.read_text(), _summary(v))

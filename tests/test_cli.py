@@ -1,143 +1,180 @@
-"""The dlnet command: operator mistakes end in one readable line and exit code 2."""
+"""The dlnet command: operator mistakes end in one readable line and exit code 2.
+
+The commands run in this process (`dlnet.node.cli.main(argv)`), which is what the console
+script and `python -m dlnet.node` call; two tests start a real process, where the process is
+the point: the console script's exit code and stderr, and what importing the CLI loads."""
 
 from __future__ import annotations
 
+import logging
 import socket
 import stat
 import subprocess
 import sys
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-
-def dlnet(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "dlnet.node", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=cwd,
-    )
+from dlnet.node.cli import main
 
 
-def one_line_error(done: subprocess.CompletedProcess[str], *needles: str) -> None:
-    assert done.returncode == 2, (done.stdout, done.stderr)
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1, done.stderr
+@dataclass(frozen=True)
+class Done:
+    """How a `dlnet` command ended: its exit code, stdout and stderr."""
+
+    code: int
+    out: str
+    err: str
+
+
+def dlnet(capsys: pytest.CaptureFixture[str], *args: str) -> Done:
+    """Run `dlnet ARGS` in this process (no interpreter start, imports paid once). The root
+    logger's handlers (pytest's among them), which the command replaces, are put back."""
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    capsys.readouterr()
+    code: object = 0
+    try:
+        main(list(args))
+    except SystemExit as exc:
+        code = exc.code
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+    captured = capsys.readouterr()
+    return Done(code if isinstance(code, int) else 1, captured.out, captured.err)
+
+
+def dlnet_process(*args: str) -> Done:
+    """Run `dlnet ARGS` as the operator's shell does: the installed console script."""
+    script = Path(sys.executable).with_name("dlnet")
+    argv = [str(script)] if script.exists() else [sys.executable, "-m", "dlnet.node"]
+    done = subprocess.run([*argv, *args], capture_output=True, text=True, timeout=120)
+    return Done(done.returncode, done.stdout, done.stderr)
+
+
+def one_line_error(done: Done, *needles: str) -> None:
+    assert done.code == 2, (done.out, done.err)
+    lines = done.err.strip().splitlines()
+    assert len(lines) == 1, done.err
     assert lines[0].startswith("dlnet: error: "), lines[0]
     for needle in needles:
         assert needle in lines[0], lines[0]
-    assert "Traceback" not in done.stderr
+    assert "Traceback" not in done.err
 
 
 @pytest.mark.parametrize(
     "cmd", [[], ["keygen"], ["init"], ["run"], ["status"], ["results"], ["testnet"]]
 )
-def test_help_everywhere(cmd: list[str]) -> None:
-    done = dlnet(*cmd, "--help")
-    assert done.returncode == 0, done.stderr
-    assert "Usage:" in done.stdout
+def test_help_everywhere(cmd: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    done = dlnet(capsys, *cmd, "--help")
+    assert done.code == 0, done.err
+    assert "Usage:" in done.out
 
 
-def test_keygen_init_and_their_mistakes(tmp_path: Path) -> None:
+def test_keygen_init_and_their_mistakes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     key = tmp_path / "v.key"
-    done = dlnet("keygen", "--out", str(key))
-    assert done.returncode == 0, done.stderr
-    pubkey = done.stdout.strip()
+    done = dlnet(capsys, "keygen", "--out", str(key))
+    assert done.code == 0, done.err
+    pubkey = done.out.strip()
     assert len(bytes.fromhex(pubkey)) == 32
     assert stat.S_IMODE(key.stat().st_mode) == 0o600
-    one_line_error(dlnet("keygen", "--out", str(key)), "exists", "--force")
+    one_line_error(dlnet(capsys, "keygen", "--out", str(key)), "exists", "--force")
 
     cfg = tmp_path / "network.toml"
-    done = dlnet("init", "--validator", f"@{key}:100", "--out", str(cfg))
-    assert done.returncode == 0, done.stderr
+    done = dlnet(capsys, "init", "--validator", f"@{key}:100", "--out", str(cfg))
+    assert done.code == 0, done.err
     parsed = tomllib.loads(cfg.read_text())
     assert parsed["validators"][0]["pubkey"] == pubkey
-    one_line_error(dlnet("init", "--validator", "abcd", "--out", str(cfg)), "--validator")
+    one_line_error(dlnet(capsys, "init", "--validator", "abcd", "--out", str(cfg)), "--validator")
 
     key.chmod(0o644)
     one_line_error(
         dlnet(
-            "run",
-            "--config",
-            str(cfg),
-            "--key",
-            str(key),
-            "--role",
-            "validator",
-            "--data-dir",
-            str(tmp_path / "d"),
+            capsys,
+            *("run", "--config", str(cfg), "--key", str(key), "--role", "validator"),
+            *("--data-dir", str(tmp_path / "d")),
         ),
         "chmod 600",
     )
 
 
-def test_bad_arguments_and_configs(tmp_path: Path) -> None:
-    one_line_error(dlnet("run", "--role", "mayor", "--config", "x", "--data-dir", "d"), "--role")
+def test_bad_arguments_and_configs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     one_line_error(
-        dlnet("run", "--config", str(tmp_path / "nope.toml"), "--data-dir", str(tmp_path / "d")),
+        dlnet(capsys, "run", "--role", "mayor", "--config", "x", "--data-dir", "d"), "--role"
+    )
+    one_line_error(
+        dlnet(
+            capsys,
+            *("run", "--config", str(tmp_path / "nope.toml"), "--data-dir", str(tmp_path / "d")),
+        ),
         "--config",
     )
     bad = tmp_path / "bad.toml"
     bad.write_text('[network]\nname = "x"\ndim = "big"\n')
-    one_line_error(dlnet("run", "--config", str(bad), "--data-dir", str(tmp_path / "d")))
-    one_line_error(dlnet("testnet", "--encoders", "honest:two"), "--encoders")
+    one_line_error(dlnet(capsys, "run", "--config", str(bad), "--data-dir", str(tmp_path / "d")))
+    one_line_error(dlnet(capsys, "testnet", "--encoders", "honest:two"), "--encoders")
     one_line_error(
-        dlnet("run", "--config", "x", "--data-dir", "d", "--gossip", "bogus=1"), "--gossip bogus=1"
+        dlnet(capsys, "run", "--config", "x", "--data-dir", "d", "--gossip", "bogus=1"),
+        "--gossip bogus=1",
     )
     one_line_error(
-        dlnet("run", "--config", "x", "--data-dir", "d", "--gossip", "degree=9"), "D_high"
+        dlnet(capsys, "run", "--config", "x", "--data-dir", "d", "--gossip", "degree=9"), "D_high"
     )
-    one_line_error(dlnet("status", "--data-dir", str(tmp_path)), "--data-dir")
+    one_line_error(dlnet(capsys, "status", "--data-dir", str(tmp_path)), "--data-dir")
 
 
-def test_validator_key_must_be_in_the_validator_set(tmp_path: Path) -> None:
+def test_validator_key_must_be_in_the_validator_set(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     v, other = tmp_path / "v.key", tmp_path / "o.key"
-    dlnet("keygen", "--out", str(v))
-    dlnet("keygen", "--out", str(other))
+    assert dlnet(capsys, "keygen", "--out", str(v)).code == 0
+    assert dlnet(capsys, "keygen", "--out", str(other)).code == 0
     cfg = tmp_path / "network.toml"
-    dlnet("init", "--validator", f"@{v}", "--out", str(cfg))
+    assert dlnet(capsys, "init", "--validator", f"@{v}", "--out", str(cfg)).code == 0
     one_line_error(
         dlnet(
-            "run",
-            "--config",
-            str(cfg),
-            "--key",
-            str(other),
-            "--role",
-            "validator",
-            "--data-dir",
-            str(tmp_path / "d"),
+            capsys,
+            *("run", "--config", str(cfg), "--key", str(other), "--role", "validator"),
+            *("--data-dir", str(tmp_path / "d")),
         ),
         "validator set",
     )
 
 
-def test_api_address_mistakes(tmp_path: Path) -> None:
+def test_api_address_mistakes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     for bad in ("localhost", "127.0.0.1:http", "127.0.0.1:70000", ":5052"):
         one_line_error(
-            dlnet("run", "--config", "x", "--data-dir", "d", "--api", bad), f"--api {bad}"
+            dlnet(capsys, "run", "--config", "x", "--data-dir", "d", "--api", bad), f"--api {bad}"
         )
     key, cfg = tmp_path / "v.key", tmp_path / "network.toml"
-    dlnet("keygen", "--out", str(key))
-    dlnet("init", "--validator", f"@{key}", "--out", str(cfg))
+    assert dlnet(capsys, "keygen", "--out", str(key)).code == 0
+    assert dlnet(capsys, "init", "--validator", f"@{key}", "--out", str(cfg)).code == 0
     with socket.create_server(("127.0.0.1", 0)) as busy:
         port = busy.getsockname()[1]
         one_line_error(
             dlnet(
-                "run",
-                "--config",
-                str(cfg),
-                "--data-dir",
-                str(tmp_path / "d"),
-                "--api",
-                f"127.0.0.1:{port}",
+                capsys,
+                *("run", "--config", str(cfg), "--data-dir", str(tmp_path / "d")),
+                *("--api", f"127.0.0.1:{port}"),
             ),
             f"--api 127.0.0.1:{port}",
             "cannot listen",
         )
+
+
+def test_a_mistake_in_a_real_process_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    """The console script, as the operator's shell sees it: one line on stderr and exit code 2
+    (the 56-line traceback of old)."""
+    one_line_error(
+        dlnet_process(
+            *("run", "--config", "x", "--data-dir", str(tmp_path)),
+            *("--listen", "127.0.0.1:9000"),
+        ),
+        "--listen 127.0.0.1:9000",
+    )
 
 
 def test_the_cli_loads_without_libp2p_sklearn_or_torch() -> None:

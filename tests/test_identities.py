@@ -8,8 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from numpy.typing import NDArray
+from test_cli import dlnet, one_line_error
 
-from dlnet.node.cli import main
 from dlnet.node.identities import (
     MAX_IDENTITIES,
     EncoderIdentity,
@@ -17,6 +18,7 @@ from dlnet.node.identities import (
     read_encoders_file,
     render_encoders_file,
 )
+from dlnet.node.models.kinds import generator
 from dlnet.node.runtime import NodeOptions, encoder_identities, scaled_gossip
 from dlnet.node.testnet import (
     BOOTSTRAP_MAX_PEERS,
@@ -127,12 +129,9 @@ def test_publish_budget_grows_with_the_identities() -> None:
 
 
 def _cli_error(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
-    with pytest.raises(SystemExit) as done:
-        main(list(argv))
-    assert done.value.code == 2
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("dlnet: error: "), lines
-    return lines[0]
+    done = dlnet(capsys, *argv)
+    one_line_error(done)
+    return done.err.strip()
 
 
 def test_run_key_mistakes_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -214,19 +213,42 @@ def test_testnet_identity_matches_a_process_of_its_own(tmp_path: Path) -> None:
     assert (custom.model, dict(custom.model_options)) == ("mod:make", {})
 
 
-def test_minilm_kinds_share_one_native_model_per_process() -> None:
-    from dlnet.node.models.kinds import honest, noisy
+class CountingNative:
+    """Stands in for MiniLM (whose loading, ~10 s, tests/test_models.py pays): a pseudo-random
+    native vector per text, and a count of the forward passes."""
 
-    a = honest(64, b"\0" * 32, seed=1)
-    b = honest(64, b"\0" * 32, seed=2)
-    c = noisy(64, b"\0" * 32, seed=3)
+    native_dim = 384
+
+    def __init__(self, **options: object) -> None:
+        self.options = options
+        self.passes = 0
+
+    def embed_native(self, texts: list[str]) -> NDArray[np.float32]:
+        self.passes += 1
+        rows = [generator(b"test", 0, t.encode()).standard_normal(self.native_dim) for t in texts]
+        return np.array(rows, dtype=np.float32)
+
+
+def test_minilm_kinds_share_one_native_model_per_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dlnet.node.models import kinds
+
+    monkeypatch.setattr(kinds, "MiniLM", CountingNative)
+    monkeypatch.setattr(kinds, "_SHARED", {})
+    a = kinds.honest(64, b"\0" * 32, seed=1)
+    b = kinds.honest(64, b"\0" * 32, seed=2)
+    c = kinds.noisy(64, b"\0" * 32, seed=3)
     assert a.native is b.native  # one set of weights
     assert c.native.base is a.native  # type: ignore[attr-defined]
+    assert kinds.truncated(64, b"\0" * 32, seed=4).native is not a.native  # another variant
+    base = a.native.base  # type: ignore[attr-defined]
+    assert isinstance(base, CountingNative) and base.options == {"threads": 1}
     texts = ["a red fox", "the quiet river bank"]
     first = a.native.embed_native(texts)
     assert np.array_equal(b.native.embed_native(texts), first)  # the same round's texts: once
+    assert base.passes == 1
     other = a.native.embed_native(["something else entirely"])
+    assert base.passes == 2
     assert other.shape == (1, first.shape[1]) and not np.allclose(other[0], first[0])
-    fresh = a.native.base.embed_native(texts)  # type: ignore[attr-defined]
+    fresh = base.embed_native(texts)
     assert np.allclose(a.native.embed_native(texts), fresh, atol=1e-4)
     assert not np.allclose(a.embed(texts), b.embed(texts))  # private maps still differ
