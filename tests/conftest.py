@@ -1,4 +1,11 @@
-"""Fixtures shared by the test modules."""
+"""Fixtures shared by the test modules, and the test tiers (docs/TESTING.md).
+
+* Tests marked ``network`` start real node processes; under pytest-xdist they all run on one
+  worker, one at a time (``xdist_group``), so that two never share the cores (they are
+  timing-sensitive), while the in-process tests run on the other workers.
+* Tests marked ``heavy`` are long real-process runs whose behaviour the in-process layer also
+  covers: skipped, with the reason shown, unless ``--heavy`` is given (or ``-m`` names them).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +14,26 @@ from pathlib import Path
 
 import pytest
 from netutil import Nodes
+
+HEAVY_SKIP = "heavy real-process test: run with --heavy (docs/TESTING.md)"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--heavy",
+        action="store_true",
+        help="also run the heavy real-process tests (many node processes, minutes each)",
+    )
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the xdist_group marks
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    heavy = bool(config.getoption("--heavy")) or "heavy" in str(config.getoption("-m") or "")
+    for item in items:
+        if item.get_closest_marker("network"):
+            item.add_marker(pytest.mark.xdist_group("processes"))
+        if item.get_closest_marker("heavy") and not heavy:
+            item.add_marker(pytest.mark.skip(reason=HEAVY_SKIP))
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from netutil import finish, kill_pid, start_testnet, wait_json
 
-pytestmark = [pytest.mark.network, pytest.mark.slow, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.network, pytest.mark.slow, pytest.mark.heavy, pytest.mark.timeout(900)]
 
 ROUNDS = 4
 VICTIM = "validator-1"

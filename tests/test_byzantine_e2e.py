@@ -12,7 +12,7 @@ from netutil import finish, start_testnet
 
 from dlnet.protocol.config import parse_config
 
-pytestmark = [pytest.mark.network, pytest.mark.slow, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.network, pytest.mark.slow, pytest.mark.heavy, pytest.mark.timeout(600)]
 
 ROUNDS = 2
 # 40 s rounds give scoring 6 s to attest: at 20 s (3 s) a loaded 2-core machine misses it.

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from netutil import kill_nodes_under
 
-pytestmark = [pytest.mark.network, pytest.mark.slow, pytest.mark.timeout(1200)]
+pytestmark = [pytest.mark.network, pytest.mark.slow, pytest.mark.heavy, pytest.mark.timeout(1200)]
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "chaos.py"
 SCENARIOS = ("kill-restart-validator", "stop-two-of-four")

@@ -21,7 +21,7 @@ from dlnet.node.store import Store
 from dlnet.protocol.config import parse_config
 from dlnet.protocol.rounds import round_times
 
-pytestmark = [pytest.mark.network, pytest.mark.slow, pytest.mark.timeout(400)]
+pytestmark = [pytest.mark.network, pytest.mark.slow, pytest.mark.heavy, pytest.mark.timeout(400)]
 
 ROUND_SECONDS = 20
 # The finalize loop runs this long past a round's finality deadline (validator.FINALITY_GRACE).

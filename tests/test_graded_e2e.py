@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from netutil import finish, start_testnet
 
-pytestmark = [pytest.mark.network, pytest.mark.slow, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.network, pytest.mark.slow, pytest.mark.heavy, pytest.mark.timeout(900)]
 
 ENCODERS = "honest:4,noisy@0.5:1,noisy@1:1,noisy@2:1,truncated@4:1,truncated@1:1,fabricated@0.2:1"
 

@@ -20,7 +20,7 @@ from dlnet.protocol.config import NetworkConfig, parse_config
 from dlnet.protocol.consensus import finality_reached, verify_certificate
 from dlnet.protocol.wire import Certificate, Kind, decode
 
-pytestmark = [pytest.mark.network, pytest.mark.slow, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.network, pytest.mark.slow, pytest.mark.heavy, pytest.mark.timeout(900)]
 
 ENCODERS = 24
 

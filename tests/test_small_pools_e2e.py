@@ -15,7 +15,7 @@ from netutil import finish, start_testnet
 from dlnet.protocol.config import parse_config
 from dlnet.protocol.wire import Certificate, Kind, decode
 
-pytestmark = [pytest.mark.network, pytest.mark.slow, pytest.mark.timeout(480)]
+pytestmark = [pytest.mark.network, pytest.mark.slow, pytest.mark.heavy, pytest.mark.timeout(480)]
 
 
 @pytest.mark.parametrize("count", [1, 2])

@@ -37,6 +37,7 @@ def test_submit_texts_and_get_certified_consensus_embeddings(tmp_path: Path, nod
     run_network(tmp_path, nodes, validators=3, encoders=ENCODERS, bootstrap=True)
 
 
+@pytest.mark.heavy
 def test_small_network_one_validator(tmp_path: Path, nodes: Nodes) -> None:
     """The same with 5 processes (a validator that is the bootstrap, 4 encoders: a shard needs
     3 checked voices for an embedding, and 4 leave one to spare)."""

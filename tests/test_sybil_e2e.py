@@ -27,7 +27,7 @@ from dlnet.protocol.errors import Reject
 from dlnet.protocol.result import U16_MAX
 from dlnet.protocol.wire import Attestation, Embedding, decode
 
-pytestmark = [pytest.mark.network, pytest.mark.slow, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.network, pytest.mark.slow, pytest.mark.heavy, pytest.mark.timeout(900)]
 
 
 @pytest.fixture(scope="module")
