@@ -71,6 +71,7 @@ from dlnet.node.libp2p_compat import (
     content_id,
     start_seqnos_fresh,
 )
+from dlnet.node.logs import adopt_libp2p_logging
 from dlnet.node.pacing import TopicPacer
 from dlnet.node.penalties import PeerPenalties
 from dlnet.node.transport import (
@@ -867,6 +868,7 @@ async def open_host(
     connection first exchanges network ids on STATUS_PROTOCOL and a peer of another network
     is refused with one log line and ``rejected.wrong_network``. ``counters``: the node's
     registry (node/counters.py), shared with its ingest; a fresh one by default."""
+    adopt_libp2p_logging()
     counters = Counters() if counters is None else counters
     listen_addr = multiaddr.Multiaddr(listen)
     lp = new_host(

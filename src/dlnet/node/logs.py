@@ -3,7 +3,8 @@
 libp2p (``libp2p/utils/logging.py``) detaches its ``libp2p`` logger from the root at import
 time (``propagate = False``, no handler), so its warnings reached stderr through Python's
 last-resort handler with neither timestamp nor level; ``setup_logging`` hands them back to
-the root handler, unless ``LIBP2P_DEBUG`` asked libp2p to run its own logging.
+the root handler (`adopt_libp2p_logging`, when a host starts), unless ``LIBP2P_DEBUG`` asked
+libp2p to run its own logging.
 """
 
 from __future__ import annotations
@@ -62,10 +63,17 @@ def setup_logging(level: str = "info", fmt: str = "text", stream: TextIO | None 
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
-    if not os.environ.get("LIBP2P_DEBUG"):
-        import libp2p  # noqa: F401  (its import-time setup must run before we undo it)
+    if "libp2p" in sys.modules:  # else the host adopts it when it imports libp2p
+        adopt_libp2p_logging()
 
-        lp = logging.getLogger("libp2p")
-        lp.handlers.clear()
-        lp.propagate = True
-        lp.setLevel(logging.WARNING)
+
+def adopt_libp2p_logging() -> None:
+    """Undo libp2p's import-time detaching (after it was imported): its records go to the
+    root handler, at warning and above; not when ``LIBP2P_DEBUG`` runs libp2p's own logging.
+    Commands that run no node never import libp2p (~1.5 s), so never call this."""
+    if os.environ.get("LIBP2P_DEBUG"):
+        return
+    lp = logging.getLogger("libp2p")
+    lp.handlers.clear()
+    lp.propagate = True
+    lp.setLevel(logging.WARNING)
