@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import trio
 from innet import Encoder, InNet, Node
+from threadpoolctl import threadpool_limits
 from trio.testing import MockClock
 
 from dlnet.node.byzantine import MODES
@@ -60,7 +61,11 @@ def run(
     scenario: Callable[[InNet], Awaitable[None]],
 ) -> None:
     """Run ``scenario`` (it starts the nodes, waits on ``net.clock`` and asserts) from 5 s
-    before genesis, in virtual time; every node stops when it returns."""
+    before genesis, in virtual time; every node stops when it returns.
+
+    BLAS and OpenMP run on this one thread: the nodes already share one, and once MiniLM
+    (torch's OpenMP pool) has run, OpenBLAS's own threads made scoring's small SVDs ~80x
+    slower on 2 cores (87 ms instead of 1 ms for a 20 x 1024 matrix)."""
 
     async def main() -> None:
         clock = TrioClock(GENESIS - 5 - trio.current_time())
@@ -68,7 +73,8 @@ def run(
             await scenario(InNet(nursery, cfg, items, tmp, clock))
             nursery.cancel_scope.cancel()
 
-    trio.run(main, clock=MockClock(autojump_threshold=0))
+    with threadpool_limits(limits=1):
+        trio.run(main, clock=MockClock(autojump_threshold=0))
 
 
 async def settled(net: InNet, rnd: int) -> None:
