@@ -117,7 +117,7 @@ class InNet:
         """A node with the given roles (none: a relay), up once it joined its topics."""
         data_dir = self.tmp / name
         data_dir.mkdir(parents=True, exist_ok=True)
-        store = Store.open(data_dir / STORE_FILE)
+        store = Store.open(data_dir / STORE_FILE, synced=False)  # never fsync: a test's store
         ingest = Ingest(self.cfg, store, self.clock.now)
         host = self.net.host(name)
         ctx = SharedScoring(
