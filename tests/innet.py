@@ -5,10 +5,15 @@ byzantine validators runs in seconds. The node wiring is the one `dlnet run` use
 
 from __future__ import annotations
 
+import copy
+import functools
+import hashlib
 import logging
-from collections.abc import Sequence
+import pickle
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
 import trio
 from memnet import MemoryHost, MemoryNetwork
@@ -24,6 +29,34 @@ from dlnet.node.store import Store
 from dlnet.node.sync import SyncClient
 from dlnet.protocol.config import NetworkConfig
 from dlnet.protocol.identity import SigningKey
+from dlnet.protocol.scoring import score_round
+
+T = TypeVar("T")
+
+
+@dataclass
+class SharedScoring(NodeContext):
+    """A node's context whose ``offload`` of `score_round` reuses a result another node of the
+    same network computed from byte-identical inputs (``scores``, one per network).
+
+    Every validator of a network in one process scores each round from its own store, so most
+    of a test's CPU went to repeating the same pure computation on the same arrays. Each node
+    still builds its inputs from what it holds; only when they are equal to the byte (the
+    pickle of the call) is the result copied instead of recomputed, so a validator that holds
+    anything else still scores it itself. score_round's own determinism is checked in
+    tests/test_protocol_scoring.py and docs/vectors.json."""
+
+    scores: dict[bytes, Any] = field(default_factory=dict)
+
+    async def offload(self, work: Callable[[], T]) -> T:
+        if not (isinstance(work, functools.partial) and work.func is score_round):
+            return await super().offload(work)
+        call = (work.args, sorted(work.keywords.items()))
+        key = hashlib.sha256(pickle.dumps(call, protocol=pickle.HIGHEST_PROTOCOL)).digest()
+        if key not in self.scores:
+            self.scores[key] = await super().offload(work)
+        held: T = copy.deepcopy(self.scores[key])
+        return held
 
 
 @dataclass
@@ -71,6 +104,7 @@ class InNet:
         self.clock = clock
         self.net = MemoryNetwork(nursery)
         self.nodes: dict[str, Node] = {}
+        self.scores: dict[bytes, Any] = {}
 
     async def start(
         self,
@@ -83,10 +117,10 @@ class InNet:
         """A node with the given roles (none: a relay), up once it joined its topics."""
         data_dir = self.tmp / name
         data_dir.mkdir(parents=True, exist_ok=True)
-        store = Store.open(data_dir / STORE_FILE)
+        store = Store.open(data_dir / STORE_FILE, synced=False)  # never fsync: a test's store
         ingest = Ingest(self.cfg, store, self.clock.now)
         host = self.net.host(name)
-        ctx = NodeContext(
+        ctx = SharedScoring(
             self.cfg,
             self.items,
             store,
@@ -96,6 +130,7 @@ class InNet:
             log=logging.getLogger(f"dlnet.{name}"),
             clock=self.clock,
             threads=False,
+            scores=self.scores,
         )
         roles = frozenset(
             ({"validator"} if validator is not None else set())

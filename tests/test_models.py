@@ -374,3 +374,32 @@ def test_shipped_labelled_files() -> None:
     sims = shipped_path("labelled/lee_similarities.tsv").read_text().splitlines()
     docs = shipped_path("labelled/lee_documents.txt").read_text(encoding="utf-8").splitlines()
     assert len(sims) == len(docs) == 50
+
+
+def test_shared_native_pays_one_forward_pass_per_recent_text_list() -> None:
+    """Identities sharing a native model reuse a recent call's output (a ``replay`` identity
+    embeds the previous round's texts between two rounds' calls), and each gets its own copy."""
+
+    class Counting:
+        native_dim = 3
+
+        def __init__(self) -> None:
+            self.calls: list[tuple[str, ...]] = []
+
+        def embed_native(self, texts: list[str]) -> NDArray[np.float32]:
+            self.calls.append(tuple(texts))
+            return np.array([[len(t), 1.0, 2.0] for t in texts], dtype=np.float32)
+
+    base = Counting()
+    shared = SharedNative(base)  # type: ignore[arg-type]
+    this, last = ["a b", "c"], ["d e f"]
+    first = shared.embed_native(this)
+    assert np.array_equal(shared.embed_native(last), [[5, 1, 2]])
+    again = shared.embed_native(this)
+    assert np.array_equal(first, again) and first is not again
+    assert base.calls == [tuple(this), tuple(last)]
+    others = [[f"t{i}"] for i in range(SharedNative.KEPT)]
+    for texts in others:
+        shared.embed_native(texts)
+    shared.embed_native(this)  # pushed out by KEPT newer lists: computed again
+    assert base.calls[-1] == tuple(this) and len(base.calls) == 3 + SharedNative.KEPT

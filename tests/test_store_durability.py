@@ -66,6 +66,19 @@ def test_a_batch_commits_its_writes_together_or_none(tmp_path: Path) -> None:
     other.close()
 
 
+@pytest.mark.parametrize(
+    ("options", "level"),
+    [({}, 1), ({"durable": True}, 2), ({"synced": False}, 0)],
+)
+def test_a_store_syncs_as_opened(tmp_path: Path, options: dict[str, bool], level: int) -> None:
+    """NORMAL by default, FULL when durable, OFF (a test's throwaway store) when not synced;
+    always in WAL mode."""
+    store = Store.open(tmp_path / "s.sqlite", **options)
+    assert store._db.execute("PRAGMA synchronous").fetchone() == (level,)
+    assert store._db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    store.close()
+
+
 def test_newer_schema_or_foreign_file_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "s.sqlite"
     Store.open(path).close()

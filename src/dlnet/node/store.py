@@ -142,11 +142,17 @@ class Store:
         self._decoder: Decoder | None = None
 
     @classmethod
-    def open(cls, path: Path, *, durable: bool = False) -> Store:
+    def open(cls, path: Path, *, durable: bool = False, synced: bool = True) -> Store:
+        """The store at ``path`` (created if absent). ``durable``: ``synchronous=FULL`` (see
+        the module doc). ``synced=False``, for a test's throwaway stores only: never fsync
+        (``synchronous=OFF``); a killed process still keeps every committed transaction,
+        an operating-system crash may corrupt the file."""
+        sync = "FULL" if durable else "NORMAL" if synced else "OFF"
         try:
             db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            # Before the switch to WAL, so that the switch itself syncs (or not) alike.
+            db.execute(f"PRAGMA synchronous={sync}")
             db.execute("PRAGMA journal_mode=WAL")
-            db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
             db.execute("PRAGMA busy_timeout=5000")
             db.executescript(SCHEMA)
             row = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()

@@ -65,13 +65,16 @@ about 100 for a 20-word corpus item, like the honest model."""
 class SharedNative:
     """One loaded native model shared by every encoder identity of a process that asks for the
     same variant (`shared_minilm`; `dlnet run --encoders-file`): its weights are loaded once,
-    its calls run one at a time (a tokenizer is not safe across threads), and the last call's
-    output is kept, so identities embedding the same round's texts pay one forward pass."""
+    its calls run one at a time (a tokenizer is not safe across threads), and the last
+    ``KEPT`` calls' outputs are kept, so identities embedding the same round's texts pay one
+    forward pass (a ``replay`` identity embeds the previous round's texts in between)."""
+
+    KEPT = 4
 
     def __init__(self, base: MiniLM) -> None:
         self.base = base
         self._lock = threading.Lock()
-        self._last: tuple[tuple[str, ...], NDArray[np.float32]] | None = None
+        self._kept: dict[tuple[str, ...], NDArray[np.float32]] = {}
 
     @property
     def native_dim(self) -> int:
@@ -80,9 +83,13 @@ class SharedNative:
     def embed_native(self, texts: list[str]) -> NDArray[np.float32]:
         key = tuple(texts)
         with self._lock:
-            if self._last is None or self._last[0] != key:
-                self._last = (key, self.base.embed_native(texts))
-            return self._last[1].copy()
+            out = self._kept.pop(key, None)
+            if out is None:
+                out = self.base.embed_native(texts)
+            self._kept[key] = out  # the most recent last
+            while len(self._kept) > self.KEPT:
+                del self._kept[next(iter(self._kept))]
+            return out.copy()
 
 
 _SHARED: dict[tuple[tuple[str, Any], ...], SharedNative] = {}
