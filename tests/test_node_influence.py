@@ -9,8 +9,11 @@ from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
+import pytest
 import trio
+from threadpoolctl import threadpool_info
 
+from dlnet.node import validator
 from dlnet.node.context import NodeContext
 from dlnet.node.ingest import Ingest
 from dlnet.node.store import Store
@@ -155,3 +158,17 @@ def test_scoring_reads_the_store_only_from_the_trio_thread(tmp_path: Path) -> No
     assert threads == {trio_thread}
     assert store.get_round_state(3, "reveals") == b"{}"
     store.close()
+
+
+def test_scoring_runs_on_one_blas_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A validator's `score_round` runs with BLAS/OpenMP on one thread (node/validator.py:
+    torch's pools made scoring's SVDs 15-80x slower in a process that had run torch)."""
+    seen: list[int] = []
+
+    def spy(*args: object, **kwargs: object) -> str:
+        seen.extend(p["num_threads"] for p in threadpool_info())
+        return "scored"
+
+    monkeypatch.setattr(validator, "score_round", spy)
+    assert validator.score_on_one_thread(1, x=2) == "scored"
+    assert seen and set(seen) == {1}

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import functools
 import json
-from typing import Final
+from typing import Any, Final
 
 import numpy as np
 import trio
+from threadpoolctl import threadpool_limits
 
 from dlnet.node import counters as C
 from dlnet.node.byzantine import Byzantine
@@ -45,7 +46,7 @@ from dlnet.protocol.round import (
 )
 from dlnet.protocol.round import round_view as view_of
 from dlnet.protocol.rounds import RoundTimes, round_times
-from dlnet.protocol.scoring import score_round
+from dlnet.protocol.scoring import RoundScores, score_round
 from dlnet.protocol.wire import (
     PRECOMMIT,
     PREVOTE,
@@ -60,6 +61,16 @@ from dlnet.protocol.wire import (
     sign_attestation,
     sign_vote,
 )
+
+
+def score_on_one_thread(*args: Any, **kwargs: Any) -> RoundScores:
+    """`score_round` with BLAS and OpenMP on one thread. In a process that has run torch (an
+    encoder beside the validator, or several identities), their thread pools made scoring's
+    small SVDs 15-80x slower on 2 cores (docs/BENCHMARKS.md, "Test suite"); one thread is
+    also one summation order."""
+    with threadpool_limits(1):
+        return score_round(*args, **kwargs)
+
 
 # A validator that is not done scoring this long before the attest deadline stays silent
 # for the round rather than attest late (a late attestation splits the validators' views).
@@ -260,7 +271,7 @@ class ValidatorRole:
         shards = scoring_inputs(view, encoders, cfg.shards_per_round, cfg.slots_per_shard)
         scores = await self.ctx.offload(
             functools.partial(
-                score_round,
+                score_on_one_thread,
                 cfg.scoring,
                 shards,
                 [t.unit_counts for t in tasks],
