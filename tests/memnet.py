@@ -14,8 +14,8 @@ from collections import Counter
 
 import trio
 
-from dlnet.node.host import STALL_SKIP
 from dlnet.node.transport import (
+    STALL_SKIP,
     AsyncValidator,
     MessageHandler,
     RequestError,

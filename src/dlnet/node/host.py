@@ -75,6 +75,7 @@ from dlnet.node.logs import adopt_libp2p_logging
 from dlnet.node.pacing import TopicPacer
 from dlnet.node.penalties import PeerPenalties
 from dlnet.node.transport import (
+    STALL_SKIP,
     AsyncValidator,
     GossipParams,
     MessageHandler,
@@ -102,8 +103,6 @@ OUTLET_REDIAL = 5.0
 """Seconds between two rounds of seed dials while a topic of this node has no carrier."""
 STUCK_AFTER = 1.0
 """Seconds after which a cancelled request still running counts as stuck (see request)."""
-STALL_SKIP = 30.0
-"""Seconds a peer that let a request time out is asked last and counts as no carrier."""
 STALL_AFTER = 2.0
 """A request unanswered this long, when it was given at least that long, notes its peer
 stalled: a live peer answers a sync ask or takes a reveal push in well under that."""

@@ -16,7 +16,7 @@ The client asks usable peers with a bounded number of asks in flight (FETCH_PARA
 wanted items, ROUND_PARALLEL for a round's messages), asking the next peer as soon as an answer
 leaves something wanted or HEDGE seconds pass without one; each ask is bounded by
 min(REQUEST_TIMEOUT, the caller's deadline), and the search stops as soon as everything wanted
-has arrived. A peer that timed out is skipped for host.STALL_SKIP seconds (unless every peer is;
+has arrived. A peer that timed out is skipped for STALL_SKIP seconds (unless every peer is;
 `Host.note_stalled`).
 """
 

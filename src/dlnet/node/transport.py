@@ -12,6 +12,10 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Protocol
 
+STALL_SKIP = 30.0
+"""Seconds a peer that let a request time out is asked last and counts as no carrier (every
+transport keeps this rule: sync orders its peers by it)."""
+
 
 @dataclass(frozen=True)
 class GossipParams:
