@@ -1,13 +1,14 @@
 """Per-message costs of the protocol code against their floors, measured in one run.
 
-    python scripts/bench_protocol.py [--seconds 1.0]
+    python scripts/bench_protocol.py [--seconds 1.0] [--after-torch]
 
 Floors: a raw Ed25519 verify (`cryptography`), a raw msgpack unpack of the same bytes. Rows:
 strict decode of an Embedding (decode + canonical check + finiteness + signature), receiving
 one Embedding of a reveal push (a validator's whole per-embedding cost: parse, admission, store,
 in pushes of 20), signing an Embedding, and scoring one round of the testnet shape (4 shards,
-5 slots, dim 1024) at 13 and 100 encoders. Prints a markdown table with operations/s and the
-ratio to the floor.
+5 slots, dim 1024) at 13 and 100 encoders, and at 13 on one BLAS thread as a validator runs
+it (`--after-torch` first runs torch, as an encoder in the same process would). Prints a
+markdown table with operations/s and the ratio to the floor.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import numpy as np
 from dlnet.node.ingest import Ingest
 from dlnet.node.reveals import receive
 from dlnet.node.store import Store
+from dlnet.node.validator import score_on_one_thread
 from dlnet.protocol.config import NetworkConfig, ValidatorEntry, default_config
 from dlnet.protocol.identity import SigningKey, verify
 from dlnet.protocol.params import RegistrationParams, ScoringParams
@@ -81,7 +83,18 @@ def round_shards(cfg: NetworkConfig, n: int) -> tuple[list[dict[bytes, np.ndarra
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=1.0)
+    ap.add_argument(
+        "--after-torch",
+        action="store_true",
+        help="run a torch matmul first, as an encoder beside the validator does: torch's "
+        "thread pools then slow BLAS down (the one-thread rows show the validator's way)",
+    )
     args = ap.parse_args()
+    if args.after_torch:
+        import torch
+
+        x = torch.randn(256, 384)
+        float((x @ x.T).sum())
     key = SigningKey.generate()
     cfg = default_config([ValidatorEntry(key.public_key, 1)], 0, dataset_sha256=bytes(32))
     vec = np.random.default_rng(0).standard_normal(cfg.dim).astype(np.float32)
@@ -124,8 +137,24 @@ def main() -> None:
             verify_rate,
         ),
         (
+            "score one testnet round on one BLAS thread (as a validator does)",
+            rate(
+                lambda: score_on_one_thread(ScoringParams(), small, counts, small_keys),
+                args.seconds,
+            ),
+            verify_rate,
+        ),
+        (
             "score one round of 100 encoders (4 shards)",
             rate(lambda: score_round(ScoringParams(), large, counts, large_keys), args.seconds),
+            verify_rate,
+        ),
+        (
+            "score one round of 100 encoders on one BLAS thread",
+            rate(
+                lambda: score_on_one_thread(ScoringParams(), large, counts, large_keys),
+                args.seconds,
+            ),
             verify_rate,
         ),
     ]
