@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from numpy.typing import NDArray
+from test_cli import dlnet, one_line_error
 
 from dlnet.data import shipped_path
 from dlnet.node.align import certificates, certified_pairs, fit_alignment
@@ -282,48 +281,43 @@ def test_certified_pairs_from_a_node_api(
         certificates(cfg, "http://127.0.0.1:9")
 
 
-def dlnet(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "dlnet.node", *args], capture_output=True, text=True, timeout=300
-    )
-
-
-@pytest.mark.slow
 def test_align_and_run_on_the_command_line(
-    certified_dir: tuple[NetworkConfig, Path, tuple[str, ...]], tmp_path: Path
+    certified_dir: tuple[NetworkConfig, Path, tuple[str, ...]],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     cfg, data_dir, _ = certified_dir
     config = str(tmp_path / "network.toml")
     out = tmp_path / "map.npz"
     model = "dlnet.node.models.kinds:noise"  # cheap: its own 1024-d output is the input
     done = dlnet(
-        "align", "--config", config, "--model", model, "--from", str(data_dir), "--out", str(out)
+        capsys,
+        *("align", "--config", config, "--model", model, "--from", str(data_dir)),
+        *("--out", str(out)),
     )
-    assert done.returncode == 0, done.stderr
-    assert "46 certified embeddings" in done.stdout and "1 certificates refused" in done.stdout
+    assert done.code == 0, done.err
+    assert "46 certified embeddings" in done.out and "1 certificates refused" in done.out
     fitted = load_map(out, cfg.network_id, cfg.dim)
     assert fitted.in_dim == cfg.dim and fitted.model == model
 
     key = tmp_path / "e.key"
-    assert dlnet("keygen", "--out", str(key)).returncode == 0
+    assert dlnet(capsys, "keygen", "--out", str(key)).code == 0
     bad = tmp_path / "bad.npz"
     bad.write_text("garbage")
     for path, needle in ((bad, "not a map"), (tmp_path / "none.npz", "no such file")):
         done = dlnet(
+            capsys,
             "--log-level", "warning", "run", "--config", config, "--key", str(key),
             "--role", "encoder", "--model", model,
             "--data-dir", str(tmp_path / "enc"), "--align", str(path),
         )  # fmt: skip
-        assert done.returncode == 2, done.stderr
-        lines = done.stderr.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("dlnet: error: --align"), done.stderr
-        assert needle in lines[0]
-    done = dlnet("run", "--config", config, "--key", str(key), "--data-dir", str(tmp_path / "r"),
-                 "--align", str(out))  # fmt: skip
-    assert done.returncode == 2 and "only an encoder uses a map" in done.stderr
-    done = dlnet("align", "--config", config, "--model", model, "--from", str(tmp_path / "x"),
-                 "--out", str(out))  # fmt: skip
-    assert done.returncode == 2 and "neither an http" in done.stderr
+        one_line_error(done, "--align", needle)
+    done = dlnet(capsys, "run", "--config", config, "--key", str(key),
+                 "--data-dir", str(tmp_path / "r"), "--align", str(out))  # fmt: skip
+    assert done.code == 2 and "only an encoder uses a map" in done.err
+    done = dlnet(capsys, "align", "--config", config, "--model", model,
+                 "--from", str(tmp_path / "x"), "--out", str(out))  # fmt: skip
+    assert done.code == 2 and "neither an http" in done.err
 
 
 def test_outsiders_say_what_to_install_and_lsa_needs_nothing() -> None:

@@ -459,6 +459,9 @@ async def run_node(opts: NodeOptions) -> None:
     log = logging.getLogger("dlnet")
     check_port_free(opts.listen)
     identities = [Identity(spec, read_key(spec.key_path)) for spec in specs]
+    for spec in specs:  # a bad map is one line now, not after the registration proof
+        if spec.align is not None:
+            load_map(spec.align, cfg.network_id, cfg.dim)
     for ident in identities:
         registration_file = (
             REGISTRATION_FILE
