@@ -1,8 +1,11 @@
 """Fixtures shared by the test modules, and the test tiers (docs/TESTING.md).
 
-* Tests marked ``network`` start real node processes; under pytest-xdist they all run on one
-  worker, one at a time (``xdist_group``), so that two never share the cores (they are
-  timing-sensitive), while the in-process tests run on the other workers.
+* Tests marked ``network`` start real processes or real libp2p hosts. Under pytest-xdist
+  the end-to-end ones (modules ``*_e2e``: whole networks of node processes) run on one
+  worker, one at a time (``xdist_group("processes")``), so that two networks never share
+  the cores (they are timing-sensitive); the host tests (a few small libp2p peers each) run
+  one at a time on another worker (``xdist_group("hosts")``), beside them; the in-process
+  tests fill the workers.
 * Tests marked ``heavy`` are long real-process runs whose behaviour the in-process layer also
   covers: skipped, with the reason shown, unless ``--heavy`` is given (or ``-m`` names them).
 """
@@ -31,7 +34,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     heavy = bool(config.getoption("--heavy")) or "heavy" in str(config.getoption("-m") or "")
     for item in items:
         if item.get_closest_marker("network"):
-            item.add_marker(pytest.mark.xdist_group("processes"))
+            e2e = item.module is not None and item.module.__name__.endswith("_e2e")
+            item.add_marker(pytest.mark.xdist_group("processes" if e2e else "hosts"))
         if item.get_closest_marker("heavy") and not heavy:
             item.add_marker(pytest.mark.skip(reason=HEAVY_SKIP))
 

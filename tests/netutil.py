@@ -13,7 +13,19 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import psutil
+
+from dlnet.node.models import load_model
+from dlnet.protocol.config import NetworkConfig
+from dlnet.protocol.rounds import round_times
+from dlnet.protocol.submissions import verify_answer
+
+TEXTS = [
+    "A lighthouse keeper watches the ships pass through the storm at night.",
+    "Fresh bread from the bakery smells of butter and warm crust.",
+]
+"""What the submission tests send: two texts of one line each."""
 
 
 def start_testnet(out: Path, *args: str) -> subprocess.Popen[bytes]:
@@ -90,6 +102,11 @@ class Nodes:
 
     def start(self, name: str, *args: str) -> dict[str, Any]:
         """Start node ``name`` with data dir ``cwd/name``; its node.json once it is up."""
+        self.launch(name, *args)
+        return wait_json(self.cwd / name / "node.json", 90)
+
+    def launch(self, name: str, *args: str) -> None:
+        """Start node ``name`` and return at once (`wait_json` its node.json)."""
         log = open(self.cwd / f"{name}.log", "wb")  # noqa: SIM115 - the process owns it
         run = ["run", "--config", "network.toml", "--data-dir", name]
         self.procs[name] = subprocess.Popen(
@@ -99,7 +116,6 @@ class Nodes:
             stderr=subprocess.STDOUT,
             env=dict(os.environ, PYTHONUNBUFFERED="1"),
         )
-        return wait_json(self.cwd / name / "node.json", 90)
 
     def logs(self) -> str:
         return "\n".join(
@@ -132,3 +148,62 @@ def kill_nodes_under(root: Path) -> None:
     for info in root.glob("**/nodes/*/node.json"):
         with contextlib.suppress(json.JSONDecodeError, KeyError, OSError):
             kill_pid(int(json.loads(info.read_text())["pid"]))
+
+
+def submit_and_wait(cwd: Path, api: str, config: Path, cfg: NetworkConfig) -> dict[str, Any]:
+    """As a data owner would: `dlnet submit` TEXTS (a .jsonl file) to a validator's ``api``, then
+    `dlnet embeddings --wait` until their round is final; the answer saved in answer.json."""
+    (cwd / "texts.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in TEXTS))
+    out = dlnet(
+        *("submit", "--file", "texts.jsonl", "--api", api, "--config", str(config)),
+        *("--out", "receipt.json"),
+        cwd=cwd,
+    )
+    receipt = json.loads((cwd / "receipt.json").read_text())
+    assert len(receipt["submissions"]) == 1, receipt
+    sid = receipt["submissions"][0]["id"]
+    assert out.stdout.startswith(sid) and (cwd / "dlnet-submitter.key").exists()
+    rnd = receipt["submissions"][0]["round"]
+    # until the round's finality deadline, and a margin
+    wait = int(round_times(cfg, rnd).finality_deadline - time.time()) + 60
+    dlnet(
+        *("embeddings", "--receipt", "receipt.json", "--config", str(config)),
+        *("--wait", str(wait), "--out", "answer.json"),
+        cwd=cwd,
+        timeout=wait + 60,
+    )
+    answer: dict[str, Any] = json.loads((cwd / "answer.json").read_text())[0]
+    assert answer["id"] == sid, (answer["id"], sid)
+    return answer
+
+
+def check_answer(cwd: Path, config: Path, cfg: NetworkConfig, answer: dict[str, Any]) -> None:
+    """The answer `submit_and_wait` saved is final and verified; it verifies offline, from the
+    genesis alone, and a tampered copy does not; each consensus embedding is the honest model's
+    embedding of its text (cosine >= 0.99)."""
+    assert answer["state"] == "final" and answer["verified"], answer["state"]
+    dlnet("embeddings", "--verify", "answer.json", "--config", str(config), cwd=cwd)
+    proven = verify_answer(
+        cfg,
+        bytes.fromhex(answer["submission"]),
+        bytes.fromhex(answer["certificate"]),
+        answer["shards"],
+    )
+    # a lone submission fills the round's first shards, one text each
+    assert [p.shard for p in proven] == list(range(len(TEXTS))), proven
+    assert not any(p.empty for p in proven), proven
+    tampered = dict(answer, embeddings=[dict(e) for e in answer["embeddings"]])
+    tampered["embeddings"].reverse()
+    (cwd / "tampered.json").write_text(json.dumps([tampered]))
+    refused = dlnet(
+        *("embeddings", "--verify", "tampered.json", "--config", str(config)),
+        cwd=cwd,
+        expect=1,
+    )
+    assert "does not verify" in refused.stderr
+    model = load_model(None, cfg, {})
+    own = model.embed([" ".join(t.split()) for t in TEXTS])
+    for row, emb in zip(own, answer["embeddings"], strict=True):
+        got = np.array(emb["embedding"], dtype=np.float64)
+        cos = float(row @ got / (np.linalg.norm(row) * np.linalg.norm(got)))
+        assert cos >= 0.99, (emb["text"], cos)
