@@ -5,7 +5,7 @@
   worker, one at a time (``xdist_group("processes")``), so that two networks never share
   the cores (they are timing-sensitive); the host tests (a few small libp2p peers each) run
   one at a time on another worker (``xdist_group("hosts")``), beside them; the in-process
-  tests fill the workers.
+  tests fill the workers. A test that names its own ``xdist_group`` keeps it.
 * Tests marked ``heavy`` are long real-process runs whose behaviour the in-process layer also
   covers: skipped, with the reason shown, unless ``--heavy`` is given (or ``-m`` names them).
 """
@@ -33,7 +33,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     heavy = bool(config.getoption("--heavy")) or "heavy" in str(config.getoption("-m") or "")
     for item in items:
-        if item.get_closest_marker("network"):
+        if item.get_closest_marker("network") and not item.get_closest_marker("xdist_group"):
             e2e = item.module is not None and item.module.__name__.endswith("_e2e")
             item.add_marker(pytest.mark.xdist_group("processes" if e2e else "hosts"))
         if item.get_closest_marker("heavy") and not heavy:

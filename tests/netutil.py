@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -150,9 +151,17 @@ def kill_nodes_under(root: Path) -> None:
             kill_pid(int(json.loads(info.read_text())["pid"]))
 
 
-def submit_and_wait(cwd: Path, api: str, config: Path, cfg: NetworkConfig) -> dict[str, Any]:
+@dataclass
+class Answer:
+    answer: dict[str, Any]  # `dlnet embeddings`' answer, also saved in answer.json
+    own: Any  # the default model's own embeddings of TEXTS (numpy, one row a text)
+
+
+def submit_and_wait(cwd: Path, api: str, config: Path, cfg: NetworkConfig) -> Answer:
     """As a data owner would: `dlnet submit` TEXTS (a .jsonl file) to a validator's ``api``, then
-    `dlnet embeddings --wait` until their round is final; the answer saved in answer.json."""
+    `dlnet embeddings --wait` until their round is final. While it waits, the default model
+    embeds TEXTS here (for `check_answer`; loading it costs CPU the network should not wait
+    for)."""
     (cwd / "texts.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in TEXTS))
     out = dlnet(
         *("submit", "--file", "texts.jsonl", "--api", api, "--config", str(config)),
@@ -166,21 +175,30 @@ def submit_and_wait(cwd: Path, api: str, config: Path, cfg: NetworkConfig) -> di
     rnd = receipt["submissions"][0]["round"]
     # until the round's finality deadline, and a margin
     wait = int(round_times(cfg, rnd).finality_deadline - time.time()) + 60
-    dlnet(
-        *("embeddings", "--receipt", "receipt.json", "--config", str(config)),
-        *("--wait", str(wait), "--out", "answer.json"),
+    args = ["--receipt", "receipt.json", "--config", str(config), "--wait", str(wait)]
+    waiting = subprocess.Popen(
+        [sys.executable, "-m", "dlnet.node", "embeddings", *args, "--out", "answer.json"],
         cwd=cwd,
-        timeout=wait + 60,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
+    try:
+        own = load_model(None, cfg, {}).embed([" ".join(t.split()) for t in TEXTS])
+        _, err = waiting.communicate(timeout=wait + 60)
+    finally:
+        kill_pid(waiting.pid)
+    assert waiting.returncode == 0, ("dlnet embeddings", waiting.returncode, err)
     answer: dict[str, Any] = json.loads((cwd / "answer.json").read_text())[0]
     assert answer["id"] == sid, (answer["id"], sid)
-    return answer
+    return Answer(answer, own)
 
 
-def check_answer(cwd: Path, config: Path, cfg: NetworkConfig, answer: dict[str, Any]) -> None:
+def check_answer(cwd: Path, config: Path, cfg: NetworkConfig, got: Answer) -> None:
     """The answer `submit_and_wait` saved is final and verified; it verifies offline, from the
     genesis alone, and a tampered copy does not; each consensus embedding is the honest model's
     embedding of its text (cosine >= 0.99)."""
+    answer = got.answer
     assert answer["state"] == "final" and answer["verified"], answer["state"]
     dlnet("embeddings", "--verify", "answer.json", "--config", str(config), cwd=cwd)
     proven = verify_answer(
@@ -201,9 +219,7 @@ def check_answer(cwd: Path, config: Path, cfg: NetworkConfig, answer: dict[str, 
         expect=1,
     )
     assert "does not verify" in refused.stderr
-    model = load_model(None, cfg, {})
-    own = model.embed([" ".join(t.split()) for t in TEXTS])
-    for row, emb in zip(own, answer["embeddings"], strict=True):
+    for row, emb in zip(got.own, answer["embeddings"], strict=True):
         got = np.array(emb["embedding"], dtype=np.float64)
         cos = float(row @ got / (np.linalg.norm(row) * np.linalg.norm(got)))
         assert cos >= 0.99, (emb["text"], cos)

@@ -37,8 +37,8 @@ from dlnet.protocol.wire import Certificate, Kind, decode
 
 pytestmark = [pytest.mark.network, pytest.mark.slow, pytest.mark.timeout(420)]
 
-ROUND_SECONDS = 30
-GENESIS_IN = 40  # three processes load torch and their models on 2 cores before round 0
+ROUND_SECONDS = 20
+GENESIS_IN = 30  # three processes load torch and their models on 2 cores before round 0
 # Seconds from when every node is up (each writes its node.json after its registration proof
 # and model load: 30-60 s on a loaded machine) until a round with all three encoders is final:
 # the next round starts within one, and it is final ~0.6 rounds after its start.

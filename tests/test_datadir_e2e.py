@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 from netutil import dlnet, kill_pid, wait_json
 
-pytestmark = [pytest.mark.network, pytest.mark.timeout(240)]
+# A few relay processes without models: light enough to run beside a testnet (conftest.py).
+pytestmark = [pytest.mark.network, pytest.mark.timeout(240), pytest.mark.xdist_group("hosts")]
 
 
 class Nodes:

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from netutil import check_answer, finish, start_testnet, submit_and_wait, wait_json
+from netutil import Answer, check_answer, finish, start_testnet, submit_and_wait, wait_json
 
 from dlnet.node.store import Store
 from dlnet.protocol.config import NetworkConfig, parse_config
@@ -55,7 +55,7 @@ class Run:
     gossip: dict[str, Any]  # what the hostile gossip peer sent
     flood: dict[str, Any]  # the flooder's answered and failed requests
     log_growth: int  # bytes the victim's log grew by during the flood
-    answer: dict[str, Any]  # `dlnet embeddings`' answer for the submitted texts
+    answer: Answer  # `dlnet embeddings`' answer for the submitted texts
 
 
 def hostile(out: Path, mode: str, bootstrap: str, seconds: float) -> subprocess.Popen[bytes]:
