@@ -157,6 +157,21 @@ def test_testnet_per_process_mistake(capsys: pytest.CaptureFixture[str]) -> None
     assert "--encoders-per-process 0" in line
 
 
+def test_testnet_registration_difficulty_mistake(capsys: pytest.CaptureFixture[str]) -> None:
+    line = _cli_error(capsys, "testnet", "--registration-difficulty", "65")
+    assert "--registration-difficulty 65" in line and "0..64" in line
+
+
+def test_a_named_registration_difficulty_is_the_genesis_and_shortens_the_start() -> None:
+    default = _plan((("honest", 6), ("noise", 1)))
+    easy = _plan((("honest", 6), ("noise", 1)), difficulty=2)
+    assert easy.registration_difficulty() == 2
+    assert _plan((("noise", 100),), difficulty=6).registration_difficulty() == 6
+    # 4 steps easier: each proof costs 1/16 of the default's, and the allowance follows
+    saved = (1 - 1 / 16) * REGISTRATION_SECONDS_PER_ENCODER * 7
+    assert startup_seconds(default) - startup_seconds(easy) == pytest.approx(saved)
+
+
 def _plan(encoders: tuple[tuple[str, int], ...], **kw: object) -> TestnetPlan:
     return TestnetPlan(3, encoders, 2, Path("out"), **kw)  # type: ignore[arg-type]
 

@@ -178,7 +178,9 @@ class Peer:
         self.events: list[dict[str, Any]] = []
         self.cond = threading.Condition()
         threading.Thread(target=self._read, daemon=True).start()
-        ready = self.wait(lambda e: e["ev"] == "ready", 20)
+        # a bound, not a speed: a Python process importing libp2p beside a testnet on 2 busy
+        # cores took over 20 s to start
+        ready = self.wait(lambda e: e["ev"] == "ready", 60)
         self.peer_id: str = ready["peer_id"]
         self.addr: str = ready["addrs"][0]
 

@@ -41,6 +41,7 @@ from dlnet.node.transport import GossipParams
 from dlnet.protocol.config import DatasetRef, ValidatorEntry, default_config, dump_config
 from dlnet.protocol.errors import ConfigError
 from dlnet.protocol.identity import SigningKey
+from dlnet.protocol.params import DEFAULT_DIFFICULTY, MAX_DIFFICULTY
 from dlnet.protocol.submissions import ProofError
 
 OPERATOR_ERRORS = (
@@ -529,6 +530,15 @@ def results(data_dir: Path, config_path: Path, rnd: int, as_json: bool) -> None:
     f"{tn.GROUP_ABOVE} encoders, else {tn.ENCODERS_PER_PROCESS}.",
 )
 @click.option(
+    "--registration-difficulty",
+    "difficulty",
+    type=int,
+    default=None,
+    help=f"The genesis' registration difficulty (2^N proof evaluations per encoder; default "
+    f"{DEFAULT_DIFFICULTY}, lowered above {tn.GROUP_ABOVE} encoders). Lower starts faster on a "
+    "busy machine; the start-up allowance follows it.",
+)
+@click.option(
     "--genesis-in",
     type=float,
     default=180.0,
@@ -545,6 +555,7 @@ def testnet(
     byzantine_spec: str | None,
     emit_compose: Path | None,
     per_process: int | None,
+    difficulty: int | None,
     genesis_in: float,
 ) -> None:
     """Start a local network as separate processes on 127.0.0.1, run rounds, report.
@@ -564,6 +575,8 @@ def testnet(
         fail("--validators and --rounds must be at least 1")
     if per_process is not None and not 1 <= per_process <= MAX_IDENTITIES:
         fail(f"--encoders-per-process {per_process}: must be in 1..{MAX_IDENTITIES}")
+    if difficulty is not None and not 0 <= difficulty <= MAX_DIFFICULTY:
+        fail(f"--registration-difficulty {difficulty}: must be in 0..{MAX_DIFFICULTY}")
     byzantine: tuple[int, str] = (0, "")
     if byzantine_spec is not None:
         try:
@@ -571,7 +584,15 @@ def testnet(
         except tn.SpecError as exc:
             fail(f"--byzantine {byzantine_spec}: {exc}")
     if emit_compose is not None:
-        plan = tn.TestnetPlan(validators, spec, rounds, emit_compose, round_seconds, seeds=seeds)
+        plan = tn.TestnetPlan(
+            validators,
+            spec,
+            rounds,
+            emit_compose,
+            round_seconds,
+            seeds=seeds,
+            difficulty=difficulty,
+        )
         cfg = tn.emit_compose(plan, emit_compose, genesis_in)
         start = time.strftime("%H:%M:%S UTC", time.gmtime(cfg.genesis_time))
         click.echo(
@@ -590,6 +611,7 @@ def testnet(
             start_rounds=starts,
             seeds=seeds,
             per_process=per_process,
+            difficulty=difficulty,
         )
     )
     sys.exit(code)

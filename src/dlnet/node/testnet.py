@@ -219,6 +219,8 @@ class TestnetPlan:
     per_process: int | None = None
     """Most encoders in one OS process (None: 1 up to GROUP_ABOVE encoders, else
     ENCODERS_PER_PROCESS)."""
+    difficulty: int | None = None
+    """The genesis' registration difficulty (None: `registration_difficulty`'s choice)."""
 
     @property
     def encoder_count(self) -> int:
@@ -230,8 +232,11 @@ class TestnetPlan:
         return 1 if self.encoder_count <= GROUP_ABOVE else ENCODERS_PER_PROCESS
 
     def registration_difficulty(self) -> int:
-        """The genesis' registration difficulty: the default, lowered for a big testnet so that
-        every proof together costs about REGISTRATION_BUDGET evaluations."""
+        """The genesis' registration difficulty: the plan's if it names one, else the default,
+        lowered for a big testnet so that every proof together costs about
+        REGISTRATION_BUDGET evaluations."""
+        if self.difficulty is not None:
+            return self.difficulty
         n = self.encoder_count
         if n <= GROUP_ABOVE:
             return DEFAULT_DIFFICULTY
