@@ -16,8 +16,9 @@ Modes (each prints one JSON line when done):
   (fresh key). A node must store none of them, count them and charge this peer.
   Prints {"served": n}.
 * ``flood-sync``: sends sync requests to the bootstrap node as fast as it can (malformed ones
-  and valid ones alternately, 16 at a time) for ``--seconds``. The node must rate-limit and ban
-  it. Prints {"sent": n, "answered": a, "failed": f}.
+  and valid ones alternately, 16 at a time) for ``--seconds``, or until STOP_AFTER_REFUSALS in
+  a row failed (banned). The node must rate-limit and ban it.
+  Prints {"sent": n, "answered": a, "failed": f}.
 """
 
 from __future__ import annotations
@@ -141,27 +142,37 @@ async def poison_sync(cfg: NetworkConfig, bootstrap: str, seconds: float) -> dic
     return {"served": served}
 
 
+STOP_AFTER_REFUSALS = 200
+"""The flooder stops early once this many requests in a row failed: it is banned."""
+
+
 async def flood_sync(cfg: NetworkConfig, bootstrap: str, seconds: float) -> dict[str, Any]:
     target = bootstrap.rpartition("/p2p/")[2]
     pid = protocol_id(cfg.network_id)
     requests = [b"\xc1", bytes(msgpack.packb(["round", 1, 0], use_bin_type=True))]
     stats = {"sent": 0, "answered": 0, "failed": 0}
+    refused_in_a_row = 0
 
-    async def worker(host: Host) -> None:
+    async def worker(host: Host, done: trio.CancelScope) -> None:
+        nonlocal refused_in_a_row
         while True:
             stats["sent"] += 1
             try:
                 await host.request(target, pid, requests[stats["sent"] % 2], 2.0)
                 stats["answered"] += 1
+                refused_in_a_row = 0
             except (RequestError, ValueError):
                 stats["failed"] += 1
+                refused_in_a_row += 1
+                if refused_in_a_row >= STOP_AFTER_REFUSALS:
+                    done.cancel()
                 await trio.sleep(0.01)
 
     async with _joined(cfg, bootstrap, GossipParams()) as host:
-        with trio.move_on_after(seconds):
+        with trio.move_on_after(seconds) as done:
             async with trio.open_nursery() as nursery:
                 for _ in range(16):
-                    nursery.start_soon(worker, host)
+                    nursery.start_soon(worker, host, done)
     return stats
 
 
