@@ -408,7 +408,7 @@ def test_a_peer_that_lets_a_request_time_out_is_no_carrier_for_a_while(
 
 
 @pytest.mark.network
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(150)
 def test_kill9_and_restart_receives_again(spawn: Callable[..., Peer]) -> None:
     """Pitfall 6: a peer killed with SIGKILL and restarted (fresh libp2p key by default)
     receives and is received again: 20/20 both ways."""
@@ -430,7 +430,7 @@ def test_kill9_and_restart_receives_again(spawn: Callable[..., Peer]) -> None:
 
 
 @pytest.mark.network
-@pytest.mark.timeout(90)
+@pytest.mark.timeout(150)
 def test_kill9_and_restart_with_the_same_peer_key_receives_again(
     spawn: Callable[..., Peer],
 ) -> None:
