@@ -1,8 +1,8 @@
 """What README's "Running nodes yourself" tells an operator to do, with real processes on
 127.0.0.1, checked through each node's HTTP API and its dashboard: keygen, init, one node that is
-validator and encoder at once, two encoder-only nodes (an honest and a noise model); once a
-round with all three encoders is final: status, rankings, the weighted embedding, the raw
-certificate, /metrics and `dlnet results`; the dashboard page rendered by headless Chromium
+validator and encoder at once, two encoder-only nodes (an honest and a noise model, the first
+node up and the others' bootstrap); once a round with all three encoders is final: status,
+rankings, the weighted embedding, the raw certificate, /metrics and `dlnet results`; the dashboard page rendered by headless Chromium
 (Debian's chromium, `apt-get install chromium`; that test is skipped where /usr/bin/chromium is
 absent; set DLNET_DASHBOARD_PNG=PATH to keep the screenshot, docs/dashboard.png is made so);
 then Ctrl-C (SIGTERM) stops every node with exit code 0.
@@ -87,19 +87,24 @@ def operator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
         )
         cfg = parse_config((tmp_path / "network.toml").read_text())
         api = "127.0.0.1:0"
-        a = nodes.start(
-            "a", *("--key", "v.key", "--role", "validator", "--role", "encoder", "--api", api)
+        # The noise encoder (no torch) is up first and is the others' bootstrap, so that the
+        # two MiniLM nodes load their models at once, not one after the other.
+        boot = nodes.start(
+            "c",
+            *("--key", "c.key", "--role", "encoder", "--api", api),
+            *("--model", "dlnet.node.models.kinds:noise", "--model-option", "seed=2"),
+        )["addrs"][0]
+        nodes.launch(
+            "a",
+            *("--key", "v.key", "--role", "validator", "--role", "encoder"),
+            *("--bootstrap", boot, "--api", api),
         )
-        boot = a["addrs"][0]
-        for name, model in (
-            ("b", ["--model", "dlnet.node.models.kinds:honest", "--model-option", "seed=1"]),
-            ("c", ["--model", "dlnet.node.models.kinds:noise", "--model-option", "seed=2"]),
-        ):
-            nodes.launch(
-                name,
-                *("--key", f"{name}.key", "--role", "encoder"),
-                *("--bootstrap", boot, "--api", api, *model),
-            )
+        nodes.launch(
+            "b",
+            *("--key", "b.key", "--role", "encoder", "--bootstrap", boot, "--api", api),
+            *("--model", "dlnet.node.models.kinds:honest", "--model-option", "seed=1"),
+        )
+        a = wait_json(tmp_path / "a" / "node.json", 90)
         urls = {n: wait_json(tmp_path / n / "node.json", 90)["api"] for n in "abc"}
         assert all(u.startswith("http://127.0.0.1:") for u in urls.values()), urls
         try:
