@@ -26,7 +26,8 @@ Each signal's Spearman rho with supervised quality over the real models (honest,
 outsiders) is reported for the tuning side first (where a choice may be made), then for the
 held-out side (to confirm, never to choose); and for each signal, whether every cheat's value is
 below every real model's that passes the cuts. Then combinations of the score with a signal
-(``score * signal / median``), chosen on the tuning side.
+(``score * signal / median``), and per-cell score variants that grade by a per-round
+geometry agreement (``VARIANTS``), each to be chosen on the tuning side.
 """
 
 from __future__ import annotations
@@ -80,6 +81,61 @@ def upper(m: F64) -> F64:
     return out
 
 
+RSA_FULL = (0.6, 0.7, 0.8, 0.9)
+COMP_FLOOR = (0.1, 0.15)
+VARIANTS = tuple(f"rsa{f}-floor{c}" for f in RSA_FULL for c in COMP_FLOOR) + tuple(
+    f"gmean-rsa{f}" for f in RSA_FULL
+)
+"""Per-cell score variants (``variant_cells``): ``rsaF-floorC`` grades a cell that passes
+today's cuts by ``min(rsa / F, 1)`` instead of the composition factor and cuts it when its
+composition agreement is below C; ``gmean-rsaF`` grades it by the geometric mean of today's
+composition factor and ``min(rsa / F, 1)``. Both keep the DL factor."""
+
+
+def round_rsa(
+    res: Any, shards: list[dict[bytes, NDArray[np.float32]]], order: tuple[bytes, ...]
+) -> list[float]:
+    """Per encoder, the Spearman correlation of its pairwise cosines over the round's (shard,
+    slot) vectors with those of the round's consensus vectors (per position, the normalised
+    coordinate-wise median of the ok cells' unit vectors; voices and influence ignored): a
+    per-round, rotation-invariant geometry agreement a validator could compute. nan if the
+    encoder has fewer than 2 ok cells."""
+    n_shards = len(shards)
+    ok = [[res.status[s][i] == "ok" for i in range(len(order))] for s in range(n_shards)]
+    cons = []
+    for s in range(n_shards):
+        rows = [
+            units(np.asarray(shards[s][k], np.float64)) for i, k in enumerate(order) if ok[s][i]
+        ]
+        cons.append(units(np.median(np.stack(rows), axis=0)) if rows else None)
+    out = []
+    for i, k in enumerate(order):
+        have = [s for s in range(n_shards) if ok[s][i] and cons[s] is not None]
+        if len(have) < 2:
+            out.append(math.nan)
+            continue
+        mine = units(np.concatenate([np.asarray(shards[s][k], np.float64) for s in have]))
+        ref = np.concatenate([c for s in have if (c := cons[s]) is not None])
+        out.append(float(spearmanr(upper(mine @ mine.T), upper(ref @ ref.T)).statistic))
+    return out
+
+
+def variant_cells(params: ScoringParams, res: Any, s: int, i: int, rsa: float) -> dict[str, float]:
+    """The score of cell (s, i) under each of VARIANTS (0 where today's scoring cuts it)."""
+    if res.status[s][i] != "ok" or res.outliers[s, i] or math.isnan(rsa):
+        return dict.fromkeys(VARIANTS, 0.0)
+    comp = float(res.composition[s, i])
+    dl_factor = 1.0 - params.dl_weight * min(float(res.dl[s, i]) / params.dl_scale, 1.0)
+    comp_factor = min(max(comp, 0.0) / params.composition_full, 1.0)
+    out = {}
+    for f in RSA_FULL:
+        grade = min(max(rsa, 0.0) / f, 1.0)
+        for c in COMP_FLOOR:
+            out[f"rsa{f}-floor{c}"] = 0.0 if comp < c else grade * dl_factor
+        out[f"gmean-rsa{f}"] = math.sqrt(comp_factor * grade) * dl_factor
+    return out
+
+
 def collect(
     encs: list[v.Encoder], items: list[str], rounds: int, params: ScoringParams
 ) -> dict[str, dict[str, float]]:
@@ -109,6 +165,11 @@ def collect(
             weights, order, fulls, dim=v.DIM, duplicate_cos=params.duplicate_cos
         )
         certified += [np.asarray(c, np.float64) for c in cert]
+        rsa = round_rsa(res, shards, order)
+        for i, k in enumerate(order):
+            for s in range(len(tasks)):
+                for name, value in variant_cells(params, res, s, i, rsa[i]).items():
+                    cells[keys[k]].setdefault(name, []).append(value)
         for s in range(len(tasks)):
             ok = [i for i in range(len(order)) if res.status[s][i] == "ok"]
             median_dl = float(np.median(res.dl[s, ok])) if ok else math.nan
@@ -273,10 +334,29 @@ def main() -> int:
         }
         t = combos[m]
         print(f"| {m} | {t['tuning']:.3f} | {t['heldout']:.3f} | {cheat:.4f} | {real:.4f} |")
+    print()
+    print("| score variant | rho tuning | rho held-out | highest cheat | lowest passing real |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    variants: dict[str, Any] = {}
+    for m in ("score", *VARIANTS):
+        c = [{**r, "score": r[m]} for r in rows]
+        cheat, real = cheats_below(c, "score")
+        variants[m] = {
+            "tuning": rho(c, "score", "tuning"),
+            "heldout": rho(c, "score", "heldout"),
+            "max_cheat": cheat,
+            "min_passing_real": real,
+            "scores": {r["encoder"]: r["score"] for r in c},
+        }
+        t = variants[m]
+        print(f"| {m} | {t['tuning']:.3f} | {t['heldout']:.3f} | {cheat:.4f} | {real:.4f} |")
     print(f"{time.monotonic() - began:.0f} s")
     if args.json:
         args.json.write_text(
-            json.dumps({"rows": rows, "signals": summary, "combined": combos}, indent=1)
+            json.dumps(
+                {"rows": rows, "signals": summary, "combined": combos, "variants": variants},
+                indent=1,
+            )
         )
     return 0
 
