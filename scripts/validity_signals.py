@@ -89,7 +89,9 @@ VARIANTS = tuple(f"rsa{f}-floor{c}" for f in RSA_FULL for c in COMP_FLOOR) + tup
 """Per-cell score variants (``variant_cells``): ``rsaF-floorC`` grades a cell that passes
 today's cuts by ``min(rsa / F, 1)`` instead of the composition factor and cuts it when its
 composition agreement is below C; ``gmean-rsaF`` grades it by the geometric mean of today's
-composition factor and ``min(rsa / F, 1)``. Both keep the DL factor."""
+composition factor and ``min(rsa / F, 1)``. Both keep the DL factor. ``pooled-*``: the same
+with the encoder's ``cert_rsa`` over all the rounds instead of the round's own geometry
+agreement (a per-encoder state a network would have to carry across rounds)."""
 
 
 def round_rsa(
@@ -146,6 +148,7 @@ def collect(
     }
     slots_of: dict[str, list[F64 | None]] = {n: [] for n in keys.values()}
     certified: list[F64] = []
+    scored: list[Any] = []
     for r in range(rounds):
         tasks, shards = v.round_shards(encs, items, r)
         res = score_round(params, shards, [t.unit_counts for t in tasks], list(keys))
@@ -165,6 +168,7 @@ def collect(
             weights, order, fulls, dim=v.DIM, duplicate_cos=params.duplicate_cos
         )
         certified += [np.asarray(c, np.float64) for c in cert]
+        scored.append(res)
         rsa = round_rsa(res, shards, order)
         for i, k in enumerate(order):
             for s in range(len(tasks)):
@@ -210,6 +214,13 @@ def collect(
             row["retrieval"] = float(np.mean(np.argmax(sims, axis=-1) == own))
         else:
             row |= {m: math.nan for m in ("cert_rsa", "erank", "align", "uniform", "retrieval")}
+        pooled: dict[str, list[float]] = {}
+        for res in scored:
+            i = res.encoders.index(v.key_of(name))
+            for s in range(len(res.status)):
+                for m, value in variant_cells(params, res, s, i, row["cert_rsa"]).items():
+                    pooled.setdefault(f"pooled-{m}", []).append(value)
+        row |= {m: float(np.mean(xs)) for m, xs in pooled.items()}
         out[name] = row
     return out
 
@@ -338,7 +349,7 @@ def main() -> int:
     print("| score variant | rho tuning | rho held-out | highest cheat | lowest passing real |")
     print("| --- | ---: | ---: | ---: | ---: |")
     variants: dict[str, Any] = {}
-    for m in ("score", *VARIANTS):
+    for m in ("score", *VARIANTS, *(f"pooled-{m}" for m in VARIANTS)):
         c = [{**r, "score": r[m]} for r in rows]
         cheat, real = cheats_below(c, "score")
         variants[m] = {
