@@ -2,9 +2,10 @@
 127.0.0.1, checked through each node's HTTP API and its dashboard: keygen, init, one node that is
 validator and encoder at once, two encoder-only nodes (an honest and a noise model, the first
 node up and the others' bootstrap); once a round with all three encoders is final: status,
-rankings, the weighted embedding, the raw certificate, /metrics and `dlnet results`; the dashboard page rendered by headless Chromium
-(Debian's chromium, `apt-get install chromium`; that test is skipped where /usr/bin/chromium is
-absent; set DLNET_DASHBOARD_PNG=PATH to keep the screenshot, docs/dashboard.png is made so);
+rankings, the weighted embedding, the raw certificate, /metrics and `dlnet results`; the
+dashboard page rendered by headless Chromium (Debian's chromium, `apt-get install chromium`;
+that test is skipped where /usr/bin/chromium is absent; set DLNET_DASHBOARD_PNG=PATH to keep
+the screenshot, docs/dashboard.png is made so);
 then Ctrl-C (SIGTERM) stops every node with exit code 0.
 
 The tests share one network and run in file order: the last one stops it.

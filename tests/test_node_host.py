@@ -337,7 +337,7 @@ def test_burst_of_200_reaches_a_slow_and_a_fast_subscriber(spawn: Callable[..., 
 
 
 @pytest.mark.network
-@pytest.mark.timeout(90)
+@pytest.mark.timeout(150)
 def test_six_nodes_discover_beyond_the_star_with_bounded_degree(
     spawn: Callable[..., Peer],
 ) -> None:
