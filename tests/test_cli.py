@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 
 from dlnet.node.cli import main
+from dlnet.protocol.config import parse_config
+from dlnet.protocol.params import DEFAULT_DIFFICULTY
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,26 @@ def test_keygen_init_and_their_mistakes(tmp_path: Path, capsys: pytest.CaptureFi
     parsed = tomllib.loads(cfg.read_text())
     assert parsed["validators"][0]["pubkey"] == pubkey
     one_line_error(dlnet(capsys, "init", "--validator", "abcd", "--out", str(cfg)), "--validator")
+    # the genesis' registration difficulty: the default unless named, in 0..64
+    assert parse_config(cfg.read_text()).registration.difficulty == DEFAULT_DIFFICULTY
+    easy = tmp_path / "easy.toml"
+    done = dlnet(
+        capsys,
+        "init",
+        "--validator",
+        f"@{key}",
+        "--out",
+        str(easy),
+        "--registration-difficulty",
+        "2",
+    )
+    assert done.code == 0, done.err
+    assert parse_config(easy.read_text()).registration.difficulty == 2
+    for bad in ("-1", "65"):
+        args = ("--out", str(tmp_path / "x.toml"), "--registration-difficulty", bad)
+        done = dlnet(capsys, "init", "--validator", f"@{key}", *args)
+        one_line_error(done, f"--registration-difficulty {bad}", "0..64")
+    assert not (tmp_path / "x.toml").exists()
 
     key.chmod(0o644)
     one_line_error(

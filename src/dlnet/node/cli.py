@@ -7,8 +7,9 @@ import hashlib
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal, NoReturn, cast
+from typing import Any, Literal, NoReturn, TypeVar, cast
 
 import click
 import trio
@@ -41,7 +42,7 @@ from dlnet.node.transport import GossipParams
 from dlnet.protocol.config import DatasetRef, ValidatorEntry, default_config, dump_config
 from dlnet.protocol.errors import ConfigError
 from dlnet.protocol.identity import SigningKey
-from dlnet.protocol.params import DEFAULT_DIFFICULTY, MAX_DIFFICULTY
+from dlnet.protocol.params import DEFAULT_DIFFICULTY, MAX_DIFFICULTY, RegistrationParams
 from dlnet.protocol.submissions import ProofError
 
 OPERATOR_ERRORS = (
@@ -59,8 +60,29 @@ OPERATOR_ERRORS = (
 )
 
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+
 def fail(message: str) -> NoReturn:
     raise click.ClickException(message)
+
+
+def difficulty_option(default_note: str) -> Callable[[F], F]:
+    """``--registration-difficulty N`` of the commands that write a genesis."""
+    return click.option(
+        "--registration-difficulty",
+        "difficulty",
+        type=int,
+        default=None,
+        help="The genesis' registration proof work: 2^N evaluations per encoder on average "
+        f"(default {DEFAULT_DIFFICULTY}{default_note}). Lower starts encoders faster on a "
+        "busy machine; higher makes each identity dearer (docs/PROTOCOL.md §2.7).",
+    )
+
+
+def check_difficulty(difficulty: int | None) -> None:
+    if difficulty is not None and not 0 <= difficulty <= MAX_DIFFICULTY:
+        fail(f"--registration-difficulty {difficulty}: must be in 0..{MAX_DIFFICULTY}")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -139,6 +161,7 @@ def _parse_validator(spec: str) -> ValidatorEntry:
     help="One item per line (or .jsonl with a 'text' field); default: the shipped corpus.",
 )
 @click.option("--round-seconds", type=int, default=None, help="Override the round length.")
+@difficulty_option("")
 @click.option("--force", is_flag=True, help="Overwrite an existing config file.")
 def init(
     validators: tuple[str, ...],
@@ -147,9 +170,11 @@ def init(
     genesis_in: float,
     dataset: Path | None,
     round_seconds: int | None,
+    difficulty: int | None,
     force: bool,
 ) -> None:
     """Write a network config (genesis) for the given validators."""
+    check_difficulty(difficulty)
     entries = tuple(_parse_validator(v) for v in validators)
     if out.exists() and not force:
         fail(
@@ -168,6 +193,8 @@ def init(
     overrides: dict[str, Any] = {"name": name, "dataset": ref}
     if round_seconds is not None:
         overrides["round_seconds"] = round_seconds
+    if difficulty is not None:
+        overrides["registration"] = RegistrationParams(difficulty=difficulty)
     cfg = default_config(entries, int(time.time() + genesis_in), **overrides)
     out.write_text(dump_config(cfg))
     click.echo(f"wrote {out}: network id {cfg.network_id.hex()}")
@@ -529,15 +556,7 @@ def results(data_dir: Path, config_path: Path, rnd: int, as_json: bool) -> None:
     help="Most encoders one OS process runs (`dlnet run --encoders-file`); default: 1 up to "
     f"{tn.GROUP_ABOVE} encoders, else {tn.ENCODERS_PER_PROCESS}.",
 )
-@click.option(
-    "--registration-difficulty",
-    "difficulty",
-    type=int,
-    default=None,
-    help=f"The genesis' registration difficulty (2^N proof evaluations per encoder; default "
-    f"{DEFAULT_DIFFICULTY}, lowered above {tn.GROUP_ABOVE} encoders). Lower starts faster on a "
-    "busy machine; the start-up allowance follows it.",
-)
+@difficulty_option(f", lowered above {tn.GROUP_ABOVE} encoders; the start-up allowance follows it")
 @click.option(
     "--genesis-in",
     type=float,
@@ -575,8 +594,7 @@ def testnet(
         fail("--validators and --rounds must be at least 1")
     if per_process is not None and not 1 <= per_process <= MAX_IDENTITIES:
         fail(f"--encoders-per-process {per_process}: must be in 1..{MAX_IDENTITIES}")
-    if difficulty is not None and not 0 <= difficulty <= MAX_DIFFICULTY:
-        fail(f"--registration-difficulty {difficulty}: must be in 0..{MAX_DIFFICULTY}")
+    check_difficulty(difficulty)
     byzantine: tuple[int, str] = (0, "")
     if byzantine_spec is not None:
         try:
