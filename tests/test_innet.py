@@ -136,6 +136,9 @@ def test_three_validators_finalize_every_round_and_rank_honest_first(tmp_path: P
             cert = agreed(validators, rnd)
             ranked = [row["kind"] for row in ranking(cert.result, kinds)]
             assert ranked == ["honest"] * 4 + ["noise"] * 2, (rnd, ranked)
+        # The validators' scoring went through SharedScoring (tests/innet.py): one
+        # computation per round for the three, not one each.
+        assert len(net.scores) == 3, len(net.scores)
 
     run(cfg, items, tmp_path, scenario)
 
