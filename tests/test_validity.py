@@ -34,9 +34,7 @@ def validity() -> Iterator[ModuleType]:
 
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
-def test_small_study(
-    validity: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_small_study(validity: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The study's command line, ``validity.py --small --json PATH``, run in this process
     (its own interpreter only added start-up and imports). BLAS on one thread, as a
     validator scores: in a test process where torch has run, its pool slows scoring's SVDs."""
