@@ -7,11 +7,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from innet import InNet
-from test_innet import agreed, encoders, keys, network, outcome, run, settled
+from test_innet import MINILM, agreed, encoders, keys, network, outcome, run, settled
 
 from dlnet.node.report import ranking
 from dlnet.protocol.consensus import finality_reached
 from dlnet.protocol.result import result_digest
+
+pytestmark = MINILM  # its honest encoders run MiniLM (tests/test_innet.py)
 
 
 def test_24_encoders_finalize_every_round_with_a_full_certificate(tmp_path: Path) -> None:
