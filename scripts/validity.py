@@ -52,7 +52,7 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy.stats import spearmanr
+from scipy.stats import rankdata, spearmanr
 from sklearn.metrics import roc_auc_score
 
 from dlnet.data import shipped_path
@@ -521,6 +521,19 @@ def _spearman(a: NDArray[np.float64], b: NDArray[np.float64]) -> float:
     return 0.0 if np.ptp(a) == 0 else float(spearmanr(a, b).statistic)
 
 
+def _spearman_rows(a: NDArray[np.float64], b: NDArray[np.float64]) -> NDArray[np.float64]:
+    """``_spearman`` of every row pair ``(a[i], b[i])`` at once: Pearson's r of the rows'
+    average ranks (what ``spearmanr`` computes), 0 for a constant row of ``a``. One call for
+    all bootstrap resamples instead of one ``spearmanr`` each (they were a third of a small
+    study's time)."""
+    ra = rankdata(a, axis=1) - (a.shape[1] + 1) / 2
+    rb = rankdata(b, axis=1) - (b.shape[1] + 1) / 2
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rho = np.sum(ra * rb, axis=1) / np.sqrt(np.sum(ra * ra, axis=1) * np.sum(rb * rb, axis=1))
+    out: NDArray[np.float64] = np.where(np.ptp(a, axis=1) == 0, 0.0, rho)
+    return out
+
+
 def quality(e: Encoder, sd: Side) -> dict[str, Any]:
     """Per set of the side its measure (5-NN accuracy, or Spearman rho with the human
     judgements), their mean ``quality`` and its value on every bootstrap resample
@@ -535,7 +548,7 @@ def quality(e: Encoder, sd: Side) -> dict[str, Any]:
         u = _unit(e.embed(p.texts))
         cos = np.sum(u[p.left] * u[p.right], axis=1)
         q[name] = _spearman(cos, p.judged)
-        parts.append(np.array([_spearman(cos[i], p.judged[i]) for i in sd.boot[name]]))
+        parts.append(_spearman_rows(cos[sd.boot[name]], p.judged[sd.boot[name]]))
     q["quality"] = float(np.mean([q[n] for n in [*sd.sets, *sd.pairs]]))
     q["quality_boot"] = [float(x) for x in np.mean(parts, axis=0)]
     return q

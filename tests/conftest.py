@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +20,13 @@ import pytest
 from netutil import Nodes
 
 HEAVY_SKIP = "heavy real-process test: run with --heavy (docs/TESTING.md)"
+
+# PYTHONDONTWRITEBYTECODE (set on the team's machines) also stops pytest from caching the test
+# modules it rewrites for its assertion messages, and Python from caching dlnet's bytecode:
+# every pytest-xdist worker then parsed, rewrote and compiled every test module again (~6 s
+# of CPU each, more than half of collecting). Set here, before any test module is imported;
+# the caches are __pycache__ folders, which git ignores.
+sys.dont_write_bytecode = False
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -27,11 +27,16 @@ from dlnet.node.report import STORE_FILE
 from dlnet.node.runtime import Identity, join_topics, start_roles
 from dlnet.node.store import Store
 from dlnet.node.sync import SyncClient
+from dlnet.node.validator import score_on_one_thread
 from dlnet.protocol.config import NetworkConfig
 from dlnet.protocol.identity import SigningKey
 from dlnet.protocol.scoring import score_round
 
 T = TypeVar("T")
+SHARED_FUNCTIONS = (score_round, score_on_one_thread)
+"""What a validator offloads to score a round: `score_round`, or the wrapper that runs it
+on one BLAS thread (the one `ValidatorRole.score` uses; a rename here must follow it, else
+every validator scores for itself again: tests/test_innet.py checks that results are shared)."""
 
 
 @dataclass
@@ -49,7 +54,7 @@ class SharedScoring(NodeContext):
     scores: dict[bytes, Any] = field(default_factory=dict)
 
     async def offload(self, work: Callable[[], T]) -> T:
-        if not (isinstance(work, functools.partial) and work.func is score_round):
+        if not (isinstance(work, functools.partial) and work.func in SHARED_FUNCTIONS):
             return await super().offload(work)
         call = (work.args, sorted(work.keywords.items()))
         key = hashlib.sha256(pickle.dumps(call, protocol=pickle.HIGHEST_PROTOCOL)).digest()

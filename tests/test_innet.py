@@ -29,6 +29,10 @@ from dlnet.protocol.wire import Certificate, Commit, Kind, decode
 
 GENESIS = 1_900_000_000
 ROUND_SECONDS = 40
+MINILM = pytest.mark.xdist_group("minilm")
+"""For a test whose encoders run the default model (``honest``): under pytest-xdist the tests
+of this group run on one worker, so that torch and MiniLM (~11 s) load in one process only
+(as in tests/test_models.py); the tests of noise encoders spread over the workers."""
 
 
 def keys(n: int, base: int) -> list[SigningKey]:
@@ -119,6 +123,7 @@ async def encoders(net: InNet, kind: str, ks: list[SigningKey]) -> None:
         await net.start(f"{kind}-{i}", encoders=[Encoder(k, model)])
 
 
+@MINILM
 def test_three_validators_finalize_every_round_and_rank_honest_first(tmp_path: Path) -> None:
     vals, good, bad = keys(3, 1), keys(4, 20), keys(2, 40)
     cfg, items = network(tmp_path, vals, good)
@@ -136,10 +141,14 @@ def test_three_validators_finalize_every_round_and_rank_honest_first(tmp_path: P
             cert = agreed(validators, rnd)
             ranked = [row["kind"] for row in ranking(cert.result, kinds)]
             assert ranked == ["honest"] * 4 + ["noise"] * 2, (rnd, ranked)
+        # The validators' scoring went through SharedScoring (tests/innet.py): one
+        # computation per round for the three, not one each.
+        assert len(net.scores) == 3, len(net.scores)
 
     run(cfg, items, tmp_path, scenario)
 
 
+@MINILM
 def test_every_adversary_behaviour_ranks_below_every_honest_encoder(tmp_path: Path) -> None:
     """The encoder adversaries of node/adversaries.py against four honest encoders: each
     ranks below all of them; a copycat (others' reveals re-signed) and an equivocator (two
@@ -175,6 +184,7 @@ def test_every_adversary_behaviour_ranks_below_every_honest_encoder(tmp_path: Pa
     run(cfg, items, tmp_path, scenario)
 
 
+@MINILM
 def test_an_encoder_restarted_after_its_commit_reveals_what_it_committed_to(
     tmp_path: Path,
 ) -> None:
@@ -253,6 +263,7 @@ def test_one_byzantine_validator_of_four_neither_voids_pads_nor_stalls_a_round(
     run(cfg, items, tmp_path, scenario)
 
 
+@MINILM
 @pytest.mark.parametrize("count", [1, 2])
 def test_a_pool_too_small_to_check_certifies_no_output(tmp_path: Path, count: int) -> None:
     """Fewer voices than `min_encoders_for_lof`: the round certifies scores of 0 and an

@@ -6,12 +6,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from innet import InNet
-from test_innet import agreed, encoders, keys, network, outcome, run, settled
+from innet import Encoder, InNet
+from test_innet import MINILM, agreed, keys, network, outcome, run, settled
 
+from dlnet.node.models.kinds import honest, noise
 from dlnet.node.report import ranking
 from dlnet.protocol.consensus import finality_reached
 from dlnet.protocol.result import result_digest
+
+pytestmark = MINILM  # its honest encoders run MiniLM (tests/test_innet.py)
+PER_NODE = 8
 
 
 def test_24_encoders_finalize_every_round_with_a_full_certificate(tmp_path: Path) -> None:
@@ -23,8 +27,17 @@ def test_24_encoders_finalize_every_round_with_a_full_certificate(tmp_path: Path
 
     async def scenario(net: InNet) -> None:
         validators = [await net.start(f"v{i}", validator=k) for i, k in enumerate(vals)]
-        await encoders(net, "honest", good)
-        await encoders(net, "noise", bad)
+        # Eight encoder identities to a node, as test_scale_e2e groups them eight to a process
+        # (`dlnet run --encoders-file`): each still commits, reveals and is scored as its own
+        # encoder, while the network simulates 6 nodes instead of 27.
+        for kind, ks in (("honest", good), ("noise", bad)):
+            factory = {"honest": honest, "noise": noise}[kind]
+            for start in range(0, len(ks), PER_NODE):
+                group = [
+                    Encoder(k, factory(cfg.dim, cfg.projection_seed, seed=start + i))
+                    for i, k in enumerate(ks[start : start + PER_NODE])
+                ]
+                await net.start(f"{kind}-{start // PER_NODE}", encoders=group)
         await settled(net, 1)
         for rnd in (0, 1):  # every node is up 5 s before genesis: round 0 is a whole round
             res = agreed(validators, rnd).result

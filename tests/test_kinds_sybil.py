@@ -4,11 +4,15 @@ copies of one cheap model), and how the scoring's duplicate rule sees them."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from numpy.typing import NDArray
 
 from dlnet.node.models.kinds import cheapcopy, honest, scaled
 from dlnet.protocol.config import DEFAULT_PROJECTION_SEED
 from dlnet.protocol.params import ScoringParams
+
+# MiniLM-based kinds: on the worker that loads MiniLM (tests/test_models.py).
+pytestmark = pytest.mark.xdist_group("minilm")
 
 TEXTS = [
     "the cat sat on the mat",

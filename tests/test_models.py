@@ -291,6 +291,12 @@ def test_additive_kind_has_zero_dl() -> None:
     assert mean_dl(out) < 1e-6
     assert np.all(np.linalg.norm(out, axis=1) > 1.0)
     assert np.array_equal(out, kinds.additive(DIM, SEED, seed=3).embed(texts))
+    # Word vectors are kept, at most KEPT_WORDS of them: a model that evicts at every other
+    # word embeds the same bits as one that keeps them all (and as a fresh one, above).
+    small = kinds.additive(DIM, SEED, seed=3)
+    small.KEPT_WORDS = 2
+    assert np.array_equal(out, small.embed(texts)) and len(small._words) == 2
+    assert np.array_equal(out, model.embed(texts))
 
 
 def test_fabricate_inverse_has_zero_dl() -> None:

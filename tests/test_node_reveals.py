@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from signed import signed_round
 from trio.testing import MockClock
 
-from dlnet.node.context import WALL, NodeContext
+from dlnet.node.context import NodeContext, TrioClock
 from dlnet.node.encoder import EncoderRole
 from dlnet.node.ingest import Ingest, Outcome
 from dlnet.node.reveals import (
@@ -249,9 +249,17 @@ class EncoderHost(PeerHost):
         raise AssertionError("reveals are pushed, never gossiped")
 
 
-def encoder_role(cfg: NetworkConfig, ingest: Ingest, host: EncoderHost) -> EncoderRole:
-    ctx = NodeContext(cfg, (), ingest.store, ingest, host, None)  # type: ignore[arg-type]
+def encoder_role(
+    cfg: NetworkConfig, ingest: Ingest, host: EncoderHost, clock: TrioClock
+) -> EncoderRole:
+    ctx = NodeContext(cfg, (), ingest.store, ingest, host, None, clock=clock)  # type: ignore[arg-type]
     return EncoderRole(ctx, SigningKey.from_seed(b"\x02" * 32), None)  # type: ignore[arg-type]
+
+
+def virtual_clock() -> TrioClock:
+    """Wall time from now on, read off trio's clock: under ``MockClock(autojump_threshold=0)``
+    the RETRY waits and push timeouts pass as soon as every task waits (no real sleeping)."""
+    return TrioClock(time.time())
 
 
 def test_an_unacknowledged_reveal_is_pushed_again_until_a_keeper_holds_it(
@@ -262,11 +270,12 @@ def test_an_unacknowledged_reveal_is_pushed_again_until_a_keeper_holds_it(
     net = Transport()
     validator = node(cfg, tmp_path / "v.sqlite")
     install_server(net.host("v"), validator)
-    encoder = Ingest(cfg, Store.open(tmp_path / "e.sqlite"), WALL.now)  # the role's clock
+    clock = virtual_clock()
+    encoder = Ingest(cfg, Store.open(tmp_path / "e.sqlite"), clock.now)  # the role's clock
     host = EncoderHost(net, "e")
-    role = encoder_role(cfg, encoder, host)
+    role = encoder_role(cfg, encoder, host, clock)
     items = [encode(e) for e in reveals(cfg)]
-    now = time.time()
+    now = clock.epoch
     times = RoundTimes(now - 10, now - 2, now + 1, now + 4 * RETRY, now + 7, now + 8)
 
     async def main() -> int:
@@ -278,7 +287,7 @@ def test_an_unacknowledged_reveal_is_pushed_again_until_a_keeper_holds_it(
         await trio.sleep(1.5 * RETRY)
         host.keepers = ["v"]
 
-    assert trio.run(main) == 1
+    assert trio.run(main, clock=MockClock(autojump_threshold=0)) == 1
     assert sorted(validator.store.messages(Kind.EMBEDDING, 1)) == sorted(items)
     counters = encoder.store.counters()
     assert counters["encoder:reveal_push_retried"] >= 1
@@ -290,11 +299,14 @@ def test_a_reveal_no_keeper_takes_is_counted_unacknowledged(
 ) -> None:
     net = Transport()
     net.handlers["stalled"] = None
-    encoder = Ingest(cfg, Store.open(tmp_path / "e.sqlite"), WALL.now)  # the role's clock
+    clock = virtual_clock()
+    encoder = Ingest(cfg, Store.open(tmp_path / "e.sqlite"), clock.now)  # the role's clock
     host = EncoderHost(net, "e")
     host.keepers = ["stalled"]
     items = [encode(e) for e in reveals(cfg)]
-    now = time.time()
+    now = clock.epoch
     times = RoundTimes(now - 10, now - 2, now + 1, now + 3 * RETRY, now + 7, now + 8)
-    assert trio.run(lambda: encoder_role(cfg, encoder, host)._reveal(items, times)) == 0
+    role = encoder_role(cfg, encoder, host, clock)
+    reveal = role._reveal(items, times)
+    assert trio.run(lambda: reveal, clock=MockClock(autojump_threshold=0)) == 0
     assert encoder.store.counters()["encoder:reveal_push_unacked"] == 1

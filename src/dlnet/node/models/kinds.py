@@ -366,14 +366,24 @@ class AdditiveModel:
     of the full text, ``E(full) = E(mask) + E(inverse)``: DL is 0 up to float32 rounding (the
     sum is taken in float64)."""
 
+    KEPT_WORDS = 4096
+    """Word vectors kept (the most recently made; at dim 1024, 32 MB): a word's vector costs
+    a SHA-256 and a Generator's seeding, and a round's masks repeat its full texts' words."""
+
     def __init__(self, dim: int, seed: int | str, word_norm: float) -> None:
         self.dim = dim
         self.seed = seed
         self.scale = word_norm / np.sqrt(dim)
+        self._words: dict[str, NDArray[np.float64]] = {}
 
     def _word(self, word: str) -> NDArray[np.float64]:
-        rng = generator(b"dlnet-testnet/additive", self.seed, word.encode())
-        out: NDArray[np.float64] = rng.standard_normal(self.dim) * self.scale
+        out = self._words.get(word)
+        if out is None:
+            rng = generator(b"dlnet-testnet/additive", self.seed, word.encode())
+            out = rng.standard_normal(self.dim) * self.scale
+            if len(self._words) >= self.KEPT_WORDS:
+                del self._words[next(iter(self._words))]
+            self._words[word] = out
         return out
 
     def embed(self, texts: list[str]) -> NDArray[np.float32]:
