@@ -228,17 +228,19 @@ def test_late_groups_and_seeds_make_the_plan(tmp_path: Path) -> None:
     assert t < round_times(cfg, 2).start
     for up in (t, t + 1, round_times(cfg, 2).commit_deadline, times.commit_deadline - 5.5):
         assert encoder_first_round(cfg, up, 3) == 3
-    # Budget for loading 8 models and 8 registration proofs at once: over 2 rounds at 60 s.
-    assert times.commit_deadline - 5.5 - t > 2 * cfg.timing.round_seconds
+    # Budget for loading 8 models and 8 registration proofs at once: over 2 rounds (83 s
+    # measured for 8 at once on a loaded 2-core machine).
+    assert times.commit_deadline - 5.5 - t > max(2 * cfg.timing.round_seconds, 83)
     assert encoder_first_round(cfg, times.commit_deadline - 4.5, 3) == 4  # too late: the next
     assert encoder_first_round(cfg, t, None) < 3  # without the flag: an earlier round
     assert late_start_time(cfg, 3, 1) > t  # fewer at once: later
     # They wait until the encoders started before them are up, at most half a round.
+    half = cfg.timing.round_seconds / 2
     assert not late_due(cfg, t, t - 1, True)
-    assert late_due(cfg, t, t, True) and not late_due(cfg, t, t + 29, False)
-    assert late_due(cfg, t, t + 30, False)
+    assert late_due(cfg, t, t, True) and not late_due(cfg, t, t + half - 1, False)
+    assert late_due(cfg, t, t + half, False)
     # Even started half a round late they have 1.5 rounds to load before round 3's commit.
-    assert times.commit_deadline - 5.5 - (t + 30) > 1.5 * cfg.timing.round_seconds
+    assert times.commit_deadline - 5.5 - (t + half) > 1.5 * cfg.timing.round_seconds
 
 
 def test_emit_compose_names_the_seed_kinds_keys_in_the_genesis(tmp_path: Path) -> None:
