@@ -367,10 +367,13 @@ def test_six_nodes_discover_beyond_the_star_with_bounded_degree(
     others[-1].publish("hop", 10)
     for p in nodes[:-1]:
         assert sorted(p.wait_received("hop", 10, 15)) == sorted(f"hop{i}" for i in range(10))
+    # The bound is kept by eviction at each upkeep tick: a peer's dial can make a fifth
+    # connection for a moment (seen once beside a testnet), which the next tick closes.
+    wait_until(
+        lambda: all(len(p.status()["peers"]) <= 4 for p in nodes), 10, "at most 4 peers each"
+    )
     for p in nodes:
-        s = p.status()
-        assert len(s["peers"]) <= 4
-        assert s["counters"]["dropped"] == 0
+        assert p.status()["counters"]["dropped"] == 0
 
 
 @pytest.mark.network
