@@ -73,7 +73,7 @@ from dlnet.protocol.consensus import quantise
 from dlnet.protocol.dataset import parse_dataset
 from dlnet.protocol.masks import ShardTask, derive_tasks, split_units
 from dlnet.protocol.params import ScoringParams
-from dlnet.protocol.scoring import round_embeddings, score_round
+from dlnet.protocol.scoring import RoundScores, round_embeddings, score_round
 
 DIM = 1024
 NETWORK_ID = hashlib.sha256(b"dlnet validity study").digest()
@@ -244,6 +244,21 @@ class ScaledEmbed:
         return (self.base(texts).astype(np.float64) * self.factor).astype(np.float32)
 
 
+def study_inputs(
+    cache: Path,
+) -> tuple[list[str], list[Encoder], list[NativeCache], list[NativeCache]]:
+    """What the studies of scripts/validity_*.py start from: the shipped corpus, the family and
+    its native caches, and the outsiders' native models; without the outsiders' packages, the
+    one line saying what to install, and exit 2."""
+    items = parse_dataset(shipped_path("corpus.txt").read_bytes(), "lines")
+    encs, caches = family(False, cache)
+    natives, missing = outsider_natives(cache, items)
+    if missing:
+        print(missing, file=sys.stderr)
+        raise SystemExit(2)
+    return items, encs, caches, natives
+
+
 def outsider_natives(
     cache: Path | None, items: Sequence[str]
 ) -> tuple[list[NativeCache], str | None]:
@@ -275,33 +290,46 @@ def certified(
     """What a network of ``pool`` certifies in ``rounds``: per shard, its full text and its
     weighted embedding (the pool scored by ``score_round``, quantised, then
     ``round_embeddings``; zero vectors left out) — the pairs ``dlnet align`` fits on."""
-    keys = {key_of(e.name): e for e in pool}
-    order = sorted(keys)
     texts_out: list[str] = []
     targets: list[NDArray[np.float32]] = []
     for r in rounds:
-        tasks, shards = round_shards(pool, items, r)
-        res = score_round(params, shards, [t.unit_counts for t in tasks], order)
-        weights = np.array(
-            [
-                [
-                    0 if res.outliers[s, i] else quantise(float(res.scores[s, i]))
-                    for i in range(len(order))
-                ]
-                for s in range(len(tasks))
-            ],
-            dtype=np.int64,
-        )
-        fulls = {(s, k): shards[s][k][0] for s in range(len(tasks)) for k in order}
-        for task, vec in zip(
-            tasks,
-            round_embeddings(weights, order, fulls, dim=DIM, duplicate_cos=params.duplicate_cos),
-            strict=True,
-        ):
+        tasks, _, _, weighted = certify_round(pool, items, r, params)
+        for task, vec in zip(tasks, weighted, strict=True):
             if np.any(vec):
                 texts_out.append(task.texts[0])
                 targets.append(vec)
     return texts_out, np.stack(targets)
+
+
+def certify_round(
+    pool: Sequence[Encoder], items: Sequence[str], r: int, params: ScoringParams
+) -> tuple[
+    tuple[ShardTask, ...],
+    list[dict[bytes, NDArray[np.float32]]],
+    RoundScores,
+    list[NDArray[np.float32]],
+]:
+    """Round r of a network of ``pool``: its tasks and shards (`round_shards`), ``score_round``'s
+    result, and the weighted embedding per shard it certifies (scores quantised, outliers at
+    weight 0, ``round_embeddings``)."""
+    tasks, shards = round_shards(pool, items, r)
+    res = score_round(
+        params, shards, [t.unit_counts for t in tasks], [key_of(e.name) for e in pool]
+    )
+    order = list(res.encoders)
+    weights = np.array(
+        [
+            [
+                0 if res.outliers[s, i] else quantise(float(res.scores[s, i]))
+                for i in range(len(order))
+            ]
+            for s in range(len(tasks))
+        ],
+        dtype=np.int64,
+    )
+    fulls = {(s, k): shards[s][k][0] for s in range(len(tasks)) for k in order}
+    weighted = round_embeddings(weights, order, fulls, dim=DIM, duplicate_cos=params.duplicate_cos)
+    return tasks, shards, res, list(weighted)
 
 
 def aligned_outsiders(

@@ -59,10 +59,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import validity as v
 
-from dlnet.data import shipped_path
 from dlnet.node.models.aligned import fit_method, fit_procrustes, fit_ridge
 from dlnet.protocol.config import DEFAULT_PROJECTION_SEED
-from dlnet.protocol.dataset import parse_dataset
 from dlnet.protocol.masks import split_units
 from dlnet.protocol.params import ScoringParams
 from dlnet.protocol.projection import projection_matrix
@@ -189,12 +187,7 @@ def main() -> int:
     began = time.monotonic()
     cache = Path(args.cache)
     params = ScoringParams()
-    items = parse_dataset(shipped_path("corpus.txt").read_bytes(), "lines")
-    encs, caches = v.family(False, cache)
-    natives, missing = v.outsider_natives(cache, items)
-    if missing:
-        print(missing, file=sys.stderr)
-        return 2
+    items, encs, caches, natives = v.study_inputs(cache)
     mpnet = next(n for n in natives if n.name == "mpnet")
     pool = [e for e in encs if e.group == "honest"]
     first = v.ALIGN_FIRST_ROUND

@@ -48,11 +48,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import validity as v
 
-from dlnet.data import shipped_path
 from dlnet.protocol.consensus import quantise
-from dlnet.protocol.dataset import parse_dataset
 from dlnet.protocol.params import ScoringParams
-from dlnet.protocol.scoring import effective_rank, round_embeddings, score_round
+from dlnet.protocol.scoring import effective_rank
 
 F64 = NDArray[np.float64]
 SIGNALS = (
@@ -150,23 +148,8 @@ def collect(
     certified: list[F64] = []
     scored: list[Any] = []
     for r in range(rounds):
-        tasks, shards = v.round_shards(encs, items, r)
-        res = score_round(params, shards, [t.unit_counts for t in tasks], list(keys))
+        tasks, shards, res, cert = v.certify_round(encs, items, r, params)
         order = res.encoders
-        weights = np.array(
-            [
-                [
-                    0 if res.outliers[s, i] else quantise(float(res.scores[s, i]))
-                    for i in range(len(order))
-                ]
-                for s in range(len(tasks))
-            ],
-            dtype=np.int64,
-        )
-        fulls = {(s, k): shards[s][k][0] for s in range(len(tasks)) for k in order}
-        cert = round_embeddings(
-            weights, order, fulls, dim=v.DIM, duplicate_cos=params.duplicate_cos
-        )
         certified += [np.asarray(c, np.float64) for c in cert]
         scored.append(res)
         rsa = round_rsa(res, shards, order)
@@ -263,6 +246,21 @@ def combined(rows: list[dict[str, Any]], signal: str) -> list[dict[str, Any]]:
     return out
 
 
+def table_row(name: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """``rows``' "score" against quality, printed as a markdown row: rho on each side, the
+    highest cheat and the lowest real model that passes the cuts."""
+    cheat, real = cheats_below(rows, "score")
+    t = {
+        "tuning": rho(rows, "score", "tuning"),
+        "heldout": rho(rows, "score", "heldout"),
+        "max_cheat": cheat,
+        "min_passing_real": real,
+        "scores": {r["encoder"]: r["score"] for r in rows},
+    }
+    print(f"| {name} | {t['tuning']:.3f} | {t['heldout']:.3f} | {cheat:.4f} | {real:.4f} |")
+    return t
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--cache", default=str(Path.home() / ".cache" / "dlnet" / "validity"))
@@ -272,12 +270,7 @@ def main() -> int:
     began = time.monotonic()
     cache = Path(args.cache)
     params = ScoringParams()
-    items = parse_dataset(shipped_path("corpus.txt").read_bytes(), "lines")
-    encs, caches = v.family(False, cache)
-    natives, missing = v.outsider_natives(cache, items)
-    if missing:
-        print(missing, file=sys.stderr)
-        return 2
+    items, encs, caches, natives = v.study_inputs(cache)
     pool = [e for e in encs if e.group == "honest"]
     first = v.ALIGN_FIRST_ROUND
     texts, targets = v.certified(pool, items, range(first, first + v.ALIGN_ROUNDS), params)
@@ -332,35 +325,14 @@ def main() -> int:
         "| lowest passing real |"
     )
     print("| --- | ---: | ---: | ---: | ---: |")
-    combos: dict[str, Any] = {}
-    for m in SIGNALS[1:]:
-        c = combined(rows, m)
-        cheat, real = cheats_below(c, "score")
-        combos[m] = {
-            "tuning": rho(c, "score", "tuning"),
-            "heldout": rho(c, "score", "heldout"),
-            "max_cheat": cheat,
-            "min_passing_real": real,
-            "scores": {r["encoder"]: r["score"] for r in c},
-        }
-        t = combos[m]
-        print(f"| {m} | {t['tuning']:.3f} | {t['heldout']:.3f} | {cheat:.4f} | {real:.4f} |")
+    combos = {m: table_row(m, combined(rows, m)) for m in SIGNALS[1:]}
     print()
     print("| score variant | rho tuning | rho held-out | highest cheat | lowest passing real |")
     print("| --- | ---: | ---: | ---: | ---: |")
-    variants: dict[str, Any] = {}
-    for m in ("score", *VARIANTS, *(f"pooled-{m}" for m in VARIANTS)):
-        c = [{**r, "score": r[m]} for r in rows]
-        cheat, real = cheats_below(c, "score")
-        variants[m] = {
-            "tuning": rho(c, "score", "tuning"),
-            "heldout": rho(c, "score", "heldout"),
-            "max_cheat": cheat,
-            "min_passing_real": real,
-            "scores": {r["encoder"]: r["score"] for r in c},
-        }
-        t = variants[m]
-        print(f"| {m} | {t['tuning']:.3f} | {t['heldout']:.3f} | {cheat:.4f} | {real:.4f} |")
+    variants = {
+        m: table_row(m, [{**r, "score": r[m]} for r in rows])
+        for m in ("score", *VARIANTS, *(f"pooled-{m}" for m in VARIANTS))
+    }
     print(f"{time.monotonic() - began:.0f} s")
     if args.json:
         args.json.write_text(

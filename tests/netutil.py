@@ -223,3 +223,15 @@ def check_answer(cwd: Path, config: Path, cfg: NetworkConfig, got: Answer) -> No
         got = np.array(emb["embedding"], dtype=np.float64)
         cos = float(row @ got / (np.linalg.norm(row) * np.linalg.norm(got)))
         assert cos >= 0.99, (emb["text"], cos)
+
+
+def wait_committed(logs: list[Path], timeout: float) -> None:
+    """Until each encoder log says it committed in some round (a data owner submits then: a
+    round whose shards fewer than 3 checked encoders embed certifies no embedding, zeros)."""
+    assert logs, "no encoder log to wait on"
+    end = time.time() + timeout
+    while time.time() < end:
+        if all("committed to" in log.read_text(errors="replace") for log in logs):
+            return
+        time.sleep(2)
+    raise AssertionError(f"not every encoder of {[p.parent.name for p in logs]} committed")

@@ -9,11 +9,10 @@ same helpers (`submit_and_wait`, `check_answer` in tests/netutil.py)."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
-from netutil import Nodes, check_answer, dlnet, submit_and_wait
+from netutil import Nodes, check_answer, dlnet, submit_and_wait, wait_committed
 
 from dlnet.protocol.config import parse_config
 
@@ -45,20 +44,10 @@ def test_small_network_one_validator(tmp_path: Path, nodes: Nodes) -> None:
         )
     # Submit once every encoder has committed in a round: a round whose shards are embedded by
     # fewer than min_encoders_for_lof (3) checked encoders certifies no embedding (zeros).
-    wait_committed([tmp_path / f"e{i}.log" for i in range(ENCODERS)], nodes)
     try:
+        wait_committed([tmp_path / f"e{i}.log" for i in range(ENCODERS)], 300)
         answer = submit_and_wait(tmp_path, info["api"], config, cfg)
     except AssertionError as exc:
         raise AssertionError(f"{exc}\n{nodes.logs()}") from None
     nodes.stop()
     check_answer(tmp_path, config, cfg, answer)
-
-
-def wait_committed(logs: list[Path], nodes: Nodes, timeout: float = 300) -> None:
-    """Until each encoder's log says it committed in some round."""
-    end = time.time() + timeout
-    while time.time() < end:
-        if all("committed to" in log.read_text(errors="replace") for log in logs):
-            return
-        time.sleep(2)
-    raise AssertionError(f"not every encoder committed within {timeout} s\n{nodes.logs()}")

@@ -33,7 +33,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from netutil import Answer, check_answer, finish, start_testnet, submit_and_wait, wait_json
+from netutil import (
+    Answer,
+    check_answer,
+    finish,
+    start_testnet,
+    submit_and_wait,
+    wait_committed,
+    wait_json,
+)
 
 from dlnet.node.store import Store
 from dlnet.protocol.config import NetworkConfig, parse_config
@@ -73,19 +81,6 @@ def last_json(proc: subprocess.Popen[bytes], timeout: float) -> dict[str, Any]:
     return data
 
 
-def wait_honest_committed(out: Path, timeout: float) -> None:
-    """Until every honest encoder's log says it committed in some round: a round whose shards
-    fewer than 3 checked encoders embed certifies no embedding (zeros)."""
-    logs = [p for p in (out / "nodes").glob("encoder*/node.log") if "honest" in p.parent.name]
-    assert logs, "no honest encoder in the testnet"
-    end = time.time() + timeout
-    while time.time() < end:
-        if all("committed to" in log.read_text(errors="replace") for log in logs):
-            return
-        time.sleep(2)
-    raise AssertionError(f"not every honest encoder committed within {timeout} s")
-
-
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
     out = tmp_path_factory.mktemp("testnet")
@@ -105,7 +100,8 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
         grown = log.stat().st_size - before
         config = out / "network.toml"
         cfg = parse_config(config.read_text())
-        wait_honest_committed(out, 300)
+        honest = (out / "nodes").glob("encoder*honest*/node.log")
+        wait_committed(list(honest), 300)
         api = wait_json(out / "nodes" / "validator-0" / "node.json", 5)["api"]
         answer = submit_and_wait(out, api, config, cfg)
         gossip = last_json(procs[0], 180)
