@@ -115,12 +115,17 @@ def agreed(nodes: list[Node], rnd: int) -> Certificate:
     return cert
 
 
-async def encoders(net: InNet, kind: str, ks: list[SigningKey]) -> None:
+async def encoders(net: InNet, kind: str, ks: list[SigningKey], per_node: int = 1) -> None:
+    """Encoders of ``kind`` (model seed = index in ``ks``), ``per_node`` identities to a node:
+    nodes ``<kind>-0``, ``<kind>-1``, ..."""
     cfg = net.cfg
     factory = {"honest": honest, "noise": noise}[kind]
-    for i, k in enumerate(ks):
-        model = factory(cfg.dim, cfg.projection_seed, seed=i)
-        await net.start(f"{kind}-{i}", encoders=[Encoder(k, model)])
+    for start in range(0, len(ks), per_node):
+        group = [
+            Encoder(k, factory(cfg.dim, cfg.projection_seed, seed=start + i))
+            for i, k in enumerate(ks[start : start + per_node])
+        ]
+        await net.start(f"{kind}-{start // per_node}", encoders=group)
 
 
 @MINILM

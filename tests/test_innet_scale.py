@@ -6,10 +6,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from innet import Encoder, InNet
-from test_innet import MINILM, agreed, keys, network, outcome, run, settled
+from innet import InNet
+from test_innet import MINILM, agreed, encoders, keys, network, outcome, run, settled
 
-from dlnet.node.models.kinds import honest, noise
 from dlnet.node.report import ranking
 from dlnet.protocol.consensus import finality_reached
 from dlnet.protocol.result import result_digest
@@ -30,14 +29,8 @@ def test_24_encoders_finalize_every_round_with_a_full_certificate(tmp_path: Path
         # Eight encoder identities to a node, as test_scale_e2e groups them eight to a process
         # (`dlnet run --encoders-file`): each still commits, reveals and is scored as its own
         # encoder, while the network simulates 6 nodes instead of 27.
-        for kind, ks in (("honest", good), ("noise", bad)):
-            factory = {"honest": honest, "noise": noise}[kind]
-            for start in range(0, len(ks), PER_NODE):
-                group = [
-                    Encoder(k, factory(cfg.dim, cfg.projection_seed, seed=start + i))
-                    for i, k in enumerate(ks[start : start + PER_NODE])
-                ]
-                await net.start(f"{kind}-{start // PER_NODE}", encoders=group)
+        await encoders(net, "honest", good, PER_NODE)
+        await encoders(net, "noise", bad, PER_NODE)
         await settled(net, 1)
         for rnd in (0, 1):  # every node is up 5 s before genesis: round 0 is a whole round
             res = agreed(validators, rnd).result
