@@ -8,8 +8,10 @@ import os
 import stat
 from pathlib import Path
 
+import multiaddr
 import pytest
 import trio
+from libp2p.peer.peerinfo import info_from_p2p_addr
 
 from dlnet.node.context import NodeContext
 from dlnet.node.host import open_host
@@ -219,6 +221,15 @@ def test_a_peer_of_another_network_is_refused_by_the_status_exchange(
                     await trio.sleep(0.1)
                 while a.peer_id in b.connected_peers():
                     await trio.sleep(0.1)
+            # b dials a again during its back-off (as a hostile peer would, bypassing its own
+            # peer maintenance): the connection is closed at the next tick, without a second
+            # refusal being logged or counted.
+            await b._lp.connect(info_from_p2p_addr(multiaddr.Multiaddr(a.addrs[0])))
+            with trio.fail_after(10):
+                while a.peer_id in b.connected_peers() or b.peer_id in a.connected_peers():
+                    await trio.sleep(0.1)
+            assert a.counters.get("refused_foreign", 0) + b.counters.get("refused_foreign", 0) >= 1
+            assert a.counters["rejected.wrong_network"] == 1
             assert seen == [(b.peer_id, net_b)]
             assert a.known_addrs() == []  # a foreign peer is not saved for the next start
 

@@ -60,14 +60,15 @@ def test_flood_logs_logarithmically(caplog: pytest.LogCaptureFixture) -> None:
 
 
 @pytest.mark.network
-@pytest.mark.timeout(90)
+@pytest.mark.timeout(150)
 def test_a_flooding_peer_is_rate_limited_then_banned_and_refused() -> None:
     # A refill slower than any round trip and a decay slower still: however loaded the machine
     # (CI saw no ban within 200 requests when each round trip outlasted a 5/s refill; a run
-    # beside a testnet, none within 200 at a 0.1/s decay, most of them timing out), requests
-    # sent back to back outrun the bucket and the refusals' points add up to the ban.
+    # beside a testnet, none within 200 at a 0.1/s decay, most of them timing out; CI beside a
+    # testnet, 9 refusals in 40 s at a 0.5/s refill), requests sent back to back outrun the
+    # bucket and the refusals' points add up to the ban.
     params = GossipParams(
-        request_rate=0.5, request_burst=5, reject_ban_threshold=10, penalty_decay=0.01
+        request_rate=0.05, request_burst=5, reject_ban_threshold=10, penalty_decay=0.01
     )
     loopback = "/ip4/127.0.0.1/tcp/0"
 
@@ -87,7 +88,7 @@ def test_a_flooding_peer_is_rate_limited_then_banned_and_refused() -> None:
                 # takes longer, so more tokens refill and more points decay on the way.
                 answered = refused = 0
                 start = trio.current_time()
-                while not a.is_banned(b.peer_id) and trio.current_time() - start < 40:
+                while not a.is_banned(b.peer_id) and trio.current_time() - start < 90:
                     try:
                         await b.request(a.peer_id, "/test/echo/1", b"hi", 2)
                         answered += 1
@@ -95,8 +96,8 @@ def test_a_flooding_peer_is_rate_limited_then_banned_and_refused() -> None:
                         refused += 1
                 elapsed = trio.current_time() - start
                 # the burst, then at most the refill rate: the rest were refused
-                assert answered <= 5 + 0.5 * elapsed + 1, (answered, elapsed)
-                assert refused >= 10
+                assert answered <= 5 + 0.05 * elapsed + 1, (answered, elapsed)
+                assert refused >= 10, (refused, answered, elapsed)
                 assert a.counters["requests.rate_limited"] >= 1
                 assert a.counters["banned"] == 1
                 assert a.is_banned(b.peer_id)

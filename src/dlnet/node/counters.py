@@ -185,6 +185,9 @@ PENALTY = _transport("penalty", "Penalties charged to peers, by reason.", "reaso
 HANDLER_ERRORS = _transport("handler_errors", "Gossip handlers that raised.")
 BANNED = _transport("banned", "Peers banned.")
 REFUSED_BANNED = _transport("refused_banned", "Connections of banned peers closed.")
+REFUSED_FOREIGN = _transport(
+    "refused_foreign", "Connections of peers of another network closed during their back-off."
+)
 EVICTED = _transport("evicted", "Peers disconnected to stay under max_peers.")
 PEERS_STALLED = _transport("peers.stalled", "Peers that let a request time out.")
 PEERS_WEDGED_SEVERED = _transport("peers.wedged_severed", "Wedged peer connections closed.")

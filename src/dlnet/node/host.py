@@ -747,11 +747,18 @@ class Host:
         while True:
             now = trio.current_time()
             connected = set(self.connected_peers())
+            refused = self._refused()
             for peer in sorted(connected):
-                if self.is_banned(peer):  # it dialled us again during its ban
-                    self._counters.add(C.REFUSED_BANNED)
+                # It dialled us again during its ban or its wrong-network back-off, or the
+                # first close did not take (under load, py-libp2p can keep listing a peer
+                # whose close failed): close it again, at the socket this time.
+                if self.is_banned(peer) or peer in refused:
+                    self._counters.add(
+                        C.REFUSED_BANNED if self.is_banned(peer) else C.REFUSED_FOREIGN
+                    )
                     with contextlib.suppress(Exception):
                         await self._lp.disconnect(ID.from_base58(peer))
+                    await self._sever(peer)
                     connected.discard(peer)
             for peer in connected - set(self._table.connected_since):
                 self._nursery.start_soon(self._check_status, peer)
