@@ -22,10 +22,12 @@ from dlnet.node.context import NodeContext, TrioClock
 from dlnet.node.encoder import EncoderRole
 from dlnet.node.ingest import Ingest, Outcome
 from dlnet.node.reveals import (
+    FORWARD_WINDOW,
     MAX_PUSH_BYTES,
     MAX_PUSH_ITEMS,
     PUSH_TIMEOUT,
     RETRY,
+    Forwarder,
     batches,
     install_server,
     parse_ack,
@@ -240,6 +242,48 @@ def test_a_peer_that_holds_only_part_of_a_push_does_not_acknowledge_it(
     acked = trio.run(lambda: push_reveals(host, encoder, items, encoder.now() + 5))  # type: ignore[arg-type]
     assert acked == 0
     assert encoder.store.counters()["push:partly_held"] == 1
+
+
+def test_a_keeper_forwards_an_encoders_push_once_to_its_other_keepers(
+    cfg: NetworkConfig, tmp_path: Path
+) -> None:
+    """The encoder reaches v1 only; v1 forwards what was new to it to v2 and v3 in one
+    window, and they forward nothing further (it came from a keeper). A second push of the
+    same reveals is not forwarded again."""
+    net = Transport()
+    keepers = ("v1", "v2", "v3")
+    nodes = {name: node(cfg, tmp_path / f"{name}.sqlite") for name in keepers}
+    forwarders = {}
+    for name, ingest in nodes.items():
+        host = net.host(name)
+        host.keepers = [k for k in keepers if k != name]
+        forwarders[name] = Forwarder(host, ingest)  # type: ignore[arg-type]
+        install_server(host, ingest, forwarder=forwarders[name])  # type: ignore[arg-type]
+    encoder = node(cfg, tmp_path / "e.sqlite")
+    host = net.host("e")
+    host.keepers = ["v1"]
+    items = [encode(e) for e in reveals(cfg)]
+
+    async def main() -> float:
+        async with trio.open_nursery() as nursery:
+            for forwarder in forwarders.values():
+                nursery.start_soon(forwarder.run)
+            assert await push_reveals(host, encoder, items, encoder.now() + 60) == 1  # type: ignore[arg-type]
+            await trio.sleep(FORWARD_WINDOW + 0.01)
+            forwarded_at = trio.current_time()
+            assert await push_reveals(host, encoder, items, encoder.now() + 60) == 1  # type: ignore[arg-type]
+            await trio.sleep(10 * FORWARD_WINDOW)
+            nursery.cancel_scope.cancel()
+        return forwarded_at
+
+    assert trio.run(main, clock=MockClock(autojump_threshold=0)) <= 2 * FORWARD_WINDOW
+    for ingest in nodes.values():
+        assert sorted(ingest.store.messages(Kind.EMBEDDING, 1)) == sorted(items)
+    counts = {name: ingest.store.counters() for name, ingest in nodes.items()}
+    assert counts["v1"]["push:forwarded"] == 2 * len(items)  # once to each other keeper
+    assert "push:forwarded" not in counts["v2"] and "push:forwarded" not in counts["v3"]
+    assert counts["v2"]["push:received"] == counts["v3"]["push:received"] == 1
+    assert counts["v1"]["push:duplicate"] == len(items)  # the second push: held already
 
 
 class EncoderHost(PeerHost):

@@ -113,7 +113,8 @@ SYNC = _declare(
 PUSH = _declare(
     "push",
     "dlnet_push_events",
-    "Reveal push events: received, duplicate, peer_timeout, request_failed, bad_ack, partly_held.",
+    "Reveal push events: received, duplicate, forwarded (items), peer_timeout, request_failed, "
+    "bad_ack, partly_held.",
     "event",
     persistent=True,
 )

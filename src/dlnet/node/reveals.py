@@ -13,11 +13,15 @@ commitment (node/sync.py), in batches too.
 
 The receivers are the encoder's connected peers that join the embedding topic (validators,
 relays): gossipsub already tells who they are, and the outlet rule of peer upkeep keeps an
-encoder connected to at least one of them (node/host.py). A push is not relayed onward.
+encoder connected to at least one of them (node/host.py). A keeper forwards what an encoder
+pushed it, once, to its other keepers (`Forwarder`): an encoder process reaches 1-3 of the
+keepers, and at 100 encoders x 7 validators fetching the rest by commitment left a third of
+the reveals missing after repair (docs/BENCHMARKS.md, scale ladder).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Final
 
@@ -47,6 +51,13 @@ keeps two of them as outlets for its pushes (node/host.py, thin topics), so they
 for their share of the encoders, beyond the 4 peers an encoder keeps."""
 RETRY: Final = 1.0
 """Seconds between two pushes of an encoder while no peer has acknowledged every reveal."""
+FORWARD_WINDOW: Final = 0.25
+"""A keeper gathers what encoders pushed it for this long, then forwards it in one push per
+keeper: the encoders' pushes of a round all start at the same instant, so one window
+carries most of them."""
+FORWARD_TIMEOUT: Final = 2.0
+"""Longest wait for a keeper's acknowledgement of a forward (a keeper that lets it time out
+is noted stalled and skipped by the next windows)."""
 
 
 def protocol_id(network_id: bytes) -> str:
@@ -98,12 +109,64 @@ def _admit(ingest: Ingest, items: list[bytes] | None) -> list[Outcome] | str:
         return [ingest.admit_pushed(item) for item in items]
 
 
-def install_server(host: Transport, ingest: Ingest, nursery: trio.Nursery | None = None) -> None:
+class Forwarder:
+    """One hop of keeper-to-keeper forwarding. The reveals a keeper newly admitted from the
+    push of a peer that is not a keeper (an encoder) are gathered for FORWARD_WINDOW and then
+    pushed, as one push, to every keeper it is connected to except the one they came from.
+    What a keeper pushed is not forwarded again (it has forwarded it to its own keepers), so
+    each reveal crosses each link at most a few times; what still misses a keeper after that
+    is fetched by commitment (node/sync.py)."""
+
+    def __init__(self, host: Transport, ingest: Ingest) -> None:
+        self.host = host
+        self.ingest = ingest
+        self.topic = topic(ingest.cfg.network_id, Kind.EMBEDDING)
+        self._send, self._recv = trio.open_memory_channel[tuple[str, list[bytes]]](math.inf)
+
+    def is_keeper(self, peer: str) -> bool:
+        """Whether ``peer`` joins the embedding topic (a keeper that stalls counts as none:
+        what it pushed then goes one hop further, which costs only duplicates)."""
+        return peer in self.host.carriers(self.topic)
+
+    def offer(self, source: str, items: list[bytes]) -> None:
+        """Forward ``items`` (just admitted from ``source``'s push) with the next window."""
+        if items:
+            self._send.send_nowait((source, items))
+
+    async def run(self) -> None:
+        """Forward, window after window, until cancelled."""
+        async for first in self._recv:
+            await trio.sleep(FORWARD_WINDOW)
+            pending = [first]
+            while True:
+                try:
+                    pending.append(self._recv.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            await self._forward(pending)
+
+    async def _forward(self, pending: list[tuple[str, list[bytes]]]) -> None:
+        end = self.ingest.now() + FORWARD_TIMEOUT
+        async with trio.open_nursery() as nursery:
+            for peer in self.host.carriers(self.topic):
+                items = [item for source, got in pending if source != peer for item in got]
+                if items:
+                    self.ingest.counters.add(C.PUSH, "forwarded", len(items))
+                    nursery.start_soon(_push_one, self.host, self.ingest, peer, items, end)
+
+
+def install_server(
+    host: Transport,
+    ingest: Ingest,
+    nursery: trio.Nursery | None = None,
+    forwarder: Forwarder | None = None,
+) -> None:
     """Accept reveal pushes. A malformed push is counted (``rejected:push_<reason>``),
     charged to the peer and answered with an empty array; each item rejected by admission
     costs the peer a penalty point, as in sync. An item that conflicts with a held reveal of
     the same slot (equivocation) is gossiped on the embedding topic, from ``nursery`` (else
-    before the answer)."""
+    before the answer). Given a ``forwarder``, the new items of a push from a peer that does
+    not keep reveals go on to the other keepers."""
 
     evidence_topic = topic(ingest.cfg.network_id, Kind.EMBEDDING)
 
@@ -127,6 +190,9 @@ def install_server(host: Transport, ingest: Ingest, nursery: trio.Nursery | None
                 else:
                     nursery.start_soon(host.publish, evidence_topic, item)
         ingest.count(C.PUSH, "received")
+        if forwarder is not None and not forwarder.is_keeper(peer):
+            fresh = [i for i, r in zip(items, outcome, strict=True) if r is Outcome.NEW]
+            forwarder.offer(peer, fresh)
         return _pack([result in (Outcome.NEW, Outcome.DUPLICATE) for result in outcome])
 
     host.set_request_handler(

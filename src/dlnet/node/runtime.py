@@ -36,6 +36,7 @@ from dlnet.node.models import Model, load_model
 from dlnet.node.models.aligned import AlignedModel, load_map
 from dlnet.node.progress import genesis_countdown, keep_live_info, write_json
 from dlnet.node.report import INFO_FILE, STORE_FILE
+from dlnet.node.reveals import Forwarder
 from dlnet.node.reveals import install_server as install_reveal_server
 from dlnet.node.store import Store
 from dlnet.node.submissions import submitter
@@ -326,8 +327,10 @@ async def join_topics(
     install_server(ctx.host, ctx.store, ctx.ingest, ctx.clock.now)
     kinds = subscribed_kinds(roles, "copycat" if copycat else "honest")
     await _subscribe_all(ctx.host, ctx.ingest, ctx.cfg, watch, kinds)
-    if Kind.EMBEDDING in kinds:  # a node that keeps reveals takes pushes of them
-        install_reveal_server(ctx.host, ctx.ingest, nursery)
+    if Kind.EMBEDDING in kinds:  # a node that keeps reveals takes pushes and forwards them
+        forwarder = Forwarder(ctx.host, ctx.ingest)
+        nursery.start_soon(forwarder.run)
+        install_reveal_server(ctx.host, ctx.ingest, nursery, forwarder)
 
 
 def start_roles(
