@@ -23,6 +23,7 @@ from libp2p.peer.id import ID
 
 from dlnet.node.discovery import PX_MAX_ADDRS, PeerExchange, PeerTable, decode_px, encode_px
 from dlnet.node.host import STALL_AFTER, open_host
+from dlnet.node.libp2p_compat import YAMUX_RELEASE_ON_READ, batch_window_updates
 from dlnet.node.transport import GossipParams, RequestError, RequestTimeout, Verdict
 
 HOST_PEER = Path(__file__).with_name("host_peer.py")
@@ -88,6 +89,48 @@ async def _wait_connected(a_id: str, peers: Callable[[], list[str]]) -> None:
     with trio.fail_after(10):
         while a_id not in peers():
             await trio.sleep(0.05)
+
+
+@pytest.mark.network
+@pytest.mark.timeout(60)
+def test_megabyte_requests_flow_with_batched_window_credit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A host gives yamux receive credit back in batches of half the window, not per read
+    (libp2p_compat.batch_window_updates); requests and answers eight times the window, four
+    at once, still flow both ways: credit comes back while the reader reads."""
+    monkeypatch.delenv(YAMUX_RELEASE_ON_READ, raising=False)
+    params = GossipParams(request_timeout=20.0)
+
+    async def main() -> None:
+        async def serve(data: bytes, peer: str) -> bytes:
+            return data[::-1]
+
+        async with open_host(listen=LOOPBACK, bootstrap=[], params=params) as a:
+            a.set_request_handler("/test/echo/1", serve)
+            async with open_host(listen=LOOPBACK, bootstrap=a.addrs, params=params) as b:
+                await _wait_connected(a.peer_id, b.connected_peers)
+                bodies = [os.urandom(2 * 1024 * 1024) for _ in range(4)]
+                answers: list[bytes] = [b""] * 4
+
+                async def ask(i: int) -> None:
+                    answers[i] = await b.request(a.peer_id, "/test/echo/1", bodies[i], 20)
+
+                with trio.fail_after(30):
+                    async with trio.open_nursery() as nursery:
+                        for i in range(4):
+                            nursery.start_soon(ask, i)
+                assert answers == [body[::-1] for body in bodies]
+
+    trio.run(main)
+    assert os.environ[YAMUX_RELEASE_ON_READ] == "0"
+
+
+def test_an_operators_yamux_setting_wins(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(YAMUX_RELEASE_ON_READ, "1")
+    batch_window_updates()
+    assert os.environ[YAMUX_RELEASE_ON_READ] == "1"
+    monkeypatch.delenv(YAMUX_RELEASE_ON_READ)
+    batch_window_updates()
+    assert os.environ[YAMUX_RELEASE_ON_READ] == "0"
 
 
 @pytest.mark.network

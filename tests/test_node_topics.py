@@ -139,7 +139,14 @@ def test_a_publisher_cut_from_every_subscriber_dials_a_seed_again() -> None:
     another peer keeps it above its target: peer upkeep does not wait for the target to be
     missed, a carrier rule (the outlet dial of the seed, or the thin-topic dial of a known
     carrier, whichever tick comes first) dials the relay again, and what it publishes next
-    reaches the relay."""
+    reaches the relay.
+
+    Run after the host tests in one process, the encoder's own requests dialled straight back
+    while the relay was still closing the first connection: py-libp2p dropped the new
+    connection from the relay's table open, and the encoder's gossip stream stayed on the
+    closed one, so the relay looked subscribed and nothing was ever dialled again. Both are
+    handled in node/libp2p_compat.py (`keep_new_connections_on_close`,
+    `gossip_stream_closed`, which peer upkeep severs)."""
     got: list[bytes] = []
 
     async def main() -> None:

@@ -219,6 +219,10 @@ PX_OUTLET_DIALS = _transport("px.outlet_dials", "Seed dials for a topic with no 
 PX_MUTE_SEVERED = _transport(
     "px.mute_severed", "Seed connections carrying none of the node's topics, closed to redial."
 )
+PX_STALE_GOSSIP_SEVERED = _transport(
+    "px.stale_gossip_severed",
+    "Connections whose peer's gossip stream stayed on a closed connection, closed to redial.",
+)
 LOOP_STALLS = _transport("loop.stalls", "Event-loop wake-ups more than LOOP_STALL s late.")
 LOOP_STALLED_MS = _transport("loop.stalled_ms", "Milliseconds of event-loop lateness, summed.")
 LOOP_MAX_STALL_MS = _declare(

@@ -67,8 +67,11 @@ from dlnet.node.framing import (
 from dlnet.node.libp2p_compat import (
     CountingGossipSub,
     DeliveringPubsub,
+    batch_window_updates,
     connection_config,
     content_id,
+    gossip_stream_closed,
+    keep_new_connections_on_close,
     start_seqnos_fresh,
 )
 from dlnet.node.logs import adopt_libp2p_logging
@@ -760,6 +763,12 @@ class Host:
                         await self._lp.disconnect(ID.from_base58(peer))
                     await self._sever(peer)
                     connected.discard(peer)
+                elif gossip_stream_closed(self._pubsub, ID.from_base58(peer)):
+                    # Its connection was replaced and gossip stayed on the closed one: close
+                    # the new one too, so that both sides start gossip afresh on the next.
+                    self._counters.add(C.PX_STALE_GOSSIP_SEVERED)
+                    await self._sever(peer)
+                    connected.discard(peer)
             for peer in connected - set(self._table.connected_since):
                 self._nursery.start_soon(self._check_status, peer)
             self._status_ok &= connected
@@ -875,6 +884,7 @@ async def open_host(
     is refused with one log line and ``rejected.wrong_network``. ``counters``: the node's
     registry (node/counters.py), shared with its ingest; a fresh one by default."""
     adopt_libp2p_logging()
+    batch_window_updates()
     counters = Counters() if counters is None else counters
     listen_addr = multiaddr.Multiaddr(listen)
     lp = new_host(
@@ -882,6 +892,7 @@ async def open_host(
         listen_addrs=[listen_addr],
         connection_config=connection_config(),
     )
+    keep_new_connections_on_close(lp.get_network())  # type: ignore[arg-type]
     router = CountingGossipSub(
         counters,
         protocols=[GOSSIP_PROTOCOL],

@@ -9,13 +9,20 @@ library version they were written for (an ImportError names the version to insta
 * pubsub hands accepted messages to an unbounded channel instead of a 32-slot queue and does
   not run our own validators on our own publishes (`DeliveringPubsub`);
 * the swarm's connection manager is neutralised: peer exchange alone manages connections
-  (`connection_config`).
+  (`connection_config`);
+* yamux releases receive credit in batches, not on every read (`batch_window_updates`);
+* closing a peer's connections leaves a connection it opened meanwhile in the swarm's table
+  (`keep_new_connections_on_close`), and a gossip stream left on a closed connection is
+  noticed (`gossip_stream_closed`).
 """
 
 from __future__ import annotations
 
 import importlib.metadata
+import logging
+import os
 import time
+import types
 from collections.abc import Callable
 from typing import Any
 
@@ -24,6 +31,8 @@ import libp2p.pubsub.pubsub as _pubsub_module
 from libp2p.abc import IHost, INetStream
 from libp2p.custom_types import TProtocol
 from libp2p.network.config import ConnectionConfig
+from libp2p.network.connection.swarm_connection import SwarmConn
+from libp2p.network.swarm import Swarm
 from libp2p.peer.id import ID
 from libp2p.pubsub.gossipsub import GossipSub
 from libp2p.pubsub.pb import rpc_pb2
@@ -40,6 +49,54 @@ from dlnet.protocol.wire import message_id
 # keeps the pruner from closing anything. Peer exchange alone manages connections.
 def connection_config() -> ConnectionConfig:
     return ConnectionConfig(min_connections=0, low_watermark=0, high_watermark=0, grace_period=1e12)
+
+
+YAMUX_RELEASE_ON_READ = "PY_YAMUX_RELEASE_ON_READ"
+"""py-libp2p's switch (read at every stream read) for sending a WINDOW_UPDATE per read."""
+
+
+def batch_window_updates() -> None:
+    """py-libp2p 0.8.1's yamux, by default, gives back receive credit after every read of a
+    stream: one WINDOW_UPDATE frame, so one Noise encryption and one send() syscall, per read.
+    Profiled at 100 encoders x 7 validators (docs/BENCHMARKS.md), those updates were a fifth
+    of the bootstrap's CPU and 7 % of a validator's. Off, credit goes back once half the
+    256 KiB window has been read (go-yamux's hysteresis, the library's other mode): a stream
+    read to its end never blocks its writer, and dlnet's largest request, a 2 MiB push, moves
+    in eight updates instead of one per frame. An operator's own setting of the variable wins."""
+    os.environ.setdefault(YAMUX_RELEASE_ON_READ, "0")
+
+
+async def _close_peer(swarm: Swarm, peer_id: ID) -> None:
+    """`Swarm.close_peer` without its last line. py-libp2p 0.8.1 closes each of the peer's
+    connections (each close awaits, 0.1 s at least, and removes that connection from the
+    table) and then pops the peer's whole entry: a connection the peer opened during those
+    awaits (it dialled straight back) was dropped from the table while left open. Neither
+    side then ever closed it; the other side kept publishing into it, and its gossip stream
+    (on the old connection) stayed dead (tests/test_node_topics.py, a publisher cut from its
+    carrier). Here only the connections that were closed leave the table."""
+    for connection in swarm.get_connections(peer_id):
+        try:
+            swarm.cleanup_connection_health(peer_id, connection)
+            await connection.close()
+        except Exception as exc:  # as the library does: a close that fails is logged
+            logging.getLogger(__name__).warning("closing a connection to %s: %r", peer_id, exc)
+        if isinstance(connection, SwarmConn) and connection in swarm.get_connections(peer_id):
+            swarm.remove_conn(connection)  # its close did not get that far
+
+
+def keep_new_connections_on_close(swarm: Swarm) -> None:
+    """Install `_close_peer` as ``swarm``'s ``close_peer`` (what ``host.disconnect`` calls)."""
+    swarm.close_peer = types.MethodType(_close_peer, swarm)  # type: ignore[method-assign]
+
+
+def gossip_stream_closed(pubsub: Pubsub, peer_id: ID) -> bool:
+    """Whether pubsub's stream to ``peer_id`` runs on a connection that has closed. When a
+    peer's connection closes and a new one opens at about the same moment (a request dials
+    straight back), py-libp2p 0.8.1's pubsub can keep the old stream and open none on the new
+    connection: the peer then looks subscribed while nothing reaches it either way."""
+    stream = pubsub.peers.get(peer_id)
+    muxed = getattr(stream, "muxed_conn", None)
+    return bool(getattr(muxed, "is_closed", False))
 
 
 LIBP2P_VERSION = "0.8.1"
