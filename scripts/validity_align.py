@@ -9,8 +9,8 @@ space, each fitted on public data only, on:
 - the held-out cosine to the certified weighted embedding on a FIXED test set: the last 60 of
   300 certified rounds (rounds 1240-1299 of the study's certified past, 240 shards; the honest
   pool scored and certified as validators would, ``validity.certified``);
-- the supervised quality of the mapped model on both sides of the validity study (held-out:
-  newsgroups 5-NN, SimLex-999, WordSim-353; tuning: Pang-Lee, chatterbot, WordNet, Lee), with
+- the supervised quality of the mapped model on every side of the validity study
+  (``validity.study_sides``: held-out sets, word similarity, tuning sets), with
   its paired bootstrap difference to MiniLM (``honest-0``) and to all-mpnet-base-v2 behind the
   plain projection (its own geometry);
 - its network score (8 rounds, ``validity.network_scores``) in a pool of the 6 MiniLM honest
@@ -208,15 +208,7 @@ def main() -> int:
         flush=True,
     )
 
-    cap = 400
-    sides = {
-        "heldout": v.side(
-            v.labelled_sets(v.HELD_OUT_SETS, cap),
-            {n: v.word_pairs(n, 10_000) for n in v.HELD_OUT_PAIRS},
-            200,
-        ),
-        "tuning": v.side(v.labelled_sets(v.TUNING_SETS, cap), {"lee": v.lee_set()}, 200),
-    }
+    sides = v.study_sides(small=False)
     by = {e.name: e for e in encs}
     projected = v.Encoder("mpnet-projected", "outsider", v.projected(mpnet))
     refs = {

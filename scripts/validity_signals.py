@@ -278,14 +278,7 @@ def main() -> int:
     cut = next(i for i, e in enumerate(encs) if e.group == "cheat")
     encs = encs[:cut] + extra + encs[cut:]
     signals = collect(encs, items, args.rounds, params)
-    sides = {
-        "tuning": v.side(v.labelled_sets(v.TUNING_SETS, 400), {"lee": v.lee_set()}, 200),
-        "heldout": v.side(
-            v.labelled_sets(v.HELD_OUT_SETS, 400),
-            {n: v.word_pairs(n, 10_000) for n in v.HELD_OUT_PAIRS},
-            200,
-        ),
-    }
+    sides = v.study_sides(small=False)
     rows = [
         {
             "encoder": e.name,

@@ -373,7 +373,12 @@ def test_shipped_path_stays_inside_package(name: str) -> None:
 
 
 def test_shipped_labelled_files() -> None:
-    for name in ("pang_lee_polarity.tsv", "wordnet_lexnames.tsv", "chatterbot_topics.tsv"):
+    for name in (
+        "pang_lee_polarity.tsv",
+        "wordnet_lexnames.tsv",
+        "chatterbot_topics.tsv",
+        "rotten_tomatoes.tsv",
+    ):
         rows = shipped_path(f"labelled/{name}").read_text(encoding="utf-8").splitlines()
         assert len(rows) >= 200
         assert all(len(row.split("\t")) == 2 for row in rows)

@@ -64,6 +64,9 @@ def test_small_study(validity: ModuleType, tmp_path: Path, monkeypatch: pytest.M
         assert len(r["heldout_boot"]) == 50 and 0.0 <= r["heldout"] <= 1.0
     by = {r["encoder"]: r for r in res["rows"]}
     assert by["honest-0"]["heldout"] > by["cheat-random"]["heldout"] + 0.2
+    # Word similarity, held out too, is measured and summarised apart.
+    assert by["honest-0"]["words"] > by["cheat-random"]["words"] + 0.2
+    assert len(by["honest-0"]["words_boot"]) == 50 and "spearman_score_vs_quality" in res["words"]
 
 
 def test_bootstrap_spearman_is_spearmanr_per_resample(validity: ModuleType) -> None:
@@ -78,3 +81,23 @@ def test_bootstrap_spearman_is_spearmanr_per_resample(validity: ModuleType) -> N
         assert np.allclose(got, want, rtol=0, atol=1e-12)
     flat = np.zeros((2, 6))
     assert validity._spearman_rows(flat, rng.standard_normal((2, 6))).tolist() == [0.0, 0.0]
+
+
+def test_supervised_hits_is_out_of_fold_lr_and_knn(validity: ModuleType) -> None:
+    """Issue 14's quality per item: half a point each for logistic regression and 10-NN, both
+    predicting it from the other folds and seeing directions only. Separable classes score 1
+    everywhere; labels that are independent of the vectors score near chance (in-sample they
+    would score far above it); labels carried by the vectors' length alone score near chance
+    too (on raw vectors logistic regression reads them perfectly)."""
+    rng = np.random.default_rng(0)
+    labels = ["a"] * 40 + ["b"] * 40
+    centres = np.repeat(np.eye(2, 16) * 10, 40, axis=0)
+    separable = (centres + rng.standard_normal((80, 16))).astype(np.float32)
+    assert validity.supervised_hits(separable, labels).tolist() == [1.0] * 80
+    noise = rng.standard_normal((80, 200)).astype(np.float32)
+    shuffled = list(rng.permutation(labels))
+    chance = validity.supervised_hits(noise, shuffled)
+    assert set(chance.tolist()) <= {0.0, 0.5, 1.0} and chance.mean() < 0.65
+    directions = 3.0 + rng.standard_normal((80, 16))
+    length = (directions * np.where(np.array(labels) == "a", 1.0, 10.0)[:, None]).astype(np.float32)
+    assert validity.supervised_hits(length, labels).mean() < 0.65
