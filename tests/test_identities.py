@@ -11,6 +11,7 @@ import pytest
 from numpy.typing import NDArray
 from test_cli import dlnet, one_line_error
 
+from dlnet.node import testnet
 from dlnet.node.identities import (
     MAX_IDENTITIES,
     EncoderIdentity,
@@ -28,10 +29,12 @@ from dlnet.node.testnet import (
     REGISTRATION_SECONDS_PER_ENCODER,
     STARTUP_SECONDS,
     STARTUP_SECONDS_PER_ENCODER,
+    StartupProbe,
     TestnetPlan,
     encoder_identity,
     encoder_names,
     encoder_processes,
+    probe_startup,
     startup_seconds,
 )
 from dlnet.node.transport import GossipParams
@@ -267,3 +270,39 @@ def test_minilm_kinds_share_one_native_model_per_process(monkeypatch: pytest.Mon
     fresh = base.embed_native(texts)
     assert np.allclose(a.native.embed_native(texts), fresh, atol=1e-4)
     assert not np.allclose(a.embed(texts), b.embed(texts))  # private maps still differ
+
+
+def test_the_measured_allowance_is_the_work_of_round_one_over_the_cores(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(testnet.os, "sched_getaffinity", lambda _pid: {0, 1})
+    plan = _plan((("honest", 6), ("noise", 1)), difficulty=4)
+    probe = StartupProbe(load_seconds=3.0, proof_seconds=0.05)
+    proof = 16 * 0.05
+    work = 7 * 3.0 + 7 * proof  # 7 processes load a model, 7 identities prove
+    expected = testnet.PROBED_BASE_SECONDS + testnet.PROBED_CONTENTION * work / 2
+    assert startup_seconds(plan, probe) == pytest.approx(expected + testnet.PROOF_TAIL * proof)
+    # A slower machine (or a busier one) gets a longer allowance; so does a harder proof.
+    slow = StartupProbe(load_seconds=6.0, proof_seconds=0.1)
+    assert startup_seconds(plan, slow) > startup_seconds(plan, probe)
+    hard = _plan((("honest", 6), ("noise", 1)), difficulty=6)
+    assert startup_seconds(hard, probe) > startup_seconds(plan, probe)
+    # Four cores share the work; more than PROBE_MAX_CORES do not shorten it further.
+    monkeypatch.setattr(testnet.os, "sched_getaffinity", lambda _pid: set(range(64)))
+    four = testnet.PROBED_BASE_SECONDS + testnet.PROBED_CONTENTION * work / 4
+    assert startup_seconds(plan, probe) == pytest.approx(four + testnet.PROOF_TAIL * proof)
+
+
+@pytest.mark.xdist_group("minilm")
+def test_the_start_up_probe_times_a_model_load_and_a_proof_evaluation(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    probe = probe_startup()
+    assert probe is not None
+    assert 0.1 < probe.load_seconds < testnet.PROBE_TIMEOUT
+    assert 0 < probe.proof_seconds < 5
+    # A probe that fails leaves the fixed allowance in place.
+    monkeypatch.setattr(testnet, "PROBE_CODE", "raise SystemExit(3)")
+    assert probe_startup() is None
+    monkeypatch.setattr(testnet, "PROBE_CODE", "print('not numbers')")
+    assert probe_startup() is None

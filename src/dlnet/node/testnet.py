@@ -382,16 +382,89 @@ def _sample_rss(procs: Sequence[Proc]) -> None:
             p.cpu_seconds = max(p.cpu_seconds, cpu.user + cpu.system)
 
 
-def startup_seconds(plan: TestnetPlan) -> float:
-    """Seconds from launch until round 1 starts: STARTUP_SECONDS, STARTUP_SECONDS_PER_ENCODER
-    per encoder process of round 1 and per validator beyond 3 (model loads and libp2p start-ups
-    share 2 cores), REGISTRATION_SECONDS and REGISTRATION_SECONDS_PER_ENCODER per identity of
-    round 1 at the default difficulty, halved for each step the testnet lowered it."""
+@dataclass(frozen=True)
+class StartupProbe:
+    """What coming up costs on this machine, under its load of the moment (`probe_startup`):
+    ``load_seconds`` from spawning a Python process to its default model loaded, as an encoder
+    process does before anything else, and ``proof_seconds`` for one registration-proof
+    evaluation (a proof takes 2^difficulty of them on average)."""
+
+    load_seconds: float
+    proof_seconds: float
+
+
+PROBE_TIMEOUT: Final = 300.0
+# The measured allowance: what the processes of round 1 must compute before they are up, spread
+# over the cores with a margin for contention, plus the bootstrap's and validators' own start
+# and connections, plus the unluckiest proof (a proof's evaluations are geometric: the longest
+# of 13 is about 3.6 times the mean). On this 2-core machine, idle: encoders up 10-35 s after
+# launch; the fixed formula above allowed 136 s (docs/BENCHMARKS.md, "Default testnet round").
+PROBED_BASE_SECONDS: Final = 20.0
+PROBED_CONTENTION: Final = 1.5
+PROOF_TAIL: Final = 3.0
+PROBE_MAX_CORES: Final = 4
+PROBE_CODE: Final = "from dlnet.node.testnet import _probe_child; _probe_child()"
+
+
+def probe_startup() -> StartupProbe | None:
+    """Time an encoder process's start on this machine now (a child process that loads the
+    default model, then times one proof evaluation); None if the probe failed, and the fixed
+    allowance applies. It costs one model load (2-5 s), and it warms the page cache for the
+    encoders that follow."""
+    began = time.monotonic()
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", PROBE_CODE, str(time.time())],
+            capture_output=True,
+            text=True,
+            timeout=PROBE_TIMEOUT,
+        )
+        load, proof = (float(x) for x in done.stdout.split()[-2:])
+    except (OSError, subprocess.TimeoutExpired, ValueError):
+        return None
+    if done.returncode != 0 or not 0 < load <= time.monotonic() - began + 1 or proof <= 0:
+        return None
+    return StartupProbe(load, proof)
+
+
+def _probe_child() -> None:
+    """The probe process: seconds since the parent spawned it until the default model is loaded,
+    then seconds of one registration-proof evaluation; it exits without tearing torch down."""
+    from dlnet.node.models import load_model
+    from dlnet.protocol.config import ValidatorEntry, default_config
+    from dlnet.protocol.registration import work
+
+    spawned = float(sys.argv[1])
+    key = SigningKey.from_seed(bytes(32)).public_key
+    cfg = default_config([ValidatorEntry(key, 1)], 0, dataset_sha256=bytes(32))
+    load_model(None, cfg, {})
+    loaded = time.time() - spawned
+    began = time.perf_counter()
+    work(cfg.network_id, key, 0)
+    print(f"{loaded:.3f} {time.perf_counter() - began:.5f}", flush=True)
+    os._exit(0)
+
+
+def startup_seconds(plan: TestnetPlan, probe: StartupProbe | None = None) -> float:
+    """Seconds from launch until round 1 starts.
+
+    Measured (given a ``probe``): PROBED_BASE_SECONDS, plus PROBED_CONTENTION times the start-up
+    work of round 1 — a model load per encoder process and per validator beyond 3, and every
+    identity's proof at the plan's difficulty — over the cores (at most PROBE_MAX_CORES), plus
+    PROOF_TAIL mean proofs for the unluckiest one. Fixed (no probe): STARTUP_SECONDS,
+    STARTUP_SECONDS_PER_ENCODER per such process, REGISTRATION_SECONDS and
+    REGISTRATION_SECONDS_PER_ENCODER per identity at the default difficulty, halved for each
+    step the testnet lowered it."""
     groups = [g for g in encoder_processes(plan) if g.start_round == 1]
     identities = sum(len(g.members) for g in groups)
+    processes = len(groups) + max(0, plan.validators - 3)
+    if probe is not None:
+        proof = 2.0 ** plan.registration_difficulty() * probe.proof_seconds
+        work = processes * probe.load_seconds + identities * proof
+        cores = max(1, min(len(os.sched_getaffinity(0)), PROBE_MAX_CORES))
+        return PROBED_BASE_SECONDS + PROBED_CONTENTION * work / cores + PROOF_TAIL * proof
     lowered = DEFAULT_DIFFICULTY - plan.registration_difficulty()
     per_proof = REGISTRATION_SECONDS_PER_ENCODER / 2.0**lowered
-    processes = len(groups) + max(0, plan.validators - 3)
     return (
         STARTUP_SECONDS
         + STARTUP_SECONDS_PER_ENCODER * processes
@@ -561,7 +634,19 @@ def run_testnet(plan: TestnetPlan, *, echo: Any = print) -> int:
     # Round 1 starts once every process of round 1 is up; round 0 lies before it (replay
     # copies it). Encoders of a later round start later (`late_start_time`).
     groups = encoder_processes(plan)
-    genesis = int(time.time() + startup_seconds(plan)) - probe.timing.round_seconds
+    measured = probe_startup()
+    allowance = startup_seconds(plan, measured)
+    echo(
+        "testnet: start-up measured: "
+        + (
+            f"a model load {measured.load_seconds:.1f} s, a proof evaluation "
+            f"{measured.proof_seconds * 1000:.0f} ms"
+            if measured is not None
+            else "probe failed, the fixed allowance applies"
+        )
+        + f"; round 1 starts in {allowance:.0f} s"
+    )
+    genesis = int(time.time() + allowance) - probe.timing.round_seconds
     cfg = testnet_config(plan, [k for _, k in vkeys], genesis, out, seeds)
     config_path = out / "network.toml"
     config_path.write_text(dump_config(cfg))
