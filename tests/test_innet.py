@@ -219,6 +219,31 @@ def test_an_encoder_restarted_after_its_commit_reveals_what_it_committed_to(
     run(cfg, items, tmp_path, scenario)
 
 
+def test_reveals_pushed_to_one_validator_reach_the_others_by_forwarding(tmp_path: Path) -> None:
+    """Both encoder nodes are linked to v0 only: v0 forwards their pushed reveals to v1 and
+    v2 (the only way anything is pushed to them), which hold every reveal and agree."""
+    vals, encs = keys(3, 1), keys(2, 40)
+    cfg, items = network(tmp_path, vals)
+
+    async def scenario(net: InNet) -> None:
+        v = [await net.start(f"v{i}", validator=k) for i, k in enumerate(vals)]
+        for node in ("noise-0", "noise-1"):
+            net.net.cut(node, "v1")
+            net.net.cut(node, "v2")
+        await encoders(net, "noise", encs)
+        await settled(net, 1)
+        expected = len(encs) * cfg.shards_per_round * cfg.slots_per_shard
+        for rnd in (0, 1):
+            held = [len(node.store.messages(Kind.EMBEDDING, rnd)) for node in v]
+            assert held == [expected] * 3, (rnd, held)
+            assert set(agreed(v, rnd).result.encoders) == {k.public_key for k in encs}
+        counts = [node.store.counters() for node in v]
+        assert counts[0]["push:forwarded"] >= 2 * 2 * expected  # to v1 and v2, both rounds
+        assert counts[1]["push:received"] >= 2 and counts[2]["push:received"] >= 2
+
+    run(cfg, items, tmp_path, scenario)
+
+
 def test_two_thirds_is_not_final_and_a_late_validator_cannot_change_that(
     tmp_path: Path,
 ) -> None:
