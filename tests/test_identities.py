@@ -275,7 +275,7 @@ def test_minilm_kinds_share_one_native_model_per_process(monkeypatch: pytest.Mon
 def test_the_measured_allowance_is_the_work_of_round_one_over_the_cores(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(testnet.os, "sched_getaffinity", lambda _pid: {0, 1})
+    monkeypatch.setattr(testnet, "usable_cores", lambda: 2)
     plan = _plan((("honest", 6), ("noise", 1)), difficulty=4)
     probe = StartupProbe(load_seconds=3.0, proof_seconds=0.05)
     proof = 16 * 0.05
@@ -288,9 +288,19 @@ def test_the_measured_allowance_is_the_work_of_round_one_over_the_cores(
     hard = _plan((("honest", 6), ("noise", 1)), difficulty=6)
     assert startup_seconds(hard, probe) > startup_seconds(plan, probe)
     # Four cores share the work; more than PROBE_MAX_CORES do not shorten it further.
-    monkeypatch.setattr(testnet.os, "sched_getaffinity", lambda _pid: set(range(64)))
+    monkeypatch.setattr(testnet, "usable_cores", lambda: 64)
     four = testnet.PROBED_BASE_SECONDS + testnet.PROBED_CONTENTION * work / 4
     assert startup_seconds(plan, probe) == pytest.approx(four + testnet.PROOF_TAIL * proof)
+
+
+def test_usable_cores_without_an_affinity_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    """macOS has no sched_getaffinity: the CPU count stands in."""
+    assert testnet.usable_cores() >= 1
+    monkeypatch.delattr(testnet.os, "sched_getaffinity")
+    monkeypatch.setattr(testnet.os, "cpu_count", lambda: 6)
+    assert testnet.usable_cores() == 6
+    monkeypatch.setattr(testnet.os, "cpu_count", lambda: None)
+    assert testnet.usable_cores() == 1
 
 
 @pytest.mark.xdist_group("minilm")

@@ -445,6 +445,13 @@ def _probe_child() -> None:
     os._exit(0)
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity where the OS has one, e.g. Linux)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def startup_seconds(plan: TestnetPlan, probe: StartupProbe | None = None) -> float:
     """Seconds from launch until round 1 starts.
 
@@ -461,7 +468,7 @@ def startup_seconds(plan: TestnetPlan, probe: StartupProbe | None = None) -> flo
     if probe is not None:
         proof = 2.0 ** plan.registration_difficulty() * probe.proof_seconds
         work = processes * probe.load_seconds + identities * proof
-        cores = max(1, min(len(os.sched_getaffinity(0)), PROBE_MAX_CORES))
+        cores = max(1, min(usable_cores(), PROBE_MAX_CORES))
         return PROBED_BASE_SECONDS + PROBED_CONTENTION * work / cores + PROOF_TAIL * proof
     lowered = DEFAULT_DIFFICULTY - plan.registration_difficulty()
     per_proof = REGISTRATION_SECONDS_PER_ENCODER / 2.0**lowered
