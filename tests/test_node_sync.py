@@ -20,8 +20,10 @@ from dlnet.node.host import STALL_AFTER
 from dlnet.node.ingest import Ingest, Outcome
 from dlnet.node.store import Store
 from dlnet.node.sync import (
+    HAVE_PREFIX,
     HEDGE,
     MAX_ANSWER_BYTES,
+    MAX_HAVE,
     MAX_ITEMS,
     REQUEST_TIMEOUT,
     BadRequest,
@@ -152,6 +154,10 @@ MALFORMED = [
     (pack(["round", 5, 1]), "malformed"),
     (pack(["round", 1, -1]), "malformed"),
     (pack(["round", True, 1]), "malformed"),
+    (pack(["round", 1, 1, b"not a list"]), "malformed"),
+    (pack(["round", 1, 1, [b"short"]]), "malformed"),
+    (pack(["round", 1, 1, [bytes(HAVE_PREFIX)] * (MAX_HAVE + 1)]), "malformed"),
+    (pack(["round", 1, 1, [], []]), "malformed"),
     (pack(["certificates", 5, 4]), "malformed"),
     (pack(["certificates", 0, MAX_ITEMS]), "malformed"),
     (b"\x91" + b"\xda\xff\xff" + b"x" * 70_000, "oversize"),
@@ -164,6 +170,42 @@ def test_malformed_requests_raise_bad_request_with_a_reason(
 ) -> None:
     with pytest.raises(BadRequest, match=f"^{reason}$"):
         answer(held.store, held.cfg, round_times(held.cfg, 2).start, request_bytes)
+
+
+def test_a_round_request_leaves_out_what_the_asker_holds(held: Held) -> None:
+    after = round_times(held.cfg, 1).commit_deadline + 1
+    everything = [encode(e) for e in held.reveals]
+    held_ids = [message_id(d)[:HAVE_PREFIX] for d in everything[:7]]
+    asked = ["round", int(Kind.EMBEDDING), 1, held_ids]
+    assert held.ask(asked, after) == everything[7:]
+    mine = [message_id(encode(held.commit))[:HAVE_PREFIX]]
+    assert held.ask(["round", int(Kind.COMMIT), 1, mine], after) == []
+    assert held.ask(["round", int(Kind.COMMIT), 1, [bytes(HAVE_PREFIX)]], after) == [
+        encode(held.commit)
+    ]
+    assert held.ask(["round", int(Kind.COMMIT), 1, []], after) == [encode(held.commit)]
+
+
+def test_a_round_fetch_names_what_it_holds_so_no_peer_sends_it_again(
+    held: Held, tmp_path: Path
+) -> None:
+    """Five peers answer from a full store: the first answer brings every reveal, and the next
+    asks name them, so nothing travels twice (commit pulls used to bring every held commit back
+    from every peer, four times a round)."""
+    after = round_times(held.cfg, 1).commit_deadline + 1
+    client, host, _ = client_for(held, tmp_path, {p: [] for p in "abcde"})
+    served: list[int] = []
+
+    async def serve(peer: str, pid: str, data: bytes, timeout: float) -> bytes:
+        host.asked.append(peer)
+        body = answer(held.store, held.cfg, after, data)
+        served.append(len(unpack(body)))
+        return body
+
+    host.request = serve  # type: ignore[method-assign]
+    got = trio.run(lambda: client.fetch_round(Kind.COMMIT, 1, deadline=client.ingest.now() + 5))
+    assert got == 1 and len(host.asked) == 5
+    assert sum(served) == 1
 
 
 @settings(max_examples=300, deadline=None)

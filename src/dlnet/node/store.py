@@ -328,8 +328,19 @@ class Store:
 
     def messages(self, kind: int, round: int) -> list[bytes]:
         """Every held message of a kind and round, in the order they were stored."""
+        return [data for _, data in self.rows(kind, round)]
+
+    def rows(self, kind: int, round: int) -> list[tuple[bytes, bytes]]:
+        """(message id, bytes) of every held message of a kind and round, in store order."""
         rows = self._db.execute(
-            "SELECT data FROM messages WHERE kind=? AND round=? ORDER BY seq", (kind, round)
+            "SELECT id, data FROM messages WHERE kind=? AND round=? ORDER BY seq", (kind, round)
+        )
+        return [(bytes(r[0]), bytes(r[1])) for r in rows]
+
+    def ids(self, kind: int, round: int) -> list[bytes]:
+        """The message ids of every held message of a kind and round, in store order."""
+        rows = self._db.execute(
+            "SELECT id FROM messages WHERE kind=? AND round=? ORDER BY seq", (kind, round)
         )
         return [bytes(r[0]) for r in rows]
 

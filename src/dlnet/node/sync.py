@@ -55,6 +55,14 @@ STALE_ASK = 2.0
 """Seconds after which an ask still unanswered stops counting against the asks in flight."""
 ROUND_PARALLEL = 4
 """Asks in flight when every peer is asked for a round's messages."""
+HAVE_PREFIX = 16
+"""Bytes of a message id that name a held message in a ``round`` request's ``have`` list: 16
+bytes leave a colliding pair of one signer's own messages (an equivocation that would hide
+from pulls) at 2^64 work."""
+MAX_HAVE = 2048
+"""Most ``have`` prefixes in one request (2048 x 18 bytes of msgpack, well inside
+MAX_REQUEST_BYTES); a requester holding more names the first MAX_HAVE it stored and takes the
+rest again as duplicates."""
 ROUND_KINDS = (
     Kind.COMMIT,
     Kind.EMBEDDING,
@@ -125,12 +133,12 @@ def answer(store: Store, cfg: NetworkConfig, now: float, data: bytes) -> bytes:
         found = (store.get_by_commitment(h, rounds=open_rounds) for h in hashes)
         items = [d for d in found if d is not None]
     elif op == "round":
-        kind, rnd = _ints(args, 2)
+        have = _have(args[2:])
+        kind, rnd = _ints(args[:2], 2)
         if kind not in ROUND_KINDS:
             raise BadRequest("malformed")
-        items = (
-            [] if kind == Kind.EMBEDDING and rnd not in open_rounds else store.messages(kind, rnd)
-        )
+        rows = [] if kind == Kind.EMBEDDING and rnd not in open_rounds else store.rows(kind, rnd)
+        items = [data for mid, data in rows if mid[:HAVE_PREFIX] not in have]
     elif op == "certificates":
         lo, hi = _ints(args, 2)
         if hi < lo or hi - lo >= MAX_ITEMS:
@@ -139,6 +147,17 @@ def answer(store: Store, cfg: NetworkConfig, now: float, data: bytes) -> bytes:
     else:
         raise BadRequest("unknown_op")
     return bytes(msgpack.packb(_bounded(items), use_bin_type=True))
+
+
+def _have(args: Sequence[Any]) -> frozenset[bytes]:
+    """A ``round`` request's optional ``have``: message-id prefixes the requester holds."""
+    if not args:
+        return frozenset()
+    if len(args) != 1 or not isinstance(args[0], list) or len(args[0]) > MAX_HAVE:
+        raise BadRequest("malformed")
+    if not all(isinstance(p, bytes) and len(p) == HAVE_PREFIX for p in args[0]):
+        raise BadRequest("malformed")
+    return frozenset(args[0])
 
 
 def _bounded(items: list[bytes]) -> list[bytes]:
@@ -315,9 +334,11 @@ class SyncClient:
             nonlocal got
             got += await self._admit(peer, items, kind, requested)
 
-        await self._gather(
-            lambda: ["round", int(kind), rnd], handle, deadline, parallel=ROUND_PARALLEL, hedge=0.0
-        )
+        def request() -> list[Any]:
+            held = self.ingest.store.ids(kind, rnd)[:MAX_HAVE]
+            return ["round", int(kind), rnd, [mid[:HAVE_PREFIX] for mid in held]]
+
+        await self._gather(request, handle, deadline, parallel=ROUND_PARALLEL, hedge=0.0)
         return got
 
     async def fetch_certificates(
