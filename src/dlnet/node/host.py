@@ -755,10 +755,9 @@ class Host:
                 # It dialled us again during its ban or its wrong-network back-off, or the
                 # first close did not take (under load, py-libp2p can keep listing a peer
                 # whose close failed): close it again, at the socket this time.
-                if self.is_banned(peer) or peer in refused:
-                    self._counters.add(
-                        C.REFUSED_BANNED if self.is_banned(peer) else C.REFUSED_FOREIGN
-                    )
+                banned = self.is_banned(peer)
+                if banned or peer in refused:
+                    self._counters.add(C.REFUSED_BANNED if banned else C.REFUSED_FOREIGN)
                     with contextlib.suppress(Exception):
                         await self._lp.disconnect(ID.from_base58(peer))
                     await self._sever(peer)

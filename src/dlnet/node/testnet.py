@@ -398,7 +398,8 @@ PROBE_TIMEOUT: Final = 300.0
 # over the cores with a margin for contention, plus the bootstrap's and validators' own start
 # and connections, plus the unluckiest proof (a proof's evaluations are geometric: the longest
 # of 13 is about 3.6 times the mean). On this 2-core machine, idle: encoders up 10-35 s after
-# launch; the fixed formula above allowed 136 s (docs/BENCHMARKS.md, "Default testnet round").
+# launch; the fixed formula (STARTUP_SECONDS ... REGISTRATION_SECONDS_PER_ENCODER) allowed
+# 136 s for the default plan (docs/BENCHMARKS.md, "Default testnet round").
 PROBED_BASE_SECONDS: Final = 20.0
 PROBED_CONTENTION: Final = 1.5
 PROOF_TAIL: Final = 3.0
