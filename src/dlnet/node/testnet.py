@@ -108,9 +108,12 @@ BOOTSTRAP_MAX_PEERS: Final = 24
 HUB_SPARE_PEERS: Final = 4
 # Many encoders share an OS process (`dlnet run --encoders-file`) once there are more than
 # GROUP_ABOVE: at most ENCODERS_PER_PROCESS each (an encoder process costs ~200 MB before any
-# model, a torch one ~600 MB; 100 encoders one a process do not fit 2 cores and 8 GB).
+# model, a torch one ~600 MB; 100 encoders one a process do not fit 2 cores and 8 GB). Each
+# process also costs CPU while it waits (its event loop, gossip heartbeats, connections: ~0.7 %
+# of a core here), so at 100 encoders x 7 validators 13 processes of 8 spent ~2 s a round doing
+# nothing; 24 a process makes them 5 (docs/BENCHMARKS.md, scale ladder).
 GROUP_ABOVE: Final = 16
-ENCODERS_PER_PROCESS: Final = 8
+ENCODERS_PER_PROCESS: Final = 24
 # The registration proof costs 2^difficulty evaluations (~70 ms each) per identity. A testnet of
 # more than GROUP_ABOVE encoders lowers the genesis' difficulty so that all its proofs together
 # cost about what GROUP_ABOVE encoders at the default difficulty do (100 encoders: difficulty 3,
