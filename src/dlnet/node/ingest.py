@@ -312,7 +312,7 @@ class Ingest:
 
     def holds(self, mid: bytes) -> bool:
         """Whether this node holds the message ``mid``, stored or as equivocation evidence."""
-        return mid in self._evidence or self.store.get_by_id(mid) is not None
+        return mid in self._evidence or self.store.has(mid)
 
     def _unseen(self, data: bytes) -> bytes | None:
         """The message id of bytes neither checked, being checked, nor held; None (counted
@@ -364,14 +364,16 @@ class Ingest:
         return self.accept(data, kind, window=window)[0]
 
     def accept(
-        self, data: bytes, kind: Kind | None, *, window: bool = True
+        self, data: bytes, kind: Kind | None, *, window: bool = True, mid: bytes | None = None
     ) -> tuple[Outcome, Verified[Message] | None]:
         """As `admit`, also returning the verified value (None unless it decoded and
-        verified)."""
-        mid = message_id(data)
-        if self.holds(mid):  # held: not decoded nor verified again
-            self.count(C.IGNORED if window else C.SYNC, "duplicate")
-            return Outcome.DUPLICATE, None
+        verified). Given ``mid`` (the id of ``data``, found not held by the caller), the id
+        is neither computed nor looked up again."""
+        if mid is None:
+            mid = message_id(data)
+            if self.holds(mid):  # held: not decoded nor verified again
+                self.count(C.IGNORED if window else C.SYNC, "duplicate")
+                return Outcome.DUPLICATE, None
         v = self._verified(data, kind, mid)
         if v is None:
             return Outcome.REJECTED, None
@@ -433,10 +435,11 @@ class Ingest:
         """Admission for one item of a reveal push (node/reveals.py): an Embedding already
         held is acknowledged without being decoded or verified again (``push:duplicate``);
         anything else takes the full admission of `admit`, round window included."""
-        if self.holds(message_id(data)):
+        mid = message_id(data)
+        if self.holds(mid):
             self.count(C.PUSH, "duplicate")
             return Outcome.DUPLICATE
-        return self.admit(data, Kind.EMBEDDING)
+        return self.accept(data, Kind.EMBEDDING, mid=mid)[0]
 
     def admit_own(self, msg: Message, data: bytes, commitment: bytes | None = None) -> None:
         """A message this node made (``data`` its encoding, ``commitment`` an Embedding's if

@@ -252,7 +252,7 @@ class Store:
         data: bytes,
     ) -> PutResult:
         """Store a message unless its bytes or another message for its place are held."""
-        if self.get_by_id(msg_id) is not None:
+        if self.has(msg_id):
             return PutResult(PutStatus.DUPLICATE)
         held = self._db.execute(
             "SELECT data FROM messages"
@@ -312,6 +312,11 @@ class Store:
             (kind, round, signer, _slot(None), _slot(None)),
         ).fetchone()
         return None if row is None else bytes(row[0])
+
+    def has(self, msg_id: bytes) -> bool:
+        """Whether the message ``msg_id`` is held (its bytes are not read)."""
+        row = self._db.execute("SELECT 1 FROM messages WHERE id=?", (msg_id,)).fetchone()
+        return row is not None
 
     def get_by_id(self, msg_id: bytes) -> bytes | None:
         row = self._db.execute("SELECT data FROM messages WHERE id=?", (msg_id,)).fetchone()
