@@ -6,6 +6,7 @@ test_testnet_e2e (every reveal is pushed there)."""
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -25,13 +26,14 @@ from dlnet.node.reveals import (
     FORWARD_WINDOW,
     MAX_PUSH_BYTES,
     MAX_PUSH_ITEMS,
+    PUSH_GATHER,
     PUSH_TIMEOUT,
     RETRY,
     Forwarder,
+    PushGroup,
     batches,
     install_server,
     parse_ack,
-    push_reveals,
     receive,
 )
 from dlnet.node.store import Store
@@ -64,6 +66,11 @@ def cfg() -> NetworkConfig:
 def reveals(cfg: NetworkConfig, seed: int = 2) -> list[Embedding]:
     key = SigningKey.from_seed(bytes([seed]) * 32)
     return signed_round(cfg, key, 1, np.random.default_rng())[1]
+
+
+async def push_reveals(host: object, ingest: Ingest, items: list[bytes], deadline: float) -> int:
+    """One identity's push (a `PushGroup` of one)."""
+    return await PushGroup(host, ingest).push(items, deadline)  # type: ignore[arg-type]
 
 
 def node(cfg: NetworkConfig, path: Path) -> Ingest:
@@ -213,7 +220,7 @@ def test_every_keeper_gets_the_push_and_a_stalled_or_lying_one_is_not_counted(
     items = [encode(e) for e in reveals(cfg)]
 
     async def main() -> tuple[int, float]:
-        acked = await push_reveals(host, encoder, items, encoder.now() + 60)  # type: ignore[arg-type]
+        acked = await push_reveals(host, encoder, items, encoder.now() + 60)
         return acked, trio.current_time()
 
     acked, elapsed = trio.run(main, clock=MockClock(autojump_threshold=0))
@@ -239,7 +246,7 @@ def test_a_peer_that_holds_only_part_of_a_push_does_not_acknowledge_it(
     host.keepers = ["late"]
     encoder = node(cfg, tmp_path / "e.sqlite")
     items = [encode(e) for e in reveals(cfg)]
-    acked = trio.run(lambda: push_reveals(host, encoder, items, encoder.now() + 5))  # type: ignore[arg-type]
+    acked = trio.run(lambda: push_reveals(host, encoder, items, encoder.now() + 5))
     assert acked == 0
     assert encoder.store.counters()["push:partly_held"] == 1
 
@@ -268,10 +275,10 @@ def test_a_keeper_forwards_an_encoders_push_once_to_its_other_keepers(
         async with trio.open_nursery() as nursery:
             for forwarder in forwarders.values():
                 nursery.start_soon(forwarder.run)
-            assert await push_reveals(host, encoder, items, encoder.now() + 60) == 1  # type: ignore[arg-type]
+            assert await push_reveals(host, encoder, items, encoder.now() + 60) == 1
             await trio.sleep(FORWARD_WINDOW + 0.01)
             forwarded_at = trio.current_time()
-            assert await push_reveals(host, encoder, items, encoder.now() + 60) == 1  # type: ignore[arg-type]
+            assert await push_reveals(host, encoder, items, encoder.now() + 60) == 1
             await trio.sleep(10 * FORWARD_WINDOW)
             nursery.cancel_scope.cancel()
         return forwarded_at
@@ -354,3 +361,91 @@ def test_a_reveal_no_keeper_takes_is_counted_unacknowledged(
     reveal = role._reveal(items, times)
     assert trio.run(lambda: reveal, clock=MockClock(autojump_threshold=0)) == 0
     assert encoder.store.counters()["encoder:reveal_push_unacked"] == 1
+
+
+def test_the_identities_of_a_process_push_together_and_each_learns_its_own_acks(
+    cfg: NetworkConfig, tmp_path: Path
+) -> None:
+    """Three identities of one process push within PUSH_GATHER: each keeper takes one push
+    request with all their reveals (more only past MAX_PUSH_ITEMS), and each identity is told
+    how many keepers hold all of its own reveals (a stalled keeper holds none)."""
+    net = Transport()
+    nodes = {name: node(cfg, tmp_path / f"{name}.sqlite") for name in ("v1", "v2")}
+    requests: Counter[str] = Counter()
+    for name, ingest in nodes.items():
+        install_server(net.host(name), ingest)
+        handler = net.handlers[name]
+        assert callable(handler)
+
+        async def counted(
+            data: bytes, peer: str, name: str = name, inner: Handler = handler
+        ) -> bytes:
+            requests[name] += 1
+            return await inner(data, peer)
+
+        net.handlers[name] = counted
+    net.handlers["stalled"] = None
+    host = net.host("e")
+    host.keepers = ["v1", "v2", "stalled"]
+    encoder = node(cfg, tmp_path / "e.sqlite")
+    group = PushGroup(host, encoder)  # type: ignore[arg-type]
+    parts = [[encode(e) for e in reveals(cfg, seed)] for seed in (2, 3, 4)]
+    got: dict[int, int] = {}
+
+    async def main() -> None:
+        async def one(i: int) -> None:
+            await trio.sleep(i * PUSH_GATHER / 4)  # all within one gathering
+            got[i] = await group.push(parts[i], encoder.now() + 60)
+
+        async with trio.open_nursery() as nursery:
+            for i in range(len(parts)):
+                nursery.start_soon(one, i)
+
+    trio.run(main, clock=MockClock(autojump_threshold=0))
+    assert got == {0: 2, 1: 2, 2: 2}
+    per_request = -(-sum(map(len, parts)) // MAX_PUSH_ITEMS)
+    assert requests == {"v1": per_request, "v2": per_request}
+    for ingest in nodes.values():
+        held = sorted(ingest.store.messages(Kind.EMBEDDING, 1))
+        assert held == sorted(item for part in parts for item in part)
+
+
+def test_a_push_asked_while_a_gathering_is_sent_goes_with_the_next_one(
+    cfg: NetworkConfig, tmp_path: Path
+) -> None:
+    """A gathering's leader is busy pushing (a slow keeper) when another identity asks: that
+    ask leads the next gathering and is acknowledged; a leader cancelled before it sends
+    hands the lead on, so no ask waits forever."""
+    net = Transport()
+    fast = node(cfg, tmp_path / "v.sqlite")
+    install_server(net.host("v"), fast)
+    handler = net.handlers["v"]
+    assert callable(handler)
+
+    async def slow(data: bytes, peer: str) -> bytes:
+        await trio.sleep(1.0)
+        return await handler(data, peer)
+
+    net.handlers["v"] = slow
+    host = net.host("e")
+    host.keepers = ["v"]
+    encoder = node(cfg, tmp_path / "e.sqlite")
+    group = PushGroup(host, encoder)  # type: ignore[arg-type]
+    first, second, third = ([encode(e) for e in reveals(cfg, seed)] for seed in (2, 3, 4))
+    got: dict[str, int] = {}
+
+    async def main() -> None:
+        async def ask(name: str, items: list[bytes], after: float) -> None:
+            await trio.sleep(after)
+            got[name] = await group.push(items, encoder.now() + 60)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ask, "first", first, 0.0)
+            nursery.start_soon(ask, "second", second, PUSH_GATHER + 0.5)  # during the push
+            with trio.move_on_after(PUSH_GATHER + 0.6):  # cancelled while second waits
+                await ask("cancelled", third, PUSH_GATHER + 0.55)
+        assert not group._pending and not group._leading
+
+    trio.run(main, clock=MockClock(autojump_threshold=0))
+    assert got == {"first": 1, "second": 1}
+    assert sorted(fast.store.messages(Kind.EMBEDDING, 1)) == sorted(first + second)

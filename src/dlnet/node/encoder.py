@@ -13,7 +13,7 @@ from dlnet.node import adversaries
 from dlnet.node import counters as C
 from dlnet.node.context import NodeContext
 from dlnet.node.models import Model, one_line
-from dlnet.node.reveals import RETRY, REVEAL_DELAY, push_reveals
+from dlnet.node.reveals import RETRY, REVEAL_DELAY, PushGroup
 from dlnet.node.submissions import SCHEDULE_PULL, pull_schedule, scheduled_tasks
 from dlnet.protocol.identity import SigningKey
 from dlnet.protocol.rounds import RoundTimes, round_times
@@ -39,8 +39,11 @@ class EncoderRole:
         model: Model,
         behaviour: str = "honest",
         registration: int = 0,
+        pushes: PushGroup | None = None,
     ) -> None:
         self.ctx = ctx
+        # The process's identities push together (`PushGroup`); alone, a group of one.
+        self.pushes = pushes or PushGroup(ctx.host, ctx.ingest)
         self.key = key
         self.registration = registration  # nonce of the key's registration proof
         self.model = model
@@ -145,11 +148,11 @@ class EncoderRole:
         the same peers. Returns how many peers hold them."""
         ctx = self.ctx
         end = times.repair_deadline - RETRY
-        acked = await push_reveals(ctx.host, ctx.ingest, items, end)
+        acked = await self.pushes.push(items, end)
         while not acked and self.ctx.clock.now() + RETRY < end:
             ctx.ingest.count(C.ENCODER, "reveal_push_retried")
             await trio.sleep(RETRY)
-            acked = await push_reveals(ctx.host, ctx.ingest, items, end)
+            acked = await self.pushes.push(items, end)
         if not acked:
             ctx.ingest.count(C.ENCODER, "reveal_push_unacked")
         return acked

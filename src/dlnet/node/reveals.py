@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Final
 
 import msgpack
@@ -55,6 +56,8 @@ FORWARD_WINDOW: Final = 0.25
 """A keeper gathers what encoders pushed it for this long, then forwards it in one push per
 keeper: the encoders' pushes of a round all start at the same instant, so one window
 carries most of them."""
+PUSH_GATHER: Final = 0.1
+"""A `PushGroup` gathers its identities' pushes this long (they reveal at the same instant)."""
 FORWARD_TIMEOUT: Final = 2.0
 """Longest wait for a keeper's acknowledgement of a forward (a keeper that lets it time out
 is noted stalled and skipped by the next windows)."""
@@ -202,46 +205,125 @@ def install_server(
 
 async def _push_one(
     host: Transport, ingest: Ingest, peer: str, items: list[bytes], end: float
-) -> bool:
-    """Push ``items`` to ``peer`` (in as many requests as `batches` makes); whether it
-    acknowledged holding every one of them."""
+) -> list[bool]:
+    """Push ``items`` to ``peer`` (in as many requests as `batches` makes); per item, whether
+    it acknowledged holding it (False from the first batch that failed on)."""
     pid = protocol_id(ingest.cfg.network_id)
+    held: list[bool] = []
     for batch in batches(items):
         timeout = min(PUSH_TIMEOUT, end - ingest.now())
         if timeout <= 0:
-            return False
+            break
         try:
             with trio.fail_after(timeout + 0.5):  # host.request has its own, this is a backstop
                 answer = await host.request(peer, pid, _pack(batch), timeout)
         except (RequestTimeout, trio.TooSlowError):  # the host noted the peer stalled
             ingest.count(C.PUSH, "peer_timeout")
-            return False
+            break
         except RequestError:  # no such protocol, a broken stream, an error frame
             ingest.count(C.PUSH, "request_failed")
-            return False
-        held = parse_ack(answer, len(batch))
-        if held is None:
+            break
+        acks = parse_ack(answer, len(batch))
+        if acks is None:
             ingest.count(C.PUSH, "bad_ack")
             host.penalize(peer, "push_bad_ack")
-            return False
-        if not all(held):
+            break
+        if not all(acks):
             ingest.count(C.PUSH, "partly_held")
-            return False
-    return True
+        held += acks
+    return held + [False] * (len(items) - len(held))
 
 
-async def push_reveals(host: Transport, ingest: Ingest, items: list[bytes], deadline: float) -> int:
-    """Push ``items`` (encoded Embeddings) to every connected peer that keeps reveals, all
-    at once, each ask bounded by min(PUSH_TIMEOUT, ``deadline`` - now) (the node's clock).
-    Returns how many peers acknowledged holding every item."""
-    acked = 0
+async def _push_to_keepers(
+    host: Transport, ingest: Ingest, parts: list[list[bytes]], deadline: float
+) -> list[int]:
+    """Push the items of every part (encoded Embeddings) to every connected peer that keeps
+    reveals, as one push per keeper, all at once, each ask bounded by min(PUSH_TIMEOUT,
+    ``deadline`` - now) (the node's clock). Per part: how many keepers acknowledged holding
+    every item of it."""
+    items = [item for part in parts for item in part]
+    acked = [0] * len(parts)
 
     async def one(peer: str) -> None:
-        nonlocal acked
         held = await _push_one(host, ingest, peer, items, deadline)
-        acked += held  # never `acked += await ...`: that reads acked before the await
+        lo = 0
+        for i, part in enumerate(parts):
+            acked[i] += all(held[lo : lo + len(part)])
+            lo += len(part)
 
     async with trio.open_nursery() as nursery:
         for peer in host.carriers(topic(ingest.cfg.network_id, Kind.EMBEDDING)):
             nursery.start_soon(one, peer)
     return acked
+
+
+class PushGroup:
+    """The reveal pushes of the encoder identities of one process, sent together: the pushes
+    asked within PUSH_GATHER of the first go to each keeper as one push (as many requests as
+    `batches` makes) instead of one per identity. The identities of a process reveal at the
+    same instant, so at 100 encoders 24 to a process a keeper took 24 times fewer push
+    requests, each a stream to open and a protocol to negotiate (docs/BENCHMARKS.md, scale
+    ladder). No task of its own: the first asker of a gathering sends it for everyone, and
+    hands the next gathering to the first that asked meanwhile."""
+
+    def __init__(self, host: Transport, ingest: Ingest) -> None:
+        self.host = host
+        self.ingest = ingest
+        self._pending: list[_Ask] = []
+        self._leading = False
+
+    async def push(self, items: list[bytes], deadline: float) -> int:
+        """Push ``items`` with the other identities' pushes gathered with them (see
+        `_push_to_keepers`); how many keepers acknowledged holding every one of ``items``."""
+        ask = _Ask(items, deadline)
+        self._pending.append(ask)
+        if self._leading:
+            try:
+                await ask.woken.wait()
+            except BaseException:
+                if ask in self._pending:
+                    self._pending.remove(ask)
+                if ask.lead:
+                    self._hand_on()
+                raise
+            if not ask.lead:
+                return ask.acked
+        self._leading = True
+        asks: list[_Ask] = []
+        try:
+            await trio.sleep(PUSH_GATHER)
+            asks, self._pending = self._pending, []
+            live = [a for a in asks if a.deadline > self.ingest.now()]
+            if live:
+                counts = await _push_to_keepers(
+                    self.host, self.ingest, [a.items for a in live], min(a.deadline for a in live)
+                )
+                for a, n in zip(live, counts, strict=True):
+                    a.acked = n
+        finally:
+            for a in asks:
+                a.woken.set()
+            if ask in self._pending:  # cancelled before it took the gathering
+                self._pending.remove(ask)
+            self._hand_on()
+        return ask.acked
+
+    def _hand_on(self) -> None:
+        """The leader is done: the first ask still waiting leads the next gathering."""
+        if self._pending:
+            self._pending[0].lead = True
+            self._pending[0].woken.set()
+        else:
+            self._leading = False
+
+
+@dataclass(eq=False)
+class _Ask:
+    """One identity's push waiting in a `PushGroup`."""
+
+    items: list[bytes]
+    deadline: float
+    acked: int = 0
+    lead: bool = False
+    """Set when this ask is handed the lead of the next gathering."""
+    woken: trio.Event = field(default_factory=trio.Event)

@@ -36,7 +36,7 @@ from dlnet.node.models import Model, load_model
 from dlnet.node.models.aligned import AlignedModel, load_map
 from dlnet.node.progress import genesis_countdown, keep_live_info, write_json
 from dlnet.node.report import INFO_FILE, STORE_FILE
-from dlnet.node.reveals import Forwarder
+from dlnet.node.reveals import Forwarder, PushGroup
 from dlnet.node.reveals import install_server as install_reveal_server
 from dlnet.node.store import Store
 from dlnet.node.submissions import submitter
@@ -346,9 +346,12 @@ def start_roles(
     the rounds still under way when it (re)starts."""
     cfg = ctx.cfg
     start = first_round(cfg, ctx.clock.now())
+    pushes = PushGroup(ctx.host, ctx.ingest)
     for ident, enc_ctx in encoders:
         assert ident.model is not None
-        enc = EncoderRole(enc_ctx, ident.key, ident.model, ident.spec.behaviour, ident.registration)
+        enc = EncoderRole(
+            enc_ctx, ident.key, ident.model, ident.spec.behaviour, ident.registration, pushes
+        )
         first = encoder_first_round(cfg, ctx.clock.now(), ident.spec.first_round)
         if first > start:
             enc_ctx.log.info("encoder: first commit in round %d (--first-round)", first)
