@@ -10,7 +10,6 @@ import re
 from pathlib import Path
 
 import httpx
-import msgpack
 import numpy as np
 import pytest
 import trio
@@ -22,7 +21,7 @@ from dlnet.node.api import NodeView, build_app
 from dlnet.node.counters import Counters, UndeclaredCounter
 from dlnet.node.host import Verdict
 from dlnet.node.ingest import Ingest, Outcome
-from dlnet.node.reveals import receive
+from dlnet.node.reveals import push_body, receive
 from dlnet.node.store import Store
 from dlnet.protocol.identity import SigningKey
 from dlnet.protocol.rounds import round_times
@@ -174,9 +173,9 @@ def test_one_verify_per_delivered_embedding_read_off_metrics(tmp_path: Path) -> 
         assert ingest.check(Kind.EMBEDDING, data) is Verdict.IGNORE  # a second copy in flight
         assert ingest.admit_checked(data) is Outcome.NEW
         assert ingest.check(Kind.EMBEDDING, data) is Verdict.IGNORE  # a copy after storing
-    push = msgpack.packb(pushed, use_bin_type=True)
+    push = push_body(pushed, None)
     assert receive(ingest, push) == [Outcome.NEW] * len(pushed)
-    again = msgpack.packb(reveals, use_bin_type=True)  # every one pushed once more
+    again = push_body(reveals, None)  # every one pushed once more
     assert receive(ingest, again) == [Outcome.DUPLICATE] * len(reveals)
     for data in pushed:  # and the pushed ones gossiped after
         assert ingest.check(Kind.EMBEDDING, data) is Verdict.IGNORE

@@ -20,7 +20,7 @@ import pytest
 
 from dlnet.node.discovery import PeerExchange, decode_px, encode_px
 from dlnet.node.ingest import Ingest, Outcome
-from dlnet.node.reveals import parse_ack, receive
+from dlnet.node.reveals import parse_ack, parse_push, push_body, receive
 from dlnet.node.store import Store
 from dlnet.node.sync import BadRequest, answer, parse_items
 from dlnet.protocol.config import NetworkConfig, ValidatorEntry, default_config
@@ -152,9 +152,11 @@ def drive(cfg: NetworkConfig, store: Store, ingest: Ingest, now: float, data: by
         assert parse_items(answer(store, cfg, now, data)) is not None
     parsed = parse_items(data)
     assert parsed is None or all(type(i) is bytes for i in parsed)
+    push = parse_push(data)
     pushed = receive(ingest, data)  # a reveal push's body
-    assert isinstance(pushed, str) or (parsed is not None and len(pushed) == len(parsed))
-    for item, outcome in zip(parsed or [], [] if isinstance(pushed, str) else pushed, strict=True):
+    assert isinstance(pushed, str) or (not isinstance(push, str) and len(pushed) == len(push.items))
+    items = [] if isinstance(push, str) else push.items
+    for item, outcome in zip(items, [] if isinstance(pushed, str) else pushed, strict=True):
         if outcome is Outcome.NEW:
             accepted_is_valid(decode(item, cfg, Kind.EMBEDDING), item)
     for n in (0, 1, 2):
@@ -174,7 +176,7 @@ def fuzz_seeds(cfg: NetworkConfig) -> list[tuple[str, bytes]]:
     seeds = valid_messages(cfg)
     px = encode_px(PeerExchange(2, False, ("/ip4/127.0.0.1/tcp/1/p2p/QmPeer",)))
     sync_req = bytes(msgpack.packb(["round", 1, 3], use_bin_type=True))
-    push = bytes(msgpack.packb([seeds[1][1], seeds[1][1]], use_bin_type=True))  # two reveals
+    push = push_body([seeds[1][1], seeds[1][1]], frozenset({"QmPeer"}))  # two reveals
     result_bytes = encode_result(decode(seeds[-1][1], cfg, Kind.CERTIFICATE).result)  # type: ignore[union-attr]
     return [
         *((kind.name.lower(), data) for kind, data in seeds),

@@ -24,6 +24,8 @@ from dlnet.node.encoder import EncoderRole
 from dlnet.node.ingest import Ingest, Outcome
 from dlnet.node.reveals import (
     FORWARD_WINDOW,
+    MAX_DIRECT,
+    MAX_PEER_ID_CHARS,
     MAX_PUSH_BYTES,
     MAX_PUSH_ITEMS,
     PUSH_GATHER,
@@ -34,6 +36,7 @@ from dlnet.node.reveals import (
     batches,
     install_server,
     parse_ack,
+    push_body,
     receive,
 )
 from dlnet.node.store import Store
@@ -102,7 +105,7 @@ class PeerHost:
     def set_request_handler(
         self, protocol_id: str, handler: Handler, *, max_request_bytes: int
     ) -> None:
-        assert protocol_id.endswith("/reveal/1") and max_request_bytes == MAX_PUSH_BYTES
+        assert protocol_id.endswith("/reveal/2") and max_request_bytes == MAX_PUSH_BYTES
         self.net.handlers[self.name] = handler
 
     def carriers(self, topic: str) -> list[str]:
@@ -126,11 +129,12 @@ class PeerHost:
 @given(st.lists(st.integers(0, 40_000), max_size=400))
 def test_batches_keep_order_and_fit_one_push_each(sizes: list[int]) -> None:
     items = [b"x" * n for n in sizes]
+    widest = frozenset(str(i).rjust(MAX_PEER_ID_CHARS, "Q") for i in range(MAX_DIRECT))
     out = batches(items)
     assert [i for b in out for i in b] == items
     for batch in out:
         assert batch and len(batch) <= MAX_PUSH_ITEMS
-        assert len(pack(batch)) <= MAX_PUSH_BYTES
+        assert len(push_body(batch, widest)) <= MAX_PUSH_BYTES
 
 
 def test_a_push_is_admitted_item_by_item_and_a_resend_is_not_verified_again(
@@ -138,8 +142,8 @@ def test_a_push_is_admitted_item_by_item_and_a_resend_is_not_verified_again(
 ) -> None:
     ingest = node(cfg, tmp_path / "v.sqlite")
     items = [encode(e) for e in reveals(cfg)]
-    assert receive(ingest, pack(items)) == [Outcome.NEW] * len(items)
-    assert receive(ingest, pack(items)) == [Outcome.DUPLICATE] * len(items)
+    assert receive(ingest, push_body(items, None)) == [Outcome.NEW] * len(items)
+    assert receive(ingest, push_body(items, None)) == [Outcome.DUPLICATE] * len(items)
     counters = ingest.store.counters()
     assert counters["accepted:embedding"] == len(items)
     assert counters["push:duplicate"] == len(items)
@@ -159,13 +163,16 @@ def test_malformed_oversized_and_poisoned_pushes_are_refused_and_charged(
 
     async def main() -> None:
         assert await handler(pack({"not": "a list"}), "hostile") == pack([])
-        assert await handler(pack([b"x"] * (MAX_PUSH_ITEMS + 1)), "hostile") == pack([])
-        ack = parse_ack(await handler(pack([*poison, good[1]]), "hostile"), 3)
+        assert await handler(pack(good), "hostile") == pack([])  # the items without the array
+        assert await handler(pack([good, ["x" * (MAX_PEER_ID_CHARS + 1)]]), "hostile") == pack([])
+        assert await handler(pack([good, [str(i) for i in range(MAX_DIRECT + 1)]]), "x") == pack([])
+        assert await handler(push_body([b"x"] * (MAX_PUSH_ITEMS + 1), None), "hostile") == pack([])
+        ack = parse_ack(await handler(push_body([*poison, good[1]], None), "hostile"), 3)
         assert ack == [False, False, True]
 
     trio.run(main)
     counters = ingest.store.counters()
-    assert counters["rejected:push_malformed"] == 1
+    assert counters["rejected:push_malformed"] == 4
     assert counters["rejected:push_too_many"] == 1
     assert net.penalties.count(("hostile", "push_bad_item")) == 2
     assert ("hostile", "push_malformed") in net.penalties
@@ -189,11 +196,11 @@ def test_equivocation_evidence_is_recorded_once_and_a_repeat_push_is_a_duplicate
         bytes(16),
         first.array() * 2,
     )
-    assert receive(ingest, pack([encode(first)])) == [Outcome.NEW]
-    assert receive(ingest, pack([encode(twin)])) == [Outcome.EQUIVOCATION]
+    assert receive(ingest, push_body([encode(first)], None)) == [Outcome.NEW]
+    assert receive(ingest, push_body([encode(twin)], None)) == [Outcome.EQUIVOCATION]
     verifies = ingest.verifies[Kind.EMBEDDING]
     for _ in range(3):
-        assert receive(ingest, pack([encode(twin)])) == [Outcome.DUPLICATE]
+        assert receive(ingest, push_body([encode(twin)], None)) == [Outcome.DUPLICATE]
     assert ingest.verifies[Kind.EMBEDDING] == verifies
     assert ingest.store.counters()["evidence:equivocation_embedding"] == 1
 
@@ -449,3 +456,43 @@ def test_a_push_asked_while_a_gathering_is_sent_goes_with_the_next_one(
     trio.run(main, clock=MockClock(autojump_threshold=0))
     assert got == {"first": 1, "second": 1}
     assert sorted(fast.store.messages(Kind.EMBEDDING, 1)) == sorted(first + second)
+
+
+def test_one_keeper_an_encoder_pushes_to_forwards_and_only_to_keepers_it_did_not_reach(
+    cfg: NetworkConfig, tmp_path: Path
+) -> None:
+    """The encoder reaches v1 and v2 of four keepers; the one it asks to forward sends each
+    reveal once to v3 and v4 and not to the other keeper it reached, and nobody else forwards:
+    every keeper takes each reveal once (no duplicates), over 2 rounds of picks."""
+    net = Transport()
+    keepers = ("v1", "v2", "v3", "v4")
+    nodes = {name: node(cfg, tmp_path / f"{name}.sqlite") for name in keepers}
+    forwarders = {}
+    for name, ingest in nodes.items():
+        host = net.host(name)
+        host.keepers = [k for k in keepers if k != name]
+        forwarders[name] = Forwarder(host, ingest)  # type: ignore[arg-type]
+        install_server(host, ingest, forwarder=forwarders[name])  # type: ignore[arg-type]
+    encoder = node(cfg, tmp_path / "e.sqlite")
+    host = net.host("e")
+    host.keepers = ["v1", "v2"]
+    rounds = [[encode(e) for e in reveals(cfg, seed)] for seed in (2, 3)]
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            for forwarder in forwarders.values():
+                nursery.start_soon(forwarder.run)
+            for items in rounds:
+                assert await push_reveals(host, encoder, items, encoder.now() + 60) == 2
+            await trio.sleep(10 * FORWARD_WINDOW)
+            nursery.cancel_scope.cancel()
+
+    trio.run(main, clock=MockClock(autojump_threshold=0))
+    everything = sorted(item for items in rounds for item in items)
+    counts = {name: ingest.store.counters() for name, ingest in nodes.items()}
+    for name, ingest in nodes.items():
+        assert sorted(ingest.store.messages(Kind.EMBEDDING, 1)) == everything
+        assert "push:duplicate" not in counts[name]
+    forwarded = sum(c.get("push:forwarded", 0) for c in counts.values())
+    assert forwarded == 2 * len(everything)  # each reveal to v3 and v4, once
+    assert "push:forwarded" not in counts["v3"] and "push:forwarded" not in counts["v4"]

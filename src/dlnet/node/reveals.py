@@ -22,6 +22,7 @@ the reveals missing after repair (docs/BENCHMARKS.md, scale ladder).
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Final
@@ -31,7 +32,7 @@ import trio
 
 from dlnet.node import counters as C
 from dlnet.node.ingest import Ingest, Outcome
-from dlnet.node.sync import parse_items, unpack_bounded
+from dlnet.node.sync import unpack_bounded
 from dlnet.node.transport import RequestError, RequestTimeout, Transport
 from dlnet.protocol.wire import Kind, topic
 
@@ -46,6 +47,13 @@ MAX_PUSH_ITEMS: Final = 256
 """Most embeddings in one push; an encoder's round (shards x slots) is far below it."""
 MAX_PUSH_BYTES: Final = 2 * 1024 * 1024
 """A push body above this is refused from its frame header, before it is read."""
+MAX_DIRECT: Final = 16
+"""Most keepers a push may name as pushed to directly (see `Push.forward`)."""
+MAX_PEER_ID_CHARS: Final = 128
+"""Longest peer id a push may name (base58 libp2p ids are ~52 characters)."""
+HEADER_ROOM: Final = 4096
+"""Bytes of a push body kept for everything but its items (the framing and the named
+keepers: MAX_DIRECT ids of MAX_PEER_ID_CHARS fit)."""
 KEEPER_MAX_PEERS: Final = 64
 """Default connection bound of a node that keeps reveals (validator, relay): every encoder
 keeps two of them as outlets for its pushes (node/host.py, thin topics), so they need room
@@ -64,7 +72,7 @@ is noted stalled and skipped by the next windows)."""
 
 
 def protocol_id(network_id: bytes) -> str:
-    return f"/dlnet/{network_id.hex()[:16]}/reveal/1"
+    return f"/dlnet/{network_id.hex()[:16]}/reveal/2"
 
 
 def _pack(obj: object) -> bytes:
@@ -73,13 +81,13 @@ def _pack(obj: object) -> bytes:
 
 def batches(items: Sequence[bytes]) -> list[list[bytes]]:
     """``items`` cut, in order, into pushes of at most MAX_PUSH_ITEMS items and
-    MAX_PUSH_BYTES of msgpack body."""
+    MAX_PUSH_BYTES of msgpack body (`push_body`, whatever keepers it names)."""
     out: list[list[bytes]] = []
     size = 0
     for item in items:
         # msgpack frames an array of n <= 65535 items in <= 3 bytes and each bin in <= 5.
         cost = len(item) + 5
-        if not out or len(out[-1]) >= MAX_PUSH_ITEMS or size + cost > MAX_PUSH_BYTES - 3:
+        if not out or len(out[-1]) >= MAX_PUSH_ITEMS or size + cost > MAX_PUSH_BYTES - HEADER_ROOM:
             out.append([])
             size = 0
         out[-1].append(item)
@@ -95,46 +103,76 @@ def parse_ack(data: bytes, n: int) -> list[bool] | None:
     return held
 
 
-def receive(ingest: Ingest, data: bytes) -> list[Outcome] | str:
-    """The receiving side of one push: each item goes through full admission as an
-    Embedding (a copy already held is acknowledged without being decoded again); the answer
-    says, per item, whether this node now holds it. A body that is not an array of at most
-    MAX_PUSH_ITEMS byte strings returns its reject reason instead."""
-    return _admit(ingest, parse_items(data))
+@dataclass(frozen=True)
+class Push:
+    """A reveal push as received."""
+
+    items: list[bytes]
+    """Encoded Embeddings, at most MAX_PUSH_ITEMS."""
+    forward: frozenset[str] | None
+    """None: keep the items, forward nothing (a keeper's forward, or an encoder's push to a
+    keeper it did not pick to forward). Else: forward what was new to every connected keeper
+    but the sender and these, the keepers the encoder pushed to itself."""
 
 
-def _admit(ingest: Ingest, items: list[bytes] | None) -> list[Outcome] | str:
-    if items is None:
+def push_body(items: list[bytes], forward: frozenset[str] | None) -> bytes:
+    """The request body of a push: the msgpack array ``[items, forward]`` (``forward`` nil
+    or an array of peer id strings, sorted)."""
+    return _pack([items, None if forward is None else sorted(forward)])
+
+
+def parse_push(data: bytes) -> Push | str:
+    """A push body, or its reject reason (``malformed``, ``too_many``)."""
+    obj = unpack_bounded(data)
+    if not isinstance(obj, list) or len(obj) != 2:
+        return "malformed"
+    items, forward = obj
+    if not isinstance(items, list) or not all(type(i) is bytes for i in items):
+        return "malformed"
+    if forward is not None and not (
+        isinstance(forward, list)
+        and len(forward) <= MAX_DIRECT
+        and all(type(p) is str and len(p) <= MAX_PEER_ID_CHARS for p in forward)
+    ):
         return "malformed"
     if len(items) > MAX_PUSH_ITEMS:
         return "too_many"
+    return Push(items, None if forward is None else frozenset(forward))
+
+
+def receive(ingest: Ingest, data: bytes) -> list[Outcome] | str:
+    """The receiving side of one push: each item goes through full admission as an
+    Embedding (a copy already held is acknowledged without being decoded again); the answer
+    says, per item, whether this node now holds it. A body `parse_push` refuses returns its
+    reject reason instead."""
+    push = parse_push(data)
+    return push if isinstance(push, str) else _admit(ingest, push.items)
+
+
+def _admit(ingest: Ingest, items: list[bytes]) -> list[Outcome]:
     with ingest.store.batch():  # acknowledged only once stored: one commit for the push
         return [ingest.admit_pushed(item) for item in items]
 
 
 class Forwarder:
-    """One hop of keeper-to-keeper forwarding. The reveals a keeper newly admitted from the
-    push of a peer that is not a keeper (an encoder) are gathered for FORWARD_WINDOW and then
-    pushed, as one push, to every keeper it is connected to except the one they came from.
-    What a keeper pushed is not forwarded again (it has forwarded it to its own keepers), so
-    each reveal crosses each link at most a few times; what still misses a keeper after that
-    is fetched by commitment (node/sync.py)."""
+    """One hop of keeper-to-keeper forwarding. The reveals a keeper newly admitted from a push
+    that asks it to forward (`Push.forward`) are gathered for FORWARD_WINDOW and then pushed,
+    as one push that asks for no forwarding, to every keeper it is connected to except the
+    sender and the keepers the push named. An encoder asks one of the keepers it pushes to,
+    so each reveal reaches each keeper about once; what still misses a keeper after that is
+    fetched by commitment (node/sync.py)."""
 
     def __init__(self, host: Transport, ingest: Ingest) -> None:
         self.host = host
         self.ingest = ingest
         self.topic = topic(ingest.cfg.network_id, Kind.EMBEDDING)
-        self._send, self._recv = trio.open_memory_channel[tuple[str, list[bytes]]](math.inf)
+        self._send, self._recv = trio.open_memory_channel[_Offer](math.inf)
 
-    def is_keeper(self, peer: str) -> bool:
-        """Whether ``peer`` joins the embedding topic (a keeper that stalls counts as none:
-        what it pushed then goes one hop further, which costs only duplicates)."""
-        return peer in self.host.carriers(self.topic)
-
-    def offer(self, source: str, items: list[bytes]) -> None:
-        """Forward ``items`` (just admitted from ``source``'s push) with the next window."""
+    def offer(self, source: str, items: list[bytes], skip: frozenset[str]) -> None:
+        """Forward ``items`` (just admitted from ``source``'s push, which named ``skip``)
+        with the next window."""
         if items:
-            self._send.send_nowait((source, items))
+            self._send.send_nowait(_Offer(source, items, skip))
 
     async def run(self) -> None:
         """Forward, window after window, until cancelled."""
@@ -148,14 +186,26 @@ class Forwarder:
                     break
             await self._forward(pending)
 
-    async def _forward(self, pending: list[tuple[str, list[bytes]]]) -> None:
+    async def _forward(self, pending: list[_Offer]) -> None:
         end = self.ingest.now() + FORWARD_TIMEOUT
         async with trio.open_nursery() as nursery:
             for peer in self.host.carriers(self.topic):
-                items = [item for source, got in pending if source != peer for item in got]
+                items = [
+                    item
+                    for offer in pending
+                    if peer != offer.source and peer not in offer.skip
+                    for item in offer.items
+                ]
                 if items:
                     self.ingest.counters.add(C.PUSH, "forwarded", len(items))
-                    nursery.start_soon(_push_one, self.host, self.ingest, peer, items, end)
+                    nursery.start_soon(_push_one, self.host, self.ingest, peer, items, end, None)
+
+
+@dataclass(frozen=True)
+class _Offer:
+    source: str
+    items: list[bytes]
+    skip: frozenset[str]
 
 
 def install_server(
@@ -168,19 +218,19 @@ def install_server(
     charged to the peer and answered with an empty array; each item rejected by admission
     costs the peer a penalty point, as in sync. An item that conflicts with a held reveal of
     the same slot (equivocation) is gossiped on the embedding topic, from ``nursery`` (else
-    before the answer). Given a ``forwarder``, the new items of a push from a peer that does
-    not keep reveals go on to the other keepers."""
+    before the answer). Given a ``forwarder``, the new items of a push that asks for it go on
+    to the other keepers (`Forwarder`)."""
 
     evidence_topic = topic(ingest.cfg.network_id, Kind.EMBEDDING)
 
     async def handler(data: bytes, peer: str) -> bytes:
-        items = parse_items(data)
-        outcome = _admit(ingest, items)
-        if isinstance(outcome, str):
-            ingest.count(C.REJECTED, f"push_{outcome}")
-            host.penalize(peer, f"push_{outcome}")
+        push = parse_push(data)
+        if isinstance(push, str):
+            ingest.count(C.REJECTED, f"push_{push}")
+            host.penalize(peer, f"push_{push}")
             return _pack([])
-        assert items is not None
+        items = push.items
+        outcome = _admit(ingest, items)
         for item, result in zip(items, outcome, strict=True):
             if result is Outcome.REJECTED:
                 host.penalize(peer, "push_bad_item")
@@ -193,9 +243,9 @@ def install_server(
                 else:
                     nursery.start_soon(host.publish, evidence_topic, item)
         ingest.count(C.PUSH, "received")
-        if forwarder is not None and not forwarder.is_keeper(peer):
+        if forwarder is not None and push.forward is not None:
             fresh = [i for i, r in zip(items, outcome, strict=True) if r is Outcome.NEW]
-            forwarder.offer(peer, fresh)
+            forwarder.offer(peer, fresh, push.forward)
         return _pack([result in (Outcome.NEW, Outcome.DUPLICATE) for result in outcome])
 
     host.set_request_handler(
@@ -204,10 +254,16 @@ def install_server(
 
 
 async def _push_one(
-    host: Transport, ingest: Ingest, peer: str, items: list[bytes], end: float
+    host: Transport,
+    ingest: Ingest,
+    peer: str,
+    items: list[bytes],
+    end: float,
+    forward: frozenset[str] | None,
 ) -> list[bool]:
-    """Push ``items`` to ``peer`` (in as many requests as `batches` makes); per item, whether
-    it acknowledged holding it (False from the first batch that failed on)."""
+    """Push ``items`` to ``peer`` (in as many requests as `batches` makes, each naming
+    ``forward``); per item, whether it acknowledged holding it (False from the first batch
+    that failed on)."""
     pid = protocol_id(ingest.cfg.network_id)
     held: list[bool] = []
     for batch in batches(items):
@@ -216,7 +272,7 @@ async def _push_one(
             break
         try:
             with trio.fail_after(timeout + 0.5):  # host.request has its own, this is a backstop
-                answer = await host.request(peer, pid, _pack(batch), timeout)
+                answer = await host.request(peer, pid, push_body(batch, forward), timeout)
         except (RequestTimeout, trio.TooSlowError):  # the host noted the peer stalled
             ingest.count(C.PUSH, "peer_timeout")
             break
@@ -243,16 +299,21 @@ async def _push_to_keepers(
     every item of it."""
     items = [item for part in parts for item in part]
     acked = [0] * len(parts)
+    keepers = host.carriers(topic(ingest.cfg.network_id, Kind.EMBEDDING))[:MAX_DIRECT]
+    # One keeper, at random, forwards to the keepers this push does not reach.
+    forwarder = random.choice(keepers) if keepers else None
+    direct = frozenset(keepers)
 
     async def one(peer: str) -> None:
-        held = await _push_one(host, ingest, peer, items, deadline)
+        forward = direct if peer == forwarder else None
+        held = await _push_one(host, ingest, peer, items, deadline, forward)
         lo = 0
         for i, part in enumerate(parts):
             acked[i] += all(held[lo : lo + len(part)])
             lo += len(part)
 
     async with trio.open_nursery() as nursery:
-        for peer in host.carriers(topic(ingest.cfg.network_id, Kind.EMBEDDING)):
+        for peer in keepers:
             nursery.start_soon(one, peer)
     return acked
 

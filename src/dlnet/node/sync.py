@@ -171,8 +171,7 @@ def _bounded(items: list[bytes]) -> list[bytes]:
 
 
 def parse_items(data: bytes) -> list[bytes] | None:
-    """The items of a sync answer (or of a reveal push, node/reveals.py), or None if it is
-    not an array of byte strings."""
+    """The items of a sync answer, or None if it is not an array of byte strings."""
     items = unpack_bounded(data)
     if not isinstance(items, list) or not all(type(i) is bytes for i in items):
         return None
