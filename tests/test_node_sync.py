@@ -203,7 +203,8 @@ def test_a_round_fetch_names_what_it_holds_so_no_peer_sends_it_again(
         return body
 
     host.request = serve  # type: ignore[method-assign]
-    got = trio.run(lambda: client.fetch_round(Kind.COMMIT, 1, deadline=client.ingest.now() + 5))
+    fetch = client.fetch_round
+    got = trio.run(lambda: fetch(Kind.COMMIT, 1, deadline=client.ingest.now() + 5, everyone=True))
     assert got == 1 and len(host.asked) == 5
     assert sum(served) == 1
 
@@ -436,6 +437,28 @@ def test_peers_that_keep_every_reveal_are_asked_before_encoders(held: Held, tmp_
         )
         assert got == len(wanted)
         assert host.asked == ["keeper"]
+
+
+def test_a_round_fetch_asks_the_keepers_and_everyone_only_when_told(
+    held: Held, tmp_path: Path
+) -> None:
+    """Validators and relays hold every gossiped message of a round; an encoder its own: a
+    round fetch asks the keepers only, every peer when told (a validator's last commit pull)
+    or when no keeper is connected."""
+    peers: dict[str, list[bytes] | None] = {"enc0": [], "enc1": [], "k0": [], "k1": []}
+    client, host, _ = client_for(held, tmp_path, peers)
+    host.keepers = {"k0", "k1"}
+
+    def fetch(everyone: bool) -> list[str]:
+        host.asked.clear()
+        now = client.ingest.now
+        trio.run(lambda: client.fetch_round(Kind.COMMIT, 1, deadline=now() + 5, everyone=everyone))
+        return sorted(host.asked)
+
+    assert fetch(everyone=False) == ["k0", "k1"]
+    assert fetch(everyone=True) == sorted(peers)
+    host.keepers = set()
+    assert fetch(everyone=False) == sorted(peers)
 
 
 def test_two_stalled_keepers_asked_first_do_not_hold_the_repair_until_they_time_out(

@@ -187,15 +187,18 @@ class SyncClient:
         self.pid = protocol_id(network_id)
         self._reveal_topic = topic(network_id, Kind.EMBEDDING)
 
-    def _peers(self) -> list[str]:
+    def _peers(self, keepers_only: bool = False) -> list[str]:
         """Usable connected peers in random order, the ones that keep every reveal first
-        (they join the embedding topic: validators, relays); an encoder holds its own only."""
+        (they join the embedding topic: validators, relays); an encoder holds its own only.
+        ``keepers_only``: just those, if any is connected."""
         peers = list(self.host.connected_peers())
         fresh = [p for p in peers if not self.host.stalled(p)]
         peers = fresh or peers  # if every peer stalled, trying them beats giving up
         random.shuffle(peers)
         keepers = set(self.host.carriers(self._reveal_topic))
         peers.sort(key=lambda p: p not in keepers)
+        if keepers_only and peers and peers[0] in keepers:
+            return [p for p in peers if p in keepers]
         return peers
 
     async def _ask(self, peer: str, request: list[Any], deadline: float) -> list[bytes]:
@@ -228,13 +231,14 @@ class SyncClient:
         *,
         parallel: int,
         hedge: float,
+        keepers_only: bool = False,
     ) -> None:
         """Ask usable peers ``request()`` (None: nothing left to ask) and pass each answer to
         ``handle``, at most ``parallel`` asks in flight; the next peer is asked when an answer
         came back and something is still wanted, or when ``hedge`` seconds passed without one
         (a stalled peer delays the search by ``hedge``, not by a whole timeout). Returns once
-        every peer was asked and answered, or ``request()`` says nothing is left, or the
-        deadline passed.
+        every peer (``keepers_only``: see `_peers`) was asked and answered, or ``request()``
+        says nothing is left, or the deadline passed.
 
         Asking every peer at once for the same missing reveals made each answer travel once
         per peer: the duplicate megabytes clogged a 13-encoder testnet (docs/RELIABILITY.md)."""
@@ -253,7 +257,7 @@ class SyncClient:
                 if request() is None:
                     nursery.cancel_scope.cancel()
 
-            for peer in self._peers():
+            for peer in self._peers(keepers_only):
                 # An ask unanswered for STALE_ASK no longer holds one of the `parallel`
                 # places: two stopped peers asked first blocked a repair for its whole window.
                 while len(fresh := self._fresh(started)) >= parallel:
@@ -321,8 +325,12 @@ class SyncClient:
         await self._gather(request, handle, deadline, parallel=FETCH_PARALLEL, hedge=HEDGE)
         return got
 
-    async def fetch_round(self, kind: Kind, rnd: int, *, deadline: float) -> int:
-        """Fetch every message of a kind for a round from every usable peer, in parallel,
+    async def fetch_round(
+        self, kind: Kind, rnd: int, *, deadline: float, everyone: bool = False
+    ) -> int:
+        """Fetch every message of a kind for a round from the usable peers that keep reveals
+        (validators and relays hold every gossiped message of a round; an encoder holds its
+        own), or from every usable peer if ``everyone`` or none is connected, in parallel,
         until ``deadline`` (the node's clock); returns new admissions."""
         got = 0
 
@@ -337,7 +345,14 @@ class SyncClient:
             held = self.ingest.store.ids(kind, rnd)[:MAX_HAVE]
             return ["round", int(kind), rnd, [mid[:HAVE_PREFIX] for mid in held]]
 
-        await self._gather(request, handle, deadline, parallel=ROUND_PARALLEL, hedge=0.0)
+        await self._gather(
+            request,
+            handle,
+            deadline,
+            parallel=ROUND_PARALLEL,
+            hedge=0.0,
+            keepers_only=not everyone,
+        )
         return got
 
     async def fetch_certificates(

@@ -149,7 +149,10 @@ class ValidatorRole:
                 await ctx.clock.sleep_until(at)
                 await ctx.sync.fetch_round(Kind.COMMIT, rnd, deadline=until)
         await ctx.clock.sleep_until(times.commit_deadline)
-        await ctx.sync.fetch_round(Kind.COMMIT, rnd, deadline=times.commit_deadline + COMMIT_GRACE)
+        # The last pull asks the encoders too: one whose gossip reached no keeper holds its own.
+        await ctx.sync.fetch_round(
+            Kind.COMMIT, rnd, deadline=times.commit_deadline + COMMIT_GRACE, everyone=True
+        )
         # Encoders push their reveals to validators and relays (node/reveals.py), each to the
         # ones it is connected to: fetch the rest from them by commitment as soon as the
         # pushes are in, so that the reveals are all held by the reveal deadline.
