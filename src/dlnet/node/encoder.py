@@ -123,9 +123,10 @@ class EncoderRole:
                 self.ctx.log.warning("round %d: embedding finished after the commit deadline", rnd)
                 self.ctx.ingest.count(C.ENCODER, "missed_commit_deadline")
                 return
-            for emb, data, h in zip(reveals, items, hashes, strict=True):
-                # held (and served to repairers) only after the commit deadline
-                self.ctx.hold_own(Kind.EMBEDDING, emb, data, h)
+            with self.ctx.store.batch():  # one transaction for the round's reveals
+                for emb, data, h in zip(reveals, items, hashes, strict=True):
+                    # held (and served to repairers) only after the commit deadline
+                    self.ctx.hold_own(Kind.EMBEDDING, emb, data, h)
             await self.ctx.publish(Kind.COMMIT, commit)
             self.ctx.log.info("round %d: committed to %d embeddings", rnd, len(commit.hashes))
         await self.ctx.clock.sleep_until(times.commit_deadline + REVEAL_DELAY)
