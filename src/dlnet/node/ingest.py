@@ -349,11 +349,12 @@ class Ingest:
         return False
 
     def admit_checked(self, data: bytes) -> Outcome:
-        """Drain-task half for a message that `check` accepted."""
+        """Drain-task half for a message that `check` accepted: stored and counted in one
+        transaction (two commits per gossiped message were a twentieth of a validator's CPU
+        while commits arrive)."""
         v = self._checked.pop(data, None)
-        if v is None:
-            return self.admit(data, None)
-        return self._store(v)
+        with self.store.batch():
+            return self.admit(data, None) if v is None else self._store(v)
 
     def admit(self, data: bytes, kind: Kind | None, *, window: bool = True) -> Outcome:
         """Full admission for bytes from sync fetches (window=False for catch-up of old rounds;
