@@ -15,6 +15,7 @@ from innet import Encoder, InNet, Node
 from threadpoolctl import threadpool_limits
 from trio.testing import MockClock
 
+from dlnet.node import reveals
 from dlnet.node.byzantine import MODES
 from dlnet.node.context import TrioClock
 from dlnet.node.dataset_io import load_items, resolve_dataset_path
@@ -240,6 +241,45 @@ def test_reveals_pushed_to_one_validator_reach_the_others_by_forwarding(tmp_path
         counts = [node.store.counters() for node in v]
         assert counts[0]["push:forwarded"] >= 2 * 2 * expected  # to v1 and v2, both rounds
         assert counts[1]["push:received"] >= 2 and counts[2]["push:received"] >= 2
+
+    run(cfg, items, tmp_path, scenario)
+
+
+def test_a_keeper_that_never_forwards_costs_the_others_a_repair_not_a_reveal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The encoder nodes (two identities each) are linked to v0 and v1, not v2; every push
+    asks v1 to forward, and v1 never does (a byzantine keeper). Nothing is pushed to v2, and
+    it still holds every reveal (fetched by commitment), and all agree."""
+    vals, encs = keys(3, 1), keys(4, 40)
+    cfg, items = network(tmp_path, vals)
+    monkeypatch.setattr(reveals.random, "choice", lambda seq: "v1" if "v1" in seq else seq[0])
+    offer = reveals.Forwarder.offer
+    silent: list[object] = []
+
+    def offer_unless_silent(
+        self: reveals.Forwarder, source: str, items: list[bytes], skip: frozenset[str]
+    ) -> None:
+        if self.ingest not in silent:
+            offer(self, source, items, skip)
+
+    monkeypatch.setattr(reveals.Forwarder, "offer", offer_unless_silent)
+
+    async def scenario(net: InNet) -> None:
+        v = [await net.start(f"v{i}", validator=k) for i, k in enumerate(vals)]
+        silent.append(v[1].ctx.ingest)
+        for node in ("noise-0", "noise-1"):
+            net.net.cut(node, "v2")
+        await encoders(net, "noise", encs, per_node=2)
+        await settled(net, 2)
+        expected = len(encs) * cfg.shards_per_round * cfg.slots_per_shard
+        for rnd in (0, 1, 2):
+            held = [len(node.store.messages(Kind.EMBEDDING, rnd)) for node in v]
+            assert held == [expected] * 3, (rnd, held)
+            assert set(agreed(v, rnd).result.encoders) == {k.public_key for k in encs}
+        counts = [node.store.counters() for node in v]
+        assert "push:forwarded" not in counts[0] and "push:forwarded" not in counts[1]
+        assert "push:received" not in counts[2]
 
     run(cfg, items, tmp_path, scenario)
 
