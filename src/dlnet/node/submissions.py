@@ -88,8 +88,9 @@ async def vote_schedule(ctx: NodeContext, key: SigningKey, rnd: int) -> None:
     if ctx.clock.now() > at + 1.0:
         return  # too late to vote on it (a restart): the others' votes decide
     await ctx.clock.sleep_until(at - SUBMISSION_PULL)
-    # Submissions travel by gossip: pull those of the round that peers hold and this node not.
-    await ctx.sync.fetch_round(Kind.SUBMISSION, rnd, deadline=at)
+    # Submissions travel by gossip: pull those of the round that peers hold and this node not,
+    # from every peer (a client whose gossip reached no keeper holds the only copy).
+    await ctx.sync.fetch_round(Kind.SUBMISSION, rnd, deadline=at, everyone=True)
     await ctx.clock.sleep_until(at)
     held = held_submissions(ctx.cfg, ctx.store, rnd)
     entries = select(ctx.cfg, rnd, held.items())
