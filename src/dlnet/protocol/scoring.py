@@ -469,7 +469,7 @@ def _peer_stats(
     distinct, inverse = distinct_rows(voices[ref])
     lof = np.ones(x.shape[0])
     if distinct.shape[0] >= params.min_encoders_for_lof:
-        dist = np.stack([_norms(distinct - row) for row in distinct])
+        dist = _distances(distinct)
         k = min(params.lof_k, distinct.shape[0] - 1)
         outside = len(ref) < len(groups)
         # Imported here: scikit-learn takes ~2 s to import, and every `dlnet` command, node
@@ -489,6 +489,19 @@ def _peer_stats(
                 gaps = _norms(distinct - voices[v])[np.newaxis]
                 lof[list(group)] = -float(model.score_samples(gaps)[0])
     return lof, _agreement(x, groups, weights)
+
+
+def _distances(x: NDArray[np.float64]) -> NDArray[np.float64]:
+    """The symmetric matrix of Euclidean distances between the rows of x,
+    ``_norms(x[j] - x[i])``: computed for j > i only, as ``(x_j - x_i)^2 == (x_i - x_j)^2``
+    exactly; the diagonal is 0."""
+    n = x.shape[0]
+    dist = np.zeros((n, n))
+    for i in range(n - 1):
+        row = _norms(x[i + 1 :] - x[i])
+        dist[i, i + 1 :] = row
+        dist[i + 1 :, i] = row
+    return dist
 
 
 def distinct_rows(rows: NDArray[np.float64]) -> tuple[NDArray[np.float64], NDArray[np.intp]]:
