@@ -25,6 +25,7 @@ from dlnet.protocol.scoring import (
     distinct_rows,
     duplicate_groups,
     effective_rank,
+    near_duplicates,
     round_embeddings,
     score_round,
     weighted_embedding,
@@ -662,16 +663,17 @@ def test_duplicate_groups_are_the_same_partition_in_any_order() -> None:
     base = rng.normal(size=(4, 3, DIM))
     rows = [base[i % 4] + (1e-5 if i >= 4 else 0.0) * rng.normal(size=(3, DIM)) for i in range(9)]
     units = np.stack([r / np.linalg.norm(r, axis=-1, keepdims=True) for r in rows])
-    groups = duplicate_groups(units, 0.999)
+    groups = duplicate_groups(near_duplicates(units, 0.999))
     assert groups == [[0, 4, 8], [1, 5], [2, 6], [3, 7]]
     for seed in range(3):
         perm = np.random.default_rng(seed).permutation(9)
-        shuffled = duplicate_groups(units[perm], 0.999)
+        shuffled = duplicate_groups(near_duplicates(units[perm], 0.999))
         assert sorted(sorted(int(perm[i]) for i in g) for g in shuffled) == groups
-    assert duplicate_groups(units, 1.0) == [[i] for i in range(9)]
+    assert duplicate_groups(near_duplicates(units, 1.0)) == [[i] for i in range(9)]
     # One slot far apart is enough to keep two cells apart: near on every slot, not on average.
     units[8, 2] = -units[0, 2]
-    assert [0, 4] in duplicate_groups(units, 0.999) and [8] in duplicate_groups(units, 0.999)
+    groups = duplicate_groups(near_duplicates(units, 0.999))
+    assert [0, 4] in groups and [8] in groups
 
 
 @settings(max_examples=200, deadline=None)

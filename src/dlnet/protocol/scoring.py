@@ -136,7 +136,16 @@ def score_round(
             erank[e] = effective_rank(np.concatenate(vectors))
     units = {cell: _directions(x) for cell, x in data.items()}
     record = influence or {}
-    round_voices = _round_voices(units, status, params.duplicate_cos)
+    # Per shard, the near-duplicate relation among its ok cells, before the collapse gate: the
+    # round's voices and, over the cells the gate leaves, each shard's voices.
+    ok_cells = [[e for e in range(n_enc) if status[s][e] == "ok"] for s in range(n_shards)]
+    near = [
+        near_duplicates(np.stack([units[s, e] for e in cells]), params.duplicate_cos)
+        if cells
+        else np.zeros((0, 0), dtype=np.bool_)
+        for s, cells in enumerate(ok_cells)
+    ]
+    round_voices = _round_voices(ok_cells, near)
     round_weights = voice_weights(record, [[order[e] for e in v] for v in round_voices])
     gates = _gates(params, erank, status, round_voices, round_weights)
     for e, gate in enumerate(gates):
@@ -160,7 +169,8 @@ def score_round(
         peers = [e for e in range(n_enc) if status[s][e] == "ok"]
         if not peers:
             continue
-        groups = duplicate_groups(np.stack([units[s, e] for e in peers]), params.duplicate_cos)
+        at = np.searchsorted(ok_cells[s], peers)
+        groups = duplicate_groups(near[s][np.ix_(at, at)])
         for group in groups:
             voice[s, [peers[i] for i in group]] = peers[group[0]]
         weights = voice_weights(record, [[order[peers[i]] for i in g] for g in groups])
@@ -237,28 +247,22 @@ def _norms(x: NDArray[np.float64]) -> NDArray[np.float64]:
 
 
 def _round_voices(
-    units: Mapping[tuple[int, int], NDArray[np.float64]],
-    status: Sequence[Sequence[Status]],
-    duplicate_cos: float,
+    ok_cells: Sequence[Sequence[int]], near: Sequence[NDArray[np.bool_]]
 ) -> list[list[int]]:
-    """The round's voices among the encoders with an ok cell: encoders a and b are one voice if
-    they share an ok shard and on EVERY shard where both are ok their directions have a cosine
-    above ``duplicate_cos`` on every slot (closed transitively, as ``duplicate_groups``)."""
-    n_shards = len(status)
-    n_enc = len(status[0]) if n_shards else 0
-    ok = [e for e in range(n_enc) if any(status[s][e] == "ok" for s in range(n_shards))]
-    pairs: list[tuple[int, int]] = []
-    if duplicate_cos < 1.0:
-        for i, a in enumerate(ok):
-            for j in range(i + 1, len(ok)):
-                b = ok[j]
-                both = [s for s in range(n_shards) if status[s][a] == status[s][b] == "ok"]
-                if both and all(
-                    bool(np.all(np.sum(units[s, a] * units[s, b], axis=-1) > duplicate_cos))
-                    for s in both
-                ):
-                    pairs.append((i, j))
-    return [[ok[i] for i in group] for group in _components(len(ok), pairs)]
+    """The round's voices among the encoders with an ok cell (``ok_cells[s]``, ascending, the
+    encoders ok on shard s; ``near[s]``, `near_duplicates` among them): encoders a and b are
+    one voice if they share an ok shard and are near-duplicates on EVERY shard where both are
+    ok (closed transitively, as ``duplicate_groups``)."""
+    members = sorted({e for cells in ok_cells for e in cells})
+    position = {e: i for i, e in enumerate(members)}
+    shared = np.zeros((len(members), len(members)), dtype=np.bool_)
+    apart = np.zeros_like(shared)
+    for cells, close in zip(ok_cells, near, strict=True):
+        rows = [position[e] for e in cells]
+        block = np.ix_(rows, rows)
+        shared[block] = True
+        apart[block] |= ~close
+    return [[members[i] for i in group] for group in duplicate_groups(shared & ~apart)]
 
 
 def _gates(
@@ -404,20 +408,33 @@ def _directions(x: NDArray[np.float64]) -> NDArray[np.float64]:
     return out
 
 
-def duplicate_groups(units: NDArray[np.float64], duplicate_cos: float) -> list[list[int]]:
-    """The voices of a shard: groups of row indices of ``units`` ((peers, slots, dim) unit
-    rows, or (peers, dim)) whose cosine exceeds ``duplicate_cos`` on every slot, closed
-    transitively (connected components). Each group is ascending; groups are ordered by their
-    first member. Deterministic: the cosines are pairwise sums and the components do not depend
-    on the order in which pairs are visited. ``duplicate_cos >= 1`` gives one group per row."""
+def near_duplicates(units: NDArray[np.float64], duplicate_cos: float) -> NDArray[np.bool_]:
+    """The near-duplicate relation among the rows of ``units`` ((peers, slots, dim) unit rows):
+    an (peers, peers) symmetric matrix, True for a != b whose cosine exceeds ``duplicate_cos``
+    on every slot; none for ``duplicate_cos >= 1``. A cosine is ``np.sum(u_a * u_b, axis=-1)``,
+    a pairwise sum over the contiguous last axis (its bits do not depend on which other rows
+    are summed alongside); the cosines of slots 1, 2, ... are computed only for the pairs above
+    the threshold on slot 0, the others being decided."""
     n = units.shape[0]
-    pairs: list[tuple[int, int]] = []
-    if duplicate_cos < 1.0:
-        for a in range(n):
-            cos = np.sum(units[a + 1 :] * units[a], axis=-1)
-            close = cos > duplicate_cos if cos.ndim == 1 else np.all(cos > duplicate_cos, axis=-1)
-            pairs += [(a, a + 1 + int(b)) for b in np.flatnonzero(close)]
-    return _components(n, pairs)
+    close = np.zeros((n, n), dtype=np.bool_)
+    if duplicate_cos >= 1.0:
+        return close
+    for a in range(n - 1):
+        cos = np.sum(units[a + 1 :, 0] * units[a, 0], axis=-1)
+        later = a + 1 + np.flatnonzero(cos > duplicate_cos)
+        if later.size:
+            rest = np.sum(units[later, 1:] * units[a, 1:], axis=-1)
+            later = later[np.all(rest > duplicate_cos, axis=-1)]
+        close[a, later] = True
+    return close | close.T
+
+
+def duplicate_groups(close: NDArray[np.bool_]) -> list[list[int]]:
+    """The voices of a shard: the connected components of the near-duplicate relation ``close``
+    (`near_duplicates`), closed transitively. Each group is ascending; groups are ordered by
+    their first member; they do not depend on the order in which pairs are visited."""
+    a, b = np.nonzero(np.triu(close, 1))
+    return _components(close.shape[0], list(zip(a.tolist(), b.tolist(), strict=True)))
 
 
 def _components(n: int, pairs: Sequence[tuple[int, int]]) -> list[list[int]]:
