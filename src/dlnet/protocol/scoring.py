@@ -134,17 +134,18 @@ def score_round(
         vectors = [data[s, e] for s in range(n_shards) if status[s][e] == "ok"]
         if vectors:
             erank[e] = effective_rank(np.concatenate(vectors))
-    units = {cell: _directions(x) for cell, x in data.items()}
     record = influence or {}
-    # Per shard, the near-duplicate relation among its ok cells, before the collapse gate: the
-    # round's voices and, over the cells the gate leaves, each shard's voices.
+    # Per shard, the directions of its ok cells (cells, slots, dim), every row divided by its
+    # norm, and the near-duplicate relation among them, before the collapse gate: the round's
+    # voices and, over the cells the gate leaves, each shard's voices.
     ok_cells = [[e for e in range(n_enc) if status[s][e] == "ok"] for s in range(n_shards)]
-    near = [
-        near_duplicates(np.stack([units[s, e] for e in cells]), params.duplicate_cos)
+    units = [
+        _directions(np.concatenate([data[s, e] for e in cells])).reshape(-1, n_slots, width)
         if cells
-        else np.zeros((0, 0), dtype=np.bool_)
+        else np.zeros((0, n_slots, width))
         for s, cells in enumerate(ok_cells)
     ]
+    near = [near_duplicates(u, params.duplicate_cos) for u in units]
     round_voices = _round_voices(ok_cells, near)
     round_weights = voice_weights(record, [[order[e] for e in v] for v in round_voices])
     gates = _gates(params, erank, status, round_voices, round_weights)
@@ -179,8 +180,8 @@ def score_round(
             lof[s, peers], cons[s, peers], comp[s, peers] = 1.0, 1.0, 1.0
             continue
         for j in range(n_slots):
-            x = np.stack([data[s, e][j] for e in peers])
-            lof[s, peers, j], cons[s, peers, j] = _peer_stats(x, groups, params, weights)
+            u = units[s][at, j]
+            lof[s, peers, j], cons[s, peers, j] = _peer_stats(u, groups, params, weights)
         residuals = np.stack(
             [_residuals(data[s, e], unit_counts[s], params.dl_form) for e in peers]
         )
@@ -339,8 +340,8 @@ def differential_loss(x: NDArray[np.float64], counts: Sequence[int], form: DlFor
     """
     full_norm = float(_norms(x[0]))
     total = 0.0
-    for row in _residuals(x, counts, form):
-        total += float(_norms(row)) / full_norm
+    for norm in _norms(_residuals(x, counts, form)).tolist():
+        total += norm / full_norm
     n_masks = (x.shape[0] - 1) // 2
     return total / n_masks if n_masks else 0.0
 
@@ -464,7 +465,8 @@ def _peer_stats(
 ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     """LOF and cosine to the consensus direction of each row of x (one slot of one shard, n ok
     encoders forming at least min_encoders_for_lof voices ``groups``), both on the rows'
-    directions: every row is first divided by its norm (ok rows have norm > 0).
+    directions: the rows of x are the slot's rows of the cells' ``_directions`` (ok rows have
+    norm > 0).
 
     LOF is computed over the distinct voice rows (``_voice_rows``; identical rows are one point:
     duplicates make LOF's local density infinite) with n_neighbors = min(lof_k, n_distinct - 1),
@@ -479,7 +481,6 @@ def _peer_stats(
     distances to the reference rows), so voices without influence cannot make a dense cluster
     of their own that passes. Fewer than min_encoders_for_lof distinct reference rows: LOF 1.
     """
-    x = _directions(x)
     voices = _voice_rows(x, groups)
     w = _effective_weights(weights)
     ref = [v for v in range(len(groups)) if w[v] > 0]
