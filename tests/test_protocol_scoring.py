@@ -164,25 +164,30 @@ def test_dl_zero_for_additive_and_positive_for_nonlinear() -> None:
     world = make_world(0)
     rng = np.random.default_rng(7)
     for cell, counts in zip(bag(world, rng), world.counts, strict=True):
-        assert differential_loss(cell, counts, "literal") < 1e-12
-        assert differential_loss(cell, counts, "count_weighted") > 0.1
+        assert differential_loss(cell[np.newaxis], counts, "literal") < 1e-12
+        assert differential_loss(cell[np.newaxis], counts, "count_weighted") > 0.1
     for cell, counts in zip(bag(world, rng, mean=True), world.counts, strict=True):
-        assert differential_loss(cell, counts, "count_weighted") < 1e-12
-        assert differential_loss(cell, counts, "literal") > 0.1
+        assert differential_loss(cell[np.newaxis], counts, "count_weighted") < 1e-12
+        assert differential_loss(cell[np.newaxis], counts, "literal") > 0.1
     for cell, counts in zip(honest(world, rng), world.counts, strict=True):
-        assert differential_loss(cell, counts, "literal") > 0.3
-        assert differential_loss(cell, counts, "count_weighted") > 0.3
+        assert differential_loss(cell[np.newaxis], counts, "literal") > 0.3
+        assert differential_loss(cell[np.newaxis], counts, "count_weighted") > 0.3
 
 
 def test_dl_literal_formula() -> None:
     f, a, b = np.array([3.0, 4.0]), np.array([1.0, 1.0]), np.array([1.0, 1.0])
     x = np.stack([f, a, b, a, 2 * b])
     # mask 0: ||(1, 2)|| / 5; mask 1: ||(0, 1)|| / 5
-    assert differential_loss(x, [4, 2, 2, 2, 2], "literal") == pytest.approx(
-        (np.sqrt(5) / 5 + 1 / 5) / 2
+    # a cell scaled by 2 has the same DL, each cell its own
+    cells = np.stack([x, 2 * x])
+    assert differential_loss(cells, [4, 2, 2, 2, 2], "literal") == pytest.approx(
+        [(np.sqrt(5) / 5 + 1 / 5) / 2] * 2
     )
     # count weighted, n_A = 1, n_B = 3, n = 4: F - A/4 - 3B/4 = (2, 3)
-    assert differential_loss(x[:3], [4, 1, 3], "count_weighted") == pytest.approx(np.sqrt(13) / 5)
+    assert differential_loss(x[np.newaxis, :3], [4, 1, 3], "count_weighted") == pytest.approx(
+        [np.sqrt(13) / 5]
+    )
+    assert differential_loss(x[np.newaxis, :1], [4], "literal").tolist() == [0.0]
 
 
 # --- LOF and outliers --------------------------------------------------------------------------

@@ -135,16 +135,15 @@ def score_round(
         if vectors:
             erank[e] = effective_rank(np.concatenate(vectors))
     record = influence or {}
-    # Per shard, the directions of its ok cells (cells, slots, dim), every row divided by its
-    # norm, and the near-duplicate relation among them, before the collapse gate: the round's
+    # Per shard, its ok cells (cells, slots, dim), their directions (every row divided by its
+    # norm) and the near-duplicate relation among them, before the collapse gate: the round's
     # voices and, over the cells the gate leaves, each shard's voices.
     ok_cells = [[e for e in range(n_enc) if status[s][e] == "ok"] for s in range(n_shards)]
-    units = [
-        _directions(np.concatenate([data[s, e] for e in cells])).reshape(-1, n_slots, width)
-        if cells
-        else np.zeros((0, n_slots, width))
+    held_ok = [
+        np.stack([data[s, e] for e in cells]) if cells else np.zeros((0, n_slots, width))
         for s, cells in enumerate(ok_cells)
     ]
+    units = [_directions(x.reshape(-1, width)).reshape(x.shape) for x in held_ok]
     near = [near_duplicates(u, params.duplicate_cos) for u in units]
     round_voices = _round_voices(ok_cells, near)
     round_weights = voice_weights(record, [[order[e] for e in v] for v in round_voices])
@@ -163,10 +162,8 @@ def score_round(
     comp = np.full((n_shards, n_enc), np.nan)
     voice = np.full((n_shards, n_enc), -1, dtype=np.int64)
     for s in range(n_shards):
-        for e in range(n_enc):
-            if (s, e) in data:
-                dl[s, e] = differential_loss(data[s, e], unit_counts[s], params.dl_form)
-            outliers[s, e] = status[s][e] not in ("ok", "missing")
+        dl[s, ok_cells[s]] = differential_loss(held_ok[s], unit_counts[s], params.dl_form)
+        outliers[s] = [status[s][e] not in ("ok", "missing") for e in range(n_enc)]
         peers = [e for e in range(n_enc) if status[s][e] == "ok"]
         if not peers:
             continue
@@ -182,9 +179,7 @@ def score_round(
         for j in range(n_slots):
             u = units[s][at, j]
             lof[s, peers, j], cons[s, peers, j] = _peer_stats(u, groups, params, weights)
-        residuals = np.stack(
-            [_residuals(data[s, e], unit_counts[s], params.dl_form) for e in peers]
-        )
+        residuals = _residuals(held_ok[s][at], unit_counts[s], params.dl_form)
         comp[s, peers] = composition_agreement(residuals, groups, weights)
         voice_dl = [float(np.median(dl[s, [peers[i] for i in g]])) for g in groups]
         dl_floor = params.min_dl_ratio * float(weighted_median(np.array(voice_dl), weights))
@@ -316,34 +311,36 @@ def effective_rank(x: NDArray[np.float64]) -> float:
 
 
 def _residuals(x: NDArray[np.float64], counts: Sequence[int], form: DlForm) -> NDArray[np.float64]:
-    """(masks, dim) composition residuals ``F - a*A_m - b*B_m`` of one (slots, dim) cell.
+    """(cells, masks, dim) composition residuals ``F - a*A_m - b*B_m`` of (cells, slots, dim)
+    cells, elementwise.
 
     ``literal``: a = b = 1. ``count_weighted``: a = n_A/n, b = n_B/n with the unit counts of
     slots 0, 2m+1, 2m+2 (the identity for mean pooling).
     """
-    full = x[0]
-    rows = []
-    for m in range((x.shape[0] - 1) // 2):
-        a, b = x[2 * m + 1], x[2 * m + 2]
-        if form == "count_weighted":
-            a = a * (counts[2 * m + 1] / counts[0])
-            b = b * (counts[2 * m + 2] / counts[0])
-        rows.append(full - a - b)
-    return np.stack(rows) if rows else np.zeros((0, x.shape[1]))
+    full, a, b = x[:, :1], x[:, 1::2], x[:, 2::2]
+    if form == "count_weighted":
+        a = a * (np.array(counts[1::2]) / counts[0])[:, np.newaxis]
+        b = b * (np.array(counts[2::2]) / counts[0])[:, np.newaxis]
+    out: NDArray[np.float64] = full - a - b
+    return out
 
 
-def differential_loss(x: NDArray[np.float64], counts: Sequence[int], form: DlForm) -> float:
-    """Mean over masks of ``||F - a*A_m - b*B_m|| / ||F||`` for one (slots, dim) cell.
+def differential_loss(
+    x: NDArray[np.float64], counts: Sequence[int], form: DlForm
+) -> NDArray[np.float64]:
+    """Per cell of (cells, slots, dim) cells: the mean over masks of
+    ``||F - a*A_m - b*B_m|| / ||F||``.
 
     The residuals are those of ``_residuals``; masks are summed in order m = 0, 1, ... and
     divided by their count; no masks gives 0.
     """
-    full_norm = float(_norms(x[0]))
-    total = 0.0
-    for norm in _norms(_residuals(x, counts, form)).tolist():
-        total += norm / full_norm
-    n_masks = (x.shape[0] - 1) // 2
-    return total / n_masks if n_masks else 0.0
+    full_norm = _norms(x[:, 0])
+    total = np.zeros(x.shape[0])
+    for norm in _norms(_residuals(x, counts, form)).T:
+        total = total + norm / full_norm
+    n_masks = (x.shape[1] - 1) // 2
+    out: NDArray[np.float64] = total / n_masks if n_masks else total
+    return out
 
 
 def composition_agreement(
