@@ -507,15 +507,18 @@ def _peer_stats(
 
 
 def _distances(x: NDArray[np.float64]) -> NDArray[np.float64]:
-    """The symmetric matrix of Euclidean distances between the rows of x,
-    ``_norms(x[j] - x[i])``: computed for j > i only, as ``(x_j - x_i)^2 == (x_i - x_j)^2``
-    exactly; the diagonal is 0."""
+    """The symmetric matrix of Euclidean distances between the rows of x, each ``_norms(x[j]
+    - x[i])`` (the sqrt of the pairwise sum of the squared differences): computed in place
+    for j > i only, as ``(x_j - x_i)^2 == (x_i - x_j)^2`` exactly; the diagonal is 0."""
     n = x.shape[0]
-    dist = np.zeros((n, n))
+    squares = np.zeros((n, n))
+    diff = np.empty_like(x)
     for i in range(n - 1):
-        row = _norms(x[i + 1 :] - x[i])
-        dist[i, i + 1 :] = row
-        dist[i + 1 :, i] = row
+        d = np.subtract(x[i + 1 :], x[i], out=diff[: n - i - 1])
+        np.multiply(d, d, out=d)
+        np.add.reduce(d, axis=-1, out=squares[i, i + 1 :])
+    upper = np.sqrt(squares)
+    dist: NDArray[np.float64] = upper + upper.T
     return dist
 
 
