@@ -383,6 +383,19 @@ def test_missing_malformed_and_non_finite_cells_score_zero() -> None:
     assert res.outliers[3, idx[b"honest-2"]]  # invalid data is
 
 
+@pytest.mark.parametrize("held", ["nothing", "vectors", "no encoders"])
+def test_a_round_without_one_well_shaped_cell_scores_zero(held: str) -> None:
+    keys = [bytes([i]) * 32 for i in range(4)]
+    shards = [{k: np.ones(5, dtype=np.float32) for k in keys} if held == "vectors" else {}] * 2
+    res = score_round(
+        ScoringParams(), shards, [[4, 2, 2]] * 2, [] if held == "no encoders" else keys
+    )
+    assert res.scores.shape == (2, 0 if held == "no encoders" else 4) and not res.scores.any()
+    assert {c for row in res.status for c in row} <= {
+        "malformed" if held == "vectors" else "missing"
+    }
+
+
 def test_near_zero_norm_is_invalid_not_dl_zero() -> None:
     world, encoders = population(7)
     tiny = [cell.copy() for cell in encoders[b"honest-0"]]

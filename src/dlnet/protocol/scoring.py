@@ -119,31 +119,33 @@ def score_round(
         raise ValueError("every shard needs 1 + 2 * masks_per_shard unit counts")
     width = dim if dim is not None else _common_width(shards, order)
 
-    status: list[list[Status]] = [["missing"] * n_enc for _ in range(n_shards)]
-    data: dict[tuple[int, int], NDArray[np.float64]] = {}
-    for s, held in enumerate(shards):
-        for e, key in enumerate(order):
-            if key not in held:
-                continue
-            status[s][e], arr = _check_cell(held[key], n_slots, width, params.zero_norm_eps)
-            if arr is not None:
-                data[s, e] = arr
+    # Per shard: every cell's status, the ok cells (before the collapse gate) and their
+    # float64 values (cells, slots, dim).
+    status: list[list[Status]] = []
+    ok_cells: list[list[int]] = []
+    held_ok: list[NDArray[np.float64]] = []
+    for held in shards:
+        present = [e for e, key in enumerate(order) if key in held]
+        found, x = _check_cells([held[order[e]] for e in present], n_slots, width, params)
+        row: list[Status] = ["missing"] * n_enc
+        for e, cell in zip(present, found, strict=True):
+            row[e] = cell
+        status.append(row)
+        ok_cells.append([e for e, cell in zip(present, found, strict=True) if cell == "ok"])
+        held_ok.append(x)
 
+    vectors: dict[int, list[NDArray[np.float64]]] = {}
+    for cells, x in zip(ok_cells, held_ok, strict=True):
+        for e, cell in zip(cells, x, strict=True):
+            vectors.setdefault(e, []).append(cell)
     erank = np.full(n_enc, np.nan)
-    for e in range(n_enc):
-        vectors = [data[s, e] for s in range(n_shards) if status[s][e] == "ok"]
-        if vectors:
-            erank[e] = effective_rank(np.concatenate(vectors))
+    for e, rows in vectors.items():
+        erank[e] = effective_rank(np.concatenate(rows))
     record = influence or {}
-    # Per shard, its ok cells (cells, slots, dim), their directions (every row divided by its
-    # norm) and the near-duplicate relation among them, before the collapse gate: the round's
-    # voices and, over the cells the gate leaves, each shard's voices.
-    ok_cells = [[e for e in range(n_enc) if status[s][e] == "ok"] for s in range(n_shards)]
-    held_ok = [
-        np.stack([data[s, e] for e in cells]) if cells else np.zeros((0, n_slots, width))
-        for s, cells in enumerate(ok_cells)
-    ]
-    units = [_directions(x.reshape(-1, width)).reshape(x.shape) for x in held_ok]
+    # Per shard, the ok cells' directions (every row divided by its norm) and the
+    # near-duplicate relation among them, before the collapse gate: the round's voices and,
+    # over the cells the gate leaves, each shard's voices.
+    units = [_directions(x.reshape(len(x) * n_slots, width)).reshape(x.shape) for x in held_ok]
     near = [near_duplicates(u, params.duplicate_cos) for u in units]
     round_voices = _round_voices(ok_cells, near)
     round_weights = voice_weights(record, [[order[e] for e in v] for v in round_voices])
@@ -222,18 +224,19 @@ def _common_width(
     return min(w for w, c in widths.items() if c == top)
 
 
-def _check_cell(
-    arr: NDArray[np.float32], n_slots: int, width: int, eps: float
-) -> tuple[Status, NDArray[np.float64] | None]:
-    """Status of one held array and, if its values are usable for DL, its float64 copy."""
-    if arr.shape != (n_slots, width) or width == 0:
-        return "malformed", None
-    x = np.array(arr, dtype=np.float64)
-    if not np.all(np.isfinite(x)):
-        return "non_finite", None
-    if np.any(_norms(x) <= eps):
-        return "zero_norm", None
-    return "ok", x
+def _check_cells(
+    arrays: Sequence[NDArray[np.float32]], n_slots: int, width: int, params: ScoringParams
+) -> tuple[list[Status], NDArray[np.float64]]:
+    """The status of each held array and the float64 copies of the ok ones, stacked
+    (ok, slots, width) in the given order."""
+    shaped = [i for i, arr in enumerate(arrays) if width and arr.shape == (n_slots, width)]
+    x = np.array([arrays[i] for i in shaped], dtype=np.float64).reshape(len(shaped), n_slots, width)
+    finite = np.all(np.isfinite(x), axis=(1, 2))
+    zero = np.any(_norms(x) <= params.zero_norm_eps, axis=1)
+    status: list[Status] = ["malformed"] * len(arrays)
+    for i, ok_values, no_norm in zip(shaped, finite.tolist(), zero.tolist(), strict=True):
+        status[i] = "non_finite" if not ok_values else "zero_norm" if no_norm else "ok"
+    return status, x[finite & ~zero]
 
 
 def _norms(x: NDArray[np.float64]) -> NDArray[np.float64]:
