@@ -547,9 +547,8 @@ def _sort_keys(rows: NDArray[np.float64]) -> list[bytes]:
     big-endian unsigned integer of its IEEE-754 bits with the sign bit set for values >= 0
     and every bit flipped for values < 0."""
     bits = (rows + 0.0).view(np.uint64)
-    negative = bits >> np.uint64(63) == 1
-    ordered = np.where(negative, ~bits, bits | np.uint64(1 << 63))
-    return [row.tobytes() for row in ordered.astype(">u8")]
+    bits ^= (bits >> np.uint64(63)) * np.uint64(2**63 - 1) | np.uint64(2**63)
+    return [row.tobytes() for row in bits.astype(">u8")]
 
 
 def voice_weights(influence: Mapping[bytes, int], voices: Sequence[Sequence[bytes]]) -> list[int]:
