@@ -370,18 +370,19 @@ def composition_agreement(
         return np.ones(n_peers)
     total = np.zeros(n_peers)
     for m in range(n_masks):
-        total += _agreement(_directions(residuals[:, m]), groups, weights)
+        u = _directions(residuals[:, m])
+        total += _agreement(u, _voice_rows(u, groups), weights)
     out: NDArray[np.float64] = total / n_masks
     return out
 
 
 def _agreement(
-    u: NDArray[np.float64], groups: Sequence[Sequence[int]], weights: Sequence[int]
+    u: NDArray[np.float64], voices: NDArray[np.float64], weights: Sequence[int]
 ) -> NDArray[np.float64]:
     """Per row of u (directions, or zero rows): the cosine to the consensus direction, the
-    coordinate-wise weighted median (`weighted_median`) of the voices' rows normalised (0 if
-    the median is 0), as a pairwise sum."""
-    c = _directions(weighted_median(_voice_rows(u, groups), weights)[np.newaxis])[0]
+    coordinate-wise weighted median (`weighted_median`) of the voices' rows (``_voice_rows``
+    of u) normalised (0 if the median is 0), as a pairwise sum."""
+    c = _directions(weighted_median(voices, weights)[np.newaxis])[0]
     out: NDArray[np.float64] = np.sum(u * c, axis=-1)
     return out
 
@@ -506,7 +507,7 @@ def _peer_stats(
             else:
                 gaps = _norms(distinct - voices[v])[np.newaxis]
                 lof[list(group)] = -float(model.score_samples(gaps)[0])
-    return lof, _agreement(x, groups, weights)
+    return lof, _agreement(x, voices, weights)
 
 
 def _distances(x: NDArray[np.float64]) -> NDArray[np.float64]:
