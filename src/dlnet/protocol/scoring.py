@@ -493,20 +493,24 @@ def _peer_stats(
         outside = len(ref) < len(groups)
         # Imported here: scikit-learn takes ~2 s to import, and every `dlnet` command, node
         # start and config read would pay it; only scoring a round needs it.
+        from sklearn import config_context
         from sklearn.neighbors import LocalOutlierFactor
 
-        model = LocalOutlierFactor(
-            n_neighbors=k, metric="precomputed", algorithm="brute", novelty=outside
-        )
-        model.fit(dist)
-        fitted = -np.asarray(model.negative_outlier_factor_, dtype=np.float64)
-        position = {v: i for i, v in enumerate(ref)}
-        for v, group in enumerate(groups):
-            if v in position:
-                lof[list(group)] = fitted[inverse[position[v]]]
-            else:
-                gaps = _norms(distinct - voices[v])[np.newaxis]
-                lof[list(group)] = -float(model.score_samples(gaps)[0])
+        # The distances are finite and the parameters valid by construction: scikit-learn's
+        # checks of both are skipped (0.15 of a fit's 0.39 ms at 100 encoders).
+        with config_context(assume_finite=True, skip_parameter_validation=True):
+            model = LocalOutlierFactor(
+                n_neighbors=k, metric="precomputed", algorithm="brute", novelty=outside
+            )
+            model.fit(dist)
+            fitted = -np.asarray(model.negative_outlier_factor_, dtype=np.float64)
+            position = {v: i for i, v in enumerate(ref)}
+            for v, group in enumerate(groups):
+                if v in position:
+                    lof[list(group)] = fitted[inverse[position[v]]]
+                else:
+                    gaps = _norms(distinct - voices[v])[np.newaxis]
+                    lof[list(group)] = -float(model.score_samples(gaps)[0])
     return lof, _agreement(x, voices, weights)
 
 
