@@ -1,6 +1,7 @@
 """Per-message costs of the protocol code against their floors, measured in one run.
 
     python scripts/bench_protocol.py [--seconds 1.0] [--after-torch]
+    python scripts/bench_protocol.py --scoring-cpu [--runs 5]
 
 Floors: a raw Ed25519 verify (`cryptography`), a raw msgpack unpack of the same bytes. Rows:
 strict decode of an Embedding (decode + canonical check + finiteness + signature), receiving
@@ -8,12 +9,15 @@ one Embedding of a reveal push (a validator's whole per-embedding cost: parse, a
 in pushes of 20), signing an Embedding, and scoring one round of the testnet shape (4 shards,
 5 slots, dim 1024) at 13 and 100 encoders, and at 13 on one BLAS thread as a validator runs
 it (`--after-torch` first runs torch, as an encoder in the same process would). Prints a
-markdown table with operations/s and the ratio to the floor.
+markdown table with operations/s and the ratio to the floor. ``--scoring-cpu`` instead prints
+the CPU seconds (``time.process_time``, best of ``--runs``) of one such round's scoring on one
+BLAS thread at 13, 40 and 100 encoders.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import tempfile
 import time
@@ -80,6 +84,22 @@ def round_shards(cfg: NetworkConfig, n: int) -> tuple[list[dict[bytes, np.ndarra
     return shards, encoders
 
 
+def scoring_cpu(cfg: NetworkConfig, runs: int) -> None:
+    """CPU seconds of one round's scoring on one BLAS thread, as a validator runs it."""
+    counts = [(20, 10, 10, 10, 10)] * 4
+    print(f"| encoders | CPU s per round (best of {runs}) |")
+    print("| ---: | ---: |")
+    for n in (13, 40, 100):
+        shards, keys = round_shards(cfg, n)
+        score_on_one_thread(ScoringParams(), shards, counts, keys)  # scikit-learn imported
+        best = math.inf
+        for _ in range(runs):
+            start = time.process_time()
+            score_on_one_thread(ScoringParams(), shards, counts, keys)
+            best = min(best, time.process_time() - start)
+        print(f"| {n} | {best:.3f} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=1.0)
@@ -89,6 +109,8 @@ def main() -> None:
         help="run a torch matmul first, as an encoder beside the validator does: torch's "
         "thread pools then slow BLAS down (the one-thread rows show the validator's way)",
     )
+    ap.add_argument("--scoring-cpu", action="store_true", help="only the scoring CPU table")
+    ap.add_argument("--runs", type=int, default=5)
     args = ap.parse_args()
     if args.after_torch:
         import torch
@@ -97,6 +119,9 @@ def main() -> None:
         float((x @ x.T).sum())
     key = SigningKey.generate()
     cfg = default_config([ValidatorEntry(key.public_key, 1)], 0, dataset_sha256=bytes(32))
+    if args.scoring_cpu:
+        scoring_cpu(cfg, args.runs)
+        return
     vec = np.random.default_rng(0).standard_normal(cfg.dim).astype(np.float32)
     emb = make_embedding(key, cfg.network_id, 1, 0, 0, os.urandom(16), vec)
     data = encode(emb)

@@ -17,17 +17,22 @@ from hypothesis import strategies as st
 from numpy.typing import NDArray
 
 from dlnet.protocol.consensus import quantise
-from dlnet.protocol.params import ScoringParams
+from dlnet.protocol.params import DlForm, ScoringParams
 from dlnet.protocol.scoring import (
     RoundScores,
+    _distances,
+    _residuals,
+    _round_voices,
     composition_agreement,
     differential_loss,
     distinct_rows,
     duplicate_groups,
     effective_rank,
+    near_duplicates,
     round_embeddings,
     score_round,
     weighted_embedding,
+    weighted_median,
 )
 
 D0, DIM, VOCAB = 32, 64, 200
@@ -163,25 +168,30 @@ def test_dl_zero_for_additive_and_positive_for_nonlinear() -> None:
     world = make_world(0)
     rng = np.random.default_rng(7)
     for cell, counts in zip(bag(world, rng), world.counts, strict=True):
-        assert differential_loss(cell, counts, "literal") < 1e-12
-        assert differential_loss(cell, counts, "count_weighted") > 0.1
+        assert differential_loss(cell[np.newaxis], counts, "literal") < 1e-12
+        assert differential_loss(cell[np.newaxis], counts, "count_weighted") > 0.1
     for cell, counts in zip(bag(world, rng, mean=True), world.counts, strict=True):
-        assert differential_loss(cell, counts, "count_weighted") < 1e-12
-        assert differential_loss(cell, counts, "literal") > 0.1
+        assert differential_loss(cell[np.newaxis], counts, "count_weighted") < 1e-12
+        assert differential_loss(cell[np.newaxis], counts, "literal") > 0.1
     for cell, counts in zip(honest(world, rng), world.counts, strict=True):
-        assert differential_loss(cell, counts, "literal") > 0.3
-        assert differential_loss(cell, counts, "count_weighted") > 0.3
+        assert differential_loss(cell[np.newaxis], counts, "literal") > 0.3
+        assert differential_loss(cell[np.newaxis], counts, "count_weighted") > 0.3
 
 
 def test_dl_literal_formula() -> None:
     f, a, b = np.array([3.0, 4.0]), np.array([1.0, 1.0]), np.array([1.0, 1.0])
     x = np.stack([f, a, b, a, 2 * b])
     # mask 0: ||(1, 2)|| / 5; mask 1: ||(0, 1)|| / 5
-    assert differential_loss(x, [4, 2, 2, 2, 2], "literal") == pytest.approx(
-        (np.sqrt(5) / 5 + 1 / 5) / 2
+    # a cell scaled by 2 has the same DL, each cell its own
+    cells = np.stack([x, 2 * x])
+    assert differential_loss(cells, [4, 2, 2, 2, 2], "literal") == pytest.approx(
+        [(np.sqrt(5) / 5 + 1 / 5) / 2] * 2
     )
     # count weighted, n_A = 1, n_B = 3, n = 4: F - A/4 - 3B/4 = (2, 3)
-    assert differential_loss(x[:3], [4, 1, 3], "count_weighted") == pytest.approx(np.sqrt(13) / 5)
+    assert differential_loss(x[np.newaxis, :3], [4, 1, 3], "count_weighted") == pytest.approx(
+        [np.sqrt(13) / 5]
+    )
+    assert differential_loss(x[np.newaxis, :1], [4], "literal").tolist() == [0.0]
 
 
 # --- LOF and outliers --------------------------------------------------------------------------
@@ -371,6 +381,19 @@ def test_missing_malformed_and_non_finite_cells_score_zero() -> None:
         assert res.scores[0, idx[name]] > 0.5  # the other shards still count
     assert not res.outliers[1, idx[b"honest-0"]]  # missing is not judged
     assert res.outliers[3, idx[b"honest-2"]]  # invalid data is
+
+
+@pytest.mark.parametrize("held", ["nothing", "vectors", "no encoders"])
+def test_a_round_without_one_well_shaped_cell_scores_zero(held: str) -> None:
+    keys = [bytes([i]) * 32 for i in range(4)]
+    shards = [{k: np.ones(5, dtype=np.float32) for k in keys} if held == "vectors" else {}] * 2
+    res = score_round(
+        ScoringParams(), shards, [[4, 2, 2]] * 2, [] if held == "no encoders" else keys
+    )
+    assert res.scores.shape == (2, 0 if held == "no encoders" else 4) and not res.scores.any()
+    assert {c for row in res.status for c in row} <= {
+        "malformed" if held == "vectors" else "missing"
+    }
 
 
 def test_near_zero_norm_is_invalid_not_dl_zero() -> None:
@@ -662,16 +685,17 @@ def test_duplicate_groups_are_the_same_partition_in_any_order() -> None:
     base = rng.normal(size=(4, 3, DIM))
     rows = [base[i % 4] + (1e-5 if i >= 4 else 0.0) * rng.normal(size=(3, DIM)) for i in range(9)]
     units = np.stack([r / np.linalg.norm(r, axis=-1, keepdims=True) for r in rows])
-    groups = duplicate_groups(units, 0.999)
+    groups = duplicate_groups(near_duplicates(units, 0.999))
     assert groups == [[0, 4, 8], [1, 5], [2, 6], [3, 7]]
     for seed in range(3):
         perm = np.random.default_rng(seed).permutation(9)
-        shuffled = duplicate_groups(units[perm], 0.999)
+        shuffled = duplicate_groups(near_duplicates(units[perm], 0.999))
         assert sorted(sorted(int(perm[i]) for i in g) for g in shuffled) == groups
-    assert duplicate_groups(units, 1.0) == [[i] for i in range(9)]
+    assert duplicate_groups(near_duplicates(units, 1.0)) == [[i] for i in range(9)]
     # One slot far apart is enough to keep two cells apart: near on every slot, not on average.
     units[8, 2] = -units[0, 2]
-    assert [0, 4] in duplicate_groups(units, 0.999) and [8] in duplicate_groups(units, 0.999)
+    groups = duplicate_groups(near_duplicates(units, 0.999))
+    assert [0, 4] in groups and [8] in groups
 
 
 @settings(max_examples=200, deadline=None)
@@ -691,5 +715,187 @@ def test_distinct_rows_is_np_unique_over_rows(rows: list[list[float]]) -> None:
         x = np.zeros((0, 3))
     distinct, inverse = distinct_rows(x)
     want, want_inverse = np.unique(x, axis=0, return_inverse=True)
-    assert np.array_equal(distinct, want)
+    assert distinct.shape == want.shape and distinct.tobytes() == want.tobytes()  # +-0.0 too
     assert np.array_equal(inverse, want_inverse.ravel())
+
+
+# --- fast paths against their straightforward definitions (bit for bit) -------------------------
+
+COARSE = np.array([-1.5, -0.0, 0.0, 0.25, 1.0, 3.0])
+
+
+def sample_rows(seed: int, n: int, dim: int, coarse: bool) -> NDArray[np.float64]:
+    """n rows: few values per column (ties, +-0.0) or normal ones, with repeated rows."""
+    rng = np.random.default_rng(seed)
+    x = rng.choice(COARSE, size=(n, dim)) if coarse else rng.normal(size=(n, dim))
+    for i in range(1, n):
+        if rng.random() < 0.3:
+            x[i] = x[int(rng.integers(0, i))]
+    flip = (x == 0.0) & (rng.random(size=x.shape) < 0.5)
+    x[flip] = -x[flip]  # +0.0 <-> -0.0 in a copy
+    return x
+
+
+def reference_norms(x: NDArray[np.float64]) -> NDArray[np.float64]:
+    out: NDArray[np.float64] = np.sqrt(np.sum(x * x, axis=-1))
+    return out
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(0, 24), st.integers(1, 300), st.booleans())
+def test_distances_are_the_row_by_row_formula(seed: int, n: int, dim: int, coarse: bool) -> None:
+    x = sample_rows(seed, n, dim, coarse)
+    want = np.stack([reference_norms(x - row) for row in x]) if n else np.zeros((0, 0))
+    got = _distances(x)
+    assert got.shape == want.shape and got.tobytes() == want.tobytes()
+
+
+def test_distances_on_rows_longer_than_numpys_summation_buffer() -> None:
+    x = sample_rows(3, 4, 10_000, False)
+    want = np.stack([reference_norms(x - row) for row in x])
+    assert _distances(x).tobytes() == want.tobytes()
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.integers(0, 2**32 - 1),
+    st.integers(0, 16),
+    st.sampled_from([1, 3, 5]),
+    st.integers(1, 48),
+    st.sampled_from([0.5, 0.9, 0.99, 0.999, 1.0]),
+)
+def test_near_duplicates_is_the_pair_loop(
+    seed: int, n: int, slots: int, dim: int, duplicate_cos: float
+) -> None:
+    """Rows near each other on some slots only, with noise around every threshold."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, slots, dim))
+    for i in range(1, n):
+        if rng.random() < 0.6:
+            src = int(rng.integers(0, i))
+            noise = 10 ** rng.uniform(-4, 0, size=(slots, 1)) * rng.normal(size=(slots, dim))
+            x[i] = x[src] + noise / np.sqrt(dim)
+    units = x / reference_norms(x)[..., np.newaxis]
+    want = np.array(
+        [
+            [
+                a != b and bool(np.all(np.sum(units[a] * units[b], axis=-1) > duplicate_cos))
+                for b in range(n)
+            ]
+            for a in range(n)
+        ],
+        dtype=np.bool_,
+    ).reshape(n, n)
+    assert np.array_equal(near_duplicates(units, duplicate_cos), want)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.integers(0, 2**32 - 1),
+    st.integers(1, 4),
+    st.integers(0, 14),
+    st.sampled_from([0.9, 0.999, 1.0]),
+)
+def test_round_voices_is_the_pair_loop(
+    seed: int, n_shards: int, n_enc: int, duplicate_cos: float
+) -> None:
+    """Encoders one voice iff they share an ok shard and are near-duplicates on every shard
+    where both are ok (copies that differ on one shard, or share no shard, are apart)."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n_shards, n_enc, 3, 8))
+    for e in range(1, n_enc):
+        if rng.random() < 0.6:
+            src = int(rng.integers(0, e))
+            x[:, e] = x[:, src] + 1e-4 * rng.normal(size=x[:, e].shape)
+            if rng.random() < 0.3:
+                x[int(rng.integers(0, n_shards)), e] = rng.normal(size=(3, 8))
+    units = x / reference_norms(x)[..., np.newaxis]
+    ok = rng.random(size=(n_shards, n_enc)) < 0.7
+    ok_cells = [[e for e in range(n_enc) if ok[s, e]] for s in range(n_shards)]
+    near = [near_duplicates(units[s, cells], duplicate_cos) for s, cells in enumerate(ok_cells)]
+    members = [e for e in range(n_enc) if ok[:, e].any()]
+    parent = {e: e for e in members}
+
+    def root(e: int) -> int:
+        while parent[e] != e:
+            e = parent[e]
+        return e
+
+    for i, a in enumerate(members):
+        for b in members[i + 1 :]:
+            both = [s for s in range(n_shards) if ok[s, a] and ok[s, b]]
+            if both and all(
+                np.all(np.sum(units[s, a] * units[s, b], axis=-1) > duplicate_cos) for s in both
+            ):
+                ra, rb = root(a), root(b)
+                parent[max(ra, rb)] = min(ra, rb)
+    want: dict[int, list[int]] = {}
+    for e in members:
+        want.setdefault(root(e), []).append(e)
+    assert _round_voices(ok_cells, near) == [want[r] for r in sorted(want)]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.integers(0, 2**32 - 1),
+    st.integers(1, 40),
+    st.integers(1, 24),
+    st.booleans(),
+    st.sampled_from([0, 1, 3]),
+    st.booleans(),
+)
+def test_equal_weight_median_is_numpys_bit_for_bit(
+    seed: int, n: int, dim: int, coarse: bool, weight: int, leave_out: bool
+) -> None:
+    """Signed zeros and ties included; rows of weight 0 left out."""
+    x = sample_rows(seed, n, dim, coarse)
+    weights = [weight] * n
+    kept = list(range(n))
+    if leave_out and weight and n > 1:
+        weights[0], kept = 0, kept[1:]
+    want = np.median(x[kept], axis=0)
+    assert weighted_median(x, weights).tobytes() == want.tobytes()
+    assert weighted_median(x[:, 0], weights).tobytes() == np.median(x[kept, 0]).tobytes()
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.integers(0, 2**32 - 1),
+    st.integers(1, 12),
+    st.sampled_from([1, 3, 5, 7]),
+    st.integers(1, 64),
+    st.sampled_from(["literal", "count_weighted"]),
+)
+def test_stacked_dl_and_residuals_are_the_per_cell_loop(
+    seed: int, n: int, slots: int, dim: int, form: DlForm
+) -> None:
+    rng = np.random.default_rng(seed)
+    cells = rng.normal(size=(n, slots, dim)) * 10 ** rng.uniform(-3, 3, size=(n, 1, 1))
+    counts = [int(rng.integers(2, 40))]
+    for _ in range((slots - 1) // 2):
+        a = int(rng.integers(1, counts[0]))
+        counts += [a, counts[0] - a]
+    want_dl, want_rows = [], []
+    for x in cells:
+        full_norm = float(reference_norms(x[0]))
+        total = 0.0
+        for m in range((slots - 1) // 2):
+            a, b = x[2 * m + 1], x[2 * m + 2]
+            if form == "count_weighted":
+                a = a * (counts[2 * m + 1] / counts[0])
+                b = b * (counts[2 * m + 2] / counts[0])
+            want_rows.append(x[0] - a - b)
+            total += float(reference_norms(want_rows[-1])) / full_norm
+        want_dl.append(total / ((slots - 1) // 2) if slots > 1 else 0.0)
+    assert differential_loss(cells, counts, form).tolist() == want_dl
+    residuals = _residuals(cells, counts, form)
+    assert residuals.shape == (n, (slots - 1) // 2, dim)
+    assert residuals.tobytes() == np.array(want_rows).tobytes()
+
+
+def test_near_duplicates_need_a_cosine_strictly_above_the_threshold() -> None:
+    # cosine exactly 0.5 on slot 1, 1.0 on slot 0
+    units = np.array([[[1.0, 0.0], [1.0, 0.0]], [[1.0, 0.0], [0.5, np.sqrt(0.75)]]])
+    assert not near_duplicates(units, 0.5).any()
+    assert not near_duplicates(units[:, ::-1], 0.5).any()
+    assert near_duplicates(units, 0.4999).tolist() == [[False, True], [True, False]]
