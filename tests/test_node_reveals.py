@@ -258,21 +258,28 @@ def test_a_peer_that_holds_only_part_of_a_push_does_not_acknowledge_it(
     assert encoder.store.counters()["push:partly_held"] == 1
 
 
-def test_a_keeper_forwards_an_encoders_push_once_to_its_other_keepers(
-    cfg: NetworkConfig, tmp_path: Path
-) -> None:
-    """The encoder reaches v1 only; v1 forwards what was new to it to v2 and v3 in one
-    window, and they forward nothing further (it came from a keeper). A second push of the
-    same reveals is not forwarded again."""
+def keeper_mesh(
+    cfg: NetworkConfig, tmp: Path, keepers: tuple[str, ...]
+) -> tuple[Transport, dict[str, Ingest], dict[str, Forwarder]]:
+    """Keepers connected to each other, each taking pushes with a forwarder (to be run)."""
     net = Transport()
-    keepers = ("v1", "v2", "v3")
-    nodes = {name: node(cfg, tmp_path / f"{name}.sqlite") for name in keepers}
+    nodes = {name: node(cfg, tmp / f"{name}.sqlite") for name in keepers}
     forwarders = {}
     for name, ingest in nodes.items():
         host = net.host(name)
         host.keepers = [k for k in keepers if k != name]
         forwarders[name] = Forwarder(host, ingest)  # type: ignore[arg-type]
         install_server(host, ingest, forwarder=forwarders[name])  # type: ignore[arg-type]
+    return net, nodes, forwarders
+
+
+def test_a_keeper_forwards_an_encoders_push_once_to_its_other_keepers(
+    cfg: NetworkConfig, tmp_path: Path
+) -> None:
+    """The encoder reaches v1 only; v1 forwards what was new to it to v2 and v3 in one
+    window, and they forward nothing further (it came from a keeper). A second push of the
+    same reveals is not forwarded again."""
+    net, nodes, forwarders = keeper_mesh(cfg, tmp_path, ("v1", "v2", "v3"))
     encoder = node(cfg, tmp_path / "e.sqlite")
     host = net.host("e")
     host.keepers = ["v1"]
@@ -464,15 +471,7 @@ def test_one_keeper_an_encoder_pushes_to_forwards_and_only_to_keepers_it_did_not
     """The encoder reaches v1 and v2 of four keepers; the one it asks to forward sends each
     reveal once to v3 and v4 and not to the other keeper it reached, and nobody else forwards:
     every keeper takes each reveal once (no duplicates), over 2 rounds of picks."""
-    net = Transport()
-    keepers = ("v1", "v2", "v3", "v4")
-    nodes = {name: node(cfg, tmp_path / f"{name}.sqlite") for name in keepers}
-    forwarders = {}
-    for name, ingest in nodes.items():
-        host = net.host(name)
-        host.keepers = [k for k in keepers if k != name]
-        forwarders[name] = Forwarder(host, ingest)  # type: ignore[arg-type]
-        install_server(host, ingest, forwarder=forwarders[name])  # type: ignore[arg-type]
+    net, nodes, forwarders = keeper_mesh(cfg, tmp_path, ("v1", "v2", "v3", "v4"))
     encoder = node(cfg, tmp_path / "e.sqlite")
     host = net.host("e")
     host.keepers = ["v1", "v2"]
