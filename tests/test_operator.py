@@ -25,7 +25,7 @@ from dlnet.node.addresses import AddressError, check_bootstrap, check_listen, ch
 from dlnet.node.cli import cli
 from dlnet.node.context import NodeContext
 from dlnet.node.encoder import EncoderRole
-from dlnet.node.logs import setup_logging
+from dlnet.node.logs import adopt_libp2p_logging, setup_logging
 from dlnet.node.progress import countdown_marks, duration, live_info
 from dlnet.node.store import Store
 from dlnet.protocol.config import ValidatorEntry, default_config
@@ -251,6 +251,26 @@ def test_text_log_lines_carry_time_and_level() -> None:
     line = out.getvalue().strip()
     assert line.endswith("WARNING libp2p.pubsub: peer gone")
     assert line[:4].isdigit()  # the date
+
+
+def test_libp2p_graft_flood_warnings_are_debug_and_other_warnings_stay() -> None:
+    out = io.StringIO()
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    gossip = logging.getLogger("libp2p.pubsub.gossipsub")
+    try:
+        setup_logging("info", "text", out)
+        adopt_libp2p_logging()
+        gossip.warning("GRAFT flood detected from peer %s for topic %s, applying penalty", "p", "t")
+        gossip.warning("something else")
+        setup_logging("debug", "text", out)
+        gossip.warning("GRAFT flood detected from peer %s for topic %s, applying penalty", "q", "t")
+    finally:
+        root.handlers[:], _ = saved[0], root.setLevel(saved[1])
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 2, lines
+    assert lines[0].endswith("WARNING libp2p.pubsub.gossipsub: something else")
+    assert " DEBUG libp2p.pubsub.gossipsub: GRAFT flood detected from peer q" in lines[1]
 
 
 def test_countdown_marks() -> None:
