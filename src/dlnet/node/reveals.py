@@ -6,17 +6,19 @@ Only validators need reveals (relays keep them to serve repairs). Gossiping each
 embedding cost every node a libp2p delivery per copy — read, decrypt, parse, duplicate
 check — and a round made E x slots x (N - 1) of them: at 24 encoders the validators' repair
 overran and rounds came out empty (issue 11). A push is one stream per (encoder, peer) that
-carries every reveal of the round, so the transport cost is paid once per batch, and it is
-acknowledged item by item, so an encoder knows its reveals are held instead of hoping
-gossip reached someone. Validators then fetch what they still lack from each other by
-commitment (node/sync.py), in batches too.
+carries every reveal of the round (of every identity of the process: `PushGroup`), so the
+transport cost is paid once per batch, and it is acknowledged item by item, so an encoder
+knows its reveals are held instead of hoping gossip reached someone. Validators then fetch
+what they still lack from each other by commitment (node/sync.py), in batches too.
 
 The receivers are the encoder's connected peers that join the embedding topic (validators,
 relays): gossipsub already tells who they are, and the outlet rule of peer upkeep keeps an
-encoder connected to at least one of them (node/host.py). A keeper forwards what an encoder
-pushed it, once, to its other keepers (`Forwarder`): an encoder process reaches 1-3 of the
-keepers, and at 100 encoders x 7 validators fetching the rest by commitment left a third of
-the reveals missing after repair (docs/BENCHMARKS.md, scale ladder).
+encoder connected to at least one of them (node/host.py). One of them, picked at random per
+push, forwards what was new to it to the keepers the push did not reach (`Forwarder`): an
+encoder process reaches 1-3 of the keepers, and at 100 encoders x 7 validators fetching the
+rest by commitment left a third of the reveals missing after repair, while every reached
+keeper forwarding made a validator take each reveal 2.8 times (docs/BENCHMARKS.md, scale
+ladder).
 """
 
 from __future__ import annotations
