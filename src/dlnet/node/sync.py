@@ -190,16 +190,16 @@ class SyncClient:
     def _peers(self, keepers_only: bool = False) -> list[str]:
         """Usable connected peers in random order, the ones that keep every reveal first
         (they join the embedding topic: validators, relays); an encoder holds its own only.
-        ``keepers_only``: just those, if any is connected."""
+        ``keepers_only``: just those, if any is usable."""
         peers = list(self.host.connected_peers())
         fresh = [p for p in peers if not self.host.stalled(p)]
         peers = fresh or peers  # if every peer stalled, trying them beats giving up
         random.shuffle(peers)
         keepers = set(self.host.carriers(self._reveal_topic))
-        peers.sort(key=lambda p: p not in keepers)
-        if keepers_only and peers and peers[0] in keepers:
-            return [p for p in peers if p in keepers]
-        return peers
+        first = [p for p in peers if p in keepers]
+        if keepers_only and first:
+            return first
+        return first + [p for p in peers if p not in keepers]
 
     async def _ask(self, peer: str, request: list[Any], deadline: float) -> list[bytes]:
         timeout = min(REQUEST_TIMEOUT, deadline - self.ingest.now())
