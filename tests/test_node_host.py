@@ -643,6 +643,17 @@ def test_no_libp2p_signing_and_a_forged_origin_is_judged_by_the_dlnet_signature(
                     while a.peer_id not in b.mesh_peers("t") or b.peer_id not in a.mesh_peers("t"):
                         await trio.sleep(0.1)
                 assert not a._pubsub.strict_signing and a._pubsub.sign_key is None
+                # Nor is a peer record built per RPC (py-libp2p's own rebuilt the address set
+                # of the host for every RPC it sent).
+                addr_reads = 0
+                get_addrs = a._lp.get_addrs
+
+                def counted_addrs() -> Any:
+                    nonlocal addr_reads
+                    addr_reads += 1
+                    return get_addrs()
+
+                a._lp.get_addrs = counted_addrs  # type: ignore[method-assign]
                 await a.publish("t", good)
                 with trio.fail_after(10):
                     while good not in got:
@@ -662,6 +673,7 @@ def test_no_libp2p_signing_and_a_forged_origin_is_judged_by_the_dlnet_signature(
                 await b._pubsub.push_msg(ID.from_base58(a.peer_id), forged)
                 await trio.sleep(0.5)
                 assert tampered not in got
+                assert addr_reads == 0
                 assert got.count(good) == 1
                 assert other in got
                 assert b.counters.get("rejected", 0) >= 1

@@ -253,7 +253,7 @@ def test_text_log_lines_carry_time_and_level() -> None:
     assert line[:4].isdigit()  # the date
 
 
-def test_libp2p_graft_flood_warnings_are_debug_and_other_warnings_stay() -> None:
+def test_libp2p_known_noise_warnings_are_debug_and_other_warnings_stay() -> None:
     out = io.StringIO()
     root = logging.getLogger()
     saved = root.handlers[:], root.level
@@ -263,6 +263,12 @@ def test_libp2p_graft_flood_warnings_are_debug_and_other_warnings_stay() -> None
         adopt_libp2p_logging()
         gossip.warning("GRAFT flood detected from peer %s for topic %s, applying penalty", "p", "t")
         gossip.warning("something else")
+        gossip.warning(
+            "pending message queue for peer %s exceeded limit (%d > %d), dropping oldest messages",
+            "p",
+            101,
+            100,
+        )
         setup_logging("debug", "text", out)
         gossip.warning("GRAFT flood detected from peer %s for topic %s, applying penalty", "q", "t")
     finally:

@@ -1,7 +1,8 @@
 """Every override of py-libp2p internals dlnet relies on, in one place, checked against the
 library version they were written for (an ImportError names the version to install).
 
-* no signed peer records are sent or verified (`ignore_sender_record`), and no libp2p message
+* no signed peer records are built, sent or verified (`no_sender_record`,
+  `ignore_sender_record`), and no libp2p message
   signing: dlnet's Ed25519 signature covers every message, the message id is its content hash
   (`content_id`);
 * gossipsub counts its silent drops (spam limit, full outbound queues) and forgets a peer's
@@ -124,6 +125,19 @@ def ignore_sender_record(msg: rpc_pb2.RPC, host: IHost, peer_id: ID) -> bool:
 _pubsub_module.maybe_consume_signed_record = ignore_sender_record  # type: ignore[attr-defined]
 
 _gossipsub_module.maybe_consume_signed_record = ignore_sender_record  # type: ignore[attr-defined]
+
+
+def no_sender_record(host: IHost) -> tuple[bytes, bool]:
+    """What py-libp2p 0.8.1 would put in an RPC's ``senderRecord``: nothing. Its own
+    `env_to_send_in_RPC` rebuilt the host's address set (multiaddr parsing) for every RPC it
+    sent, and `DeliveringPubsub.write_msg` then cleared the field: 6-8 % of a validator's CPU
+    while commits arrive at 100 encoders (docs/BENCHMARKS.md)."""
+    return b"", False
+
+
+# The pubsub and gossipsub modules call it by these module-level names.
+_pubsub_module.env_to_send_in_RPC = no_sender_record  # type: ignore[attr-defined]
+_gossipsub_module.env_to_send_in_RPC = no_sender_record  # type: ignore[attr-defined]
 
 
 class CountingGossipSub(GossipSub):
