@@ -5,7 +5,7 @@
 
 A rung ``ExV`` runs E encoders and V validators for ``--rounds`` rounds: 13 encoders are the
 default testnet (6 honest and one of each adversary); more are ``honest:6,noise:E-6``, which
-`dlnet testnet` runs 8 to an OS process. With ``--lock FILE`` each rung waits for that lock
+`dlnet testnet` runs 24 to an OS process. With ``--lock FILE`` each rung waits for that lock
 (``flock``) so that two testnets never share the machine. Per rung, from the testnet's own
 report and the validators' stores:
 
@@ -14,10 +14,11 @@ report and the validators' stores:
   deadline) and after repair (the counts the validator records when it scores), summed over
   validators and rounds, against what the encoders committed to;
 * CPU per delivered embedding: user + system CPU (``/proc/<pid>/stat``) of every node process
-  from the start of round 1 to its last sample before the processes stop (start-up — torch
-  imports, model loads, registration proofs — left out), over the embeddings the validators
-  admitted in that window (their ``accepted:embedding`` counters), in ms and as a multiple of
-  one Ed25519 verify measured right after the rung;
+  from the start of round 1 to the moment the testnet stops its nodes (its report's last CPU
+  sample per process, ``stopped_at``; start-up — torch imports, model loads, registration
+  proofs — and each node's teardown after SIGTERM left out), over the embeddings the
+  validators admitted in that window (their ``accepted:embedding`` counters), in ms and as a
+  multiple of one Ed25519 verify measured right after the rung;
 * the share of the machine's cores that CPU is over the same window, and its split by role;
 * finality latency (seconds after the reveal deadline) p50 / max over validator-rounds;
 * peak RSS per role (MB).
@@ -229,7 +230,13 @@ def run_rung(
     verify = verify_ms()
     rep = json.loads((out / "report.json").read_text())
     assert cfg is not None
-    wall = window[1] - window[0] if window else 0.0
+    # The window ends where the testnet stopped its nodes: its own last CPU sample of each
+    # process, taken just before SIGTERM (a node's teardown is not work of the rounds).
+    for name, proc_rep in rep["processes"].items():
+        if name in cpu_first and proc_rep.get("cpu_seconds") is not None:
+            cpu_last[name] = max(cpu_first[name], proc_rep["cpu_seconds"])
+    end = rep.get("stopped_at") or (window[1] if window else 0.0)
+    wall = end - window[0] if window else 0.0
     spent = {name: cpu_last[name] - cpu_first[name] for name in cpu_last}
     return summarise(
         cfg,

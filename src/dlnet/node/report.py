@@ -287,7 +287,13 @@ def all_settled(data_dirs: Sequence[Path], rounds: Iterable[int]) -> bool:
     return True
 
 
-def testnet_report(cfg: NetworkConfig, procs: Sequence[Proc], rounds: range) -> dict[str, Any]:
+def testnet_report(
+    cfg: NetworkConfig, procs: Sequence[Proc], rounds: range, stopped_at: float | None = None
+) -> dict[str, Any]:
+    """The testnet's report.json: per round, what every validator holds and decided; per
+    process, its role, peak RSS and CPU seconds as sampled at ``stopped_at`` (epoch seconds,
+    when the testnet stopped its nodes, kept in the report; each process's CPU after that is
+    its teardown)."""
     kinds = {
         pk: kind
         for p in procs
@@ -392,6 +398,7 @@ def testnet_report(cfg: NetworkConfig, procs: Sequence[Proc], rounds: range) -> 
         "ignored": dict(ignored),
         "transport": dict(sorted(transport.items())),
         "peak_rss_mb": {role: round(v / 2**20, 1) for role, v in peak.items()},
+        "stopped_at": stopped_at,
         "processes": {
             p.name: {
                 "role": p.role,

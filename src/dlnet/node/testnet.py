@@ -484,10 +484,12 @@ def startup_seconds(plan: TestnetPlan, probe: StartupProbe | None = None) -> flo
     )
 
 
-def _stop(procs: Sequence[Proc]) -> None:
+def _stop(procs: Sequence[Proc]) -> float:
     """SIGTERM every process by PID, then SIGKILL what is still there after a grace period
-    (their CPU time and RSS are sampled a last time first)."""
+    (their CPU time and RSS are sampled a last time first). Returns when (epoch seconds) that
+    last sample was taken: the end of the network's work, before any node's teardown."""
     _sample_rss(procs)
+    stopped_at = time.time()
     for p in procs:
         if p.popen.poll() is None:
             p.popen.send_signal(signal.SIGTERM)
@@ -501,6 +503,7 @@ def _stop(procs: Sequence[Proc]) -> None:
         p.exit_code = p.popen.returncode
         if p.log is not None:
             p.log.close()
+    return stopped_at
 
 
 def _encoder_args(kind: str, index: int) -> list[str]:
@@ -779,8 +782,8 @@ def run_testnet(plan: TestnetPlan, *, echo: Any = print) -> int:
                 break
             time.sleep(1.0)
     finally:
-        _stop(procs)
-    rep = report.testnet_report(cfg, procs, range(1, plan.rounds + 1))
+        stopped_at = _stop(procs)
+    rep = report.testnet_report(cfg, procs, range(1, plan.rounds + 1), stopped_at)
     (out / "report.json").write_text(json.dumps(rep, indent=1))
     echo(report.format_testnet(rep))
     echo(f"testnet: wrote {out / 'report.json'}")
