@@ -232,13 +232,16 @@ def run_rung(
     assert cfg is not None
     # The window ends where the testnet stopped its nodes: its own last CPU sample of each
     # process, taken just before SIGTERM (a node's teardown is not work of the rounds).
+    teardown = 0.0
     for name, proc_rep in rep["processes"].items():
         if name in cpu_first and proc_rep.get("cpu_seconds") is not None:
-            cpu_last[name] = max(cpu_first[name], proc_rep["cpu_seconds"])
+            at_stop = max(cpu_first[name], proc_rep["cpu_seconds"])
+            teardown += max(0.0, cpu_last[name] - at_stop)
+            cpu_last[name] = at_stop
     end = rep.get("stopped_at") or (window[1] if window else 0.0)
     wall = end - window[0] if window else 0.0
     spent = {name: cpu_last[name] - cpu_first[name] for name in cpu_last}
-    return summarise(
+    summary = summarise(
         cfg,
         rep,
         out,
@@ -249,6 +252,10 @@ def run_rung(
         wall,
         verify,
     )
+    # Seen by this script's own samples after the stop, up to each process's exit (at most
+    # its last second): not in the window, kept to show what the window leaves out.
+    summary["teardown_cpu_seconds"] = round(teardown, 1)
+    return summary
 
 
 def summarise(

@@ -81,7 +81,8 @@ def test_testnet_report_shows_latency_per_round(tmp_path: Path) -> None:
         _validator(tmp_path, "v2", {1: 4.0, 2: None}),
         _validator(tmp_path, "v3", {1: 9.0}),
     ]
-    rep = report.testnet_report(CFG, procs, range(1, 3))
+    rep = report.testnet_report(CFG, procs, range(1, 3), stopped_at=1234.5)
+    assert rep["stopped_at"] == 1234.5  # where scripts/bench_scale.py ends its CPU window
     r1, r2 = rep["rounds"]
     assert {k: v["latency"] for k, v in r1["validators"].items()} == {
         "v1": 2.0,
