@@ -34,6 +34,7 @@ import msgpack
 import numpy as np
 import trio
 
+from dlnet.node.commits import bundle_body
 from dlnet.node.host import Host, open_host
 from dlnet.node.sync import protocol_id
 from dlnet.node.transport import GossipParams, RequestError
@@ -70,16 +71,21 @@ def hostile_messages(cfg: NetworkConfig, rnd: int) -> list[tuple[Kind, bytes, st
     att = encode(sign_attestation(key, net, rnd, (), b"", b"", os.urandom(32)))
     nan = np.full(cfg.dim, np.nan, dtype=np.float32).tobytes()
     out: list[tuple[Kind, bytes, str]] = []
-    for kind in (Kind.COMMIT, Kind.EMBEDDING, Kind.ATTESTATION, Kind.VOTE):
+    for kind in (Kind.EMBEDDING, Kind.ATTESTATION, Kind.VOTE):
         out.append((kind, b"not msgpack at all", "malformed"))
         out.append((kind, b"\xc1", "malformed"))
+    # The commit topic carries bundles of commits (node/commits.py): anything else is refused
+    # whole; a bundle is judged by each of its commits.
     out += [
-        (Kind.COMMIT, commit[: len(commit) // 2], "malformed"),
+        (Kind.COMMIT, b"not msgpack at all", "malformed_bundle"),
+        (Kind.COMMIT, commit, "malformed_bundle"),
+        (Kind.COMMIT, bundle_body([commit[: len(commit) // 2]]), "malformed"),
+        (Kind.COMMIT, bundle_body([commit[:-1] + bytes([commit[-1] ^ 1])]), "bad_signature"),
         (Kind.EMBEDDING, emb[:-1] + bytes([emb[-1] ^ 1]), "bad_signature"),
         (Kind.EMBEDDING, _replace_field(emb, vec.tobytes(), nan), "non_finite"),
         (Kind.EMBEDDING, _replace_field(emb, vec.tobytes(), vec.tobytes()[:-4]), "wrong_dimension"),
         (Kind.EMBEDDING, _replace_field(emb, net, os.urandom(32)), "wrong_network"),
-        (Kind.COMMIT, _replace_field(commit, net, os.urandom(32)), "wrong_network"),
+        (Kind.COMMIT, bundle_body([_replace_field(commit, net, os.urandom(32))]), "wrong_network"),
         (Kind.ATTESTATION, att, "not_validator"),
         (Kind.VOTE, vote, "not_validator"),
     ]

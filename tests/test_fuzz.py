@@ -1,6 +1,6 @@
 """Fuzz harness: seeded random inputs (random bytes, mutated valid messages, deep nesting, huge
 integers, wrong types) through every decoder and through the node's own intake functions
-(gossip, sync answers and requests, reveal pushes and their acks).
+(gossip, commit bundles, sync answers and requests, reveal pushes and their acks).
 
 Asserts 0 untyped exceptions (decoders raise only `Reject`, result/px decoding only
 `ValueError`, the sync server only `BadRequest`) and 0 invalid messages accepted (anything a
@@ -17,12 +17,15 @@ from typing import Any
 import msgpack
 import numpy as np
 import pytest
+import trio
 
+from dlnet.node.commits import admit_bundle, bundle_body, check_bundle, parse_bundle
 from dlnet.node.discovery import PeerExchange, decode_px, encode_px
 from dlnet.node.ingest import Ingest, Outcome
 from dlnet.node.reveals import parse_ack, parse_push, push_body, receive
 from dlnet.node.store import Store
 from dlnet.node.sync import BadRequest, answer, parse_items
+from dlnet.node.transport import Verdict
 from dlnet.protocol.config import NetworkConfig, ValidatorEntry, default_config
 from dlnet.protocol.identity import SigningKey
 from dlnet.protocol.params import RegistrationParams
@@ -35,6 +38,7 @@ from dlnet.protocol.wire import (
     decode,
     encode,
     make_embedding,
+    message_id,
     sign_attestation,
     sign_commit,
     sign_vote,
@@ -44,7 +48,7 @@ from dlnet.protocol.wire import (
 GENESIS = 1_800_000_000
 VALIDATOR = SigningKey.from_seed(b"\x01" * 32)
 ENCODER = SigningKey.from_seed(b"\x02" * 32)
-N_PER_SEED = 1112  # mutations per seed; 9 seeds: 10,008 inputs, each through ~25 paths
+N_PER_SEED = 1001  # mutations per seed; 10 seeds: 10,010 inputs, each through ~25 paths
 ODD_VALUES: list[Any] = [
     -1,
     2**63,
@@ -162,6 +166,15 @@ def drive(cfg: NetworkConfig, store: Store, ingest: Ingest, now: float, data: by
     for n in (0, 1, 2):
         ack = parse_ack(data, n)
         assert ack is None or (len(ack) == n and all(type(h) is bool for h in ack))
+    verdict = trio.run(check_bundle, ingest, data)  # the commit topic's gossip payload
+    bundle = parse_bundle(data)
+    assert verdict is Verdict.REJECT or bundle is not None
+    if verdict is Verdict.ACCEPT:
+        assert bundle is not None
+        admit_bundle(ingest, bundle)
+        for item in bundle:
+            if ingest.store.has(message_id(item)):
+                accepted_is_valid(decode(item, cfg, Kind.COMMIT), item)
     for k in (Kind.COMMIT, Kind.EMBEDDING, Kind.ATTESTATION, Kind.VOTE):
         ingest.check(k, data)
         if ingest.admit_fetched(data, k, lambda m: True) is Outcome.NEW:
@@ -177,24 +190,26 @@ def fuzz_seeds(cfg: NetworkConfig) -> list[tuple[str, bytes]]:
     px = encode_px(PeerExchange(2, False, ("/ip4/127.0.0.1/tcp/1/p2p/QmPeer",)))
     sync_req = bytes(msgpack.packb(["round", 1, 3], use_bin_type=True))
     push = push_body([seeds[1][1], seeds[1][1]], frozenset({"QmPeer"}))  # two reveals
+    bundle = bundle_body([seeds[0][1]])  # the commit topic's framing of one commit
     result_bytes = encode_result(decode(seeds[-1][1], cfg, Kind.CERTIFICATE).result)  # type: ignore[union-attr]
     return [
         *((kind.name.lower(), data) for kind, data in seeds),
         ("px", px),
         ("sync_request", sync_req),
         ("push", push),
+        ("bundle", bundle),
         ("result", result_bytes),
     ]
 
 
 SEED_NAMES = ("commit", "embedding", "attestation", "vote", "certificate", "px",
-              "sync_request", "push", "result")  # fmt: skip
+              "sync_request", "push", "bundle", "result")  # fmt: skip
 
 
 @pytest.mark.parametrize("seed_name", SEED_NAMES)
 def test_fuzz_decoders_and_intake(cfg: NetworkConfig, tmp_path: Path, seed_name: str) -> None:
-    """N_PER_SEED mutations of one seed (9 seeds, one test each so that pytest-xdist spreads
-    them: 10,008 inputs in all) through every decoder and intake path."""
+    """N_PER_SEED mutations of one seed (10 seeds, one test each so that pytest-xdist spreads
+    them: 10,010 inputs in all) through every decoder and intake path."""
     seeds = dict(fuzz_seeds(cfg))
     assert tuple(seeds) == SEED_NAMES
     rng = random.Random(f"20261128/{seed_name}")

@@ -458,7 +458,7 @@ def test_a_push_asked_while_a_gathering_is_sent_goes_with_the_next_one(
             nursery.start_soon(ask, "second", second, PUSH_GATHER + 0.5)  # during the push
             with trio.move_on_after(PUSH_GATHER + 0.6):  # cancelled while second waits
                 await ask("cancelled", third, PUSH_GATHER + 0.55)
-        assert not group._pending and not group._leading
+        assert not group._gathering._pending and not group._gathering._leading
 
     trio.run(main, clock=MockClock(autojump_threshold=0))
     assert got == {"first": 1, "second": 1}

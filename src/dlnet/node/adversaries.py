@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, ClassVar, Final
 import numpy as np
 import trio
 
+from dlnet.node.commits import gossip_payload
 from dlnet.node.models.kinds import fabricate_inverse, jitter_option
 from dlnet.protocol.wire import Commit, Embedding, Kind, decode, encode, make_embedding, topic
 
@@ -129,7 +130,9 @@ class Replay(Behaviour):
                 for data in ctx.store.messages(kind, old):
                     msg = decode(data, ctx.cfg, kind)
                     if isinstance(msg, Commit | Embedding) and msg.encoder == role.key.public_key:
-                        await ctx.host.publish(topic(ctx.cfg.network_id, kind), data)
+                        await ctx.host.publish(
+                            topic(ctx.cfg.network_id, kind), gossip_payload(kind, data)
+                        )
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from typing import Final, Protocol, TypeVar
 import trio
 
 from dlnet.node import counters as C
+from dlnet.node.commits import gossip_payload
 from dlnet.node.ingest import Ingest, slot_of
 from dlnet.node.store import Store
 from dlnet.node.sync import SyncClient
@@ -90,7 +91,7 @@ class NodeContext:
         ``refused:conflicting_signature``)."""
         data = self.hold_own(kind, msg)
         if data is not None:
-            await self.host.publish(topic(self.cfg.network_id, kind), data)
+            await self.host.publish(topic(self.cfg.network_id, kind), gossip_payload(kind, data))
         return data
 
     def hold_own(
@@ -125,4 +126,4 @@ class NodeContext:
 
     async def republish(self, kind: Kind, msg: Message) -> None:
         """Gossip again a message this node made and stored earlier (after a restart)."""
-        await self.host.publish(topic(self.cfg.network_id, kind), encode(msg))
+        await self.host.publish(topic(self.cfg.network_id, kind), gossip_payload(kind, encode(msg)))

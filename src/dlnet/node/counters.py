@@ -78,7 +78,7 @@ REJECTED = _declare(
     "rejected",
     "dlnet_messages_rejected",
     "Messages and requests rejected, by reason (the reject reasons of docs/PROTOCOL.md §5, "
-    "and sync_*/push_*/certificate/wrong_network/over_quota/unrequested).",
+    "and sync_*/push_*/malformed_bundle/certificate/wrong_network/over_quota/unrequested).",
     "reason",
     persistent=True,
 )

@@ -11,6 +11,7 @@ import trio
 
 from dlnet.node import adversaries
 from dlnet.node import counters as C
+from dlnet.node.commits import CommitGroup
 from dlnet.node.context import NodeContext
 from dlnet.node.models import Model, one_line
 from dlnet.node.reveals import RETRY, REVEAL_DELAY, PushGroup
@@ -40,10 +41,13 @@ class EncoderRole:
         behaviour: str = "honest",
         registration: int = 0,
         pushes: PushGroup | None = None,
+        commits: CommitGroup | None = None,
     ) -> None:
         self.ctx = ctx
-        # The process's identities push together (`PushGroup`); alone, a group of one.
+        # The process's identities push and commit together (`PushGroup`, `CommitGroup`);
+        # alone, a group of one.
         self.pushes = pushes or PushGroup(ctx.host, ctx.ingest)
+        self.commits = commits or CommitGroup(ctx.host, ctx.cfg.network_id)
         self.key = key
         self.registration = registration  # nonce of the key's registration proof
         self.model = model
@@ -127,7 +131,9 @@ class EncoderRole:
                 for emb, data, h in zip(reveals, items, hashes, strict=True):
                     # held (and served to repairers) only after the commit deadline
                     self.ctx.hold_own(Kind.EMBEDDING, emb, data, h)
-            await self.ctx.publish(Kind.COMMIT, commit)
+            signed = self.ctx.hold_own(Kind.COMMIT, commit)
+            if signed is not None:  # None: refused (halted, or signed another one before)
+                await self.commits.publish(signed)
             self.ctx.log.info("round %d: committed to %d embeddings", rnd, len(commit.hashes))
         await self.ctx.clock.sleep_until(times.commit_deadline + REVEAL_DELAY)
         shown = await self.behaviour.revealed(self, rnd, reveals)

@@ -26,13 +26,14 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Final
 
 import msgpack
 import trio
 
 from dlnet.node import counters as C
+from dlnet.node.gather import Gathering
 from dlnet.node.ingest import Ingest, Outcome
 from dlnet.node.sync import unpack_bounded
 from dlnet.node.transport import RequestError, RequestTimeout, Transport
@@ -321,72 +322,30 @@ async def _push_to_keepers(
 
 
 class PushGroup:
-    """The reveal pushes of the encoder identities of one process, sent together: the pushes
-    asked within PUSH_GATHER of the first go to each keeper as one push (as many requests as
-    `batches` makes) instead of one per identity. The identities of a process reveal at the
-    same instant, so at 100 encoders 24 to a process a keeper took 24 times fewer push
-    requests, each a stream to open and a protocol to negotiate (docs/BENCHMARKS.md, scale
-    ladder). No task of its own: the first asker of a gathering sends it for everyone, and
-    hands the next gathering to the first that asked meanwhile."""
+    """The reveal pushes of the encoder identities of one process, sent together
+    (`gather.Gathering`): the pushes asked within PUSH_GATHER of the first go to each keeper
+    as one push (as many requests as `batches` makes) instead of one per identity. At 100
+    encoders 24 to a process a keeper took 24 times fewer push requests, each a stream to
+    open and a protocol to negotiate (docs/BENCHMARKS.md, scale ladder)."""
 
     def __init__(self, host: Transport, ingest: Ingest) -> None:
         self.host = host
         self.ingest = ingest
-        self._pending: list[_Ask] = []
-        self._leading = False
+        self._gathering = Gathering(PUSH_GATHER, self._send, 0)
 
     async def push(self, items: list[bytes], deadline: float) -> int:
         """Push ``items`` with the other identities' pushes gathered with them (see
         `_push_to_keepers`); how many keepers acknowledged holding every one of ``items``."""
-        ask = _Ask(items, deadline)
-        self._pending.append(ask)
-        if self._leading:
-            try:
-                await ask.woken.wait()
-            except BaseException:
-                if ask in self._pending:
-                    self._pending.remove(ask)
-                if ask.lead:
-                    self._hand_on()
-                raise
-            if not ask.lead:
-                return ask.acked
-        self._leading = True
-        asks: list[_Ask] = []
-        try:
-            await trio.sleep(PUSH_GATHER)
-            asks, self._pending = self._pending, []
-            live = [a for a in asks if a.deadline > self.ingest.now()]
-            if live:
-                counts = await _push_to_keepers(
-                    self.host, self.ingest, [a.items for a in live], min(a.deadline for a in live)
-                )
-                for a, n in zip(live, counts, strict=True):
-                    a.acked = n
-        finally:
-            for a in asks:
-                a.woken.set()
-            if ask in self._pending:  # cancelled before it took the gathering
-                self._pending.remove(ask)
-            self._hand_on()
-        return ask.acked
+        return await self._gathering.ask((items, deadline))
 
-    def _hand_on(self) -> None:
-        """The leader is done: the first ask still waiting leads the next gathering."""
-        if self._pending:
-            self._pending[0].lead = True
-            self._pending[0].woken.set()
-        else:
-            self._leading = False
-
-
-@dataclass(eq=False)
-class _Ask:
-    """One identity's push waiting in a `PushGroup`."""
-
-    items: list[bytes]
-    deadline: float
-    acked: int = 0
-    lead: bool = False
-    """Set when this ask is handed the lead of the next gathering."""
-    woken: trio.Event = field(default_factory=trio.Event)
+    async def _send(self, asks: list[tuple[list[bytes], float]]) -> list[int]:
+        """One push per keeper for every ask whose deadline has not passed."""
+        acked = [0] * len(asks)
+        live = [i for i, (_, deadline) in enumerate(asks) if deadline > self.ingest.now()]
+        if live:
+            counts = await _push_to_keepers(
+                self.host, self.ingest, [asks[i][0] for i in live], min(asks[i][1] for i in live)
+            )
+            for i, n in zip(live, counts, strict=True):
+                acked[i] = n
+        return acked

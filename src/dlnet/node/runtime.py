@@ -25,6 +25,7 @@ from dlnet.node import counters as C
 from dlnet.node.addresses import check_port_free
 from dlnet.node.api import NodeView, build_app, open_listener, serve_api
 from dlnet.node.byzantine import Byzantine
+from dlnet.node.commits import CommitGroup, admit_bundle, check_bundle, parse_bundle
 from dlnet.node.context import WALL, NodeContext
 from dlnet.node.counters import Counters
 from dlnet.node.dataset_io import load_items
@@ -279,13 +280,13 @@ def _validator(ingest: Ingest, kind: Kind) -> Callable[[str, bytes, str], Verdic
     return check
 
 
-def _proof_checker(ingest: Ingest) -> Callable[[str, bytes, str], Awaitable[Verdict]]:
-    """The commit topic's validator: a new key's registration proof (one scrypt, ~0.07 s)
-    is evaluated off the event loop, so a burst of new keys no longer holds every stream of
-    the node (docs/PROTOCOL.md §5 Admission)."""
+def _bundle_checker(ingest: Ingest) -> Callable[[str, bytes, str], Awaitable[Verdict]]:
+    """The commit topic's validator (`commits.check_bundle`): a new key's registration proof
+    (one scrypt, ~0.07 s) is evaluated off the event loop, so a burst of new keys no longer
+    holds every stream of the node (docs/PROTOCOL.md §5 Admission)."""
 
     async def check(_topic: str, data: bytes, _peer: str) -> Verdict:
-        return await ingest.check_async(Kind.COMMIT, data)
+        return await check_bundle(ingest, data)
 
     return check
 
@@ -301,15 +302,22 @@ async def _subscribe_all(
         ingest.admit_checked(data)
         watch(data, peer)
 
+    async def bundle_handler(data: bytes, peer: str) -> None:
+        items = parse_bundle(data) or []
+        admit_bundle(ingest, items)
+        for item in items:
+            watch(item, peer)
+
     for kind in GOSSIPED:
         if kind not in kinds:
             host.publish_outside(topic(cfg.network_id, kind))
     for kind in kinds:
+        commits = kind is Kind.COMMIT
         await host.subscribe(
             topic(cfg.network_id, kind),
             _validator(ingest, kind),
-            handler,
-            slow=_proof_checker(ingest) if kind is Kind.COMMIT else None,
+            bundle_handler if commits else handler,
+            slow=_bundle_checker(ingest) if commits else None,
         )
 
 
@@ -347,10 +355,17 @@ def start_roles(
     cfg = ctx.cfg
     start = first_round(cfg, ctx.clock.now())
     pushes = PushGroup(ctx.host, ctx.ingest)
+    commits = CommitGroup(ctx.host, cfg.network_id)
     for ident, enc_ctx in encoders:
         assert ident.model is not None
         enc = EncoderRole(
-            enc_ctx, ident.key, ident.model, ident.spec.behaviour, ident.registration, pushes
+            enc_ctx,
+            ident.key,
+            ident.model,
+            ident.spec.behaviour,
+            ident.registration,
+            pushes,
+            commits,
         )
         first = encoder_first_round(cfg, ctx.clock.now(), ident.spec.first_round)
         if first > start:
