@@ -230,3 +230,25 @@ def test_a_peak_keeps_the_largest_value_and_is_no_counter() -> None:
         ((name.metric, name.peak), rows) for name, rows in C.samples(counters.values, {})
     )
     assert exported[("dlnet_transport_loop_max_stall_ms", True)] == [(None, 4800)]
+
+
+def test_counts_inside_a_batch_are_read_at_once_and_kept_only_if_it_commits(
+    tmp_path: Path,
+) -> None:
+    """A batch sums its counter bumps in memory and writes them once at its end: readers see
+    them meanwhile, a rolled-back batch loses them with its messages, another connection
+    sees them once committed."""
+    store = Store.open(tmp_path / "node.sqlite")
+    store.bump_counter("accepted:embedding", 2)
+    with store.batch():
+        for _ in range(5):
+            store.bump_counter("accepted:embedding")
+        store.bump_counter("push:received")
+        assert store.counters() == {"accepted:embedding": 7, "push:received": 1}
+        other = Store.open(tmp_path / "node.sqlite")
+        assert other.counters() == {"accepted:embedding": 2}  # not committed yet
+    assert other.counters() == {"accepted:embedding": 7, "push:received": 1}
+    with pytest.raises(RuntimeError), store.batch():
+        store.bump_counter("accepted:embedding", 10)
+        raise RuntimeError("the batch fails")
+    assert store.counters() == other.counters() == {"accepted:embedding": 7, "push:received": 1}

@@ -13,7 +13,8 @@ from __future__ import annotations
 import json
 import math
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import Enum
@@ -140,6 +141,7 @@ class Store:
             (int(k), int(r)) for k, r in db.execute("SELECT DISTINCT kind, round FROM messages")
         }
         self._decoder: Decoder | None = None
+        self._bumps: Counter[str] | None = None  # counter bumps of the batch under way
 
     @classmethod
     def open(cls, path: Path, *, durable: bool = False, synced: bool = True) -> Store:
@@ -181,9 +183,13 @@ class Store:
             yield
             return
         self._db.execute("BEGIN")
+        self._bumps = Counter()
         try:
             yield
+            bumps, self._bumps = self._bumps, None
+            self._add_counters(bumps)
         except BaseException:
+            self._bumps = None
             self._db.execute("ROLLBACK")
             raise
         self._db.execute("COMMIT")
@@ -251,15 +257,17 @@ class Store:
         commitment: bytes | None,
         data: bytes,
     ) -> PutResult:
-        """Store a message unless its bytes or another message for its place are held."""
-        if self.has(msg_id):
-            return PutResult(PutStatus.DUPLICATE)
+        """Store a message unless its bytes or another message for its place are held. The
+        same bytes sit in the same place (the place is read from them), so one lookup of the
+        place tells a duplicate from a conflict."""
         held = self._db.execute(
             "SELECT data FROM messages"
             " WHERE kind=? AND round=? AND signer=? AND shard=? AND slot=?",
             (kind, round, signer, _slot(shard), _slot(slot)),
         ).fetchone()
         if held is not None:
+            if bytes(held[0]) == data:
+                return PutResult(PutStatus.DUPLICATE)
             return PutResult(PutStatus.CONFLICT, bytes(held[0]))
         self._seq += 1
         self._db.execute(
@@ -471,10 +479,22 @@ class Store:
     # --- counters -----------------------------------------------------------------------
 
     def bump_counter(self, name: str, n: int = 1) -> None:
-        self._db.execute(
+        """Add ``n`` to a counter; inside a `batch`, summed in memory and written once at its
+        end (a counter row written per admitted message was a fifth of a reveal's SQLite)."""
+        if self._bumps is not None:
+            self._bumps[name] += n
+        else:
+            self._add_counters({name: n})
+
+    def _add_counters(self, bumps: Mapping[str, int]) -> None:
+        self._db.executemany(
             "INSERT INTO counters VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value=value+?",
-            (name, n, n),
+            [(name, n, n) for name, n in bumps.items()],
         )
 
     def counters(self) -> dict[str, int]:
-        return {str(k): int(v) for k, v in self._db.execute("SELECT name, value FROM counters")}
+        """Every counter, with what a `batch` under way has added so far."""
+        got = {str(k): int(v) for k, v in self._db.execute("SELECT name, value FROM counters")}
+        for name, n in (self._bumps or {}).items():
+            got[name] = got.get(name, 0) + n
+        return got

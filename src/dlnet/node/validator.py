@@ -81,8 +81,10 @@ ATTEST_MARGIN: Final = 2.0
 # only to some keepers spreads to the others by the later pulls (each keeper answers with
 # every commit it holds); the early pulls also start its proof check early. At 100 encoders
 # one pull 3 s before the deadline left the validators with 58-66 of 100 commits while the
-# relay held all 100 (docs/BENCHMARKS.md, 100 x 7).
-COMMIT_PULLS: Final = (12.0, 6.0, 3.0)
+# relay held all 100 (docs/BENCHMARKS.md, 100 x 7). A pull asks every keeper; with commits
+# in bundles (node/commits.py) a third pull, 6 s before, cost the 7 validators ~0.15 CPU-s a
+# round at 100 x 7 for what the other two bring.
+COMMIT_PULLS: Final = (12.0, 3.0)
 # Pull-repair passes: how often a validator asks peers for what it still lacks.
 REPAIR_INTERVAL: Final = 1.0
 # How long after the finality deadline a validator keeps collecting votes.
