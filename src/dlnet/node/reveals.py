@@ -42,8 +42,11 @@ from dlnet.protocol.wire import Kind, topic
 REVEAL_DELAY: Final = 2.0
 """Reveals go out this long after the commit deadline (longer than ingest.COMMIT_GRACE), so
 every validator has closed the commit window on its own clock before an embedding is public."""
-PUSH_SETTLE: Final = 1.0
-"""Validators start fetching what pushes did not bring them this long after pushes begin."""
+PUSH_SETTLE: Final = 2.0
+"""Validators start fetching what pushes did not bring them this long after pushes begin
+(the reveal deadline is 4 s later by default). At 1 s, with the 2 cores busy with the pushes
+of 100 encoders, repairs raced the keepers' forwards: a validator took ~400 reveals a round
+twice, once by fetch and once forwarded (docs/BENCHMARKS.md, scale ladder)."""
 PUSH_TIMEOUT: Final = 5.0
 """Longest wait for one peer's acknowledgement (the reveal deadline may cut it shorter)."""
 MAX_PUSH_ITEMS: Final = 256
