@@ -30,33 +30,17 @@ from dlnet.protocol.wire import (
     Submission,
     decode,
     encode,
-    message_id,
     sign_schedule,
     topic,
 )
 
 
-def _decoded(cfg: NetworkConfig, store: Store, kind: Kind, rnd: int) -> list[tuple[bytes, Any]]:
-    out: list[tuple[bytes, Any]] = []
-    for data in store.messages(kind, rnd):
-        try:
-            out.append((data, decode(data, cfg, kind)))
-        except Reject:
-            continue
-    return out
-
-
 def held_schedule(cfg: NetworkConfig, store: Store, rnd: int) -> FixedSchedule | None:
-    votes = [m for _, m in _decoded(cfg, store, Kind.SCHEDULE, rnd) if isinstance(m, Schedule)]
-    return fixed_schedule(cfg, rnd, votes)
+    return fixed_schedule(cfg, rnd, [v.msg for v in store.held(Schedule, rnd)])
 
 
 def held_submissions(cfg: NetworkConfig, store: Store, rnd: int) -> dict[bytes, Submission]:
-    return {
-        message_id(d): m
-        for d, m in _decoded(cfg, store, Kind.SUBMISSION, rnd)
-        if isinstance(m, Submission)
-    }
+    return {v.id: v.msg for v in store.held(Submission, rnd)}
 
 
 SCHEDULE_PULL = 3.0
@@ -68,7 +52,7 @@ SUBMISSION_PULL = 2.0
 async def pull_schedule(ctx: NodeContext, rnd: int, deadline: float) -> None:
     """Gossip is best-effort: unless a vote of every validator for round ``rnd`` is held,
     fetch the round's Schedule votes from peers until ``deadline``."""
-    held = {m.validator for _, m in _decoded(ctx.cfg, ctx.store, Kind.SCHEDULE, rnd)}
+    held = {v.msg.validator for v in ctx.store.held(Schedule, rnd)}
     if not all(v.pubkey in held for v in ctx.cfg.validators):
         await ctx.sync.fetch_round(Kind.SCHEDULE, rnd, deadline=deadline)
 
@@ -165,9 +149,7 @@ def lookup(cfg: NetworkConfig, store: Store, mid: bytes, now: float) -> dict[str
     cert = verified_certificate(store, cfg, rnd)
     if fixed is not None:
         out["schedule"] = [
-            d.hex()
-            for d, m in _decoded(cfg, store, Kind.SCHEDULE, rnd)
-            if isinstance(m, Schedule) and m.validator in fixed.signers
+            v.data.hex() for v in store.held(Schedule, rnd) if v.msg.validator in fixed.signers
         ]
     if cert is not None:
         shards = certified_shards(cert.result, sub.texts, where)
