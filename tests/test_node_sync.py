@@ -44,6 +44,7 @@ from dlnet.protocol.wire import (
     sign_commit,
     sign_schedule,
     sign_submission,
+    topic,
 )
 
 GENESIS = 1_800_000_000
@@ -244,14 +245,15 @@ class FakeHost:
         self.answers = answers
         self.asked: list[str] = []
         self.penalties: list[tuple[str, str]] = []
-        self.keepers: set[str] = set()  # peers that join the embedding topic
+        self.keepers: set[str] = set()  # peers that join every topic, the embedding one too
+        self.joined: dict[str, set[str]] = {}  # other peers in a topic, by topic
         self.stalled_until: dict[str, float] = {}
 
     def connected_peers(self) -> list[str]:
         return sorted(self.answers)
 
     def carriers(self, topic: str) -> list[str]:
-        return sorted(self.keepers)
+        return sorted(self.keepers | self.joined.get(topic, set()))
 
     def note_stalled(self, peer: str) -> None:
         self.stalled_until[peer] = time.time() + 30
@@ -457,8 +459,20 @@ def test_a_round_fetch_asks_the_keepers_and_everyone_only_when_told(
 
     assert fetch(everyone=False) == ["k0", "k1"]
     assert fetch(everyone=True) == sorted(peers)
+    # "Everyone" leaves out the other peers inside the kind's topic: they hold what its gossip
+    # brought, as the keepers do (encoders and the submission topic); a peer outside it (a
+    # client, an encoder and the commit topic) may hold the only copy of its own message.
+    host.joined = {topic(held.cfg.network_id, Kind.COMMIT): {"enc0"}}
+    assert fetch(everyone=True) == ["enc1", "k0", "k1"]
     host.keepers = set()
-    assert fetch(everyone=False) == sorted(peers)
+    assert fetch(everyone=False) == sorted(peers)  # no keeper: every peer
+    host.keepers = {"k0", "k1"}
+    host.joined = {}
+    now = client.ingest.now
+    for most in (1, 2):
+        host.asked.clear()
+        trio.run(lambda m=most: client.fetch_round(Kind.COMMIT, 1, deadline=now() + 5, most=m))  # type: ignore[misc]
+        assert len(host.asked) == most and set(host.asked) <= {"k0", "k1"}
 
 
 def test_two_stalled_keepers_asked_first_do_not_hold_the_repair_until_they_time_out(

@@ -187,10 +187,13 @@ class SyncClient:
         self.pid = protocol_id(network_id)
         self._reveal_topic = topic(network_id, Kind.EMBEDDING)
 
-    def _peers(self, keepers_only: bool = False) -> list[str]:
+    def _peers(self, keepers_only: bool = False, joined: str | None = None) -> list[str]:
         """Usable connected peers in random order, the ones that keep every reveal first
         (they join the embedding topic: validators, relays); an encoder holds its own only.
-        ``keepers_only``: just those, if any is usable."""
+        ``keepers_only``: just those, if any is usable. ``joined`` (a topic): the other peers
+        that joined it are left out: they hold what its gossip brought them, as the keepers
+        do; a peer outside it (an encoder in the commit topic, a client) may hold the only
+        copy of its own message."""
         peers = list(self.host.connected_peers())
         fresh = [p for p in peers if not self.host.stalled(p)]
         peers = fresh or peers  # if every peer stalled, trying them beats giving up
@@ -199,7 +202,11 @@ class SyncClient:
         first = [p for p in peers if p in keepers]
         if keepers_only and first:
             return first
-        return first + [p for p in peers if p not in keepers]
+        rest = [p for p in peers if p not in keepers]
+        if joined is not None:
+            inside = set(self.host.carriers(joined))
+            rest = [p for p in rest if p not in inside]
+        return first + rest
 
     async def _ask(self, peer: str, request: list[Any], deadline: float) -> list[bytes]:
         timeout = min(REQUEST_TIMEOUT, deadline - self.ingest.now())
@@ -231,13 +238,13 @@ class SyncClient:
         *,
         parallel: int,
         hedge: float,
-        keepers_only: bool = False,
+        peers: Sequence[str] | None = None,
     ) -> None:
         """Ask usable peers ``request()`` (None: nothing left to ask) and pass each answer to
         ``handle``, at most ``parallel`` asks in flight; the next peer is asked when an answer
         came back and something is still wanted, or when ``hedge`` seconds passed without one
         (a stalled peer delays the search by ``hedge``, not by a whole timeout). Returns once
-        every peer (``keepers_only``: see `_peers`) was asked and answered, or ``request()``
+        every peer (``peers``, else all of `_peers`) was asked and answered, or ``request()``
         says nothing is left, or the deadline passed.
 
         Asking every peer at once for the same missing reveals made each answer travel once
@@ -257,7 +264,7 @@ class SyncClient:
                 if request() is None:
                     nursery.cancel_scope.cancel()
 
-            for peer in self._peers(keepers_only):
+            for peer in self._peers() if peers is None else peers:
                 # An ask unanswered for STALE_ASK no longer holds one of the `parallel`
                 # places: two stopped peers asked first blocked a repair for its whole window.
                 while len(fresh := self._fresh(started)) >= parallel:
@@ -326,12 +333,20 @@ class SyncClient:
         return got
 
     async def fetch_round(
-        self, kind: Kind, rnd: int, *, deadline: float, everyone: bool = False
+        self,
+        kind: Kind,
+        rnd: int,
+        *,
+        deadline: float,
+        everyone: bool = False,
+        most: int | None = None,
     ) -> int:
         """Fetch every message of a kind for a round from the usable peers that keep reveals
         (validators and relays hold every gossiped message of a round; an encoder holds its
-        own), or from every usable peer if ``everyone`` or none is connected, in parallel,
-        until ``deadline`` (the node's clock); returns new admissions."""
+        own), in parallel, until ``deadline`` (the node's clock); returns new admissions.
+        ``everyone``: also every usable peer outside the kind's topic (`_peers`); with no
+        keeper connected, every usable peer. ``most``: at most that many peers, keepers first,
+        at random."""
         got = 0
 
         def requested(v: Verified[Message]) -> bool:
@@ -351,7 +366,10 @@ class SyncClient:
             deadline,
             parallel=ROUND_PARALLEL,
             hedge=0.0,
-            keepers_only=not everyone,
+            peers=self._peers(
+                keepers_only=not everyone,
+                joined=topic(self.ingest.cfg.network_id, kind) if everyone else None,
+            )[:most],
         )
         return got
 

@@ -85,6 +85,11 @@ ATTEST_MARGIN: Final = 2.0
 # in bundles (node/commits.py) a third pull, 6 s before, cost the 7 validators ~0.15 CPU-s a
 # round at 100 x 7 for what the other two bring.
 COMMIT_PULLS: Final = (12.0, 3.0)
+# The pulls before the deadline ask this many keepers, at random; the one at the deadline asks
+# every keeper and every peer outside the commit topic (an encoder holds its own commit). A
+# request costs each side ~3 ms of py-libp2p stream set-up: asking all 7 other keepers twice
+# a round was most of an idle validator's CPU at 100 x 7.
+EARLY_PULL_PEERS: Final = 3
 # Pull-repair passes: how often a validator asks peers for what it still lacks.
 REPAIR_INTERVAL: Final = 1.0
 # How long after the finality deadline a validator keeps collecting votes.
@@ -149,7 +154,7 @@ class ValidatorRole:
         for at, until in zip(pull_at, [*pull_at[1:], times.commit_deadline], strict=True):
             if ctx.clock.now() < until:  # a validator that started late skips what passed
                 await ctx.clock.sleep_until(at)
-                await ctx.sync.fetch_round(Kind.COMMIT, rnd, deadline=until)
+                await ctx.sync.fetch_round(Kind.COMMIT, rnd, deadline=until, most=EARLY_PULL_PEERS)
         await ctx.clock.sleep_until(times.commit_deadline)
         # The last pull asks the encoders too: one whose gossip reached no keeper holds its own.
         await ctx.sync.fetch_round(
