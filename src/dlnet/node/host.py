@@ -112,8 +112,11 @@ stalled: a live peer answers a sync ask or takes a reveal push in well under tha
 WEDGE_GRACE = 5.0
 """Seconds an abandoned request may take to end before the peer's connection is severed."""
 # The event-loop watch (`Host._watch_loop`): wake every LOOP_TICK s, count a wake-up more
-# than LOOP_STALL s late as a stall.
-LOOP_TICK = 0.1
+# than LOOP_STALL s late as a stall (a stall of S seconds makes a wake-up S - LOOP_TICK to S
+# late). Every 0.1 s, the watch was most of an idle node's CPU: 0.36 % of a core for a lone
+# host against 0.14 % every 0.5 s, and 13 processes at 100 x 7 idle most of a round
+# (docs/BENCHMARKS.md, scale ladder).
+LOOP_TICK = 0.5
 LOOP_STALL = 1.0
 
 
