@@ -121,6 +121,26 @@ def test_two_different_signed_messages_for_one_slot_are_kept_as_evidence(
     assert counters(store)["evidence:equivocation_embedding"] == 1
 
 
+def test_a_third_signed_message_for_an_equivocated_place_is_not_relayed(
+    cfg: NetworkConfig, node: tuple[Ingest, Store, Clock]
+) -> None:
+    """Gossip relays the first two versions of a place (the evidence spreads); a third,
+    fourth... is ignored before relaying: each is a new id, and relaying them all let one
+    signer flood the topic."""
+    ingest, store, _ = node
+    versions = [encode(commit(cfg, 5, fill=f)) for f in range(4)]
+    assert ingest.check(Kind.COMMIT, versions[0]) is Verdict.ACCEPT
+    ingest.admit_checked(versions[0])
+    assert ingest.check(Kind.COMMIT, versions[1]) is Verdict.ACCEPT
+    assert ingest.admit_checked(versions[1]) is Outcome.EQUIVOCATION
+    for later in versions[2:]:
+        assert ingest.check(Kind.COMMIT, later) is Verdict.IGNORE
+    assert store.equivocators(5) == {ENCODER.public_key}
+    assert counters(store)["ignored:equivocation_known"] == 2
+    # Another place of the same signer is untouched.
+    assert ingest.check(Kind.EMBEDDING, encode(reveal(cfg, 5))) is Verdict.ACCEPT
+
+
 def test_rounds_outside_the_window_are_ignored_by_gossip_not_by_catch_up(
     cfg: NetworkConfig, node: tuple[Ingest, Store, Clock]
 ) -> None:

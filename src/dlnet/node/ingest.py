@@ -335,6 +335,13 @@ class Ingest:
             return Verdict.IGNORE
         if isinstance(v.msg, Submission) and self._over_quota(v.msg):
             return Verdict.REJECT
+        where = slot_of(v.msg, v.commitment)
+        if self.store.has_evidence(where.round, where.signer, where.shard, where.slot):
+            # Two signed messages for this place are held and were relayed: a third proves
+            # nothing more, and relaying every one let a signer flood the topic (each a new
+            # id), up to a commit bundle's 64 commits a time.
+            self.count(C.IGNORED, "equivocation_known")
+            return Verdict.IGNORE
         self._checked[v.data] = v
         return Verdict.ACCEPT
 

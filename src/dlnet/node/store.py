@@ -371,6 +371,14 @@ class Store:
             (round, signer, _slot(shard), _slot(slot), first, second),
         )
 
+    def has_evidence(self, round: int, signer: bytes, shard: int | None, slot: int | None) -> bool:
+        """Whether equivocation evidence (two signed messages) is held for this place."""
+        row = self._db.execute(
+            "SELECT 1 FROM equivocations WHERE round=? AND signer=? AND shard=? AND slot=?",
+            (round, signer, _slot(shard), _slot(slot)),
+        ).fetchone()
+        return row is not None
+
     def equivocators(self, round: int) -> set[bytes]:
         rows = self._db.execute("SELECT DISTINCT signer FROM equivocations WHERE round=?", (round,))
         return {bytes(r[0]) for r in rows}
