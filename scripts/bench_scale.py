@@ -1,6 +1,6 @@
 """The scale ladder: real `dlnet testnet` runs of growing size, one markdown row per rung.
 
-    python scripts/bench_scale.py                      # every rung of RUNGS (about 20-25 min)
+    python scripts/bench_scale.py                      # every rung of RUNGS (about 8-10 min)
     python scripts/bench_scale.py --rungs 13x3,24x3 --lock /work/testnet.lock
 
 A rung ``ExV`` runs E encoders and V validators for ``--rounds`` rounds: 13 encoders are the
