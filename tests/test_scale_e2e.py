@@ -1,8 +1,8 @@
-"""A 24-encoder testnet on real processes, its encoders grouped 8 to an OS process: every
-encoder identity commits as a separate encoder, and no round is reported finalized unless a
-certificate the test checks itself (against the genesis alone) proves a non-empty result
-built on attestations of more than 2/3 of the stake. Run it under the machine lock:
-``flock /work/testnet.lock python -m pytest tests/test_scale_e2e.py``."""
+"""A 24-encoder testnet on real processes, its encoders grouped to OS processes
+(ENCODERS_PER_PROCESS): every encoder identity commits as a separate encoder, and no round is
+reported finalized unless a certificate the test checks itself (against the genesis alone)
+proves a non-empty result built on attestations of more than 2/3 of the stake. Run it under
+the machine lock: ``flock /work/testnet.lock python -m pytest tests/test_scale_e2e.py``."""
 
 from __future__ import annotations
 
