@@ -81,9 +81,9 @@ ATTEST_MARGIN: Final = 2.0
 # only to some keepers spreads to the others by the later pulls (each keeper answers with
 # every commit it holds); the early pulls also start its proof check early. At 100 encoders
 # one pull 3 s before the deadline left the validators with 58-66 of 100 commits while the
-# relay held all 100 (docs/BENCHMARKS.md, 100 x 7). A pull asks every keeper; with commits
-# in bundles (node/commits.py) a third pull, 6 s before, cost the 7 validators ~0.15 CPU-s a
-# round at 100 x 7 for what the other two bring.
+# relay held all 100 (docs/BENCHMARKS.md, 100 x 7). With commits in bundles
+# (node/commits.py) a third pull, 6 s before, then asking every keeper, cost the 7 validators
+# ~0.15 CPU-s a round at 100 x 7 for what the other two bring.
 COMMIT_PULLS: Final = (12.0, 3.0)
 # The pulls before the deadline ask this many keepers, at random; the one at the deadline asks
 # every keeper and every peer outside the commit topic (an encoder holds its own commit). A
