@@ -123,18 +123,23 @@ def test_a_bundle_is_accepted_once_and_its_commits_stored(
     assert sorted(ingest.store.messages(Kind.COMMIT, 5)) == sorted(items + new)
 
 
-def test_one_invalid_commit_rejects_the_bundle_and_the_valid_ones_are_kept(
+def test_one_invalid_commit_rejects_the_bundle_and_its_valid_ones_stay_new(
     cfg: NetworkConfig, tmp_path: Path
 ) -> None:
+    """A peer wraps honest commits with a forged one ahead of their own bundle: the bundle is
+    rejected whole and nothing of it kept, so the honest bundle still brings them new and is
+    relayed (kept, they would have made it a duplicate here)."""
     ingest = node(cfg, tmp_path / "v.sqlite")
     good = commits(cfg, 2)
     forged = bytearray(commits(cfg, 1, seed=3)[0])
     forged[-1] ^= 1  # the signature no longer verifies
     assert trio.run(check_bundle, ingest, bundle_body([*good, bytes(forged)])) is Verdict.REJECT
     assert ingest.counters.get(C.REJECTED, "bad_signature") == 1
-    # Valid, only not relayed: stored now (no drain task sees a rejected bundle).
-    assert sorted(ingest.store.messages(Kind.COMMIT, 5)) == sorted(good)
+    assert ingest.store.messages(Kind.COMMIT, 5) == []
     assert not ingest._checked
+    assert trio.run(check_bundle, ingest, bundle_body(good)) is Verdict.ACCEPT
+    admit_bundle(ingest, good)
+    assert sorted(ingest.store.messages(Kind.COMMIT, 5)) == sorted(good)
 
 
 def test_a_malformed_bundle_is_rejected_and_counted(cfg: NetworkConfig, tmp_path: Path) -> None:

@@ -80,8 +80,11 @@ async def check_bundle(ingest: Ingest, data: bytes) -> Verdict:
     """The commit topic's validator: every commit of the bundle checked as a gossiped commit
     (`Ingest.check_async`, registration proofs off the event loop, all at once). REJECT if
     the bundle is malformed (``rejected:malformed_bundle``) or any commit is invalid; else
-    ACCEPT if any commit was new and in its window (relayed), else IGNORE. The commits of a
-    rejected bundle that passed are admitted all the same: they are valid, only not relayed."""
+    ACCEPT if any commit was new and in its window (relayed), else IGNORE. Nothing of a
+    rejected bundle is kept, not even its valid commits: a peer could otherwise send honest
+    commits ahead of their own bundle, wrapped with a forged one, and so stop this node from
+    relaying them (held, the honest bundle would bring nothing new). They arrive in a valid
+    bundle or by a pull."""
     items = parse_bundle(data)
     if items is None:
         ingest.count(C.REJECTED, "malformed_bundle")
@@ -95,9 +98,9 @@ async def check_bundle(ingest: Ingest, data: bytes) -> Verdict:
         for i in range(len(items)):
             nursery.start_soon(one, i)
     if Verdict.REJECT in verdicts:
-        admit_bundle(
-            ingest, [i for i, v in zip(items, verdicts, strict=True) if v is Verdict.ACCEPT]
-        )
+        for item, verdict in zip(items, verdicts, strict=True):
+            if verdict is Verdict.ACCEPT:
+                ingest.discard_checked(item)
         return Verdict.REJECT
     return Verdict.ACCEPT if Verdict.ACCEPT in verdicts else Verdict.IGNORE
 

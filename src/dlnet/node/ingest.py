@@ -355,6 +355,11 @@ class Ingest:
             return True
         return False
 
+    def discard_checked(self, data: bytes) -> None:
+        """Forget bytes `check` accepted whose gossip message was refused after all (a commit
+        bundle with an invalid commit): they are neither stored nor counted as held."""
+        self._checked.pop(data, None)
+
     def admit_checked(self, data: bytes) -> Outcome:
         """Drain-task half for a message that `check` accepted: stored and counted in one
         transaction (two commits per gossiped message were a twentieth of a validator's CPU
