@@ -123,6 +123,24 @@ def test_a_bundle_is_accepted_once_and_its_commits_stored(
     assert sorted(ingest.store.messages(Kind.COMMIT, 5)) == sorted(items + new)
 
 
+def test_a_bundle_item_judged_old_or_held_is_neither_decoded_again_nor_counted_twice(
+    cfg: NetworkConfig, tmp_path: Path
+) -> None:
+    ingest = node(cfg, tmp_path / "v.sqlite")
+    held, new = commits(cfg, 1, seed=1), commits(cfg, 1, seed=2)
+    old = commits(cfg, 1, rnd=1, seed=3)  # round 1 is out of the window at round 5
+    assert trio.run(check_bundle, ingest, bundle_body(held)) is Verdict.ACCEPT
+    admit_bundle(ingest, held)
+    mixed = [*held, *new, *old]
+    assert trio.run(check_bundle, ingest, bundle_body(mixed)) is Verdict.ACCEPT
+    admit_bundle(ingest, mixed)
+    assert sorted(ingest.store.messages(Kind.COMMIT, 5)) == sorted(held + new)
+    assert ingest.verifies[Kind.COMMIT] == 3  # held, new, old: each once
+    assert ingest.counters.get(C.IGNORED, "duplicate") == 1
+    assert ingest.counters.get(C.IGNORED, "old_round") == 1
+    assert ingest.counters.get(C.ACCEPTED, "commit") == 2
+
+
 def test_one_invalid_commit_rejects_the_bundle_and_its_valid_ones_stay_new(
     cfg: NetworkConfig, tmp_path: Path
 ) -> None:

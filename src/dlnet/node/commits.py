@@ -106,11 +106,11 @@ async def check_bundle(ingest: Ingest, data: bytes) -> Verdict:
 
 
 def admit_bundle(ingest: Ingest, items: list[bytes]) -> None:
-    """The drain-task half: each commit of an accepted bundle stored (`Ingest.admit_checked`),
-    all in one transaction."""
+    """The drain-task half: the commits of an accepted bundle that `check_bundle` found new
+    stored (`Ingest.admit_judged`), all in one transaction; the others were counted there."""
     with ingest.store.batch():
         for item in items:
-            ingest.admit_checked(item)
+            ingest.admit_judged(item)
 
 
 class CommitGroup:
