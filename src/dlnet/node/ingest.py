@@ -362,13 +362,11 @@ class Ingest:
 
     def admit_judged(self, data: bytes) -> Outcome | None:
         """Drain-task half for one item of a gossip message `check` judged item by item (a
-        commit bundle): stored if `check` accepted it; None if it did not (a duplicate, an
-        old round: counted there, not decoded again)."""
+        commit bundle, whose items `commits.admit_bundle` stores in one transaction): stored
+        if `check` accepted it; None if it did not (a duplicate, an old round: counted there,
+        not decoded again)."""
         v = self._checked.pop(data, None)
-        if v is None:
-            return None
-        with self.store.batch():
-            return self._store(v)
+        return None if v is None else self._store(v)
 
     def admit_checked(self, data: bytes) -> Outcome:
         """Drain-task half for a message that `check` accepted: stored and counted in one

@@ -39,7 +39,7 @@ def held_schedule(cfg: NetworkConfig, store: Store, rnd: int) -> FixedSchedule |
     return fixed_schedule(cfg, rnd, [v.msg for v in store.held(Schedule, rnd)])
 
 
-def held_submissions(cfg: NetworkConfig, store: Store, rnd: int) -> dict[bytes, Submission]:
+def held_submissions(store: Store, rnd: int) -> dict[bytes, Submission]:
     return {v.id: v.msg for v in store.held(Submission, rnd)}
 
 
@@ -76,7 +76,7 @@ async def vote_schedule(ctx: NodeContext, key: SigningKey, rnd: int) -> None:
     # from every peer (a client whose gossip reached no keeper holds the only copy).
     await ctx.sync.fetch_round(Kind.SUBMISSION, rnd, deadline=at, everyone=True)
     await ctx.clock.sleep_until(at)
-    held = held_submissions(ctx.cfg, ctx.store, rnd)
+    held = held_submissions(ctx.store, rnd)
     entries = select(ctx.cfg, rnd, held.items())
     vote = sign_schedule(key, ctx.cfg.network_id, rnd, entries)
     if await ctx.publish(Kind.SCHEDULE, vote) is not None and entries:
