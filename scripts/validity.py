@@ -72,6 +72,7 @@ from dlnet.node.models.kinds import (
     additive,
     fabricate_inverse,
     generator,
+    leak_full,
     noise,
     private_map,
 )
@@ -94,11 +95,15 @@ class Encoder:
     group: str  # honest | graded | outsider | cheat | length
     embed: Embed
     fabricate: float | None = None  # inverse slots forged as full - mask + noise of this size
+    leak: float | None = None  # this share of the full mixed into the halves (kinds.leak_full)
 
 
 REAL_GROUPS = ("honest", "graded", "outsider")
-"""Groups of real models, whose quality the network score should follow (``length``: the
-honest model scaled, the same content, reported apart)."""
+"""Groups of real models, whose quality the network score should follow."""
+APART = ("length", "leak")
+"""Groups reported apart, neither real models nor cheats: the honest model's content reshaped
+(``length``: scaled; ``leak``: the full embedding mixed into the halves, which must rank below
+every honest encoder)."""
 
 
 class NativeCache:
@@ -222,6 +227,7 @@ def family(small: bool, cache: Path | None) -> tuple[list[Encoder], list[NativeC
             Encoder("text-noise-0.5", "graded", TextNoise(projected(full, 96), 0.5, 96)),
             Encoder("scaled-7", "length", ScaledEmbed(projected(full, 97), 7.0)),
         ]
+    out.append(Encoder("leaky-0.5", "leak", projected(full, 98), leak=0.5))
     rand = noise(DIM, DEFAULT_PROJECTION_SEED, seed=7)
     bag = additive(DIM, DEFAULT_PROJECTION_SEED, seed=7)
     out += [
@@ -396,7 +402,8 @@ def round_shards(
     encs: Sequence[Encoder], items: Sequence[str], r: int
 ) -> tuple[tuple[ShardTask, ...], list[dict[bytes, NDArray[np.float32]]]]:
     """Round r of the study: its shard tasks and every encoder's (slots, dim) array per shard,
-    keyed by ``key_of(name)`` (forged inverse slots for the ``fabricate`` cheats)."""
+    keyed by ``key_of(name)`` (forged inverse slots for the ``fabricate`` cheats, the full
+    mixed into the halves for ``leak``)."""
     tasks = derive_tasks(
         NETWORK_ID, r, items, shards_per_round=4, masks_per_shard=2, mask_fraction=0.5
     )
@@ -406,6 +413,9 @@ def round_shards(
     for e in encs:
         k = key_of(e.name)
         vecs = e.embed(texts).reshape(len(tasks), slots, DIM).copy()
+        if e.leak is not None:
+            for s in range(len(tasks)):
+                vecs[s] = leak_full(vecs[s], e.leak)
         if e.fabricate is not None:
             rng = np.random.default_rng([r, *k[:8]])
             for s in range(len(tasks)):
@@ -786,8 +796,8 @@ def _side_lines(res: dict[str, Any], title: str) -> list[str]:
 def markdown(res: dict[str, Any], command: str) -> str:
     lines = [
         f"Command: `{command}` (2 cores, CPU, torch 2.13.0; {res['rounds']} rounds of 4 shards "
-        "x 2 masks on data/corpus.txt; scoring: protocol/scoring.py defaults, changed only "
-        f"by --set; {res['seconds']:.0f} s wall).",
+        "x 2 masks on src/dlnet/data/corpus.txt; scoring: src/dlnet/protocol/scoring.py "
+        f"defaults, changed only by --set; {res['seconds']:.0f} s wall).",
         "",
         *(f"- {note}" for note in res["notes"]),
         *_side_lines(
@@ -797,6 +807,10 @@ def markdown(res: dict[str, Any], command: str) -> str:
         ),
         *_side_lines(res["words"], "Word similarity, held out (SimLex-999, WordSim-353)"),
         *_side_lines(res, "Tuning sets (Pang-Lee, chatterbot, WordNet 5-NN; Lee documents)"),
+        "Reported apart (the honest model's content, reshaped): "
+        + ", ".join(f"{r['encoder']} {r['score']:.4f}" for r in res["rows"] if r["group"] in APART)
+        + f"; lowest honest encoder {res['min_honest_score']:.4f}.",
+        "",
     ]
     if res["alignment"]:
         source = (

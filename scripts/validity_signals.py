@@ -50,7 +50,7 @@ import validity as v
 
 from dlnet.protocol.consensus import quantise
 from dlnet.protocol.params import ScoringParams
-from dlnet.protocol.scoring import effective_rank
+from dlnet.protocol.scoring import dl_factor, effective_rank
 
 F64 = NDArray[np.float64]
 SIGNALS = (
@@ -125,14 +125,14 @@ def variant_cells(params: ScoringParams, res: Any, s: int, i: int, rsa: float) -
     if res.status[s][i] != "ok" or res.outliers[s, i] or math.isnan(rsa):
         return dict.fromkeys(VARIANTS, 0.0)
     comp = float(res.composition[s, i])
-    dl_factor = 1.0 - params.dl_weight * min(float(res.dl[s, i]) / params.dl_scale, 1.0)
+    dl_grade = dl_factor(params, float(res.dl[s, i]), float(res.median_dl[s]))
     comp_factor = min(max(comp, 0.0) / params.composition_full, 1.0)
     out = {}
     for f in RSA_FULL:
         grade = min(max(rsa, 0.0) / f, 1.0)
         for c in COMP_FLOOR:
-            out[f"rsa{f}-floor{c}"] = 0.0 if comp < c else grade * dl_factor
-        out[f"gmean-rsa{f}"] = math.sqrt(comp_factor * grade) * dl_factor
+            out[f"rsa{f}-floor{c}"] = 0.0 if comp < c else grade * dl_grade
+        out[f"gmean-rsa{f}"] = math.sqrt(comp_factor * grade) * dl_grade
     return out
 
 
@@ -287,7 +287,7 @@ def main() -> int:
             **{s: v.quality(e, sd)["quality"] for s, sd in sides.items()},
         }
         for e in encs
-        if e.group != "length"
+        if e.group not in v.APART
     ]
     for c in [*caches, *natives]:
         c.save()

@@ -1,5 +1,6 @@
-"""The encoder role's ``fabricated`` behaviour: every inverse slot forged from its shard's full
-and mask embeddings, exactly (``fabricated``) or off by a relative jitter (``fabricated@J``)."""
+"""The encoder role's vector behaviours: ``fabricated``, every inverse slot forged from its
+shard's full and mask embeddings, exactly (``fabricated``) or off by a relative jitter
+(``fabricated@J``); ``leaky``, the full mixed into the halves."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 import trio
 
+from dlnet.node.adversaries import parse_behaviour
 from dlnet.node.context import NodeContext
 from dlnet.node.encoder import EncoderRole
 from dlnet.node.store import Store
@@ -75,3 +77,29 @@ def test_fabricated_jitter_sets_each_inverse_off_by_jitter(jitter: float) -> Non
 def test_honest_inverse_is_the_models() -> None:
     cfg, vecs = vectors("honest")
     assert min(relative_gaps(cfg, vecs)) > 0.5
+
+
+@pytest.mark.parametrize(("behaviour", "leak"), [("leaky", 0.5), ("leaky@0.2", 0.2)])
+def test_leaky_mixes_the_full_into_the_halves_and_keeps_the_residual(
+    behaviour: str, leak: float
+) -> None:
+    cfg, honest = vectors("honest")
+    _, leaky = vectors(behaviour)
+    per = cfg.slots_per_shard
+    for base in range(0, len(honest), per):
+        full = honest[base].astype(np.float64)
+        assert np.allclose(leaky[base], (1 + 2 * leak) * full, rtol=1e-5)
+        for slot in range(base + 1, base + per):
+            assert np.allclose(leaky[slot], honest[slot] + leak * full, rtol=1e-5, atol=1e-3)
+    gaps = zip(relative_gaps(cfg, honest), relative_gaps(cfg, leaky), strict=True)
+    shrink = [h / k for h, k in gaps]
+    assert shrink == pytest.approx([1 + 2 * leak] * len(shrink), rel=1e-3)
+
+
+def test_behaviour_levels_are_checked() -> None:
+    assert parse_behaviour("leaky") == ("leaky", 0.5)
+    assert parse_behaviour("leaky@0") == ("leaky", 0.0)
+    assert parse_behaviour("fabricated") == ("fabricated", 0.0)
+    for bad in ("leaky@-1", "leaky@nan", "copycat@1", "sneaky"):
+        with pytest.raises(ValueError):
+            parse_behaviour(bad)

@@ -26,6 +26,7 @@ from dlnet.protocol.scoring import (
     composition_agreement,
     differential_loss,
     distinct_rows,
+    dl_factor,
     duplicate_groups,
     effective_rank,
     near_duplicates,
@@ -147,7 +148,7 @@ def test_default_params_are_valid() -> None:
         ("zero_norm_eps", float("inf")),
         ("collapse_min_rank", -1.0),
         ("collapse_rel_rank", 1.5),
-        ("dl_scale", 0.0),
+        ("dl_spread", 1.0),
         ("dl_weight", 1.01),
         ("min_encoders_for_lof", 1),
     ],
@@ -466,6 +467,63 @@ def test_forged_inverse_with_jitter_fails_composition_agreement(seed: int, jitte
         scores[b"cheat-jittered"]
         < min(scores[k] for k in encoders if k.startswith(b"honest")) - 0.4
     )
+
+
+def leaky(cells: Cells, t: float) -> Cells:
+    """The full embedding leaked into the halves: mask and inverse + t * F, full + 2t * F. The
+    residual F - A - B is unchanged (so are the composition agreement and the full slot's
+    direction) and DL shrinks by 1 + 2t: what a one-sided DL reward would pay for."""
+    out = []
+    for arr in cells:
+        a = arr.copy()
+        a[1:] += t * arr[0]
+        a[0] += 2 * t * arr[0]
+        out.append(a)
+    return out
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("t", [0.1, 0.3, 1.0])
+def test_leaking_the_full_into_the_halves_does_not_pay(seed: int, t: float) -> None:
+    world, encoders = population(seed)
+    base = honest(world, np.random.default_rng(seed + 80))
+    encoders[b"leaky"] = leaky(base, t)
+    res = run(ScoringParams(), world, encoders)
+    i = res.encoders.index(b"leaky")
+    honest_idx = [j for j, k in enumerate(res.encoders) if k.startswith(b"honest")]
+    assert (res.composition[:, i] > 0.8).all()  # the residual is an honest one
+    assert (res.dl[:, i] < np.min(res.dl[:, honest_idx], axis=1)).all()  # a smaller DL
+    scores = mean_scores(res)
+    assert scores[b"leaky"] < min(scores[k] for k in encoders if k.startswith(b"honest"))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    median=st.floats(1e-3, 10.0),
+    ratio=st.floats(1.0, 100.0),
+    weight=st.floats(0.0, 1.0),
+    spread=st.floats(1.01, 20.0),
+)
+def test_dl_factor_peaks_at_the_median_and_falls_either_way(
+    median: float, ratio: float, weight: float, spread: float
+) -> None:
+    params = dataclasses.replace(ScoringParams(), dl_weight=weight, dl_spread=spread)
+    above = dl_factor(params, median * ratio, median)
+    below = dl_factor(params, median / ratio, median)
+    assert dl_factor(params, median, median) == 1.0
+    assert 1.0 - weight <= above <= 1.0 and 1.0 - weight <= below <= 1.0
+    assert above == pytest.approx(below, abs=1e-9)
+    assert dl_factor(params, median * ratio * 1.5, median) <= above
+    if ratio >= spread:
+        assert above == 1.0 - weight
+
+
+def test_dl_factor_edges() -> None:
+    params = ScoringParams()
+    assert dl_factor(params, 0.0, 0.0) == 1.0
+    assert dl_factor(params, 0.0, 0.4) == 1.0 - params.dl_weight
+    assert dl_factor(params, 0.4, 0.0) == 1.0 - params.dl_weight
+    assert dl_factor(params, 0.8, 0.4) == 1.0 - params.dl_weight / 3  # ratio 2 of spread 4
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

@@ -48,6 +48,9 @@ def test_small_study(validity: ModuleType, tmp_path: Path, monkeypatch: pytest.M
     assert len(honest) >= 4 and len(cheats) == 8
     for name, score in cheats.items():
         assert score < min(honest), (name, score, min(honest))
+    # The full mixed into the halves: an honest residual and a smaller DL, never above honest.
+    (leaky,) = [r["score"] for r in res["rows"] if r["group"] == "leak"]
+    assert 0.0 < leaky < min(honest)
     assert res["spearman_score_vs_quality"] > 0
     assert res["auroc_honest_vs_cheat"] == 1.0
     # Quality carries its paired bootstrap: resamples centred on it, with a spread.

@@ -5,6 +5,8 @@ branch for them. Each is a cheat the protocol must defeat (docs/PROTOCOL.md, "Ch
 * ``fabricated`` — honest full and mask embeddings, inverse forged as full - mask (DL = 0);
   ``fabricated@JITTER`` adds a random vector of norm JITTER x ||full|| (DL about JITTER), so
   the inverse is no longer too exact;
+* ``leaky`` — honest embeddings with the full embedding mixed into every mask and inverse
+  (``leaky@LEAK``, default 0.5; `kinds.leak_full`): an honest residual with a DL below the pool's;
 * ``copycat`` — commits to junk, then reveals other encoders' embeddings re-signed as its own;
 * ``replay`` — reveals, re-signed for this round, embeddings made for the previous round's
   shards, and re-sends its earlier rounds' messages verbatim;
@@ -22,13 +24,15 @@ import numpy as np
 import trio
 
 from dlnet.node.commits import gossip_payload
-from dlnet.node.models.kinds import fabricate_inverse, jitter_option
+from dlnet.node.models.kinds import fabricate_inverse, jitter_option, leak_full, leak_option
 from dlnet.protocol.wire import Commit, Embedding, Kind, decode, encode, make_embedding, topic
 
 if TYPE_CHECKING:  # the role imports this module
     from dlnet.node.encoder import EncoderRole
 
-BEHAVIOURS: Final = ("honest", "fabricated", "copycat", "replay", "equivocator")
+BEHAVIOURS: Final = ("honest", "fabricated", "leaky", "copycat", "replay", "equivocator")
+LEVELS: Final = {"fabricated": (jitter_option, 0.0), "leaky": (leak_option, 0.5)}
+"""Behaviours that take ``@LEVEL``: the level's checker and its default."""
 # How long a copycat listens to other encoders' reveals before copying them.
 COPY_WAIT: Final = 3.0
 
@@ -37,16 +41,18 @@ Reveal = Callable[[list[bytes]], Awaitable[int]]
 
 
 def parse_behaviour(text: str) -> tuple[str, float]:
-    """``NAME`` (one of BEHAVIOURS) or ``fabricated@JITTER``: the behaviour and the jitter of
-    its fabricated inverses (0 unless given). ValueError, one line, on anything else."""
+    """``NAME`` (one of BEHAVIOURS), ``fabricated@JITTER`` or ``leaky@LEAK``: the behaviour and
+    its level (LEVELS' default unless given; 0 for the others). ValueError, one line, on
+    anything else."""
     name, at, level = text.partition("@")
     if name not in BEHAVIOURS:
         raise ValueError(f"unknown encoder behaviour {name!r}; behaviours: {', '.join(BEHAVIOURS)}")
-    if not at:
+    if name not in LEVELS:
+        if at:
+            raise ValueError(f"behaviour {name} takes no @level")
         return name, 0.0
-    if name != "fabricated":
-        raise ValueError(f"behaviour {name} takes no @level")
-    return name, jitter_option(level)
+    check, default = LEVELS[name]
+    return name, check(level) if at else default
 
 
 @dataclass(frozen=True)
@@ -87,6 +93,17 @@ class Fabricated(Behaviour):
             for m in range(cfg.masks_per_shard):
                 mask = vecs[base + 2 * m + 1]
                 vecs[base + 2 * m + 2] = fabricate_inverse(full, mask, self.jitter, rng)
+        return vecs
+
+
+@dataclass(frozen=True)
+class Leaky(Behaviour):
+    leak: float = 0.5
+
+    def committed(self, role: EncoderRole, vecs: np.ndarray) -> np.ndarray:
+        per = role.ctx.cfg.slots_per_shard
+        for base in range(0, len(vecs), per):
+            vecs[base : base + per] = leak_full(vecs[base : base + per], self.leak)
         return vecs
 
 
@@ -157,9 +174,11 @@ class Equivocator(Behaviour):
 
 def behaviour(text: str) -> Behaviour:
     """The `Behaviour` that ``--behaviour text`` names (`parse_behaviour`)."""
-    name, jitter = parse_behaviour(text)
+    name, level = parse_behaviour(text)
     if name == "fabricated":
-        return Fabricated(jitter)
+        return Fabricated(level)
+    if name == "leaky":
+        return Leaky(level)
     kinds: dict[str, type[Behaviour]] = {
         "honest": Behaviour,
         "copycat": Copycat,

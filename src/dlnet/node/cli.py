@@ -248,7 +248,8 @@ def init(
     "--behaviour",
     default="honest",
     hidden=True,
-    help="Testnet adversaries: fabricated, fabricated@JITTER, copycat, replay, equivocator.",
+    help="Testnet adversaries: fabricated, fabricated@JITTER, leaky, leaky@LEAK, copycat, replay, "
+    "equivocator.",
 )
 @click.option(
     "--byzantine",
@@ -514,10 +515,10 @@ def results(data_dir: Path, config_path: Path, rnd: int, as_json: bool) -> None:
     "encoders_spec",
     default=None,
     help="Comma list of kind:count or kind@level:count (kinds: honest finetuned truncated "
-    "noisy random-init static noise zero additive scaled cheapcopy fabricated copycat replay "
-    "equivocator py:module:factory; levels: truncated@LAYERS noisy@LEVEL static@sum|mean "
-    "scaled@FACTOR cheapcopy@LEVEL fabricated@JITTER); a term ending in @ROUND starts in "
-    "round ROUND (cheapcopy:8@3). "
+    "noisy random-init static noise zero additive scaled cheapcopy fabricated leaky copycat "
+    "replay equivocator py:module:factory; levels: truncated@LAYERS noisy@LEVEL "
+    "static@sum|mean scaled@FACTOR cheapcopy@LEVEL fabricated@JITTER leaky@LEAK); a term "
+    "ending in @ROUND starts in round ROUND (cheapcopy:8@3). "
     "Default: honest:6 and one of each adversary.",
 )
 @click.option(

@@ -57,12 +57,13 @@ KINDS: Final[dict[str, tuple[str, str, str | None]]] = {
     "scaled": (f"{MODELS}:scaled", "honest", "factor"),
     "cheapcopy": (f"{MODELS}:cheapcopy", "honest", "level"),
     "fabricated": (f"{MODELS}:honest", "fabricated", "jitter"),
+    "leaky": (f"{MODELS}:honest", "leaky", "leak"),
     "copycat": (f"{MODELS}:noise", "copycat", None),
     "replay": (f"{MODELS}:honest", "replay", None),
     "equivocator": (f"{MODELS}:honest", "equivocator", None),
 }
 # Options that `kind@LEVEL` gives the behaviour (`--behaviour fabricated@JITTER`), not the model.
-BEHAVIOUR_OPTIONS: Final = ("jitter",)
+BEHAVIOUR_OPTIONS: Final = ("jitter", "leak")
 # Time from launching the processes until round 1 starts: the bootstrap and validators come
 # up, then every encoder loads torch and its model at once on 2 cores. Measured: ~40 s for ~10
 # encoders on a quiet machine, 53 s for 10 on a loaded one (the bootstrap itself took 40 s
@@ -140,7 +141,8 @@ def parse_encoder_groups(spec: str) -> tuple[EncoderGroup, ...]:
 
     `kind@level` sets the kind's level option (KINDS), e.g. `truncated@2` (layers),
     `noisy@0.5` (noise level), `static@mean` (pooling), `fabricated@0.2` (jitter of the forged
-    inverses), `scaled@1e6` (factor), `cheapcopy@0.01` (noise level); the level is checked here.
+    inverses), `leaky@0.5` (share of the full mixed into the halves), `scaled@1e6` (factor),
+    `cheapcopy@0.01` (noise level); the level is checked here.
     `:count@round` starts those encoders late, in round `round` (>= 1), e.g. `cheapcopy:8@3`."""
     out: list[EncoderGroup] = []
     for part in spec.split(","):

@@ -38,10 +38,15 @@ class ScoringParams:
     """Absolute collapse gate: an encoder whose round effective rank is below this scores 0."""
     collapse_rel_rank: float = 0.5
     """Relative collapse gate: effective rank below this fraction of the median rank scores 0."""
-    dl_scale: float = 2.0
-    """DL at (or above) which the DL factor reaches its minimum, 1 - dl_weight."""
+    dl_spread: float = 4.0
+    """How far a cell's DL may be from the shard's median DL, as a ratio either way, before the
+    DL factor reaches its minimum, 1 - dl_weight (a DL of median x 4 or median / 4 by default:
+    the too-exact gate's distance). Two-sided because a DL below the pool's is as cheap to make
+    as it is suspect: mixing the full embedding into the mask and inverse keeps the residual and
+    shrinks DL (docs/VALIDITY.md, fourth study)."""
     dl_weight: float = 0.25
-    """How much DL can discount a score (0: DL ignored, 1: DL >= dl_scale scores 0)."""
+    """How much DL can discount a score (0: DL ignored, 1: a DL dl_spread off the median scores
+    0)."""
     min_encoders_for_lof: int = 3
     """Fewer valid encoders on a shard than this: no peer comparison (LOF and consensus = 1)."""
     min_dl_ratio: float = 0.25
@@ -79,7 +84,7 @@ class ScoringParams:
             "zero_norm_eps": (0.0, math.inf, True, False),
             "collapse_min_rank": (0.0, math.inf, True, False),
             "collapse_rel_rank": (0.0, 1.0, True, True),
-            "dl_scale": (0.0, math.inf, False, False),
+            "dl_spread": (1.0, math.inf, False, False),
             "dl_weight": (0.0, 1.0, True, True),
             "min_dl_ratio": (0.0, 1.0, True, False),
             "duplicate_cos": (0.0, 1.0, False, True),

@@ -6,13 +6,14 @@ Per shard s and encoder e the validator holds one (slots, dim) array: slot 0 = f
 
     score = 0                    if the cell is missing, invalid, gated or an outlier,
                                  or its shard has < min_encoders_for_lof voices
-          = comp * (1 - dl_weight * min(dl / dl_scale, 1))    otherwise
+          = comp * dl_factor(dl, median dl of the shard)      otherwise
 
 where ``comp`` (in [0, 1]) grows with the *composition agreement*: the cosine between the
 encoder's composition residual F - A_m - B_m and the consensus (coordinate-wise median) of the
 shard's valid encoders' residual directions; dl is the differential loss, the residual's norm
-relative to F. LOF and the cosine to the consensus embedding direction are hard cuts
-(outliers), both computed on every slot on the DIRECTIONS of the embeddings (unit vectors).
+relative to F, whose factor falls as DL moves away from the shard's median, either way. LOF and
+the cosine to the consensus embedding direction are hard cuts (outliers), both computed on
+every slot on the DIRECTIONS of the embeddings (unit vectors).
 Every peer statistic is taken over *voices*: cells whose directions are near-identical on every
 slot (cosine > duplicate_cos) are one voice, so copies of one model do not add up.
 
@@ -66,6 +67,9 @@ class RoundScores:
     peers; nan if not ok."""
     composition: NDArray[np.float64]
     """(S, E) composition agreement in [-1, 1]; 1 when too few peers; nan if not ok."""
+    median_dl: NDArray[np.float64]
+    """(S,) the shard's median DL over its voices (the DL factor's and the too-exact gate's
+    reference); nan when the shard had too few voices to compare."""
     effective_rank: NDArray[np.float64]
     """(E,) RankMe effective rank of the encoder's usable embeddings; nan if none."""
     status: tuple[tuple[Status, ...], ...]
@@ -162,6 +166,7 @@ def score_round(
     lof = np.full((n_shards, n_enc, n_slots), np.nan)
     cons = np.full((n_shards, n_enc, n_slots), np.nan)
     comp = np.full((n_shards, n_enc), np.nan)
+    medians = np.full(n_shards, np.nan)
     voice = np.full((n_shards, n_enc), -1, dtype=np.int64)
     for s in range(n_shards):
         dl[s, ok_cells[s]] = differential_loss(held_ok[s], unit_counts[s], params.dl_form)
@@ -184,7 +189,8 @@ def score_round(
         residuals = _residuals(held_ok[s][at], unit_counts[s], params.dl_form)
         comp[s, peers] = composition_agreement(residuals, groups, weights)
         voice_dl = [float(np.median(dl[s, [peers[i] for i in g]])) for g in groups]
-        dl_floor = params.min_dl_ratio * float(weighted_median(np.array(voice_dl), weights))
+        median_dl = medians[s] = float(weighted_median(np.array(voice_dl), weights))
+        dl_floor = params.min_dl_ratio * median_dl
         for e in peers:
             lof_max, cos_min = float(np.max(lof[s, e])), float(np.min(cons[s, e]))
             too_exact = float(dl[s, e]) < dl_floor
@@ -192,8 +198,7 @@ def score_round(
                 outliers[s, e] = True
                 continue
             comp_factor = min(max(float(comp[s, e]), 0.0) / params.composition_full, 1.0)
-            dl_factor = 1.0 - params.dl_weight * min(float(dl[s, e]) / params.dl_scale, 1.0)
-            scores[s, e] = comp_factor * dl_factor
+            scores[s, e] = comp_factor * dl_factor(params, float(dl[s, e]), median_dl)
     return RoundScores(
         encoders=order,
         scores=scores,
@@ -202,6 +207,7 @@ def score_round(
         lof=lof,
         consensus=cons,
         composition=comp,
+        median_dl=medians,
         effective_rank=erank,
         status=tuple(tuple(row) for row in status),
         gates=gates,
@@ -326,6 +332,26 @@ def _residuals(x: NDArray[np.float64], counts: Sequence[int], form: DlForm) -> N
         b = b * (np.array(counts[2::2]) / counts[0])[:, np.newaxis]
     out: NDArray[np.float64] = full - a - b
     return out
+
+
+def dl_factor(params: ScoringParams, dl: float, median_dl: float) -> float:
+    """The DL factor of a cell: ``1 - dl_weight * min((r - 1) / (dl_spread - 1), 1)`` with
+    ``r = max(dl / median_dl, median_dl / dl)`` (r = 1 when both are 0, infinite when one is).
+
+    Two-sided: a DL far above the shard's (noise, a model that composes badly) and one far below
+    it are discounted alike. A reward for a small DL is cheap to buy: shifting the mask and the
+    inverse by any vector v and the full by 2v keeps ``F - A - B`` and so the composition
+    agreement, and with v along F shrinks ``||F - A - B|| / ||F||`` at will down to the
+    too-exact gate (docs/VALIDITY.md, fourth study). Only divisions: no libm function, so
+    every IEEE-754 platform gets the same bits.
+    """
+    if dl == median_dl:
+        ratio = 1.0
+    elif dl <= 0.0 or median_dl <= 0.0:
+        ratio = math.inf
+    else:
+        ratio = max(dl / median_dl, median_dl / dl)
+    return 1.0 - params.dl_weight * min((ratio - 1.0) / (params.dl_spread - 1.0), 1.0)
 
 
 def differential_loss(

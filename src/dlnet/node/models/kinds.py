@@ -312,11 +312,17 @@ def jitter_option(value: float | str) -> float:
     return float_option("jitter", value, 0.0)
 
 
+def leak_option(value: float | str) -> float:
+    """The ``leak`` of the ``leaky`` behaviour: a finite share of the full embedding >= 0."""
+    return float_option("leak", value, 0.0)
+
+
 LEVEL_OPTIONS: dict[str, Callable[[str], object]] = {
     "layers": layers_option,
     "level": level_option,
     "pooling": pooling_option,
     "jitter": jitter_option,
+    "leak": leak_option,
     "factor": factor_option,
 }
 """The option a testnet spec ``kind@LEVEL`` sets, by name, with its checker (ValueError)."""
@@ -405,6 +411,17 @@ def additive(
 ) -> AdditiveModel:
     """The bag-of-words cheat with DL = 0 by construction."""
     return AdditiveModel(dim, seed, float_option("word_norm", word_norm, 0.0))
+
+
+def leak_full(shard: NDArray[np.float32], leak: float) -> NDArray[np.float32]:
+    """The ``leaky`` cheat on one shard's (slots, dim) array: ``leak x F`` added to every mask
+    and inverse, ``2 x leak x F`` to the full F. The composition residual ``F - A_m - B_m`` is
+    the honest one, the full slot keeps its direction, and DL shrinks by ``1 + 2 x leak``: what
+    a reward for a small DL would pay for (docs/VALIDITY.md, fourth study)."""
+    full = shard[0].astype(np.float64)
+    out = shard.astype(np.float64) + leak * full
+    out[0] += leak * full
+    return np.asarray(out, dtype=np.float32)
 
 
 def fabricate_inverse(
