@@ -16,7 +16,10 @@ from netutil import finish, start_testnet
 
 pytestmark = [pytest.mark.network, pytest.mark.slow, pytest.mark.heavy, pytest.mark.timeout(900)]
 
-ENCODERS = "honest:4,noisy@0.5:1,noisy@1:1,noisy@2:1,truncated@4:1,truncated@1:1,fabricated@0.2:1"
+ENCODERS = (
+    "honest:4,noisy@0.5:1,noisy@1:1,noisy@2:1,truncated@4:1,truncated@1:1,fabricated@0.2:1,"
+    "leaky@0.5:1"
+)
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +65,15 @@ def test_more_layers_rank_higher(report: dict[str, Any]) -> None:
         assert max(scores(rnd)["truncated@4"]) < min(scores(rnd)["honest"]), rnd["round"]
 
 
+def test_leaking_the_full_into_the_halves_ranks_below_every_honest_encoder(
+    report: dict[str, Any],
+) -> None:
+    """An honest residual with half the honest DL: a one-sided DL reward ranked it first."""
+    for rnd in report["rounds"]:
+        s = scores(rnd)
+        assert 0.0 < s["leaky@0.5"][0] < min(s["honest"]), (rnd["round"], s)
+
+
 def test_jittered_forgery_ranks_below_every_real_model_but_the_gated(
     report: dict[str, Any],
 ) -> None:
@@ -70,5 +82,11 @@ def test_jittered_forgery_ranks_below_every_real_model_but_the_gated(
     for rnd in report["rounds"]:
         s = scores(rnd)
         forged = s["fabricated@0.2"][0]
-        real = [v for k, vs in s.items() if k != "fabricated@0.2" for v in vs if v > 0.0]
+        real = [
+            v
+            for k, vs in s.items()
+            if k not in ("fabricated@0.2", "leaky@0.5")
+            for v in vs
+            if v > 0
+        ]
         assert forged < min(real), (rnd["round"], forged, s)
