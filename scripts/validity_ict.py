@@ -11,8 +11,9 @@ certified rounds, exactly as ``scripts/validity.py`` builds it) embeds N further
   units: no word in common) among every pooled shard's inverse of the same mask index, by
   cosine; mean over masks and shards. Label-free and not an agreement: it needs no other
   encoder. Ties count against the encoder (a constant output ranks last, not first).
-- ``ict_round``: the same with only the round's own shards as candidates (what one round shows a
-  validator), averaged over the rounds.
+- ``ict_wK``: the same over windows of K rounds (the candidates: the window's shards), averaged
+  over the disjoint windows; ``ict_w1`` is what one round shows a validator. How much history
+  the signal needs.
 - ``ict_cons``: the encoder's mask against the consensus's inverse (and the consensus's mask
   against its inverse), i.e. inverse cloze across spaces: agreement again.
 - the network score, the cut fraction and the min-slot consensus cosine of ``score_round`` (the
@@ -67,6 +68,7 @@ FIRST_ROUND = 1100
 SMOOTH = (0.05, 0.1, 0.2)
 TAG = (0.2, 0.5)
 LEAK = (0.05, 0.15, 0.5)
+WINDOWS = (1, 5, 15, 30)
 ADVERSARIES = (
     *(("smooth", t) for t in SMOOTH),
     *(("tag", t) for t in TAG),
@@ -123,6 +125,13 @@ def ict(x: F64, y: F64 | None = None) -> float:
     )
 
 
+def windowed(arrays: Sequence[F64], k: int) -> float:
+    """``ict`` over each disjoint window of k consecutive rounds' (shards, slots, dim) arrays,
+    averaged over the windows."""
+    starts = range(0, len(arrays) - k + 1, k)
+    return float(np.mean([ict(np.concatenate(arrays[i : i + k])) for i in starts]))
+
+
 def rho(rows: Sequence[dict[str, Any]], signal: str, side: str) -> float:
     real = [r for r in rows if r["group"] in v.REAL_GROUPS]
     xs = [-math.inf if math.isnan(r[signal]) else r[signal] for r in real]
@@ -152,7 +161,6 @@ def main() -> int:
     groups = {e.name: e.group for e in encs} | dict.fromkeys(bases, "adversary")
     keys = {v.key_of(n): n for n in names}
     held: dict[str, list[F64]] = {n: [] for n in names}
-    per_round: dict[str, list[float]] = {n: [] for n in names}
     cells: dict[str, dict[str, list[float]]] = {
         n: {"score": [], "cut": [], "cons": []} for n in names
     }
@@ -169,7 +177,6 @@ def main() -> int:
             n = keys[k]
             x = np.stack([shards[s][k] for s in range(len(tasks))]).astype(np.float64)
             held[n].append(x)
-            per_round[n].append(ict(x))
             cells[n]["score"] += [quantise(float(x)) / 65535 for x in res.scores[:, i]]
             cells[n]["cut"] += [float(x) for x in res.outliers[:, i]]
             cells[n]["cons"] += [
@@ -188,7 +195,7 @@ def main() -> int:
             "encoder": n,
             "group": groups[n],
             "ict": ict(x) if finite else math.nan,
-            "ict_round": float(np.mean(per_round[n])) if finite else math.nan,
+            **{f"ict_w{k}": windowed(held[n], k) if finite else math.nan for k in WINDOWS},
             "ict_cons": float(np.mean([ict(x, consensus), ict(consensus, x)]))
             if finite
             else math.nan,
@@ -199,7 +206,7 @@ def main() -> int:
         rows.append(row)
     for c in [*caches, *natives]:
         c.save()
-    signals = ("score", "ict", "ict_round", "ict_cons")
+    signals = ("score", "ict", *(f"ict_w{k}" for k in WINDOWS), "ict_cons")
     print(
         "| encoder | group | network score | cut | min-slot cos | ict | ict per round "
         "| ict vs consensus | " + " | ".join(f"{s} quality" for s in sides) + " |"
@@ -209,7 +216,7 @@ def main() -> int:
         q = " | ".join(f"{row[s]:.3f}" if s in row else "" for s in sides)
         print(
             f"| {row['encoder']} | {row['group']} | {row['score']:.4f} | {row['cut']:.2f} "
-            f"| {row['cons']:.3f} | {row['ict']:.3f} | {row['ict_round']:.3f} "
+            f"| {row['cons']:.3f} | {row['ict']:.3f} | {row['ict_w1']:.3f} "
             f"| {row['ict_cons']:.3f} | {q} |"
         )
     print()
