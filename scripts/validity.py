@@ -273,6 +273,30 @@ def study_inputs(
     return items, encs, caches, natives
 
 
+def study_parser(doc: str | None, rounds: int) -> argparse.ArgumentParser:
+    """The command line of the studies of scripts/validity_*.py: --cache, --rounds, --json."""
+    ap = argparse.ArgumentParser(description=doc)
+    ap.add_argument("--cache", default=str(Path.home() / ".cache" / "dlnet" / "validity"))
+    ap.add_argument("--rounds", type=int, default=rounds)
+    ap.add_argument("--json", type=Path, default=None)
+    return ap
+
+
+def aligned_family(
+    cache: Path, params: ScoringParams
+) -> tuple[list[str], list[Encoder], list[NativeCache]]:
+    """`study_inputs` with the outsiders aligned on the study's certified rounds (as `study`
+    aligns them) placed before the cheats: the corpus, the encoders, and every native cache
+    (to save once used)."""
+    items, encs, caches, natives = study_inputs(cache)
+    pool = [e for e in encs if e.group == "honest"]
+    first = ALIGN_FIRST_ROUND
+    texts, targets = certified(pool, items, range(first, first + ALIGN_ROUNDS), params)
+    extra, _ = aligned_outsiders(natives, texts, targets)
+    cut = next(i for i, e in enumerate(encs) if e.group == "cheat")
+    return items, encs[:cut] + extra + encs[cut:], [*caches, *natives]
+
+
 def outsider_natives(
     cache: Path | None, items: Sequence[str]
 ) -> tuple[list[NativeCache], str | None]:

@@ -39,7 +39,6 @@ outsiders) is reported for every side of ``validity.study_sides``, held-out firs
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import math
@@ -139,20 +138,11 @@ def rho(rows: Sequence[dict[str, Any]], signal: str, side: str) -> float:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--cache", default=str(Path.home() / ".cache" / "dlnet" / "validity"))
-    ap.add_argument("--rounds", type=int, default=60)
-    ap.add_argument("--json", type=Path, default=None)
-    args = ap.parse_args()
+    args = v.study_parser(__doc__, 60).parse_args()
     began = time.monotonic()
     params = ScoringParams()
-    items, encs, caches, natives = v.study_inputs(Path(args.cache))
-    pool = [e for e in encs if e.group == "honest"]
-    first = v.ALIGN_FIRST_ROUND
-    texts, targets = v.certified(pool, items, range(first, first + v.ALIGN_ROUNDS), params)
-    extra, _ = v.aligned_outsiders(natives, texts, targets)
-    cut = next(i for i, e in enumerate(encs) if e.group == "cheat")
-    encs = [e for e in encs[:cut] + extra + encs[cut:] if e.group not in v.APART]
+    items, family, caches = v.aligned_family(Path(args.cache), params)
+    encs = [e for e in family if e.group not in v.APART]
     bases = {
         f"{kind}-{t}": v.Encoder(f"base-{kind}-{t}", "base", v.projected(caches[0], 200 + i))
         for i, (kind, t) in enumerate(ADVERSARIES)
@@ -204,7 +194,7 @@ def main() -> int:
         if n in by_name:
             row |= {s: v.quality(by_name[n], sd)["quality"] for s, sd in sides.items()}
         rows.append(row)
-    for c in [*caches, *natives]:
+    for c in caches:
         c.save()
     signals = ("score", "ict", *(f"ict_w{k}" for k in WINDOWS), "ict_cons")
     print(

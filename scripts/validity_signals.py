@@ -32,7 +32,6 @@ geometry agreement (``VARIANTS``), each to be chosen on the tuning side.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
@@ -262,21 +261,10 @@ def table_row(name: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--cache", default=str(Path.home() / ".cache" / "dlnet" / "validity"))
-    ap.add_argument("--rounds", type=int, default=8)
-    ap.add_argument("--json", type=Path, default=None)
-    args = ap.parse_args()
+    args = v.study_parser(__doc__, 8).parse_args()
     began = time.monotonic()
-    cache = Path(args.cache)
     params = ScoringParams()
-    items, encs, caches, natives = v.study_inputs(cache)
-    pool = [e for e in encs if e.group == "honest"]
-    first = v.ALIGN_FIRST_ROUND
-    texts, targets = v.certified(pool, items, range(first, first + v.ALIGN_ROUNDS), params)
-    extra, _ = v.aligned_outsiders(natives, texts, targets)
-    cut = next(i for i, e in enumerate(encs) if e.group == "cheat")
-    encs = encs[:cut] + extra + encs[cut:]
+    items, encs, caches = v.aligned_family(Path(args.cache), params)
     signals = collect(encs, items, args.rounds, params)
     sides = v.study_sides(small=False)
     rows = [
@@ -289,7 +277,7 @@ def main() -> int:
         for e in encs
         if e.group not in v.APART
     ]
-    for c in [*caches, *natives]:
+    for c in caches:
         c.save()
     print("| encoder | group | " + " | ".join(SIGNALS) + " | tuning q | held-out q |")
     print("| --- | --- |" + " ---: |" * (len(SIGNALS) + 2))
