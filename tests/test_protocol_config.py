@@ -200,6 +200,15 @@ def test_every_field_unknown_neighbour() -> None:
         assert error_field(bad) == path_of(table, 0, "bogus")
 
 
+def test_a_replaced_key_says_what_replaced_it() -> None:
+    doc = toml_doc(base())
+    del doc["scoring"]["dl_spread"]
+    doc["scoring"]["dl_scale"] = 2.0
+    assert error_field(doc) == "scoring.dl_scale"
+    with pytest.raises(ConfigError, match="replaced by dl_spread"):
+        parse_doc(doc)
+
+
 def test_required_and_optional_keys() -> None:
     cfg = base()
     doc = toml_doc(cfg)

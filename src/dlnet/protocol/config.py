@@ -13,7 +13,7 @@ import tomllib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, Literal, get_args, get_origin, get_type_hints
+from typing import Any, Final, Literal, get_args, get_origin, get_type_hints
 
 import tomli_w
 
@@ -222,12 +222,22 @@ def _to_plain(hint: Any, value: Any, *, hex_bytes: bool) -> Any:
     return value
 
 
+REPLACED: Final = {
+    "scoring.dl_scale": "replaced by dl_spread (a ratio to the shard's median DL, either way; "
+    "docs/PROTOCOL.md §2.5) — remove dl_scale; dl_spread defaults to 4.0",
+}
+"""Keys of earlier genesis files and what to write instead (a changed scoring rule is a new
+network: its config, and so its network id, differ)."""
+
+
 def _read_table(section: str, table: Any, cls: type[Any], skip: frozenset[str]) -> dict[str, Any]:
     """Parse one TOML table into the keyword arguments of ``cls`` (fields in ``skip`` apart)."""
     if not isinstance(table, dict):
         raise ConfigError(section, f"expected a table, got {_toml_repr(table)} — write [{section}]")
     hints = _hints(cls, skip)
     for key in table:
+        if f"{section}.{key}" in REPLACED:
+            raise ConfigError(f"{section}.{key}", REPLACED[f"{section}.{key}"])
         if key not in hints:
             raise ConfigError(
                 f"{section}.{key}", f"unknown key — remove it (known: {', '.join(hints)})"
