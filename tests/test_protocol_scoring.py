@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from numpy.typing import NDArray
 
+from dlnet.node.models.kinds import leak_full
 from dlnet.protocol.consensus import quantise
 from dlnet.protocol.params import DlForm, ScoringParams
 from dlnet.protocol.scoring import (
@@ -469,25 +470,14 @@ def test_forged_inverse_with_jitter_fails_composition_agreement(seed: int, jitte
     )
 
 
-def leaky(cells: Cells, t: float) -> Cells:
-    """The full embedding leaked into the halves: mask and inverse + t * F, full + 2t * F. The
-    residual F - A - B is unchanged (so are the composition agreement and the full slot's
-    direction) and DL shrinks by 1 + 2t: what a one-sided DL reward would pay for."""
-    out = []
-    for arr in cells:
-        a = arr.copy()
-        a[1:] += t * arr[0]
-        a[0] += 2 * t * arr[0]
-        out.append(a)
-    return out
-
-
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("t", [0.1, 0.3, 1.0])
 def test_leaking_the_full_into_the_halves_does_not_pay(seed: int, t: float) -> None:
     world, encoders = population(seed)
     base = honest(world, np.random.default_rng(seed + 80))
-    encoders[b"leaky"] = leaky(base, t)
+    # The full leaked into the halves (the testnet's leaky@t): mask and inverse + t * F, full +
+    # 2t * F; F - A - B, so the composition agreement, is unchanged and DL shrinks by 1 + 2t.
+    encoders[b"leaky"] = [leak_full(cell.astype(np.float32), t) for cell in base]
     res = run(ScoringParams(), world, encoders)
     i = res.encoders.index(b"leaky")
     honest_idx = [j for j, k in enumerate(res.encoders) if k.startswith(b"honest")]

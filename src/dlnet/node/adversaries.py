@@ -98,7 +98,7 @@ class Fabricated(Behaviour):
 
 @dataclass(frozen=True)
 class Leaky(Behaviour):
-    leak: float = 0.5
+    leak: float  # its default is LEVELS'
 
     def committed(self, role: EncoderRole, vecs: np.ndarray) -> np.ndarray:
         per = role.ctx.cfg.slots_per_shard
@@ -175,10 +175,9 @@ class Equivocator(Behaviour):
 def behaviour(text: str) -> Behaviour:
     """The `Behaviour` that ``--behaviour text`` names (`parse_behaviour`)."""
     name, level = parse_behaviour(text)
-    if name == "fabricated":
-        return Fabricated(level)
-    if name == "leaky":
-        return Leaky(level)
+    levelled: dict[str, Callable[[float], Behaviour]] = {"fabricated": Fabricated, "leaky": Leaky}
+    if name in levelled:
+        return levelled[name](level)
     kinds: dict[str, type[Behaviour]] = {
         "honest": Behaviour,
         "copycat": Copycat,

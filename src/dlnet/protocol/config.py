@@ -236,8 +236,8 @@ def _read_table(section: str, table: Any, cls: type[Any], skip: frozenset[str]) 
         raise ConfigError(section, f"expected a table, got {_toml_repr(table)} — write [{section}]")
     hints = _hints(cls, skip)
     for key in table:
-        if f"{section}.{key}" in REPLACED:
-            raise ConfigError(f"{section}.{key}", REPLACED[f"{section}.{key}"])
+        if (where := f"{section}.{key}") in REPLACED:
+            raise ConfigError(where, REPLACED[where])
         if key not in hints:
             raise ConfigError(
                 f"{section}.{key}", f"unknown key — remove it (known: {', '.join(hints)})"
