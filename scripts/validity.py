@@ -82,6 +82,7 @@ from dlnet.protocol.consensus import quantise
 from dlnet.protocol.dataset import parse_dataset
 from dlnet.protocol.masks import ShardTask, derive_tasks, split_units
 from dlnet.protocol.params import ScoringParams
+from dlnet.protocol.probes import build_probe, pairing, probe_factor, probe_grade, probe_seed
 from dlnet.protocol.scoring import RoundScores, round_embeddings, score_round
 
 DIM = 1024
@@ -100,10 +101,12 @@ class Encoder:
 
 REAL_GROUPS = ("honest", "graded", "outsider")
 """Groups of real models, whose quality the network score should follow."""
-APART = ("length", "leak")
+APART = ("length", "leak", "unaligned")
 """Groups reported apart, neither real models nor cheats: the honest model's content reshaped
 (``length``: scaled; ``leak``: the full embedding mixed into the halves, which must rank below
-every honest encoder)."""
+every honest encoder), and an outsider left in its own space (``unaligned``: all-mpnet-base-v2
+behind the plain projection, whose directions have no relation to the network's: what the
+network must not take into its weighted embedding, so it is cut, whatever its quality)."""
 
 
 class NativeCache:
@@ -390,7 +393,7 @@ def aligned_outsiders(
         }
         out.append(Encoder(f"{native.name}-aligned", "outsider", _mapped(native, matrix)))
         if native.name == "mpnet":
-            out.append(Encoder("mpnet-projected", "outsider", projected(native)))
+            out.append(Encoder("mpnet-projected", "unaligned", projected(native)))
     return out, fits
 
 
@@ -452,21 +455,62 @@ def round_shards(
     return tasks, shards
 
 
+PROBERS = tuple(hashlib.sha256(b"validity prober %d" % i).digest() for i in range(3))
+"""The study's validators: round r is probed by PROBERS[r mod 3] (protocol.probes.prober)."""
+
+
+def probe_source() -> list[str]:
+    """The study's probers' texts: the tuning side's sentences (Pang-Lee, chatterbot), never
+    the corpus the shards come from, which LSA was fitted on (a prober's texts are ones no
+    encoder could have read, docs/PROTOCOL.md §2.8), and never the held-out sets."""
+    return [
+        line.split("\t", 1)[1]
+        for name in ("pang_lee_polarity", "chatterbot_topics")
+        for line in shipped_path(f"labelled/{name}.tsv").read_text().splitlines()
+        if "\t" in line
+    ]
+
+
+def probe_round(
+    encs: Sequence[Encoder], source: Sequence[str], r: int, params: ScoringParams
+) -> tuple[bytes, dict[str, int]]:
+    """Round r's probe as the network makes it (protocol/probes.py) from ``source``
+    (`probe_source`): its prober and every encoder's grade. The cheats that forge inverse
+    slots or leak the full cannot on a probe (it has no full and no known pairs): every encoder
+    embeds the halves with its model."""
+    seed = probe_seed(hashlib.sha256(b"validity probe key %d" % r).digest())
+    halves = list(build_probe(seed, source, params.probe_texts, 0.5))
+    pairs = pairing(seed, params.probe_texts)
+    return PROBERS[r % len(PROBERS)], {
+        e.name: probe_grade(pairs, list(e.embed(halves).astype(np.float32))) for e in encs
+    }
+
+
 def network_scores(
     encs: Sequence[Encoder], items: Sequence[str], rounds: int, params: ScoringParams
 ) -> dict[str, dict[str, float]]:
     """Per encoder, over the rounds: mean quantised score, mean DL, mean max-slot LOF, mean
     min-slot cosine to the consensus direction and mean composition agreement (cells that
-    reached peer comparison), mean effective rank (RankMe), and the fraction of its cells cut
-    (flagged: outlier, gated or invalid)."""
+    reached peer comparison), mean effective rank (RankMe), mean probe factor, and the fraction
+    of its cells cut (flagged: outlier, gated or invalid). With probes on, every round is
+    probed (`probe_round`) and scored with each encoder's probe factor over the probes so far,
+    as every validator scores it."""
     keys = {key_of(e.name): e for e in encs}
     acc: dict[str, dict[str, list[float]]] = {
-        e.name: {"score": [], "dl": [], "lof": [], "cons": [], "comp": [], "erank": [], "cut": []}
+        e.name: {m: [] for m in ("score", "dl", "lof", "cons", "comp", "erank", "probe", "cut")}
         for e in encs
     }
+    history: dict[str, list[tuple[bytes, int]]] = {e.name: [] for e in encs}
+    source = probe_source()
     for r in range(rounds):
         tasks, shards = round_shards(encs, items, r)
-        res = score_round(params, shards, [t.unit_counts for t in tasks], list(keys))
+        probe = None
+        if params.probe_texts:
+            who, grades = probe_round(encs, source, r, params)
+            for name, q in grades.items():
+                history[name].append((who, q))
+            probe = {k: probe_factor(history[e.name], params.probe_window) for k, e in keys.items()}
+        res = score_round(params, shards, [t.unit_counts for t in tasks], list(keys), probe=probe)
         for i, k in enumerate(res.encoders):
             name = keys[k].name
             acc[name]["score"] += [quantise(float(x)) / 65535 for x in res.scores[:, i]]
@@ -477,6 +521,7 @@ def network_scores(
                     float(pick(row)) for row in grid[:, i, :] if np.all(np.isfinite(row))
                 ]
             acc[name]["erank"].append(float(res.effective_rank[i]))
+            acc[name]["probe"].append(1.0 if probe is None else probe[k])
             acc[name]["cut"] += [float(x) for x in res.outliers[:, i]]
     return {
         n: {m: float(np.mean(v)) if v else float("nan") for m, v in d.items()}

@@ -18,6 +18,7 @@ from dlnet.node.context import NodeContext
 from dlnet.node.encoder import EncoderRole
 from dlnet.node.store import Store
 from dlnet.protocol.config import ValidatorEntry, default_config
+from dlnet.protocol.wire import Probe
 
 ITEMS = tuple(
     f"item {i} says that the quick brown fox number {i} jumps over lazy dog {i} again"
@@ -44,7 +45,7 @@ def vectors(behaviour: str) -> tuple[Any, np.ndarray]:
     store = Store.open(Path(tempfile.mkdtemp()) / "node.sqlite")  # no schedule held: corpus only
     ctx = NodeContext(cfg, ITEMS, store, None, None, None, threads=False)  # type: ignore[arg-type]
     role = EncoderRole(ctx, None, HashModel(cfg.dim), behaviour)  # type: ignore[arg-type]
-    return cfg, trio.run(role._vectors, 1)
+    return cfg, trio.run(role._vectors, 1, None)
 
 
 def relative_gaps(cfg: Any, vecs: np.ndarray) -> list[float]:
@@ -103,3 +104,21 @@ def test_behaviour_levels_are_checked() -> None:
     for bad in ("leaky@-1", "leaky@nan", "copycat@1", "sneaky"):
         with pytest.raises(ValueError):
             parse_behaviour(bad)
+
+
+@pytest.mark.parametrize("behaviour", ["fabricated", "leaky@0.5"])
+def test_a_probes_halves_follow_the_shards_as_the_model_embeds_them(behaviour: str) -> None:
+    """With the round's probe held, its halves are embedded in the same call, after the
+    shards, and no behaviour reshapes them: a probe has no full to forge or leak from."""
+    cfg = default_config((ValidatorEntry(bytes(32), 1),), 0, dataset_sha256=bytes(32))
+    store = Store.open(Path(tempfile.mkdtemp()) / "node.sqlite")
+    ctx = NodeContext(cfg, ITEMS, store, None, None, None, threads=False)  # type: ignore[arg-type]
+    model = HashModel(cfg.dim)
+    role = EncoderRole(ctx, None, model, behaviour)  # type: ignore[arg-type]
+    halves = ("the quick fox", "brown jumps", "over a dog", "lazy again")
+    probe = Probe(cfg.network_id, 1, bytes(32), halves, bytes(64))
+    vecs = trio.run(role._vectors, 1, probe)
+    listed = cfg.shards_per_round * cfg.slots_per_shard
+    assert vecs.shape == (listed + len(halves), cfg.dim)
+    assert np.array_equal(vecs[listed:], model.embed(list(halves)))
+    assert np.array_equal(vecs[:listed], trio.run(role._vectors, 1, None))

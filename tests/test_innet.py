@@ -233,7 +233,10 @@ def test_reveals_pushed_to_one_validator_reach_the_others_by_forwarding(tmp_path
             net.net.cut(node, "v2")
         await encoders(net, "noise", encs)
         await settled(net, 1)
-        expected = len(encs) * cfg.shards_per_round * cfg.slots_per_shard
+        # every slot of every shard, and every half of the round's probe
+        expected = len(encs) * (
+            cfg.shards_per_round * cfg.slots_per_shard + 2 * cfg.scoring.probe_texts
+        )
         for rnd in (0, 1):
             held = [len(node.store.messages(Kind.EMBEDDING, rnd)) for node in v]
             assert held == [expected] * 3, (rnd, held)
@@ -272,7 +275,10 @@ def test_a_keeper_that_never_forwards_costs_the_others_a_repair_not_a_reveal(
             net.net.cut(node, "v2")
         await encoders(net, "noise", encs, per_node=2)
         await settled(net, 2)
-        expected = len(encs) * cfg.shards_per_round * cfg.slots_per_shard
+        # every slot of every shard, and every half of the round's probe
+        expected = len(encs) * (
+            cfg.shards_per_round * cfg.slots_per_shard + 2 * cfg.scoring.probe_texts
+        )
         for rnd in (0, 1, 2):
             held = [len(node.store.messages(Kind.EMBEDDING, rnd)) for node in v]
             assert held == [expected] * 3, (rnd, held)

@@ -202,7 +202,7 @@ def test_model_error_at_run_time_is_counted_and_the_encoder_goes_on(
     async def run_round(rnd: int) -> None:
         if rnd == 4:
             raise Stop
-        await role._vectors(rnd)
+        await role._vectors(rnd, None)
         done.append(rnd)
 
     role.run_round = run_round  # type: ignore[method-assign]

@@ -239,8 +239,12 @@ def test_lof_on_every_slot_catches_fabricated_masks() -> None:
     no_collapse = ScoringParams(collapse_min_rank=0.0, collapse_rel_rank=0.0)
     res = run(no_collapse, world, encoders)
     i = res.encoders.index(b"cheat-fabricated")
-    assert (res.lof[:, i, 0] < no_collapse.lof_threshold).all()
-    assert (res.lof[:, i, 1:].max(axis=1) > no_collapse.lof_threshold).all()
+    honest = [res.encoders.index(k) for k in encoders if k.startswith(b"honest")]
+    # random masks are density outliers on their slots only; the default cut (6) is for
+    # what is obviously wrong, and these are close to it; the too-exact gate cuts them
+    assert (res.lof[:, i, 0] < 2.0).all()
+    assert (res.lof[:, i, 1:].max(axis=1) > 5.0).all()
+    assert res.lof[:, honest, :].max() < 2.0
     assert res.outliers[:, i].all()
     assert res.dl[:, i] == pytest.approx(0.0, abs=1e-6)  # DL alone would call it perfect
 
@@ -504,8 +508,8 @@ def test_dl_factor_peaks_at_the_median_and_falls_either_way(
     assert 1.0 - weight <= above <= 1.0 and 1.0 - weight <= below <= 1.0
     assert above == pytest.approx(below, abs=1e-9)
     assert dl_factor(params, median * ratio * 1.5, median) <= above
-    if ratio >= spread:
-        assert above == 1.0 - weight
+    if ratio >= spread:  # median * ratio / median may round just below ratio
+        assert above == pytest.approx(1.0 - weight, abs=1e-12)
 
 
 def test_dl_factor_edges() -> None:
@@ -699,14 +703,22 @@ def test_near_duplicate_copies_do_not_define_the_consensus(seed: int) -> None:
     honest_scores = [v for k, v in scores.items() if k.startswith(b"honest")]
     assert min(honest_scores) > max(scores[k] for k in copies)
     weighted = network_embeddings(res, as_shards(encoders), params)
-    for s in range(len(world.slots)):
-        honest_mean = np.mean([encoders[f"honest-{i}".encode()][s][0] for i in range(3)], axis=0)
-        assert cosine(weighted[s], honest_mean) > 0.99
+    honest_means = [
+        np.mean([encoders[f"honest-{i}".encode()][s][0] for i in range(3)], axis=0)
+        for s in range(len(world.slots))
+    ]
+    # The copies are one voice of four: a quarter of the direction at most.
+    near = [cosine(w, m) for w, m in zip(weighted, honest_means, strict=True)]
+    assert min(near) > 0.98
     # Counted one by one, the copies would define the consensus and outrank the honest.
-    counted = mean_scores(run(dataclasses.replace(params, duplicate_cos=1.0), world, encoders))
+    by_one = dataclasses.replace(params, duplicate_cos=1.0)
+    counted_res = run(by_one, world, encoders)
+    counted = mean_scores(counted_res)
     assert max(counted[k] for k in copies) > min(
         v for k, v in counted.items() if k.startswith(b"honest")
     )
+    drifted = network_embeddings(counted_res, as_shards(encoders), by_one)
+    assert all(cosine(d, m) < c for d, m, c in zip(drifted, honest_means, near, strict=True))
 
 
 def test_copies_do_not_move_the_collapse_gates_median() -> None:
@@ -947,3 +959,48 @@ def test_near_duplicates_need_a_cosine_strictly_above_the_threshold() -> None:
     assert not near_duplicates(units, 0.5).any()
     assert not near_duplicates(units[:, ::-1], 0.5).any()
     assert near_duplicates(units, 0.4999).tolist() == [[False, True], [True, False]]
+
+
+# --- the probe factor (§2.8) -----------------------------------------------------------------
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.integers(0, 5), st.floats(0.0, 1.0))
+def test_probe_factor_multiplies_every_passing_cell(seed: int, factor: float) -> None:
+    world, encoders = population(seed)
+    shards, keys = as_shards(encoders), list(encoders)
+    plain = score_round(ScoringParams(), shards, world.counts, keys)
+    one = b"honest-0"
+    probed = score_round(
+        ScoringParams(), shards, world.counts, keys, probe={**dict.fromkeys(keys, 1.0), one: factor}
+    )
+    i = plain.encoders.index(one)
+    assert np.array_equal(probed.scores[:, i], plain.scores[:, i] * factor)
+    assert np.array_equal(np.delete(probed.scores, i, 1), np.delete(plain.scores, i, 1))
+    assert np.array_equal(probed.outliers, plain.outliers)  # the probe grades, never cuts
+
+
+def test_an_encoder_without_a_probe_grade_scores_zero() -> None:
+    world, encoders = population(0)
+    keys = list(encoders)
+    res = score_round(
+        ScoringParams(), as_shards(encoders), world.counts, keys, probe={b"honest-1": 1.0}
+    )
+    scores = mean_scores(res)
+    assert scores[b"honest-1"] > 0.5
+    assert all(v == 0.0 for k, v in scores.items() if k != b"honest-1")
+
+
+def test_composition_factor_is_the_encoders_mean_over_its_passing_cells() -> None:
+    world, encoders = population(1)
+    res = run(ScoringParams(), world, encoders)
+    params = ScoringParams()
+    for e, key in enumerate(res.encoders):
+        passing = [s for s in range(len(world.slots)) if res.scores[s, e] > 0]
+        if not passing:
+            continue
+        mean = sum(float(res.composition[s, e]) for s in passing) / len(passing)
+        factor = min(max(mean, 0.0) / params.composition_full, 1.0)
+        for s in passing:
+            expected = factor * dl_factor(params, float(res.dl[s, e]), float(res.median_dl[s]))
+            assert res.scores[s, e] == pytest.approx(expected, rel=1e-12), key

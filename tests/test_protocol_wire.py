@@ -70,8 +70,9 @@ def vec(cfg: NetworkConfig, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal(cfg.dim).astype(np.float32)
 
 
-def commit(cfg: NetworkConfig = SMALL, rnd: int = 7) -> Commit:
-    n = cfg.shards_per_round * cfg.slots_per_shard
+def commit(cfg: NetworkConfig = SMALL, rnd: int = 7, probe: bool = False) -> Commit:
+    """A commit to the round's shards (and with ``probe``, to its probe's halves too)."""
+    n = cfg.shards_per_round * cfg.slots_per_shard + (2 * cfg.scoring.probe_texts if probe else 0)
     return sign_commit(ENCODER, cfg.network_id, rnd, tuple(sha256(b"%d" % i) for i in range(n)))
 
 
@@ -188,7 +189,7 @@ def test_max_sizes_admit_largest_valid_messages() -> None:
     # The size bound keeps v1's 9-byte round slot; MAX_ROUND encodes in 5 bytes.
     assert len(encode(att)) + 4 == max_message_bytes(SMALL, Kind.ATTESTATION)
     assert decode(encode(att), SMALL) == att
-    big_commit = dataclasses.replace(commit(SMALL, MAX_ROUND), registration=2**64 - 1)
+    big_commit = dataclasses.replace(commit(SMALL, MAX_ROUND, probe=True), registration=2**64 - 1)
     assert len(encode(big_commit)) + 4 == max_message_bytes(SMALL, Kind.COMMIT)
     one_more = sign_attestation(
         VALIDATORS[0],
@@ -348,7 +349,7 @@ def test_wrong_kind() -> None:
     assert reason(encode(vote()), kind=Kind.COMMIT) is RejectReason.WRONG_KIND
     # Longer than any message of the expected kind: caught by the size check first.
     assert reason(encode(commit()), kind=Kind.VOTE) is RejectReason.OVERSIZE
-    for bad in (0, 8, 99, -1, "commit", None):
+    for bad in (0, max(Kind) + 1, 99, -1, "commit", None):
         assert reason(reencoded(commit(), 0, bad)) is RejectReason.WRONG_KIND
 
 
@@ -397,7 +398,10 @@ def test_malformed_structure() -> None:
 def test_wrong_lengths() -> None:
     c = commit()
     assert reason(reencoded(c, 6, list(c.hashes[:-1]))) is RejectReason.WRONG_LENGTH
-    assert reason(reencoded(c, 6, [*c.hashes, c.hashes[0]])) is RejectReason.OVERSIZE
+    assert reason(reencoded(c, 6, [*c.hashes, c.hashes[0]])) is RejectReason.WRONG_LENGTH
+    probe_halves = 2 * SMALL.scoring.probe_texts  # a commit may list the probe's halves too
+    over = [*c.hashes, *[c.hashes[0]] * (probe_halves + 1)]
+    assert reason(reencoded(c, 6, over)) is RejectReason.OVERSIZE
     assert reason(reencoded(c, 6, [h[:31] for h in c.hashes])) is RejectReason.WRONG_LENGTH
     assert reason(reencoded(c, 4, c.encoder[:31])) is RejectReason.WRONG_LENGTH
     assert reason(reencoded(c, 7, c.signature[:63])) is RejectReason.WRONG_LENGTH
@@ -412,7 +416,7 @@ def test_wrong_lengths() -> None:
 def test_bad_fields() -> None:
     assert reason(reencoded(commit(), 5, -1)) is RejectReason.BAD_FIELD
     e = embedding()
-    assert reason(reencoded(e, 5, SMALL.shards_per_round)) is RejectReason.BAD_FIELD
+    assert reason(reencoded(e, 5, SMALL.shards_per_round + 1)) is RejectReason.BAD_FIELD
     assert reason(reencoded(e, 6, SMALL.slots_per_shard)) is RejectReason.BAD_FIELD
     assert reason(reencoded(e, 3, -1)) is RejectReason.BAD_FIELD
     a = attestation()
@@ -533,8 +537,11 @@ def test_certificate_with_a_non_canonical_result_is_non_canonical() -> None:
     ``non_canonical`` (not ``malformed``), and the detail names the result once."""
     cert = certificate()
     good = encode_result(cert.result)
-    # The round 7 as a uint64 (0xcf) header: valid msgpack, not the canonical encoding.
-    bad = good.replace(b"\x07", b"\xcf" + (7).to_bytes(8), 1)
+    # The round 7 (right after the network id) as a uint64 (0xcf) header: valid msgpack, not
+    # the canonical encoding.
+    at = good.index(cert.result.network_id) + len(cert.result.network_id)
+    assert good[at] == 7
+    bad = good[:at] + b"\xcf" + (7).to_bytes(8) + good[at + 1 :]
     assert msgpack.unpackb(bad) == msgpack.unpackb(good)
     with pytest.raises(Reject) as info:
         decode(reencoded(cert, 4, bad), SMALL, Kind.CERTIFICATE)

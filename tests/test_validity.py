@@ -48,9 +48,13 @@ def test_small_study(validity: ModuleType, tmp_path: Path, monkeypatch: pytest.M
     assert len(honest) >= 4 and len(cheats) == 8
     for name, score in cheats.items():
         assert score < min(honest), (name, score, min(honest))
-    # The full mixed into the halves: an honest residual and a smaller DL, never above honest.
+    # The full mixed into the halves: an honest residual and a smaller DL, below the same model
+    # encoded honestly (its probes are the model's own: a probe has no full to leak).
     (leaky,) = [r["score"] for r in res["rows"] if r["group"] == "leak"]
-    assert 0.0 < leaky < min(honest)
+    same_model = [r["score"] for r in res["rows"] if r["encoder"].startswith("honest-")]
+    assert 0.0 < leaky < min(same_model)
+    # Every encoder was probed: the honest ones link a text's halves well above chance.
+    assert all(r["probe"] > 0.4 for r in res["rows"] if r["group"] == "honest")
     assert res["spearman_score_vs_quality"] > 0
     assert res["auroc_honest_vs_cheat"] == 1.0
     # Quality carries its paired bootstrap: resamples centred on it, with a spread.

@@ -85,7 +85,7 @@ REJECTED = _declare(
 IGNORED = _declare(
     "ignored",
     "dlnet_messages_ignored",
-    "Valid messages not stored: duplicate, old_round, future_round, late_commit, "
+    "Valid messages not stored: duplicate, old_round, future_round, late_commit, early_probe_key, "
     "equivocation_known.",
     "reason",
     persistent=True,

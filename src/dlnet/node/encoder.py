@@ -14,14 +14,17 @@ from dlnet.node import counters as C
 from dlnet.node.commits import CommitGroup
 from dlnet.node.context import NodeContext
 from dlnet.node.models import Model, one_line
+from dlnet.node.probing import pull_probe
 from dlnet.node.reveals import RETRY, REVEAL_DELAY, PushGroup
 from dlnet.node.submissions import SCHEDULE_PULL, pull_schedule, scheduled_tasks
 from dlnet.protocol.identity import SigningKey
+from dlnet.protocol.probes import probe_shard
 from dlnet.protocol.rounds import RoundTimes, round_times
 from dlnet.protocol.wire import (
     Commit,
     Embedding,
     Kind,
+    Probe,
     encode,
     make_embedding,
     sign_commit,
@@ -82,16 +85,28 @@ class EncoderRole:
             raise ModelError("model returned non-finite values")
         return out
 
-    async def _vectors(self, rnd: int) -> np.ndarray:
-        """One row per (shard, slot) in commit order."""
-        vecs = await self._embed(self._texts(self.behaviour.source_round(rnd)))
-        return self.behaviour.committed(self, vecs)
+    async def _vectors(self, rnd: int, probe: Probe | None) -> np.ndarray:
+        """One row per (shard, slot) in commit order, then one per half of the round's probe
+        (if held), embedded in one call."""
+        texts = self._texts(self.behaviour.source_round(rnd))
+        vecs = await self._embed(texts + ([] if probe is None else list(probe.halves)))
+        shards = self.behaviour.committed(self, vecs[: len(texts)])
+        return np.concatenate([shards, vecs[len(texts) :]])
 
     def _sign_reveals(self, rnd: int, vecs: np.ndarray) -> list[Embedding]:
-        slots = self.ctx.cfg.slots_per_shard
+        """Row i is (shard i // slots, slot i % slots) up to the last shard, then the probe's
+        halves under the probe shard, slot = position (protocol.round.probe_vectors)."""
+        cfg = self.ctx.cfg
+        slots, listed = cfg.slots_per_shard, cfg.shards_per_round * cfg.slots_per_shard
         return [
             make_embedding(
-                self.key, self.ctx.cfg.network_id, rnd, i // slots, i % slots, os.urandom(16), v
+                self.key,
+                cfg.network_id,
+                rnd,
+                i // slots if i < listed else probe_shard(cfg),
+                i % slots if i < listed else i - listed,
+                os.urandom(16),
+                v,
             )
             for i, v in enumerate(vecs)
         ]
@@ -113,12 +128,13 @@ class EncoderRole:
         # The round's texts follow its Schedule votes: pull them if gossip missed some.
         await self.ctx.clock.sleep_until(times.start - SCHEDULE_PULL)
         await pull_schedule(self.ctx, rnd, times.start)
+        probe = await pull_probe(self.ctx, rnd, times.start)
         await self.ctx.clock.sleep_until(times.start)
         stored = self._stored_round(rnd)
         if stored is not None:
             commit, reveals, items = stored
         else:
-            vecs = await self._vectors(rnd)
+            vecs = await self._vectors(rnd, probe)
             reveals = self._sign_reveals(rnd, vecs)
             items = [encode(e) for e in reveals]
             hashes = tuple(e.commitment() for e in reveals)

@@ -32,6 +32,8 @@ from dlnet.protocol.wire import (
     FinalityVote,
     Kind,
     Message,
+    Probe,
+    ProbeKey,
     Reject,
     RejectReason,
     Schedule,
@@ -162,6 +164,10 @@ def slot_of(msg: Message, commitment: bytes | None = None) -> Slot:
         return Slot(Kind.SUBMISSION, msg.round, msg.submitter, None, None, None)
     if isinstance(msg, Schedule):
         return Slot(Kind.SCHEDULE, msg.round, msg.validator, None, None, None)
+    if isinstance(msg, Probe):
+        return Slot(Kind.PROBE, msg.round, msg.validator, None, None, None)
+    if isinstance(msg, ProbeKey):
+        return Slot(Kind.PROBE_KEY, msg.round, msg.validator, None, None, None)
     raise TypeError(f"{type(msg).__name__} is not a gossiped message")
 
 
@@ -286,6 +292,14 @@ class Ingest:
             round_times(self.cfg, msg.round).commit_deadline + COMMIT_GRACE
         ):
             self.count(C.IGNORED, "late_commit")
+            return False
+        if (
+            isinstance(msg, ProbeKey)
+            and self.now() < round_times(self.cfg, msg.round).commit_deadline
+        ):
+            # A probe's key before the commits are final could let encoders link its halves:
+            # a prober that leaks it early loses the round's probe (docs/PROTOCOL.md §2.8).
+            self.count(C.IGNORED, "early_probe_key")
             return False
         return True
 

@@ -30,6 +30,8 @@ from dlnet.protocol.wire import (
     FinalityVote,
     Kind,
     Message,
+    Probe,
+    ProbeKey,
     Schedule,
     Submission,
 )
@@ -42,6 +44,8 @@ KIND_OF: dict[type[Any], Kind] = {
     FinalityVote: Kind.VOTE,
     Submission: Kind.SUBMISSION,
     Schedule: Kind.SCHEDULE,
+    Probe: Kind.PROBE,
+    ProbeKey: Kind.PROBE_KEY,
 }
 """The stored kind of each gossiped message class."""
 Decoder = Callable[[bytes, Kind], "Verified[Message] | None"]

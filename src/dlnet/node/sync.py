@@ -70,6 +70,8 @@ ROUND_KINDS = (
     Kind.VOTE,
     Kind.SUBMISSION,
     Kind.SCHEDULE,
+    Kind.PROBE,
+    Kind.PROBE_KEY,
 )
 """Kinds a ``round`` request may name: every gossiped kind (a certificate is fetched by
 round range)."""

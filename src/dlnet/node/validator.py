@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Sequence
 from typing import Any, Final
 
 import numpy as np
@@ -17,6 +18,7 @@ from dlnet.node import counters as C
 from dlnet.node.byzantine import Byzantine
 from dlnet.node.context import NodeContext
 from dlnet.node.ingest import COMMIT_GRACE
+from dlnet.node.probing import LOOKBACK_FACTOR, ProbeLedger, grades, probe_inputs, run_prober
 from dlnet.node.report import verified_certificate
 from dlnet.node.reveals import PUSH_SETTLE, REVEAL_DELAY
 from dlnet.node.submissions import SCHEDULE_PULL, pull_schedule, scheduled_tasks, vote_schedule
@@ -35,6 +37,7 @@ from dlnet.protocol.consensus import (
 from dlnet.protocol.identity import SigningKey
 from dlnet.protocol.influence import InfluenceState, scoring_round
 from dlnet.protocol.masks import text_digests
+from dlnet.protocol.probes import prober
 from dlnet.protocol.registration import Registry, counted, records
 from dlnet.protocol.result import RoundResult, decode_result, encode_result, result_digest
 from dlnet.protocol.round import (
@@ -118,10 +121,18 @@ def round_view(ctx: NodeContext, rnd: int) -> RoundView:
 
 class ValidatorRole:
     def __init__(
-        self, ctx: NodeContext, key: SigningKey, byzantine: Byzantine | None = None
+        self,
+        ctx: NodeContext,
+        key: SigningKey,
+        byzantine: Byzantine | None = None,
+        probe_source: Sequence[str] | None = None,
     ) -> None:
         self.ctx = ctx
         self.key = key
+        # The texts this validator probes with when it is a round's prober (§2.8): the
+        # operator's own (`--probe-texts`), else the network's data set.
+        self.probe_source = probe_source
+        self.probes = ProbeLedger()
         self.me = key.public_key
         self.byzantine = byzantine  # TEST-ONLY behaviour hooks (node/byzantine.py)
         self._certified: dict[int, RoundResult] = {}  # verified certificates' results, by round
@@ -139,9 +150,14 @@ class ValidatorRole:
                 nursery.start_soon(self.run_round, rnd)
                 if rnd == first_round:  # the first round's schedule is due before it starts
                     nursery.start_soon(vote_schedule, self.ctx, self.key, rnd)
+                    nursery.start_soon(run_prober, self.ctx, self.key, rnd, self._probe_texts())
                 nursery.start_soon(vote_schedule, self.ctx, self.key, rnd + 1)
+                nursery.start_soon(run_prober, self.ctx, self.key, rnd + 1, self._probe_texts())
                 rnd += 1
                 await self.ctx.clock.sleep_until(round_times(self.ctx.cfg, rnd).start)
+
+    def _probe_texts(self) -> Sequence[str]:
+        return self.ctx.items if self.probe_source is None else self.probe_source
 
     async def run_round(self, rnd: int) -> None:
         ctx = self.ctx
@@ -266,12 +282,14 @@ class ValidatorRole:
         tasks = scheduled_tasks(self.ctx, rnd)
         influence, registry = self.records(rnd)
         encoders = list(self.scored_encoders(rnd, view, registry))
+        factors = await self.probe_factors(rnd, view, encoders)
         inputs = (
             view.used_ids,
             view.equivocators,
             tuple(encoders),
             tuple(sorted(influence.as_dict().items())),
             text_digests(tasks),
+            None if factors is None else tuple(sorted(factors.items())),
         )
         cached = self._scored.get(rnd)
         if cached is not None and cached[0] == inputs:
@@ -287,6 +305,7 @@ class ValidatorRole:
                 [t.unit_counts for t in tasks],
                 tuple(encoders),
                 influence=influence.as_dict(),
+                probe=factors,
             )
         )
         matrix = np.array([[quantise(float(s)) for s in row] for row in scores.scores], dtype="<u2")
@@ -304,6 +323,27 @@ class ValidatorRole:
         self._scored = {r: v for r, v in self._scored.items() if r >= oldest}
         self._scored[rnd] = (inputs, att)
         return att
+
+    async def probe_factors(
+        self, rnd: int, view: RoundView, encoders: Sequence[bytes]
+    ) -> dict[bytes, float] | None:
+        """The probe factor of each of ``encoders`` for round ``rnd`` (None: probes are off),
+        after grading every probe of the look-back whose key is now held and that is not graded
+        yet, and this round's again (its reveals may have grown since)."""
+        cfg = self.ctx.cfg
+        window = cfg.scoring.probe_window
+        if not cfg.scoring.probe_texts:
+            return None
+        for r in range(max(0, rnd - LOOKBACK_FACTOR * window + 1), rnd + 1):
+            if r != rnd and self.probes.has(r):
+                continue
+            inputs = probe_inputs(self.ctx, view if r == rnd else round_view(self.ctx, r), r)
+            if inputs is not None:
+                graded = await self.ctx.offload(functools.partial(grades, inputs))
+                who = prober(cfg, r)
+                assert who is not None  # probes are on
+                self.probes.record(r, who, graded)
+        return self.probes.factors(rnd, encoders, window)
 
     def _record_reveals(self, rnd: int, view: RoundView) -> None:
         """Per encoder: reveals its commit listed, and how many this validator held."""

@@ -10,6 +10,9 @@ from fractions import Fraction
 from typing import Final, Literal
 
 DlForm = Literal["literal", "count_weighted"]
+MAX_PROBE_TEXTS: Final = 32
+"""Most texts in a probe: their 64 halves (texts of at most 1,024 bytes, `probes.TEXT_BYTES`)
+fit one gossip message with room to spare."""
 
 
 @dataclass(frozen=True)
@@ -23,15 +26,21 @@ class ScoringParams:
     """``literal``: ||F - A - B|| / ||F||; ``count_weighted``: ||F - (nA/n)A - (nB/n)B|| / ||F||."""
     lof_k: int = 5
     """LOF neighbourhood size; LOF uses n_neighbors = min(lof_k, n - 1) among n peers."""
-    lof_threshold: float = 3.5
-    """A slot whose LOF exceeds this marks the (shard, encoder) cell as an outlier."""
+    lof_threshold: float = 6.0
+    """A slot whose LOF exceeds this marks the (shard, encoder) cell as an outlier: obviously
+    wrong embeddings only. In a pool dominated by one model every other model is a density
+    outlier (aligned all-mpnet-base-v2 reaches LOF 4.1 among MiniLM copies, docs/VALIDITY.md);
+    random vectors, the cut's target, stay above 4.7 and below the consensus cut too."""
     min_consensus_cos: float = 0.1
     """A slot whose direction has a cosine below this to the consensus direction (the normalised
     coordinate-wise median of the shard's ok encoders' directions) marks the cell as an outlier:
     the encoder is not speaking in the network's space. -1 turns the cut off."""
-    composition_full: float = 0.6
-    """Composition agreement (a cosine) at or above which the composition factor is 1; below,
-    the factor is agreement / composition_full (0 for agreement <= 0)."""
+    composition_full: float = 0.2
+    """Mean composition agreement (a cosine, over an encoder's passing cells of the round) at or
+    above which the composition factor is 1; below, the factor is agreement / composition_full
+    (0 for agreement <= 0). Low: agreement must not decide among real models (a better model of
+    another architecture composes unlike the majority: aligned all-mpnet-base-v2 0.32 against
+    MiniLM's 0.91), only sink forged inverses (0.05); the probe factor ranks."""
     zero_norm_eps: float = 1e-6
     """An embedding whose L2 norm is <= this is invalid (not DL 0)."""
     collapse_min_rank: float = 1.2
@@ -59,6 +68,15 @@ class ScoringParams:
     near-duplicates: they are one voice in the peer statistics (consensus direction, composition
     consensus, LOF reference, too-exact median, the small-pool rule) and share one voice's weight
     in the weighted embedding. 1 turns merging off."""
+    probe_texts: int = 16
+    """Texts in each round's probe (§2.8, protocol/probes.py): the round's prober splits this
+    many texts of its own in two and every encoder embeds the halves; an encoder's score is
+    multiplied by its pooled probe grade. 0 turns probes off (every probe factor is 1).
+    A probe grades only what no encoder could read before the round: its key makes its texts
+    public, so a prober's texts must be fresh (docs/OPERATING.md, `--probe-texts`)."""
+    probe_window: int = 12
+    """How many of an encoder's latest probe grades its probe factor takes (`probes.probe_factor`:
+    the median over their probers of each prober's mean)."""
 
     def problems(self) -> list[tuple[str, str]]:
         """Return ``(field, "what is wrong — how to fix")`` for every invalid value."""
@@ -76,6 +94,14 @@ class ScoringParams:
                 "min_encoders_for_lof",
                 f"must be >= 2, got {self.min_encoders_for_lof} — use e.g. 3",
             )
+        if self.probe_texts != 0 and not 2 <= self.probe_texts <= MAX_PROBE_TEXTS:
+            bad(
+                "probe_texts",
+                f"must be 0 (off) or in [2, {MAX_PROBE_TEXTS}], got {self.probe_texts} "
+                "— use e.g. 16",
+            )
+        if not 1 <= self.probe_window <= 1024:
+            bad("probe_window", f"must be in [1, 1024], got {self.probe_window} — use e.g. 12")
         floats: dict[str, tuple[float, float, bool, bool]] = {
             # name: (low, high, low inclusive, high inclusive)
             "lof_threshold": (1.0, math.inf, False, False),

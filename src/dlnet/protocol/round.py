@@ -110,8 +110,10 @@ def round_view(
 
 def listed_at(commit: Commit | None, reveal: Embedding, slots: int) -> bytes | None:
     """The commitment ``commit`` lists at ``reveal``'s (shard, slot) (index
-    ``shard * slots + slot``), if any."""
-    if commit is None or not 0 <= reveal.slot < slots:
+    ``shard * slots + slot``: the probe's halves follow the last shard, `probe_vectors`), if
+    any. Decoding bounds the slot: below ``slots`` on a shard, below the probe's halves on the
+    probe shard."""
+    if commit is None or reveal.slot < 0:
         return None
     i = reveal.shard * slots + reveal.slot
     return commit.hashes[i] if 0 <= i < len(commit.hashes) else None
@@ -141,6 +143,19 @@ def scoring_inputs(
                 held[enc] = np.stack([r.array() for r in got if r is not None])
         out.append(held)
     return out
+
+
+def probe_vectors(
+    view: RoundView, encoder: bytes, shards: int, slots: int, halves: int
+) -> list[NDArray[np.float32] | None]:
+    """``encoder``'s reveals of the round's probe halves, by position (None where its commit
+    lists none, it is an equivocator, or the reveal is not held): a commit lists them after
+    its ``shards * slots`` shard commitments, in position order."""
+    c = view.commits.get(encoder)
+    if c is None or encoder in view.equivocators or len(c.hashes) != shards * slots + halves:
+        return [None] * halves
+    got = [view.reveal_of(encoder, h) for h in c.hashes[shards * slots :]]
+    return [None if r is None else r.array() for r in got]
 
 
 def full_embeddings(

@@ -6,12 +6,14 @@ Per shard s and encoder e the validator holds one (slots, dim) array: slot 0 = f
 
     score = 0                    if the cell is missing, invalid, gated or an outlier,
                                  or its shard has < min_encoders_for_lof voices
-          = comp * dl_factor(dl, median dl of the shard)      otherwise
+          = comp * dl_factor(dl, median dl of the shard) * probe      otherwise
 
-where ``comp`` (in [0, 1]) grows with the *composition agreement*: the cosine between the
-encoder's composition residual F - A_m - B_m and the consensus (coordinate-wise median) of the
-shard's valid encoders' residual directions; dl is the differential loss, the residual's norm
-relative to F, whose factor falls as DL moves away from the shard's median, either way. LOF and
+where ``comp`` (in [0, 1]) grows with the encoder's *composition agreement* over the round's
+passing cells: the cosine between its composition residual F - A_m - B_m and the consensus
+(coordinate-wise median) of the shard's valid encoders' residual directions; dl is the
+differential loss, the residual's norm relative to F, whose factor falls as DL moves away from
+the shard's median, either way; ``probe`` is the encoder's pooled inverse-cloze grade on the
+validators' probes (protocol/probes.py), the one grade that is not agreement. LOF and
 the cosine to the consensus embedding direction are hard cuts (outliers), both computed on
 every slot on the DIRECTIONS of the embeddings (unit vectors).
 Every peer statistic is taken over *voices*: cells whose directions are near-identical on every
@@ -89,6 +91,7 @@ def score_round(
     *,
     dim: int | None = None,
     influence: Mapping[bytes, int] | None = None,
+    probe: Mapping[bytes, float] | None = None,
 ) -> RoundScores:
     """Score every encoder of ``encoders`` on every shard from the embeddings held.
 
@@ -109,7 +112,10 @@ def score_round(
     fewer than min_encoders_for_lof voices: the cells are unchecked and score 0; else per slot,
     LOF and cosine to the consensus direction of the voices;
     (4) composition agreement among the ok cells; (5) DL, the too-exact gate (DL below
-    min_dl_ratio of the shard median) and the score.
+    min_dl_ratio of the shard median) and the score: a passing cell's DL factor times the
+    encoder's composition factor (its mean agreement over the round's passing cells) times its
+    probe factor ``probe[e]`` (protocol/probes.py, `pooled_grade`; absent keys 0; None: probes
+    are off and every factor is 1).
     """
     problems = params.problems()
     if problems:
@@ -162,6 +168,7 @@ def score_round(
 
     scores = np.zeros((n_shards, n_enc))
     outliers = np.zeros((n_shards, n_enc), dtype=np.bool_)
+    passed = np.zeros((n_shards, n_enc), dtype=np.bool_)  # checked, not cut
     dl = np.full((n_shards, n_enc), np.nan)
     lof = np.full((n_shards, n_enc, n_slots), np.nan)
     cons = np.full((n_shards, n_enc, n_slots), np.nan)
@@ -197,8 +204,16 @@ def score_round(
             if too_exact or lof_max > params.lof_threshold or cos_min < params.min_consensus_cos:
                 outliers[s, e] = True
                 continue
-            comp_factor = min(max(float(comp[s, e]), 0.0) / params.composition_full, 1.0)
-            scores[s, e] = comp_factor * dl_factor(params, float(dl[s, e]), median_dl)
+            scores[s, e] = dl_factor(params, float(dl[s, e]), median_dl)
+            passed[s, e] = True
+    for e, key in enumerate(order):
+        agreements = [float(comp[s, e]) for s in range(n_shards) if passed[s, e]]
+        if agreements:
+            mean = math.fsum(agreements) / len(agreements)
+            factor = min(max(mean, 0.0) / params.composition_full, 1.0)
+            scores[:, e] *= factor
+            if probe is not None:
+                scores[:, e] *= probe.get(key, 0.0)
     return RoundScores(
         encoders=order,
         scores=scores,

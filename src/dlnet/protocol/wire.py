@@ -34,6 +34,8 @@ from dlnet.protocol.canonical import (
 from dlnet.protocol.config import NetworkConfig
 from dlnet.protocol.errors import Reject, RejectReason
 from dlnet.protocol.identity import SIGNATURE_BYTES, SigningKey, verify
+from dlnet.protocol.probes import TEXT_BYTES as PROBE_TEXT_BYTES
+from dlnet.protocol.probes import probe_shard, prober
 from dlnet.protocol.result import BadResult, RoundResult, decode_result, encode_result
 
 __all__ = [
@@ -88,6 +90,8 @@ class Kind(IntEnum):
     CERTIFICATE = 5
     SUBMISSION = 6
     SCHEDULE = 7
+    PROBE = 8
+    PROBE_KEY = 9
 
 
 DOMAINS: dict[Kind, bytes] = {
@@ -97,6 +101,8 @@ DOMAINS: dict[Kind, bytes] = {
     Kind.VOTE: b"dlnet/v1/vote",
     Kind.SUBMISSION: b"dlnet/v1/submission",
     Kind.SCHEDULE: b"dlnet/v1/schedule",
+    Kind.PROBE: b"dlnet/v1/probe",
+    Kind.PROBE_KEY: b"dlnet/v1/probe-key",
 }
 """Signature domain tag per signed kind (the certificate carries votes, signed as VOTE)."""
 
@@ -238,8 +244,41 @@ class Schedule:
     signature: bytes
 
 
-Message = Commit | Embedding | Attestation | FinalityVote | Certificate | Submission | Schedule
-Signed = Commit | Embedding | Attestation | FinalityVote | Submission | Schedule
+@dataclass(frozen=True)
+class Probe:
+    """Round ``round``'s probe (protocol/probes.py): the halves of its prober's texts, shuffled,
+    which every encoder embeds under the probe shard (slot = position)."""
+
+    network_id: bytes
+    round: int
+    validator: bytes
+    halves: tuple[str, ...]
+    signature: bytes
+
+
+@dataclass(frozen=True)
+class ProbeKey:
+    """The prober's key to round ``round``'s probe, published once the round's commits are
+    final: its signature over its own head is the key (``probes.probe_seed(signature)``)."""
+
+    network_id: bytes
+    round: int
+    validator: bytes
+    signature: bytes
+
+
+Message = (
+    Commit
+    | Embedding
+    | Attestation
+    | FinalityVote
+    | Certificate
+    | Submission
+    | Schedule
+    | Probe
+    | ProbeKey
+)
+Signed = Commit | Embedding | Attestation | FinalityVote | Submission | Schedule | Probe | ProbeKey
 
 _KIND_OF: dict[type[Any], Kind] = {
     Commit: Kind.COMMIT,
@@ -249,6 +288,8 @@ _KIND_OF: dict[type[Any], Kind] = {
     Certificate: Kind.CERTIFICATE,
     Submission: Kind.SUBMISSION,
     Schedule: Kind.SCHEDULE,
+    Probe: Kind.PROBE,
+    ProbeKey: Kind.PROBE_KEY,
 }
 
 
@@ -274,6 +315,10 @@ def _body(msg: Message) -> list[Any]:
         return [*head, msg.submitter, list(msg.texts)]
     if isinstance(msg, Schedule):
         return [*head, msg.validator, [[i, list(t)] for i, t in msg.entries]]
+    if isinstance(msg, Probe):
+        return [*head, msg.validator, list(msg.halves)]
+    if isinstance(msg, ProbeKey):
+        return [*head, msg.validator]
     return [*head, encode_result(msg.result), [list(v) for v in msg.votes]]
 
 
@@ -378,6 +423,18 @@ def sign_schedule(
     return replace(unsigned, signature=_signature(key, unsigned))
 
 
+def sign_probe(key: SigningKey, network_id: bytes, round: int, halves: tuple[str, ...]) -> Probe:
+    unsigned = Probe(network_id, round, key.public_key, tuple(halves), b"")
+    return replace(unsigned, signature=_signature(key, unsigned))
+
+
+def sign_probe_key(key: SigningKey, network_id: bytes, round: int) -> ProbeKey:
+    """The prober's key to round ``round``'s probe: the same bytes every time it is made
+    (Ed25519 signatures are deterministic), so a restarted prober rebuilds the same probe."""
+    unsigned = ProbeKey(network_id, round, key.public_key, b"")
+    return replace(unsigned, signature=_signature(key, unsigned))
+
+
 PREVOTE: Final = 0
 PRECOMMIT: Final = 1
 
@@ -408,6 +465,8 @@ _ARITY = {
     Kind.CERTIFICATE: 6,
     Kind.SUBMISSION: 7,
     Kind.SCHEDULE: 7,
+    Kind.PROBE: 7,
+    Kind.PROBE_KEY: 6,
 }
 
 
@@ -454,8 +513,12 @@ def _commit(f: list[Any], cfg: NetworkConfig) -> Commit:
     encoder = _bin(f[4], KEY_BYTES, "encoder")
     registration = _uint(f[5], 2**64 - 1, "registration")
     hashes = _array(f[6], "hashes")
-    expected = cfg.shards_per_round * cfg.slots_per_shard
-    if len(hashes) != expected:
+    # The round's shards, then (probes on) the probe's halves, which an encoder that never
+    # got the probe leaves out.
+    shards = cfg.shards_per_round * cfg.slots_per_shard
+    allowed = {shards, shards + 2 * cfg.scoring.probe_texts}
+    if len(hashes) not in allowed:
+        expected = " or ".join(str(n) for n in sorted(allowed))
         raise Reject(RejectReason.WRONG_LENGTH, f"hashes: {len(hashes)}, expected {expected}")
     listed = tuple(_bin(h, HASH_BYTES, "hashes") for h in hashes)
     signature = _bin(f[7], SIGNATURE_BYTES, "signature")
@@ -464,8 +527,10 @@ def _commit(f: list[Any], cfg: NetworkConfig) -> Commit:
 
 def _embedding(f: list[Any], cfg: NetworkConfig) -> Embedding:
     encoder = _bin(f[4], KEY_BYTES, "encoder")
-    shard = _uint(f[5], cfg.shards_per_round - 1, "shard")
-    slot = _uint(f[6], cfg.slots_per_shard - 1, "slot")
+    probes = cfg.scoring.probe_texts
+    shard = _uint(f[5], probe_shard(cfg) if probes else cfg.shards_per_round - 1, "shard")
+    slots = 2 * probes if shard == probe_shard(cfg) else cfg.slots_per_shard
+    slot = _uint(f[6], slots - 1, "slot")
     salt = _bin(f[7], SALT_BYTES, "salt")
     vector = _bin(f[8], None, "vector")
     if len(vector) != 4 * cfg.dim:
@@ -589,6 +654,37 @@ def _certificate(f: list[Any], cfg: NetworkConfig) -> Certificate:
     return Certificate(f[2], f[3], result, tuple(votes))
 
 
+def _prober(cfg: NetworkConfig, key: bytes, r: int) -> bytes:
+    _validator(cfg, key)
+    if cfg.scoring.probe_texts == 0:
+        raise Reject(RejectReason.BAD_FIELD, "probes are off on this network")
+    if prober(cfg, r) != key:
+        raise Reject(RejectReason.BAD_FIELD, f"{key.hex()[:16]} is not round {r}'s prober")
+    return key
+
+
+def _probe(f: list[Any], cfg: NetworkConfig) -> Probe:
+    validator = _bin(f[4], KEY_BYTES, "validator")
+    halves = _array(f[5], "halves")
+    count = cfg.scoring.probe_texts
+    if len(halves) != 2 * count:
+        raise Reject(RejectReason.WRONG_LENGTH, f"halves: {len(halves)}, expected {2 * count}")
+    if any(type(h) is not str for h in halves):
+        raise Reject(RejectReason.MALFORMED, "halves: expected str")
+    if any(not h.split() for h in halves):
+        raise Reject(RejectReason.BAD_FIELD, "an empty half")
+    if sum(len(h.encode()) for h in halves) > count * PROBE_TEXT_BYTES:
+        raise Reject(RejectReason.OVERSIZE, f"halves over {count} x {PROBE_TEXT_BYTES} bytes")
+    signature = _bin(f[6], SIGNATURE_BYTES, "signature")
+    return Probe(f[2], f[3], _prober(cfg, validator, f[3]), tuple(halves), signature)
+
+
+def _probe_key(f: list[Any], cfg: NetworkConfig) -> ProbeKey:
+    validator = _bin(f[4], KEY_BYTES, "validator")
+    signature = _bin(f[5], SIGNATURE_BYTES, "signature")
+    return ProbeKey(f[2], f[3], _prober(cfg, validator, f[3]), signature)
+
+
 _PARSERS: dict[Kind, Callable[[list[Any], NetworkConfig], Message]] = {
     Kind.COMMIT: _commit,
     Kind.EMBEDDING: _embedding,
@@ -597,6 +693,8 @@ _PARSERS: dict[Kind, Callable[[list[Any], NetworkConfig], Message]] = {
     Kind.CERTIFICATE: _certificate,
     Kind.SUBMISSION: _submission,
     Kind.SCHEDULE: _schedule,
+    Kind.PROBE: _probe,
+    Kind.PROBE_KEY: _probe_key,
 }
 
 
@@ -616,14 +714,21 @@ def _max_result_bytes(dim: int, shards: int, validators: int, encoders: int) -> 
 
 @lru_cache(maxsize=64)
 def _max_bytes(
-    kind: Kind, dim: int, shards: int, slots: int, validators: int, encoders: int
+    kind: Kind, dim: int, shards: int, slots: int, validators: int, encoders: int, probe: int
 ) -> int:
     """The encoded size of the largest valid message of ``kind`` (every field at its maximum)."""
     h, sig = bytes(HASH_BYTES), bytes(SIGNATURE_BYTES)
     head = [int(kind), WIRE_VERSION, h, 2**64 - 1]  # any 9-byte integer slot, as in v1
     bodies: dict[Kind, list[Any]] = {
-        Kind.COMMIT: [h, 2**64 - 1, [h] * (shards * slots), sig],
-        Kind.EMBEDDING: [h, shards - 1, slots - 1, bytes(SALT_BYTES), bytes(4 * dim), sig],
+        Kind.COMMIT: [h, 2**64 - 1, [h] * (shards * slots + 2 * probe), sig],
+        Kind.EMBEDDING: [
+            h,
+            shards if probe else shards - 1,
+            max(slots, 2 * probe) - 1,
+            bytes(SALT_BYTES),
+            bytes(4 * dim),
+            sig,
+        ],
         Kind.ATTESTATION: [
             h,
             [h] * encoders,
@@ -647,6 +752,10 @@ def _max_bytes(
             [[h, ["x" * MAX_TEXT_BYTES]]] * max(1, 2 * min(shards // 2, MAX_SUBMISSION_TEXTS)),
             sig,
         ],
+        # Halves of probe texts of PROBE_TEXT_BYTES share that many bytes; two equal halves
+        # take the most length headers.
+        Kind.PROBE: [h, ["x" * (PROBE_TEXT_BYTES // 2)] * (2 * probe), sig],
+        Kind.PROBE_KEY: [h, sig],
     }
     return len(pack([*head, *bodies[kind]]))
 
@@ -660,6 +769,7 @@ def max_message_bytes(cfg: NetworkConfig, kind: Kind) -> int:
         cfg.slots_per_shard,
         len(cfg.validators),
         listed_limit(cfg),
+        cfg.scoring.probe_texts,
     )
 
 

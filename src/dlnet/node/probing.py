@@ -1,0 +1,135 @@
+"""Probes, node side (docs/PROTOCOL.md §2.8; the rules are protocol/probes.py): the prober
+publishes its probe before the round and its key once the commits are final; an encoder pulls
+the probe and embeds its halves beside its shards; every validator grades every committed
+encoder on every probe whose key it holds, and scores with the pooled grades."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Final
+
+import numpy as np
+from numpy.typing import NDArray
+
+from dlnet.node.context import NodeContext
+from dlnet.node.ingest import COMMIT_GRACE
+from dlnet.protocol.identity import SigningKey
+from dlnet.protocol.probes import (
+    build_probe,
+    pairing,
+    probe_factor,
+    probe_grade,
+    probe_seed,
+    probe_shard,
+    prober,
+)
+from dlnet.protocol.round import RoundView, probe_vectors
+from dlnet.protocol.rounds import round_times
+from dlnet.protocol.wire import Kind, Probe, ProbeKey, sign_probe, sign_probe_key
+
+PROBE_LEAD: Final = 5.0
+"""Seconds before its round's start the prober publishes the probe: encoders pull what gossip
+missed from 3 s before the start (`submissions.SCHEDULE_PULL`)."""
+KEY_DELAY: Final = COMMIT_GRACE + 1.0
+"""Seconds after the commit deadline the prober publishes its key: after the grace in which a
+late commit still counts (`ingest.COMMIT_GRACE`), so that no commit made with the key counts."""
+LOOKBACK_FACTOR: Final = 4
+"""A validator looks for an encoder's latest ``probe_window`` grades among this many times as
+many rounds back (an encoder that skips rounds has fewer)."""
+
+
+async def run_prober(ctx: NodeContext, key: SigningKey, rnd: int, source: Sequence[str]) -> None:
+    """If this validator probes round ``rnd``: build its probe from ``source`` (the
+    validator's probe texts), publish it ``PROBE_LEAD`` before the round, and its key
+    ``KEY_DELAY`` after the commit deadline. A prober that starts after the round began skips
+    the probe (encoders have embedded by then)."""
+    cfg = ctx.cfg
+    if prober(cfg, rnd) != key.public_key:
+        return
+    times = round_times(cfg, rnd)
+    if ctx.clock.now() > times.start:
+        return
+    probe_key = sign_probe_key(key, cfg.network_id, rnd)
+    seed = probe_seed(probe_key.signature)
+    try:
+        halves = build_probe(seed, source, cfg.scoring.probe_texts, cfg.mask_fraction)
+    except ValueError as exc:
+        ctx.log.error("round %d: no probe: %s", rnd, exc)
+        return
+    await ctx.clock.sleep_until(times.start - PROBE_LEAD)
+    if await ctx.publish(Kind.PROBE, sign_probe(key, cfg.network_id, rnd, halves)) is None:
+        return
+    ctx.log.info("round %d: published a probe of %d texts", rnd, len(halves) // 2)
+    await ctx.clock.sleep_until(times.commit_deadline + KEY_DELAY)
+    await ctx.publish(Kind.PROBE_KEY, probe_key)
+
+
+def held_probe(ctx: NodeContext, rnd: int) -> Probe | None:
+    """The round's probe if held (from its prober: decoding admits no other)."""
+    held = ctx.store.held(Probe, rnd)
+    return held[0].msg if held else None
+
+
+async def pull_probe(ctx: NodeContext, rnd: int, deadline: float) -> Probe | None:
+    """The round's probe; when probes are on and gossip has not brought it, fetched from
+    peers until ``deadline``."""
+    if ctx.cfg.scoring.probe_texts and held_probe(ctx, rnd) is None:
+        await ctx.sync.fetch_round(Kind.PROBE, rnd, deadline=deadline)
+    return held_probe(ctx, rnd)
+
+
+ProbeInputs = tuple[tuple[tuple[int, int], ...], dict[bytes, list[NDArray[np.float32] | None]]]
+
+
+def probe_inputs(ctx: NodeContext, view: RoundView, rnd: int) -> ProbeInputs | None:
+    """What grading round ``rnd``'s probe takes (read from the store, on the trio thread):
+    its pairing and every committed encoder's probe vectors by position; None while the probe
+    or its key is not held. An encoder that committed without the probe's halves, or whose
+    reveals of them are not held, has None there (and grades 0)."""
+    cfg = ctx.cfg
+    keys = ctx.store.held(ProbeKey, rnd)
+    if not cfg.scoring.probe_texts or not keys or held_probe(ctx, rnd) is None:
+        return None
+    halves = 2 * cfg.scoring.probe_texts
+    shard = probe_shard(cfg)
+    return pairing(probe_seed(keys[0].msg.signature), cfg.scoring.probe_texts), {
+        enc: probe_vectors(view, enc, shard, cfg.slots_per_shard, halves) for enc in view.commits
+    }
+
+
+def grades(inputs: ProbeInputs) -> dict[bytes, int]:
+    """`probe_grade` of every encoder of ``inputs`` (pure: run on a worker thread)."""
+    pairs, vectors = inputs
+    return {enc: probe_grade(pairs, vecs) for enc, vecs in vectors.items()}
+
+
+class ProbeLedger:
+    """A validator's grades of the rounds it scored (round -> encoder -> grade, with the
+    round's prober) and the probe factors it scores with. A round's grades are final once
+    its repair is over; they are kept for the rounds a factor may look back on, in memory:
+    a restarted validator grades again the rounds its store still holds."""
+
+    def __init__(self) -> None:
+        self._grades: dict[int, tuple[bytes, dict[bytes, int]]] = {}
+
+    def record(self, rnd: int, who: bytes, grades: dict[bytes, int]) -> None:
+        self._grades[rnd] = (who, grades)
+
+    def has(self, rnd: int) -> bool:
+        return rnd in self._grades
+
+    def factors(self, rnd: int, encoders: Sequence[bytes], window: int) -> dict[bytes, float]:
+        """Each encoder's probe factor at round ``rnd``: `probe_factor` over its grades of
+        rounds ``rnd - LOOKBACK_FACTOR * window + 1 .. rnd``, oldest first."""
+        first = rnd - LOOKBACK_FACTOR * window + 1
+        self._grades = {r: g for r, g in self._grades.items() if r >= first}
+        rounds = sorted(r for r in self._grades if r <= rnd)
+        out: dict[bytes, float] = {}
+        for enc in encoders:
+            history = [
+                (who, grades[enc])
+                for who, grades in (self._grades[r] for r in rounds)
+                if enc in grades
+            ]
+            out[enc] = probe_factor(history, window)
+        return out
