@@ -1068,7 +1068,7 @@ def main() -> int:
         report = json.loads(args.testnet.read_text())
         print(testnet_agreement(report, json.loads(args.quality.read_text())["rows"]))
         return 0
-    rounds = args.rounds or (2 if args.small else 8)
+    rounds = args.rounds or (2 if args.small else 48)
     cache = None if args.cache == "none" else Path(args.cache)
     res = study(
         args.small,

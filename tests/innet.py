@@ -23,6 +23,7 @@ from dlnet.node.context import NodeContext, TrioClock
 from dlnet.node.identities import EncoderIdentity
 from dlnet.node.ingest import Ingest
 from dlnet.node.models import Model
+from dlnet.node.probing import grades
 from dlnet.node.report import STORE_FILE
 from dlnet.node.runtime import Identity, join_topics, start_roles
 from dlnet.node.store import Store
@@ -33,10 +34,11 @@ from dlnet.protocol.identity import SigningKey
 from dlnet.protocol.scoring import score_round
 
 T = TypeVar("T")
-SHARED_FUNCTIONS = (score_round, score_on_one_thread)
+SHARED_FUNCTIONS = (score_round, score_on_one_thread, grades)
 """What a validator offloads to score a round: `score_round`, or the wrapper that runs it
 on one BLAS thread (the one `ValidatorRole.score` uses; a rename here must follow it, else
-every validator scores for itself again: tests/test_innet.py checks that results are shared)."""
+every validator scores for itself again: tests/test_innet.py checks that results are shared),
+and the grading of a round's probe."""
 
 
 @dataclass

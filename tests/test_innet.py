@@ -20,13 +20,16 @@ from dlnet.node.byzantine import MODES
 from dlnet.node.context import TrioClock
 from dlnet.node.dataset_io import load_items, resolve_dataset_path
 from dlnet.node.models.kinds import honest, noise
+from dlnet.node.probing import grades, held_probe, probe_inputs
 from dlnet.node.report import ranking
+from dlnet.node.validator import round_view
 from dlnet.protocol.config import DatasetRef, NetworkConfig, ValidatorEntry, default_config
 from dlnet.protocol.consensus import verify_certificate
 from dlnet.protocol.identity import SigningKey
 from dlnet.protocol.params import RegistrationParams
+from dlnet.protocol.probes import GRADE_SCALE
 from dlnet.protocol.rounds import round_times
-from dlnet.protocol.wire import Certificate, Commit, Kind, decode
+from dlnet.protocol.wire import Attestation, Certificate, Commit, Kind, decode
 
 GENESIS = 1_900_000_000
 ROUND_SECONDS = 40
@@ -147,9 +150,48 @@ def test_three_validators_finalize_every_round_and_rank_honest_first(tmp_path: P
             cert = agreed(validators, rnd)
             ranked = [row["kind"] for row in ranking(cert.result, kinds)]
             assert ranked == ["honest"] * 4 + ["noise"] * 2, (rnd, ranked)
-        # The validators' scoring went through SharedScoring (tests/innet.py): one
-        # computation per round for the three, not one each.
-        assert len(net.scores) == 3, len(net.scores)
+        # The validators' scoring went through SharedScoring (tests/innet.py): one scoring
+        # and one grading of the round's probe per round for the three, not one each.
+        assert len(net.scores) == 2 * 3, len(net.scores)
+
+    run(cfg, items, tmp_path, scenario)
+
+
+@MINILM
+def test_every_validator_grades_each_probe_alike_and_scores_with_it(tmp_path: Path) -> None:
+    """The validators take turns as prober (§2.8): every round's probe reaches every encoder,
+    which embeds its halves beside the shards; once the key is out every validator holds the
+    same reveals of them and grades each encoder alike, and attests the same scores. The
+    default model links a text's halves far above chance (1/16 for each half ranked last, 0.21
+    at random); noise vectors do not, and rank last."""
+    vals, good, bad = keys(3, 1), keys(3, 20), keys(1, 40)
+    cfg, items = network(tmp_path, vals)
+
+    async def scenario(net: InNet) -> None:
+        validators = [await net.start(f"v{i}", validator=k) for i, k in enumerate(vals)]
+        await encoders(net, "honest", good)
+        await encoders(net, "noise", bad)
+        await settled(net, 3)
+        probers = set()
+        for rnd in (1, 2, 3):
+            probes = [held_probe(v.ctx, rnd) for v in validators]
+            assert probes[0] is not None and probes.count(probes[0]) == 3, rnd
+            probers.add(probes[0].validator)
+            graded = [
+                grades(inputs)
+                for v in validators
+                if (inputs := probe_inputs(v.ctx, round_view(v.ctx, rnd), rnd)) is not None
+            ]
+            assert len(graded) == 3 and graded.count(graded[0]) == 3, rnd
+            q = graded[0]
+            assert min(q[k.public_key] for k in good) > 0.4 * GRADE_SCALE, (rnd, q)
+            assert q[bad[0].public_key] < 0.3 * GRADE_SCALE, (rnd, q)
+            atts = [a.msg for a in validators[0].store.held(Attestation, rnd)]
+            assert len(atts) == 3 and len({(a.encoders, a.scores) for a in atts}) == 1, rnd
+            cert = agreed(validators, rnd)
+            scores = dict(zip(cert.result.encoders, cert.result.encoder_scores, strict=True))
+            assert min(scores[k.public_key] for k in good) > scores[bad[0].public_key], rnd
+        assert probers == {k.public_key for k in vals}
 
     run(cfg, items, tmp_path, scenario)
 

@@ -245,6 +245,16 @@ def init(
     "is mapped into the network's space by it (docs/OPERATING.md).",
 )
 @click.option(
+    "--probe-texts",
+    "probe_texts",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    default=None,
+    help="Validator: a UTF-8 file of texts of your own, one per line, for the probes this "
+    "validator makes when it is a round's prober (docs/OPERATING.md). They must be texts no "
+    "encoder could have read: a probe's key makes its texts public. Default: the network's "
+    "data set, which is public (fine on a testnet, not on a real network).",
+)
+@click.option(
     "--behaviour",
     default="honest",
     hidden=True,
@@ -308,6 +318,7 @@ def run(
     model: str | None,
     model_options: tuple[str, ...],
     align_path: Path | None,
+    probe_texts: Path | None,
     behaviour: str,
     byzantine: str | None,
     first_round: int | None,
@@ -322,6 +333,8 @@ def run(
     options = _model_options(model_options)
     if align_path is not None and "encoder" not in roles:
         fail("--align: only an encoder uses a map — add --role encoder or drop --align")
+    if probe_texts is not None and "validator" not in roles:
+        fail("--probe-texts: only a validator probes — add --role validator or drop it")
     try:
         parse_behaviour(behaviour)
     except ValueError as exc:
@@ -358,6 +371,7 @@ def run(
         gossip=gossip,
         api=None if api is None else _api_bind(api),
         encoders=encoders,
+        probe_texts=probe_texts,
     )
     trio.run(run_node, opts)
 

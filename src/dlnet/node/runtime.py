@@ -47,6 +47,9 @@ from dlnet.node.validator import ValidatorRole
 from dlnet.protocol.config import NetworkConfig, parse_config
 from dlnet.protocol.consensus import CertificateError, verify_certificate
 from dlnet.protocol.identity import SigningKey
+from dlnet.protocol.masks import split_units
+from dlnet.protocol.probes import TEXT_BYTES as PROBE_TEXT_BYTES
+from dlnet.protocol.probes import eligible_texts
 from dlnet.protocol.registration import solve, valid
 from dlnet.protocol.result import result_digest
 from dlnet.protocol.rounds import round_at, round_times
@@ -122,6 +125,9 @@ class NodeOptions:
     gossip: GossipParams = field(default_factory=GossipParams)
     api: tuple[str, int] | None = None
     """(host, port) of the local HTTP API; None = no API."""
+    probe_texts: Path | None = None
+    """Validator: a file of its own texts, one per line, for the probes it makes (§2.8); None:
+    the network's data set."""
     encoders: tuple[EncoderIdentity, ...] = ()
     """Encoder identities this process runs (`--encoders-file`, repeated `--key`); empty: the
     one of ``key_path``, ``model``, ``behaviour``, ... when ``roles`` has ``encoder``."""
@@ -347,6 +353,7 @@ def start_roles(
     encoders: Sequence[tuple[Identity, NodeContext]],
     validator: SigningKey | None,
     byzantine: Byzantine | None = None,
+    probe_source: Sequence[str] | None = None,
 ) -> None:
     """Start an encoder role per identity (each on its own view of the context) and, given a
     validator key, the validator role with certificate catch-up. Encoders commit from the
@@ -374,7 +381,8 @@ def start_roles(
     if validator is not None:
         nursery.start_soon(catch_up, ctx)
         resume = max(0, round_at(cfg, ctx.clock.now()) - cfg.timing.round_window)
-        nursery.start_soon(ValidatorRole(ctx, validator, byzantine).run, min(start, resume))
+        role = ValidatorRole(ctx, validator, byzantine, probe_source)
+        nursery.start_soon(role.run, min(start, resume))
 
 
 async def catch_up(ctx: NodeContext) -> None:
@@ -459,6 +467,22 @@ def write_info(
     return info
 
 
+def read_probe_texts(path: Path, cfg: NetworkConfig) -> tuple[str, ...]:
+    """``--probe-texts``: the file's non-blank lines, when enough of them can make a probe."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+        texts = tuple(line for line in lines if line.strip())
+    except (OSError, UnicodeDecodeError) as exc:
+        raise NodeError(f"--probe-texts {path}: cannot read it as UTF-8 text ({exc})") from None
+    usable = len(eligible_texts([split_units(t) for t in texts]))
+    if usable < cfg.scoring.probe_texts:
+        raise NodeError(
+            f"--probe-texts {path}: {usable} lines of 2 words or more within {PROBE_TEXT_BYTES} "
+            f"bytes, a probe takes {cfg.scoring.probe_texts} — add texts (one per line)"
+        )
+    return texts
+
+
 async def run_node(opts: NodeOptions) -> None:
     cfg = load_config(opts.config_path)
     items = load_items(cfg.dataset, opts.config_path.resolve().parent)
@@ -477,6 +501,7 @@ async def run_node(opts: NodeOptions) -> None:
         check_identities(specs, "--key")
     except IdentityError as exc:
         raise NodeError(str(exc)) from None
+    probe_source = None if opts.probe_texts is None else read_probe_texts(opts.probe_texts, cfg)
     log = logging.getLogger("dlnet")
     check_port_free(opts.listen)
     identities = [Identity(spec, read_key(spec.key_path)) for spec in specs]
@@ -514,7 +539,7 @@ async def run_node(opts: NodeOptions) -> None:
     except OSError as exc:
         raise NodeError(f"--data-dir {opts.data_dir}: cannot create ({exc.strerror})") from exc
     with data_dir_lock(opts.data_dir):
-        await _run_locked(opts, cfg, items, key, identities, api_sock, api_url)
+        await _run_locked(opts, cfg, items, key, identities, api_sock, api_url, probe_source)
 
 
 def _load_encoder_model(cfg: NetworkConfig, spec: EncoderIdentity) -> Model:
@@ -595,6 +620,7 @@ async def _run_locked(
     identities: list[Identity],
     api_sock: socket.socket | None,
     api_url: str | None,
+    probe_source: tuple[str, ...] | None,
 ) -> None:
     store = Store.open(opts.data_dir / STORE_FILE)
     log = logging.getLogger("dlnet")
@@ -680,7 +706,12 @@ async def _run_locked(
                 validator = key if "validator" in opts.roles else None
                 byz = None if opts.byzantine is None else Byzantine(opts.byzantine)
                 start_roles(
-                    nursery, ctx, list(zip(identities, enc_ctxs, strict=True)), validator, byz
+                    nursery,
+                    ctx,
+                    list(zip(identities, enc_ctxs, strict=True)),
+                    validator,
+                    byz,
+                    probe_source,
                 )
             write_transport_counters(host, opts.data_dir)
             write_saved_peers(opts.data_dir, host)

@@ -79,6 +79,15 @@ def pairing(seed: bytes, count: int) -> tuple[tuple[int, int], ...]:
     return tuple((position[2 * i], position[2 * i + 1]) for i in range(count))
 
 
+def eligible_texts(texts: Sequence[Sequence[str]]) -> list[int]:
+    """Indices of the texts (as words) a probe may take: >= 2 words, <= TEXT_BYTES joined."""
+    return [
+        i
+        for i, words in enumerate(texts)
+        if len(words) >= 2 and len(" ".join(words).encode()) <= TEXT_BYTES
+    ]
+
+
 def build_probe(
     seed: bytes, source: Sequence[str], count: int, mask_fraction: float
 ) -> tuple[str, ...]:
@@ -91,11 +100,7 @@ def build_probe(
     order). Raises ValueError when fewer than ``count`` texts are eligible.
     """
     texts = [split_units(t) for t in source]
-    eligible = [
-        i
-        for i, words in enumerate(texts)
-        if len(words) >= 2 and len(" ".join(words).encode()) <= TEXT_BYTES
-    ]
+    eligible = eligible_texts(texts)
     if len(eligible) < count:
         raise ValueError(
             f"probe source has {len(eligible)} texts of 2 words or more that fit "
