@@ -750,6 +750,7 @@ def summary(rows: Sequence[dict[str, Any]], qkey: str, bootkey: str) -> dict[str
         "spearman_consensus_cos_vs_quality": rho("cons"),
         "spearman_composition_vs_quality": rho("comp"),
         "spearman_erank_vs_quality": rho("erank"),
+        "spearman_probe_vs_quality": rho("probe"),
         "auroc_honest_vs_cheat": float(auroc),
         "out_of_order": wrong,
         "out_of_order_resolved": resolved_count,
@@ -851,7 +852,8 @@ def _side_lines(res: dict[str, Any], title: str) -> list[str]:
         f"{res['spearman_low_lof_vs_quality']:.3f}, cosine to the consensus alone "
         f"{res['spearman_consensus_cos_vs_quality']:.3f}, composition agreement alone "
         f"{res['spearman_composition_vs_quality']:.3f}, effective rank alone "
-        f"{res['spearman_erank_vs_quality']:.3f}",
+        f"{res['spearman_erank_vs_quality']:.3f}, probe factor alone "
+        f"{res['spearman_probe_vs_quality']:.3f}",
         f"- AUROC honest vs cheat: **{res['auroc_honest_vs_cheat']:.3f}**; lowest real model "
         f"that passes the cuts {res['min_passing_real']} {res['min_passing_real_score']:.4f}, "
         f"highest cheat {res['max_cheat']} {res['max_cheat_score']:.4f}",
@@ -865,8 +867,10 @@ def _side_lines(res: dict[str, Any], title: str) -> list[str]:
 def markdown(res: dict[str, Any], command: str) -> str:
     lines = [
         f"Command: `{command}` (2 cores, CPU, torch 2.13.0; {res['rounds']} rounds of 4 shards "
-        "x 2 masks on src/dlnet/data/corpus.txt; scoring: src/dlnet/protocol/scoring.py "
-        f"defaults, changed only by --set; {res['seconds']:.0f} s wall).",
+        "x 2 masks on src/dlnet/data/corpus.txt, each probed (`probe_round`: "
+        f"{res['params']['probe_texts']} texts of the tuning side's sentences, 3 probers in "
+        "turn); scoring: src/dlnet/protocol/scoring.py defaults, changed only by --set; "
+        f"{res['seconds']:.0f} s wall).",
         "",
         *(f"- {note}" for note in res["notes"]),
         *_side_lines(
@@ -906,23 +910,34 @@ def markdown(res: dict[str, Any], command: str) -> str:
             lines.append(f"- {p['real']} {p[p['real']]:.4f}, {p['bag']} {p[p['bag']]:.4f}")
         lines.append("")
     lines += [
-        "| encoder | group | network score | cut | composition | DL | max-slot LOF "
+        "| encoder | group | network score | probe factor | cut | composition | DL | max-slot LOF "
         "| min-slot cos | eff. rank | newsgroups | Rotten Tomatoes | **held-out quality** | s.e. "
         "| SimLex rho | WordSim rho | word quality | s.e. "
         "| pang-lee kNN | chatterbot kNN | wordnet kNN | Lee rho | tuning quality | s.e. |",
-        "| --- | --- |" + " ---: |" * 21,
+        "| --- | --- |" + " ---: |" * 22,
     ]
     for r in sorted(res["rows"], key=lambda r: -r["score"]):
-        lines.append(
-            f"| {r['encoder']} | {r['group']} | {r['score']:.4f} | {r['cut']:.2f} | "
-            f"{r['comp']:.3f} | {r['dl']:.3f} | {r['lof']:.3f} | {r['cons']:.3f} | "
-            f"{r['erank']:.1f} | {r['newsgroups_topics']:.3f} | {r['rotten_tomatoes']:.3f} | "
-            f"**{r['heldout']:.3f}** | {np.std(r['heldout_boot']):.3f} | {r['simlex999']:.3f} | "
-            f"{r['wordsim353']:.3f} | {r['words']:.3f} | {np.std(r['words_boot']):.3f} | "
-            f"{r['pang_lee_polarity']:.3f} | {r['chatterbot_topics']:.3f} | "
-            f"{r['wordnet_lexnames']:.3f} | {r['lee']:.3f} | {r['quality']:.3f} | "
-            f"{np.std(r['quality_boot']):.3f} |"
-        )
+        cells = [
+            r["encoder"],
+            r["group"],
+            f"{r['score']:.4f}",
+            f"{r['probe']:.4f}",
+            f"{r['cut']:.2f}",
+            *(f"{r[k]:.3f}" for k in ("comp", "dl", "lof", "cons")),
+            f"{r['erank']:.1f}",
+            *(f"{r[k]:.3f}" for k in ("newsgroups_topics", "rotten_tomatoes")),
+            f"**{r['heldout']:.3f}**",
+            f"{np.std(r['heldout_boot']):.3f}",
+            *(f"{r[k]:.3f}" for k in ("simlex999", "wordsim353", "words")),
+            f"{np.std(r['words_boot']):.3f}",
+            *(
+                f"{r[k]:.3f}"
+                for k in ("pang_lee_polarity", "chatterbot_topics", "wordnet_lexnames", "lee")
+            ),
+            f"{r['quality']:.3f}",
+            f"{np.std(r['quality_boot']):.3f}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
