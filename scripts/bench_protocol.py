@@ -8,7 +8,8 @@ strict decode of an Embedding (decode + canonical check + finiteness + signature
 one Embedding of a reveal push (a validator's whole per-embedding cost: parse, admission, store,
 in pushes of 20), signing an Embedding, and scoring one round of the testnet shape (4 shards,
 5 slots, dim 1024) at 13 and 100 encoders, and at 13 on one BLAS thread as a validator runs
-it (`--after-torch` first runs torch, as an encoder in the same process would). Prints a
+it (`--after-torch` first runs torch, as an encoder in the same process would), and grading one
+encoder on a probe of the default size against a float matmul of its halves (its floor). Prints a
 markdown table with operations/s and the ratio to the floor. ``--scoring-cpu`` instead prints
 the CPU seconds (``time.process_time``, best of ``--runs``) of one such round's scoring on one
 BLAS thread at 13, 40 and 100 encoders.
@@ -34,6 +35,7 @@ from dlnet.node.validator import score_on_one_thread
 from dlnet.protocol.config import NetworkConfig, ValidatorEntry, default_config
 from dlnet.protocol.identity import SigningKey, verify
 from dlnet.protocol.params import RegistrationParams, ScoringParams
+from dlnet.protocol.probes import pairing, probe_grade
 from dlnet.protocol.rounds import round_times
 from dlnet.protocol.scoring import score_round
 from dlnet.protocol.wire import DOMAINS, Kind, decode, encode, make_embedding, signed_payload
@@ -139,6 +141,10 @@ def main() -> None:
     large, large_keys = round_shards(cfg, 100)
 
     verify_rate = rate(lambda: verify(key.public_key, domain, payload, emb.signature), args.seconds)
+    pairs = pairing(bytes(32), cfg.scoring.probe_texts)
+    halves = list(np.random.default_rng(3).standard_normal((2 * len(pairs), cfg.dim)))
+    stacked = np.stack(halves)
+    matmul_rate = rate(lambda: stacked @ stacked.T, args.seconds)
     unpack_rate = rate(lambda: msgpack.unpackb(data), args.seconds)
     rows = [
         ("raw Ed25519 verify (floor)", verify_rate, verify_rate),
@@ -181,6 +187,16 @@ def main() -> None:
                 args.seconds,
             ),
             verify_rate,
+        ),
+        (
+            "grade one encoder on a probe (16 texts, dim 1024)",
+            rate(lambda: probe_grade(pairs, halves), args.seconds),
+            verify_rate,
+        ),
+        (
+            "float64 matmul of the probe's halves (floor of the grade)",
+            matmul_rate,
+            matmul_rate,
         ),
     ]
     print(f"Embedding message: {len(data)} bytes\n")

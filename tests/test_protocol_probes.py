@@ -266,3 +266,29 @@ def test_commits_may_list_the_probe_halves_and_reveals_sit_on_the_probe_shard() 
     off = make_cfg(probe_texts=0)
     emb = make_embedding(ENCODER, off.network_id, 1, probe_shard(off), 0, b"s" * 16, vec)
     assert reason(encode(emb), off) is RejectReason.BAD_FIELD
+
+
+def reference_grade(pairs: tuple[tuple[int, int], ...], vectors: list[Any]) -> int:
+    """The grade's definition with plain float64 cosines (no ties, nothing missing)."""
+    unit = [np.asarray(v, np.float64) / np.linalg.norm(v) for v in vectors]
+    kept, hidden = [unit[k] for k, _ in pairs], [unit[h] for _, h in pairs]
+    total = Fraction(0)
+    for queries, keys in ((kept, hidden), (hidden, kept)):
+        for i, q in enumerate(queries):
+            sims = [float(q @ k) for k in keys]
+            total += Fraction(1, 1 + sum(1 for j, s in enumerate(sims) if j != i and s >= sims[i]))
+    mean = total / (2 * len(pairs))
+    return int(mean * GRADE_SCALE + Fraction(1, 2))
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(2, 12), st.floats(0.2, 4.0), st.integers(0, 2**32 - 1))
+def test_grade_is_the_plain_float_definition_in_exact_fixed_point(
+    count: int, noise: float, seed: int
+) -> None:
+    pairs = pairing(seed.to_bytes(32, "big"), count)
+    rng = np.random.default_rng(seed)
+    vecs = [rng.standard_normal(64).astype(np.float32) for _ in range(2 * count)]
+    for k, h in pairs:  # halves of one text share some of a direction
+        vecs[h] = (vecs[k] + noise * rng.standard_normal(64)).astype(np.float32)
+    assert probe_grade(pairs, vecs) == reference_grade(pairs, vecs)

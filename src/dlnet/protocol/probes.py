@@ -118,35 +118,44 @@ def build_probe(
     return tuple(halves)
 
 
-def _unit(row: NDArray[np.float32] | None, eps: float) -> NDArray[np.float64] | None:
-    """``row`` divided by its norm (float64, correctly rounded sum), None when it is missing,
-    non-finite or of norm <= eps."""
+UNIT_BITS = 20
+"""Fixed-point scale of a unit vector's coordinates in the grade: 2^-20 resolution, and the dot
+product of two stays an exact int64 for any dim <= 2^20 (|sum| <= dim x 2^40)."""
+
+
+def _unit(row: NDArray[np.float32] | None, eps: float) -> NDArray[np.int64] | None:
+    """``row`` divided by its norm and rounded to multiples of 2^-UNIT_BITS (as integers), None
+    when it is missing, non-finite or of norm <= eps. The norm is a correctly rounded sum and
+    the rest is IEEE-754 division and rounding: the same integers on every platform."""
     if row is None:
         return None
     x = np.asarray(row, dtype=np.float64)
     if not np.all(np.isfinite(x)):
         return None
     norm = math.sqrt(math.fsum((x * x).tolist()))
-    return None if norm <= eps else x / norm
+    if norm <= eps:
+        return None
+    out: NDArray[np.int64] = np.rint(x / norm * (1 << UNIT_BITS)).astype(np.int64)
+    return out
 
 
 def _reciprocal_ranks(
-    queries: Sequence[NDArray[np.float64] | None], keys: Sequence[NDArray[np.float64] | None]
+    queries: Sequence[NDArray[np.int64] | None], keys: Sequence[NDArray[np.int64] | None]
 ) -> Fraction:
     """Sum over i of 1 / (1 + the number of keys j != i with cosine to query i at least that of
-    key i); 0 for i when query i or key i is None; a None key is never ahead."""
+    key i); 0 for i when query i or key i is None; a None key is never ahead. Cosines are the
+    exact integer dot products of the fixed-point unit vectors (`_unit`)."""
+    held = [key for key in keys if key is not None]
+    if not held:
+        return Fraction(0)
+    matrix = np.stack(held)
     total = Fraction(0)
-    for i, query in enumerate(queries):
-        own = keys[i]
+    for query, own in zip(queries, keys, strict=True):
         if query is None or own is None:
             continue
-        mine = math.fsum((query * own).tolist())
-        ahead = sum(
-            1
-            for j, key in enumerate(keys)
-            if j != i and key is not None and math.fsum((query * key).tolist()) >= mine
-        )
-        total += Fraction(1, 1 + ahead)
+        sims = matrix @ query  # int64: exact
+        # every held key at least as close, its own included once
+        total += Fraction(1, int(np.count_nonzero(sims >= int(own @ query))))
     return total
 
 
@@ -164,8 +173,9 @@ def probe_grade(
     Rank = 1 + the number of OTHER candidates at least as close (ties count against the
     encoder, so a constant output ranks last); a text with a missing half (None, non-finite or
     of norm <= eps) scores 0 both ways, and such a half is never ahead of another. Cosines are
-    ``math.fsum`` of the elementwise products of unit vectors (correctly rounded: the same on
-    every IEEE-754 platform); q = round-half-up of GRADE_SCALE x the exact mean.
+    exact integer dot products of the unit vectors in fixed point (2^-20, `_unit`): the same on
+    every platform, with no float summation order to agree on; q = round-half-up of
+    GRADE_SCALE x the exact mean.
     """
     if len(vectors) != 2 * len(pairs):
         raise ValueError(f"{len(vectors)} vectors for a probe of {2 * len(pairs)} halves")
