@@ -230,3 +230,37 @@ def test_the_cli_loads_without_libp2p_sklearn_or_torch(tmp_path: Path) -> None:
     for args, code, heavy in seen:
         assert code in (0, None) and heavy == [], (args, code, heavy, out.stderr)
     assert key.exists()
+
+
+def test_probe_texts_mistakes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`--probe-texts` is a validator's file of its own texts: without the validator role, a
+    file that is not UTF-8 or one with fewer usable lines than a probe takes is one line
+    (exit 2) before the node starts."""
+    v = tmp_path / "v.key"
+    assert dlnet(capsys, "keygen", "--out", str(v)).code == 0
+    cfg = tmp_path / "network.toml"
+    assert dlnet(capsys, "init", "--validator", f"@{v}", "--out", str(cfg)).code == 0
+    texts = tmp_path / "texts.txt"
+    texts.write_text("one\n\ntwo words\n" + "x" * 2000 + " y\n")
+    run = ("run", "--config", str(cfg), "--key", str(v), "--data-dir", str(tmp_path / "d"))
+    one_line_error(
+        dlnet(capsys, *run, "--role", "encoder", "--probe-texts", str(texts)),
+        "--probe-texts",
+        "only a validator probes",
+    )
+    one_line_error(
+        dlnet(capsys, *run, "--role", "validator", "--probe-texts", str(texts)),
+        "--probe-texts",
+        "1 lines of 2 words or more",
+        "a probe takes 16",
+    )
+    texts.write_bytes(b"\xff\xfe not utf-8\n")
+    one_line_error(
+        dlnet(capsys, *run, "--role", "validator", "--probe-texts", str(texts)),
+        "--probe-texts",
+        "UTF-8",
+    )
+    one_line_error(
+        dlnet(capsys, *run, "--role", "validator", "--probe-texts", str(tmp_path / "none")),
+        "--probe-texts",
+    )
