@@ -14,7 +14,7 @@ from dlnet.node import counters as C
 from dlnet.node.commits import CommitGroup
 from dlnet.node.context import NodeContext
 from dlnet.node.models import Model, one_line
-from dlnet.node.probing import pull_probe
+from dlnet.node.probing import held_probe, pull_probe
 from dlnet.node.reveals import RETRY, REVEAL_DELAY, PushGroup
 from dlnet.node.submissions import SCHEDULE_PULL, pull_schedule, scheduled_tasks
 from dlnet.protocol.identity import SigningKey
@@ -125,10 +125,13 @@ class EncoderRole:
     async def run_round(self, rnd: int) -> None:
         cfg = self.ctx.cfg
         times = round_times(cfg, rnd)
-        # The round's texts follow its Schedule votes: pull them if gossip missed some.
+        # The round's texts follow its Schedule votes, and its probe is the prober's: pull
+        # both, side by side, if gossip missed them.
         await self.ctx.clock.sleep_until(times.start - SCHEDULE_PULL)
-        await pull_schedule(self.ctx, rnd, times.start)
-        probe = await pull_probe(self.ctx, rnd, times.start)
+        async with trio.open_nursery() as pulls:
+            pulls.start_soon(pull_schedule, self.ctx, rnd, times.start)
+            pulls.start_soon(pull_probe, self.ctx, rnd, times.start)
+        probe = held_probe(self.ctx, rnd)
         await self.ctx.clock.sleep_until(times.start)
         stored = self._stored_round(rnd)
         if stored is not None:

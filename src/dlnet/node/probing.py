@@ -70,12 +70,11 @@ def held_probe(ctx: NodeContext, rnd: int) -> Probe | None:
     return held[0].msg if held else None
 
 
-async def pull_probe(ctx: NodeContext, rnd: int, deadline: float) -> Probe | None:
-    """The round's probe; when probes are on and gossip has not brought it, fetched from
-    peers until ``deadline``."""
+async def pull_probe(ctx: NodeContext, rnd: int, deadline: float) -> None:
+    """When probes are on and gossip has not brought the round's probe, fetch it from peers
+    until ``deadline``."""
     if ctx.cfg.scoring.probe_texts and held_probe(ctx, rnd) is None:
         await ctx.sync.fetch_round(Kind.PROBE, rnd, deadline=deadline)
-    return held_probe(ctx, rnd)
 
 
 ProbeInputs = tuple[tuple[tuple[int, int], ...], dict[bytes, list[NDArray[np.float32] | None]]]
