@@ -26,6 +26,14 @@ from dlnet.protocol.influence import apply as apply_influence
 from dlnet.protocol.influence import genesis_state
 from dlnet.protocol.masks import Drbg, golden_vectors, round_tasks, text_digests
 from dlnet.protocol.params import RegistrationParams, ScoringParams
+from dlnet.protocol.probes import (
+    build_probe,
+    pairing,
+    probe_factor,
+    probe_grade,
+    probe_seed,
+    prober,
+)
 from dlnet.protocol.projection import projection_matrix
 from dlnet.protocol.registration import records, solve, work
 from dlnet.protocol.result import encode_result, result_digest
@@ -49,6 +57,8 @@ from dlnet.protocol.wire import (
     message_id,
     sign_attestation,
     sign_commit,
+    sign_probe,
+    sign_probe_key,
     sign_schedule,
     sign_submission,
     sign_vote,
@@ -174,7 +184,34 @@ def compute() -> dict[str, Any]:
     reg_after5 = records([enc_keys[0]], chain, 5, reg_params)
     reg_after7 = records([enc_keys[0]], chain, 7, reg_params)
     submissions = _submissions(cfg, validators)
+
+    # Round 5's probe: its prober, key, seed, pairing, halves of 4 example texts, the grade
+    # of example vectors (dim 8) and a factor over a history of three probers.
+    who = prober(cfg, rnd)
+    prober_key = next(k for k in validators if k.public_key == who)
+    probe_key = sign_probe_key(prober_key, net, rnd)
+    seed = probe_seed(probe_key.signature)
+    probe_items = [f"the probe text number {i} says something new about day {i}" for i in range(6)]
+    halves = build_probe(seed, probe_items, 4, cfg.mask_fraction)
+    pairs = pairing(seed, 4)
+    probe_vecs = [_vector(b"half" + bytes([p]), 8) for p in range(8)]
+    for k, h in pairs[:2]:  # two texts whose halves point alike
+        probe_vecs[h] = probe_vecs[k] + 0.1 * probe_vecs[h]
+    history = [(enc_keys[0], 40000), (enc_keys[1], 50000), (enc_keys[0], 20000), (enc_keys[2], 1)]
+    probes = {
+        "probers_rounds_0_to_5": [p.hex() for r in range(6) if (p := prober(cfg, r)) is not None],
+        "items": probe_items,
+        "key": encode(probe_key).hex(),
+        "seed": seed.hex(),
+        "pairs": [list(p) for p in pairs],
+        "probe": encode(sign_probe(prober_key, net, rnd, halves)).hex(),
+        "vectors": [v.tolist() for v in probe_vecs],
+        "grade": probe_grade(pairs, probe_vecs),
+        "history": [[k.hex(), q] for k, q in history],
+        "factor_window_3": probe_factor(history, 3),
+    }
     return {
+        "probes": probes,
         "round": _round_view(cfg),
         "identity": {
             "seed": (bytes([1]) * 32).hex(),

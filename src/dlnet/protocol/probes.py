@@ -57,11 +57,6 @@ def probe_shard(cfg: NetworkConfig) -> int:
     return cfg.shards_per_round
 
 
-def probe_message(network_id: bytes, r: int) -> bytes:
-    """What the prober signs (domain ``PROBE_TAG``) to seed round ``r``'s probe."""
-    return network_id + u64be(r)
-
-
 def probe_seed(signature: bytes) -> bytes:
     """``SHA-256(PROBE_TAG || signature)``: unpredictable without the prober's key, the same
     for every signing of the message (Ed25519 is deterministic), checkable once shown."""
