@@ -53,13 +53,15 @@ class SharedScoring(NodeContext):
     anything else still scores it itself. score_round's own determinism is checked in
     tests/test_protocol_scoring.py and docs/vectors.json."""
 
-    scores: dict[bytes, Any] = field(default_factory=dict)
+    scores: dict[tuple[str, bytes], Any] = field(default_factory=dict)
+    """Results by (the offloaded function's name, SHA-256 of the pickled call)."""
 
     async def offload(self, work: Callable[[], T]) -> T:
         if not (isinstance(work, functools.partial) and work.func in SHARED_FUNCTIONS):
             return await super().offload(work)
         call = (work.args, sorted(work.keywords.items()))
-        key = hashlib.sha256(pickle.dumps(call, protocol=pickle.HIGHEST_PROTOCOL)).digest()
+        digest = hashlib.sha256(pickle.dumps(call, protocol=pickle.HIGHEST_PROTOCOL)).digest()
+        key = (work.func.__name__, digest)
         if key not in self.scores:
             self.scores[key] = await super().offload(work)
         held: T = copy.deepcopy(self.scores[key])
@@ -111,7 +113,7 @@ class InNet:
         self.clock = clock
         self.net = MemoryNetwork(nursery)
         self.nodes: dict[str, Node] = {}
-        self.scores: dict[bytes, Any] = {}
+        self.scores: dict[tuple[str, bytes], Any] = {}
 
     async def start(
         self,

@@ -151,8 +151,10 @@ def test_three_validators_finalize_every_round_and_rank_honest_first(tmp_path: P
             ranked = [row["kind"] for row in ranking(cert.result, kinds)]
             assert ranked == ["honest"] * 4 + ["noise"] * 2, (rnd, ranked)
         # The validators' scoring went through SharedScoring (tests/innet.py): one scoring
-        # and one grading of the round's probe per round for the three, not one each.
-        assert len(net.scores) == 2 * 3, len(net.scores)
+        # per round for the three, not one each (a grading of a probe is shared too, and may
+        # run again for a validator that holds more reveals of the round than another).
+        scorings = [name for name, _ in net.scores if name == "score_on_one_thread"]
+        assert len(scorings) == 3, sorted(name for name, _ in net.scores)
 
     run(cfg, items, tmp_path, scenario)
 
