@@ -14,7 +14,7 @@ from dlnet.node import counters as C
 from dlnet.node.commits import CommitGroup
 from dlnet.node.context import NodeContext
 from dlnet.node.models import Model, one_line
-from dlnet.node.probing import held_probe, pull_probe
+from dlnet.node.probing import PROBE_GRACE, held_probe, pull_probe
 from dlnet.node.reveals import RETRY, REVEAL_DELAY, PushGroup
 from dlnet.node.submissions import SCHEDULE_PULL, pull_schedule, scheduled_tasks
 from dlnet.protocol.identity import SigningKey
@@ -131,8 +131,11 @@ class EncoderRole:
         async with trio.open_nursery() as pulls:
             pulls.start_soon(pull_schedule, self.ctx, rnd, times.start)
             pulls.start_soon(pull_probe, self.ctx, rnd, times.start)
-        probe = held_probe(self.ctx, rnd)
         await self.ctx.clock.sleep_until(times.start)
+        # A probe missed is a grade of 0: keep asking a little into the commit phase (an
+        # encoder that joined just before the round, or whose peers were not up yet).
+        await pull_probe(self.ctx, rnd, times.start + PROBE_GRACE)
+        probe = held_probe(self.ctx, rnd)
         stored = self._stored_round(rnd)
         if stored is not None:
             commit, reveals, items = stored
