@@ -83,6 +83,19 @@ async def pull_probe(ctx: NodeContext, rnd: int, deadline: float) -> None:
 ProbeInputs = tuple[tuple[tuple[int, int], ...], dict[bytes, list[NDArray[np.float32] | None]]]
 
 
+async def pull_probe_key(ctx: NodeContext, rnd: int, deadline: float) -> None:
+    """A validator's pull of what grading round ``rnd``'s probe needs, if gossip missed it: the
+    probe and its key, once the key is out (`KEY_DELAY` after the commit deadline, + 1 s),
+    until ``deadline``."""
+    if not ctx.cfg.scoring.probe_texts:
+        return
+    await ctx.clock.sleep_until(round_times(ctx.cfg, rnd).commit_deadline + KEY_DELAY + 1.0)
+    if held_probe(ctx, rnd) is None:
+        await ctx.sync.fetch_round(Kind.PROBE, rnd, deadline=deadline)
+    if not ctx.store.held(ProbeKey, rnd):
+        await ctx.sync.fetch_round(Kind.PROBE_KEY, rnd, deadline=deadline)
+
+
 def probe_inputs(ctx: NodeContext, view: RoundView, rnd: int) -> ProbeInputs | None:
     """What grading round ``rnd``'s probe takes (read from the store, on the trio thread):
     its pairing and every committed encoder's probe vectors by position; None while the probe

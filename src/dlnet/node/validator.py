@@ -18,7 +18,14 @@ from dlnet.node import counters as C
 from dlnet.node.byzantine import Byzantine
 from dlnet.node.context import NodeContext
 from dlnet.node.ingest import COMMIT_GRACE
-from dlnet.node.probing import LOOKBACK_FACTOR, ProbeLedger, grades, probe_inputs, run_prober
+from dlnet.node.probing import (
+    LOOKBACK_FACTOR,
+    ProbeLedger,
+    grades,
+    probe_inputs,
+    pull_probe_key,
+    run_prober,
+)
 from dlnet.node.report import verified_certificate
 from dlnet.node.reveals import PUSH_SETTLE, REVEAL_DELAY
 from dlnet.node.submissions import SCHEDULE_PULL, pull_schedule, scheduled_tasks, vote_schedule
@@ -185,6 +192,8 @@ class ValidatorRole:
         async with trio.open_nursery() as pulls:
             # The round's texts (scoring, the result's `texts`) follow its Schedule votes.
             pulls.start_soon(pull_schedule, ctx, rnd, times.reveal_deadline + SCHEDULE_PULL)
+            # The round's probe and key, if gossip missed them (grading needs both).
+            pulls.start_soon(pull_probe_key, ctx, rnd, times.reveal_deadline)
             await self.repair(rnd, times.reveal_deadline)
             if ctx.clock.now() < times.reveal_deadline and not round_view(ctx, rnd).missing():
                 # Every reveal is held: score now, so that the attestation can leave at the
