@@ -135,7 +135,8 @@ class ProbeLedger:
 
     def factors(self, rnd: int, encoders: Sequence[bytes], window: int) -> dict[bytes, float]:
         """Each encoder's probe factor at round ``rnd``: `probe_factor` over its grades of
-        rounds ``rnd - LOOKBACK_FACTOR * window + 1 .. rnd``, oldest first."""
+        rounds ``rnd - LOOKBACK_FACTOR * window + 1 .. rnd``, oldest first (grades of older
+        rounds are dropped on the way: no later round looks back that far)."""
         first = rnd - LOOKBACK_FACTOR * window + 1
         self._grades = {r: g for r, g in self._grades.items() if r >= first}
         rounds = sorted(r for r in self._grades if r <= rnd)
