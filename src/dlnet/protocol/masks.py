@@ -107,6 +107,16 @@ def _item_units(
     return units, tuple(i for i, u in enumerate(units) if len(u) >= 2)
 
 
+def split_by_mask(words: Sequence[str], hide: Sequence[int]) -> tuple[str, str]:
+    """The kept and the hidden text of a mask hiding the units at ``hide``: each joins its units
+    in text order by single spaces (a shard's mask and inverse slots, a probe's two halves)."""
+    hidden = set(hide)
+    return (
+        " ".join(w for i, w in enumerate(words) if i not in hidden),
+        " ".join(w for i, w in enumerate(words) if i in hidden),
+    )
+
+
 def hidden_count(n_units: int, mask_fraction: float) -> int:
     """Units a mask hides: ``floor(mask_fraction * n + 0.5)`` clamped to [1, n - 1] (n >= 2)."""
     return min(max(math.floor(mask_fraction * n_units + 0.5), 1), n_units - 1)
@@ -172,9 +182,7 @@ def derive_tasks(
         for m in range(masks_per_shard):
             drbg = Drbg(seed, MASK_TAG + u64be(shard) + u64be(m))
             hide = tuple(sorted(drbg.sample(n, k)))
-            hidden_set = set(hide)
-            texts.append(" ".join(w for i, w in enumerate(words) if i not in hidden_set))
-            texts.append(" ".join(words[i] for i in hide))
+            texts.extend(split_by_mask(words, hide))
             counts += [n - k, k]
             hidden.append(hide)
         tasks.append(ShardTask(shard, item, tuple(texts), tuple(counts), tuple(hidden)))

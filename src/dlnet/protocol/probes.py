@@ -30,7 +30,7 @@ from numpy.typing import NDArray
 
 from dlnet.protocol.canonical import sha256, u64be
 from dlnet.protocol.config import NetworkConfig
-from dlnet.protocol.masks import Drbg, hidden_count, split_units
+from dlnet.protocol.masks import Drbg, hidden_count, split_by_mask, split_units
 
 PROBE_TAG = b"dlnet/v1/probe"
 TEXTS_TAG = b"dlnet/v1/probe/texts"
@@ -106,10 +106,9 @@ def build_probe(
     for i, pick in enumerate(Drbg(seed, TEXTS_TAG).sample(len(eligible), count)):
         words = texts[eligible[pick]]
         n = len(words)
-        hide = set(Drbg(seed, HIDE_TAG + u64be(i)).sample(n, hidden_count(n, mask_fraction)))
+        hide = Drbg(seed, HIDE_TAG + u64be(i)).sample(n, hidden_count(n, mask_fraction))
         kept, hidden = pairs[i]
-        halves[kept] = " ".join(w for j, w in enumerate(words) if j not in hide)
-        halves[hidden] = " ".join(w for j, w in enumerate(words) if j in hide)
+        halves[kept], halves[hidden] = split_by_mask(words, hide)
     return tuple(halves)
 
 
