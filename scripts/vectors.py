@@ -28,6 +28,7 @@ from dlnet.protocol.masks import Drbg, golden_vectors, round_tasks, text_digests
 from dlnet.protocol.params import RegistrationParams, ScoringParams
 from dlnet.protocol.probes import (
     build_probe,
+    key_hash,
     pairing,
     probe_factor,
     probe_grade,
@@ -204,7 +205,10 @@ def compute() -> dict[str, Any]:
         "key": encode(probe_key).hex(),
         "seed": seed.hex(),
         "pairs": [list(p) for p in pairs],
-        "probe": encode(sign_probe(prober_key, net, rnd, halves)).hex(),
+        "key_hash": key_hash(probe_key.signature).hex(),
+        "probe": encode(
+            sign_probe(prober_key, net, rnd, halves, key_hash(probe_key.signature))
+        ).hex(),
         "vectors": [v.tolist() for v in probe_vecs],
         "grade": probe_grade(pairs, probe_vecs),
         "history": [[k.hex(), q] for k, q in history],

@@ -116,7 +116,7 @@ def test_a_probes_halves_follow_the_shards_as_the_model_embeds_them(behaviour: s
     model = HashModel(cfg.dim)
     role = EncoderRole(ctx, None, model, behaviour)  # type: ignore[arg-type]
     halves = ("the quick fox", "brown jumps", "over a dog", "lazy again")
-    probe = Probe(cfg.network_id, 1, bytes(32), halves, bytes(64))
+    probe = Probe(cfg.network_id, 1, bytes(32), halves, bytes(32), bytes(64))
     vecs = trio.run(role._vectors, 1, probe)
     listed = cfg.shards_per_round * cfg.slots_per_shard
     assert vecs.shape == (listed + len(halves), cfg.dim)

@@ -19,6 +19,7 @@ from dlnet.protocol.probes import (
     GRADE_SCALE,
     TEXT_BYTES,
     build_probe,
+    key_hash,
     pairing,
     probe_factor,
     probe_grade,
@@ -201,11 +202,20 @@ def test_probe_messages_round_trip_and_seed_the_pairing() -> None:
     halves = build_probe(
         probe_seed(probe_key.signature), ["a b c", "d e", "f g h i", "j k"], 4, 0.5
     )
-    probe = sign_probe(key, cfg.network_id, 7, halves)
+    probe = sign_probe(key, cfg.network_id, 7, halves, key_hash(probe_key.signature))
     for msg in (probe, probe_key):
         assert decode(encode(msg), cfg) == msg
+    assert key_hash(probe_key.signature) != probe_seed(probe_key.signature)
     assert isinstance(decode(encode(probe), cfg, Kind.PROBE), Probe)
     assert isinstance(decode(encode(probe_key), cfg, Kind.PROBE_KEY), ProbeKey)
+
+
+KH = sha256(b"some probe key")
+
+
+def probe_msg(key: SigningKey, network_id: bytes, rnd: int, halves: tuple[str, ...]) -> Probe:
+    """A Probe committed to some key (decoding does not look at which)."""
+    return sign_probe(key, network_id, rnd, halves, KH)
 
 
 def reason(data: bytes, cfg: NetworkConfig) -> RejectReason:
@@ -219,19 +229,19 @@ def test_probe_messages_are_rejected_with_their_reason() -> None:
     key = key_of(cfg, 3)
     other = next(k for k in VALIDATORS if k is not key)
     good = ("a b", "c", "d e", "f")
-    assert reason(encode(sign_probe(other, cfg.network_id, 3, good)), cfg) is RejectReason.BAD_FIELD
+    assert reason(encode(probe_msg(other, cfg.network_id, 3, good)), cfg) is RejectReason.BAD_FIELD
     assert reason(encode(sign_probe_key(other, cfg.network_id, 3)), cfg) is RejectReason.BAD_FIELD
-    assert reason(encode(sign_probe(ENCODER, cfg.network_id, 3, good)), cfg) is (
+    assert reason(encode(probe_msg(ENCODER, cfg.network_id, 3, good)), cfg) is (
         RejectReason.NOT_VALIDATOR
     )
-    assert reason(encode(sign_probe(key, cfg.network_id, 3, good[:3])), cfg) is (
+    assert reason(encode(probe_msg(key, cfg.network_id, 3, good[:3])), cfg) is (
         RejectReason.WRONG_LENGTH
     )
-    assert reason(encode(sign_probe(key, cfg.network_id, 3, ("a", " ", "b", "c"))), cfg) is (
+    assert reason(encode(probe_msg(key, cfg.network_id, 3, ("a", " ", "b", "c"))), cfg) is (
         RejectReason.BAD_FIELD
     )
     big = ("x" * TEXT_BYTES, "y" * TEXT_BYTES, "z", "w")  # over 2 x TEXT_BYTES in all
-    assert reason(encode(sign_probe(key, cfg.network_id, 3, big)), cfg) is RejectReason.OVERSIZE
+    assert reason(encode(probe_msg(key, cfg.network_id, 3, big)), cfg) is RejectReason.OVERSIZE
     off = make_cfg(probe_texts=0)
     assert reason(encode(sign_probe_key(key_of(cfg, 3), off.network_id, 3)), off) is (
         RejectReason.BAD_FIELD
@@ -242,10 +252,10 @@ def test_the_largest_valid_probe_fits_its_bound() -> None:
     cfg = make_cfg(probe_texts=32)
     key = key_of(cfg, 0)
     halves = tuple(("x" * (TEXT_BYTES // 2 - 2) + " y") for _ in range(64))
-    data = encode(sign_probe(key, cfg.network_id, 0, halves))
+    data = encode(probe_msg(key, cfg.network_id, 0, halves))
     assert len(data) <= max_message_bytes(cfg, Kind.PROBE) < 64 * 1024
     assert decode(data, cfg) is not None
-    over = encode(sign_probe(key, cfg.network_id, 0, (halves[0] + "z", *halves[1:])))
+    over = encode(probe_msg(key, cfg.network_id, 0, (halves[0] + "z", *halves[1:])))
     assert reason(over, cfg) is RejectReason.OVERSIZE
 
 

@@ -16,6 +16,7 @@ from dlnet.node.ingest import COMMIT_GRACE
 from dlnet.protocol.identity import SigningKey
 from dlnet.protocol.probes import (
     build_probe,
+    key_hash,
     pairing,
     probe_factor,
     probe_grade,
@@ -60,7 +61,8 @@ async def run_prober(ctx: NodeContext, key: SigningKey, rnd: int, source: Sequen
         ctx.log.error("round %d: no probe: %s", rnd, exc)
         return
     await ctx.clock.sleep_until(times.start - PROBE_LEAD)
-    if await ctx.publish(Kind.PROBE, sign_probe(key, cfg.network_id, rnd, halves)) is None:
+    probe = sign_probe(key, cfg.network_id, rnd, halves, key_hash(probe_key.signature))
+    if await ctx.publish(Kind.PROBE, probe) is None:
         return
     ctx.log.info("round %d: published a probe of %d texts", rnd, len(halves) // 2)
     await ctx.clock.sleep_until(times.commit_deadline + KEY_DELAY)
@@ -96,18 +98,33 @@ async def pull_probe_key(ctx: NodeContext, rnd: int, deadline: float) -> None:
         await ctx.sync.fetch_round(Kind.PROBE_KEY, rnd, deadline=deadline)
 
 
+def opening_key(ctx: NodeContext, rnd: int) -> ProbeKey | None:
+    """The key that grades round ``rnd``'s probe: the held ProbeKey that opens the held Probe's
+    ``key_hash``; None while either is missing, and for good once this node holds evidence of
+    the prober equivocating in the round (two Probes, two keys, or any other two messages
+    where one was due): every validator that learns of it leaves the round's probe ungraded,
+    so none grades with a key another never held."""
+    probe = held_probe(ctx, rnd)
+    if probe is None or probe.validator in ctx.store.equivocators(rnd):
+        return None
+    for held in ctx.store.held(ProbeKey, rnd):
+        if key_hash(held.msg.signature) == probe.key_hash:
+            return held.msg
+    return None
+
+
 def probe_inputs(ctx: NodeContext, view: RoundView, rnd: int) -> ProbeInputs | None:
     """What grading round ``rnd``'s probe takes (read from the store, on the trio thread):
-    its pairing and every committed encoder's probe vectors by position; None while the probe
-    or its key is not held. An encoder that committed without the probe's halves, or whose
+    its pairing and every committed encoder's probe vectors by position; None while no key
+    opens it (`opening_key`). An encoder that committed without the probe's halves, or whose
     reveals of them are not held, has None there (and grades 0)."""
     cfg = ctx.cfg
-    keys = ctx.store.held(ProbeKey, rnd)
-    if not cfg.scoring.probe_texts or not keys or held_probe(ctx, rnd) is None:
+    key = opening_key(ctx, rnd) if cfg.scoring.probe_texts else None
+    if key is None:
         return None
     halves = 2 * cfg.scoring.probe_texts
     shard = probe_shard(cfg)
-    return pairing(probe_seed(keys[0].msg.signature), cfg.scoring.probe_texts), {
+    return pairing(probe_seed(key.signature), cfg.scoring.probe_texts), {
         enc: probe_vectors(view, enc, shard, cfg.slots_per_shard, halves) for enc in view.commits
     }
 
@@ -129,6 +146,9 @@ class ProbeLedger:
 
     def record(self, rnd: int, who: bytes, grades: dict[bytes, int]) -> None:
         self._grades[rnd] = (who, grades)
+
+    def forget(self, rnd: int) -> None:
+        self._grades.pop(rnd, None)
 
     def has(self, rnd: int) -> bool:
         return rnd in self._grades

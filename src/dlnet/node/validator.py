@@ -347,11 +347,15 @@ class ValidatorRole:
             if r != rnd and self.probes.has(r):
                 continue
             inputs = probe_inputs(self.ctx, view if r == rnd else round_view(self.ctx, r), r)
-            if inputs is not None:
-                graded = await self.ctx.offload(functools.partial(grades, inputs))
-                who = prober(cfg, r)
-                assert who is not None  # probes are on
-                self.probes.record(r, who, graded)
+            if inputs is None:
+                # This round's key may have lost its standing since it was graded (evidence
+                # of its prober equivocating came in).
+                self.probes.forget(r)
+                continue
+            graded = await self.ctx.offload(functools.partial(grades, inputs))
+            who = prober(cfg, r)
+            assert who is not None  # probes are on
+            self.probes.record(r, who, graded)
         return self.probes.factors(rnd, encoders, window)
 
     def _record_reveals(self, rnd: int, view: RoundView) -> None:

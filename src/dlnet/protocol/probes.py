@@ -14,9 +14,12 @@ supervised quality, docs/VALIDITY.md) that no map into the network's space and n
 majority can fake, because nobody but the prober could link the halves before committing.
 
 The pairing is a function of ``probe_seed``: a hash of the prober's Ed25519 signature over the
-round (the key: deterministic, so a restarted prober derives the same probe; unpredictable
-without the prober's private key; checkable by anyone once shown). Everything here is pure: the
-node signs, picks the source texts and keeps the grades (node/probing.py).
+round (the key: unpredictable without the prober's private key; an honest prober's signing is
+deterministic, so a restarted prober derives the same probe). A signer that picks its own nonce
+can make many valid signatures of one message, so the Probe carries ``key_hash`` of the key it
+will reveal: made before any encoder embeds, it leaves the prober one key that opens its probe,
+and nothing to choose once the reveals are public. Everything here is pure: the node signs,
+picks the source texts and keeps the grades (node/probing.py).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from dlnet.protocol.config import NetworkConfig
 from dlnet.protocol.masks import Drbg, hidden_count, split_by_mask, split_units
 
 PROBE_TAG = b"dlnet/v1/probe"
+KEY_HASH_TAG = b"dlnet/v1/probe/key-hash"
 TEXTS_TAG = b"dlnet/v1/probe/texts"
 HIDE_TAG = b"dlnet/v1/probe/hide"
 ORDER_TAG = b"dlnet/v1/probe/order"
@@ -58,9 +62,15 @@ def probe_shard(cfg: NetworkConfig) -> int:
 
 
 def probe_seed(signature: bytes) -> bytes:
-    """``SHA-256(PROBE_TAG || signature)``: unpredictable without the prober's key, the same
-    for every signing of the message (Ed25519 is deterministic), checkable once shown."""
+    """``SHA-256(PROBE_TAG || signature)``: unpredictable without the prober's key, checkable
+    once shown (the signature verifies, and opens the Probe's ``key_hash``)."""
     return sha256(PROBE_TAG, signature)
+
+
+def key_hash(signature: bytes) -> bytes:
+    """``SHA-256(KEY_HASH_TAG || signature)``: what a Probe commits its key to. A ProbeKey
+    whose signature does not hash to its Probe's ``key_hash`` opens nothing (no grade)."""
+    return sha256(KEY_HASH_TAG, signature)
 
 
 def pairing(seed: bytes, count: int) -> tuple[tuple[int, int], ...]:

@@ -253,6 +253,9 @@ class Probe:
     round: int
     validator: bytes
     halves: tuple[str, ...]
+    key_hash: bytes
+    """``probes.key_hash`` of the one ProbeKey that opens this probe (its prober commits to
+    its key before any encoder embeds: no other key of its can grade the round)."""
     signature: bytes
 
 
@@ -316,7 +319,7 @@ def _body(msg: Message) -> list[Any]:
     if isinstance(msg, Schedule):
         return [*head, msg.validator, [[i, list(t)] for i, t in msg.entries]]
     if isinstance(msg, Probe):
-        return [*head, msg.validator, list(msg.halves)]
+        return [*head, msg.validator, list(msg.halves), msg.key_hash]
     if isinstance(msg, ProbeKey):
         return [*head, msg.validator]
     return [*head, encode_result(msg.result), [list(v) for v in msg.votes]]
@@ -423,8 +426,10 @@ def sign_schedule(
     return replace(unsigned, signature=_signature(key, unsigned))
 
 
-def sign_probe(key: SigningKey, network_id: bytes, round: int, halves: tuple[str, ...]) -> Probe:
-    unsigned = Probe(network_id, round, key.public_key, tuple(halves), b"")
+def sign_probe(
+    key: SigningKey, network_id: bytes, round: int, halves: tuple[str, ...], key_hash: bytes
+) -> Probe:
+    unsigned = Probe(network_id, round, key.public_key, tuple(halves), key_hash, b"")
     return replace(unsigned, signature=_signature(key, unsigned))
 
 
@@ -465,7 +470,7 @@ _ARITY = {
     Kind.CERTIFICATE: 6,
     Kind.SUBMISSION: 7,
     Kind.SCHEDULE: 7,
-    Kind.PROBE: 7,
+    Kind.PROBE: 8,
     Kind.PROBE_KEY: 6,
 }
 
@@ -675,8 +680,9 @@ def _probe(f: list[Any], cfg: NetworkConfig) -> Probe:
         raise Reject(RejectReason.BAD_FIELD, "an empty half")
     if sum(len(h.encode()) for h in halves) > count * PROBE_TEXT_BYTES:
         raise Reject(RejectReason.OVERSIZE, f"halves over {count} x {PROBE_TEXT_BYTES} bytes")
-    signature = _bin(f[6], SIGNATURE_BYTES, "signature")
-    return Probe(f[2], f[3], _prober(cfg, validator, f[3]), tuple(halves), signature)
+    key_hash = _bin(f[6], HASH_BYTES, "key_hash")
+    signature = _bin(f[7], SIGNATURE_BYTES, "signature")
+    return Probe(f[2], f[3], _prober(cfg, validator, f[3]), tuple(halves), key_hash, signature)
 
 
 def _probe_key(f: list[Any], cfg: NetworkConfig) -> ProbeKey:
@@ -754,7 +760,7 @@ def _max_bytes(
         ],
         # Halves of probe texts of PROBE_TEXT_BYTES share that many bytes; two equal halves
         # take the most length headers.
-        Kind.PROBE: [h, ["x" * (PROBE_TEXT_BYTES // 2)] * (2 * probe), sig],
+        Kind.PROBE: [h, ["x" * (PROBE_TEXT_BYTES // 2)] * (2 * probe), h, sig],
         Kind.PROBE_KEY: [h, sig],
     }
     return len(pack([*head, *bodies[kind]]))
