@@ -298,7 +298,8 @@ class Ingest:
             and self.now() < round_times(self.cfg, msg.round).commit_deadline
         ):
             # A probe's key before the commits are final could let encoders link its halves:
-            # a prober that leaks it early loses the round's probe (docs/PROTOCOL.md §2.8).
+            # the network neither stores nor relays one until the commits are final
+            # (docs/PROTOCOL.md §2.8 rule 5).
             self.count(C.IGNORED, "early_probe_key")
             return False
         return True
