@@ -264,3 +264,20 @@ def test_probe_texts_mistakes(tmp_path: Path, capsys: pytest.CaptureFixture[str]
         dlnet(capsys, *run, "--role", "validator", "--probe-texts", str(tmp_path / "none")),
         "--probe-texts",
     )
+
+
+def test_keep_rounds_mistakes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`--keep-rounds` below what the network needs (the probe look-back and the accepted
+    window) or negative is one line (exit 2) before the node starts."""
+    v = tmp_path / "v.key"
+    assert dlnet(capsys, "keygen", "--out", str(v)).code == 0
+    cfg = tmp_path / "network.toml"
+    assert dlnet(capsys, "init", "--validator", f"@{v}", "--out", str(cfg)).code == 0
+    run = ("run", "--config", str(cfg), "--key", str(v), "--data-dir", str(tmp_path / "d"))
+    one_line_error(
+        dlnet(capsys, *run, "--role", "validator", "--keep-rounds", "10"),
+        "--keep-rounds 10",
+        "needs the last 52 rounds",
+        "0 to keep all",
+    )
+    one_line_error(dlnet(capsys, *run, "--keep-rounds", "-1"), "--keep-rounds")

@@ -34,6 +34,7 @@ from dlnet.node.logs import LOG_FORMATS, setup_logging
 from dlnet.node.models import ModelLoadError, load_model
 from dlnet.node.models.aligned import Method, save_map
 from dlnet.node.report import ReportError
+from dlnet.node.retention import DEFAULT_KEEP_ROUNDS
 from dlnet.node.reveals import KEEPER_MAX_PEERS
 from dlnet.node.runtime import ROLES, NodeError, NodeOptions, load_config, run_node
 from dlnet.node.store import StoreError
@@ -310,6 +311,14 @@ def init(
     "free port; the URL goes into the data dir's node.json). Off by default; see docs/API.md "
     "before binding anything but 127.0.0.1.",
 )
+@click.option(
+    "--keep-rounds",
+    type=click.IntRange(min=0),
+    default=DEFAULT_KEEP_ROUNDS,
+    show_default=True,
+    help="Rounds of messages the store keeps; older ones are dropped once a round "
+    "(certificates, submissions and schedules stay). 0 = keep all. See docs/OPERATING.md, Disk.",
+)
 def run(
     config_path: Path,
     key_paths: tuple[Path, ...],
@@ -328,6 +337,7 @@ def run(
     max_peers: int | None,
     gossip_params: tuple[str, ...],
     api: str | None,
+    keep_rounds: int,
 ) -> None:
     """Run a node until interrupted (Ctrl-C / SIGTERM)."""
     options = _model_options(model_options)
@@ -372,6 +382,7 @@ def run(
         api=None if api is None else _api_bind(api),
         encoders=encoders,
         probe_texts=probe_texts,
+        keep_rounds=keep_rounds,
     )
     trio.run(run_node, opts)
 

@@ -37,6 +37,7 @@ from dlnet.node.models import Model, load_model
 from dlnet.node.models.aligned import AlignedModel, load_map
 from dlnet.node.progress import genesis_countdown, keep_live_info, write_json
 from dlnet.node.report import INFO_FILE, STORE_FILE
+from dlnet.node.retention import DEFAULT_KEEP_ROUNDS, check_keep_rounds, prune_rounds
 from dlnet.node.reveals import Forwarder, PushGroup
 from dlnet.node.reveals import install_server as install_reveal_server
 from dlnet.node.store import Store
@@ -128,6 +129,8 @@ class NodeOptions:
     probe_texts: Path | None = None
     """Validator: a file of its own texts, one per line, for the probes it makes (§2.8); None:
     the network's data set."""
+    keep_rounds: int = DEFAULT_KEEP_ROUNDS
+    """Rounds of messages the store keeps (node/retention.py; 0 = all)."""
     encoders: tuple[EncoderIdentity, ...] = ()
     """Encoder identities this process runs (`--encoders-file`, repeated `--key`); empty: the
     one of ``key_path``, ``model``, ``behaviour``, ... when ``roles`` has ``encoder``."""
@@ -502,6 +505,10 @@ async def run_node(opts: NodeOptions) -> None:
     except IdentityError as exc:
         raise NodeError(str(exc)) from None
     probe_source = None if opts.probe_texts is None else read_probe_texts(opts.probe_texts, cfg)
+    try:
+        check_keep_rounds(cfg, opts.keep_rounds)
+    except ValueError as exc:
+        raise NodeError(str(exc)) from None
     log = logging.getLogger("dlnet")
     check_port_free(opts.listen)
     identities = [Identity(spec, read_key(spec.key_path)) for spec in specs]
@@ -703,6 +710,7 @@ async def _run_locked(
                 nursery.start_soon(genesis_countdown, cfg, WALL.now)
                 nursery.start_soon(_keep_transport_counters, host, opts.data_dir)
                 nursery.start_soon(_keep_saved_peers, host, opts.data_dir)
+                nursery.start_soon(prune_rounds, ctx, opts.keep_rounds)
                 validator = key if "validator" in opts.roles else None
                 byz = None if opts.byzantine is None else Byzantine(opts.byzantine)
                 start_roles(

@@ -52,6 +52,9 @@ Decoder = Callable[[bytes, Kind], "Verified[Message] | None"]
 """Decodes stored bytes of a kind again (only for rounds held from before this process, or
 dropped from the in-memory cache): the admission's verify, counted the same way."""
 
+PRUNED_KINDS = tuple(k for k in KIND_OF.values() if k not in (Kind.SUBMISSION, Kind.SCHEDULE))
+"""The kinds `Store.prune` drops from old rounds."""
+
 SCHEMA_VERSION = 1
 NO_SLOT = -1  # shard/slot of messages that have none (SQLite UNIQUE treats NULLs as distinct)
 MAX_ROUND = 2**63 - 1  # SQLite's largest integer
@@ -480,13 +483,29 @@ class Store:
         ).fetchone()
         return OutcomeSummary(int(fin), int(notfin), None if last is None else int(last))
 
-    def prune(self, before_round: int) -> None:
-        """Drop messages, evidence and state of rounds before ``before_round`` (certificates
-        and outcomes are kept forever)."""
-        for table in ("messages", "equivocations", "round_state", "signed"):
-            self._db.execute(f"DELETE FROM {table} WHERE round < ?", (before_round,))
-        self.forget_before(before_round)
-        self._on_disk = {k for k in self._on_disk if k[1] >= before_round}
+    def prune(self, before_round: int) -> int:
+        """Drop what rounds before ``before_round`` need no more, and return how many messages
+        went: their messages but submissions and schedules (with the certificate, they are a
+        submission's answer, `submissions.lookup`), equivocation evidence, slashing-protection
+        records (no such round can be signed again) and round state but when the node
+        finalized. Certificates, outcomes and counters are kept forever. SQLite reuses the
+        freed pages, so the file stops growing rather than shrinks."""
+        dropped = 0
+        for kind in PRUNED_KINDS:  # (kind, round) leads an index: no scan of what stays
+            cur = self._db.execute(
+                "DELETE FROM messages WHERE kind=? AND round<?", (int(kind), before_round)
+            )
+            dropped += max(cur.rowcount, 0)
+        self._db.execute("DELETE FROM equivocations WHERE round<?", (before_round,))
+        self._db.execute("DELETE FROM signed WHERE round<?", (before_round,))
+        self._db.execute(
+            "DELETE FROM round_state WHERE round<? AND key<>?", (before_round, FINALIZED_AT)
+        )
+        pruned = {int(k) for k in PRUNED_KINDS}
+        for key in [k for k in self._cache if k[1] < before_round and k[0] in pruned]:
+            del self._cache[key]
+        self._on_disk = {k for k in self._on_disk if k[1] >= before_round or k[0] not in pruned}
+        return dropped
 
     # --- counters -----------------------------------------------------------------------
 
