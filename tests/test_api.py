@@ -286,6 +286,9 @@ def test_metrics_parse_and_carry_the_counters(node: Node) -> None:
     assert value("dlnet_last_finalized_round") == ROUND
     assert value("dlnet_current_round") == ROUND
     assert value("dlnet_peers_connected") == 2
+    used, free = node.store.size()
+    assert value("dlnet_store_bytes", state="used") == used > 0
+    assert value("dlnet_store_bytes", state="free") == free
     assert value("dlnet_api_requests_total", route="round", status="400") == 1
     assert value("dlnet_api_requests_total", route="unmatched", status="404") == 1
     info = [k for k in samples if k[0] == "dlnet_node_info"]

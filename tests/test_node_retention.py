@@ -148,3 +148,22 @@ def test_the_fewest_rounds_a_node_may_keep() -> None:
         assert f"needs the last {least} rounds" in str(exc)
     else:
         raise AssertionError("a keep below the look-back passed")
+
+
+def test_pruned_pages_are_free_for_reuse(tmp_path: Path) -> None:
+    """What `Store.size` (the `dlnet_store_bytes` gauge) reports: pruning moves bytes from in
+    use to free, and new rounds fill the free pages before the file grows."""
+    cfg = config()
+    store, ingest, _ = filled(cfg, tmp_path / "store.sqlite")
+    used, free = store.size()
+    store.prune(ROUNDS)
+    used_after, free_after = store.size()
+    assert used_after < used and free_after > free
+    assert used_after + free_after == used + free  # the file did not shrink
+    hashes = (b"h" * 32,) * (cfg.shards_per_round * cfg.slots_per_shard)
+    for r in range(ROUNDS, 2 * ROUNDS):  # as many commits as were pruned
+        commit = sign_commit(ENCODER, cfg.network_id, r, hashes)
+        ingest.admit_own(commit, encode(commit))
+    used_now, free_now = store.size()
+    assert used_now > used_after and used_now + free_now == used + free  # no growth
+    store.close()

@@ -400,6 +400,16 @@ class NodeCollector(Collector):
         settled.add_metric(["finalized"], summary.finalized)
         settled.add_metric(["not_finalized"], summary.not_finalized)
         yield settled
+        used, free = view.store.size()
+        size = GaugeMetricFamily(
+            "dlnet_store_bytes",
+            "The node's SQLite database: bytes in use, and free pages it reuses before growing "
+            "(--keep-rounds bounds it).",
+            labels=["state"],
+        )
+        size.add_metric(["used"], used)
+        size.add_metric(["free"], free)
+        yield size
         last = GaugeMetricFamily("dlnet_last_finalized_round", "The last finalized round held.")
         if summary.last_finalized is not None:
             last.add_metric([], summary.last_finalized)

@@ -143,6 +143,12 @@ PROOF = _declare(
     "event",
     persistent=True,
 )
+PRUNED = _declare(
+    "pruned",
+    "dlnet_messages_pruned",
+    "Stored messages of rounds older than --keep-rounds dropped (node/retention.py).",
+    persistent=True,
+)
 
 # --- in memory: signature verifies ------------------------------------------------------------
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Final
 
+from dlnet.node import counters as C
 from dlnet.node.context import NodeContext
 from dlnet.node.probing import LOOKBACK_FACTOR
 from dlnet.protocol.config import NetworkConfig
@@ -46,5 +47,6 @@ async def prune_rounds(ctx: NodeContext, keep: int) -> None:
         if rnd - keep > 0:
             dropped = ctx.store.prune(rnd - keep)
             if dropped:
+                ctx.ingest.counters.add(C.PRUNED, n=dropped)
                 ctx.log.debug("pruned %d messages of rounds before %d", dropped, rnd - keep)
         await ctx.clock.sleep_until(round_times(cfg, max(rnd + 1, 0)).start)

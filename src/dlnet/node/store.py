@@ -507,6 +507,14 @@ class Store:
         self._on_disk = {k for k in self._on_disk if k[1] >= before_round or k[0] not in pruned}
         return dropped
 
+    def size(self) -> tuple[int, int]:
+        """The database's bytes in use and free (pages `prune` freed, reused before the file
+        grows), WAL excluded."""
+        page = int(self._db.execute("PRAGMA page_size").fetchone()[0])
+        pages = int(self._db.execute("PRAGMA page_count").fetchone()[0])
+        free = int(self._db.execute("PRAGMA freelist_count").fetchone()[0])
+        return (pages - free) * page, free * page
+
     # --- counters -----------------------------------------------------------------------
 
     def bump_counter(self, name: str, n: int = 1) -> None:
