@@ -15,8 +15,8 @@ from dlnet.protocol.config import NetworkConfig
 from dlnet.protocol.rounds import round_at, round_times
 
 DEFAULT_KEEP_ROUNDS: Final = 256
-"""Rounds a node keeps by default (0 = all): about 0.6 GB for a validator of a 10-encoder
-testnet, docs/OPERATING.md."""
+"""Rounds a node keeps by default (0 = all): about 0.7 GB for a validator of a 10-encoder
+testnet (docs/OPERATING.md "Disk")."""
 
 
 def min_keep_rounds(cfg: NetworkConfig) -> int:
