@@ -25,6 +25,7 @@ from dlnet.node.dataset_io import resolve_dataset_path
 from dlnet.node.identities import EncoderIdentity, render_encoders_file
 from dlnet.node.keyfile import write_key
 from dlnet.node.models.kinds import LEVEL_OPTIONS
+from dlnet.node.retention import DEFAULT_KEEP_ROUNDS
 from dlnet.protocol.config import (
     DatasetRef,
     NetworkConfig,
@@ -323,7 +324,10 @@ def encoder_processes(plan: TestnetPlan) -> list[EncoderProcess]:
     return out
 
 
-def _node_cmd(config: Path, data_dir: Path, extra: Sequence[str]) -> list[str]:
+def _node_cmd(
+    config: Path, data_dir: Path, extra: Sequence[str], keep: int = DEFAULT_KEEP_ROUNDS
+) -> list[str]:
+    """`dlnet run` of one testnet node; ``keep``: its `--keep-rounds`."""
     return [
         sys.executable,
         "-m",
@@ -337,6 +341,8 @@ def _node_cmd(config: Path, data_dir: Path, extra: Sequence[str]) -> list[str]:
         str(data_dir),
         "--api",
         "127.0.0.1:0",
+        "--keep-rounds",
+        str(keep),
         *extra,
     ]
 
@@ -674,6 +680,9 @@ def run_testnet(plan: TestnetPlan, *, echo: Any = print) -> int:
     hub_peers = str(plan.hub_max_peers(len(groups)))
 
     procs: list[Proc] = []
+    # Every round of the run stays in the stores for the report (and no fewer than a node's
+    # default).
+    keep = max(DEFAULT_KEEP_ROUNDS, plan.rounds + 2)
     try:
         boot = _start(
             "bootstrap",
@@ -684,6 +693,7 @@ def run_testnet(plan: TestnetPlan, *, echo: Any = print) -> int:
                 config_path,
                 out / "nodes" / "bootstrap",
                 ["--max-peers", hub_peers],
+                keep=keep,
             ),
         )
         procs.append(boot)
@@ -710,6 +720,7 @@ def run_testnet(plan: TestnetPlan, *, echo: Any = print) -> int:
                         hub_peers,
                         *(["--byzantine", plan.byzantine[1]] if byzantine else []),
                     ],
+                    keep=keep,
                 ),
             )
             p.public_key = key.public_key.hex()
@@ -743,6 +754,7 @@ def run_testnet(plan: TestnetPlan, *, echo: Any = print) -> int:
                     config_path,
                     data_dir,
                     ["--role", "encoder", "--bootstrap", boot_addr, *extra],
+                    keep=keep,
                 ),
             )
             p.identities = [
