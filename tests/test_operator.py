@@ -312,6 +312,8 @@ def test_status_shows_network_peers_round_and_last_finalized(tmp_path: Path) -> 
     assert f"round     4, phase {live['phase']}" in text
     assert "finalized last round 2" in text
     assert "rounds    2✓6.4s 3✗" in text  # round 2's finality latency, after its reveal deadline
+    used = st["store_bytes"]["used"]
+    assert used > 0 and f"store     {used / 1e6:.1f} MB in use, 0.0 MB free" in text
     assert "is the node running?" in report.format_status(st, now=now + 300)
 
 

@@ -107,6 +107,7 @@ def node_status(data_dir: Path) -> dict[str, Any]:
             "last_finalized": store.outcome_summary().last_finalized,
             "rounds": outcome_rows(store),
             "counters": dict(store.counters()),
+            "store_bytes": dict(zip(("used", "free"), store.size(), strict=True)),
         }
     finally:
         store.close()
@@ -142,6 +143,9 @@ def format_status(st: dict[str, Any], now: float | None = None) -> str:
         f"round     {current}",
         f"finalized {'-' if last is None else f'last round {last}'}",
         "rounds    " + (" ".join(map(_round_mark, st["rounds"])) or "-"),
+        "store     {:.1f} MB in use, {:.1f} MB free for reuse (--keep-rounds)".format(
+            st["store_bytes"]["used"] / 1e6, st["store_bytes"]["free"] / 1e6
+        ),
     ]
     for name, n in sorted(st["counters"].items()):
         lines.append(f"  {name:<40} {n}")
