@@ -491,16 +491,17 @@ class Store:
         finalized. Certificates, outcomes and counters are kept forever. SQLite reuses the
         freed pages, so the file stops growing rather than shrinks."""
         dropped = 0
-        for kind in PRUNED_KINDS:  # (kind, round) leads an index: no scan of what stays
-            cur = self._db.execute(
-                "DELETE FROM messages WHERE kind=? AND round<?", (int(kind), before_round)
+        with self.batch():  # one transaction
+            for kind in PRUNED_KINDS:  # (kind, round) leads an index: no scan of what stays
+                cur = self._db.execute(
+                    "DELETE FROM messages WHERE kind=? AND round<?", (int(kind), before_round)
+                )
+                dropped += max(cur.rowcount, 0)
+            self._db.execute("DELETE FROM equivocations WHERE round<?", (before_round,))
+            self._db.execute("DELETE FROM signed WHERE round<?", (before_round,))
+            self._db.execute(
+                "DELETE FROM round_state WHERE round<? AND key<>?", (before_round, FINALIZED_AT)
             )
-            dropped += max(cur.rowcount, 0)
-        self._db.execute("DELETE FROM equivocations WHERE round<?", (before_round,))
-        self._db.execute("DELETE FROM signed WHERE round<?", (before_round,))
-        self._db.execute(
-            "DELETE FROM round_state WHERE round<? AND key<>?", (before_round, FINALIZED_AT)
-        )
         pruned = {int(k) for k in PRUNED_KINDS}
         for key in [k for k in self._cache if k[1] < before_round and k[0] in pruned]:
             del self._cache[key]
