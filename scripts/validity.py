@@ -97,6 +97,7 @@ class Encoder:
     embed: Embed
     fabricate: float | None = None  # inverse slots forged as full - mask + noise of this size
     leak: float | None = None  # this share of the full mixed into the halves (kinds.leak_full)
+    probe: Embed | None = None  # what answers the probes (None: embed; `hybrid_attack`)
 
 
 REAL_GROUPS = ("honest", "graded", "outsider")
@@ -482,7 +483,8 @@ def probe_round(
     halves = list(build_probe(seed, source, params.probe_texts, 0.5))
     pairs = pairing(seed, params.probe_texts)
     return PROBERS[r % len(PROBERS)], {
-        e.name: probe_grade(pairs, list(e.embed(halves).astype(np.float32))) for e in encs
+        e.name: probe_grade(pairs, list((e.probe or e.embed)(halves).astype(np.float32)))
+        for e in encs
     }
 
 
@@ -776,6 +778,27 @@ def two_encoder_networks(
     return out
 
 
+def hybrid_attack(
+    encs: Sequence[Encoder], items: Sequence[str], rounds: int, params: ScoringParams
+) -> dict[str, float] | None:
+    """The attack a probe cannot see (docs/VALIDITY.md, fifth study): honest-0 answering the
+    probes with aligned all-mpnet-base-v2 while its shard work stays MiniLM's, in the same pool
+    otherwise; its score and probe factor beside the plain pool's honest-0 and mpnet-aligned.
+    None without the outsiders."""
+    by = {e.name: e for e in encs}
+    if "honest-0" not in by or "mpnet-aligned" not in by:
+        return None
+    hybrid = replace(by["honest-0"], probe=by["mpnet-aligned"].embed)
+    net = network_scores(
+        [hybrid if e.name == "honest-0" else e for e in encs], items, rounds, params
+    )
+    return {
+        "score": net["honest-0"]["score"],
+        "probe": net["honest-0"]["probe"],
+        "mpnet_score": net["mpnet-aligned"]["score"],
+    }
+
+
 def study(
     small: bool,
     rounds: int,
@@ -821,6 +844,7 @@ def study(
             row |= {name: q["quality"], f"{name}_boot": q["quality_boot"]}
         rows.append(row)
     pairs = [] if small else two_encoder_networks(encs, items, rounds, params)
+    hybrid = None if small else hybrid_attack(encs, items, rounds, params)
     for c in caches:
         c.save()
     return {
@@ -837,6 +861,7 @@ def study(
         "alignment_to": align_to,
         "alignment_seconds": align_seconds,
         "two_encoder_networks": pairs,
+        "hybrid": hybrid,
         "notes": notes,
         "seconds": time.monotonic() - began,
     }
@@ -909,6 +934,16 @@ def markdown(res: dict[str, Any], command: str) -> str:
         for p in res["two_encoder_networks"]:
             lines.append(f"- {p['real']} {p[p['real']]:.4f}, {p['bag']} {p[p['bag']]:.4f}")
         lines.append("")
+    if res.get("hybrid"):
+        h = res["hybrid"]
+        plain = {r["encoder"]: r for r in res["rows"]}
+        lines += [
+            f"Hybrid (honest-0 answering the probes with mpnet-aligned, shard work unchanged): "
+            f"score {h['score']:.4f}, probe factor {h['probe']:.4f} (as itself "
+            f"{plain['honest-0']['score']:.4f} and {plain['honest-0']['probe']:.4f}; "
+            f"mpnet-aligned {h['mpnet_score']:.4f} in the hybrid's pool).",
+            "",
+        ]
     lines += [
         "| encoder | group | network score | probe factor | cut | composition | DL | max-slot LOF "
         "| min-slot cos | eff. rank | newsgroups | Rotten Tomatoes | **held-out quality** | s.e. "

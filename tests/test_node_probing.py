@@ -9,16 +9,18 @@ from typing import cast
 
 from dlnet.node.context import NodeContext
 from dlnet.node.ingest import Ingest, Outcome
-from dlnet.node.probing import ProbeLedger, opening_key
+from dlnet.node.probing import ProbeLedger, opening_key, probe_inputs, skipped_probe
 from dlnet.node.store import Store
 from dlnet.node.sync import SyncClient
 from dlnet.node.transport import Transport
+from dlnet.node.validator import round_view
 from dlnet.protocol.canonical import sha256
 from dlnet.protocol.config import NetworkConfig, ValidatorEntry, default_config
 from dlnet.protocol.identity import SigningKey
+from dlnet.protocol.params import RegistrationParams
 from dlnet.protocol.probes import key_hash, prober
 from dlnet.protocol.rounds import round_times
-from dlnet.protocol.wire import Kind, Message, encode, sign_probe, sign_probe_key
+from dlnet.protocol.wire import Kind, Message, encode, sign_commit, sign_probe, sign_probe_key
 
 VALIDATORS = [SigningKey.from_seed(sha256(b"probing validator%d" % i)) for i in range(3)]
 RND = 4
@@ -32,6 +34,7 @@ def node(tmp: Path) -> tuple[NetworkConfig, NodeContext, SigningKey]:
         [ValidatorEntry(k.public_key, 10) for k in VALIDATORS],
         1_700_000_000,
         dataset_sha256=sha256(b"data"),
+        registration=RegistrationParams(difficulty=0),  # any nonce: no proof to compute
     )
     now = round_times(cfg, RND).commit_deadline + 3.0
     store = Store.open(tmp / "store.sqlite")
@@ -95,3 +98,26 @@ def test_a_ledger_forgets_a_round_whose_key_lost_its_standing() -> None:
     assert ledger.factors(2, [b"e"], 12) == {b"e": 45000 / 65535}
     ledger.forget(2)
     assert not ledger.has(2) and ledger.factors(2, [b"e"], 12) == {b"e": 60000 / 65535}
+
+
+def test_an_encoder_that_skipped_the_probe_is_not_graded_and_loses_the_round(
+    tmp_path: Path,
+) -> None:
+    """A commit without the probe's halves (an encoder that joined mid-round, or saved the
+    work): no grade enters its history (no 0 to drag the rounds after), and `skipped_probe`
+    names it, so the validator scores it 0 in this round."""
+    cfg, ctx, key = node(tmp_path)
+    probe_key = sign_probe_key(key, cfg.network_id, RND)
+    probe = sign_probe(key, cfg.network_id, RND, HALVES, key_hash(probe_key.signature))
+    admit(ctx, Kind.PROBE, probe)
+    admit(ctx, Kind.PROBE_KEY, probe_key)
+    answered, skipped = (SigningKey.from_seed(sha256(b"encoder%d" % i)) for i in range(2))
+    shards = cfg.shards_per_round * cfg.slots_per_shard
+    for enc, listed in ((answered, shards + len(HALVES)), (skipped, shards)):
+        commit = sign_commit(enc, cfg.network_id, RND, (b"h" * 32,) * listed)
+        ctx.ingest.admit_own(commit, encode(commit))  # held from before the deadline
+    view = round_view(ctx, RND)
+    inputs = probe_inputs(ctx, view, RND)
+    assert inputs is not None and set(inputs[1]) == {answered.public_key}
+    encoders = [answered.public_key, skipped.public_key]
+    assert skipped_probe(ctx, view, encoders) == {skipped.public_key}

@@ -128,13 +128,17 @@ class EncoderRole:
         # The round's texts follow its Schedule votes, and its probe is the prober's: pull
         # both, side by side, if gossip missed them.
         await self.ctx.clock.sleep_until(times.start - SCHEDULE_PULL)
+        # An encoder that joins the round after it started (`runtime.first_round`) was not
+        # subscribed when both went out: it asks for them for PROBE_GRACE from now.
+        late = self.ctx.clock.now() > times.start
+        until = self.ctx.clock.now() + PROBE_GRACE if late else times.start
         async with trio.open_nursery() as pulls:
-            pulls.start_soon(pull_schedule, self.ctx, rnd, times.start)
-            pulls.start_soon(pull_probe, self.ctx, rnd, times.start)
+            pulls.start_soon(pull_schedule, self.ctx, rnd, until)
+            pulls.start_soon(pull_probe, self.ctx, rnd, until)
         await self.ctx.clock.sleep_until(times.start)
-        # A probe missed is a grade of 0: keep asking a little into the commit phase (an
-        # encoder that joined just before the round, or whose peers were not up yet).
-        await pull_probe(self.ctx, rnd, times.start + PROBE_GRACE)
+        # A probe missed is a round's score lost: keep asking a little into the commit phase
+        # (an encoder that joined just before the round, or whose peers were not up yet).
+        await pull_probe(self.ctx, rnd, max(until, times.start + PROBE_GRACE))
         probe = held_probe(self.ctx, rnd)
         stored = self._stored_round(rnd)
         if stored is not None:

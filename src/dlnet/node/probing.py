@@ -24,7 +24,7 @@ from dlnet.protocol.probes import (
     probe_shard,
     prober,
 )
-from dlnet.protocol.round import RoundView, probe_vectors
+from dlnet.protocol.round import RoundView, lists_probe, probe_vectors
 from dlnet.protocol.rounds import round_times
 from dlnet.protocol.wire import Kind, Probe, ProbeKey, sign_probe, sign_probe_key
 
@@ -115,9 +115,10 @@ def opening_key(ctx: NodeContext, rnd: int) -> ProbeKey | None:
 
 def probe_inputs(ctx: NodeContext, view: RoundView, rnd: int) -> ProbeInputs | None:
     """What grading round ``rnd``'s probe takes (read from the store, on the trio thread):
-    its pairing and every committed encoder's probe vectors by position; None while no key
-    opens it (`opening_key`). An encoder that committed without the probe's halves, or whose
-    reveals of them are not held, has None there (and grades 0)."""
+    its pairing and the probe vectors by position of every committed encoder whose commit
+    lists the halves (`lists_probe`: one that skipped the probe is not graded, and scores 0
+    in the round, `skipped_probe`); None while no key opens it (`opening_key`). A reveal not
+    held is None there (that text grades 0)."""
     cfg = ctx.cfg
     key = opening_key(ctx, rnd) if cfg.scoring.probe_texts else None
     if key is None:
@@ -125,8 +126,21 @@ def probe_inputs(ctx: NodeContext, view: RoundView, rnd: int) -> ProbeInputs | N
     halves = 2 * cfg.scoring.probe_texts
     shard = probe_shard(cfg)
     return pairing(probe_seed(key.signature), cfg.scoring.probe_texts), {
-        enc: probe_vectors(view, enc, shard, cfg.slots_per_shard, halves) for enc in view.commits
+        enc: probe_vectors(view, enc, shard, cfg.slots_per_shard, halves)
+        for enc in view.commits
+        if lists_probe(view, enc, shard, cfg.slots_per_shard, halves)
     }
+
+
+def skipped_probe(ctx: NodeContext, view: RoundView, encoders: Sequence[bytes]) -> set[bytes]:
+    """Those of ``encoders`` whose commit lists no probe halves in a round whose probe is
+    graded: their probe factor is 0 in that round (a probe skipped costs the round's score,
+    and nothing after it: an encoder that joined mid-round without the probe is not dragged
+    down by a grade of 0 in the rounds that follow)."""
+    cfg = ctx.cfg
+    halves = 2 * cfg.scoring.probe_texts
+    shard = probe_shard(cfg)
+    return {e for e in encoders if not lists_probe(view, e, shard, cfg.slots_per_shard, halves)}
 
 
 def grades(inputs: ProbeInputs) -> dict[bytes, int]:

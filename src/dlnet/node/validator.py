@@ -25,6 +25,7 @@ from dlnet.node.probing import (
     probe_inputs,
     pull_probe_key,
     run_prober,
+    skipped_probe,
 )
 from dlnet.node.report import verified_certificate
 from dlnet.node.reveals import PUSH_SETTLE, REVEAL_DELAY
@@ -343,6 +344,7 @@ class ValidatorRole:
         window = cfg.scoring.probe_window
         if not cfg.scoring.probe_texts:
             return None
+        skipped: set[bytes] = set()
         for r in range(max(0, rnd - LOOKBACK_FACTOR * window + 1), rnd + 1):
             if r != rnd and self.probes.has(r):
                 continue
@@ -356,7 +358,10 @@ class ValidatorRole:
             who = prober(cfg, r)
             assert who is not None  # probes are on
             self.probes.record(r, who, graded)
-        return self.probes.factors(rnd, encoders, window)
+            if r == rnd:
+                skipped = skipped_probe(self.ctx, view, encoders)
+        factors = self.probes.factors(rnd, encoders, window)
+        return {e: 0.0 if e in skipped else f for e, f in factors.items()}
 
     def _record_reveals(self, rnd: int, view: RoundView) -> None:
         """Per encoder: reveals its commit listed, and how many this validator held."""

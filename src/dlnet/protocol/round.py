@@ -145,6 +145,13 @@ def scoring_inputs(
     return out
 
 
+def lists_probe(view: RoundView, encoder: bytes, shards: int, slots: int, halves: int) -> bool:
+    """Whether ``encoder``'s commit lists the round's probe halves (after its ``shards *
+    slots`` shard commitments): an encoder that committed without them skipped the probe."""
+    c = view.commits.get(encoder)
+    return c is not None and len(c.hashes) == shards * slots + halves
+
+
 def probe_vectors(
     view: RoundView, encoder: bytes, shards: int, slots: int, halves: int
 ) -> list[NDArray[np.float32] | None]:
