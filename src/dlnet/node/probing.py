@@ -33,7 +33,7 @@ PROBE_LEAD: Final = 5.0
 missed from 3 s before the start (`submissions.SCHEDULE_PULL`)."""
 PROBE_GRACE: Final = 2.0
 """Seconds into the commit phase an encoder still without the round's probe keeps pulling it
-before it embeds (without it, it grades 0 on the round)."""
+before it embeds (without it, it scores 0 in the round: `skipped_probe`)."""
 KEY_DELAY: Final = COMMIT_GRACE + 1.0
 """Seconds after the commit deadline the prober publishes its key: after the grace in which a
 late commit still counts (`ingest.COMMIT_GRACE`), so that no commit made with the key counts."""
