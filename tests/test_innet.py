@@ -199,6 +199,40 @@ def test_every_validator_grades_each_probe_alike_and_scores_with_it(tmp_path: Pa
 
 
 @MINILM
+def test_a_spoiled_probe_grades_nobody_and_the_other_probes_still_rank(tmp_path: Path) -> None:
+    """A byzantine prober commits its Probe to a key it never publishes (`spoiled-probe`,
+    docs/PROTOCOL.md §2.8): in its round no validator grades anyone (its key opens nothing), in
+    the others every validator grades alike, every round finalizes with one result, and the
+    honest encoders rank above noise throughout."""
+    vals, good, bad = keys(3, 1), keys(3, 20), keys(1, 40)
+    cfg, items = network(tmp_path, vals)
+
+    async def scenario(net: InNet) -> None:
+        validators = [await net.start("byz", validator=vals[0], byzantine="spoiled-probe")]
+        validators += [await net.start(f"v{i}", validator=k) for i, k in enumerate(vals[1:])]
+        await encoders(net, "honest", good)
+        await encoders(net, "noise", bad)
+        await settled(net, 3)
+        spoiled = []
+        for rnd in (1, 2, 3):
+            probe = held_probe(validators[1].ctx, rnd)
+            assert probe is not None, rnd
+            inputs = [probe_inputs(v.ctx, round_view(v.ctx, rnd), rnd) for v in validators]
+            if probe.validator == vals[0].public_key:
+                spoiled.append(rnd)
+                assert inputs == [None, None, None], rnd
+            else:
+                graded = [grades(i) for i in inputs if i is not None]
+                assert len(graded) == 3 and graded.count(graded[0]) == 3, rnd
+            cert = agreed(validators, rnd)
+            scores = dict(zip(cert.result.encoders, cert.result.encoder_scores, strict=True))
+            assert min(scores[k.public_key] for k in good) > scores[bad[0].public_key], rnd
+        assert len(spoiled) == 1, spoiled  # three validators probe in turn
+
+    run(cfg, items, tmp_path, scenario)
+
+
+@MINILM
 def test_every_adversary_behaviour_ranks_below_every_honest_encoder(tmp_path: Path) -> None:
     """The encoder adversaries of node/adversaries.py against four honest encoders: each
     ranks below all of them; a copycat (others' reveals re-signed) and an equivocator (two

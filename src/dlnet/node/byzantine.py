@@ -1,5 +1,5 @@
 """TEST-ONLY byzantine validator behaviours (`dlnet run --byzantine MODE`,
-`dlnet testnet --byzantine N:MODE`): hooks `ValidatorRole` calls at two points, so the honest
+`dlnet testnet --byzantine N:MODE`): hooks `ValidatorRole` and its prober call, so the honest
 code path stays free of them. They exist to show that validators holding < 1/3 of the stake
 cannot void, pad or stall a round (docs/PROTOCOL.md §5).
 """
@@ -18,7 +18,8 @@ from dlnet.protocol.result import U16_MAX
 from dlnet.protocol.rounds import RoundTimes
 from dlnet.protocol.wire import Attestation, listed_limit, sign_attestation
 
-MODES: Final = ("fake-encoders", "inverted", "late-attest")
+MODES: Final = ("fake-encoders", "inverted", "late-attest", "spoiled-probe")
+# spoiled-probe: as a round's prober, commit the Probe to a key it never publishes.
 # late-attest: how long after the attest deadline the attestation is published.
 LATE_ATTEST_SECONDS: Final = 0.15
 
@@ -66,6 +67,13 @@ class Byzantine:
             flags.astype(np.uint8).tobytes(),
             att.messages_digest,
         )
+
+    def probe_key_hash(self, real: bytes) -> bytes:
+        """The ``key_hash`` this validator puts in its Probe instead of its key's ``real``
+        one: no key it publishes opens a spoiled probe (docs/PROTOCOL.md §2.8, limits)."""
+        if self.mode == "spoiled-probe":
+            return hashlib.sha256(b"dlnet/spoiled-probe" + real).digest()
+        return real
 
     def attest_at(self, times: RoundTimes) -> float | None:
         """When to publish the attestation (None: as an honest validator does)."""

@@ -11,6 +11,7 @@ from typing import Final
 import numpy as np
 from numpy.typing import NDArray
 
+from dlnet.node.byzantine import Byzantine
 from dlnet.node.context import NodeContext
 from dlnet.node.ingest import COMMIT_GRACE
 from dlnet.protocol.identity import SigningKey
@@ -42,11 +43,17 @@ LOOKBACK_FACTOR: Final = 4
 many rounds back (an encoder that skips rounds has fewer)."""
 
 
-async def run_prober(ctx: NodeContext, key: SigningKey, rnd: int, source: Sequence[str]) -> None:
+async def run_prober(
+    ctx: NodeContext,
+    key: SigningKey,
+    rnd: int,
+    source: Sequence[str],
+    byzantine: Byzantine | None = None,
+) -> None:
     """If this validator probes round ``rnd``: build its probe from ``source`` (the
     validator's probe texts), publish it ``PROBE_LEAD`` before the round, and its key
     ``KEY_DELAY`` after the commit deadline. A prober that starts after the round began skips
-    the probe (encoders have embedded by then)."""
+    the probe (encoders have embedded by then). ``byzantine``: TEST ONLY (node/byzantine.py)."""
     cfg = ctx.cfg
     if prober(cfg, rnd) != key.public_key:
         return
@@ -61,7 +68,10 @@ async def run_prober(ctx: NodeContext, key: SigningKey, rnd: int, source: Sequen
         ctx.log.error("round %d: no probe: %s", rnd, exc)
         return
     await ctx.clock.sleep_until(times.start - PROBE_LEAD)
-    probe = sign_probe(key, cfg.network_id, rnd, halves, key_hash(probe_key.signature))
+    commitment = key_hash(probe_key.signature)
+    if byzantine is not None:
+        commitment = byzantine.probe_key_hash(commitment)
+    probe = sign_probe(key, cfg.network_id, rnd, halves, commitment)
     if await ctx.publish(Kind.PROBE, probe) is None:
         return
     ctx.log.info("round %d: published a probe of %d texts", rnd, len(halves) // 2)

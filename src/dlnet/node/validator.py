@@ -158,14 +158,16 @@ class ValidatorRole:
                 nursery.start_soon(self.run_round, rnd)
                 if rnd == first_round:  # the first round's schedule is due before it starts
                     nursery.start_soon(vote_schedule, self.ctx, self.key, rnd)
-                    nursery.start_soon(run_prober, self.ctx, self.key, rnd, self._probe_texts())
+                    nursery.start_soon(self._probe, rnd)
                 nursery.start_soon(vote_schedule, self.ctx, self.key, rnd + 1)
-                nursery.start_soon(run_prober, self.ctx, self.key, rnd + 1, self._probe_texts())
+                nursery.start_soon(self._probe, rnd + 1)
                 rnd += 1
                 await self.ctx.clock.sleep_until(round_times(self.ctx.cfg, rnd).start)
 
-    def _probe_texts(self) -> Sequence[str]:
-        return self.ctx.items if self.probe_source is None else self.probe_source
+    async def _probe(self, rnd: int) -> None:
+        """Round ``rnd``'s probe, if this validator is its prober (`run_prober`)."""
+        source = self.ctx.items if self.probe_source is None else self.probe_source
+        await run_prober(self.ctx, self.key, rnd, source, self.byzantine)
 
     async def run_round(self, rnd: int) -> None:
         ctx = self.ctx
