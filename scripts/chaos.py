@@ -392,7 +392,7 @@ def _scenarios() -> list[Scenario]:
             rounds=6,
         ),
     ]
-    for mode in ("inverted", "fake-encoders", "late-attest"):
+    for mode in ("inverted", "fake-encoders", "late-attest", "spoiled-probe"):
         out.append(
             Scenario(
                 f"byzantine-{mode}",
