@@ -26,6 +26,7 @@ from dlnet.node.sync import (
     MAX_HAVE,
     MAX_ITEMS,
     REQUEST_TIMEOUT,
+    RETRY_EVERY,
     BadRequest,
     SyncClient,
     answer,
@@ -505,3 +506,34 @@ def test_requests_before_genesis_are_answered_not_crashed(held: Held) -> None:
     before = held.cfg.genesis_time - 10.0
     assert held.ask(["commitments", [e.commitment() for e in held.reveals]], before) == []
     assert held.ask(["round", int(Kind.EMBEDDING), 1], before) == []
+
+
+def test_a_pull_until_held_asks_again_while_peers_answer_empty(held: Held, tmp_path: Path) -> None:
+    """`fetch_round_until`: peers that do not hold a message yet answer empty (its publisher
+    was cut off when it published); the pull asks again every RETRY_EVERY until it is held,
+    and stops at the deadline when it never comes."""
+    client, host, store = client_for(held, tmp_path, {"k0": [], "k1": []})
+    host.keepers = {"k0", "k1"}
+    spent: list[float] = []
+
+    def have() -> bool:
+        return bool(store.messages(Kind.COMMIT, 1))
+
+    async def scenario() -> None:
+        async def publisher_reconnects() -> None:
+            await trio.sleep(RETRY_EVERY * 1.5)
+            host.answers["k1"] = [encode(held.commit)]
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(publisher_reconnects)
+            await client.fetch_round_until(Kind.COMMIT, 1, have, deadline=client.ingest.now() + 5)
+        assert have() and host.asked.count("k1") >= 2
+        host.answers["k1"] = []
+        host.asked.clear()
+        started = client.ingest.now()
+        deadline = started + 2 * RETRY_EVERY
+        await client.fetch_round_until(Kind.COMMIT, 2, lambda: False, deadline=deadline)
+        spent.append(client.ingest.now() - started)
+
+    trio.run(scenario, clock=MockClock(autojump_threshold=0))
+    assert spent == [2 * RETRY_EVERY] and len(host.asked) >= 4

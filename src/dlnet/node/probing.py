@@ -87,9 +87,12 @@ def held_probe(ctx: NodeContext, rnd: int) -> Probe | None:
 
 async def pull_probe(ctx: NodeContext, rnd: int, deadline: float) -> None:
     """When probes are on and gossip has not brought the round's probe, fetch it from peers
-    until ``deadline``."""
-    if ctx.cfg.scoring.probe_texts and held_probe(ctx, rnd) is None:
-        await ctx.sync.fetch_round(Kind.PROBE, rnd, deadline=deadline)
+    until it is held or ``deadline`` (retrying: a prober cut off from its peers when it
+    published reaches the others only through their pulls)."""
+    if ctx.cfg.scoring.probe_texts:
+        await ctx.sync.fetch_round_until(
+            Kind.PROBE, rnd, lambda: held_probe(ctx, rnd) is not None, deadline=deadline
+        )
 
 
 ProbeInputs = tuple[tuple[tuple[int, int], ...], dict[bytes, list[NDArray[np.float32] | None]]]
@@ -102,8 +105,7 @@ async def pull_probe_key(ctx: NodeContext, rnd: int, deadline: float) -> None:
     if not ctx.cfg.scoring.probe_texts:
         return
     await ctx.clock.sleep_until(round_times(ctx.cfg, rnd).commit_deadline + KEY_DELAY + 1.0)
-    if held_probe(ctx, rnd) is None:
-        await ctx.sync.fetch_round(Kind.PROBE, rnd, deadline=deadline)
+    await pull_probe(ctx, rnd, deadline)
     if not ctx.store.held(ProbeKey, rnd):
         await ctx.sync.fetch_round(Kind.PROBE_KEY, rnd, deadline=deadline)
 

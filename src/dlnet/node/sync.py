@@ -54,6 +54,8 @@ FETCH_PARALLEL = 2
 STALE_ASK = 2.0
 """Seconds after which an ask still unanswered stops counting against the asks in flight."""
 ROUND_PARALLEL = 4
+RETRY_EVERY = 0.5
+"""Seconds between two passes of `SyncClient.fetch_round_until` while its message is missing."""
 """Asks in flight when every peer is asked for a round's messages."""
 HAVE_PREFIX = 16
 """Bytes of a message id that name a held message in a ``round`` request's ``have`` list: 16
@@ -374,6 +376,17 @@ class SyncClient:
             )[:most],
         )
         return got
+
+    async def fetch_round_until(
+        self, kind: Kind, rnd: int, done: Callable[[], bool], *, deadline: float
+    ) -> None:
+        """`fetch_round` again every RETRY_EVERY seconds until ``done()`` or ``deadline``: one
+        pass asks each peer once, and peers that do not hold a message yet answer empty (a
+        publisher cut off when it published reaches them only later, by their own pulls)."""
+        while not done() and self.ingest.now() < deadline:
+            await self.fetch_round(kind, rnd, deadline=deadline)
+            if not done():
+                await trio.sleep(max(0.0, min(RETRY_EVERY, deadline - self.ingest.now())))
 
     async def fetch_certificates(
         self, lo: int, hi: int, keep: Callable[[bytes], bool], *, deadline: float

@@ -20,9 +20,11 @@ from dlnet.node.context import NodeContext
 from dlnet.node.ingest import COMMIT_GRACE
 from dlnet.node.probing import (
     LOOKBACK_FACTOR,
+    PROBE_GRACE,
     ProbeLedger,
     grades,
     probe_inputs,
+    pull_probe,
     pull_probe_key,
     run_prober,
     skipped_probe,
@@ -165,9 +167,17 @@ class ValidatorRole:
                 await self.ctx.clock.sleep_until(round_times(self.ctx.cfg, rnd).start)
 
     async def _probe(self, rnd: int) -> None:
-        """Round ``rnd``'s probe, if this validator is its prober (`run_prober`)."""
-        source = self.ctx.items if self.probe_source is None else self.probe_source
-        await run_prober(self.ctx, self.key, rnd, source, self.byzantine)
+        """Round ``rnd``'s probe: made and published if this validator is its prober
+        (`run_prober`); else pulled when encoders start asking for it (they ask validators
+        and relays, and a prober cut off from its peers when it published reaches them only
+        through such a pull)."""
+        if prober(self.ctx.cfg, rnd) == self.me:
+            source = self.ctx.items if self.probe_source is None else self.probe_source
+            await run_prober(self.ctx, self.key, rnd, source, self.byzantine)
+            return
+        start = round_times(self.ctx.cfg, rnd).start
+        await self.ctx.clock.sleep_until(start - SCHEDULE_PULL)
+        await pull_probe(self.ctx, rnd, start + PROBE_GRACE)
 
     async def run_round(self, rnd: int) -> None:
         ctx = self.ctx
