@@ -23,7 +23,6 @@ from dlnet.protocol.probes import (
     probe_grade,
     probe_seed,
     probe_shard,
-    prober,
 )
 from dlnet.protocol.round import RoundView, lists_probe, probe_vectors
 from dlnet.protocol.rounds import round_times
@@ -34,7 +33,7 @@ PROBE_LEAD: Final = 5.0
 missed from 3 s before the start (`submissions.SCHEDULE_PULL`)."""
 PROBE_GRACE: Final = 2.0
 """Seconds into the commit phase an encoder still without the round's probe keeps pulling it
-before it embeds (without it, it scores 0 in the round: `skipped_probe`)."""
+before it embeds (without it, it scores 0 in the round: `probe_inputs`)."""
 KEY_DELAY: Final = COMMIT_GRACE + 1.0
 """Seconds after the commit deadline the prober publishes its key: after the grace in which a
 late commit still counts (`ingest.COMMIT_GRACE`), so that no commit made with the key counts."""
@@ -50,13 +49,12 @@ async def run_prober(
     source: Sequence[str],
     byzantine: Byzantine | None = None,
 ) -> None:
-    """If this validator probes round ``rnd``: build its probe from ``source`` (the
-    validator's probe texts), publish it ``PROBE_LEAD`` before the round, and its key
-    ``KEY_DELAY`` after the commit deadline. A prober that starts after the round began skips
-    the probe (encoders have embedded by then). ``byzantine``: TEST ONLY (node/byzantine.py)."""
+    """Round ``rnd``'s prober's part (its caller, `ValidatorRole`, checks that ``key`` is
+    `prober`): build its probe from ``source`` (the validator's probe texts), publish it
+    ``PROBE_LEAD`` before the round, and its key ``KEY_DELAY`` after the commit deadline. A
+    prober that starts after the round began skips the probe (encoders have embedded by then).
+    ``byzantine``: TEST ONLY (node/byzantine.py)."""
     cfg = ctx.cfg
-    if prober(cfg, rnd) != key.public_key:
-        return
     times = round_times(cfg, rnd)
     if ctx.clock.now() > times.start:
         return
@@ -128,9 +126,11 @@ def opening_key(ctx: NodeContext, rnd: int) -> ProbeKey | None:
 def probe_inputs(ctx: NodeContext, view: RoundView, rnd: int) -> ProbeInputs | None:
     """What grading round ``rnd``'s probe takes (read from the store, on the trio thread):
     its pairing and the probe vectors by position of every committed encoder whose commit
-    lists the halves (`lists_probe`: one that skipped the probe is not graded, and scores 0
-    in the round, `skipped_probe`); None while no key opens it (`opening_key`). A reveal not
-    held is None there (that text grades 0)."""
+    lists the halves (`lists_probe`). One that skipped the probe is left out: it is not
+    graded, and its factor is 0 in this round only (`ValidatorRole.probe_factors`), so an
+    encoder that joined mid-round without the probe is not dragged down by a grade of 0 in
+    the rounds that follow. None while no key opens it (`opening_key`). A reveal not held is
+    None there (that text grades 0)."""
     cfg = ctx.cfg
     key = opening_key(ctx, rnd) if cfg.scoring.probe_texts else None
     if key is None:
@@ -142,17 +142,6 @@ def probe_inputs(ctx: NodeContext, view: RoundView, rnd: int) -> ProbeInputs | N
         for enc in view.commits
         if lists_probe(view, enc, shard, cfg.slots_per_shard, halves)
     }
-
-
-def skipped_probe(ctx: NodeContext, view: RoundView, encoders: Sequence[bytes]) -> set[bytes]:
-    """Those of ``encoders`` whose commit lists no probe halves in a round whose probe is
-    graded: their probe factor is 0 in that round (a probe skipped costs the round's score,
-    and nothing after it: an encoder that joined mid-round without the probe is not dragged
-    down by a grade of 0 in the rounds that follow)."""
-    cfg = ctx.cfg
-    halves = 2 * cfg.scoring.probe_texts
-    shard = probe_shard(cfg)
-    return {e for e in encoders if not lists_probe(view, e, shard, cfg.slots_per_shard, halves)}
 
 
 def grades(inputs: ProbeInputs) -> dict[bytes, int]:

@@ -54,9 +54,9 @@ FETCH_PARALLEL = 2
 STALE_ASK = 2.0
 """Seconds after which an ask still unanswered stops counting against the asks in flight."""
 ROUND_PARALLEL = 4
+"""Asks in flight when every peer is asked for a round's messages."""
 RETRY_EVERY = 0.5
 """Seconds between two passes of `SyncClient.fetch_round_until` while its message is missing."""
-"""Asks in flight when every peer is asked for a round's messages."""
 HAVE_PREFIX = 16
 """Bytes of a message id that name a held message in a ``round`` request's ``have`` list: 16
 bytes leave a colliding pair of one signer's own messages (an equivocation that would hide

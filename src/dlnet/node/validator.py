@@ -27,7 +27,6 @@ from dlnet.node.probing import (
     pull_probe,
     pull_probe_key,
     run_prober,
-    skipped_probe,
 )
 from dlnet.node.report import verified_certificate
 from dlnet.node.reveals import PUSH_SETTLE, REVEAL_DELAY
@@ -370,8 +369,8 @@ class ValidatorRole:
             who = prober(cfg, r)
             assert who is not None  # probes are on
             self.probes.record(r, who, graded)
-            if r == rnd:
-                skipped = skipped_probe(self.ctx, view, encoders)
+            if r == rnd:  # committed without the probe's halves: not graded, 0 this round
+                skipped = set(encoders) - graded.keys()
         factors = self.probes.factors(rnd, encoders, window)
         return {e: 0.0 if e in skipped else f for e, f in factors.items()}
 
