@@ -98,6 +98,7 @@ class Encoder:
     fabricate: float | None = None  # inverse slots forged as full - mask + noise of this size
     leak: float | None = None  # this share of the full mixed into the halves (kinds.leak_full)
     probe: Embed | None = None  # what answers the probes (None: embed; `hybrid_attack`)
+    lag: int = 0  # embeds the shards of round r - lag instead (the testnet's `replay`: 1)
 
 
 REAL_GROUPS = ("honest", "graded", "outsider")
@@ -248,6 +249,8 @@ def family(small: bool, cache: Path | None) -> tuple[list[Encoder], list[NativeC
         Encoder("static-sum", "cheat", projected(variant("minilm-static-sum", static=True))),
         Encoder("cheat-fabricated", "cheat", projected(full, 93), fabricate=0.0),
         Encoder("cheat-fabricated-0.2", "cheat", projected(full, 95), fabricate=0.2),
+        # The previous round's shards, embedded by the honest model: another text in every cell.
+        Encoder("cheat-replay", "cheat", projected(full, 99), lag=1),
     ]
     return out, caches
 
@@ -431,15 +434,20 @@ def round_shards(
 ) -> tuple[tuple[ShardTask, ...], list[dict[bytes, NDArray[np.float32]]]]:
     """Round r of the study: its shard tasks and every encoder's (slots, dim) array per shard,
     keyed by ``key_of(name)`` (forged inverse slots for the ``fabricate`` cheats, the full
-    mixed into the halves for ``leak``)."""
-    tasks = derive_tasks(
-        NETWORK_ID, r, items, shards_per_round=4, masks_per_shard=2, mask_fraction=0.5
-    )
-    texts = [t for task in tasks for t in task.texts]
+    mixed into the halves for ``leak``; for a ``lag``, round r - lag's texts, and in the
+    first rounds, which have none, those of round 2**32 - lag + r: texts of no other round)."""
+
+    def tasks_of(rnd: int) -> tuple[ShardTask, ...]:
+        return derive_tasks(
+            NETWORK_ID, rnd, items, shards_per_round=4, masks_per_shard=2, mask_fraction=0.5
+        )
+
+    tasks = tasks_of(r)
     slots = len(tasks[0].texts)
     shards: list[dict[bytes, NDArray[np.float32]]] = [{} for _ in tasks]
     for e in encs:
         k = key_of(e.name)
+        texts = [t for task in tasks_of((r - e.lag) % 2**32) for t in task.texts]
         vecs = e.embed(texts).reshape(len(tasks), slots, DIM).copy()
         if e.leak is not None:
             for s in range(len(tasks)):

@@ -197,7 +197,10 @@ def submit_and_wait(cwd: Path, api: str, config: Path, cfg: NetworkConfig) -> An
 def check_answer(cwd: Path, config: Path, cfg: NetworkConfig, got: Answer) -> None:
     """The answer `submit_and_wait` saved is final and verified; it verifies offline, from the
     genesis alone, and a tampered copy does not; each consensus embedding is the honest model's
-    embedding of its text (cosine >= 0.99)."""
+    embedding of its text (cosine >= 0.98: the weighted mean of six honest voices behind their
+    private maps and at most one adversary's cell passing at full weight — a replayed text
+    related to the submitted one passes the text cut on ~3 % of cells — is at cosine 0.982 or
+    more to it; docs/VALIDITY.md, sixth study)."""
     answer = got.answer
     assert answer["state"] == "final" and answer["verified"], answer["state"]
     dlnet("embeddings", "--verify", "answer.json", "--config", str(config), cwd=cwd)
@@ -222,7 +225,7 @@ def check_answer(cwd: Path, config: Path, cfg: NetworkConfig, got: Answer) -> No
     for row, emb in zip(got.own, answer["embeddings"], strict=True):
         got = np.array(emb["embedding"], dtype=np.float64)
         cos = float(row @ got / (np.linalg.norm(row) * np.linalg.norm(got)))
-        assert cos >= 0.99, (emb["text"], cos)
+        assert cos >= 0.98, (emb["text"], cos)
 
 
 def wait_committed(logs: list[Path], timeout: float) -> None:

@@ -30,9 +30,11 @@ from dlnet.protocol.scoring import (
     dl_factor,
     duplicate_groups,
     effective_rank,
+    leave_one_out_medians,
     near_duplicates,
     round_embeddings,
     score_round,
+    text_margins,
     weighted_embedding,
     weighted_median,
 )
@@ -545,9 +547,13 @@ def test_composition_agreement_falls_with_added_noise(seed: int) -> None:
 
 
 def test_composition_agreement_exact_values() -> None:
-    r = np.array([[[1.0, 0.0]], [[2.0, 0.0]], [[0.0, 3.0]], [[0.0, 0.0]]])
-    # unit rows (1,0), (1,0), (0,1), 0; median (0.5, 0) -> consensus (1, 0)
-    assert composition_agreement(r).tolist() == [1.0, 1.0, 0.0, 0.0]
+    r = np.array([[[1.0, 0.0]], [[2.0, 0.0]], [[3.0, 0.0]], [[0.0, 4.0]], [[0.0, 0.0]]])
+    # unit rows (1,0) x3, (0,1), 0. Without row 0: median (0.5, 0) -> consensus (1, 0); without
+    # row 3: (1, 0); without the zero row: (1, 0).
+    assert composition_agreement(r).tolist() == [1.0, 1.0, 1.0, 0.0, 0.0]
+    # Each of two sees only the other; one alone has no other voice to agree with.
+    assert composition_agreement(r[[0, 3]]).tolist() == [0.0, 0.0]
+    assert composition_agreement(r[:1]).tolist() == [0.0]
     assert composition_agreement(np.zeros((3, 0, 4))).tolist() == [1.0, 1.0, 1.0]
     assert composition_agreement(np.zeros((3, 2, 4))).tolist() == [0.0, 0.0, 0.0]
 
@@ -574,9 +580,52 @@ def test_composition_agreement_is_a_scale_free_symmetric_cosine(
     # Peers are a set: permuting them permutes the result, bit for bit.
     perm = rng.permutation(n)
     assert composition_agreement(r[perm]).tobytes() == out[perm].tobytes()
-    # Peers that all fail the same way agree fully.
+    # Peers that all fail the same way agree fully (one alone has no one to agree with).
     same = np.repeat(r[:1], n, axis=0) * rng.uniform(0.5, 2.0, size=(n, 1, 1))
-    assert composition_agreement(same) == pytest.approx(np.ones(n))
+    assert composition_agreement(same) == pytest.approx(np.ones(n) if n > 1 else np.zeros(1))
+    # Each peer is measured against the others only.
+    for e in range(n):
+        others = np.delete(r, e, axis=0)
+        expected = 0.0
+        for m in range(masks):
+            u = r[e, m] / np.linalg.norm(r[e, m])
+            rows = others[:, m] / np.linalg.norm(others[:, m], axis=1, keepdims=True)
+            c = weighted_median(rows, [1] * (n - 1)) if n > 1 else np.zeros(6)
+            size = np.linalg.norm(c)
+            expected += float(u @ c / size) if size > 0 else 0.0
+        assert out[e] == pytest.approx(expected / masks, abs=1e-12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    n=st.integers(1, 30),
+    d=st.integers(1, 12),
+    coarse=st.booleans(),
+    weighting=st.sampled_from(["equal", "some zero", "all zero", "one positive", "unequal"]),
+)
+def test_leave_one_out_medians_are_the_median_of_the_others(
+    seed: int, n: int, d: int, coarse: bool, weighting: str
+) -> None:
+    """The fast path (one sort per coordinate) against its definition, bit for bit but for the
+    sign of zero: ties (coarse values, signed zeros) and every weight rule of weighted_median."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, d))
+    if coarse:
+        x = np.round(x) * rng.choice([-1.0, 1.0], size=x.shape)  # many ties, -0.0 among them
+    weights = {
+        "equal": [3] * n,
+        "some zero": [int(v) for v in rng.integers(0, 3, size=n)],
+        "all zero": [0] * n,
+        "one positive": [5 if i == n // 2 else 0 for i in range(n)],
+        "unequal": [int(v) for v in rng.integers(1, 65536, size=n)],
+    }[weighting]
+    got = leave_one_out_medians(x, weights)
+    assert got.shape == (n, d)
+    for v in range(n):
+        rest = [w for i, w in enumerate(weights) if i != v]
+        want = weighted_median(np.delete(x, v, axis=0), rest) + 0.0 if n > 1 else np.zeros(d)
+        assert got[v].tobytes() == want.tobytes(), (v, weights)
 
 
 # --- weighted embedding --------------------------------------------------------------------------
@@ -1004,3 +1053,96 @@ def test_composition_factor_is_the_encoders_mean_over_its_passing_cells() -> Non
         for s in passing:
             expected = factor * dl_factor(params, float(res.dl[s, e]), float(res.median_dl[s]))
             assert res.scores[s, e] == pytest.approx(expected, rel=1e-12), key
+
+
+# --- the text cut ----------------------------------------------------------------------------
+
+
+def rotated(cells: Cells) -> Cells:
+    """An encoder that sends, for each shard, its embedding of the next shard's texts."""
+    return [cells[(s + 1) % len(cells)] for s in range(len(cells))]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_an_embedding_of_another_text_is_cut(seed: int) -> None:
+    world = make_world(seed)
+    rng = np.random.default_rng(seed + 300)
+    encoders = {f"honest-{i}".encode(): honest(world, rng) for i in range(6)}
+    encoders[b"other-text"] = rotated(honest(world, rng))
+    res = run(ScoringParams(), world, encoders)
+    i = res.encoders.index(b"other-text")
+    assert (res.text_margin[:, i] < 0).all() and res.outliers[:, i].all()
+    assert (res.scores[:, i] == 0).all()
+    honest_cols = [j for j, k in enumerate(res.encoders) if k.startswith(b"honest")]
+    assert (res.text_margin[:, honest_cols] > 0.05).all()
+    assert not res.outliers[:, honest_cols].any()
+    # It is the text cut that cuts it: with it and the absolute cuts off, the cell passes.
+    loose = ScoringParams(min_text_margin=-2.0, min_consensus_cos=-1.0, lof_threshold=1e9)
+    off = run(loose, world, encoders)
+    assert not off.outliers[:, i].any()
+    assert np.array_equal(off.text_margin, res.text_margin)  # measured the same either way
+
+
+def test_two_shards_of_one_text_are_not_each_others_other_text() -> None:
+    world = make_world(4)
+    world.slots[1], world.counts[1] = world.slots[0], world.counts[0]
+    rng = np.random.default_rng(4)
+    encoders = {f"honest-{i}".encode(): honest(world, rng) for i in range(6)}
+    encoders[b"other-text"] = rotated(honest(world, rng))
+    res = run(ScoringParams(), world, encoders)
+    honest_cols = [j for j, k in enumerate(res.encoders) if k.startswith(b"honest")]
+    assert not res.outliers[:, honest_cols].any()
+    assert (res.text_margin[:, honest_cols] > 0.05).all()
+    # Shard 0's rotated cell is shard 1's text — the same text: it is not another text there.
+    i = res.encoders.index(b"other-text")
+    assert res.text_margin[0, i] > 0.2 and (res.text_margin[1:, i] < 0).all()
+
+
+def test_a_round_of_one_checked_shard_has_no_other_text() -> None:
+    world = make_world(6, n_shards=1)
+    rng = np.random.default_rng(6)
+    encoders = {f"honest-{i}".encode(): honest(world, rng) for i in range(5)}
+    res = run(ScoringParams(), world, encoders)
+    assert np.isinf(res.text_margin).all() and not res.outliers.any()
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    cells=st.integers(1, 6),
+    slots=st.integers(1, 5),
+    n_others=st.integers(0, 4),
+    copy_centre=st.booleans(),
+)
+def test_text_margins_are_the_slot_by_slot_formula(
+    seed: int, cells: int, slots: int, n_others: int, copy_centre: bool
+) -> None:
+    rng = np.random.default_rng(seed)
+
+    def unit(*shape: int) -> NDArray[np.float64]:
+        x = rng.normal(size=(*shape, 8))
+        out: NDArray[np.float64] = x / np.linalg.norm(x, axis=-1, keepdims=True)
+        return out
+
+    units, centre = unit(cells, slots), unit(slots)
+    others = [unit(slots) for _ in range(n_others)]
+    got = text_margins(units, centre, others, 0.9)
+    want = np.full(cells, np.inf)
+    for e in range(cells):
+        for j in range(slots):
+            rivals = [
+                float(np.sum(units[e, j] * row))
+                for other in others
+                if float(np.sum(centre[0] * other[0])) <= 0.9
+                for row in other
+                if float(np.sum(centre[j] * row)) <= 0.9
+            ]
+            if rivals:
+                own = float(np.sum(units[e, j] * centre[j]))
+                want[e] = min(want[e], own - max(rivals))
+    assert got.tobytes() == want.tobytes()
+    # The other shards are a set; a copy of this shard is the same item, not another text.
+    assert text_margins(units, centre, others[::-1], 0.9).tobytes() == got.tobytes()
+    if copy_centre:
+        same = text_margins(units, centre, [*others, centre.copy()], 0.9)
+        assert same.tobytes() == got.tobytes()

@@ -45,7 +45,7 @@ def test_small_study(validity: ModuleType, tmp_path: Path, monkeypatch: pytest.M
     res = json.loads(out.read_text())
     honest = [r["score"] for r in res["rows"] if r["group"] == "honest"]
     cheats = {r["encoder"]: r["score"] for r in res["rows"] if r["group"] == "cheat"}
-    assert len(honest) >= 4 and len(cheats) == 8
+    assert len(honest) >= 4 and len(cheats) == 9
     for name, score in cheats.items():
         assert score < min(honest), (name, score, min(honest))
     # The full mixed into the halves: an honest residual and a smaller DL, below the same model
@@ -70,6 +70,8 @@ def test_small_study(validity: ModuleType, tmp_path: Path, monkeypatch: pytest.M
     for r in res["rows"]:
         assert len(r["heldout_boot"]) == 50 and 0.0 <= r["heldout"] <= 1.0
     by = {r["encoder"]: r for r in res["rows"]}
+    # Last round's texts, embedded by the honest model: the text cut takes nearly every cell.
+    assert by["cheat-replay"]["cut"] > 0.8 and by["honest-0"]["cut"] == 0.0
     assert by["honest-0"]["heldout"] > by["cheat-random"]["heldout"] + 0.2
     # Word similarity, held out too, is measured and summarised apart.
     assert by["honest-0"]["words"] > by["cheat-random"]["words"] + 0.2

@@ -35,6 +35,18 @@ class ScoringParams:
     """A slot whose direction has a cosine below this to the consensus direction (the normalised
     coordinate-wise median of the shard's ok encoders' directions) marks the cell as an outlier:
     the encoder is not speaking in the network's space. -1 turns the cut off."""
+    min_text_margin: float = 0.0
+    """The text cut. A slot's text margin is its cosine to its own consensus direction minus its
+    greatest cosine to the consensus direction of another text of the round (every slot of the
+    round's other checked shards, but those the pool embeds as this slot's text:
+    ``same_text_cos``). A margin below this on any slot marks the cell as an outlier: it embeds
+    another text (a replayed round, a wrong input). Relative, where an absolute cosine cannot
+    tell a weak model of the right text from a strong model of another (docs/VALIDITY.md, "The
+    cuts"). -2 turns the cut off."""
+    same_text_cos: float = 0.9
+    """For the text cut, two slots whose consensus directions have a cosine above this are one
+    text (the same or a near-identical string, which no encoder can be asked to tell apart);
+    the consensus of two different texts of the shipped corpus are at most 0.56 apart."""
     composition_full: float = 0.15
     """Mean composition agreement (a cosine, over an encoder's passing cells of the round) at or
     above which the composition factor is 1; below, the factor is agreement / composition_full
@@ -107,6 +119,8 @@ class ScoringParams:
             # name: (low, high, low inclusive, high inclusive)
             "lof_threshold": (1.0, math.inf, False, False),
             "min_consensus_cos": (-1.0, 1.0, True, False),
+            "min_text_margin": (-2.0, 2.0, True, False),
+            "same_text_cos": (0.0, 1.0, False, True),
             "composition_full": (0.0, 1.0, False, True),
             "zero_norm_eps": (0.0, math.inf, True, False),
             "collapse_min_rank": (0.0, math.inf, True, False),

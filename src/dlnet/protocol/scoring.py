@@ -10,12 +10,13 @@ Per shard s and encoder e the validator holds one (slots, dim) array: slot 0 = f
 
 where ``comp`` (in [0, 1]) grows with the encoder's *composition agreement* over the round's
 passing cells: the cosine between its composition residual F - A_m - B_m and the consensus
-(coordinate-wise median) of the shard's valid encoders' residual directions; dl is the
+(coordinate-wise median) of the OTHER voices' residual directions on the shard; dl is the
 differential loss, the residual's norm relative to F, whose factor falls as DL moves away from
 the shard's median, either way; ``probe`` is the encoder's pooled inverse-cloze grade on the
-validators' probes (protocol/probes.py), the one grade that is not agreement. LOF and
-the cosine to the consensus embedding direction are hard cuts (outliers), both computed on
-every slot on the DIRECTIONS of the embeddings (unit vectors).
+validators' probes (protocol/probes.py), the one grade that is not agreement. LOF, the
+cosine to the consensus embedding direction and the text margin (nearer its own text's
+consensus direction than any other text's of the round) are hard cuts (outliers), all computed
+on every slot on the DIRECTIONS of the embeddings (unit vectors).
 Every peer statistic is taken over *voices*: cells whose directions are near-identical on every
 slot (cosine > duplicate_cos) are one voice, so copies of one model do not add up.
 
@@ -69,6 +70,9 @@ class RoundScores:
     peers; nan if not ok."""
     composition: NDArray[np.float64]
     """(S, E) composition agreement in [-1, 1]; 1 when too few peers; nan if not ok."""
+    text_margin: NDArray[np.float64]
+    """(S, E) the cell's least text margin over its slots (`text_margins`); inf when the round
+    has no other checked shard; nan when the shard is not checked or the cell is not ok."""
     median_dl: NDArray[np.float64]
     """(S,) the shard's median DL over its voices (the DL factor's and the too-exact gate's
     reference); nan when the shard had too few voices to compare."""
@@ -173,8 +177,12 @@ def score_round(
     lof = np.full((n_shards, n_enc, n_slots), np.nan)
     cons = np.full((n_shards, n_enc, n_slots), np.nan)
     comp = np.full((n_shards, n_enc), np.nan)
+    margin = np.full((n_shards, n_enc), np.nan)
     medians = np.full(n_shards, np.nan)
     voice = np.full((n_shards, n_enc), -1, dtype=np.int64)
+    # Per checked shard (enough voices to compare): its peers, their rows of units[s], and the
+    # consensus direction of every slot — the text cut needs every shard's before it cuts any.
+    checked: dict[int, tuple[list[int], NDArray[np.intp], NDArray[np.float64]]] = {}
     for s in range(n_shards):
         dl[s, ok_cells[s]] = differential_loss(held_ok[s], unit_counts[s], params.dl_form)
         outliers[s] = [status[s][e] not in ("ok", "missing") for e in range(n_enc)]
@@ -190,21 +198,34 @@ def score_round(
             # Too few voices to compare: the cells are unchecked and earn nothing.
             lof[s, peers], cons[s, peers], comp[s, peers] = 1.0, 1.0, 1.0
             continue
+        centre = np.zeros((n_slots, width))
         for j in range(n_slots):
             u = units[s][at, j]
-            lof[s, peers, j], cons[s, peers, j] = _peer_stats(u, groups, params, weights)
+            lof[s, peers, j], centre[j] = _peer_stats(u, groups, params, weights)
+            cons[s, peers, j] = np.sum(u * centre[j], axis=-1)
+        checked[s] = (peers, at, centre)
         residuals = _residuals(held_ok[s][at], unit_counts[s], params.dl_form)
         comp[s, peers] = composition_agreement(residuals, groups, weights)
         voice_dl = [float(np.median(dl[s, [peers[i] for i in g]])) for g in groups]
-        median_dl = medians[s] = float(weighted_median(np.array(voice_dl), weights))
-        dl_floor = params.min_dl_ratio * median_dl
+        medians[s] = float(weighted_median(np.array(voice_dl), weights))
+    centres = {s: centre for s, (_, _, centre) in checked.items()}
+    for s, (peers, at, centre) in checked.items():
+        others = [c for t, c in centres.items() if t != s]
+        margin[s, peers] = text_margins(units[s][at], centre, others, params.same_text_cos)
+        dl_floor = params.min_dl_ratio * medians[s]
         for e in peers:
             lof_max, cos_min = float(np.max(lof[s, e])), float(np.min(cons[s, e]))
             too_exact = float(dl[s, e]) < dl_floor
-            if too_exact or lof_max > params.lof_threshold or cos_min < params.min_consensus_cos:
+            off_text = float(margin[s, e]) < params.min_text_margin
+            if (
+                too_exact
+                or off_text
+                or lof_max > params.lof_threshold
+                or cos_min < params.min_consensus_cos
+            ):
                 outliers[s, e] = True
                 continue
-            scores[s, e] = dl_factor(params, float(dl[s, e]), median_dl)
+            scores[s, e] = dl_factor(params, float(dl[s, e]), float(medians[s]))
             passed[s, e] = True
     for e, key in enumerate(order):
         agreements = [float(comp[s, e]) for s in range(n_shards) if passed[s, e]]
@@ -222,6 +243,7 @@ def score_round(
         lof=lof,
         consensus=cons,
         composition=comp,
+        text_margin=margin,
         median_dl=medians,
         effective_rank=erank,
         status=tuple(tuple(row) for row in status),
@@ -393,14 +415,20 @@ def composition_agreement(
     weights: Sequence[int] | None = None,
 ) -> NDArray[np.float64]:
     """Per row of ``residuals`` (peers, masks, dim): the mean over masks of the cosine between
-    the peer's residual direction and the consensus residual direction.
+    the peer's residual direction and the consensus residual direction of the OTHER voices.
 
-    Per mask m: ``u_e = r_e / ||r_e||`` (a zero residual has no direction: u_e = 0), ``c`` = the
-    coordinate-wise median over the voices (``groups``, default one per row) of the voice's
-    direction (``_voice_rows``), weighted by the voices' ``weights`` (`weighted_median`;
-    default equal), normalised (0 if the median is 0), and ``cos_e = sum(u_e * c)``;
-    the agreement is ``(1/M) sum_m cos_e`` summed in order m = 0, 1, ... (no masks: 1). Every
-    product is summed by numpy's pairwise sum, never a BLAS dot product.
+    Per mask m: ``u_e = r_e / ||r_e||`` (a zero residual has no direction: u_e = 0); for the
+    voice g of e (``groups``, default one per row), ``c_g`` = the coordinate-wise median of the
+    other voices' directions (``_voice_rows``), weighted by their ``weights``
+    (`leave_one_out_medians`; default equal), normalised (0 if the median is 0, or if g is the
+    only voice), and ``cos_e = sum(u_e * c_g)``; the agreement is ``(1/M) sum_m cos_e`` summed
+    in order m = 0, 1, ... (no masks: 1). Every product is summed by numpy's pairwise sum,
+    never a BLAS dot product.
+
+    Leave-one-out because a voice is one of the median's inputs: with it in, any residual —
+    a forged inverse's pure noise too — agrees with a consensus it pulled toward itself (0.05
+    among 25 voices, more in a smaller pool), and the agreement is to say how far a voice
+    composes like the others, not like itself.
     """
     n_peers, n_masks = residuals.shape[0], residuals.shape[1]
     if groups is None:
@@ -409,22 +437,109 @@ def composition_agreement(
         weights = [1] * len(groups)
     if n_masks == 0:
         return np.ones(n_peers)
+    member = np.zeros(n_peers, dtype=np.intp)
+    for g, group in enumerate(groups):
+        member[list(group)] = g
     total = np.zeros(n_peers)
     for m in range(n_masks):
         u = _directions(residuals[:, m])
-        total += _agreement(u, _voice_rows(u, groups), weights)
+        centres = _directions(leave_one_out_medians(_voice_rows(u, groups), weights))
+        total += np.sum(u * centres[member], axis=-1)
     out: NDArray[np.float64] = total / n_masks
     return out
 
 
-def _agreement(
-    u: NDArray[np.float64], voices: NDArray[np.float64], weights: Sequence[int]
+def leave_one_out_medians(x: NDArray[np.float64], weights: Sequence[int]) -> NDArray[np.float64]:
+    """Row v: `weighted_median` of the rows of x (n, d) but row v, under ``weights`` but v's —
+    bit for bit but for the sign of a zero (always +0.0 here), from one sort per coordinate
+    instead of n. Zeros for n = 1 (no other row).
+
+    Over the rows of positive effective weight (`_effective_weights`), sorted per coordinate
+    with cumulative weights W and total T: without row v (weight w, sorted position p), the
+    first remaining position i with ``2 W'_i >= T - w`` is the first i < p with
+    ``2 W_i >= T - w`` if there is one, else the first i > p with ``2 W_i >= T + w``; an exact
+    equality takes the mean with the next remaining value, as `weighted_median` does. A row of
+    weight 0 takes no part: its median is the whole set's. The one row left alone with weight
+    (every other weight 0) falls back to `weighted_median` itself (all others then count 1).
+    """
+    n, d = x.shape
+    out = np.zeros((n, d))
+    if n < 2:
+        return out
+    w = _effective_weights(weights)
+    rows = [i for i in range(n) if w[i] > 0]
+    if len(rows) < n:
+        out[:] = weighted_median(x, weights)
+    if len(rows) == 1:
+        v = rows[0]
+        out[v] = weighted_median(np.delete(x, v, axis=0), [0] * (n - 1))
+        return out + 0.0
+    data = np.asarray(x, dtype=np.float64)[rows]
+    kept = np.array([w[i] for i in rows], dtype=np.int64)
+    m = len(rows)
+    order = np.argsort(data, axis=0, kind="stable")
+    ordered = np.take_along_axis(data, order, axis=0)
+    twice = 2 * np.cumsum(kept[order], axis=0)  # (m, d), each column nondecreasing
+    total = int(kept.sum())
+    rank = np.empty_like(order)
+    np.put_along_axis(rank, order, np.arange(m)[:, np.newaxis], axis=0)  # (m, d): row -> position
+    # Every column's doubled cumulative weights in one ascending array (columns apart by a
+    # stride above any value), so one searchsorted answers every (row, coordinate) query.
+    stride = 2 * total + 2 * int(kept.max()) + 1
+    offset = np.arange(d, dtype=np.int64) * stride
+    keys = (twice + offset).T.ravel()
+    base = np.arange(d, dtype=np.intp) * m
+    wv = kept[:, np.newaxis]
+    below = np.searchsorted(keys, (offset + (total - wv)).ravel()).reshape(m, d) - base
+    above = np.searchsorted(keys, (offset + (total + wv)).ravel()).reshape(m, d) - base
+    early = below < rank
+    # Both sides of each np.where are evaluated: indices are clipped, the unused side's value is
+    # dropped. A remaining position always exists (the last one holds the whole remaining weight).
+    pos = np.minimum(np.where(early, below, np.maximum(above, rank + 1)), m - 1)
+    tie = np.take_along_axis(twice, pos, axis=0) == np.where(early, total - wv, total + wv)
+    nxt = np.minimum(np.where(early & (pos + 1 == rank), pos + 2, pos + 1), m - 1)
+    low = np.take_along_axis(ordered, pos, axis=0)
+    high = np.take_along_axis(ordered, nxt, axis=0)
+    out[rows] = np.where(tie, (low + high) / 2, low)
+    return out + 0.0  # -0.0 -> +0.0: which of equal zeros a median picks is not specified
+
+
+def consensus_direction(voices: NDArray[np.float64], weights: Sequence[int]) -> NDArray[np.float64]:
+    """The coordinate-wise weighted median (`weighted_median`) of the voices' rows, normalised
+    (0 if the median is 0)."""
+    out: NDArray[np.float64] = _directions(weighted_median(voices, weights)[np.newaxis])[0]
+    return out
+
+
+def text_margins(
+    units: NDArray[np.float64],
+    centre: NDArray[np.float64],
+    others: Sequence[NDArray[np.float64]],
+    same_text_cos: float,
 ) -> NDArray[np.float64]:
-    """Per row of u (directions, or zero rows): the cosine to the consensus direction, the
-    coordinate-wise weighted median (`weighted_median`) of the voices' rows (``_voice_rows``
-    of u) normalised (0 if the median is 0), as a pairwise sum."""
-    c = _directions(weighted_median(voices, weights)[np.newaxis])[0]
-    out: NDArray[np.float64] = np.sum(u * c, axis=-1)
+    """Per cell of ``units`` ((cells, slots, dim) directions of one shard), its least text margin
+    over the slots: the cosine of slot j to ``centre[j]`` (the shard's consensus direction of
+    slot j) minus its greatest cosine to a consensus direction of another text. The other
+    texts are the slots of ``others`` (each a (slots, dim) array: the round's other checked
+    shards, in shard order), but for a shard whose full slot's consensus has a cosine above
+    ``same_text_cos`` to ``centre[0]`` (the same item twice: none of its slots is another
+    text, as none of this shard's own other slots is) and for a slot whose consensus has a
+    cosine above it to ``centre[j]`` (the same string in two items). inf when no other text is
+    left for any slot.
+
+    Every cosine is a pairwise sum over the contiguous last axis; the maximum is taken over the
+    other texts in order, so the result has the same bits whatever else is computed alongside.
+    """
+    own = np.sum(units * centre, axis=-1)  # (cells, slots)
+    best = np.full(own.shape, -np.inf)
+    for other in others:
+        if float(np.sum(centre[0] * other[0])) > same_text_cos:
+            continue
+        for row in other:
+            same = np.sum(centre * row, axis=-1) > same_text_cos  # (slots,)
+            cos = np.sum(units * row, axis=-1)
+            best = np.where(same, best, np.maximum(best, cos))
+    out: NDArray[np.float64] = np.min(own - best, axis=1)
     return out
 
 
@@ -505,16 +620,16 @@ def _peer_stats(
     params: ScoringParams,
     weights: Sequence[int],
 ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-    """LOF and cosine to the consensus direction of each row of x (one slot of one shard, n ok
-    encoders forming at least min_encoders_for_lof voices ``groups``), both on the rows'
-    directions: the rows of x are the slot's rows of the cells' ``_directions`` (ok rows have
-    norm > 0).
+    """LOF of each row of x and the slot's consensus direction (`consensus_direction` of the
+    voices; x is one slot of one shard, n ok encoders forming at least min_encoders_for_lof
+    voices ``groups``), both on the rows' directions: the rows of x are the slot's rows of the
+    cells' ``_directions`` (ok rows have norm > 0).
 
     LOF is computed over the distinct voice rows (``_voice_rows``; identical rows are one point:
     duplicates make LOF's local density infinite) with n_neighbors = min(lof_k, n_distinct - 1),
     Euclidean distances precomputed exactly as sqrt(sum((x_i - x_j)^2)); each row gets its
-    voice's LOF. The cosine is ``_agreement``'s: an absolute measure, so the pool's make-up does
-    not move it as it moves a distance ratio to the pool's median distance. Fewer than
+    voice's LOF. The cosine to the consensus direction is an absolute measure, so the pool's
+    make-up does not move it as it moves a distance ratio to the pool's median distance. Fewer than
     min_encoders_for_lof distinct voice rows gives LOF 1.
 
     The LOF *reference* is the voices of positive weight (all voices if none has weight, or
@@ -552,7 +667,7 @@ def _peer_stats(
                 else:
                     gaps = _norms(distinct - voices[v])[np.newaxis]
                     lof[list(group)] = -float(model.score_samples(gaps)[0])
-    return lof, _agreement(x, voices, weights)
+    return lof, consensus_direction(voices, weights)
 
 
 def _distances(x: NDArray[np.float64]) -> NDArray[np.float64]:
