@@ -9,6 +9,7 @@ non-linearly (DL > 0) and honest encoders agree with each other.
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -551,9 +552,15 @@ def test_composition_agreement_exact_values() -> None:
     # unit rows (1,0) x3, (0,1), 0. Without row 0: median (0.5, 0) -> consensus (1, 0); without
     # row 3: (1, 0); without the zero row: (1, 0).
     assert composition_agreement(r).tolist() == [1.0, 1.0, 1.0, 0.0, 0.0]
-    # Each of two sees only the other; one alone has no other voice to agree with.
+    # Each of two sees only the other; one alone is its own reference.
     assert composition_agreement(r[[0, 3]]).tolist() == [0.0, 0.0]
-    assert composition_agreement(r[:1]).tolist() == [0.0]
+    assert composition_agreement(r[:1]).tolist() == [1.0]
+    # Only the kept voices (those the cuts passed) are a reference: without rows 0-2, every
+    # row is measured against row 3 alone, and row 3, the only one kept, against itself.
+    kept = [False, False, False, True, False]
+    assert composition_agreement(r, kept=kept).tolist() == [0.0, 0.0, 0.0, 1.0, 0.0]
+    # None kept: no reference, no agreement.
+    assert composition_agreement(r, kept=[False] * 5).tolist() == [0.0] * 5
     assert composition_agreement(np.zeros((3, 0, 4))).tolist() == [1.0, 1.0, 1.0]
     assert composition_agreement(np.zeros((3, 2, 4))).tolist() == [0.0, 0.0, 0.0]
 
@@ -580,17 +587,17 @@ def test_composition_agreement_is_a_scale_free_symmetric_cosine(
     # Peers are a set: permuting them permutes the result, bit for bit.
     perm = rng.permutation(n)
     assert composition_agreement(r[perm]).tobytes() == out[perm].tobytes()
-    # Peers that all fail the same way agree fully (one alone has no one to agree with).
+    # Peers that all fail the same way agree fully (one alone is its own reference).
     same = np.repeat(r[:1], n, axis=0) * rng.uniform(0.5, 2.0, size=(n, 1, 1))
-    assert composition_agreement(same) == pytest.approx(np.ones(n) if n > 1 else np.zeros(1))
+    assert composition_agreement(same) == pytest.approx(np.ones(n))
     # Each peer is measured against the others only.
     for e in range(n):
-        others = np.delete(r, e, axis=0)
+        others = np.delete(r, e, axis=0) if n > 1 else r
         expected = 0.0
         for m in range(masks):
             u = r[e, m] / np.linalg.norm(r[e, m])
             rows = others[:, m] / np.linalg.norm(others[:, m], axis=1, keepdims=True)
-            c = weighted_median(rows, [1] * (n - 1)) if n > 1 else np.zeros(6)
+            c = weighted_median(rows, [1] * len(rows))
             size = np.linalg.norm(c)
             expected += float(u @ c / size) if size > 0 else 0.0
         assert out[e] == pytest.approx(expected / masks, abs=1e-12)
@@ -1076,11 +1083,13 @@ def test_an_embedding_of_another_text_is_cut(seed: int) -> None:
     honest_cols = [j for j, k in enumerate(res.encoders) if k.startswith(b"honest")]
     assert (res.text_margin[:, honest_cols] > 0.05).all()
     assert not res.outliers[:, honest_cols].any()
-    # It is the text cut that cuts it: with it and the absolute cuts off, the cell passes.
-    loose = ScoringParams(min_text_margin=-2.0, min_consensus_cos=-1.0, lof_threshold=1e9)
-    off = run(loose, world, encoders)
-    assert not off.outliers[:, i].any()
-    assert np.array_equal(off.text_margin, res.text_margin)  # measured the same either way
+    # It is the text cut that cuts it: with the absolute cuts off, the cell passes without the
+    # text cut, and the text cut, measuring the same margins, takes it.
+    loose = ScoringParams(min_consensus_cos=-1.0, lof_threshold=1e9)
+    on = run(loose, world, encoders)
+    off = run(replace(loose, min_text_margin=-2.0), world, encoders)
+    assert on.outliers[:, i].all() and not off.outliers[:, i].any()
+    assert np.array_equal(off.text_margin, on.text_margin)
 
 
 def test_two_shards_of_one_text_are_not_each_others_other_text() -> None:
@@ -1146,3 +1155,18 @@ def test_text_margins_are_the_slot_by_slot_formula(
     if copy_centre:
         same = text_margins(units, centre, [*others, centre.copy()], 0.9)
         assert same.tobytes() == got.tobytes()
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_two_honest_encoders_among_more_cheats_keep_their_reference(seed: int) -> None:
+    """Five cheats against two honest encoders: the references of the text cut and of the
+    composition agreement are the voices that passed the cuts, not the cheats that did not
+    (with an all-voice reference the honest encoders lost cells and half their score)."""
+    world = make_world(seed)
+    rng = np.random.default_rng(seed)
+    encoders = {f"honest-{i}".encode(): honest(world, rng) for i in range(2)}
+    encoders.update({f"cheat-{k}".encode(): v for k, v in cheats(world, rng).items()})
+    res = run(ScoringParams(), world, encoders)
+    scores = mean_scores(res)
+    assert min(scores[b"honest-0"], scores[b"honest-1"]) > 0.9, scores
+    assert all(v == 0.0 for k, v in scores.items() if k.startswith(b"cheat")), scores

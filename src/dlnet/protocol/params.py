@@ -39,7 +39,8 @@ class ScoringParams:
     """The text cut. A slot's text margin is its cosine to its own consensus direction minus its
     greatest cosine to the consensus direction of another text of the round (every slot of the
     round's other checked shards, but those the pool embeds as this slot's text:
-    ``same_text_cos``). A margin below this on any slot marks the cell as an outlier: it embeds
+    ``same_text_cos``), both consensus directions over the voices that passed the other cuts.
+    A margin below this on any slot marks the cell as an outlier: it embeds
     another text (a replayed round, a wrong input). Relative, where an absolute cosine cannot
     tell a weak model of the right text from a strong model of another (docs/VALIDITY.md, "The
     cuts"). -2 turns the cut off."""

@@ -87,6 +87,25 @@ class RoundScores:
     near-duplicates on the shard (itself if it has none); -1 for a cell that is not ok."""
 
 
+@dataclass(frozen=True)
+class _Checked:
+    """A checked shard of `score_round` whose cells some voice passed the absolute cuts."""
+
+    peers: list[int]
+    """Its ok encoders (ascending)."""
+    at: NDArray[np.intp]
+    """Their rows in the shard's arrays of ok cells."""
+    groups: list[list[int]]
+    """Its voices (indices into ``peers``)."""
+    weights: list[int]
+    """The voices' weights."""
+    first: list[bool]
+    """Per peer: passed the absolute cuts (LOF, consensus cosine, too-exact)."""
+    centre: NDArray[np.float64]
+    """(slots, dim) the text cut's reference: the consensus direction of each slot over the
+    voices with a member that passed the absolute cuts."""
+
+
 def score_round(
     params: ScoringParams,
     shards: Sequence[Mapping[bytes, NDArray[np.float32]]],
@@ -180,9 +199,10 @@ def score_round(
     margin = np.full((n_shards, n_enc), np.nan)
     medians = np.full(n_shards, np.nan)
     voice = np.full((n_shards, n_enc), -1, dtype=np.int64)
-    # Per checked shard (enough voices to compare): its peers, their rows of units[s], and the
-    # consensus direction of every slot — the text cut needs every shard's before it cuts any.
-    checked: dict[int, tuple[list[int], NDArray[np.intp], NDArray[np.float64]]] = {}
+    # Per checked shard (enough voices to compare) whose cells some voice passed the absolute
+    # cuts: what the text cut and the composition agreement need, once every shard's
+    # reference direction is known.
+    checked: dict[int, _Checked] = {}
     for s in range(n_shards):
         dl[s, ok_cells[s]] = differential_loss(held_ok[s], unit_counts[s], params.dl_form)
         outliers[s] = [status[s][e] not in ("ok", "missing") for e in range(n_enc)]
@@ -203,30 +223,40 @@ def score_round(
             u = units[s][at, j]
             lof[s, peers, j], centre[j] = _peer_stats(u, groups, params, weights)
             cons[s, peers, j] = np.sum(u * centre[j], axis=-1)
-        checked[s] = (peers, at, centre)
-        residuals = _residuals(held_ok[s][at], unit_counts[s], params.dl_form)
-        comp[s, peers] = composition_agreement(residuals, groups, weights)
         voice_dl = [float(np.median(dl[s, [peers[i] for i in g]])) for g in groups]
         medians[s] = float(weighted_median(np.array(voice_dl), weights))
-    centres = {s: centre for s, (_, _, centre) in checked.items()}
-    for s, (peers, at, centre) in checked.items():
-        others = [c for t, c in centres.items() if t != s]
-        margin[s, peers] = text_margins(units[s][at], centre, others, params.same_text_cos)
         dl_floor = params.min_dl_ratio * medians[s]
-        for e in peers:
-            lof_max, cos_min = float(np.max(lof[s, e])), float(np.min(cons[s, e]))
-            too_exact = float(dl[s, e]) < dl_floor
-            off_text = float(margin[s, e]) < params.min_text_margin
-            if (
-                too_exact
-                or off_text
-                or lof_max > params.lof_threshold
-                or cos_min < params.min_consensus_cos
-            ):
+        first: list[bool] = [
+            float(dl[s, e]) >= dl_floor
+            and float(np.max(lof[s, e])) <= params.lof_threshold
+            and float(np.min(cons[s, e])) >= params.min_consensus_cos
+            for e in peers
+        ]
+        outliers[s, peers] = np.logical_not(first)
+        credible = [v for v, g in enumerate(groups) if any(first[i] for i in g)]
+        if not credible:
+            continue
+        if len(credible) < len(groups):
+            kept_weights = [weights[v] for v in credible]
+            rows = [_voice_rows(units[s][at, j], groups)[credible] for j in range(n_slots)]
+            centre = np.stack([consensus_direction(r, kept_weights) for r in rows])
+        checked[s] = _Checked(peers, at, groups, weights, first, centre)
+    references = {s: shard.centre for s, shard in checked.items()}
+    for s, shard in checked.items():
+        others = [c for t, c in references.items() if t != s]
+        peers = shard.peers
+        margin[s, peers] = text_margins(
+            units[s][shard.at], shard.centre, others, params.same_text_cos
+        )
+        for e, absolute in zip(peers, shard.first, strict=True):
+            if not absolute or float(margin[s, e]) < params.min_text_margin:
                 outliers[s, e] = True
                 continue
             scores[s, e] = dl_factor(params, float(dl[s, e]), float(medians[s]))
             passed[s, e] = True
+        residuals = _residuals(held_ok[s][shard.at], unit_counts[s], params.dl_form)
+        kept = [bool(passed[s, [peers[i] for i in g]].any()) for g in shard.groups]
+        comp[s, peers] = composition_agreement(residuals, shard.groups, shard.weights, kept)
     for e, key in enumerate(order):
         agreements = [float(comp[s, e]) for s in range(n_shards) if passed[s, e]]
         if agreements:
@@ -413,38 +443,54 @@ def composition_agreement(
     residuals: NDArray[np.float64],
     groups: Sequence[Sequence[int]] | None = None,
     weights: Sequence[int] | None = None,
+    kept: Sequence[bool] | None = None,
 ) -> NDArray[np.float64]:
     """Per row of ``residuals`` (peers, masks, dim): the mean over masks of the cosine between
-    the peer's residual direction and the consensus residual direction of the OTHER voices.
+    the peer's residual direction and the consensus residual direction of the OTHER voices
+    that the cuts kept.
 
-    Per mask m: ``u_e = r_e / ||r_e||`` (a zero residual has no direction: u_e = 0); for the
-    voice g of e (``groups``, default one per row), ``c_g`` = the coordinate-wise median of the
-    other voices' directions (``_voice_rows``), weighted by their ``weights``
-    (`leave_one_out_medians`; default equal), normalised (0 if the median is 0, or if g is the
-    only voice), and ``cos_e = sum(u_e * c_g)``; the agreement is ``(1/M) sum_m cos_e`` summed
-    in order m = 0, 1, ... (no masks: 1). Every product is summed by numpy's pairwise sum,
-    never a BLAS dot product.
+    Per mask m: ``u_e = r_e / ||r_e||`` (a zero residual has no direction: u_e = 0); with the
+    voices ``groups`` (default one per row), their ``weights`` (default equal) and ``kept``
+    (per voice, default all: the voices with a cell that passed the cuts), the consensus
+    ``c_g`` of voice g is the coordinate-wise weighted median of the rows (``_voice_rows``) of
+    the kept voices other than g (`leave_one_out_medians`) if g is kept and not alone, the row
+    of g itself if it is the only kept voice, and the median of all kept voices if g is not
+    kept (0 if none is); normalised (0 if 0); ``cos_e = sum(u_e * c_g)``; the agreement is
+    ``(1/M) sum_m cos_e`` summed in order m = 0, 1, ... (no masks: 1). Every product is summed
+    by numpy's pairwise sum, never a BLAS dot product.
 
     Leave-one-out because a voice is one of the median's inputs: with it in, any residual —
     a forged inverse's pure noise too — agrees with a consensus it pulled toward itself (0.05
-    among 25 voices, more in a smaller pool), and the agreement is to say how far a voice
-    composes like the others, not like itself.
+    among 25 voices, more in a smaller pool). Kept voices only because what a cut voice (random
+    vectors, another text, a too-exact forgery) composes like is no reference: among such
+    voices, one real model left out of its own consensus would agree with noise.
     """
     n_peers, n_masks = residuals.shape[0], residuals.shape[1]
     if groups is None:
         groups = [[i] for i in range(n_peers)]
     if weights is None:
         weights = [1] * len(groups)
+    if kept is None:
+        kept = [True] * len(groups)
     if n_masks == 0:
         return np.ones(n_peers)
     member = np.zeros(n_peers, dtype=np.intp)
     for g, group in enumerate(groups):
         member[list(group)] = g
+    inside = [g for g in range(len(groups)) if kept[g]]
+    outside = [g for g in range(len(groups)) if not kept[g]]
     total = np.zeros(n_peers)
     for m in range(n_masks):
         u = _directions(residuals[:, m])
-        centres = _directions(leave_one_out_medians(_voice_rows(u, groups), weights))
-        total += np.sum(u * centres[member], axis=-1)
+        rows = _voice_rows(u, groups)
+        centres = np.zeros_like(rows)
+        if len(inside) == 1:
+            centres[inside] = rows[inside]
+        elif inside:
+            centres[inside] = leave_one_out_medians(rows[inside], [weights[g] for g in inside])
+        if inside and outside:
+            centres[outside] = weighted_median(rows[inside], [weights[g] for g in inside]) + 0.0
+        total += np.sum(u * _directions(centres)[member], axis=-1)
     out: NDArray[np.float64] = total / n_masks
     return out
 
