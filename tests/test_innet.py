@@ -264,6 +264,13 @@ def test_every_adversary_behaviour_ranks_below_every_honest_encoder(tmp_path: Pa
             assert ranked[:4] == ["honest"] * 4, (rnd, rows)
             scores = {row["kind"]: row["score"] for row in rows}
             assert scores.get("copycat", 0.0) == scores.get("equivocator", 0.0) == 0.0, rows
+        # Each validator counted the cells its attestations scored 0, by why: the forged
+        # inverses too exact on all 4 shards of rounds 0-2, the replayed texts off the
+        # consensus (or nearer another text) on those of rounds 1-2.
+        for node in validators:
+            cut = node.store.counters()
+            assert cut.get("cut:too_exact", 0) >= 12, cut
+            assert cut.get("cut:consensus", 0) + cut.get("cut:text", 0) >= 8, cut
 
     run(cfg, items, tmp_path, scenario)
 

@@ -271,6 +271,10 @@ def test_honest_group_outranks_every_cheat(seed: int, dl_form: str) -> None:
     assert gates[b"cheat-zero"] == "zero_norm"
     assert gates[b"cheat-constant"] == "collapse"
     assert all(gates[k] is None for k in encoders if k.startswith(b"honest"))
+    why = {k: {row[i] for row in res.cut} for i, k in enumerate(res.encoders)}
+    assert why[b"cheat-zero"] == {"zero_norm"} and why[b"cheat-constant"] == {"collapse"}
+    assert None not in why[b"cheat-fabricated"]  # random masks (consensus, LOF), DL 0
+    assert all(why[k] == {None} for k in encoders if k.startswith(b"honest"))
 
 
 def network_embeddings(
@@ -351,6 +355,7 @@ def test_small_pool_is_unchecked_and_earns_nothing(n: int) -> None:
     assert (res.composition == 1.0).all()
     assert not res.outliers.any()
     assert (res.scores == 0.0).all()  # no reward: nobody checked these cells
+    assert {why for row in res.cut for why in row} == {"unchecked"}
     weighted = network_embeddings(res, as_shards(encoders), ScoringParams())
     assert all((w == 0.0).all() for w in weighted)  # and no output is certified
 
@@ -430,6 +435,11 @@ def test_scores_always_in_unit_interval(seed: int, n: int, scale: float) -> None
     res = score_round(ScoringParams(), shards, [[6, 3, 3]], list(cells))
     assert ((res.scores >= 0.0) & (res.scores <= 1.0)).all()
     assert res.scores.shape == (1, n) and res.lof.shape == (1, n, 3)
+    # Every flagged cell says why; a cell that passed every cut has no reason.
+    for s_row, flags, reasons in zip(res.status, res.outliers, res.cut, strict=True):
+        for cell, flagged, why in zip(s_row, flags, reasons, strict=True):
+            assert bool(flagged) == (why not in (None, "missing", "unchecked"))
+            assert (why is None) == (cell == "ok" and not flagged and why != "unchecked")
 
 
 def test_effective_rank() -> None:
@@ -1090,6 +1100,7 @@ def test_an_embedding_of_another_text_is_cut(seed: int) -> None:
     off = run(replace(loose, min_text_margin=-2.0), world, encoders)
     assert on.outliers[:, i].all() and not off.outliers[:, i].any()
     assert np.array_equal(off.text_margin, on.text_margin)
+    assert {row[i] for row in on.cut} == {"text"} and {row[i] for row in off.cut} == {None}
 
 
 def test_two_shards_of_one_text_are_not_each_others_other_text() -> None:

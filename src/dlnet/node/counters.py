@@ -135,6 +135,15 @@ VALIDATOR = _declare(
     "event",
     persistent=True,
 )
+CELLS_CUT = _declare(
+    "cut",
+    "dlnet_cells_cut",
+    "Cells (shard x encoder) of this validator's attestations that scored 0, by why: missing, "
+    "malformed, non_finite, zero_norm, collapse, unchecked, consensus, lof, too_exact, text "
+    "(docs/PROTOCOL.md §5).",
+    "reason",
+    persistent=True,
+)
 
 PROOF = _declare(
     "proof",

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import json
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any, Final
 
@@ -150,7 +151,8 @@ class ValidatorRole:
         self._results: dict[tuple[int, tuple[bytes, ...]], RoundResult] = {}
         # The attestation scored per round, with the inputs it was scored from: scoring ahead
         # of the reveal deadline (every reveal held) is reused if nothing changed by then.
-        self._scored: dict[int, tuple[tuple[object, ...], Attestation]] = {}
+        # Per round: the inputs last scored, the attestation and its cut cells by reason.
+        self._scored: dict[int, tuple[tuple[object, ...], Attestation, Counter[str]]] = {}
 
     async def run(self, first_round: int) -> None:
         async with trio.open_nursery() as nursery:
@@ -342,7 +344,8 @@ class ValidatorRole:
         )
         oldest = rnd - cfg.timing.round_window - 1
         self._scored = {r: v for r, v in self._scored.items() if r >= oldest}
-        self._scored[rnd] = (inputs, att)
+        cut = Counter(str(why) for row in scores.cut for why in row if why is not None)
+        self._scored[rnd] = (inputs, att, cut)
         return att
 
     async def probe_factors(
@@ -402,7 +405,15 @@ class ValidatorRole:
             if at is not None:
                 await ctx.clock.sleep_until(at)
         await ctx.publish(Kind.ATTESTATION, att)
-        ctx.log.info("round %d: attested %d encoders", rnd, len(att.encoders))
+        cut = self._scored[rnd][2]
+        for why, n in sorted(cut.items()):
+            ctx.ingest.counters.add(C.CELLS_CUT, why, n)
+        ctx.log.info(
+            "round %d: attested %d encoders; cells cut: %s",
+            rnd,
+            len(att.encoders),
+            ", ".join(f"{why} {n}" for why, n in sorted(cut.items())) or "none",
+        )
 
     def _all_attested(self, rnd: int) -> bool:
         """Whether an attestation of every validator of the config is held."""

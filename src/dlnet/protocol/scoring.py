@@ -49,6 +49,10 @@ from dlnet.protocol.params import DlForm, ScoringParams
 
 Status = Literal["ok", "missing", "malformed", "non_finite", "zero_norm", "collapse"]
 """Why a (shard, encoder) cell is (not) scored: ``ok`` cells are scored, all others score 0."""
+Cut = Literal["unchecked", "consensus", "lof", "too_exact", "text"]
+"""Why an ``ok`` cell scores 0: its shard had too few voices to compare (``unchecked``), or the
+first cut that took it, in this order: the consensus cosine, LOF, the too-exact gate, the text
+cut."""
 
 
 @dataclass(frozen=True)
@@ -85,6 +89,9 @@ class RoundScores:
     voice: NDArray[np.int64]
     """(S, E) index of the first (canonical order) encoder of the cell's voice, its group of
     near-duplicates on the shard (itself if it has none); -1 for a cell that is not ok."""
+    cut: tuple[tuple[Status | Cut | None, ...], ...]
+    """(S, E) why the cell scores 0: its status if not ``ok``, else its `Cut`; None for a cell
+    that passed every cut (its score may still be 0: a composition or probe factor of 0)."""
 
 
 @dataclass(frozen=True)
@@ -199,6 +206,9 @@ def score_round(
     margin = np.full((n_shards, n_enc), np.nan)
     medians = np.full(n_shards, np.nan)
     voice = np.full((n_shards, n_enc), -1, dtype=np.int64)
+    cut: list[list[Status | Cut | None]] = [
+        [None if cell == "ok" else cell for cell in row] for row in status
+    ]
     # Per checked shard (enough voices to compare) whose cells some voice passed the absolute
     # cuts: what the text cut and the composition agreement need, once every shard's
     # reference direction is known.
@@ -217,6 +227,8 @@ def score_round(
         if len(groups) < params.min_encoders_for_lof:
             # Too few voices to compare: the cells are unchecked and earn nothing.
             lof[s, peers], cons[s, peers], comp[s, peers] = 1.0, 1.0, 1.0
+            for e in peers:
+                cut[s][e] = "unchecked"
             continue
         centre = np.zeros((n_slots, width))
         for j in range(n_slots):
@@ -226,12 +238,14 @@ def score_round(
         voice_dl = [float(np.median(dl[s, [peers[i] for i in g]])) for g in groups]
         medians[s] = float(weighted_median(np.array(voice_dl), weights))
         dl_floor = params.min_dl_ratio * medians[s]
-        first: list[bool] = [
-            float(dl[s, e]) >= dl_floor
-            and float(np.max(lof[s, e])) <= params.lof_threshold
-            and float(np.min(cons[s, e])) >= params.min_consensus_cos
-            for e in peers
-        ]
+        for e in peers:
+            if float(np.min(cons[s, e])) < params.min_consensus_cos:
+                cut[s][e] = "consensus"
+            elif float(np.max(lof[s, e])) > params.lof_threshold:
+                cut[s][e] = "lof"
+            elif float(dl[s, e]) < dl_floor:
+                cut[s][e] = "too_exact"
+        first = [cut[s][e] is None for e in peers]
         outliers[s, peers] = np.logical_not(first)
         credible = [v for v, g in enumerate(groups) if any(first[i] for i in g)]
         if not credible:
@@ -251,6 +265,7 @@ def score_round(
         for e, absolute in zip(peers, shard.first, strict=True):
             if not absolute or float(margin[s, e]) < params.min_text_margin:
                 outliers[s, e] = True
+                cut[s][e] = cut[s][e] or "text"
                 continue
             scores[s, e] = dl_factor(params, float(dl[s, e]), float(medians[s]))
             passed[s, e] = True
@@ -279,6 +294,7 @@ def score_round(
         status=tuple(tuple(row) for row in status),
         gates=gates,
         voice=voice,
+        cut=tuple(tuple(row) for row in cut),
     )
 
 
