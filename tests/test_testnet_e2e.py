@@ -169,6 +169,15 @@ def test_no_reveal_of_an_honest_encoder_is_lost(run: Run) -> None:
     check_reveals(run.report)
 
 
+def test_validators_say_why_the_adversaries_score_zero(run: Run) -> None:
+    """Every validator counts the cells it scored 0 by why: the forged inverses (DL 0) are too
+    exact and the random vectors off the consensus — on the 4 shards of a round at least, at
+    each of the 3 validators — and the testnet's summary prints the counts."""
+    cut = run.report["cut"]
+    assert cut.get("too_exact", 0) >= 12 and cut.get("consensus", 0) >= 12, cut
+    assert "cells scored 0, by why" in (run.out / "driver.log").read_text()
+
+
 def test_earlier_rounds_resent_verbatim_are_ignored_and_counted(run: Run) -> None:
     """The replay encoder re-sends its 21 messages of each earlier round byte for byte; sync
     fetches count their duplicates apart (sync:duplicate), so these counters are re-sends."""

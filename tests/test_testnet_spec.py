@@ -132,10 +132,12 @@ def test_an_empty_or_unfinalized_or_padded_round_fails_the_testnet() -> None:
         "rounds": rounds,
         "rejected": {},
         "ignored": {},
+        "cut": {"text": 2, "consensus": 5},
         "transport": {},
         "peak_rss_mb": {},
     }
     text = format_testnet(rep)
+    assert "cells scored 0, by why (summed over validators): consensus=5, text=2" in text
     assert "round 2: FINALIZED, EMPTY result" in text
     assert "round 4: FINALIZED" in text and "only real encoders: NO" in text
     assert text.splitlines()[-1] == (

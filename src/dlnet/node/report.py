@@ -309,6 +309,7 @@ def testnet_report(
     rejected: Counter[str] = Counter()
     transport: Counter[str] = Counter()
     ignored: Counter[str] = Counter()
+    cut: Counter[str] = Counter()
     per_round: list[dict[str, Any]] = []
     views: dict[str, Store] = {}
     try:
@@ -329,6 +330,8 @@ def testnet_report(
                         rejected[reason] += n
                     elif verdict == "ignored":
                         ignored[reason] += n
+                    elif verdict == "cut":
+                        cut[reason] += n
             finally:
                 st.close()
         for rnd in rounds:
@@ -400,6 +403,7 @@ def testnet_report(
         "rounds": per_round,
         "rejected": dict(rejected),
         "ignored": dict(ignored),
+        "cut": dict(cut),
         "transport": dict(sorted(transport.items())),
         "peak_rss_mb": {role: round(v / 2**20, 1) for role, v in peak.items()},
         "stopped_at": stopped_at,
@@ -484,6 +488,11 @@ def format_testnet(rep: dict[str, Any]) -> str:
     if rep["ignored"]:
         lines.append(
             "ignored:  " + ", ".join(f"{k}={v}" for k, v in sorted(rep["ignored"].items()))
+        )
+    if rep["cut"]:
+        lines.append(
+            "cells scored 0, by why (summed over validators): "
+            + ", ".join(f"{k}={v}" for k, v in sorted(rep["cut"].items()))
         )
     dropped = {k: v for k, v in rep["transport"].items() if k.startswith("dropped")}
     lines.append(
