@@ -1133,9 +1133,10 @@ def test_a_round_of_one_checked_shard_has_no_other_text() -> None:
     slots=st.integers(1, 5),
     n_others=st.integers(0, 4),
     copy_centre=st.booleans(),
+    rank=st.integers(1, 6),
 )
 def test_text_margins_are_the_slot_by_slot_formula(
-    seed: int, cells: int, slots: int, n_others: int, copy_centre: bool
+    seed: int, cells: int, slots: int, n_others: int, copy_centre: bool, rank: int
 ) -> None:
     rng = np.random.default_rng(seed)
 
@@ -1146,9 +1147,10 @@ def test_text_margins_are_the_slot_by_slot_formula(
 
     units, centre = unit(cells, slots), unit(slots)
     others = [unit(slots) for _ in range(n_others)]
-    got = text_margins(units, centre, others, 0.9)
+    got = text_margins(units, centre, others, 0.9, rank)
     want = np.full(cells, np.inf)
     for e in range(cells):
+        per_slot = []
         for j in range(slots):
             rivals = [
                 float(np.sum(units[e, j] * row))
@@ -1157,14 +1159,14 @@ def test_text_margins_are_the_slot_by_slot_formula(
                 for row in other
                 if float(np.sum(centre[j] * row)) <= 0.9
             ]
-            if rivals:
-                own = float(np.sum(units[e, j] * centre[j]))
-                want[e] = min(want[e], own - max(rivals))
+            own = float(np.sum(units[e, j] * centre[j]))
+            per_slot.append(own - max(rivals) if rivals else np.inf)
+        want[e] = sorted(per_slot)[min(rank, slots) - 1]
     assert got.tobytes() == want.tobytes()
     # The other shards are a set; a copy of this shard is the same item, not another text.
-    assert text_margins(units, centre, others[::-1], 0.9).tobytes() == got.tobytes()
+    assert text_margins(units, centre, others[::-1], 0.9, rank).tobytes() == got.tobytes()
     if copy_centre:
-        same = text_margins(units, centre, [*others, centre.copy()], 0.9)
+        same = text_margins(units, centre, [*others, centre.copy()], 0.9, rank)
         assert same.tobytes() == got.tobytes()
 
 

@@ -35,18 +35,21 @@ class ScoringParams:
     """A slot whose direction has a cosine below this to the consensus direction (the normalised
     coordinate-wise median of the shard's ok encoders' directions) marks the cell as an outlier:
     the encoder is not speaking in the network's space. -1 turns the cut off."""
-    min_text_margin: float = -0.03
+    min_text_margin: float = 0.0
     """The text cut. A slot's text margin is its cosine to its own consensus direction minus its
     greatest cosine to the consensus direction of another text of the round (every slot of the
     round's other checked shards, but those the pool embeds as this slot's text:
     ``same_text_cos``), both consensus directions over the voices that passed the other cuts.
-    A margin below this on any slot marks the cell as an outlier: it embeds
+    A cell with ``text_cut_slots`` slots whose margin is below this is an outlier: it embeds
     another text (a replayed round, a wrong input). Relative, where an absolute cosine cannot
     tell a weak model of the right text from a strong model of another (docs/VALIDITY.md, sixth
-    study). Slightly below 0: where two texts of a round are related, a real model far from
-    the consensus can lie as near the other as its own (aligned all-mpnet-base-v2 on a real
-    testnet: -0.001 once in 52 cells), while a replayed round's cells lie below -0.25 in 95 %
-    of cases. -2 turns the cut off."""
+    study). -2 turns the cut off."""
+    text_cut_slots: int = 2
+    """How many of a cell's slots must lie nearer another text for the text cut. An embedding of
+    another item is off on every slot; a real model far from the consensus can misplace one
+    short half where two texts of the round are related (aligned all-mpnet-base-v2 on real
+    testnets: one slot of 1 cell in 52, twice, at -0.001 and -0.059), so 2 (1 to 33; above a
+    cell's slot count, all of them)."""
     same_text_cos: float = 0.9
     """For the text cut, two slots whose consensus directions have a cosine above this are one
     text (the same or a near-identical string, which no encoder can be asked to tell apart);
@@ -117,6 +120,8 @@ class ScoringParams:
                 f"must be 0 (off) or in [2, {MAX_PROBE_TEXTS}], got {self.probe_texts} "
                 "— use e.g. 16",
             )
+        if not 1 <= self.text_cut_slots <= 33:
+            bad("text_cut_slots", f"must be in [1, 33], got {self.text_cut_slots} — use e.g. 2")
         if not 1 <= self.probe_window <= 1024:
             bad("probe_window", f"must be in [1, 1024], got {self.probe_window} — use e.g. 12")
         floats: dict[str, tuple[float, float, bool, bool]] = {

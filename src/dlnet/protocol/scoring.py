@@ -75,8 +75,9 @@ class RoundScores:
     composition: NDArray[np.float64]
     """(S, E) composition agreement in [-1, 1]; 1 when too few peers; nan if not ok."""
     text_margin: NDArray[np.float64]
-    """(S, E) the cell's least text margin over its slots (`text_margins`); inf when the round
-    has no other checked shard; nan when the shard is not checked or the cell is not ok."""
+    """(S, E) the cell's text margin, its ``text_cut_slots``-th least over its slots
+    (`text_margins`); inf when the round has no other checked shard; nan when the shard is not
+    checked or the cell is not ok."""
     median_dl: NDArray[np.float64]
     """(S,) the shard's median DL over its voices (the DL factor's and the too-exact gate's
     reference); nan when the shard had too few voices to compare."""
@@ -260,7 +261,7 @@ def score_round(
         others = [c for t, c in references.items() if t != s]
         peers = shard.peers
         margin[s, peers] = text_margins(
-            units[s][shard.at], shard.centre, others, params.same_text_cos
+            units[s][shard.at], shard.centre, others, params.same_text_cos, params.text_cut_slots
         )
         for e, absolute in zip(peers, shard.first, strict=True):
             if not absolute or float(margin[s, e]) < params.min_text_margin:
@@ -578,10 +579,12 @@ def text_margins(
     centre: NDArray[np.float64],
     others: Sequence[NDArray[np.float64]],
     same_text_cos: float,
+    rank: int = 1,
 ) -> NDArray[np.float64]:
-    """Per cell of ``units`` ((cells, slots, dim) directions of one shard), its least text margin
-    over the slots: the cosine of slot j to ``centre[j]`` (the shard's consensus direction of
-    slot j) minus its greatest cosine to a consensus direction of another text. The other
+    """Per cell of ``units`` ((cells, slots, dim) directions of one shard), its text margin: the
+    ``rank``-th least (1: the least; clipped to the slot count) over the slots of the slot's
+    margin, the cosine of slot j to ``centre[j]`` (the shard's consensus direction of slot j)
+    minus its greatest cosine to a consensus direction of another text. The other
     texts are the slots of ``others`` (each a (slots, dim) array: the round's other checked
     shards, in shard order), but for a shard whose full slot's consensus has a cosine above
     ``same_text_cos`` to ``centre[0]`` (the same item twice: none of its slots is another
@@ -601,7 +604,8 @@ def text_margins(
             same = np.sum(centre * row, axis=-1) > same_text_cos  # (slots,)
             cos = np.sum(units * row, axis=-1)
             best = np.where(same, best, np.maximum(best, cos))
-    out: NDArray[np.float64] = np.min(own - best, axis=1)
+    k = min(max(rank, 1), own.shape[1]) - 1
+    out: NDArray[np.float64] = np.sort(own - best, axis=1)[:, k]
     return out
 
 
