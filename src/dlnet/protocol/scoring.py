@@ -107,8 +107,6 @@ class _Checked:
     """Its voices (indices into ``peers``)."""
     weights: list[int]
     """The voices' weights."""
-    first: list[bool]
-    """Per peer: passed the absolute cuts (LOF, consensus cosine, too-exact)."""
     centre: NDArray[np.float64]
     """(slots, dim) the text cut's reference: the consensus direction of each slot over the
     voices with a member that passed the absolute cuts."""
@@ -255,7 +253,7 @@ def score_round(
             kept_weights = [weights[v] for v in credible]
             rows = [_voice_rows(units[s][at, j], groups)[credible] for j in range(n_slots)]
             centre = np.stack([consensus_direction(r, kept_weights) for r in rows])
-        checked[s] = _Checked(peers, at, groups, weights, first, centre)
+        checked[s] = _Checked(peers, at, groups, weights, centre)
     references = {s: shard.centre for s, shard in checked.items()}
     for s, shard in checked.items():
         others = [c for t, c in references.items() if t != s]
@@ -263,10 +261,11 @@ def score_round(
         margin[s, peers] = text_margins(
             units[s][shard.at], shard.centre, others, params.same_text_cos, params.text_cut_slots
         )
-        for e, absolute in zip(peers, shard.first, strict=True):
-            if not absolute or float(margin[s, e]) < params.min_text_margin:
+        for e in peers:
+            if cut[s][e] is None and float(margin[s, e]) < params.min_text_margin:
+                cut[s][e] = "text"
+            if cut[s][e] is not None:
                 outliers[s, e] = True
-                cut[s][e] = cut[s][e] or "text"
                 continue
             scores[s, e] = dl_factor(params, float(dl[s, e]), float(medians[s]))
             passed[s, e] = True
