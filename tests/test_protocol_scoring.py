@@ -135,6 +135,13 @@ def mean_scores(res: RoundScores) -> dict[bytes, float]:
 # --- parameters ------------------------------------------------------------------------------
 
 
+def test_max_slots_follows_the_config_bound() -> None:
+    from dlnet.protocol.config import MAX_MASKS_PER_SHARD
+    from dlnet.protocol.params import MAX_SLOTS
+
+    assert MAX_SLOTS == 1 + 2 * MAX_MASKS_PER_SHARD
+
+
 def test_default_params_are_valid() -> None:
     assert ScoringParams().problems() == []
 

@@ -13,6 +13,8 @@ DlForm = Literal["literal", "count_weighted"]
 MAX_PROBE_TEXTS: Final = 32
 """Most texts in a probe: their 64 halves (texts of at most 1,024 bytes, `probes.TEXT_BYTES`)
 fit one gossip message with room to spare."""
+MAX_SLOTS: Final = 33
+"""Slots a shard can have: 1 + 2 x `config.MAX_MASKS_PER_SHARD` (config imports this module)."""
 
 
 @dataclass(frozen=True)
@@ -120,8 +122,11 @@ class ScoringParams:
                 f"must be 0 (off) or in [2, {MAX_PROBE_TEXTS}], got {self.probe_texts} "
                 "— use e.g. 16",
             )
-        if not 1 <= self.text_cut_slots <= 33:
-            bad("text_cut_slots", f"must be in [1, 33], got {self.text_cut_slots} — use e.g. 2")
+        if not 1 <= self.text_cut_slots <= MAX_SLOTS:
+            bad(
+                "text_cut_slots",
+                f"must be in [1, {MAX_SLOTS}], got {self.text_cut_slots} — use e.g. 2",
+            )
         if not 1 <= self.probe_window <= 1024:
             bad("probe_window", f"must be in [1, 1024], got {self.probe_window} — use e.g. 12")
         floats: dict[str, tuple[float, float, bool, bool]] = {
